@@ -1,0 +1,1 @@
+"""mimi-bridge: a Matrix application service with connector plugins."""

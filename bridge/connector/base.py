@@ -1,0 +1,226 @@
+"""The required part of the connector contract.
+
+A connector is a :class:`NetworkConnector` subclass (one per network, registered under the
+``mimi_bridge.connectors`` entry-point group) plus one :class:`NetworkClient` subclass (one
+per identity that speaks on the network: a Matrix user's puppet, or the relay bot). Optional
+features are the capability protocols in :mod:`bridge.connector.capabilities`; the core
+discovers them with ``isinstance`` and tells the Matrix user when one is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from .events import MatrixMessage, RemoteEvent, SentMessage
+from .ids import PortalKey, escape_localpart, unescape_localpart
+
+
+class ConnectorError(Exception):
+    """An error whose message can be shown to the Matrix user as it is (no traceback)."""
+
+
+class ConfigError(ConnectorError):
+    """A bad value in a connector's config section. ``key`` is relative to the section."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class NotSupported(ConnectorError):
+    """The network cannot carry this action; the message says what happened instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """A slice of the homeserver's user and alias namespaces owned by one network instance.
+
+    Ghosts are ``@{prefix}{escaped remote user}:domain`` and portal aliases are
+    ``#{prefix}{escaped remote room}:domain``. ``network`` is the value of
+    ``PortalKey.network`` / ``GhostKey.network`` for this instance.
+    """
+
+    network: str
+    prefix: str
+    description: str
+
+
+@dataclass(slots=True)
+class ChatInfo:
+    """What the core needs to open a portal for a remote conversation."""
+
+    name: str | None = None
+    topic: str | None = None
+    is_direct: bool = False
+    # Remote users to show as members (ghosts are created and joined lazily otherwise).
+    members: list[str] = field(default_factory=list)
+    relay_allowed: bool = True
+
+
+@dataclass(slots=True)
+class GhostInfo:
+    display_name: str | None = None
+    avatar_mxc: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixUser:
+    user_id: str
+    display_name: str
+    permission: str  # "relay" | "user" | "admin"
+
+
+@dataclass(slots=True)
+class Login:
+    """A stored login of a Matrix user on a network (``login <network> ...``)."""
+
+    network: str
+    login_id: str
+    user_id: str
+    credentials: dict[str, Any]  # stored encrypted by the core
+    remote_name: str = ""
+    state: str = "ok"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class BridgeAPI(Protocol):
+    """What the core offers a connector. Connectors hold this and nothing else of the core."""
+
+    domain: str
+    log: logging.Logger
+
+    async def emit(self, event: RemoteEvent) -> None:
+        """Queue a remote event for Matrix. Events of one portal are delivered in order."""
+
+    async def notify(self, user_id: str, text: str, portal: PortalKey | None = None) -> None:
+        """Tell a Matrix user something: in the portal room when given, else the management
+        room. For every failure the user must hear about (never drop silently)."""
+
+    async def matrix_user(self, user_id: str) -> MatrixUser:
+        """The Matrix user's current display name and permission."""
+
+    async def portals(self, network: str) -> list[PortalKey]:
+        """All portals of a network (for rejoining channels at start)."""
+
+    async def portal_members(self, portal: PortalKey) -> list[MatrixUser]:
+        """Matrix users (not ghosts) joined to a portal room."""
+
+    async def logins(self, network: str) -> list[Login]:
+        """All stored logins on a network."""
+
+    def database(self) -> Any:
+        """The bridge's ``mautrix.util.async_db.Database``, for connectors' own tables."""
+
+    def ghost_user_id(self, network: str, remote_id: str) -> str:
+        """The Matrix user id of a remote user's ghost."""
+
+    def mxc_to_url(self, mxc: str) -> str:
+        """A link to Matrix media for networks that can only carry links."""
+
+    async def upload_text(self, text: str, filename: str) -> str:
+        """Upload a long text to the content repository and return a link to it."""
+
+
+class NetworkClient(ABC):
+    """One identity on the network: a Matrix user's puppet or the relay bot. The required
+    method sends a message; the optional capabilities add the rest."""
+
+    @abstractmethod
+    async def handle_matrix_message(self, msg: MatrixMessage) -> SentMessage:
+        """Send a Matrix message to the network and return its remote id. Raise
+        :class:`ConnectorError` with a user-readable text when it cannot be delivered."""
+
+
+class NetworkConnector(ABC):
+    """One network. Subclasses set ``name`` (the ``connectors.<name>`` config section and
+    the protocol id in the registration) and implement the abstract methods."""
+
+    name: ClassVar[str]
+    display_name: ClassVar[str]
+    # Where the connector's config documentation lives (shown in errors and docs).
+    example_config: ClassVar[str] = ""
+
+    def __init__(self, bridge: BridgeAPI, config: Mapping[str, Any]) -> None:
+        self.bridge = bridge
+        self.config = config
+        self.log = bridge.log.getChild(self.name)
+
+    # --- configuration ------------------------------------------------------------------
+
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any]) -> None:  # noqa: B027
+        """Raise :class:`ConfigError` for a bad section. Called before start-up."""
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect what must be connected (bot connections, components) and rejoin portals."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Close every connection cleanly."""
+
+    # --- identifiers --------------------------------------------------------------------
+
+    @abstractmethod
+    def namespaces(self) -> list[Namespace]:
+        """The instances of this network (one per configured IRC network, say)."""
+
+    def ghost_localpart(self, network: str, remote_user_id: str) -> str:
+        """The localpart (without the instance prefix) of a remote user's ghost."""
+        return escape_localpart(remote_user_id)
+
+    def parse_ghost_localpart(self, network: str, localpart: str) -> str | None:
+        """Invert :meth:`ghost_localpart`; None when no remote user maps to it."""
+        try:
+            return unescape_localpart(localpart)
+        except ValueError:
+            return None
+
+    def alias_localpart(self, network: str, remote_room_id: str) -> str:
+        return escape_localpart(remote_room_id)
+
+    def parse_alias_localpart(self, network: str, localpart: str) -> str | None:
+        try:
+            return unescape_localpart(localpart)
+        except ValueError:
+            return None
+
+    # --- opening portals and ghosts -----------------------------------------------------
+
+    @abstractmethod
+    async def resolve_portal(
+        self, portal: PortalKey, user: MatrixUser | None
+    ) -> ChatInfo | None:
+        """Whether a remote conversation exists (or may be opened) and what it looks like.
+        Called when someone joins an alias in the network's namespace, or uses ``join``.
+        Return None to answer "no such room"."""
+
+    @abstractmethod
+    async def resolve_ghost(self, network: str, remote_user_id: str) -> GhostInfo | None:
+        """Whether a remote user id is valid. Return None to answer "no such user"."""
+
+    async def portal_opened(self, portal: PortalKey) -> None:  # noqa: B027
+        """A portal room now exists for ``portal``: start listening to it (join the channel
+        with the bot, for example)."""
+
+    async def portal_closed(self, portal: PortalKey) -> None:  # noqa: B027
+        """A portal was unlinked or deleted: stop listening to it."""
+
+    # --- who speaks --------------------------------------------------------------------
+
+    @abstractmethod
+    async def client_for(self, user: MatrixUser, portal: PortalKey) -> NetworkClient | None:
+        """The client that speaks for ``user`` in ``portal``: their own login or an automatic
+        puppet. None when the user has no identity on the network (the core then relays if
+        the portal allows it, or tells the user to log in)."""
+
+    async def relay_client(self, portal: PortalKey) -> NetworkClient | None:
+        """The client that relays Matrix users without an identity. None: no relay."""
+        return None

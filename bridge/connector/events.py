@@ -1,0 +1,290 @@
+"""The message model and the events that cross the connector boundary.
+
+The model carries what the MIMI content format carries: a stable id per message on each side
+(``RemoteMessage.id`` / the Matrix event id), the reply target (``inReplyTo``), the replaced
+message for edits and deletions (``replaces``), reactions, the thread (``topicId``), and
+attachments (``ExternalPart``). Remote events flow from connectors into the core through
+``BridgeAPI.emit``; Matrix events flow from the core into a connector's ``NetworkClient``.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from .ids import GhostKey, PortalKey
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MessageKind(enum.StrEnum):
+    TEXT = "text"
+    EMOTE = "emote"  # /me, CTCP ACTION, m.emote
+    NOTICE = "notice"  # automated text: IRC NOTICE, m.notice
+
+
+@dataclass(slots=True)
+class Attachment:
+    """A file that travels with a message. Exactly one of ``data`` and ``url`` is normally
+    set: connectors that receive bytes set ``data``; networks that pass links set ``url``.
+    From Matrix, the core fills ``data`` (downloaded with authenticated media) and ``url``
+    (a public link to the content repository, for networks that can only carry links)."""
+
+    filename: str
+    mimetype: str = "application/octet-stream"
+    data: bytes | None = None
+    url: str | None = None
+    size: int | None = None
+    width: int | None = None
+    height: int | None = None
+    mxc: str | None = None  # set by the core for Matrix-originated media
+
+    @property
+    def kind(self) -> str:
+        major = self.mimetype.split("/", 1)[0]
+        return major if major in ("image", "video", "audio") else "file"
+
+
+@dataclass(slots=True)
+class MessageContent:
+    """A message body: plain text always, HTML when the sender formatted it.
+
+    ``html`` is Matrix-flavoured HTML (``org.matrix.custom.html``). Connectors that
+    receive a formatted remote message convert it to this HTML; the core sanitizes it before
+    it reaches Matrix, so a connector can never inject markup.
+    """
+
+    text: str
+    html: str | None = None
+    kind: MessageKind = MessageKind.TEXT
+    attachments: list[Attachment] = field(default_factory=list)
+    # Matrix user ids mentioned (the core fills ``m.mentions`` from these); remote side: remote
+    # user ids of mentioned ghosts (the core maps them).
+    mentions: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who sent a remote event. ``remote_id`` is the stable account id (an IRC nick on that
+    network, a bare JID, an address); ``display_name`` is the mutable handle."""
+
+    remote_id: str
+    display_name: str | None = None
+    # The event was sent by a Matrix user's own puppet (an echo of our own message, or a message
+    # sent from another client of the same account). The core then does not post it again.
+    is_from_me: bool = False
+    # The Matrix user the puppet belongs to, when ``is_from_me``.
+    matrix_user: str | None = None
+
+
+# --- remote -> Matrix -------------------------------------------------------------------------
+
+
+@dataclass(slots=True, kw_only=True)
+class RemoteEvent:
+    portal: PortalKey
+    sender: Sender
+    timestamp: int = field(default_factory=now_ms)
+
+
+@dataclass(slots=True, kw_only=True)
+class RemoteMessage(RemoteEvent):
+    """A new message. ``id`` is stable: the same remote message always gets the same id, so a
+    retry never doubles it in Matrix."""
+
+    id: str
+    content: MessageContent
+    reply_to: str | None = None  # remote id of the message replied to
+    thread_root: str | None = None  # remote id of the thread's first message
+
+
+@dataclass(slots=True, kw_only=True)
+class RemoteEdit(RemoteEvent):
+    target_id: str  # remote id of the ORIGINAL message (MIMI ``replaces``)
+    content: MessageContent
+    id: str | None = None  # the edit's own remote id, where the network has one
+
+
+@dataclass(slots=True, kw_only=True)
+class RemoteRedaction(RemoteEvent):
+    target_id: str  # a message or a reaction id
+    reason: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class RemoteReaction(RemoteEvent):
+    target_id: str
+    key: str  # the emoji
+    id: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class RemoteReactionRemove(RemoteEvent):
+    target_id: str
+    key: str
+
+
+class Membership(enum.StrEnum):
+    JOIN = "join"
+    LEAVE = "leave"
+    INVITE = "invite"
+    KICK = "kick"
+    BAN = "ban"
+    UNBAN = "unban"
+
+
+@dataclass(slots=True, kw_only=True)
+class RemoteMembership(RemoteEvent):
+    """``sender`` joins or leaves; for kick, ban and invite, ``target`` is acted on by
+    ``sender``."""
+
+    membership: Membership
+    target: Sender | None = None
+    reason: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class RemoteTyping(RemoteEvent):
+    typing: bool
+    timeout_ms: int = 30_000
+
+
+@dataclass(slots=True, kw_only=True)
+class RemoteReceipt(RemoteEvent):
+    target_id: str  # last message read
+
+
+@dataclass(slots=True)
+class ChatMember:
+    sender: Sender
+    power_level: int | None = None  # None: leave unchanged
+
+
+@dataclass(slots=True, kw_only=True)
+class RemoteChatInfo(RemoteEvent):
+    """Name, topic, avatar or member list of a conversation changed (``None``: unchanged)."""
+
+    name: str | None = None
+    topic: str | None = None
+    avatar: Attachment | None = None
+    members: list[ChatMember] | None = None  # a full snapshot when not None
+
+
+@dataclass(slots=True, kw_only=True)
+class RemoteProfile(RemoteEvent):
+    """A remote user's display name or avatar changed (network-wide, e.g. an IRC NICK).
+    ``new_remote_id`` is set when the user's id itself changed."""
+
+    display_name: str | None = None
+    avatar: Attachment | None = None
+    new_remote_id: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class RemotePresence(RemoteEvent):
+    presence: str  # "online" | "unavailable" | "offline"
+    status: str | None = None
+
+
+# --- Matrix -> remote ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixSender:
+    user_id: str
+    display_name: str
+    # True when a bot/relay client speaks for this user; the connector formats accordingly.
+    relayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRef:
+    """A message as the connector knows it: its remote id and who sent it remotely."""
+
+    remote_id: str
+    sender_remote_id: str | None
+    text: str | None = None  # body, for networks that quote replies as text
+    timestamp: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class MatrixEvent:
+    portal: PortalKey
+    sender: MatrixSender
+    event_id: str
+    timestamp: int = field(default_factory=now_ms)
+
+
+@dataclass(slots=True, kw_only=True)
+class MatrixMessage(MatrixEvent):
+    content: MessageContent
+    reply_to: MessageRef | None = None
+    thread_root: MessageRef | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class MatrixEdit(MatrixEvent):
+    target: MessageRef
+    content: MessageContent
+    original_text: str | None = None  # the text being replaced, for diff-style edits
+
+
+@dataclass(slots=True, kw_only=True)
+class MatrixRedaction(MatrixEvent):
+    target: MessageRef
+    reason: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class MatrixReaction(MatrixEvent):
+    target: MessageRef
+    key: str
+
+
+@dataclass(slots=True, kw_only=True)
+class MatrixReactionRemove(MatrixEvent):
+    target: MessageRef
+    key: str
+    reaction_remote_id: str
+
+
+@dataclass(slots=True, kw_only=True)
+class MatrixTyping(MatrixEvent):
+    typing: bool
+
+
+@dataclass(slots=True, kw_only=True)
+class MatrixReceipt(MatrixEvent):
+    target: MessageRef
+
+
+@dataclass(slots=True, kw_only=True)
+class MatrixMembership(MatrixEvent):
+    """A Matrix membership change in a portal. ``target`` is a ghost's key when a Matrix user
+    acts on a remote user (kick, ban, invite), else None (the sender joins or leaves)."""
+
+    membership: Membership
+    target: GhostKey | None = None
+    target_matrix_user: str | None = None
+    reason: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class MatrixRoomMeta(MatrixEvent):
+    """``m.room.name`` / ``m.room.topic`` / ``m.room.avatar`` changed in a portal."""
+
+    name: str | None = None
+    topic: str | None = None
+    avatar: Attachment | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    """A connector's answer to a Matrix message: the remote id it got, so that later edits,
+    replies, reactions and redactions find it."""
+
+    remote_id: str
+    timestamp: int | None = None

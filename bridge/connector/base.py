@@ -153,7 +153,7 @@ class NetworkConnector(ABC):
     # --- configuration ------------------------------------------------------------------
 
     @classmethod
-    def validate_config(cls, config: Mapping[str, Any]) -> None:  # noqa: B027
+    def validate_config(cls, config: Mapping[str, Any]) -> None:
         """Raise :class:`ConfigError` for a bad section. Called before start-up."""
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -195,9 +195,7 @@ class NetworkConnector(ABC):
     # --- opening portals and ghosts -----------------------------------------------------
 
     @abstractmethod
-    async def resolve_portal(
-        self, portal: PortalKey, user: MatrixUser | None
-    ) -> ChatInfo | None:
+    async def resolve_portal(self, portal: PortalKey, user: MatrixUser | None) -> ChatInfo | None:
         """Whether a remote conversation exists (or may be opened) and what it looks like.
         Called when someone joins an alias in the network's namespace, or uses ``join``.
         Return None to answer "no such room"."""
@@ -206,11 +204,11 @@ class NetworkConnector(ABC):
     async def resolve_ghost(self, network: str, remote_user_id: str) -> GhostInfo | None:
         """Whether a remote user id is valid. Return None to answer "no such user"."""
 
-    async def portal_opened(self, portal: PortalKey) -> None:  # noqa: B027
+    async def portal_opened(self, portal: PortalKey) -> None:
         """A portal room now exists for ``portal``: start listening to it (join the channel
         with the bot, for example)."""
 
-    async def portal_closed(self, portal: PortalKey) -> None:  # noqa: B027
+    async def portal_closed(self, portal: PortalKey) -> None:
         """A portal was unlinked or deleted: stop listening to it."""
 
     # --- who speaks --------------------------------------------------------------------

@@ -208,6 +208,9 @@ class MessageRef:
     sender_remote_id: str | None
     text: str | None = None  # body, for networks that quote replies as text
     timestamp: int | None = None
+    # Set when the message came from Matrix: whose it was (their puppet's remote id is the
+    # connector's to know).
+    sender_matrix_user: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)

@@ -1,0 +1,132 @@
+"""The ``mimi-bridge`` command: run the bridge, or write its appservice registration.
+
+Exit status: 0 after a clean stop (SIGTERM/SIGINT), 1 on a runtime failure, 2 on a config
+error (one line naming the key and the problem, no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import logging.config
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import config as cfgmod
+
+EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mimi-bridge",
+        description="A Matrix application service that bridges Matrix rooms with IRC, XMPP and "
+        "other networks through connector plugins.",
+        epilog="Exit status: 0 clean stop, 1 runtime failure, 2 configuration error.",
+    )
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=Path("config.yaml"),
+        help="the bridge's config file (default: config.yaml)",
+    )
+    p.add_argument(
+        "-g",
+        "--generate-registration",
+        action="store_true",
+        help="generate fresh tokens, store them in the config and write the registration file",
+    )
+    p.add_argument(
+        "-r",
+        "--registration",
+        type=Path,
+        default=Path("registration.yaml"),
+        help="where -g writes the appservice registration (default: registration.yaml)",
+    )
+    return p
+
+
+def setup_logging(cfg: dict[str, Any]) -> None:
+    if "version" in cfg:
+        logging.config.dictConfig(cfg)
+        return
+    level = str(cfg.get("level", "INFO")).upper()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if cfg.get("file"):
+        handlers.append(logging.FileHandler(str(cfg["file"]), encoding="utf-8"))
+    logging.basicConfig(
+        level=level,
+        handlers=handlers,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    # aiohttp's access log and mautrix's request log are noise at INFO.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("mimi.api").setLevel(logging.WARNING)
+
+
+async def run(cfg: cfgmod.BridgeConfig) -> int:
+    from .bridge import Bridge, StartupError
+
+    bridge = Bridge(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log = logging.getLogger("mimi")
+    try:
+        starting = asyncio.create_task(bridge.start())
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if starting in done:
+            starting.result()
+            await stop.wait()
+        else:
+            starting.cancel()
+        log.info("stopping")
+        return EXIT_OK
+    except StartupError as e:
+        log.error("cannot start: %s", e)
+        return EXIT_RUNTIME
+    except cfgmod.ConfigError as e:
+        print(f"mimi-bridge: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception:
+        log.exception("the bridge failed")
+        return EXIT_RUNTIME
+    finally:
+        await bridge.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.generate_registration:
+            from .registration import generate
+
+            reg = generate(args.config, args.registration)
+            print(
+                f"Wrote {args.registration} (protocols: {', '.join(reg['protocols']) or 'none'})."
+                f" Tokens were stored in {args.config}."
+            )
+            return EXIT_OK
+        cfg = cfgmod.load(args.config)
+        cfgmod.require_tokens(cfg)
+        from .connectors_loader import load_connector_classes
+
+        load_connector_classes(cfg)
+    except cfgmod.ConfigError as e:
+        print(f"mimi-bridge: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as e:
+        print(f"mimi-bridge: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
+    setup_logging(cfg.logging)
+    return asyncio.run(run(cfg))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

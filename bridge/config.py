@@ -1,0 +1,282 @@
+"""Loading and validating the bridge's YAML config.
+
+Key names are an interface (admins' configs and tooling depend on them). Every problem is
+reported as one :class:`ConfigError` naming the dotted key, so the CLI prints one line and
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+PERMISSION_LEVELS = ("relay", "user", "admin")
+_LOCALPART = re.compile(r"^[a-z0-9._=\-/]+$")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+GENERATE = "generate"
+
+
+class ConfigError(Exception):
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(slots=True)
+class RelayConfig:
+    enabled: bool = True
+    # {displayname}, {user_id} and {message}; emotes use ``emote_format``.
+    message_format: str = "<{displayname}> {message}"
+    emote_format: str = "* {displayname} {message}"
+
+
+@dataclass(slots=True)
+class BridgeConfig:
+    path: Path
+    hs_address: str
+    domain: str
+    as_address: str
+    hostname: str
+    port: int
+    appservice_id: str
+    bot_username: str
+    bot_displayname: str
+    as_token: str
+    hs_token: str
+    database: str
+    permissions: dict[str, str]
+    relay: RelayConfig
+    command_prefix: str
+    credentials_key: str
+    logging: dict[str, Any]
+    connectors: dict[str, dict[str, Any]]
+    ephemeral_events: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bot_mxid(self) -> str:
+        return f"@{self.bot_username}:{self.domain}"
+
+    def permission_of(self, user_id: str) -> str | None:
+        """Most specific entry wins: the user id, then their server name, then ``*``."""
+        if user_id in self.permissions:
+            return self.permissions[user_id]
+        server = user_id.split(":", 1)[1] if ":" in user_id else ""
+        if server in self.permissions:
+            return self.permissions[server]
+        return self.permissions.get("*")
+
+
+def _yaml() -> YAML:
+    y = YAML(typ="rt")
+    y.preserve_quotes = True
+    y.indent(mapping=2, sequence=4, offset=2)
+    return y
+
+
+def load_document(path: Path) -> Any:
+    """The raw round-trip document (comments kept) for rewriting tokens into it."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            doc = _yaml().load(f)
+    except FileNotFoundError as e:
+        raise ConfigError("", f"config file {path} does not exist") from e
+    except (YAMLError, UnicodeDecodeError) as e:
+        problem = str(e).replace("\n", " ")
+        raise ConfigError("", f"{path} is not valid YAML: {problem}") from e
+    if not isinstance(doc, Mapping):
+        raise ConfigError("", f"{path} must hold a mapping at the top level")
+    return doc
+
+
+def save_document(path: Path, doc: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        _yaml().dump(doc, f)
+    tmp.replace(path)
+
+
+class _Reader:
+    """Typed access to a nested mapping that remembers which keys were read, so unknown keys
+    can be reported."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str) -> None:
+        self.data = data
+        self.prefix = prefix
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def get(self, name: str, typ: type | tuple[type, ...], default: Any = ...) -> Any:
+        self.seen.add(name)
+        if name not in self.data or self.data[name] is None:
+            if default is ...:
+                raise ConfigError(self.key(name), "missing")
+            return default
+        value = self.data[name]
+        if typ is int and isinstance(value, bool):
+            raise ConfigError(self.key(name), "must be an integer")
+        if not isinstance(value, typ):
+            names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+            names = names.replace("str", "a string").replace("int", "an integer")
+            names = names.replace("bool", "true or false").replace("dict", "a mapping")
+            raise ConfigError(self.key(name), f"must be {names}, not {value!r}")
+        return value
+
+    def section(self, name: str, required: bool = True) -> _Reader:
+        value = self.get(name, dict, ... if required else {})
+        return _Reader(value, self.key(name))
+
+    def finish(self) -> None:
+        for name in self.data:
+            if name not in self.seen:
+                raise ConfigError(self.key(str(name)), "unknown key")
+
+
+def _url(r: _Reader, name: str, default: Any = ...) -> str:
+    value = r.get(name, str, default)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(r.key(name), f"must be an http(s) URL, not {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises on an invalid port
+    except ValueError as e:
+        raise ConfigError(r.key(name), f"invalid port in {value!r}") from e
+    return value.rstrip("/")
+
+
+def database_url(value: str, config_dir: Path) -> str:
+    """Turn the config's database URL into what mautrix.util.async_db expects."""
+    if value.startswith(("sqlite:", "sqlite3:")):
+        rest = value.split(":", 1)[1]
+        if rest.startswith("///"):
+            path = Path(rest[2:])
+        elif rest.startswith("//"):
+            raise ValueError("SQLite URLs are sqlite:///absolute/path or sqlite:relative/path")
+        else:
+            path = config_dir / rest
+        return f"sqlite:{path}"
+    parts = urlsplit(value)
+    if parts.scheme in ("postgres", "postgresql") and parts.hostname and parts.path.strip("/"):
+        return value
+    raise ValueError("must be sqlite:///path/to/file.db or postgres://user:pass@host/db")
+
+
+def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
+    root = _Reader(doc, "")
+    hs = root.section("homeserver")
+    hs_address = _url(hs, "address")
+    domain = hs.get("domain", str)
+    if not _SERVER_NAME.match(domain):
+        raise ConfigError("homeserver.domain", f"{domain!r} is not a server name")
+    hs.finish()
+
+    asv = root.section("appservice")
+    as_address = _url(asv, "address")
+    hostname = asv.get("hostname", str, "127.0.0.1")
+    port = asv.get("port", int)
+    if not 0 < port < 65536:
+        raise ConfigError("appservice.port", f"{port} is not a TCP port")
+    appservice_id = asv.get("id", str, "mimi-bridge")
+    bot_username = asv.get("bot_username", str, "mimibot")
+    if not _LOCALPART.match(bot_username):
+        raise ConfigError("appservice.bot_username", f"{bot_username!r} is not a valid localpart")
+    bot_displayname = asv.get("bot_displayname", str, "mimi-bridge bot")
+    as_token = asv.get("as_token", str, GENERATE)
+    hs_token = asv.get("hs_token", str, GENERATE)
+    ephemeral = asv.get("ephemeral_events", bool, True)
+    default_db = f"sqlite:///{path.parent.resolve() / 'mimi-bridge.db'}"
+    db_value = asv.get("database", str, default_db)
+    try:
+        database = database_url(db_value, path.parent.resolve())
+    except ValueError as e:
+        raise ConfigError("appservice.database", str(e)) from e
+    asv.finish()
+
+    br = root.section("bridge", required=False)
+    perms_raw = br.get("permissions", dict, {"*": "relay"})
+    permissions: dict[str, str] = {}
+    for who, level in perms_raw.items():
+        key = f"bridge.permissions.{who}"
+        if level not in PERMISSION_LEVELS:
+            raise ConfigError(key, f"must be one of {', '.join(PERMISSION_LEVELS)}, not {level!r}")
+        who = str(who)
+        if who != "*" and not who.startswith("@") and not _SERVER_NAME.match(who):
+            raise ConfigError(key, "must be a user id, a server name or *")
+        permissions[who] = str(level)
+    relay_r = br.section("relay", required=False)
+    relay = RelayConfig(
+        enabled=relay_r.get("enabled", bool, True),
+        message_format=relay_r.get("message_format", str, "<{displayname}> {message}"),
+        emote_format=relay_r.get("emote_format", str, "* {displayname} {message}"),
+    )
+    for name in ("message_format", "emote_format"):
+        fmt = getattr(relay, name)
+        try:
+            fmt.format(displayname="", user_id="", message="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"bridge.relay.{name}", f"invalid template: {e}") from e
+    relay_r.finish()
+    command_prefix = br.get("command_prefix", str, "!mimi")
+    credentials_key = br.get("credentials_key", str, GENERATE)
+    br.finish()
+
+    log_cfg = root.get("logging", dict, {"level": "INFO"})
+    connectors_r = root.get("connectors", dict, {})
+    connectors = {str(k): dict(v or {}) for k, v in connectors_r.items()}
+    for name, section in connectors_r.items():
+        if section is not None and not isinstance(section, Mapping):
+            raise ConfigError(f"connectors.{name}", "must be a mapping")
+    root.finish()
+    return BridgeConfig(
+        path=path,
+        hs_address=hs_address,
+        domain=domain,
+        as_address=as_address,
+        hostname=hostname,
+        port=port,
+        appservice_id=appservice_id,
+        bot_username=bot_username,
+        bot_displayname=bot_displayname,
+        as_token=as_token,
+        hs_token=hs_token,
+        database=database,
+        permissions=permissions,
+        relay=relay,
+        command_prefix=command_prefix,
+        credentials_key=credentials_key,
+        logging=dict(log_cfg),
+        connectors=connectors,
+        ephemeral_events=ephemeral,
+    )
+
+
+def load(path: Path) -> BridgeConfig:
+    return parse(load_document(path), path)
+
+
+def require_tokens(cfg: BridgeConfig) -> None:
+    """Running needs real tokens; ``-g`` generates them."""
+    for key, value in (
+        ("appservice.as_token", cfg.as_token),
+        ("appservice.hs_token", cfg.hs_token),
+        ("bridge.credentials_key", cfg.credentials_key),
+    ):
+        if value == GENERATE:
+            raise ConfigError(
+                key, "not generated yet: run mimi-bridge -g to write the registration"
+            )
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(48)

@@ -1,0 +1,108 @@
+"""The core's tables and their versioned upgrades. Connectors keep their own tables with their
+own ``UpgradeTable`` (version table ``<connector>_version``) in the same database."""
+
+from __future__ import annotations
+
+from mautrix.util.async_db import Connection, Scheme, UpgradeTable
+
+upgrade_table = UpgradeTable(version_table_name="mimi_version", database_name="mimi-bridge")
+
+
+@upgrade_table.register(description="Initial schema")  # type: ignore[call-arg,arg-type]
+async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
+    serial = "BIGSERIAL PRIMARY KEY" if scheme != Scheme.SQLITE else "INTEGER PRIMARY KEY"
+    await conn.execute(
+        """CREATE TABLE portal (
+            network     TEXT NOT NULL,
+            remote_id   TEXT NOT NULL,
+            receiver    TEXT NOT NULL DEFAULT '',
+            room_id     TEXT UNIQUE,
+            name        TEXT,
+            topic       TEXT,
+            avatar_mxc  TEXT,
+            is_direct   BOOLEAN NOT NULL DEFAULT false,
+            plumbed     BOOLEAN NOT NULL DEFAULT false,
+            relay       BOOLEAN NOT NULL DEFAULT true,
+            metadata    TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (network, remote_id, receiver)
+        )"""
+    )
+    await conn.execute(
+        """CREATE TABLE ghost (
+            network       TEXT NOT NULL,
+            remote_id     TEXT NOT NULL,
+            user_id       TEXT NOT NULL UNIQUE,
+            display_name  TEXT,
+            avatar_mxc    TEXT,
+            metadata      TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (network, remote_id)
+        )"""
+    )
+    await conn.execute(
+        """CREATE TABLE matrix_user (
+            user_id          TEXT PRIMARY KEY,
+            management_room  TEXT,
+            permission       TEXT
+        )"""
+    )
+    await conn.execute(
+        """CREATE TABLE user_login (
+            network      TEXT NOT NULL,
+            login_id     TEXT NOT NULL,
+            user_id      TEXT NOT NULL,
+            credentials  TEXT NOT NULL,
+            remote_name  TEXT NOT NULL DEFAULT '',
+            state        TEXT NOT NULL DEFAULT 'ok',
+            metadata     TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (network, login_id)
+        )"""
+    )
+    await conn.execute("CREATE INDEX user_login_user_idx ON user_login (user_id)")
+    await conn.execute(
+        """CREATE TABLE message (
+            network          TEXT NOT NULL,
+            portal_id        TEXT NOT NULL,
+            portal_receiver  TEXT NOT NULL DEFAULT '',
+            remote_id        TEXT NOT NULL,
+            part             INTEGER NOT NULL DEFAULT 0,
+            room_id          TEXT NOT NULL,
+            event_id         TEXT NOT NULL UNIQUE,
+            sender_id        TEXT NOT NULL,
+            sender_mxid      TEXT NOT NULL,
+            timestamp        BIGINT NOT NULL,
+            reply_to         TEXT,
+            thread_root      TEXT,
+            body             TEXT,
+            edit_count       INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (network, portal_id, portal_receiver, remote_id, part)
+        )"""
+    )
+    await conn.execute("CREATE INDEX message_room_idx ON message (room_id, timestamp)")
+    await conn.execute(
+        """CREATE TABLE reaction (
+            network          TEXT NOT NULL,
+            portal_id        TEXT NOT NULL,
+            portal_receiver  TEXT NOT NULL DEFAULT '',
+            target_id        TEXT NOT NULL,
+            sender_id        TEXT NOT NULL,
+            key              TEXT NOT NULL,
+            room_id          TEXT NOT NULL,
+            event_id         TEXT NOT NULL UNIQUE,
+            remote_id        TEXT,
+            PRIMARY KEY (network, portal_id, portal_receiver, target_id, sender_id, key)
+        )"""
+    )
+    await conn.execute(
+        """CREATE TABLE appservice_txn (
+            txn_id       TEXT PRIMARY KEY,
+            received_at  BIGINT NOT NULL
+        )"""
+    )
+    await conn.execute(
+        f"""CREATE TABLE pending_event (
+            seq      {serial},
+            txn_id   TEXT NOT NULL,
+            room_id  TEXT NOT NULL,
+            event    TEXT NOT NULL
+        )"""
+    )

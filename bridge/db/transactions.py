@@ -1,0 +1,61 @@
+"""Appservice transactions: which ones were received, and the events not processed yet.
+
+A transaction is acknowledged only after its events are committed here, and an event leaves
+``pending_event`` only after it was handled, so a crash at any point loses nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mautrix.util.async_db import Database
+
+
+@dataclass(slots=True)
+class PendingEvent:
+    seq: int
+    room_id: str
+    event: dict[str, Any]
+
+
+class TransactionStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def record(self, txn_id: str, events: list[dict[str, Any]]) -> list[PendingEvent] | None:
+        """Store a transaction and its events atomically. None if it was seen before."""
+        conn: Any
+        async with self.db.acquire() as conn, conn.transaction():
+            seen = await conn.fetchval("SELECT 1 FROM appservice_txn WHERE txn_id=$1", txn_id)
+            if seen:
+                return None
+            await conn.execute(
+                "INSERT INTO appservice_txn (txn_id, received_at) VALUES ($1, $2)",
+                txn_id,
+                int(time.time() * 1000),
+            )
+            out = []
+            for evt in events:
+                seq = await conn.fetchval(
+                    "INSERT INTO pending_event (txn_id, room_id, event) VALUES ($1, $2, $3)"
+                    " RETURNING seq",
+                    txn_id,
+                    str(evt.get("room_id", "")),
+                    json.dumps(evt),
+                )
+                out.append(PendingEvent(int(seq), str(evt.get("room_id", "")), evt))
+            return out
+
+    async def pending(self) -> list[PendingEvent]:
+        rows = await self.db.fetch("SELECT seq, room_id, event FROM pending_event ORDER BY seq")
+        return [PendingEvent(r["seq"], r["room_id"], json.loads(r["event"])) for r in rows]
+
+    async def done(self, seq: int) -> None:
+        await self.db.execute("DELETE FROM pending_event WHERE seq=$1", seq)
+
+    async def prune(self, older_than_ms: int) -> None:
+        """Forget old transaction ids (homeservers retry for hours, not weeks)."""
+        cutoff = int(time.time() * 1000) - older_than_ms
+        await self.db.execute("DELETE FROM appservice_txn WHERE received_at < $1", cutoff)

@@ -1,0 +1,402 @@
+"""Client-server calls to the homeserver, as the bot or as any ghost (identity assertion).
+
+A thin layer over mautrix's ``AppServiceAPI`` that keeps the few caches the bridge needs
+(registered ghosts, joined members) and always passes explicit transaction ids."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from mautrix.api import Method, Path
+from mautrix.appservice import AppServiceAPI
+from mautrix.appservice.state_store.memory import ASStateStore
+from mautrix.client.state_store.memory import MemoryStateStore
+from mautrix.errors import MatrixRequestError
+from mautrix.types import UserID
+
+
+class _StateStore(MemoryStateStore, ASStateStore):
+    """mautrix needs one; the bridge keeps its own caches below."""
+
+    def __init__(self) -> None:
+        MemoryStateStore.__init__(self)
+        ASStateStore.__init__(self)
+
+
+class MatrixError(Exception):
+    def __init__(self, errcode: str, message: str, status: int = 0) -> None:
+        super().__init__(f"{errcode}: {message}")
+        self.errcode = errcode
+        self.status = status
+
+
+def _wrap(e: MatrixRequestError) -> MatrixError:
+    return MatrixError(getattr(e, "errcode", "") or "M_UNKNOWN", e.message or str(e), e.http_status)
+
+
+class Homeserver:
+    def __init__(
+        self,
+        address: str,
+        domain: str,
+        as_token: str,
+        bot_mxid: str,
+        log: logging.Logger,
+    ) -> None:
+        self.address = address
+        self.domain = domain
+        self.bot_mxid = bot_mxid
+        self.as_token = as_token
+        self.log = log
+        self._session: aiohttp.ClientSession | None = None
+        self._api: AppServiceAPI | None = None
+        self._registered: set[str] = set()
+        self._joined: set[tuple[str, str]] = set()
+        self._state_store = _StateStore()
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=100),
+            headers={"User-Agent": "mimi-bridge"},
+        )
+        self._api = AppServiceAPI(
+            base_url=self.address,
+            bot_mxid=UserID(self.bot_mxid),
+            token=self.as_token,
+            log=self.log,  # type: ignore[arg-type]
+            state_store=self._state_store,
+            client_session=self._session,
+            default_retry_count=3,
+        )
+
+    async def close(self) -> None:
+        if self._session:
+            await self._session.close()
+        self._session = None
+        self._api = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Homeserver.open() first"
+        return self._session
+
+    def _as(self, user: str | None) -> AppServiceAPI:
+        assert self._api is not None, "Homeserver.open() first"
+        if user is None or user == self.bot_mxid:
+            return self._api
+        return self._api.user(UserID(user))
+
+    async def request(
+        self,
+        method: Method,
+        path: Any,
+        content: Any = None,
+        *,
+        as_user: str | None = None,
+        timestamp: int | None = None,
+        query: dict[str, Any] | None = None,
+        retries: int | None = None,
+    ) -> dict[str, Any]:
+        try:
+            return await self._as(as_user).request(
+                method,
+                path,
+                content,
+                timestamp=timestamp,
+                query_params=dict(query or {}),
+                retry_count=retries,
+            )
+        except MatrixRequestError as e:
+            raise _wrap(e) from e
+
+    # --- server and appservice ----------------------------------------------------------
+
+    async def versions(self) -> dict[str, Any]:
+        return await self.request(Method.GET, Path.versions, retries=0)
+
+    async def ping(self, appservice_id: str, txn_id: str) -> int:
+        resp = await self.request(
+            Method.POST,
+            Path.v1.appservice[appservice_id].ping,
+            {"transaction_id": txn_id},
+            retries=0,
+        )
+        return int(resp.get("duration_ms", 0))
+
+    # --- users --------------------------------------------------------------------------
+
+    async def ensure_registered(self, user_id: str) -> None:
+        if user_id in self._registered or user_id == self.bot_mxid:
+            return
+        localpart = user_id[1:].split(":", 1)[0]
+        try:
+            await self.request(
+                Method.POST,
+                Path.v3.register,
+                {
+                    "type": "m.login.application_service",
+                    "username": localpart,
+                    "inhibit_login": True,
+                },
+                query={"kind": "user"},
+            )
+        except MatrixError as e:
+            if e.errcode != "M_USER_IN_USE":
+                raise
+        self._registered.add(user_id)
+
+    async def set_displayname(self, user_id: str, name: str) -> None:
+        await self.ensure_registered(user_id)
+        await self.request(
+            Method.PUT,
+            Path.v3.profile[user_id].displayname,
+            {"displayname": name},
+            as_user=user_id,
+        )
+
+    async def set_avatar(self, user_id: str, mxc: str) -> None:
+        await self.ensure_registered(user_id)
+        await self.request(
+            Method.PUT, Path.v3.profile[user_id].avatar_url, {"avatar_url": mxc}, as_user=user_id
+        )
+
+    async def displayname(self, user_id: str) -> str | None:
+        try:
+            resp = await self.request(Method.GET, Path.v3.profile[user_id].displayname)
+        except MatrixError:
+            return None
+        name = resp.get("displayname")
+        return str(name) if name else None
+
+    async def set_presence(self, user_id: str, presence: str, status: str | None) -> None:
+        body: dict[str, Any] = {"presence": presence}
+        if status:
+            body["status_msg"] = status
+        await self.request(Method.PUT, Path.v3.presence[user_id].status, body, as_user=user_id)
+
+    # --- rooms --------------------------------------------------------------------------
+
+    async def create_room(self, body: dict[str, Any], as_user: str | None = None) -> str:
+        if as_user:
+            await self.ensure_registered(as_user)
+        resp = await self.request(Method.POST, Path.v3.createRoom, body, as_user=as_user)
+        room_id = str(resp["room_id"])
+        self._joined.add((room_id, as_user or self.bot_mxid))
+        return room_id
+
+    async def resolve_alias(self, alias: str) -> str | None:
+        try:
+            resp = await self.request(Method.GET, Path.v3.directory.room[alias])
+        except MatrixError as e:
+            if e.errcode == "M_NOT_FOUND":
+                return None
+            raise
+        return str(resp["room_id"])
+
+    def note_membership(self, room_id: str, user_id: str, membership: str) -> None:
+        if membership == "join":
+            self._joined.add((room_id, user_id))
+        else:
+            self._joined.discard((room_id, user_id))
+
+    def is_joined(self, room_id: str, user_id: str) -> bool:
+        return (room_id, user_id) in self._joined
+
+    async def join(self, room_id: str, user_id: str | None = None) -> str:
+        user = user_id or self.bot_mxid
+        await self.ensure_registered(user)
+        resp = await self.request(Method.POST, Path.v3.join[room_id], {}, as_user=user)
+        joined = str(resp.get("room_id", room_id))
+        self._joined.add((joined, user))
+        return joined
+
+    async def ensure_joined(self, room_id: str, user_id: str) -> None:
+        """Join ``user_id`` (a ghost), inviting it with the bot first when the room wants."""
+        if (room_id, user_id) in self._joined:
+            return
+        try:
+            await self.join(room_id, user_id)
+        except MatrixError as e:
+            if e.errcode not in ("M_FORBIDDEN", "M_BAD_STATE"):
+                raise
+            if e.errcode == "M_BAD_STATE":
+                await self.unban(room_id, user_id)
+            await self.invite(room_id, user_id)
+            await self.join(room_id, user_id)
+
+    async def invite(self, room_id: str, user_id: str, as_user: str | None = None) -> None:
+        try:
+            await self.request(
+                Method.POST, Path.v3.rooms[room_id].invite, {"user_id": user_id}, as_user=as_user
+            )
+        except MatrixError as e:
+            # Already joined or invited: the goal is reached.
+            if "already in the room" not in str(e) and "is already joined" not in str(e):
+                raise
+
+    async def leave(self, room_id: str, user_id: str | None = None, reason: str = "") -> None:
+        body = {"reason": reason} if reason else {}
+        try:
+            await self.request(Method.POST, Path.v3.rooms[room_id].leave, body, as_user=user_id)
+        finally:
+            self._joined.discard((room_id, user_id or self.bot_mxid))
+
+    async def kick(
+        self, room_id: str, user_id: str, reason: str = "", as_user: str | None = None
+    ) -> None:
+        await self.request(
+            Method.POST,
+            Path.v3.rooms[room_id].kick,
+            {"user_id": user_id, "reason": reason},
+            as_user=as_user,
+        )
+        self._joined.discard((room_id, user_id))
+
+    async def ban(
+        self, room_id: str, user_id: str, reason: str = "", as_user: str | None = None
+    ) -> None:
+        await self.request(
+            Method.POST,
+            Path.v3.rooms[room_id].ban,
+            {"user_id": user_id, "reason": reason},
+            as_user=as_user,
+        )
+        self._joined.discard((room_id, user_id))
+
+    async def unban(self, room_id: str, user_id: str, as_user: str | None = None) -> None:
+        await self.request(
+            Method.POST, Path.v3.rooms[room_id].unban, {"user_id": user_id}, as_user=as_user
+        )
+
+    async def joined_members(self, room_id: str) -> dict[str, str]:
+        resp = await self.request(Method.GET, Path.v3.rooms[room_id].joined_members)
+        out = {}
+        for uid, info in (resp.get("joined") or {}).items():
+            out[uid] = (info or {}).get("display_name") or uid
+            self._joined.add((room_id, uid))
+        return out
+
+    async def get_state(
+        self, room_id: str, event_type: str, state_key: str = "", as_user: str | None = None
+    ) -> dict[str, Any] | None:
+        try:
+            return await self.request(
+                Method.GET, Path.v3.rooms[room_id].state[event_type][state_key], as_user=as_user
+            )
+        except MatrixError as e:
+            if e.errcode == "M_NOT_FOUND":
+                return None
+            raise
+
+    # --- events -------------------------------------------------------------------------
+
+    async def send(
+        self,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any],
+        *,
+        txn_id: str,
+        as_user: str | None = None,
+        timestamp: int | None = None,
+    ) -> str:
+        resp = await self.request(
+            Method.PUT,
+            Path.v3.rooms[room_id].send[event_type][txn_id],
+            content,
+            as_user=as_user,
+            timestamp=timestamp,
+        )
+        return str(resp["event_id"])
+
+    async def send_state(
+        self,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any],
+        state_key: str = "",
+        as_user: str | None = None,
+    ) -> str:
+        resp = await self.request(
+            Method.PUT,
+            Path.v3.rooms[room_id].state[event_type][state_key],
+            content,
+            as_user=as_user,
+        )
+        return str(resp["event_id"])
+
+    async def redact(
+        self,
+        room_id: str,
+        event_id: str,
+        *,
+        txn_id: str,
+        as_user: str | None = None,
+        reason: str | None = None,
+    ) -> str:
+        body = {"reason": reason} if reason else {}
+        resp = await self.request(
+            Method.PUT, Path.v3.rooms[room_id].redact[event_id][txn_id], body, as_user=as_user
+        )
+        return str(resp.get("event_id", ""))
+
+    async def typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
+        body: dict[str, Any] = {"typing": typing}
+        if typing:
+            body["timeout"] = timeout_ms
+        await self.request(
+            Method.PUT, Path.v3.rooms[room_id].typing[user_id], body, as_user=user_id
+        )
+
+    async def receipt(self, room_id: str, event_id: str, user_id: str) -> None:
+        await self.request(
+            Method.POST, Path.v3.rooms[room_id].receipt["m.read"][event_id], {}, as_user=user_id
+        )
+
+    async def get_event(self, room_id: str, event_id: str) -> dict[str, Any] | None:
+        try:
+            return await self.request(Method.GET, Path.v3.rooms[room_id].event[event_id])
+        except MatrixError:
+            return None
+
+    # --- media --------------------------------------------------------------------------
+
+    async def upload(
+        self, data: bytes, mimetype: str, filename: str, as_user: str | None = None
+    ) -> str:
+        url = f"{self.address}/_matrix/media/v3/upload?filename={quote(filename)}"
+        params = {"user_id": as_user} if as_user else {}
+        async with self.session.post(
+            url,
+            data=data,
+            params=params,
+            headers={"Authorization": f"Bearer {self.as_token}", "Content-Type": mimetype},
+        ) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status != 200:
+                raise MatrixError(body.get("errcode", "M_UNKNOWN"), str(body), resp.status)
+            return str(body["content_uri"])
+
+    async def download(self, mxc: str, max_bytes: int = 100 * 1024 * 1024) -> bytes:
+        """Authenticated media (spec v1.11), following redirects."""
+        if not mxc.startswith("mxc://"):
+            raise MatrixError("M_INVALID_PARAM", f"not an mxc URI: {mxc}")
+        server, _, media_id = mxc[6:].partition("/")
+        url = f"{self.address}/_matrix/client/v1/media/download/{quote(server)}/{quote(media_id)}"
+        async with self.session.get(
+            url, headers={"Authorization": f"Bearer {self.as_token}"}
+        ) as resp:
+            if resp.status != 200:
+                raise MatrixError("M_NOT_FOUND", f"media download failed: {resp.status}")
+            data = await resp.content.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise MatrixError("M_TOO_LARGE", "media is larger than the bridge accepts")
+            return data
+
+    def media_url(self, mxc: str) -> str:
+        """A link for networks that carry only URLs (unauthenticated legacy path)."""
+        server, _, media_id = mxc[6:].partition("/")
+        return f"{self.address}/_matrix/media/v3/download/{server}/{media_id}"

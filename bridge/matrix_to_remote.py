@@ -1,0 +1,630 @@
+"""Matrix events -> connector calls. Where a Matrix message becomes a remote message.
+
+Every event that cannot be bridged is answered with a notice in its room: nothing is
+dropped silently."""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Any
+
+from . import content as contentmod
+from .connector import (
+    ConnectorError,
+    GhostKey,
+    MatrixEdit,
+    MatrixMembership,
+    MatrixMessage,
+    MatrixReaction,
+    MatrixReactionRemove,
+    MatrixReceipt,
+    MatrixRedaction,
+    MatrixRoomMeta,
+    MatrixSender,
+    MatrixTyping,
+    Membership,
+    MessageContent,
+    MessageKind,
+    MessageRef,
+    NetworkClient,
+    NotSupported,
+)
+from .connector.capabilities import (
+    DirectMessaging,
+    EditHandling,
+    MembershipHandling,
+    PresenceHandling,
+    ReactionHandling,
+    ReceiptHandling,
+    RedactionHandling,
+    RoomMetaHandling,
+    TypingHandling,
+)
+from .connector.events import now_ms
+from .db import MessageRow, Portal, ReactionRow
+from .matrix.homeserver import MatrixError
+
+if TYPE_CHECKING:
+    from .bridge import Bridge
+
+
+def _rel(content: dict[str, Any]) -> dict[str, Any]:
+    rel = content.get("m.relates_to")
+    return rel if isinstance(rel, dict) else {}
+
+
+class MatrixHandler:
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.hs = bridge.hs
+        self.log = bridge.log.getChild("matrix")
+        self._typing: dict[str, set[str]] = {}
+
+    # --- entry points -----------------------------------------------------------------
+
+    async def handle(self, evt: dict[str, Any]) -> None:
+        etype, room_id, sender = evt.get("type"), evt.get("room_id"), evt.get("sender")
+        if not (isinstance(etype, str) and isinstance(room_id, str) and isinstance(sender, str)):
+            self.log.warning("ignoring a malformed event (type, room_id or sender missing)")
+            return
+        content = evt.get("content")
+        if not isinstance(content, dict):
+            content = {}
+        if etype == "m.room.member" and isinstance(evt.get("state_key"), str):
+            self.hs.note_membership(room_id, evt["state_key"], str(content.get("membership")))
+        if self.bridge.is_bridge_user(sender):
+            return  # our own echo
+        try:
+            await self._dispatch(evt, etype, room_id, sender, content)
+        except MatrixError as e:
+            self.log.warning("homeserver error handling %s in %s: %s", etype, room_id, e)
+
+    async def _dispatch(
+        self, evt: dict[str, Any], etype: str, room_id: str, sender: str, content: dict[str, Any]
+    ) -> None:
+        if "state_key" in evt:
+            if etype == "m.room.member":
+                await self.membership(evt, room_id, sender, content)
+            elif etype in ("m.room.name", "m.room.topic", "m.room.avatar"):
+                await self.room_meta(evt, etype, room_id, sender, content)
+            return
+        if etype in ("m.room.message", "m.sticker"):
+            if etype == "m.room.message" and await self.bridge.commands.maybe_handle(
+                room_id, sender, content
+            ):
+                return
+            portal = await self.bridge.portal_store.by_room(room_id)
+            if portal is None:
+                return
+            if etype == "m.sticker":
+                content = {**content, "msgtype": "m.image"}
+            if _rel(content).get("rel_type") == "m.replace":
+                await self.edit(evt, portal, sender, content)
+            else:
+                await self.message(evt, portal, sender, content)
+        elif etype == "m.reaction":
+            portal = await self.bridge.portal_store.by_room(room_id)
+            if portal:
+                await self.reaction(evt, portal, sender, content)
+        elif etype == "m.room.redaction":
+            portal = await self.bridge.portal_store.by_room(room_id)
+            if portal:
+                await self.redaction(evt, portal, sender, content)
+        elif etype == "m.room.encrypted":
+            if await self.bridge.portal_store.by_room(room_id):
+                await self.bridge.send_notice(
+                    room_id, "Encrypted messages cannot be bridged: this bridge has no E2EE."
+                )
+
+    # --- who speaks -------------------------------------------------------------------
+
+    async def speaker(
+        self, portal: Portal, user_id: str, what: str
+    ) -> tuple[NetworkClient, MatrixSender] | None:
+        """The client that speaks for ``user_id`` here, or None after telling them why."""
+        assert portal.room_id
+        perm = self.bridge.permission_of(user_id)
+        connector = self.bridge.connector_of(portal.key.network)
+        if perm is None:
+            await self.bridge.send_notice(
+                portal.room_id, f"{user_id}: you may not use this bridge; your {what} was not sent."
+            )
+            return None
+        user = await self.bridge.matrix_user(user_id)
+        client = None
+        if perm in ("user", "admin"):
+            client = await connector.client_for(user, portal.key)
+        if client is not None:
+            return client, MatrixSender(user_id, user.display_name)
+        if portal.relay and self.bridge.cfg.relay.enabled:
+            relay = await connector.relay_client(portal.key)
+            if relay is not None:
+                return relay, MatrixSender(user_id, user.display_name, relayed=True)
+        hint = (
+            f"log in with `login {connector.name} ...` in your management room"
+            if perm in ("user", "admin")
+            else "this room has no relay"
+        )
+        await self.bridge.send_notice(
+            portal.room_id, f"{user.display_name}: your {what} was not sent: {hint}."
+        )
+        return None
+
+    async def _deliver(self, portal: Portal, user_id: str, what: str, coro: Any) -> Any:
+        assert portal.room_id
+        try:
+            return await coro
+        except NotSupported as e:
+            await self.bridge.send_notice(portal.room_id, f"Your {what} was not bridged: {e}")
+        except ConnectorError as e:
+            await self.bridge.send_notice(portal.room_id, f"Your {what} was not delivered: {e}")
+        except Exception:
+            self.log.exception("delivering a %s from %s failed", what, user_id)
+            await self.bridge.send_notice(
+                portal.room_id, f"Your {what} was not delivered because of an internal error."
+            )
+        return None
+
+    async def _not_supported(self, portal: Portal, what: str) -> None:
+        assert portal.room_id
+        name = self.bridge.connector_of(portal.key.network).display_name
+        await self.bridge.send_notice(portal.room_id, f"{name} cannot carry {what}; not bridged.")
+
+    def relay_format(self, sender: MatrixSender, msg: MessageContent) -> MessageContent:
+        relay = self.bridge.cfg.relay
+        fmt = relay.emote_format if msg.kind == MessageKind.EMOTE else relay.message_format
+        text = fmt.format(displayname=sender.display_name, user_id=sender.user_id, message=msg.text)
+        html_body = None
+        if msg.html:
+            html_body = fmt.format(
+                displayname=html.escape(sender.display_name),
+                user_id=html.escape(sender.user_id),
+                message=msg.html,
+            )
+        kind = MessageKind.TEXT if msg.kind == MessageKind.EMOTE else msg.kind
+        return MessageContent(text, html_body, kind, msg.attachments, msg.mentions)
+
+    async def ref(self, event_id: str | None) -> tuple[MessageRow, MessageRef] | None:
+        if not isinstance(event_id, str):
+            return None
+        row = await self.bridge.messages.by_event(event_id)
+        if row is None:
+            return None
+        from_matrix = row.sender_id == row.sender_mxid and not self.bridge.is_bridge_user(
+            row.sender_mxid
+        )
+        return row, MessageRef(
+            remote_id=row.remote_id,
+            sender_remote_id=None if from_matrix else row.sender_id,
+            text=row.body,
+            timestamp=row.timestamp,
+            sender_matrix_user=row.sender_mxid if from_matrix else None,
+        )
+
+    # --- messages ---------------------------------------------------------------------
+
+    async def message(
+        self, evt: dict[str, Any], portal: Portal, sender: str, content: dict[str, Any]
+    ) -> None:
+        assert portal.room_id
+        event_id = str(evt.get("event_id", ""))
+        if await self.bridge.messages.by_event(event_id):
+            return  # processed before a restart
+        try:
+            msg, mxc = contentmod.from_matrix(content)
+        except contentmod.UnsupportedContent as e:
+            await self.bridge.send_notice(portal.room_id, f"Your message was not bridged: {e}.")
+            return
+        if mxc:
+            try:
+                msg.attachments[0].data = await self.hs.download(mxc)
+                msg.attachments[0].url = self.hs.media_url(mxc)
+            except MatrixError as e:
+                await self.bridge.send_notice(
+                    portal.room_id, f"Your file was not bridged: it could not be downloaded ({e})."
+                )
+                return
+        speaker = await self.speaker(portal, sender, "message")
+        if speaker is None:
+            return
+        client, msender = speaker
+        if msender.relayed:
+            msg = self.relay_format(msender, msg)
+        rel = _rel(content)
+        reply = await self.ref((rel.get("m.in_reply_to") or {}).get("event_id"))
+        thread = None
+        if rel.get("rel_type") == "m.thread":
+            thread = await self.ref(rel.get("event_id"))
+        mm = MatrixMessage(
+            portal=portal.key,
+            sender=msender,
+            event_id=event_id,
+            timestamp=int(evt.get("origin_server_ts") or now_ms()),
+            content=msg,
+            reply_to=reply[1] if reply else None,
+            thread_root=thread[1] if thread else None,
+        )
+        sent = await self._deliver(portal, sender, "message", client.handle_matrix_message(mm))
+        if sent is None:
+            return
+        await self.bridge.messages.insert(
+            MessageRow(
+                portal=portal.key,
+                remote_id=sent.remote_id,
+                part=0,
+                room_id=portal.room_id,
+                event_id=event_id,
+                sender_id=sender,
+                sender_mxid=sender,
+                timestamp=sent.timestamp or mm.timestamp,
+                reply_to=reply[0].event_id if reply else None,
+                thread_root=thread[0].event_id if thread else None,
+                body=msg.text,
+            )
+        )
+
+    async def edit(
+        self, evt: dict[str, Any], portal: Portal, sender: str, content: dict[str, Any]
+    ) -> None:
+        assert portal.room_id
+        target = await self.ref(_rel(content).get("event_id"))
+        if target is None:
+            return  # an edit of something never bridged
+        new = content.get("m.new_content")
+        if not isinstance(new, dict):
+            await self.bridge.send_notice(portal.room_id, "Your edit was not bridged: no new text.")
+            return
+        try:
+            msg, _ = contentmod.from_matrix(new)
+        except contentmod.UnsupportedContent as e:
+            await self.bridge.send_notice(portal.room_id, f"Your edit was not bridged: {e}.")
+            return
+        speaker = await self.speaker(portal, sender, "edit")
+        if speaker is None:
+            return
+        client, msender = speaker
+        if not isinstance(client, EditHandling):
+            await self._not_supported(portal, "edits")
+            return
+        if msender.relayed:
+            msg = self.relay_format(msender, msg)
+        me = MatrixEdit(
+            portal=portal.key,
+            sender=msender,
+            event_id=str(evt.get("event_id", "")),
+            target=target[1],
+            content=msg,
+            original_text=target[0].body,
+        )
+        done = await self._deliver(portal, sender, "edit", self._edit(client, me))
+        if done:
+            await self.bridge.messages.record_edit(target[0], msg.text)
+
+    @staticmethod
+    async def _edit(client: EditHandling, me: MatrixEdit) -> bool:
+        await client.handle_matrix_edit(me)
+        return True
+
+    async def reaction(
+        self, evt: dict[str, Any], portal: Portal, sender: str, content: dict[str, Any]
+    ) -> None:
+        assert portal.room_id
+        rel = _rel(content)
+        key = rel.get("key")
+        target = await self.ref(rel.get("event_id"))
+        if target is None or not isinstance(key, str) or rel.get("rel_type") != "m.annotation":
+            return
+        speaker = await self.speaker(portal, sender, "reaction")
+        if speaker is None:
+            return
+        client, msender = speaker
+        if not isinstance(client, ReactionHandling):
+            await self._not_supported(portal, "reactions")
+            return
+        event_id = str(evt.get("event_id", ""))
+        mr = MatrixReaction(
+            portal=portal.key, sender=msender, event_id=event_id, target=target[1], key=key
+        )
+        sent = await self._deliver(portal, sender, "reaction", client.handle_matrix_reaction(mr))
+        if sent is None:
+            return
+        await self.bridge.messages.insert_reaction(
+            ReactionRow(
+                portal.key,
+                target[0].remote_id,
+                sender,
+                key,
+                portal.room_id,
+                event_id,
+                sent.remote_id,
+            )
+        )
+
+    async def redaction(
+        self, evt: dict[str, Any], portal: Portal, sender: str, content: dict[str, Any]
+    ) -> None:
+        redacts = evt.get("redacts") or content.get("redacts")
+        if not isinstance(redacts, str):
+            return
+        reason = content.get("reason") if isinstance(content.get("reason"), str) else None
+        event_id = str(evt.get("event_id", ""))
+        reaction = await self.bridge.messages.reaction_by_event(redacts)
+        if reaction is not None:
+            speaker = await self.speaker(portal, sender, "reaction removal")
+            if speaker is None:
+                return
+            client, msender = speaker
+            if not isinstance(client, ReactionHandling):
+                await self._not_supported(portal, "reaction removals")
+                return
+            rows = await self.bridge.messages.by_remote(portal.key, reaction.target_id)
+            ref = MessageRef(reaction.target_id, rows[0].sender_id if rows else None)
+            rm = MatrixReactionRemove(
+                portal=portal.key,
+                sender=msender,
+                event_id=event_id,
+                target=ref,
+                key=reaction.key,
+                reaction_remote_id=reaction.remote_id or "",
+            )
+            await self._deliver(
+                portal, sender, "reaction removal", client.handle_matrix_reaction_remove(rm)
+            )
+            await self.bridge.messages.delete_reaction(redacts)
+            return
+        target = await self.ref(redacts)
+        if target is None:
+            return
+        speaker = await self.speaker(portal, sender, "deletion")
+        if speaker is None:
+            return
+        client, msender = speaker
+        if not isinstance(client, RedactionHandling):
+            await self._not_supported(portal, "deletions")
+            return
+        mr = MatrixRedaction(
+            portal=portal.key, sender=msender, event_id=event_id, target=target[1], reason=reason
+        )
+        await self._deliver(portal, sender, "deletion", client.handle_matrix_redaction(mr))
+        await self.bridge.messages.delete(target[0])
+
+    # --- state ------------------------------------------------------------------------
+
+    async def room_meta(
+        self, evt: dict[str, Any], etype: str, room_id: str, sender: str, content: dict[str, Any]
+    ) -> None:
+        portal = await self.bridge.portal_store.by_room(room_id)
+        if portal is None:
+            return
+        prev = (evt.get("unsigned") or {}).get("prev_content") or {}
+        field = {"m.room.name": "name", "m.room.topic": "topic", "m.room.avatar": "url"}[etype]
+        if prev.get(field) == content.get(field):
+            return
+        speaker = await self.speaker(portal, sender, "room change")
+        if speaker is None:
+            return
+        client, msender = speaker
+        if not isinstance(client, RoomMetaHandling):
+            await self._not_supported(portal, f"room {'avatar' if field == 'url' else field}s")
+            return
+        change = MatrixRoomMeta(portal=portal.key, sender=msender, event_id=str(evt["event_id"]))
+        if field == "name":
+            change.name = str(content.get("name") or "")
+        elif field == "topic":
+            change.topic = str(content.get("topic") or "")
+        else:
+            return await self._not_supported(portal, "room avatars")
+        await self._deliver(portal, sender, "room change", client.handle_matrix_room_meta(change))
+
+    async def membership(
+        self, evt: dict[str, Any], room_id: str, sender: str, content: dict[str, Any]
+    ) -> None:
+        target = str(evt["state_key"])
+        membership = content.get("membership")
+        prev = (evt.get("unsigned") or {}).get("prev_content") or {}
+        if membership == "join" and target == sender:
+            self.bridge.remember_display_name(sender, content.get("displayname"))
+        if target == self.bridge.cfg.bot_mxid:
+            if membership == "invite":
+                await self.bot_invited(room_id, sender, content)
+            return
+        ghost = self.bridge.parse_ghost(target)
+        portal = await self.bridge.portal_store.by_room(room_id)
+        if ghost is not None and membership == "invite" and portal is None:
+            await self.ghost_invited(room_id, sender, ghost, content)
+            return
+        if portal is None or portal.room_id is None:
+            return
+        if membership == "join" and prev.get("membership") == "join":
+            return  # a profile change, not a join
+        reason = content.get("reason") if isinstance(content.get("reason"), str) else None
+        change: Membership | None = None
+        if target == sender:
+            change = {"join": Membership.JOIN, "leave": Membership.LEAVE}.get(str(membership))
+        elif membership == "leave":
+            change = Membership.UNBAN if prev.get("membership") == "ban" else Membership.KICK
+        elif membership == "ban":
+            change = Membership.BAN
+        elif membership == "invite":
+            change = Membership.INVITE
+        if change is None:
+            return
+        connector = self.bridge.connector_of(portal.key.network)
+        if change in (Membership.JOIN, Membership.LEAVE):
+            perm = self.bridge.permission_of(sender)
+            if perm not in ("user", "admin"):
+                return  # relayed users have no remote presence to update
+            user = await self.bridge.matrix_user(sender)
+            client = await connector.client_for(user, portal.key)
+            if isinstance(client, MembershipHandling):
+                mm = MatrixMembership(
+                    portal=portal.key,
+                    sender=MatrixSender(sender, user.display_name),
+                    event_id=str(evt.get("event_id", "")),
+                    membership=change,
+                )
+                await self._deliver(
+                    portal, sender, "join/leave", client.handle_matrix_membership(mm)
+                )
+            return
+        speaker = await self.speaker(portal, sender, change.value)
+        if speaker is None:
+            return
+        client, msender = speaker
+        if not isinstance(client, MembershipHandling):
+            await self._not_supported(portal, f"{change.value}s")
+            return
+        mm = MatrixMembership(
+            portal=portal.key,
+            sender=msender,
+            event_id=str(evt.get("event_id", "")),
+            membership=change,
+            target=GhostKey(ghost.network, ghost.remote_id) if ghost else None,
+            target_matrix_user=None if ghost else target,
+            reason=reason,
+        )
+        await self._deliver(portal, sender, change.value, client.handle_matrix_membership(mm))
+
+    async def bot_invited(self, room_id: str, sender: str, content: dict[str, Any]) -> None:
+        if self.bridge.permission_of(sender) is None:
+            self.log.info("refusing an invite from %s (no permission)", sender)
+            await self.hs.leave(room_id, reason="You may not use this bridge.")
+            return
+        await self.hs.join(room_id)
+        members = await self.hs.joined_members(room_id)
+        if content.get("is_direct") or len(members) <= 2:
+            await self.bridge.users.set_management_room(sender, room_id)
+            await self.bridge.send_notice(room_id, self.bridge.commands.welcome())
+
+    async def ghost_invited(
+        self, room_id: str, sender: str, ghost: GhostKey, content: dict[str, Any]
+    ) -> None:
+        connector = self.bridge.connector_of(ghost.network)
+        ghost_id = await self.bridge.portal_mgr.ghost(ghost.network, ghost.remote_id)
+        perm = self.bridge.permission_of(sender)
+        if not isinstance(connector, DirectMessaging) or perm not in ("user", "admin"):
+            await self.hs.join(room_id, ghost_id)
+            why = (
+                f"{connector.display_name} direct messages are not supported"
+                if not isinstance(connector, DirectMessaging)
+                else "you may not start direct messages through this bridge"
+            )
+            await self.hs.send(
+                room_id,
+                "m.room.message",
+                {"msgtype": "m.notice", "body": why},
+                txn_id=f"mimi.dm-refused.{room_id}",
+                as_user=ghost_id,
+            )
+            await self.hs.leave(room_id, ghost_id)
+            return
+        user = await self.bridge.matrix_user(sender)
+        try:
+            key = await connector.open_dm(user, ghost.network, ghost.remote_id)
+        except ConnectorError as e:
+            await self.hs.join(room_id, ghost_id)
+            await self.hs.send(
+                room_id,
+                "m.room.message",
+                {"msgtype": "m.notice", "body": f"Cannot open this chat: {e}"},
+                txn_id=f"mimi.dm-failed.{room_id}",
+                as_user=ghost_id,
+            )
+            await self.hs.leave(room_id, ghost_id)
+            return
+        await self.hs.join(room_id, ghost_id)
+        existing = await self.bridge.portal_store.get(key)
+        portal = existing or Portal(key=key)
+        portal.room_id = room_id
+        portal.is_direct = True
+        await self.bridge.portal_store.save(portal)
+        await connector.portal_opened(key)
+
+    # --- ephemeral --------------------------------------------------------------------
+
+    async def handle_ephemeral(self, evt: dict[str, Any]) -> None:
+        etype = evt.get("type")
+        content = evt.get("content") if isinstance(evt.get("content"), dict) else {}
+        assert isinstance(content, dict)
+        try:
+            if etype == "m.typing":
+                await self.typing(str(evt.get("room_id")), content)
+            elif etype == "m.receipt":
+                await self.receipts(str(evt.get("room_id")), content)
+            elif etype == "m.presence":
+                await self.presence(str(evt.get("sender", "")), content)
+        except ConnectorError as e:
+            self.log.info("ephemeral %s not bridged: %s", etype, e)
+        except Exception:
+            self.log.exception("ephemeral %s failed", etype)
+
+    async def _quiet_client(self, portal: Portal, user_id: str) -> NetworkClient | None:
+        """The user's own client, without notices: typing and receipts are best-effort and
+        never relayed (the MIMI requirements let them 'safely fail')."""
+        if self.bridge.permission_of(user_id) not in ("user", "admin"):
+            return None
+        user = await self.bridge.matrix_user(user_id)
+        return await self.bridge.connector_of(portal.key.network).client_for(user, portal.key)
+
+    async def typing(self, room_id: str, content: dict[str, Any]) -> None:
+        portal = await self.bridge.portal_store.by_room(room_id)
+        if portal is None:
+            return
+        now = {u for u in content.get("user_ids") or [] if isinstance(u, str)}
+        now = {u for u in now if not self.bridge.is_bridge_user(u)}
+        before = self._typing.get(room_id, set())
+        self._typing[room_id] = now
+        for user_id in now ^ before:
+            client = await self._quiet_client(portal, user_id)
+            if isinstance(client, TypingHandling):
+                user = await self.bridge.matrix_user(user_id)
+                await client.handle_matrix_typing(
+                    MatrixTyping(
+                        portal=portal.key,
+                        sender=MatrixSender(user_id, user.display_name),
+                        event_id="",
+                        typing=user_id in now,
+                    )
+                )
+
+    async def receipts(self, room_id: str, content: dict[str, Any]) -> None:
+        portal = await self.bridge.portal_store.by_room(room_id)
+        if portal is None:
+            return
+        for event_id, kinds in content.items():
+            if not isinstance(kinds, dict):
+                continue
+            readers = kinds.get("m.read") or {}
+            ref = await self.ref(event_id)
+            if ref is None or not isinstance(readers, dict):
+                continue
+            for user_id in readers:
+                if self.bridge.is_bridge_user(user_id):
+                    continue
+                client = await self._quiet_client(portal, user_id)
+                if isinstance(client, ReceiptHandling):
+                    user = await self.bridge.matrix_user(user_id)
+                    await client.handle_matrix_receipt(
+                        MatrixReceipt(
+                            portal=portal.key,
+                            sender=MatrixSender(user_id, user.display_name),
+                            event_id=event_id,
+                            target=ref[1],
+                        )
+                    )
+
+    async def presence(self, user_id: str, content: dict[str, Any]) -> None:
+        if not user_id or self.bridge.is_bridge_user(user_id):
+            return
+        presence = content.get("presence")
+        if not isinstance(presence, str):
+            return
+        status = content.get("status_msg") if isinstance(content.get("status_msg"), str) else None
+        seen: set[int] = set()
+        for portal in await self.bridge.portal_store.all():
+            if portal.room_id is None or not self.hs.is_joined(portal.room_id, user_id):
+                continue
+            client = await self._quiet_client(portal, user_id)
+            if isinstance(client, PresenceHandling) and id(client) not in seen:
+                seen.add(id(client))
+                await client.handle_matrix_presence(presence, status)

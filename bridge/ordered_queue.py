@@ -1,0 +1,53 @@
+"""Per-key ordered processing: events of one portal are handled one after another, in the
+order they arrived, while different portals proceed concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+
+
+class OrderedQueues:
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self._queues: dict[Hashable, deque[Callable[[], Awaitable[None]]]] = {}
+        self._workers: dict[Hashable, asyncio.Task[None]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def submit(self, key: Hashable, job: Callable[[], Awaitable[None]]) -> None:
+        q = self._queues.setdefault(key, deque())
+        q.append(job)
+        self._idle.clear()
+        if key not in self._workers:
+            self._workers[key] = asyncio.create_task(self._run(key), name=f"queue:{key}")
+
+    async def _run(self, key: Hashable) -> None:
+        q = self._queues[key]
+        try:
+            while q:
+                job = q.popleft()
+                try:
+                    await job()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # The job reports to the user itself; this only keeps the queue alive.
+                    self.log.exception("unhandled error in the queue of %s", key)
+        finally:
+            del self._workers[key]
+            if not q:
+                del self._queues[key]
+            if not self._workers:
+                self._idle.set()
+
+    async def drain(self) -> None:
+        """Wait until every queued job has run."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        for task in list(self._workers.values()):
+            task.cancel()
+        await asyncio.gather(*self._workers.values(), return_exceptions=True)

@@ -1,0 +1,417 @@
+"""Remote events -> Matrix. Where a remote message becomes a Matrix event.
+
+Every send uses a transaction id derived from the remote ids, so a retried event is
+deduplicated by the homeserver; the id mapping is stored after each send."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import content as contentmod
+from .connector import (
+    ChatInfo,
+    Membership,
+    RemoteChatInfo,
+    RemoteEdit,
+    RemoteEvent,
+    RemoteMembership,
+    RemoteMessage,
+    RemotePresence,
+    RemoteProfile,
+    RemoteReaction,
+    RemoteReactionRemove,
+    RemoteReceipt,
+    RemoteRedaction,
+    RemoteTyping,
+)
+from .db import MessageRow, Portal, ReactionRow
+from .matrix.homeserver import MatrixError
+from .matrix.txn import derive_txn_id
+
+if TYPE_CHECKING:
+    from .bridge import Bridge
+
+_MAX_BODY = 60_000  # bytes; events are limited to 64 KiB in all
+
+
+class RemoteHandler:
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.hs = bridge.hs
+        self.log = bridge.log.getChild("remote")
+
+    async def handle(self, evt: RemoteEvent) -> None:
+        if evt.portal.network not in self.bridge.networks:
+            self.log.warning("event for unknown network %s dropped", evt.portal.network)
+            return
+        try:
+            if isinstance(evt, RemoteProfile):
+                await self.profile(evt)
+                return
+            if isinstance(evt, RemotePresence):
+                ghost = await self.ghost(evt)
+                await self.hs.set_presence(ghost, evt.presence, evt.status)
+                return
+            portal = await self.portal_for(evt)
+            if portal is None or portal.room_id is None:
+                return
+            handler = {
+                RemoteMessage: self.message,
+                RemoteEdit: self.edit,
+                RemoteRedaction: self.redaction,
+                RemoteReaction: self.reaction,
+                RemoteReactionRemove: self.reaction_remove,
+                RemoteMembership: self.membership,
+                RemoteTyping: self.typing,
+                RemoteReceipt: self.receipt,
+                RemoteChatInfo: self.chat_info,
+            }.get(type(evt))
+            if handler is None:
+                self.log.warning("unknown remote event type %s", type(evt).__name__)
+                return
+            await handler(evt, portal)  # type: ignore[operator]
+        except MatrixError as e:
+            self.log.error("bridging %s to Matrix failed: %s", type(evt).__name__, e)
+
+    async def portal_for(self, evt: RemoteEvent) -> Portal | None:
+        portal = await self.bridge.portal_store.get(evt.portal)
+        if portal and portal.room_id:
+            return portal
+        if not isinstance(evt, RemoteMessage):
+            return None  # only a message opens a new room
+        if evt.portal.receiver:
+            # A direct message to a Matrix user: open the DM room for them.
+            user_id = await self.bridge.portal_mgr.dm_receiver_user(evt.portal)
+            if user_id is None:
+                self.log.warning("direct message for unknown receiver %s", evt.portal.receiver)
+                return None
+            if self.bridge.permission_of(user_id) is None:
+                return None
+            ghost = await self.ghost(evt)
+            info = ChatInfo(name=evt.sender.display_name, is_direct=True)
+            portal = await self.bridge.portal_mgr.create_room(
+                evt.portal, info, invite=[user_id, ghost]
+            )
+            assert portal.room_id
+            await self.hs.ensure_joined(portal.room_id, ghost)
+            return portal
+        return await self.bridge.portal_mgr.open_portal(evt.portal, None, invite_user=False)
+
+    async def ghost(self, evt: RemoteEvent, portal: Portal | None = None) -> str:
+        sender = evt.sender
+        user_id = await self.bridge.portal_mgr.ghost(
+            evt.portal.network, sender.remote_id, sender.display_name
+        )
+        if portal and portal.room_id:
+            await self.hs.ensure_joined(portal.room_id, user_id)
+        return user_id
+
+    def _txn(self, evt: RemoteEvent, *parts: str | int) -> str:
+        k = evt.portal
+        return derive_txn_id(k.network, k.remote_id, k.receiver, type(evt).__name__, *parts)
+
+    # --- messages ---------------------------------------------------------------------
+
+    async def message(self, evt: RemoteMessage, portal: Portal) -> None:
+        assert portal.room_id
+        if await self.bridge.messages.by_remote(portal.key, evt.id):
+            return  # already bridged (a retry, or the echo of a Matrix message)
+        if evt.sender.is_from_me and evt.sender.matrix_user:
+            return  # sent from Matrix through the user's own puppet
+        ghost = await self.ghost(evt, portal)
+        ghost_of = {
+            m: self.bridge.ghost_user_id(portal.key.network, m) for m in evt.content.mentions
+        }
+        relates: dict[str, Any] = {}
+        reply_event = None
+        if evt.reply_to:
+            rows = await self.bridge.messages.by_remote(portal.key, evt.reply_to)
+            if rows:
+                reply_event = rows[0].event_id
+                relates["m.in_reply_to"] = {"event_id": reply_event}
+        thread_event = None
+        if evt.thread_root:
+            rows = await self.bridge.messages.by_remote(portal.key, evt.thread_root)
+            if rows:
+                thread_event = rows[0].event_id
+                relates = {
+                    "rel_type": "m.thread",
+                    "event_id": thread_event,
+                    "is_falling_back": reply_event is None,
+                    "m.in_reply_to": {"event_id": reply_event or thread_event},
+                }
+        contents: list[dict[str, Any]] = []
+        for att in evt.content.attachments:
+            try:
+                contents.append(await self._attachment(att, ghost))
+            except MatrixError as e:
+                self.log.warning("attachment %s not uploaded: %s", att.filename, e)
+                link = f" ({att.url})" if att.url else ""
+                contents.append(
+                    {
+                        "msgtype": "m.notice",
+                        "body": f"[file {att.filename} could not be bridged{link}]",
+                    }
+                )
+        if evt.content.text or not contents:
+            text = contentmod.text_content(evt.content, ghost_of)
+            if len(text["body"].encode()) > _MAX_BODY:
+                text["body"] = text["body"].encode()[:_MAX_BODY].decode(errors="ignore") + " […]"
+                text.pop("formatted_body", None)
+                text.pop("format", None)
+            contents.insert(0, text)
+        for part, content in enumerate(contents):
+            if relates:
+                content["m.relates_to"] = relates
+            event_id = await self.hs.send(
+                portal.room_id,
+                "m.room.message",
+                content,
+                txn_id=self._txn(evt, evt.id, part),
+                as_user=ghost,
+                timestamp=evt.timestamp,
+            )
+            await self.bridge.messages.insert(
+                MessageRow(
+                    portal=portal.key,
+                    remote_id=evt.id,
+                    part=part,
+                    room_id=portal.room_id,
+                    event_id=event_id,
+                    sender_id=evt.sender.remote_id,
+                    sender_mxid=ghost,
+                    timestamp=evt.timestamp,
+                    reply_to=reply_event,
+                    thread_root=thread_event,
+                    body=str(content.get("body", "")),
+                )
+            )
+
+    async def _attachment(self, att: Any, ghost: str) -> dict[str, Any]:
+        if att.data is None:
+            if att.url:
+                return {"msgtype": "m.text", "body": f"{att.filename}: {att.url}"}
+            raise MatrixError("M_INVALID_PARAM", "attachment has neither data nor url")
+        mxc = await self.hs.upload(att.data, att.mimetype, att.filename, as_user=ghost)
+        return contentmod.media_content(att, mxc)
+
+    async def edit(self, evt: RemoteEdit, portal: Portal) -> None:
+        assert portal.room_id
+        rows = await self.bridge.messages.by_remote(portal.key, evt.target_id)
+        if not rows:
+            self.log.info("edit of unknown message %s ignored", evt.target_id)
+            return
+        target = rows[0]
+        ghost = await self.ghost(evt, portal)
+        if target.sender_mxid != ghost:
+            self.log.warning("edit of %s by another sender refused", evt.target_id)
+            return
+        new = contentmod.text_content(evt.content)
+        content = {
+            **{k: v for k, v in new.items() if k != "m.mentions"},
+            "body": f"* {new['body']}",
+            "m.new_content": new,
+            "m.relates_to": {"rel_type": "m.replace", "event_id": target.event_id},
+        }
+        if "formatted_body" in new:
+            content["formatted_body"] = f"* {new['formatted_body']}"
+        await self.hs.send(
+            portal.room_id,
+            "m.room.message",
+            content,
+            txn_id=self._txn(evt, evt.target_id, evt.id or evt.timestamp, evt.content.text),
+            as_user=ghost,
+            timestamp=evt.timestamp,
+        )
+        await self.bridge.messages.record_edit(target, evt.content.text)
+
+    async def redaction(self, evt: RemoteRedaction, portal: Portal) -> None:
+        assert portal.room_id
+        rows = await self.bridge.messages.by_remote(portal.key, evt.target_id)
+        ghost = await self.ghost(evt)
+        for row in rows:
+            # The original sender redacts their own; a moderator's deletion goes through the bot.
+            as_user = ghost if row.sender_mxid == ghost else None
+            await self.hs.redact(
+                portal.room_id,
+                row.event_id,
+                as_user=as_user,
+                txn_id=self._txn(evt, row.event_id),
+                reason=evt.reason,
+            )
+            await self.bridge.messages.delete(row)
+
+    async def reaction(self, evt: RemoteReaction, portal: Portal) -> None:
+        assert portal.room_id
+        rows = await self.bridge.messages.by_remote(portal.key, evt.target_id)
+        if not rows:
+            return
+        if await self.bridge.messages.reaction(
+            portal.key, evt.target_id, evt.sender.remote_id, evt.key
+        ):
+            return  # one reaction per (sender, key)
+        ghost = await self.ghost(evt, portal)
+        content = {
+            "m.relates_to": {
+                "rel_type": "m.annotation",
+                "event_id": rows[0].event_id,
+                "key": evt.key,
+            }
+        }
+        try:
+            event_id = await self.hs.send(
+                portal.room_id,
+                "m.reaction",
+                content,
+                txn_id=self._txn(evt, evt.target_id, evt.sender.remote_id, evt.key),
+                as_user=ghost,
+                timestamp=evt.timestamp,
+            )
+        except MatrixError as e:
+            if e.errcode == "M_DUPLICATE_ANNOTATION":
+                return
+            raise
+        await self.bridge.messages.insert_reaction(
+            ReactionRow(
+                portal.key,
+                evt.target_id,
+                evt.sender.remote_id,
+                evt.key,
+                portal.room_id,
+                event_id,
+                evt.id,
+            )
+        )
+
+    async def reaction_remove(self, evt: RemoteReactionRemove, portal: Portal) -> None:
+        assert portal.room_id
+        row = await self.bridge.messages.reaction(
+            portal.key, evt.target_id, evt.sender.remote_id, evt.key
+        )
+        if row is None:
+            return
+        ghost = await self.ghost(evt)
+        await self.hs.redact(
+            portal.room_id, row.event_id, as_user=ghost, txn_id=self._txn(evt, row.event_id)
+        )
+        await self.bridge.messages.delete_reaction(row.event_id)
+
+    # --- membership and room state ----------------------------------------------------
+
+    async def membership(self, evt: RemoteMembership, portal: Portal) -> None:
+        assert portal.room_id
+        room = portal.room_id
+        if evt.membership == Membership.JOIN:
+            if not evt.sender.is_from_me:
+                await self.ghost(evt, portal)
+            return
+        if evt.membership == Membership.LEAVE:
+            if evt.sender.is_from_me:
+                return
+            ghost = self.bridge.ghost_user_id(portal.key.network, evt.sender.remote_id)
+            try:
+                await self.hs.leave(room, ghost, reason=evt.reason or "")
+            except MatrixError as e:
+                self.log.debug("ghost %s leave: %s", ghost, e)
+            return
+        target = evt.target
+        if target is None:
+            return
+        if target.is_from_me and target.matrix_user:
+            victim = target.matrix_user
+        else:
+            victim = self.bridge.ghost_user_id(portal.key.network, target.remote_id)
+        actor = evt.sender.display_name or evt.sender.remote_id
+        reason = f"{actor}: {evt.reason}" if evt.reason else f"by {actor}"
+        if evt.membership == Membership.KICK:
+            await self.hs.kick(room, victim, reason)
+        elif evt.membership == Membership.BAN:
+            await self.hs.ban(room, victim, reason)
+        elif evt.membership == Membership.UNBAN:
+            await self.hs.unban(room, victim)
+        elif evt.membership == Membership.INVITE:
+            await self.hs.invite(room, victim)
+
+    async def typing(self, evt: RemoteTyping, portal: Portal) -> None:
+        assert portal.room_id
+        if evt.sender.is_from_me:
+            return
+        ghost = await self.ghost(evt, portal)
+        await self.hs.typing(portal.room_id, ghost, evt.typing, evt.timeout_ms)
+
+    async def receipt(self, evt: RemoteReceipt, portal: Portal) -> None:
+        assert portal.room_id
+        if evt.sender.is_from_me:
+            return
+        rows = await self.bridge.messages.by_remote(portal.key, evt.target_id)
+        if rows:
+            ghost = await self.ghost(evt, portal)
+            await self.hs.receipt(portal.room_id, rows[-1].event_id, ghost)
+
+    async def chat_info(self, evt: RemoteChatInfo, portal: Portal) -> None:
+        assert portal.room_id
+        room = portal.room_id
+        changed = False
+        if evt.name is not None and evt.name != portal.name:
+            await self.hs.send_state(room, "m.room.name", {"name": evt.name})
+            portal.name, changed = evt.name, True
+        if evt.topic is not None and evt.topic != portal.topic:
+            await self.hs.send_state(room, "m.room.topic", {"topic": evt.topic})
+            portal.topic, changed = evt.topic, True
+        if evt.avatar is not None and evt.avatar.data:
+            mxc = await self.hs.upload(evt.avatar.data, evt.avatar.mimetype, evt.avatar.filename)
+            await self.hs.send_state(room, "m.room.avatar", {"url": mxc})
+            portal.avatar_mxc, changed = mxc, True
+        if changed:
+            await self.bridge.portal_store.save(portal)
+        if evt.members is not None:
+            levels: dict[str, int] = {}
+            for member in evt.members:
+                if member.sender.is_from_me:
+                    continue
+                ghost = await self.bridge.portal_mgr.ghost(
+                    portal.key.network, member.sender.remote_id, member.sender.display_name
+                )
+                await self.hs.ensure_joined(room, ghost)
+                if member.power_level is not None:
+                    levels[ghost] = member.power_level
+            if levels:
+                await self._power_levels(room, levels)
+
+    async def _power_levels(self, room: str, levels: dict[str, int]) -> None:
+        current = await self.hs.get_state(room, "m.room.power_levels") or {}
+        users = dict(current.get("users") or {})
+        new = {**users, **{u: lvl for u, lvl in levels.items() if lvl > 0}}
+        for u, lvl in levels.items():
+            if lvl <= 0:
+                new.pop(u, None)
+        if new != users:
+            await self.hs.send_state(room, "m.room.power_levels", {**current, "users": new})
+
+    async def profile(self, evt: RemoteProfile) -> None:
+        network = evt.portal.network
+        old = await self.bridge.ghosts.get(network, evt.sender.remote_id)
+        if evt.new_remote_id and evt.new_remote_id != evt.sender.remote_id:
+            # The remote id itself changed (an IRC NICK): the new ghost takes the old one's place.
+            new_ghost = await self.bridge.portal_mgr.ghost(
+                network, evt.new_remote_id, evt.display_name or evt.new_remote_id
+            )
+            old_ghost = self.bridge.ghost_user_id(network, evt.sender.remote_id)
+            for portal in await self.bridge.portal_store.all(network):
+                if portal.room_id and self.hs.is_joined(portal.room_id, old_ghost):
+                    await self.hs.ensure_joined(portal.room_id, new_ghost)
+                    try:
+                        await self.hs.leave(
+                            portal.room_id, old_ghost, reason=f"changed name to {evt.new_remote_id}"
+                        )
+                    except MatrixError as e:
+                        self.log.debug("old ghost leave failed: %s", e)
+            return
+        if evt.display_name and (old is None or old.display_name != evt.display_name):
+            await self.bridge.portal_mgr.ghost(network, evt.sender.remote_id, evt.display_name)
+        if evt.avatar is not None and evt.avatar.data:
+            ghost = await self.ghost(evt)
+            mxc = await self.hs.upload(
+                evt.avatar.data, evt.avatar.mimetype, evt.avatar.filename, as_user=ghost
+            )
+            await self.hs.set_avatar(ghost, mxc)

@@ -1,0 +1,256 @@
+"""The ``connectors.irc`` config section.
+
+Example::
+
+    connectors:
+      irc:
+        networks:
+          libera:                       # network id: [a-z0-9-], used in ids (irc_libera_...)
+            host: irc.libera.chat
+            port: 6697                  # default 6697 with tls, 6667 without
+            tls: true
+            tls_verify: true            # check the server certificate and host name
+            tls_ca_file: null           # extra CA bundle (PEM) for tls_verify
+            password: null              # server password (PASS) for every connection
+            casemapping: rfc1459        # canonical form of nicks/channels in ids
+            bot:                        # the one connection that listens to channels
+              nick: mimibridge
+              username: mimibridge
+              realname: Matrix bridge
+              sasl_account: null
+              sasl_password: null
+            nick_template: "{displayname}[m]"   # also {localpart}
+            username_template: "{localpart}"
+            realname_template: "{user_id}"
+            max_connections: 1000       # puppets; beyond it the least active idle one quits
+            connects_per_second: 5      # pace of (re)connects, bridge restarts included
+            idle_timeout: 0             # seconds without Matrix activity before QUIT, 0: never
+            flood:
+              burst: 4                  # lines sent at once
+              rate: 1.0                 # lines per second after the burst
+            reconnect:
+              min_delay: 2
+              max_delay: 300
+            queue_timeout: 120          # seconds a message waits for a reconnect, then fails
+            ping_interval: 90
+            ping_timeout: 180
+            line_limit: 3               # more lines: the text goes out as a link
+            edits: prefix               # prefix ("* corrected text") | off
+            replies: nick               # nick ("nick: text") | off
+            reactions: action           # action ("* reacted 👍 to "…"") | off
+            power_levels: {q: 50, a: 50, o: 50, h: 25, v: 10}
+            channels: ["#bridge-test"]  # joined by the bot at start
+            puppets: true               # false: relay through the bot only
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.connector.base import ConfigError
+
+from .ids import valid_channel, valid_netid, valid_nick
+
+POLICIES = {
+    "edits": ("prefix", "off"),
+    "replies": ("nick", "off"),
+    "reactions": ("action", "off"),
+}
+DEFAULT_POWER = {"q": 50, "a": 50, "o": 50, "h": 25, "v": 10}
+
+
+@dataclass(slots=True)
+class BotConfig:
+    nick: str = "mimibridge"
+    username: str = "mimibridge"
+    realname: str = "Matrix bridge"
+    sasl_account: str | None = None
+    sasl_password: str | None = None
+
+
+@dataclass(slots=True)
+class NetworkConfig:
+    netid: str
+    host: str
+    port: int = 6667
+    tls: bool = False
+    tls_verify: bool = True
+    tls_ca_file: str | None = None
+    password: str | None = None
+    casemapping: str = "rfc1459"
+    bot: BotConfig = field(default_factory=BotConfig)
+    nick_template: str = "{displayname}[m]"
+    username_template: str = "{localpart}"
+    realname_template: str = "{user_id}"
+    max_connections: int = 1000
+    connects_per_second: float = 5.0
+    idle_timeout: float = 0.0
+    flood_burst: int = 4
+    flood_rate: float = 1.0
+    reconnect_min: float = 2.0
+    reconnect_max: float = 300.0
+    queue_timeout: float = 120.0
+    ping_interval: float = 90.0
+    ping_timeout: float = 180.0
+    register_timeout: float = 30.0
+    line_limit: int = 3
+    edits: str = "prefix"
+    replies: str = "nick"
+    reactions: str = "action"
+    power_levels: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_POWER))
+    channels: list[str] = field(default_factory=list)
+    puppets: bool = True
+    display_name: str = ""
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.tls_ca_file)
+        if not self.tls_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+def _num(
+    section: Mapping[str, Any], key: str, default: float, path: str, lo: float, integer: bool
+) -> Any:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{path}{key}", "must be a number")
+    if integer and not isinstance(value, int):
+        raise ConfigError(f"{path}{key}", "must be a whole number")
+    if value < lo:
+        raise ConfigError(f"{path}{key}", f"must be at least {lo}")
+    return value
+
+
+def _str(section: Mapping[str, Any], key: str, default: str | None, path: str) -> Any:
+    value = section.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{path}{key}", "must be a string")
+    return value
+
+
+def _bool(section: Mapping[str, Any], key: str, default: bool, path: str) -> bool:
+    value = section.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}{key}", "must be true or false")
+    return value
+
+
+def parse_network(netid: str, section: Any) -> NetworkConfig:
+    p = f"networks.{netid}."
+    if not valid_netid(str(netid)):
+        raise ConfigError(f"networks.{netid}", "network id must be 1-32 of a-z, 0-9 and - (no _)")
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"networks.{netid}", "must be a mapping")
+    host = _str(section, "host", None, p)
+    if not host:
+        raise ConfigError(p + "host", "is required")
+    tls = _bool(section, "tls", False, p)
+    port = _num(section, "port", 6697 if tls else 6667, p, 1, True)
+    if port > 65535:
+        raise ConfigError(p + "port", "must be at most 65535")
+    casemapping = _str(section, "casemapping", "rfc1459", p)
+    if casemapping not in ("rfc1459", "ascii", "strict-rfc1459"):
+        raise ConfigError(p + "casemapping", "must be rfc1459, strict-rfc1459 or ascii")
+    bot_s = section.get("bot", {}) or {}
+    if not isinstance(bot_s, Mapping):
+        raise ConfigError(p + "bot", "must be a mapping")
+    bot = BotConfig(
+        nick=_str(bot_s, "nick", "mimibridge", p + "bot."),
+        username=_str(bot_s, "username", "mimibridge", p + "bot."),
+        realname=_str(bot_s, "realname", "Matrix bridge", p + "bot."),
+        sasl_account=_str(bot_s, "sasl_account", None, p + "bot."),
+        sasl_password=_str(bot_s, "sasl_password", None, p + "bot."),
+    )
+    if not valid_nick(bot.nick, 64):
+        raise ConfigError(p + "bot.nick", "is not a valid IRC nick")
+    if bool(bot.sasl_account) != bool(bot.sasl_password):
+        raise ConfigError(p + "bot.sasl_password", "sasl_account and sasl_password go together")
+    template = _str(section, "nick_template", "{displayname}[m]", p)
+    if "{displayname}" not in template and "{localpart}" not in template:
+        raise ConfigError(p + "nick_template", "must contain {displayname} or {localpart}")
+    flood = section.get("flood", {}) or {}
+    reconnect = section.get("reconnect", {}) or {}
+    if not isinstance(flood, Mapping):
+        raise ConfigError(p + "flood", "must be a mapping")
+    if not isinstance(reconnect, Mapping):
+        raise ConfigError(p + "reconnect", "must be a mapping")
+    policies = {}
+    for key, allowed in POLICIES.items():
+        value = _str(section, key, allowed[0], p)
+        if value not in allowed:
+            raise ConfigError(p + key, f"must be one of {', '.join(allowed)}")
+        policies[key] = value
+    power = dict(DEFAULT_POWER)
+    pl = section.get("power_levels", {}) or {}
+    if not isinstance(pl, Mapping):
+        raise ConfigError(p + "power_levels", "must be a mapping of mode letter to level")
+    for mode, level in pl.items():
+        if not (isinstance(mode, str) and len(mode) == 1 and isinstance(level, int)):
+            raise ConfigError(p + "power_levels", f"bad entry {mode!r}: {level!r}")
+        if not 0 <= level <= 100:
+            raise ConfigError(p + f"power_levels.{mode}", "must be between 0 and 100")
+        power[mode] = level
+    channels = section.get("channels", []) or []
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise ConfigError(p + "channels", "must be a list of channel names")
+    for ch in channels:
+        if not valid_channel(ch):
+            raise ConfigError(p + "channels", f"{ch!r} is not a channel name")
+    rmin = _num(reconnect, "min_delay", 2.0, p + "reconnect.", 0.01, False)
+    rmax = _num(reconnect, "max_delay", 300.0, p + "reconnect.", 0.01, False)
+    if rmax < rmin:
+        raise ConfigError(p + "reconnect.max_delay", "must be at least min_delay")
+    ca = _str(section, "tls_ca_file", None, p)
+    return NetworkConfig(
+        netid=netid,
+        host=host,
+        port=port,
+        tls=tls,
+        tls_verify=_bool(section, "tls_verify", True, p),
+        tls_ca_file=ca,
+        password=_str(section, "password", None, p),
+        casemapping=casemapping,
+        bot=bot,
+        nick_template=template,
+        username_template=_str(section, "username_template", "{localpart}", p),
+        realname_template=_str(section, "realname_template", "{user_id}", p),
+        max_connections=_num(section, "max_connections", 1000, p, 1, True),
+        connects_per_second=_num(section, "connects_per_second", 5.0, p, 0.01, False),
+        idle_timeout=_num(section, "idle_timeout", 0.0, p, 0, False),
+        flood_burst=_num(flood, "burst", 4, p + "flood.", 1, True),
+        flood_rate=_num(flood, "rate", 1.0, p + "flood.", 0.01, False),
+        reconnect_min=rmin,
+        reconnect_max=rmax,
+        queue_timeout=_num(section, "queue_timeout", 120.0, p, 0, False),
+        ping_interval=_num(section, "ping_interval", 90.0, p, 1, False),
+        ping_timeout=_num(section, "ping_timeout", 180.0, p, 1, False),
+        register_timeout=_num(section, "register_timeout", 30.0, p, 1, False),
+        line_limit=_num(section, "line_limit", 3, p, 0, True),
+        edits=policies["edits"],
+        replies=policies["replies"],
+        reactions=policies["reactions"],
+        power_levels=power,
+        channels=list(channels),
+        puppets=_bool(section, "puppets", True, p),
+        display_name=_str(section, "display_name", "", p) or netid,
+    )
+
+
+def parse_config(config: Mapping[str, Any]) -> dict[str, NetworkConfig]:
+    if not isinstance(config, Mapping):
+        raise ConfigError("networks", "the irc section must be a mapping")
+    networks = config.get("networks")
+    if not isinstance(networks, Mapping) or not networks:
+        raise ConfigError("networks", "at least one network is required")
+    return {str(k): parse_network(str(k), v) for k, v in networks.items()}
+
+
+def validate_config(config: Mapping[str, Any]) -> None:
+    parse_config(config)

@@ -1,0 +1,780 @@
+"""IRCConnector (the NetworkConnector) and IRCClient (a Matrix user's puppet, or the relay bot).
+
+One :class:`Network` per configured IRC network: the bot connection (the only listener of
+channel traffic), the puppet pool, the channel state and an ordered emit queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from bridge.connector import (
+    BridgeAPI,
+    ChatInfo,
+    ConnectorCommand,
+    ConnectorError,
+    GhostInfo,
+    Login,
+    LoginResult,
+    MatrixEdit,
+    MatrixMembership,
+    MatrixMessage,
+    MatrixReaction,
+    MatrixReactionRemove,
+    MatrixRedaction,
+    MatrixRoomMeta,
+    MatrixUser,
+    Membership,
+    MessageKind,
+    Namespace,
+    NetworkClient,
+    NetworkConnector,
+    NotSupported,
+    PortalKey,
+    RemoteEvent,
+    SentMessage,
+)
+from bridge.connector.ids import escape_localpart
+
+from . import ids
+from .client import ConnectionHandler, ConnectPacer, ConnParams, IRCConnection, NotConnected
+from .config import NetworkConfig, parse_config
+from .irc_to_matrix import IrcToMatrix
+from .matrix_to_irc import (
+    Outgoing,
+    content_to_irc,
+    payload_budget,
+    reaction_text,
+    render,
+    strip_reply_fallback,
+)
+from .protocol import Line, UnsafeLine, ctcp, serialize
+from .puppets import Puppet, PuppetPool
+
+log = logging.getLogger("mimi.irc")
+
+
+class Network(ConnectionHandler):
+    """Everything of one configured IRC network."""
+
+    def __init__(self, connector: IRCConnector, cfg: NetworkConfig) -> None:
+        self.connector = connector
+        self.bridge = connector.bridge
+        self.cfg = cfg
+        self.network = ids.network_of(cfg.netid)
+        self.prefix = self.network + "_"
+        self.pacer = ConnectPacer(cfg.connects_per_second)
+        self.pool = PuppetPool(
+            cfg,
+            self.pacer,
+            on_private=self._on_private,
+            on_notice=self._on_puppet_notice,
+            on_fatal=self._on_puppet_fatal,
+        )
+        self.translator = IrcToMatrix(
+            self.network,
+            puppet_user=self.pool.user_of_nick,
+            ghost_user_id=lambda nick: self.bridge.ghost_user_id(self.network, nick),
+            power_levels=cfg.power_levels,
+        )
+        bot = cfg.bot
+        self.bot = IRCConnection(
+            ConnParams(
+                host=cfg.host,
+                port=cfg.port,
+                ssl=cfg.ssl_context(),
+                nick=bot.nick,
+                username=bot.username,
+                realname=bot.realname,
+                password=cfg.password,
+                sasl_account=bot.sasl_account,
+                sasl_password=bot.sasl_password,
+                flood_burst=cfg.flood_burst,
+                flood_rate=cfg.flood_rate,
+                reconnect_min=cfg.reconnect_min,
+                reconnect_max=cfg.reconnect_max,
+                queue_timeout=cfg.queue_timeout,
+                ping_interval=cfg.ping_interval,
+                ping_timeout=cfg.ping_timeout,
+                register_timeout=cfg.register_timeout,
+            ),
+            self,
+            pacer=self.pacer,
+            listen_channels=True,
+            name=f"{cfg.netid}/bot",
+        )
+        self.relay = IRCClient(self, None)
+        self._queue: asyncio.Queue[RemoteEvent] = asyncio.Queue()
+        self._emitter: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def fold(self, name: str) -> str:
+        return ids.canonical_nick(name, self.cfg.casemapping)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def emit(self, event: RemoteEvent) -> None:
+        self._queue.put_nowait(event)
+
+    async def _emit_loop(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                await self.bridge.emit(event)
+            except Exception:
+                log.exception("%s: emitting %s failed", self.cfg.netid, type(event).__name__)
+            finally:
+                self._queue.task_done()
+
+    async def drain(self) -> None:
+        """Wait until every queued RemoteEvent went to the core (for tests and shutdown)."""
+        await self._queue.join()
+
+    def notify(self, user_id: str, text: str, portal: PortalKey | None = None) -> None:
+        self.spawn(self.bridge.notify(user_id, text, portal))
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._emitter = asyncio.get_running_loop().create_task(self._emit_loop())
+        try:
+            for login in await self._logins():
+                self.pool.credentials[login.user_id] = dict(login.credentials)
+        except Exception:
+            log.exception("%s: loading logins failed", self.cfg.netid)
+        await self.connector.nick_store.load(self)
+        channels = list(self.cfg.channels)
+        try:
+            channels += [p.remote_id for p in await self.bridge.portals(self.network)
+                         if not p.receiver and ids.valid_channel(p.remote_id)]  # fmt: skip
+        except Exception:
+            log.exception("%s: listing portals failed", self.cfg.netid)
+        for channel in channels:
+            self.bot.channels[self.bot.fold(channel)] = None
+            self.bot.channel_names[self.bot.fold(channel)] = channel
+        self.bot.start()
+        if self.cfg.puppets:
+            self.spawn(self._reconnect_members())
+
+    async def _logins(self) -> list[Login]:
+        found: dict[str, Login] = {}
+        for name in (self.network, IRCConnector.name):
+            try:
+                logins = await self.bridge.logins(name)
+            except Exception:
+                continue
+            for login in logins:
+                if login.credentials.get("network", self.cfg.netid) == self.cfg.netid:
+                    found[login.user_id] = login
+        return list(found.values())
+
+    async def _reconnect_members(self) -> None:
+        """Bring back the puppets of portal members after a restart, paced by the pacer."""
+        try:
+            portals = await self.bridge.portals(self.network)
+        except Exception:
+            return
+        for portal in portals:
+            if portal.receiver:
+                continue
+            try:
+                members = await self.bridge.portal_members(portal)
+            except Exception:
+                continue
+            for user in members:
+                puppet = self.pool.obtain(user.user_id, user.display_name)
+                if puppet is not None:
+                    puppet.conn.channels.setdefault(puppet.conn.fold(portal.remote_id), None)
+                    puppet.conn.channel_names[puppet.conn.fold(portal.remote_id)] = portal.remote_id
+
+    async def stop(self) -> None:
+        await self.pool.close()
+        await self.bot.quit("bridge shutting down")
+        await self.drain()
+        if self._emitter is not None:
+            self._emitter.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # --- bot: listener ------------------------------------------------------------------------
+
+    def irc_line(self, conn: IRCConnection, line: Line) -> None:
+        try:
+            events = self.translator.handle(conn, line)
+        except Exception:
+            log.exception("%s: cannot translate %s", self.cfg.netid, line.command)
+            return
+        for event in events:
+            self.emit(event)
+        if line.command == "KICK" and conn.fold(line.param(1)) == conn.fold(conn.nick):
+            channel = line.param(0)
+            log.warning("%s: bot kicked from %s, rejoining", self.cfg.netid, channel)
+            self.spawn(self._rejoin_later(channel))
+
+    async def _rejoin_later(self, channel: str) -> None:
+        await asyncio.sleep(5)
+        try:
+            await self.bot.join(channel)
+        except Exception as e:
+            log.warning("%s: rejoining %s failed: %s", self.cfg.netid, channel, e)
+
+    def _on_private(self, puppet: Puppet, line: Line) -> None:
+        event = self.translator.private_message(puppet.conn, line, puppet.user_id)
+        if event is not None:
+            self.emit(event)
+
+    def _on_puppet_notice(self, puppet: Puppet, text: str) -> None:
+        self.notify(puppet.user_id, text)
+
+    def _on_puppet_fatal(self, puppet: Puppet, reason: str) -> None:
+        self.notify(puppet.user_id, f"Your connection to {self.cfg.display_name} failed: {reason}")
+
+    # --- helpers for clients --------------------------------------------------------------------
+
+    def nick_of_user(self, user_id: str) -> str | None:
+        """IRC nick for a Matrix user id: a ghost's nick or a puppet's nick."""
+        domain = self.bridge.domain
+        if user_id.startswith("@" + self.prefix) and user_id.endswith(":" + domain):
+            local = user_id[1 + len(self.prefix) : -len(domain) - 1]
+            canon = ids.parse_ghost_localpart(local, self.cfg.casemapping)
+            if canon is None:
+                return None
+            return self.translator.display_nick(canon) or canon
+        puppet = self.pool.get(user_id)
+        return puppet.conn.nick if puppet is not None else None
+
+    def display_nick(self, canon: str | None) -> str | None:
+        if not canon:
+            return None
+        puppet = self.pool.by_nick.get(canon)
+        if puppet is not None:
+            return puppet.conn.nick
+        return self.translator.display_nick(canon) or canon
+
+
+class IRCClient(NetworkClient):
+    """A Matrix user's puppet (``puppet`` set) or the relay bot (``puppet`` None)."""
+
+    _seq = itertools.count()
+
+    def __init__(self, net: Network, puppet: Puppet | None) -> None:
+        self.net = net
+        self.puppet = puppet
+
+    @property
+    def conn(self) -> IRCConnection:
+        return self.puppet.conn if self.puppet is not None else self.net.bot
+
+    def _target(self, portal: PortalKey) -> str:
+        if portal.receiver:
+            return self.net.display_nick(portal.remote_id) or portal.remote_id
+        return self.conn.channel_names.get(self.conn.fold(portal.remote_id), portal.remote_id)
+
+    async def _prepare(self, portal: PortalKey, user_id: str) -> str:
+        if self.puppet is not None:
+            self.puppet.touch()
+        conn = self.conn
+        target = self._target(portal)
+        if conn.state in ("idle", "closed", "failed"):
+            if conn.fatal:
+                raise ConnectorError(f"Not connected to {self.net.cfg.display_name}: {conn.fatal}")
+            conn.start()
+        if not portal.receiver and conn.registered:
+            try:
+                await conn.join(target)
+            except ConnectionError as e:
+                raise ConnectorError(str(e)) from e
+        return target
+
+    def _new_id(self) -> str:
+        return f"m{int(time.time() * 1000)}.{next(self._seq)}"
+
+    async def _send(
+        self, portal: PortalKey, user_id: str, target: str, out: Outgoing
+    ) -> SentMessage:
+        lines = []
+        for text in out.lines:
+            payload = ctcp("ACTION", text) if out.action else text
+            try:
+                lines.append(serialize(out.command, target, payload))
+            except UnsafeLine as e:  # cannot happen after clean_text; never send it anyway
+                raise ConnectorError(f"message refused: {e}") from e
+        if out.truncated:
+            self.net.notify(
+                user_id, "Your message was too long for IRC and was cut (upload failed).", portal
+            )
+        net = self.net
+
+        def failed(reason: str) -> None:
+            net.notify(user_id, f"Your message was not delivered to {target}: {reason}", portal)
+
+        if lines:
+            self.conn.queue_message(target, lines, failed)
+        return SentMessage(self._new_id(), int(time.time() * 1000))
+
+    def _budget(self, target: str):
+        conn = self.conn
+        user = conn.user or "~" + conn.params.username
+
+        def budget(command: str, action: bool) -> int:
+            return payload_budget(conn.nick, user, conn.host, command, target, action)
+
+        return budget
+
+    async def _render(self, msg_text: str, kind: MessageKind, target: str, prefix: str = ""):
+        return await render(
+            msg_text,
+            kind=kind,
+            budget=self._budget(target),
+            line_limit=self.net.cfg.line_limit,
+            upload=self.net.bridge.upload_text,
+            prefix=prefix,
+        )
+
+    # --- NetworkClient ------------------------------------------------------------------------
+
+    async def handle_matrix_message(self, msg: MatrixMessage) -> SentMessage:
+        target = await self._prepare(msg.portal, msg.sender.user_id)
+        text = content_to_irc(msg.content, self.net.nick_of_user)
+        prefix = ""
+        if msg.reply_to is not None:
+            text = strip_reply_fallback(text)
+            if self.net.cfg.replies == "nick":
+                nick = self.net.display_nick(msg.reply_to.sender_remote_id)
+                if nick:
+                    prefix = f"{nick}: "
+        if self.puppet is None:  # relay: say who speaks
+            prefix = f"<{msg.sender.display_name}> " + prefix
+        out = await self._render(text, msg.content.kind, target, prefix)
+        return await self._send(msg.portal, msg.sender.user_id, target, out)
+
+    async def handle_matrix_edit(self, edit: MatrixEdit) -> SentMessage | None:
+        if self.net.cfg.edits == "off":
+            raise NotSupported("Edits are not sent to IRC; the IRC side still sees the original.")
+        target = await self._prepare(edit.portal, edit.sender.user_id)
+        text = content_to_irc(edit.content, self.net.nick_of_user)
+        prefix = "* " if self.puppet is not None else f"<{edit.sender.display_name}> * "
+        out = await self._render(text, edit.content.kind, target, prefix)
+        await self._send(edit.portal, edit.sender.user_id, target, out)
+        return None
+
+    async def handle_matrix_redaction(self, redaction: MatrixRedaction) -> None:
+        raise NotSupported("IRC cannot delete messages: the message stays visible to IRC users.")
+
+    async def handle_matrix_reaction(self, reaction: MatrixReaction) -> SentMessage:
+        if self.net.cfg.reactions == "off":
+            raise NotSupported("Reactions are not sent to IRC.")
+        target = await self._prepare(reaction.portal, reaction.sender.user_id)
+        text = reaction_text(reaction.key, reaction.target.text)
+        prefix = "" if self.puppet is not None else f"{reaction.sender.display_name} "
+        out = await self._render(prefix + text, MessageKind.EMOTE, target)
+        if self.puppet is None:
+            out.action = False
+        return await self._send(reaction.portal, reaction.sender.user_id, target, out)
+
+    async def handle_matrix_reaction_remove(self, removal: MatrixReactionRemove) -> None:
+        raise NotSupported("IRC cannot take back a reaction.")
+
+    async def handle_matrix_membership(self, change: MatrixMembership) -> None:
+        if self.puppet is None:
+            raise NotSupported("The relay bot does not act for Matrix users on IRC.")
+        portal = change.portal
+        conn = self.conn
+        if portal.receiver:
+            return  # DMs have no membership on IRC
+        channel = self._target(portal)
+        if change.target is None and change.target_matrix_user is None:
+            if change.membership == Membership.JOIN:
+                self.puppet.touch()
+                if conn.registered:
+                    try:
+                        await conn.join(channel)
+                    except ConnectionError as e:
+                        raise ConnectorError(str(e)) from e
+                else:
+                    conn.channels.setdefault(conn.fold(channel), None)
+                    conn.channel_names[conn.fold(channel)] = channel
+                    conn.start()
+            elif change.membership in (Membership.LEAVE, Membership.KICK, Membership.BAN):
+                conn.part(channel, change.reason or "")
+            return
+        if change.target is None:
+            # A Matrix user acted on another Matrix user: their puppet leaves the channel.
+            other = self.net.pool.get(change.target_matrix_user or "")
+            if other is not None and change.membership in (Membership.KICK, Membership.BAN):
+                other.conn.part(channel, change.reason or "")
+            return
+        nick = self.net.display_nick(change.target.remote_id) or change.target.remote_id
+        if not conn.registered:
+            raise ConnectorError("Not connected to IRC right now; try again in a moment.")
+        if change.membership in (Membership.KICK, Membership.BAN, Membership.UNBAN):
+            modes = self.net.translator.member_modes(conn.fold(channel), conn.fold(conn.nick))
+            if modes is not None and not modes & {"o", "h", "a", "q"}:
+                raise NotSupported(
+                    f"You are not a channel operator in {channel} on IRC, so {nick} stays there."
+                )
+        if change.membership == Membership.KICK:
+            self.net.translator.expected_kicks.add((conn.fold(channel), conn.fold(nick)))
+            conn.send("KICK", channel, nick, change.reason or "kicked from Matrix")
+        elif change.membership == Membership.BAN:
+            self.net.translator.expected_kicks.add((conn.fold(channel), conn.fold(nick)))
+            conn.send("MODE", channel, "+b", f"{nick}!*@*")
+            conn.send("KICK", channel, nick, change.reason or "banned from Matrix")
+        elif change.membership == Membership.UNBAN:
+            conn.send("MODE", channel, "-b", f"{nick}!*@*")
+        elif change.membership == Membership.INVITE:
+            conn.send("INVITE", nick, channel)
+        else:
+            raise NotSupported(f"Cannot carry {change.membership} of {nick} to IRC.")
+
+    async def handle_matrix_room_meta(self, change: MatrixRoomMeta) -> None:
+        if change.portal.receiver:
+            raise NotSupported("IRC private chats have no topic or name.")
+        if change.topic is None:
+            raise NotSupported("IRC channels have no name or avatar; only the topic is synced.")
+        if self.puppet is None:
+            raise NotSupported("The relay bot does not change topics.")
+        channel = await self._prepare(change.portal, change.sender.user_id)
+        topic = " ".join(change.topic.replace("\0", "").split())
+        if not self.conn.registered:
+            raise ConnectorError("Not connected to IRC right now; try again in a moment.")
+        self.conn.send("TOPIC", channel, topic)
+
+
+class NickStore:
+    """Custom nicks (``irc nick``) in the bridge database, or in memory without one."""
+
+    def __init__(self, bridge: BridgeAPI) -> None:
+        self.bridge = bridge
+        self.db: Any = None
+
+    async def _db(self) -> Any:
+        if self.db is None:
+            try:
+                db = self.bridge.database()
+                await db.execute(
+                    "CREATE TABLE IF NOT EXISTS irc_puppet_nick (network TEXT NOT NULL, "
+                    "user_id TEXT NOT NULL, nick TEXT NOT NULL, PRIMARY KEY (network, user_id))"
+                )
+                self.db = db
+            except Exception:
+                self.db = False
+        return self.db or None
+
+    async def load(self, net: Network) -> None:
+        db = await self._db()
+        if db is None:
+            return
+        try:
+            rows = await db.fetch(
+                "SELECT user_id, nick FROM irc_puppet_nick WHERE network=$1", net.cfg.netid
+            )
+            for row in rows:
+                net.pool.custom_nicks[row["user_id"]] = row["nick"]
+        except Exception:
+            log.exception("loading custom nicks failed")
+
+    async def save(self, net: Network, user_id: str, nick: str) -> None:
+        net.pool.custom_nicks[user_id] = nick
+        db = await self._db()
+        if db is None:
+            return
+        try:
+            await db.execute(
+                "INSERT INTO irc_puppet_nick (network, user_id, nick) VALUES ($1, $2, $3) "
+                "ON CONFLICT (network, user_id) DO UPDATE SET nick=excluded.nick",
+                net.cfg.netid,
+                user_id,
+                nick,
+            )
+        except Exception:
+            log.exception("saving a custom nick failed")
+
+
+class IRCConnector(NetworkConnector):
+    name: ClassVar[str] = "irc"
+    display_name: ClassVar[str] = "IRC"
+    example_config: ClassVar[str] = "connectors/irc/config.py"
+    login_help = "<network> password <server password> | <network> sasl <account> <password>"
+
+    def __init__(self, bridge: BridgeAPI, config: Mapping[str, Any]) -> None:
+        super().__init__(bridge, config)
+        self.configs = parse_config(config)
+        self.networks: dict[str, Network] = {}
+        self.nick_store = NickStore(bridge)
+
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any]) -> None:
+        parse_config(config)
+
+    def _net(self, network: str) -> Network:
+        netid = ids.netid_of(network)
+        net = self.networks.get(netid or "")
+        if net is None:
+            raise ConnectorError(f"unknown IRC network {network!r}")
+        return net
+
+    def _net_arg(self, args: list[str]) -> tuple[Network, list[str]]:
+        """``[<network>] rest...``: the network may be left out when there is only one."""
+        if args and args[0] in self.networks:
+            return self.networks[args[0]], args[1:]
+        if args and ids.netid_of(args[0]) in self.networks:
+            return self.networks[ids.netid_of(args[0]) or ""], args[1:]
+        if len(self.networks) == 1:
+            return next(iter(self.networks.values())), args
+        raise ConnectorError("Say which network: " + ", ".join(sorted(self.networks)))
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for netid, cfg in self.configs.items():
+            if netid not in self.networks:
+                self.networks[netid] = Network(self, cfg)
+        await asyncio.gather(*(net.start() for net in self.networks.values()))
+
+    async def stop(self) -> None:
+        await asyncio.gather(
+            *(net.stop() for net in self.networks.values()), return_exceptions=True
+        )
+
+    # --- identifiers --------------------------------------------------------------------------
+
+    def namespaces(self) -> list[Namespace]:
+        return [
+            Namespace(
+                network=ids.network_of(netid),
+                prefix=ids.network_of(netid) + "_",
+                description=f"IRC: {cfg.display_name} ({cfg.host})",
+            )
+            for netid, cfg in self.configs.items()
+        ]
+
+    def _casemapping(self, network: str) -> str:
+        cfg = self.configs.get(ids.netid_of(network) or "")
+        return cfg.casemapping if cfg else "rfc1459"
+
+    def ghost_localpart(self, network: str, remote_user_id: str) -> str:
+        return ids.ghost_localpart(remote_user_id, self._casemapping(network))
+
+    def parse_ghost_localpart(self, network: str, localpart: str) -> str | None:
+        return ids.parse_ghost_localpart(localpart, self._casemapping(network))
+
+    def alias_localpart(self, network: str, remote_room_id: str) -> str:
+        if ids.is_channel(remote_room_id):
+            return ids.alias_localpart(remote_room_id, self._casemapping(network))
+        return escape_localpart(remote_room_id)
+
+    def parse_alias_localpart(self, network: str, localpart: str) -> str | None:
+        return ids.parse_alias_localpart(localpart, self._casemapping(network))
+
+    # --- portals and ghosts ----------------------------------------------------------------------
+
+    async def resolve_portal(self, portal: PortalKey, user: MatrixUser | None) -> ChatInfo | None:
+        net = self._net(portal.network)
+        if portal.receiver:
+            if not ids.valid_nick(portal.remote_id, 64):
+                return None
+            nick = net.display_nick(portal.remote_id) or portal.remote_id
+            return ChatInfo(name=nick, is_direct=True, members=[portal.remote_id],
+                            relay_allowed=False)  # fmt: skip
+        if not ids.valid_channel(portal.remote_id, net.bot.chantypes):
+            return None
+        canon = net.bot.fold(portal.remote_id)
+        if net.bot.registered and canon not in net.bot.joined:
+            try:
+                await net.bot.join(portal.remote_id)
+            except ConnectionError as e:
+                raise ConnectorError(str(e)) from e
+            await asyncio.sleep(0.2)  # let NAMES and TOPIC arrive
+        else:
+            net.bot.channels.setdefault(canon, None)
+            net.bot.channel_names.setdefault(canon, portal.remote_id)
+            net.bot.start()
+        state = net.translator.channels.get(canon)
+        members = (
+            [c.sender.remote_id for c in net.translator.snapshot(net.bot, state)] if state else []
+        )
+        return ChatInfo(
+            name=state.name if state else portal.remote_id,
+            topic=state.topic if state else None,
+            members=members,
+        )
+
+    async def resolve_ghost(self, network: str, remote_user_id: str) -> GhostInfo | None:
+        net = self._net(network)
+        if not ids.valid_nick(remote_user_id, 64):
+            return None
+        return GhostInfo(display_name=net.display_nick(net.fold(remote_user_id)))
+
+    async def portal_opened(self, portal: PortalKey) -> None:
+        net = self._net(portal.network)
+        if portal.receiver or not ids.valid_channel(portal.remote_id):
+            return
+        try:
+            await net.bot.join(portal.remote_id)
+        except ConnectionError as e:
+            log.warning("%s: bot cannot join %s: %s", net.cfg.netid, portal.remote_id, e)
+
+    async def portal_closed(self, portal: PortalKey) -> None:
+        net = self._net(portal.network)
+        if portal.receiver:
+            return
+        net.bot.part(portal.remote_id, "unbridged")
+        for puppet in net.pool.puppets.values():
+            puppet.conn.part(portal.remote_id, "unbridged")
+
+    # --- who speaks ------------------------------------------------------------------------------
+
+    async def client_for(self, user: MatrixUser, portal: PortalKey) -> NetworkClient | None:
+        net = self._net(portal.network)
+        if not net.cfg.puppets:
+            return None
+        puppet = net.pool.obtain(user.user_id, user.display_name)
+        if puppet is None:
+            return None
+        return IRCClient(net, puppet)
+
+    async def relay_client(self, portal: PortalKey) -> NetworkClient | None:
+        return self._net(portal.network).relay
+
+    # --- DirectMessaging ----------------------------------------------------------------------
+
+    async def open_dm(self, user: MatrixUser, network: str, remote_user_id: str) -> PortalKey:
+        net = self._net(network)
+        if not ids.valid_nick(remote_user_id, 64):
+            raise ConnectorError(f"{remote_user_id!r} is not an IRC nick")
+        return PortalKey(net.network, net.fold(remote_user_id), receiver=user.user_id)
+
+    # --- LoginCapable -------------------------------------------------------------------------
+
+    async def login(self, user: MatrixUser, args: list[str]) -> LoginResult:
+        net, rest = self._net_arg(args)
+        creds: dict[str, object] = {"network": net.cfg.netid}
+        if len(rest) == 2 and rest[0].lower() in ("password", "pass"):
+            creds["password"] = rest[1]
+            remote_name = ""
+        elif len(rest) == 3 and rest[0].lower() == "sasl":
+            creds["sasl_account"] = rest[1]
+            creds["sasl_password"] = rest[2]
+            remote_name = rest[1]
+        else:
+            raise ConnectorError("Usage: login irc " + self.login_help)
+        old = net.pool.credentials.get(user.user_id)
+        net.pool.credentials[user.user_id] = dict(creds)
+        puppet = net.pool.get(user.user_id)
+        if puppet is None:
+            puppet = net.pool.obtain(user.user_id, user.display_name)
+        else:
+            await net.pool.restart(user.user_id)
+        if puppet is None:
+            raise ConnectorError("The bridge has no free IRC connection right now.")
+        try:
+            await puppet.conn.connect()
+        except NotConnected as e:
+            if old is None:
+                net.pool.credentials.pop(user.user_id, None)
+            else:
+                net.pool.credentials[user.user_id] = old
+            await net.pool.remove(user.user_id, "login failed")
+            raise ConnectorError(f"Login to {net.cfg.display_name} failed: {e}") from e
+        return LoginResult(
+            login_id=user.user_id,
+            credentials=creds,
+            remote_name=remote_name or puppet.conn.nick,
+            message=f"Connected to {net.cfg.display_name} as {puppet.conn.nick}.",
+        )
+
+    async def logout(self, login: Login) -> None:
+        netid = str(login.credentials.get("network") or ids.netid_of(login.network) or "")
+        net = self.networks.get(netid)
+        if net is None:
+            return
+        net.pool.credentials.pop(login.user_id, None)
+        await net.pool.restart(login.user_id)
+
+    # --- ExtraCommands ------------------------------------------------------------------------
+
+    def commands(self) -> list[ConnectorCommand]:
+        return [
+            ConnectorCommand(
+                "nick", "Change your IRC nick", self._cmd_nick, args="[network] <nick>"
+            ),
+            ConnectorCommand(
+                "raw",
+                "Send a raw IRC line through your own connection",
+                self._cmd_raw,
+                admin_only=True,
+                args="[network] <line>",
+            ),
+            ConnectorCommand(
+                "reconnect", "Reconnect your IRC connection", self._cmd_reconnect, args="[network]"
+            ),
+            ConnectorCommand("status", "Show your IRC connections", self._cmd_status),
+        ]
+
+    async def _cmd_nick(self, user: MatrixUser, args: list[str]) -> str:
+        net, rest = self._net_arg(args)
+        if len(rest) != 1:
+            return "Usage: nick [network] <nick>"
+        nick = rest[0]
+        if not ids.valid_nick(nick, 30):
+            return f"{nick!r} is not a valid IRC nick."
+        await self.nick_store.save(net, user.user_id, nick)
+        puppet = net.pool.obtain(user.user_id, user.display_name)
+        if puppet is None:
+            return "Saved; it will be used when you connect."
+        puppet.set_nick(nick)
+        if not puppet.conn.registered:
+            return f"Your nick on {net.cfg.display_name} will be {nick}."
+        try:
+            new = await puppet.conn.change_nick(nick)
+        except ValueError as e:
+            return f"The server refused the nick: {e}"
+        except NotConnected:
+            return f"Your nick on {net.cfg.display_name} will be {nick}."
+        return f"You are now {new} on {net.cfg.display_name}."
+
+    async def _cmd_raw(self, user: MatrixUser, args: list[str]) -> str:
+        if user.permission != "admin":
+            return "Only bridge admins may send raw IRC commands."
+        net, rest = self._net_arg(args)
+        raw = " ".join(rest)
+        if not raw:
+            return "Usage: raw [network] <line>"
+        puppet = net.pool.obtain(user.user_id, user.display_name)
+        if puppet is None or not await puppet.conn.wait_registered(15):
+            return "Your IRC connection is not up."
+        try:
+            puppet.conn.send_raw(raw)
+        except (ValueError, NotConnected) as e:
+            return f"Not sent: {e}"
+        return "Sent."
+
+    async def _cmd_reconnect(self, user: MatrixUser, args: list[str]) -> str:
+        net, _ = self._net_arg(args)
+        if net.pool.get(user.user_id) is None:
+            return "You have no connection on that network."
+        await net.pool.restart(user.user_id)
+        return "Reconnecting."
+
+    async def _cmd_status(self, user: MatrixUser, args: list[str]) -> str:
+        lines = []
+        for netid, net in sorted(self.networks.items()):
+            puppet = net.pool.get(user.user_id)
+            if puppet is None:
+                lines.append(f"{netid}: not connected")
+            else:
+                c = puppet.conn
+                chans = ", ".join(sorted(c.channel_names.values())) or "no channels"
+                lines.append(f"{netid}: {c.state} as {c.nick} ({chans})")
+        return "\n".join(lines)

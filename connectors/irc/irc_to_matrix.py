@@ -1,0 +1,414 @@
+"""IRC lines -> RemoteEvents.
+
+Only the listener connection of a network (the bot) feeds channel traffic here, so each channel
+event becomes exactly one RemoteEvent however many puppets are in the channel. Lines from our
+own puppets (echoes of Matrix messages, their joins and parts) are skipped: they started on
+Matrix. A puppet feeds only the private messages addressed to it (:meth:`private_message`).
+
+Power levels: the highest channel prefix mode maps through ``power_levels`` (default
+owner ``q`` / admin ``a`` / op ``o`` -> 50, halfop ``h`` -> 25, voice ``v`` -> 10, none -> 0).
+Member snapshots (``RemoteChatInfo.members``) list IRC users only, not puppets or the bot.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bridge.connector.events import (
+    ChatMember,
+    Membership,
+    MessageContent,
+    MessageKind,
+    RemoteChatInfo,
+    RemoteEvent,
+    RemoteMembership,
+    RemoteMessage,
+    RemotePresence,
+    RemoteProfile,
+    Sender,
+)
+from bridge.connector.ids import PortalKey
+
+from .client import IRCConnection
+from .formatting import irc_to_html
+from .protocol import Line, parse_ctcp
+
+_MENTION = re.compile(r"^([A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*)([:,]) ")
+
+
+@dataclass(slots=True)
+class Member:
+    nick: str
+    modes: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class ChannelState:
+    name: str
+    topic: str | None = None
+    members: dict[str, Member] = field(default_factory=dict)
+    names_buffer: dict[str, Member] | None = None
+
+
+def server_time(line: Line) -> int | None:
+    value = line.tags.get("time")
+    if not value:
+        return None
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+class IrcToMatrix:
+    def __init__(
+        self,
+        network: str,
+        *,
+        puppet_user: Callable[[str], str | None],
+        ghost_user_id: Callable[[str], str],
+        power_levels: dict[str, int],
+    ) -> None:
+        self.network = network
+        self.puppet_user = puppet_user  # canonical nick -> Matrix user id of our puppet
+        self.ghost_user_id = ghost_user_id  # canonical nick -> ghost Matrix id
+        self.power_levels = power_levels
+        self.channels: dict[str, ChannelState] = {}
+        self.expected_kicks: set[tuple[str, str]] = set()  # (channel, nick) kicked from Matrix
+        self._seq = itertools.count()
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def portal(self, conn: IRCConnection, channel: str) -> PortalKey:
+        return PortalKey(self.network, conn.fold(channel))
+
+    def sender(self, conn: IRCConnection, nick: str) -> Sender:
+        canon = conn.fold(nick)
+        user = self.puppet_user(canon)
+        if user is not None:
+            return Sender(canon, nick, is_from_me=True, matrix_user=user)
+        return Sender(canon, nick)
+
+    def power(self, modes: set[str]) -> int:
+        return max((self.power_levels.get(m, 0) for m in modes), default=0)
+
+    def snapshot(self, conn: IRCConnection, state: ChannelState) -> list[ChatMember]:
+        out = []
+        for canon, member in state.members.items():
+            if canon == conn.fold(conn.nick) or self.puppet_user(canon) is not None:
+                continue
+            out.append(ChatMember(Sender(canon, member.nick), self.power(member.modes)))
+        return out
+
+    def member_modes(self, channel: str, canon_nick: str) -> set[str] | None:
+        state = self.channels.get(channel)
+        if state is None:
+            return None
+        member = state.members.get(canon_nick)
+        return member.modes if member is not None else None
+
+    def display_nick(self, canon: str) -> str | None:
+        for state in self.channels.values():
+            member = state.members.get(canon)
+            if member is not None:
+                return member.nick
+        return None
+
+    def new_id(self, line: Line, ts: int) -> str:
+        return line.tags.get("msgid") or f"{ts}.{next(self._seq)}"
+
+    def content(self, conn: IRCConnection, text: str, kind: MessageKind, channel: str | None):
+        plain, html = irc_to_html(text)
+        mentions: list[str] = []
+        m = _MENTION.match(plain)
+        if m and channel is not None:
+            canon = conn.fold(m.group(1))
+            state = self.channels.get(channel)
+            if state is not None and canon in state.members:
+                target = self.puppet_user(canon)
+                mentions.append(target or canon)
+                uid = target or self.ghost_user_id(canon)
+                if html is None:
+                    from html import escape
+
+                    rest = escape(plain[m.end() :], quote=False)
+                    html = (
+                        f'<a href="https://matrix.to/#/{uid}">{escape(m.group(1))}</a>'
+                        f"{m.group(2)} {rest}"
+                    )
+        return MessageContent(text=plain, html=html, kind=kind, mentions=mentions)
+
+    def message(
+        self, conn: IRCConnection, line: Line, portal: PortalKey, channel: str | None
+    ) -> RemoteMessage | None:
+        text = line.param(1)
+        kind = MessageKind.NOTICE if line.command == "NOTICE" else MessageKind.TEXT
+        ctcp = parse_ctcp(text)
+        if ctcp is not None:
+            if ctcp[0] != "ACTION":
+                return None
+            text, kind = ctcp[1], MessageKind.EMOTE
+        ts = server_time(line) or int(time.time() * 1000)
+        return RemoteMessage(
+            portal=portal,
+            sender=Sender(conn.fold(line.nick), line.nick),
+            timestamp=ts,
+            id=self.new_id(line, ts),
+            content=self.content(conn, text, kind, channel),
+        )
+
+    def private_message(
+        self, conn: IRCConnection, line: Line, receiver: str
+    ) -> RemoteMessage | None:
+        """A PRIVMSG/NOTICE to a puppet: a message in the DM portal of (sender, receiver)."""
+        if not line.source or "!" not in line.source:
+            return None  # server notices
+        portal = PortalKey(self.network, conn.fold(line.nick), receiver=receiver)
+        return self.message(conn, line, portal, None)
+
+    # --- the listener -------------------------------------------------------------------------
+
+    def handle(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        fn = getattr(self, "_on_" + line.command, None)
+        if fn is None:
+            return []
+        result: list[RemoteEvent] = fn(conn, line)
+        return result
+
+    def _is_bot(self, conn: IRCConnection, nick: str) -> bool:
+        return conn.fold(nick) == conn.fold(conn.nick)
+
+    def _on_PRIVMSG(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        target = line.param(0).lstrip("".join(conn.prefixes))  # STATUSMSG: @#chan
+        if not conn.is_channel(target) or len(line.params) < 2 or not line.nick:
+            return []
+        canon = conn.fold(line.nick)
+        if self._is_bot(conn, line.nick) or self.puppet_user(canon) is not None:
+            return []
+        channel = conn.fold(target)
+        msg = self.message(conn, line, self.portal(conn, target), channel)
+        return [msg] if msg is not None else []
+
+    _on_NOTICE = _on_PRIVMSG
+
+    def _on_JOIN(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        channel = line.param(0)
+        canon_chan = conn.fold(channel)
+        if self._is_bot(conn, line.nick):
+            self.channels[canon_chan] = ChannelState(channel)
+            return []
+        state = self.channels.setdefault(canon_chan, ChannelState(channel))
+        canon = conn.fold(line.nick)
+        state.members[canon] = Member(line.nick)
+        if self.puppet_user(canon) is not None:
+            return []
+        return [
+            RemoteMembership(
+                portal=self.portal(conn, channel),
+                sender=Sender(canon, line.nick),
+                membership=Membership.JOIN,
+                timestamp=server_time(line) or int(time.time() * 1000),
+            )
+        ]
+
+    def _leave(
+        self, conn: IRCConnection, line: Line, channel: str, nick: str, reason: str | None
+    ) -> list[RemoteEvent]:
+        canon_chan = conn.fold(channel)
+        state = self.channels.get(canon_chan)
+        canon = conn.fold(nick)
+        if state is not None:
+            state.members.pop(canon, None)
+        if self.puppet_user(canon) is not None:
+            return []
+        return [
+            RemoteMembership(
+                portal=PortalKey(self.network, canon_chan),
+                sender=Sender(canon, nick),
+                membership=Membership.LEAVE,
+                reason=reason or None,
+                timestamp=server_time(line) or int(time.time() * 1000),
+            )
+        ]
+
+    def _on_PART(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        if self._is_bot(conn, line.nick):
+            self.channels.pop(conn.fold(line.param(0)), None)
+            return []
+        return self._leave(conn, line, line.param(0), line.nick, line.param(1) or None)
+
+    def _on_QUIT(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        canon = conn.fold(line.nick)
+        out: list[RemoteEvent] = []
+        reason = line.param(0)
+        for state in list(self.channels.values()):
+            if canon in state.members:
+                out += self._leave(conn, line, state.name, line.nick, f"Quit: {reason}".strip())
+        return out
+
+    def _on_KICK(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        channel, nick = line.param(0), line.param(1)
+        canon_chan, canon = conn.fold(channel), conn.fold(nick)
+        state = self.channels.get(canon_chan)
+        if self._is_bot(conn, nick):
+            self.channels.pop(canon_chan, None)
+            return []
+        if state is not None:
+            state.members.pop(canon, None)
+        if (canon_chan, canon) in self.expected_kicks:
+            self.expected_kicks.discard((canon_chan, canon))
+            return []
+        return [
+            RemoteMembership(
+                portal=self.portal(conn, channel),
+                sender=self.sender(conn, line.nick),
+                membership=Membership.KICK,
+                target=self.sender(conn, nick),
+                reason=line.param(2) or None,
+                timestamp=server_time(line) or int(time.time() * 1000),
+            )
+        ]
+
+    def _on_NICK(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        old, new = line.nick, line.param(0)
+        old_canon, new_canon = conn.fold(old), conn.fold(new)
+        out: list[RemoteEvent] = []
+        is_puppet = self.puppet_user(old_canon) is not None or self.puppet_user(new_canon)
+        for canon_chan, state in self.channels.items():
+            member = state.members.pop(old_canon, None)
+            if member is None:
+                continue
+            member.nick = new
+            state.members[new_canon] = member
+            if is_puppet or self._is_bot(conn, new):
+                continue
+            out.append(
+                RemoteProfile(
+                    portal=PortalKey(self.network, canon_chan),
+                    sender=Sender(old_canon, old),
+                    display_name=new,
+                    new_remote_id=new_canon if new_canon != old_canon else None,
+                )
+            )
+        return out
+
+    def _on_TOPIC(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        channel = line.param(0)
+        state = self.channels.setdefault(conn.fold(channel), ChannelState(channel))
+        state.topic = line.param(1)
+        if self.puppet_user(conn.fold(line.nick)) is not None:
+            return []
+        return [
+            RemoteChatInfo(
+                portal=self.portal(conn, channel),
+                sender=self.sender(conn, line.nick),
+                topic=state.topic,
+            )
+        ]
+
+    def _on_332(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        channel = line.param(1)
+        state = self.channels.setdefault(conn.fold(channel), ChannelState(channel))
+        state.topic = line.param(2)
+        return [
+            RemoteChatInfo(
+                portal=self.portal(conn, channel),
+                sender=Sender(conn.fold(line.nick or "server"), line.nick or None),
+                topic=state.topic,
+            )
+        ]
+
+    def _on_353(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        channel = line.param(2)
+        state = self.channels.setdefault(conn.fold(channel), ChannelState(channel))
+        if state.names_buffer is None:
+            state.names_buffer = {}
+        prefixes = conn.prefixes
+        for item in line.param(-1).split():
+            modes = set()
+            i = 0
+            while i < len(item) and item[i] in prefixes:
+                modes.add(prefixes[item[i]])
+                i += 1
+            nick = item[i:].split("!", 1)[0]  # userhost-in-names
+            if nick:
+                state.names_buffer[conn.fold(nick)] = Member(nick, modes)
+        return []
+
+    def _on_366(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        channel = line.param(1)
+        state = self.channels.get(conn.fold(channel))
+        if state is None or state.names_buffer is None:
+            return []
+        state.members = state.names_buffer
+        state.names_buffer = None
+        return [
+            RemoteChatInfo(
+                portal=self.portal(conn, channel),
+                sender=Sender(conn.fold(conn.nick), conn.nick, is_from_me=True),
+                members=self.snapshot(conn, state),
+            )
+        ]
+
+    def _on_MODE(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        channel = line.param(0)
+        if not conn.is_channel(channel):
+            return []
+        state = self.channels.get(conn.fold(channel))
+        if state is None:
+            return []
+        chanmodes = conn.isupport.get("CHANMODES", "beI,k,l,imnpst").split(",")
+        always = set(chanmodes[0] if chanmodes else "") | set(
+            chanmodes[1] if len(chanmodes) > 1 else ""
+        )
+        on_set = set(chanmodes[2] if len(chanmodes) > 2 else "")
+        prefix_modes = set(conn.prefixes.values())
+        args = line.params[2:]
+        changed = False
+        adding = True
+        for ch in line.param(1):
+            if ch in "+-":
+                adding = ch == "+"
+                continue
+            if ch in prefix_modes:
+                if not args:
+                    break
+                nick = args.pop(0)
+                member = state.members.get(conn.fold(nick))
+                if member is not None:
+                    (member.modes.add if adding else member.modes.discard)(ch)
+                    changed = True
+            elif ch in always or (ch in on_set and adding):
+                if args:
+                    args.pop(0)
+        if not changed:
+            return []
+        return [
+            RemoteChatInfo(
+                portal=self.portal(conn, channel),
+                sender=self.sender(conn, line.nick),
+                members=self.snapshot(conn, state),
+            )
+        ]
+
+    def _on_AWAY(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        canon = conn.fold(line.nick)
+        if self.puppet_user(canon) is not None:
+            return []
+        for canon_chan, state in self.channels.items():
+            if canon in state.members:
+                away = bool(line.params and line.param(0))
+                return [
+                    RemotePresence(
+                        portal=PortalKey(self.network, canon_chan),
+                        sender=Sender(canon, line.nick),
+                        presence="unavailable" if away else "online",
+                        status=line.param(0) if away else None,
+                    )
+                ]
+        return []

@@ -1,0 +1,215 @@
+"""Per-Matrix-user IRC connections (puppets) of one network: creation with a nick from the
+display name, nick collisions, credentials, the connection limit (least recently active idle
+puppet quits), idle disconnect, and the index nick -> puppet the listener uses to recognise
+its own puppets.
+
+Every connection of a network shares one :class:`ConnectPacer`, so a bridge restart or a
+netsplit reconnects at most ``connects_per_second`` puppets per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .client import ConnectionHandler, ConnectPacer, ConnParams, IRCConnection
+from .config import NetworkConfig
+from .ids import alternative_nick, fallback_nick, nick_for
+from .protocol import Line, casefold
+
+log = logging.getLogger("mimi.irc.puppets")
+
+
+class Puppet(ConnectionHandler):
+    """A Matrix user's connection. Lines reach it only when they concern it (a private
+    message, its own JOIN/NICK/KICK, errors): channel traffic is filtered in the client."""
+
+    def __init__(self, pool: PuppetPool, user_id: str, display_name: str) -> None:
+        self.pool = pool
+        self.user_id = user_id
+        self.display_name = display_name
+        self.last_active = time.monotonic()
+        self.custom_nick: str | None = None
+        cfg = pool.cfg
+        creds = pool.credentials.get(user_id, {})
+        localpart = user_id[1:].split(":", 1)[0]
+        username = nick_for(cfg.username_template, localpart, user_id, 10).lower()
+        nick = nick_for(cfg.nick_template, display_name, user_id, 30)
+        self.wanted_nick = nick
+        params = ConnParams(
+            host=cfg.host,
+            port=cfg.port,
+            ssl=cfg.ssl_context(),
+            nick=nick,
+            username=username.replace("[", "").replace("]", "") or "matrix",
+            realname=cfg.realname_template.format(
+                user_id=user_id, displayname=display_name, localpart=localpart
+            ),
+            password=creds.get("password") or cfg.password,
+            sasl_account=creds.get("sasl_account"),
+            sasl_password=creds.get("sasl_password"),
+            flood_burst=cfg.flood_burst,
+            flood_rate=cfg.flood_rate,
+            reconnect_min=cfg.reconnect_min,
+            reconnect_max=cfg.reconnect_max,
+            queue_timeout=cfg.queue_timeout,
+            ping_interval=cfg.ping_interval,
+            ping_timeout=cfg.ping_timeout,
+            register_timeout=cfg.register_timeout,
+        )
+        self.conn = IRCConnection(
+            params, self, pacer=pool.pacer, listen_channels=False, name=f"{cfg.netid}/{nick}"
+        )
+
+    def touch(self) -> None:
+        self.last_active = time.monotonic()
+
+    def set_nick(self, nick: str) -> None:
+        self.conn.params.nick = nick
+        self.wanted_nick = nick
+
+    # --- ConnectionHandler ---------------------------------------------------------------------
+
+    def irc_registered(self, conn: IRCConnection) -> None:
+        self.pool.index_nick(self, conn.nick)
+
+    def irc_disconnected(self, conn: IRCConnection, reason: str) -> None:
+        if conn.fatal:
+            self.pool.on_fatal(self, conn.fatal)
+
+    def irc_nick_taken(self, conn: IRCConnection, nick: str, attempt: int) -> str | None:
+        if attempt > 10:
+            return fallback_nick(self.user_id) + str(attempt)
+        return alternative_nick(self.wanted_nick, attempt, conn.params.nicklen)
+
+    def irc_line(self, conn: IRCConnection, line: Line) -> None:
+        cmd = line.command
+        if cmd in ("PRIVMSG", "NOTICE"):
+            if conn.fold(line.nick) == conn.fold(conn.nick):
+                return  # echo-message of our own line
+            if not conn.is_channel(line.param(0).lstrip("".join(conn.prefixes))):
+                self.pool.on_private(self, line)
+        elif cmd == "NICK":
+            self.pool.index_nick(self, conn.nick)  # the client has already updated conn.nick
+        elif cmd == "KICK" and conn.fold(line.param(1)) == conn.fold(conn.nick):
+            self.pool.on_notice(
+                self, f"You were kicked from {line.param(0)} by {line.nick}: {line.param(2)}"
+            )
+        elif cmd in ("404", "482", "442", "401", "406", "478", "489"):
+            self.pool.on_notice(self, f"IRC: {line.param(1)}: {line.param(-1)}")
+
+
+class PuppetPool:
+    def __init__(
+        self,
+        cfg: NetworkConfig,
+        pacer: ConnectPacer,
+        *,
+        on_private: Callable[[Puppet, Line], None],
+        on_notice: Callable[[Puppet, str], None],
+        on_fatal: Callable[[Puppet, str], None],
+    ) -> None:
+        self.cfg = cfg
+        self.pacer = pacer
+        self.puppets: dict[str, Puppet] = {}
+        self.by_nick: dict[str, Puppet] = {}
+        self.credentials: dict[str, dict[str, Any]] = {}
+        self.custom_nicks: dict[str, str] = {}
+        self.on_private = on_private
+        self.on_notice = on_notice
+        self.on_fatal = on_fatal
+        self._idle_task: asyncio.Task[None] | None = None
+
+    def fold(self, nick: str) -> str:
+        return casefold(nick, self.cfg.casemapping)
+
+    def index_nick(self, puppet: Puppet, nick: str) -> None:
+        for key, value in list(self.by_nick.items()):
+            if value is puppet:
+                del self.by_nick[key]
+        self.by_nick[self.fold(nick)] = puppet
+
+    def user_of_nick(self, canon_nick: str) -> str | None:
+        puppet = self.by_nick.get(canon_nick)
+        return puppet.user_id if puppet is not None else None
+
+    def get(self, user_id: str) -> Puppet | None:
+        return self.puppets.get(user_id)
+
+    def obtain(self, user_id: str, display_name: str) -> Puppet | None:
+        """The user's puppet, created (and connecting) if needed; None when the connection limit
+        is reached and no idle puppet can make room."""
+        puppet = self.puppets.get(user_id)
+        if puppet is not None:
+            puppet.touch()
+            if puppet.conn.state in ("idle", "closed", "failed") and not puppet.conn.fatal:
+                puppet.conn.start()
+            return puppet
+        if len(self.puppets) >= self.cfg.max_connections and not self._evict():
+            return None
+        puppet = Puppet(self, user_id, display_name)
+        custom = self.custom_nicks.get(user_id)
+        if custom:
+            puppet.set_nick(custom)
+        self.puppets[user_id] = puppet
+        self.by_nick[self.fold(puppet.conn.nick)] = puppet
+        puppet.conn.start()
+        self._ensure_idle_task()
+        return puppet
+
+    def _evict(self) -> bool:
+        candidates = [p for p in self.puppets.values() if not p.conn.pending]
+        if not candidates:
+            return False
+        victim = min(candidates, key=lambda p: p.last_active)
+        log.info("%s: connection limit reached, disconnecting %s", self.cfg.netid, victim.user_id)
+        asyncio.get_running_loop().create_task(self.remove(victim.user_id, "connection limit"))
+        return True
+
+    async def remove(self, user_id: str, reason: str = "") -> None:
+        puppet = self.puppets.pop(user_id, None)
+        if puppet is None:
+            return
+        for key, value in list(self.by_nick.items()):
+            if value is puppet:
+                del self.by_nick[key]
+        await puppet.conn.quit(reason)
+
+    async def restart(self, user_id: str) -> Puppet | None:
+        """Reconnect a puppet with new credentials (after login/logout)."""
+        puppet = self.puppets.get(user_id)
+        if puppet is None:
+            return None
+        creds = self.credentials.get(user_id, {})
+        await puppet.conn.quit("reconnecting")
+        p = puppet.conn.params
+        p.password = creds.get("password") or self.cfg.password
+        p.sasl_account = creds.get("sasl_account")
+        p.sasl_password = creds.get("sasl_password")
+        puppet.conn.start()
+        return puppet
+
+    def _ensure_idle_task(self) -> None:
+        if self.cfg.idle_timeout > 0 and (self._idle_task is None or self._idle_task.done()):
+            self._idle_task = asyncio.get_running_loop().create_task(self._idle_loop())
+
+    async def _idle_loop(self) -> None:
+        timeout = self.cfg.idle_timeout
+        while self.puppets:
+            await asyncio.sleep(min(60.0, max(0.05, timeout / 4)))
+            limit = time.monotonic() - timeout
+            for user_id, puppet in list(self.puppets.items()):
+                if puppet.last_active < limit and not puppet.conn.pending:
+                    log.info("%s: %s idle, disconnecting", self.cfg.netid, user_id)
+                    await self.remove(user_id, "idle")
+
+    async def close(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+        await asyncio.gather(
+            *(self.remove(uid, "bridge shutting down") for uid in list(self.puppets)),
+            return_exceptions=True,
+        )

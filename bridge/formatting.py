@@ -663,7 +663,7 @@ _SPAN_LIMIT: Final = 2000  # longest inline span considered, keeps matching line
 _INLINE_RE: Final = re.compile(
     rf"""
     (?P<code>(?<!`)(?P<ticks>`+)(?!`)(?P<code_body>[^\n]{{1,{_SPAN_LIMIT}}}?)(?<!`)(?P=ticks)(?!`))
-    | (?P<url>\bhttps?://[^\s<>"]+)
+    | (?P<url>\bhttps?://[^\s<>"\x00-\x1f\x7f]+)
     | \*\*(?P<bold>[^\s*](?:[^\n]{{0,{_SPAN_LIMIT}}}?\S)?)\*\*
     | ~~(?P<strike>[^\s~](?:[^\n]{{0,{_SPAN_LIMIT}}}?[^\s~])?)~~
     | (?<![\w*])\*(?P<em_star>[^\s*](?:[^\n]{{0,{_SPAN_LIMIT}}}?[^\s*])?)\*(?![\w*])
@@ -860,8 +860,9 @@ def strip_reply_fallback(body: str, html: str | None) -> tuple[str, str | None]:
     returned as None. In ``body`` the leading ``> `` lines and the blank line after them are
     removed, but only when they look like a fallback: the quote must be followed by a blank
     line, and either the html contained ``<mx-reply>`` or the first line is the fallback's
-    ``> <@sender:server>`` form. Call this only for events that are replies
-    (``m.relates_to.m.in_reply_to``); the fallback is optional since Matrix v1.13.
+    ``> <@sender:server>`` form. These checks keep a message that merely starts with a quote
+    intact, so calling this on every message is safe; the fallback itself is optional since
+    Matrix v1.13, so its absence is normal.
     """
     new_html = html
     had_reply = False

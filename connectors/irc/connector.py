@@ -289,6 +289,10 @@ class IRCClient(NetworkClient):
             if conn.fatal:
                 raise ConnectorError(f"Not connected to {self.net.cfg.display_name}: {conn.fatal}")
             conn.start()
+        if not conn.registered and conn.stats.connects <= 1 and conn.state != "failed":
+            # A new puppet: wait for the first registration so that a refused join can be
+            # reported now. Later outages do not wait: the message is queued.
+            await conn.wait_registered(min(10.0, conn.params.register_timeout))
         if not portal.receiver and conn.registered:
             try:
                 await conn.join(target)

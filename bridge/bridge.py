@@ -169,6 +169,8 @@ class Bridge:
             delay = min(delay * 2, 30.0)
 
     async def stop(self) -> None:
+        if self._db is None:
+            return  # never started, or stopped already
         if self.server:
             await self.server.stop()
         for connector in self.connectors.values():

@@ -104,8 +104,9 @@ class PortalManager:
                 "invite": list(invite or []),
                 "is_direct": info.is_direct,
                 "creation_content": {"m.federate": True},
+                # The bot creates the room, so it holds the creator's power (room v12 forbids
+                # naming it in this override).
                 "power_level_content_override": {
-                    "users": {self.bridge.cfg.bot_mxid: 100},
                     "events": {"m.bridge": 100, "uk.half-shot.bridge": 100},
                 },
                 "initial_state": [

@@ -1,0 +1,208 @@
+"""An in-memory network, written only against ``bridge.connector`` as a third-party plugin
+would be. Every room ``#...`` exists; every user exists. What the bridge sends is recorded in
+``connector.sent`` (and appended to ``record_file`` as JSON lines, for tests that kill the
+bridge); tests inject remote events with the ``remote_*`` methods."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bridge.connector import (
+    ChatInfo,
+    ConfigError,
+    ConnectorError,
+    GhostInfo,
+    Login,
+    LoginResult,
+    MatrixEdit,
+    MatrixMembership,
+    MatrixMessage,
+    MatrixReaction,
+    MatrixReactionRemove,
+    MatrixReceipt,
+    MatrixRedaction,
+    MatrixRoomMeta,
+    MatrixTyping,
+    MatrixUser,
+    MessageContent,
+    Namespace,
+    NetworkClient,
+    NetworkConnector,
+    PortalKey,
+    RemoteEdit,
+    RemoteMessage,
+    RemoteReaction,
+    RemoteRedaction,
+    Sender,
+    SentMessage,
+)
+
+NETWORK = "testnet"
+
+
+class TestNetClient(NetworkClient):
+    """Has every optional capability."""
+
+    def __init__(self, connector: TestNetConnector, name: str) -> None:
+        self.connector = connector
+        self.name = name
+
+    async def handle_matrix_message(self, msg: MatrixMessage) -> SentMessage:
+        if self.connector.delay:
+            await asyncio.sleep(self.connector.delay)
+        if "fail:" in msg.content.text:
+            raise ConnectorError("the test network refused this message")
+        rid = self.connector.new_id()
+        self.connector.record(
+            "message", msg.portal, as_=self.name, id=rid, text=msg.content.text,
+            html=msg.content.html, relayed=msg.sender.relayed, event_id=msg.event_id,
+            reply_to=msg.reply_to.remote_id if msg.reply_to else None,
+            files=[(a.filename, len(a.data or b"")) for a in msg.content.attachments],
+        )
+        return SentMessage(rid)
+
+    async def handle_matrix_edit(self, edit: MatrixEdit) -> SentMessage | None:
+        self.connector.record("edit", edit.portal, as_=self.name, target=edit.target.remote_id,
+                              text=edit.content.text)
+        return None
+
+    async def handle_matrix_redaction(self, redaction: MatrixRedaction) -> None:
+        self.connector.record("redaction", redaction.portal, as_=self.name,
+                              target=redaction.target.remote_id)
+
+    async def handle_matrix_reaction(self, reaction: MatrixReaction) -> SentMessage:
+        rid = self.connector.new_id()
+        self.connector.record("reaction", reaction.portal, as_=self.name, id=rid,
+                              target=reaction.target.remote_id, key=reaction.key)
+        return SentMessage(rid)
+
+    async def handle_matrix_reaction_remove(self, removal: MatrixReactionRemove) -> None:
+        self.connector.record("unreact", removal.portal, as_=self.name,
+                              target=removal.target.remote_id, key=removal.key)
+
+    async def handle_matrix_typing(self, typing: MatrixTyping) -> None:
+        self.connector.record("typing", typing.portal, as_=self.name, typing=typing.typing)
+
+    async def handle_matrix_receipt(self, receipt: MatrixReceipt) -> None:
+        self.connector.record("receipt", receipt.portal, as_=self.name,
+                              target=receipt.target.remote_id)
+
+    async def handle_matrix_membership(self, change: MatrixMembership) -> None:
+        self.connector.record("membership", change.portal, as_=self.name,
+                              membership=change.membership.value,
+                              target=change.target.remote_id if change.target else None)
+
+    async def handle_matrix_room_meta(self, change: MatrixRoomMeta) -> None:
+        self.connector.record("meta", change.portal, as_=self.name, name=change.name,
+                              topic=change.topic)
+
+
+class TestNetConnector(NetworkConnector):
+    name = "testnet"
+    display_name = "Test Network"
+
+    def __init__(self, bridge: Any, config: Mapping[str, Any]) -> None:
+        super().__init__(bridge, config)
+        self.sent: list[dict[str, Any]] = []
+        self.delay = float(config.get("delay_seconds", 0))
+        self.record_file = Path(config["record_file"]) if config.get("record_file") else None
+        self._ids = itertools.count(1)
+        self._clients: dict[str, TestNetClient] = {}
+        self.login_help = "<remote name>"
+        self.opened: list[PortalKey] = []
+
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any]) -> None:
+        for key in config:
+            if key not in ("delay_seconds", "record_file", "relay"):
+                raise ConfigError(key, "unknown key")
+        if not isinstance(config.get("delay_seconds", 0), int | float):
+            raise ConfigError("delay_seconds", "must be a number")
+
+    def new_id(self) -> str:
+        return f"tn-{next(self._ids)}-{id(self) % 10000}"
+
+    def record(self, kind: str, portal: PortalKey, **fields: Any) -> None:
+        entry = {"kind": kind, "room": portal.remote_id, **fields}
+        self.sent.append(entry)
+        if self.record_file:
+            with self.record_file.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    async def start(self) -> None:
+        self.opened = list(await self.bridge.portals(NETWORK))
+
+    async def stop(self) -> None:
+        pass
+
+    def namespaces(self) -> list[Namespace]:
+        return [Namespace(NETWORK, "testnet_", "Test Network")]
+
+    async def resolve_portal(self, portal: PortalKey, user: MatrixUser | None) -> ChatInfo | None:
+        if not portal.remote_id.startswith("#") or portal.remote_id == "#missing":
+            return None
+        return ChatInfo(name=portal.remote_id, topic=f"The test room {portal.remote_id}")
+
+    async def resolve_ghost(self, network: str, remote_user_id: str) -> GhostInfo | None:
+        return GhostInfo(display_name=remote_user_id.title())
+
+    async def portal_opened(self, portal: PortalKey) -> None:
+        self.opened.append(portal)
+
+    async def client_for(self, user: MatrixUser, portal: PortalKey) -> NetworkClient | None:
+        for login in await self.bridge.logins(self.name):
+            if login.user_id == user.user_id:
+                name = str(login.credentials["name"])
+                return self._clients.setdefault(name, TestNetClient(self, name))
+        return None
+
+    async def relay_client(self, portal: PortalKey) -> NetworkClient | None:
+        if not self.config.get("relay", True):
+            return None
+        return self._clients.setdefault("relaybot", TestNetClient(self, "relaybot"))
+
+    # LoginCapable
+    async def login(self, user: MatrixUser, args: list[str]) -> LoginResult:
+        if len(args) != 1:
+            raise ConnectorError("usage: login testnet <remote name>")
+        return LoginResult(login_id=args[0], credentials={"name": args[0]}, remote_name=args[0])
+
+    async def logout(self, login: Login) -> None:
+        self._clients.pop(str(login.credentials.get("name")), None)
+
+    # DirectMessaging
+    async def open_dm(self, user: MatrixUser, network: str, remote_user_id: str) -> PortalKey:
+        return PortalKey(NETWORK, remote_user_id, receiver=user.user_id)
+
+    # --- the remote side, driven by tests ---
+
+    async def remote_message(
+        self, room: str, user: str, text: str, *, html: str | None = None,
+        reply_to: str | None = None, msg_id: str | None = None, receiver: str = "",
+    ) -> str:
+        msg_id = msg_id or self.new_id()
+        await self.bridge.emit(RemoteMessage(
+            portal=PortalKey(NETWORK, room, receiver), sender=Sender(user, user.title()),
+            id=msg_id, content=MessageContent(text=text, html=html), reply_to=reply_to,
+        ))
+        return msg_id
+
+    async def remote_edit(self, room: str, user: str, target: str, text: str) -> None:
+        await self.bridge.emit(RemoteEdit(portal=PortalKey(NETWORK, room),
+                                          sender=Sender(user, user.title()), target_id=target,
+                                          content=MessageContent(text=text)))
+
+    async def remote_reaction(self, room: str, user: str, target: str, key: str) -> None:
+        await self.bridge.emit(RemoteReaction(portal=PortalKey(NETWORK, room),
+                                              sender=Sender(user, user.title()),
+                                              target_id=target, key=key))
+
+    async def remote_redaction(self, room: str, user: str, target: str) -> None:
+        await self.bridge.emit(RemoteRedaction(portal=PortalKey(NETWORK, room),
+                                               sender=Sender(user, user.title()),
+                                               target_id=target))

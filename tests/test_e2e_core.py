@@ -1,0 +1,245 @@
+"""End to end through a real Synapse with the test plugin connector: a Matrix user DMs the
+bot, logs in, joins a portal, and text, formatting, edits, replies, reactions and redactions
+cross both ways; the mapping survives a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from bridge.bridge import Bridge
+from tests.conftest import BridgeFactory
+from tests.harness.synapse import MatrixClient, SynapseServer
+
+_users = itertools.count(1)
+
+
+async def until(pred: Callable[[], Any], timeout: float = 15.0) -> Any:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        value = pred()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def sent(bridge: Bridge, kind: str, **match: Any) -> Callable[[], dict[str, Any] | None]:
+    def find() -> dict[str, Any] | None:
+        for entry in bridge.connectors["testnet"].sent:  # type: ignore[attr-defined]
+            if entry["kind"] == kind and all(entry.get(k) == v for k, v in match.items()):
+                return entry
+        return None
+
+    return find
+
+
+async def management_room(user: MatrixClient) -> str:
+    room = await user.create_room(invite=["@mimibot:localhost"], is_direct=True)
+    await user.wait_for_event(room, lambda e: "management room" in e["content"].get("body", ""))
+    return room
+
+
+async def command(user: MatrixClient, room: str, text: str, expect: str) -> str:
+    await user.send_text(room, text)
+    evt = await user.wait_for_event(
+        room,
+        lambda e: e["sender"] == "@mimibot:localhost" and expect in e["content"].get("body", ""),
+    )
+    return str(evt["content"]["body"])
+
+
+def new_user(synapse: SynapseServer) -> MatrixClient:
+    return synapse.new_client(f"user{next(_users)}")
+
+
+async def test_both_directions_and_restart(
+    make_bridge: BridgeFactory, synapse: SynapseServer, tmp_path: Any
+) -> None:
+    bridge = await make_bridge()
+    alice = new_user(synapse)
+    mgmt = await management_room(alice)
+    await command(alice, mgmt, "login testnet alice-remote", "Logged in")
+    reply = await command(alice, mgmt, "join testnet #general", "Invited you")
+    assert "#testnet_=23general:localhost" in reply
+    room = await alice.join("#testnet_=23general:localhost")
+    state = await alice.get_state(room, "m.bridge", "mimi-bridge/testnet/#general")
+    assert state and state["protocol"]["id"] == "testnet"
+    assert await alice.get_state(room, "uk.half-shot.bridge", "mimi-bridge/testnet/#general")
+
+    # Matrix -> remote: text and formatted text, sent as the user's own remote identity.
+    await alice.send_text(room, "hello remote")
+    plain = await until(sent(bridge, "message", text="hello remote"))
+    assert plain["as_"] == "alice-remote" and plain["relayed"] is False
+    await alice.send_event(room, "m.room.message", {
+        "msgtype": "m.text", "body": "**bold**", "format": "org.matrix.custom.html",
+        "formatted_body": "<strong>bold</strong><script>x()</script>",
+    })
+    fmt = await until(sent(bridge, "message", text="**bold**"))
+    assert "<strong>bold</strong>" in fmt["html"] and "script" not in fmt["html"]
+
+    # Remote -> Matrix: a ghost posts, with HTML that must be sanitized.
+    tn: Any = bridge.connectors["testnet"]
+    bob_msg = await tn.remote_message("#general", "bob", "hi from bob",
+                                      html="<em>hi</em> <img src=x onerror=alert(1)>")
+    evt = await alice.wait_for_event(room, lambda e: e["content"].get("body") == "hi from bob")
+    assert evt["sender"] == "@testnet_bob:localhost"
+    assert "onerror" not in evt["content"]["formatted_body"]
+    assert "<em>hi</em>" in evt["content"]["formatted_body"]
+
+    # A Matrix reply to bob reaches the network as a reply to bob's remote id.
+    await alice.reply(room, evt["event_id"], "replying to bob")
+    rep = await until(sent(bridge, "message", text="replying to bob"))
+    assert rep["reply_to"] == bob_msg
+
+    # A remote reply to alice's message becomes a Matrix reply to her event.
+    alice_evt = await alice.wait_for_event(room, lambda e: e["content"].get("body") == "hello remote")
+    await tn.remote_message("#general", "bob", "bob answers", reply_to=plain["id"])
+    answer = await alice.wait_for_event(room, lambda e: e["content"].get("body") == "bob answers")
+    assert answer["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == alice_evt["event_id"]
+
+    # Edits both ways.
+    await alice.edit(room, alice_evt["event_id"], "hello remote (edited)")
+    edit = await until(sent(bridge, "edit", target=plain["id"]))
+    assert edit["text"] == "hello remote (edited)"
+    await tn.remote_edit("#general", "bob", bob_msg, "hi from bob, corrected")
+    bob_edit = await alice.wait_for_event(
+        room, lambda e: e["content"].get("m.new_content", {}).get("body") == "hi from bob, corrected"
+    )
+    assert bob_edit["content"]["m.relates_to"] == {"rel_type": "m.replace",
+                                                    "event_id": evt["event_id"]}
+
+    # Reactions both ways.
+    reaction_id = await alice.react(room, evt["event_id"], "👍")
+    react = await until(sent(bridge, "reaction", target=bob_msg, key="👍"))
+    await tn.remote_reaction("#general", "bob", plain["id"], "🎉")
+    bob_react = await alice.wait_for_event(room, lambda e: e["type"] == "m.reaction"
+                                           and e["content"]["m.relates_to"]["key"] == "🎉")
+    assert bob_react["content"]["m.relates_to"]["event_id"] == alice_evt["event_id"]
+
+    # Redactions both ways: of a reaction, then of messages.
+    await alice.redact(room, reaction_id)
+    await until(sent(bridge, "unreact", target=bob_msg, key="👍"))
+    assert react["id"]
+    await alice.redact(room, alice_evt["event_id"])
+    await until(sent(bridge, "redaction", target=plain["id"]))
+    await tn.remote_redaction("#general", "bob", bob_msg)
+
+    async def redacted() -> bool:
+        ev = await alice.get_event(room, evt["event_id"])
+        return not ev.get("content")
+
+    await until_async(redacted)
+
+    # The mapping survives a restart: a remote edit after it still finds its Matrix event.
+    later = await tn.remote_message("#general", "carol", "before restart")
+    before = await alice.wait_for_event(room, lambda e: e["content"].get("body") == "before restart")
+    await bridge.stop()
+    bridge2 = await make_bridge()
+    tn2: Any = bridge2.connectors["testnet"]
+    await tn2.remote_edit("#general", "carol", later, "after restart")
+    after = await alice.wait_for_event(
+        room, lambda e: e["content"].get("m.new_content", {}).get("body") == "after restart"
+    )
+    assert after["content"]["m.relates_to"]["event_id"] == before["event_id"]
+    # And a Matrix reply to a pre-restart message still carries the remote id.
+    await alice.reply(room, before["event_id"], "still mapped")
+    again = await until(sent(bridge2, "message", text="still mapped"))
+    assert again["reply_to"] == later
+    await alice.close()
+
+
+async def until_async(pred: Callable[[], Any], timeout: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if await pred():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+async def test_relay_and_failures_are_told(make_bridge: BridgeFactory,
+                                           synapse: SynapseServer) -> None:
+    bridge = await make_bridge()
+    dave = new_user(synapse)
+    await dave.set_displayname("Dave")
+    room = await dave.join("#testnet_=23relay:localhost")
+    # No login: relayed by the network's bot with the configured prefix.
+    await dave.send_text(room, "relayed text")
+    relayed = await until(sent(bridge, "message", text="<Dave> relayed text"))
+    assert relayed["as_"] == "relaybot" and relayed["relayed"] is True
+    # The network refuses a message: the user is told in the room, not left guessing.
+    await dave.send_text(room, "fail: please")
+    notice = await dave.wait_for_event(
+        room, lambda e: e["content"].get("msgtype") == "m.notice"
+        and "not delivered" in e["content"].get("body", "")
+    )
+    assert "refused" in notice["content"]["body"]
+    # Encrypted events cannot be bridged: said so.
+    await dave.send_event(room, "m.room.encrypted", {"algorithm": "m.megolm.v1.aes-sha2",
+                                                     "ciphertext": "x"})
+    await dave.wait_for_event(room, lambda e: "Encrypted messages cannot be bridged"
+                              in e["content"].get("body", ""))
+    # An unknown command gets a short hint.
+    mgmt = await management_room(dave)
+    await command(dave, mgmt, "frobnicate", "unknown command")
+    await dave.close()
+
+
+async def test_alias_for_missing_room_is_404(make_bridge: BridgeFactory,
+                                             synapse: SynapseServer) -> None:
+    await make_bridge()
+    erin = new_user(synapse)
+    with pytest.raises(Exception) as info:
+        await erin.join("#testnet_=23missing:localhost")
+    assert "404" in str(info.value) or "M_NOT_FOUND" in str(info.value)
+    await erin.close()
+
+
+async def test_ghost_dm_and_remote_dm(make_bridge: BridgeFactory, synapse: SynapseServer) -> None:
+    bridge = await make_bridge()
+    frank = new_user(synapse)
+    mgmt = await management_room(frank)
+    await command(frank, mgmt, "login testnet frank-remote", "Logged in")
+    room = await frank.create_room(invite=["@testnet_zoe:localhost"], is_direct=True)
+    await until_async(lambda: _joined(frank, room, "@testnet_zoe:localhost"))
+    await frank.send_text(room, "hi zoe")
+    dm = await until(sent(bridge, "message", text="hi zoe"))
+    assert dm["room"] == "zoe"
+    # zoe writes back: lands in the same DM.
+    tn: Any = bridge.connectors["testnet"]
+    await tn.remote_message("zoe", "zoe", "hi frank", receiver=frank.user_id)
+    await frank.wait_for_event(room, lambda e: e["content"].get("body") == "hi frank")
+    # A remote user with no DM yet: a new room is created, frank invited, and he reads it.
+    await tn.remote_message("yves", "yves", "new chat", receiver=frank.user_id)
+    from bridge.connector import PortalKey
+
+    portal = await until_async_value(
+        lambda: bridge.portal_store.get(PortalKey("testnet", "yves", frank.user_id))
+    )
+    await frank.join(portal.room_id)
+    evt = await frank.wait_for_event(portal.room_id, lambda e: e["content"].get("body") == "new chat")
+    assert evt["sender"] == "@testnet_yves:localhost"
+    await frank.close()
+
+
+async def until_async_value(make: Callable[[], Any], timeout: float = 15.0) -> Any:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        value = await make()
+        if value:
+            return value
+        await asyncio.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+async def _joined(client: MatrixClient, room: str, user: str) -> bool:
+    members = await client.joined_members(room)
+    return user in members

@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return EXIT_OK
         cfg = cfgmod.load(args.config)
-        cfgmod.require_tokens(cfg)
         from .connectors_loader import load_connector_classes
 
         load_connector_classes(cfg)
+        cfgmod.require_tokens(cfg)
     except cfgmod.ConfigError as e:
         print(f"mimi-bridge: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG

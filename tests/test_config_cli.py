@@ -1,0 +1,94 @@
+"""Config validation, the CLI's exit codes and registration generation."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bridge", *args], capture_output=True, text=True,
+                          cwd=ROOT)
+
+
+def example(tmp_path: Path, edit: str | None = None, new: str = "") -> Path:
+    text = (ROOT / "config.example.yaml").read_text()
+    text = text.replace("  irc:\n    enabled: false", "  testnet: {}\n  irc:\n    enabled: false")
+    if edit is not None:
+        assert edit in text, edit
+        text = text.replace(edit, new)
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_help_documents_every_option() -> None:
+    res = run("--help")
+    assert res.returncode == 0
+    for opt in ("--config", "--generate-registration", "--registration", "Exit status"):
+        assert opt in res.stdout
+
+
+def test_generate_registration(tmp_path: Path) -> None:
+    cfg = example(tmp_path)
+    reg_path = tmp_path / "registration.yaml"
+    res = run("-c", str(cfg), "-g", "-r", str(reg_path))
+    assert res.returncode == 0, res.stderr
+    reg = YAML().load(reg_path)
+    assert reg["rate_limited"] is False and reg["receive_ephemeral"] is True
+    assert reg["sender_localpart"] == "mimibot" and reg["protocols"] == ["testnet"]
+    users = [n["regex"] for n in reg["namespaces"]["users"]]
+    aliases = [n["regex"] for n in reg["namespaces"]["aliases"]]
+    assert all(n["exclusive"] for n in reg["namespaces"]["users"])
+    assert re.fullmatch(users[1], "@testnet_bob:example.org")
+    assert not re.fullmatch(users[1], "@testnet_bob:example.org.evil")
+    assert re.fullmatch(aliases[0], "#testnet_=23room:example.org")
+    saved = cfg.read_text()
+    # Tokens are stored back into the config, comments kept.
+    assert reg["as_token"] in saved and reg["hs_token"] in saved
+    assert "# (required) Where the bridge reaches" in saved
+    assert "credentials_key: generate" not in saved
+    # Generating again rotates the tokens but keeps the credentials key.
+    key = YAML().load(cfg)["bridge"]["credentials_key"]
+    assert run("-c", str(cfg), "-g", "-r", str(reg_path)).returncode == 0
+    assert YAML().load(cfg)["bridge"]["credentials_key"] == key
+    assert YAML().load(reg_path)["as_token"] != reg["as_token"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "new", "message"),
+    [
+        ("  domain: example.org\n", "", "homeserver.domain: missing"),
+        ("  port: 29333\n", "  port: 29333\n  colour: blue\n", "appservice.colour: unknown key"),
+        ("  port: 29333", "  port: many", "appservice.port: must be an integer"),
+        ("address: http://127.0.0.1:8008", "address: ftp://nowhere",
+         "homeserver.address: must be an http(s) URL"),
+        ("database: sqlite:mimi-bridge.db", "database: mysql://x/y", "appservice.database: must be"),
+        ('    "*": relay', '    "*": superuser', "bridge.permissions.*: must be one of"),
+        ("  testnet: {}", "  nosuchnet: {}", "connectors.nosuchnet: unknown connector"),
+        ("  testnet: {}", "  testnet: {delay_seconds: soon}",
+         "connectors.testnet.delay_seconds: must be a number"),
+        ("  level: INFO", "  level: [INFO", "is not valid YAML"),
+    ],
+)
+def test_bad_config_is_one_line_and_exit_2(
+    tmp_path: Path, edit: str, new: str, message: str
+) -> None:
+    res = run("-c", str(example(tmp_path, edit, new)))
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_ungenerated_tokens_are_a_config_error(tmp_path: Path) -> None:
+    res = run("-c", str(example(tmp_path)))
+    assert res.returncode == 2
+    assert "appservice.as_token: not generated yet" in res.stderr

@@ -1,0 +1,77 @@
+"""The ID-mapping database on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from bridge.connector import PortalKey
+from bridge.db import (
+    Ghost,
+    GhostStore,
+    LoginRow,
+    MessageRow,
+    MessageStore,
+    Portal,
+    PortalStore,
+    ReactionRow,
+    TransactionStore,
+    UserStore,
+    open_database,
+)
+
+KEY = PortalKey("irc_libera", "#python")
+DM = PortalKey("irc_libera", "bob", receiver="@alice:x")
+
+
+async def test_mapping_round_trip(database_url: str) -> None:
+    db = await open_database(database_url)
+    try:
+        portals, ghosts, msgs = PortalStore(db), GhostStore(db), MessageStore(db)
+        await portals.save(Portal(KEY, room_id="!r:x", name="#python", metadata={"k": 1}))
+        await portals.save(Portal(DM, room_id="!dm:x", is_direct=True))
+        got = await portals.by_room("!r:x")
+        assert got is not None and got.key == KEY and got.metadata == {"k": 1}
+        assert (await portals.get(DM)).is_direct  # type: ignore[union-attr]
+        assert {p.key for p in await portals.all("irc_libera")} == {KEY, DM}
+        await ghosts.save(Ghost("irc_libera", "bob", "@irc_libera_bob:x", "Bob"))
+        assert (await ghosts.get("irc_libera", "bob")).display_name == "Bob"  # type: ignore[union-attr]
+        row = MessageRow(KEY, "m1", 0, "!r:x", "$e1", "bob", "@irc_libera_bob:x", 5, body="hi")
+        await msgs.insert(row)
+        await msgs.insert(row)  # idempotent
+        assert [m.event_id for m in await msgs.by_remote(KEY, "m1")] == ["$e1"]
+        assert await msgs.by_remote(DM, "m1") == []  # scoped by portal
+        await msgs.record_edit(row, "hi!")
+        edited = await msgs.by_event("$e1")
+        assert edited is not None and edited.body == "hi!" and edited.edit_count == 1
+        await msgs.insert_reaction(ReactionRow(KEY, "m1", "@alice:x", "👍", "!r:x", "$re", "r1"))
+        assert (await msgs.reaction(KEY, "m1", "@alice:x", "👍")).event_id == "$re"  # type: ignore[union-attr]
+        await msgs.delete_reaction("$re")
+        assert await msgs.reaction_by_event("$re") is None
+        users = UserStore(db)
+        await users.set_management_room("@alice:x", "!m:x")
+        assert await users.is_management_room("!m:x") == "@alice:x"
+        await users.save_login(LoginRow("irc", "libera:alice", "@alice:x", "sealed"))
+        assert [r.login_id for r in await users.logins(user_id="@alice:x")] == ["libera:alice"]
+        await portals.delete(DM)
+        assert await portals.get(DM) is None
+    finally:
+        await db.stop()
+
+
+async def test_transactions_durable_and_idempotent(database_url: str) -> None:
+    db = await open_database(database_url)
+    try:
+        txns = TransactionStore(db)
+        evs = [{"room_id": "!a:x", "type": "t", "n": 1}, {"room_id": "!b:x", "type": "t", "n": 2}]
+        first = await txns.record("t1", evs)
+        assert first is not None and [p.event["n"] for p in first] == [1, 2]
+        assert await txns.record("t1", evs) is None
+        await txns.done(first[0].seq)
+    finally:
+        await db.stop()
+    # Reopened (a restart): the transaction is still known, the unprocessed event still there.
+    db = await open_database(database_url)
+    try:
+        txns = TransactionStore(db)
+        assert await txns.record("t1", evs) is None
+        assert [p.event["n"] for p in await txns.pending()] == [2]
+    finally:
+        await db.stop()

@@ -185,7 +185,12 @@ class IrcToMatrix:
 
     def _on_PRIVMSG(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
         target = line.param(0).lstrip("".join(conn.prefixes))  # STATUSMSG: @#chan
-        if not conn.is_channel(target) or len(line.params) < 2 or not line.nick:
+        if (
+            not conn.is_channel(target)
+            or len(line.params) < 2
+            or not line.nick
+            or not line.params[1]
+        ):
             return []
         canon = conn.fold(line.nick)
         if self._is_bot(conn, line.nick) or self.puppet_user(canon) is not None:

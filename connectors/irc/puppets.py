@@ -88,6 +88,8 @@ class Puppet(ConnectionHandler):
     def irc_line(self, conn: IRCConnection, line: Line) -> None:
         cmd = line.command
         if cmd in ("PRIVMSG", "NOTICE"):
+            if len(line.params) < 2 or not line.params[1]:
+                return  # broken line
             if conn.fold(line.nick) == conn.fold(conn.nick):
                 return  # echo-message of our own line
             if not conn.is_channel(line.param(0).lstrip("".join(conn.prefixes))):

@@ -1,0 +1,245 @@
+"""Behaviour no Debian ircd offers without services, or that a real ircd never sends: SASL
+PLAIN (ngircd has no SASL; InspIRCd's m_sasl needs a services server), hostile and broken lines,
+server-time/msgid tags. A small asyncio server plays the ircd."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+
+import pytest
+
+from bridge.connector import ConnectorError, MatrixUser, PortalKey, RemoteMessage
+from connectors.irc import IRCConnector
+from connectors.irc.protocol import parse_line
+
+from .conftest import FakeBridge, wait_for
+
+USER = MatrixUser("@dana:example.org", "Dana", "user")
+
+
+class FakeIRCd:
+    def __init__(self, *, sasl_ok: tuple[str, str] | None = None, junk: list[bytes] | None = None):
+        self.sasl_ok = sasl_ok
+        self.junk = junk or []
+        self.received: list[tuple[int, str]] = []
+        self.writers: dict[int, asyncio.StreamWriter] = {}
+        self.nicks: dict[int, str] = {}
+        self.connections = 0
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+
+    async def start(self) -> FakeIRCd:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self.writers.values():
+            w.close()
+
+    def send(self, cid: int, data: bytes) -> None:
+        self.writers[cid].write(data)
+
+    def send_all(self, data: bytes) -> None:
+        for w in self.writers.values():
+            w.write(data)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        cid = self.connections
+        self.writers[cid] = writer
+        capped = registered = False
+        user_seen = False
+        while True:
+            raw = await reader.readline()
+            if not raw:
+                return
+            line = parse_line(raw)
+            if line is None:
+                continue
+            self.received.append((cid, raw.decode("utf-8", "replace").rstrip("\r\n")))
+            cmd = line.command
+            w = writer.write
+            if cmd == "CAP" and line.param(0) == "LS":
+                capped = True
+                caps = "server-time message-tags multi-prefix"
+                if self.sasl_ok:
+                    caps = "sasl=PLAIN,EXTERNAL " + caps
+                w(f":fake CAP * LS :{caps}\r\n".encode())
+            elif cmd == "CAP" and line.param(0) == "REQ":
+                w(f":fake CAP * ACK :{line.param(1)}\r\n".encode())
+            elif cmd == "AUTHENTICATE" and line.param(0) == "PLAIN":
+                w(b"AUTHENTICATE +\r\n")
+            elif cmd == "AUTHENTICATE":
+                account, password = self.sasl_ok or ("", "")
+                expected = base64.b64encode(f"{account}\0{account}\0{password}".encode()).decode()
+                if line.param(0) == expected:
+                    w(b":fake 900 * * acc :You are now logged in\r\n:fake 903 * :SASL ok\r\n")
+                else:
+                    w(b":fake 904 * :SASL authentication failed\r\n")
+            elif cmd == "NICK":
+                self.nicks[cid] = line.param(0)
+            elif cmd == "USER":
+                user_seen = True
+            elif cmd == "PING":
+                w(f":fake PONG fake :{line.param(0)}\r\n".encode())
+            elif cmd == "JOIN":
+                nick = self.nicks[cid]
+                w(f":{nick}!u@h JOIN {line.param(0)}\r\n".encode())
+                w(f":fake 353 {nick} = {line.param(0)} :{nick} @eve\r\n".encode())
+                w(f":fake 366 {nick} {line.param(0)} :End\r\n".encode())
+            if (
+                not registered
+                and user_seen
+                and cid in self.nicks
+                and (not capped or (cmd == "CAP" and line.param(0) == "END"))
+            ):
+                registered = True
+                for junk in self.junk:
+                    w(junk)
+                nick = self.nicks[cid]
+                w(f":fake 001 {nick} :Welcome {nick}!u@h\r\n".encode())
+                w(f":fake 005 {nick} CASEMAPPING=rfc1459 PREFIX=(ov)@+ :are supported\r\n".encode())
+            await writer.drain()
+
+
+def config(port: int, **over) -> dict:
+    net = {
+        "host": "127.0.0.1",
+        "port": port,
+        "bot": {"nick": "fakebot"},
+        "reconnect": {"min_delay": 0.2, "max_delay": 0.5},
+        "register_timeout": 3,
+    }
+    net.update(over)
+    return {"networks": {"fake": net}}
+
+
+async def test_sasl_plain_login(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = await FakeIRCd(sasl_ok=("dana", "s3cret-pw")).start()
+    bridge = FakeBridge()
+    conn = IRCConnector(bridge, config(server.port))
+    await conn.start()
+    try:
+        result = await conn.login(USER, ["sasl", "dana", "s3cret-pw"])
+        assert result.login_id == USER.user_id
+        assert result.credentials == {
+            "network": "fake",
+            "sasl_account": "dana",
+            "sasl_password": "s3cret-pw",
+        }
+        assert result.remote_name == "dana"
+        puppet = conn.networks["fake"].pool.get(USER.user_id)
+        assert puppet is not None and puppet.conn.registered and "sasl" in puppet.conn.caps
+        cid = next(c for c, text in server.received if text == "AUTHENTICATE PLAIN")
+        sent = [text for c, text in server.received if c == cid]
+        assert "AUTHENTICATE PLAIN" in sent and "CAP END" in sent
+        assert sent.index("AUTHENTICATE PLAIN") < sent.index("CAP END")
+        assert "s3cret-pw" not in caplog.text
+        assert base64.b64encode(b"dana\0dana\0s3cret-pw").decode() not in caplog.text
+    finally:
+        await conn.stop()
+        await server.stop()
+
+
+async def test_sasl_failure_is_reported_and_not_retried() -> None:
+    server = await FakeIRCd(sasl_ok=("dana", "right")).start()
+    bridge = FakeBridge()
+    conn = IRCConnector(bridge, config(server.port))
+    await conn.start()
+    try:
+        await wait_for(lambda: conn.networks["fake"].bot.registered)
+        before = server.connections
+        with pytest.raises(ConnectorError, match="SASL authentication failed"):
+            await conn.login(USER, ["fake", "sasl", "dana", "wrong"])
+        await asyncio.sleep(1.0)
+        assert server.connections == before + 1  # no reconnect storm with bad credentials
+        assert conn.networks["fake"].pool.get(USER.user_id) is None
+    finally:
+        await conn.stop()
+        await server.stop()
+
+
+async def test_server_password_login() -> None:
+    server = await FakeIRCd().start()
+    bridge = FakeBridge()
+    conn = IRCConnector(bridge, config(server.port))
+    await conn.start()
+    try:
+        result = await conn.login(USER, ["password", "hunter2"])
+        assert result.credentials["password"] == "hunter2"
+        assert any(text == "PASS hunter2" for _, text in server.received)
+        with pytest.raises(ConnectorError, match="Usage"):
+            await conn.login(USER, ["bogus"])
+    finally:
+        await conn.stop()
+        await server.stop()
+
+
+HOSTILE = [
+    b"x" * 20000 + b"\r\n",  # overlong
+    b":fake 999 * :unknown numeric\r\n",
+    b":fake KICK\r\n",  # missing params
+    b":fake\r\n",
+    b"@\r\n",
+    b"@a=b\r\n",
+    b"\x00\x00\r\n",
+    b":fake PRIVMSG\r\n",
+    b":eve!e@h PRIVMSG\r\n",
+    b":fake NOTICE * :caf\xe9 latin-1\r\n",
+    b"\r\n\r\n\n\n",
+    b":fake 005\r\n",
+    b":fake CAP\r\n",
+    b"PING\r\n",
+]
+
+
+async def test_hostile_lines_do_not_break_the_connection() -> None:
+    server = await FakeIRCd(junk=HOSTILE).start()
+    bridge = FakeBridge()
+    conn = IRCConnector(bridge, config(server.port, channels=["#c"]))
+    await conn.start()
+    try:
+        net = conn.networks["fake"]
+        await wait_for(lambda: net.bot.registered and "#c" in net.bot.joined)
+        puppet = net.pool.obtain(USER.user_id, "Dana")
+        assert puppet is not None
+        await wait_for(lambda: puppet.conn.registered)
+        cid = max(server.writers)
+        server.send(cid, b":eve!e@h PRIVMSG Dana[m] :\xe7a va \xff\r\n")
+        server.send(cid, b":eve!e@h PRIVMSG Dana[m] :" + b"y" * 9000 + b"\r\n")
+        server.send(cid, b"PING :still-there\r\n")
+        await wait_for(lambda: any("still-there" in t for c, t in server.received if c == cid))
+        msgs = await wait_for(lambda: bridge.of_type(RemoteMessage))
+        assert msgs[0].content.text == "ça va ÿ"
+        assert msgs[0].portal == PortalKey("irc_fake", "eve", receiver=USER.user_id)
+        assert puppet.conn.registered and net.bot.registered
+        assert puppet.conn.stats.bad_lines >= 1
+    finally:
+        await conn.stop()
+        await server.stop()
+
+
+async def test_server_time_and_msgid_tags() -> None:
+    server = await FakeIRCd().start()
+    bridge = FakeBridge()
+    conn = IRCConnector(bridge, config(server.port, channels=["#c"]))
+    await conn.start()
+    try:
+        net = conn.networks["fake"]
+        await wait_for(lambda: net.bot.registered and "#c" in net.bot.joined)
+        assert {"server-time", "message-tags", "multi-prefix"} <= net.bot.caps
+        server.send_all(
+            b"@time=2020-01-01T00:00:00.000Z;msgid=abc123 :eve!e@h PRIVMSG #c :tagged\r\n"
+        )
+        msg = (await wait_for(lambda: bridge.of_type(RemoteMessage)))[0]
+        assert msg.id == "abc123" and msg.timestamp == 1577836800000
+        assert msg.sender.remote_id == "eve"
+    finally:
+        await conn.stop()
+        await server.stop()

@@ -4,7 +4,6 @@ Used by ``scripts/demo``. Runs until Ctrl-C; everything lives in ./demo-data/.""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -49,7 +48,8 @@ def main() -> int:
         except RuntimeError:
             pass  # registered in an earlier run
     bridge = subprocess.Popen([py, "-m", "bridge", "-c", str(cfg_path)])
-    print(f"""
+    print(
+        f"""
 mimi-bridge demo is running.
   Homeserver: {synapse.url}   (server name: localhost)
   Users:      alice / alice-password,  admin / admin-password
@@ -60,7 +60,9 @@ Try it with any Matrix client pointed at {synapse.url}:
   2. `login testnet alice-remote`, then `join testnet #lobby`;
   3. messages you send in #testnet_=23lobby:localhost reach the test network connector
      (see the bridge log); `unlink`, `list`, `ping` work in the DM.
-Press Ctrl-C to stop.""", flush=True)
+Press Ctrl-C to stop.""",
+        flush=True,
+    )
     try:
         return bridge.wait()
     except KeyboardInterrupt:

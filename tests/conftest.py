@@ -70,9 +70,9 @@ def registration_file(tmp_path_factory: pytest.TempPathFactory, as_port: int) ->
 
 
 @pytest.fixture(scope="session")
-def synapse(tmp_path_factory: pytest.TempPathFactory, registration_file: Path) -> Iterator[
-    SynapseServer
-]:
+def synapse(
+    tmp_path_factory: pytest.TempPathFactory, registration_file: Path
+) -> Iterator[SynapseServer]:
     server = start_synapse(tmp_path_factory.mktemp("synapse"), [registration_file])
     yield server
     server.stop()
@@ -89,9 +89,7 @@ _db_counter = iter(range(1_000_000))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def database_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresServer
-) -> str:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresServer) -> str:
     """Every database test runs on both backends."""
     if request.param == "sqlite":
         return f"sqlite:{tmp_path / 'bridge.db'}"
@@ -148,8 +146,12 @@ async def make_bridge(
         if not db.startswith("sqlite://") and db.startswith("sqlite:"):
             db = "sqlite://" + db.split(":", 1)[1]
         path = write_config(
-            tmp_path / f"config-{len(running)}.yaml", synapse, as_port, db,
-            connectors if connectors is not None else {"testnet": {}}, **extra,
+            tmp_path / f"config-{len(running)}.yaml",
+            synapse,
+            as_port,
+            db,
+            connectors if connectors is not None else {"testnet": {}},
+            **extra,
         )
         bridge = Bridge(load_config(path))
         await bridge.start()

@@ -37,16 +37,22 @@ ROUTES = [
 
 
 async def call(
-    base: str, method: str, path: str, body: Any = None, token: str | None = None,
-    raw: bytes | None = None, query_token: str | None = None,
+    base: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    token: str | None = None,
+    raw: bytes | None = None,
+    query_token: str | None = None,
 ) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if query_token:
         path += ("&" if "?" in path else "?") + f"access_token={query_token}"
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    async with aiohttp.ClientSession() as s, s.request(
-        method, base + path, data=data, headers=headers
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(method, base + path, data=data, headers=headers) as r,
+    ):
         return r.status, await r.json(content_type=None)
 
 
@@ -72,7 +78,8 @@ async def test_bad_requests(make_bridge: BridgeFactory, as_port: int) -> None:
     base = f"http://127.0.0.1:{as_port}"
     put = "/_matrix/app/v1/transactions/"
     assert (await call(base, "PUT", put + "bad1", token=HS_TOKEN, raw=b"{nope"))[1][
-        "errcode"] == "M_NOT_JSON"
+        "errcode"
+    ] == "M_NOT_JSON"
     for n, body in enumerate([[], {"events": {}}, {"events": [1]}, {"events": [], "ephemeral": 3}]):
         status, resp = await call(base, "PUT", put + f"bad-{n}", body, token=HS_TOKEN)
         assert (status, resp["errcode"]) == (400, "M_BAD_JSON"), body
@@ -84,11 +91,13 @@ async def test_bad_requests(make_bridge: BridgeFactory, as_port: int) -> None:
     status, _ = await call(base, "PUT", put + "odd", {"events": [{"type": 5}]}, token=HS_TOKEN)
     assert status == 200
     # Unknown users and aliases are 404 with an error body.
-    status, resp = await call(base, "GET", "/_matrix/app/v1/users/@someone:elsewhere",
-                              token=HS_TOKEN)
+    status, resp = await call(
+        base, "GET", "/_matrix/app/v1/users/@someone:elsewhere", token=HS_TOKEN
+    )
     assert status == 404
-    status, resp = await call(base, "GET", "/_matrix/app/v1/thirdparty/protocol/nope",
-                              token=HS_TOKEN)
+    status, resp = await call(
+        base, "GET", "/_matrix/app/v1/thirdparty/protocol/nope", token=HS_TOKEN
+    )
     assert status == 404
 
 
@@ -100,13 +109,19 @@ async def test_replayed_transaction_is_processed_once(
     await gina.set_displayname("Gina")
     room = await gina.join("#testnet_=23replay:localhost")
     # A synthetic transaction, as the homeserver would push it, sent twice.
-    evt = {"type": "m.room.message", "room_id": room, "sender": gina.user_id,
-           "event_id": "$replayed-event", "origin_server_ts": 1,
-           "content": {"msgtype": "m.text", "body": "only once"}}
+    evt = {
+        "type": "m.room.message",
+        "room_id": room,
+        "sender": gina.user_id,
+        "event_id": "$replayed-event",
+        "origin_server_ts": 1,
+        "content": {"msgtype": "m.text", "body": "only once"},
+    }
     base = f"http://127.0.0.1:{as_port}"
     for _ in range(3):
-        status, _ = await call(base, "PUT", "/_matrix/app/v1/transactions/replay-1",
-                               {"events": [evt]}, token=HS_TOKEN)
+        status, _ = await call(
+            base, "PUT", "/_matrix/app/v1/transactions/replay-1", {"events": [evt]}, token=HS_TOKEN
+        )
         assert status == 200
     await bridge.queues.drain()
     tn: Any = bridge.connectors["testnet"]
@@ -114,8 +129,9 @@ async def test_replayed_transaction_is_processed_once(
     # The same id after a restart is still known.
     await bridge.stop()
     bridge2 = await make_bridge()
-    status, _ = await call(base, "PUT", "/_matrix/app/v1/transactions/replay-1",
-                           {"events": [evt]}, token=HS_TOKEN)
+    status, _ = await call(
+        base, "PUT", "/_matrix/app/v1/transactions/replay-1", {"events": [evt]}, token=HS_TOKEN
+    )
     assert status == 200
     await bridge2.queues.drain()
     assert bridge2.connectors["testnet"].sent == []  # type: ignore[attr-defined]
@@ -149,10 +165,20 @@ async def test_sigkill_after_ack_loses_nothing(
 ) -> None:
     record = tmp_path / "record.jsonl"
     db = tmp_path / "bridge.db"
-    slow = write_config(tmp_path / "slow.yaml", synapse, as_port, f"sqlite://{db}",
-                        {"testnet": {"delay_seconds": 30, "record_file": str(record)}})
-    fast = write_config(tmp_path / "fast.yaml", synapse, as_port, f"sqlite://{db}",
-                        {"testnet": {"record_file": str(record)}})
+    slow = write_config(
+        tmp_path / "slow.yaml",
+        synapse,
+        as_port,
+        f"sqlite://{db}",
+        {"testnet": {"delay_seconds": 30, "record_file": str(record)}},
+    )
+    fast = write_config(
+        tmp_path / "fast.yaml",
+        synapse,
+        as_port,
+        f"sqlite://{db}",
+        {"testnet": {"record_file": str(record)}},
+    )
     proc = _run_bridge(slow)
     try:
         await _wait_listening(as_port, proc)
@@ -194,10 +220,13 @@ async def test_sigkill_after_ack_loses_nothing(
 @pytest.mark.parametrize("key", ["homeserver", "appservice"])
 def test_missing_section_is_a_config_error(tmp_path: Path, key: str) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("homeserver: {address: 'http://x', domain: x}\nappservice: {port: 1, address: 'http://x'}\n")
+    cfg.write_text(
+        "homeserver: {address: 'http://x', domain: x}\nappservice: {port: 1, address: 'http://x'}\n"
+    )
     text = cfg.read_text().splitlines()
     cfg.write_text("\n".join(line for line in text if not line.startswith(key)))
-    res = subprocess.run([sys.executable, "-m", "bridge", "-c", str(cfg)], capture_output=True,
-                         text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "bridge", "-c", str(cfg)], capture_output=True, text=True
+    )
     assert res.returncode == 2
     assert res.stderr.strip() == f"mimi-bridge: config error: {key}: missing"

@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridge", *args], capture_output=True, text=True,
-                          cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 def example(tmp_path: Path, edit: str | None = None, new: str = "") -> Path:
@@ -68,13 +69,23 @@ def test_generate_registration(tmp_path: Path) -> None:
         ("  domain: example.org\n", "", "homeserver.domain: missing"),
         ("  port: 29333\n", "  port: 29333\n  colour: blue\n", "appservice.colour: unknown key"),
         ("  port: 29333", "  port: many", "appservice.port: must be an integer"),
-        ("address: http://127.0.0.1:8008", "address: ftp://nowhere",
-         "homeserver.address: must be an http(s) URL"),
-        ("database: sqlite:mimi-bridge.db", "database: mysql://x/y", "appservice.database: must be"),
+        (
+            "address: http://127.0.0.1:8008",
+            "address: ftp://nowhere",
+            "homeserver.address: must be an http(s) URL",
+        ),
+        (
+            "database: sqlite:mimi-bridge.db",
+            "database: mysql://x/y",
+            "appservice.database: must be",
+        ),
         ('    "*": relay', '    "*": superuser', "bridge.permissions.*: must be one of"),
         ("  testnet: {}", "  nosuchnet: {}", "connectors.nosuchnet: unknown connector"),
-        ("  testnet: {}", "  testnet: {delay_seconds: soon}",
-         "connectors.testnet.delay_seconds: must be a number"),
+        (
+            "  testnet: {}",
+            "  testnet: {delay_seconds: soon}",
+            "connectors.testnet.delay_seconds: must be a number",
+        ),
         ("  level: INFO", "  level: [INFO", "is not valid YAML"),
     ],
 )

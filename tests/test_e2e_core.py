@@ -18,9 +18,9 @@ from tests.harness.synapse import MatrixClient, SynapseServer
 _users = itertools.count(1)
 
 
-async def until(pred: Callable[[], Any], timeout: float = 15.0) -> Any:
+async def until(pred: Callable[[], Any], limit_s: float = 15.0) -> Any:
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + limit_s
     while loop.time() < end:
         value = pred()
         if value:
@@ -76,17 +76,24 @@ async def test_both_directions_and_restart(
     await alice.send_text(room, "hello remote")
     plain = await until(sent(bridge, "message", text="hello remote"))
     assert plain["as_"] == "alice-remote" and plain["relayed"] is False
-    await alice.send_event(room, "m.room.message", {
-        "msgtype": "m.text", "body": "**bold**", "format": "org.matrix.custom.html",
-        "formatted_body": "<strong>bold</strong><script>x()</script>",
-    })
+    await alice.send_event(
+        room,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "**bold**",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "<strong>bold</strong><script>x()</script>",
+        },
+    )
     fmt = await until(sent(bridge, "message", text="**bold**"))
     assert "<strong>bold</strong>" in fmt["html"] and "script" not in fmt["html"]
 
     # Remote -> Matrix: a ghost posts, with HTML that must be sanitized.
     tn: Any = bridge.connectors["testnet"]
-    bob_msg = await tn.remote_message("#general", "bob", "hi from bob",
-                                      html="<em>hi</em> <img src=x onerror=alert(1)>")
+    bob_msg = await tn.remote_message(
+        "#general", "bob", "hi from bob", html="<em>hi</em> <img src=x onerror=alert(1)>"
+    )
     evt = await alice.wait_for_event(room, lambda e: e["content"].get("body") == "hi from bob")
     assert evt["sender"] == "@testnet_bob:localhost"
     assert "onerror" not in evt["content"]["formatted_body"]
@@ -98,7 +105,9 @@ async def test_both_directions_and_restart(
     assert rep["reply_to"] == bob_msg
 
     # A remote reply to alice's message becomes a Matrix reply to her event.
-    alice_evt = await alice.wait_for_event(room, lambda e: e["content"].get("body") == "hello remote")
+    alice_evt = await alice.wait_for_event(
+        room, lambda e: e["content"].get("body") == "hello remote"
+    )
     await tn.remote_message("#general", "bob", "bob answers", reply_to=plain["id"])
     answer = await alice.wait_for_event(room, lambda e: e["content"].get("body") == "bob answers")
     assert answer["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == alice_evt["event_id"]
@@ -109,17 +118,21 @@ async def test_both_directions_and_restart(
     assert edit["text"] == "hello remote (edited)"
     await tn.remote_edit("#general", "bob", bob_msg, "hi from bob, corrected")
     bob_edit = await alice.wait_for_event(
-        room, lambda e: e["content"].get("m.new_content", {}).get("body") == "hi from bob, corrected"
+        room,
+        lambda e: e["content"].get("m.new_content", {}).get("body") == "hi from bob, corrected",
     )
-    assert bob_edit["content"]["m.relates_to"] == {"rel_type": "m.replace",
-                                                    "event_id": evt["event_id"]}
+    assert bob_edit["content"]["m.relates_to"] == {
+        "rel_type": "m.replace",
+        "event_id": evt["event_id"],
+    }
 
     # Reactions both ways.
     reaction_id = await alice.react(room, evt["event_id"], "👍")
     react = await until(sent(bridge, "reaction", target=bob_msg, key="👍"))
     await tn.remote_reaction("#general", "bob", plain["id"], "🎉")
-    bob_react = await alice.wait_for_event(room, lambda e: e["type"] == "m.reaction"
-                                           and e["content"]["m.relates_to"]["key"] == "🎉")
+    bob_react = await alice.wait_for_event(
+        room, lambda e: e["type"] == "m.reaction" and e["content"]["m.relates_to"]["key"] == "🎉"
+    )
     assert bob_react["content"]["m.relates_to"]["event_id"] == alice_evt["event_id"]
 
     # Redactions both ways: of a reaction, then of messages.
@@ -138,7 +151,9 @@ async def test_both_directions_and_restart(
 
     # The mapping survives a restart: a remote edit after it still finds its Matrix event.
     later = await tn.remote_message("#general", "carol", "before restart")
-    before = await alice.wait_for_event(room, lambda e: e["content"].get("body") == "before restart")
+    before = await alice.wait_for_event(
+        room, lambda e: e["content"].get("body") == "before restart"
+    )
     await bridge.stop()
     bridge2 = await make_bridge()
     tn2: Any = bridge2.connectors["testnet"]
@@ -154,9 +169,9 @@ async def test_both_directions_and_restart(
     await alice.close()
 
 
-async def until_async(pred: Callable[[], Any], timeout: float = 15.0) -> None:
+async def until_async(pred: Callable[[], Any], limit_s: float = 15.0) -> None:
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + limit_s
     while loop.time() < end:
         if await pred():
             return
@@ -164,8 +179,9 @@ async def until_async(pred: Callable[[], Any], timeout: float = 15.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-async def test_relay_and_failures_are_told(make_bridge: BridgeFactory,
-                                           synapse: SynapseServer) -> None:
+async def test_relay_and_failures_are_told(
+    make_bridge: BridgeFactory, synapse: SynapseServer
+) -> None:
     bridge = await make_bridge()
     dave = new_user(synapse)
     await dave.set_displayname("Dave")
@@ -177,23 +193,29 @@ async def test_relay_and_failures_are_told(make_bridge: BridgeFactory,
     # The network refuses a message: the user is told in the room, not left guessing.
     await dave.send_text(room, "fail: please")
     notice = await dave.wait_for_event(
-        room, lambda e: e["content"].get("msgtype") == "m.notice"
-        and "not delivered" in e["content"].get("body", "")
+        room,
+        lambda e: (
+            e["content"].get("msgtype") == "m.notice"
+            and "not delivered" in e["content"].get("body", "")
+        ),
     )
     assert "refused" in notice["content"]["body"]
     # Encrypted events cannot be bridged: said so.
-    await dave.send_event(room, "m.room.encrypted", {"algorithm": "m.megolm.v1.aes-sha2",
-                                                     "ciphertext": "x"})
-    await dave.wait_for_event(room, lambda e: "Encrypted messages cannot be bridged"
-                              in e["content"].get("body", ""))
+    await dave.send_event(
+        room, "m.room.encrypted", {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "x"}
+    )
+    await dave.wait_for_event(
+        room, lambda e: "Encrypted messages cannot be bridged" in e["content"].get("body", "")
+    )
     # An unknown command gets a short hint.
     mgmt = await management_room(dave)
     await command(dave, mgmt, "frobnicate", "unknown command")
     await dave.close()
 
 
-async def test_alias_for_missing_room_is_404(make_bridge: BridgeFactory,
-                                             synapse: SynapseServer) -> None:
+async def test_alias_for_missing_room_is_404(
+    make_bridge: BridgeFactory, synapse: SynapseServer
+) -> None:
     await make_bridge()
     erin = new_user(synapse)
     with pytest.raises(Exception) as info:
@@ -224,14 +246,16 @@ async def test_ghost_dm_and_remote_dm(make_bridge: BridgeFactory, synapse: Synap
         lambda: bridge.portal_store.get(PortalKey("testnet", "yves", frank.user_id))
     )
     await frank.join(portal.room_id)
-    evt = await frank.wait_for_event(portal.room_id, lambda e: e["content"].get("body") == "new chat")
+    evt = await frank.wait_for_event(
+        portal.room_id, lambda e: e["content"].get("body") == "new chat"
+    )
     assert evt["sender"] == "@testnet_yves:localhost"
     await frank.close()
 
 
-async def until_async_value(make: Callable[[], Any], timeout: float = 15.0) -> Any:
+async def until_async_value(make: Callable[[], Any], limit_s: float = 15.0) -> Any:
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + limit_s
     while loop.time() < end:
         value = await make()
         if value:

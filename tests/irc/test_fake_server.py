@@ -127,7 +127,7 @@ async def test_sasl_plain_login(caplog: pytest.LogCaptureFixture) -> None:
     await conn.start()
     try:
         result = await conn.login(USER, ["sasl", "dana", "s3cret-pw"])
-        assert result.login_id == USER.user_id
+        assert result.login_id == f"fake/{USER.user_id}"
         assert result.credentials == {
             "network": "fake",
             "sasl_account": "dana",

@@ -59,47 +59,72 @@ class TestNetClient(NetworkClient):
             raise ConnectorError("the test network refused this message")
         rid = self.connector.new_id()
         self.connector.record(
-            "message", msg.portal, as_=self.name, id=rid, text=msg.content.text,
-            html=msg.content.html, relayed=msg.sender.relayed, event_id=msg.event_id,
+            "message",
+            msg.portal,
+            as_=self.name,
+            id=rid,
+            text=msg.content.text,
+            html=msg.content.html,
+            relayed=msg.sender.relayed,
+            event_id=msg.event_id,
             reply_to=msg.reply_to.remote_id if msg.reply_to else None,
             files=[(a.filename, len(a.data or b"")) for a in msg.content.attachments],
         )
         return SentMessage(rid)
 
     async def handle_matrix_edit(self, edit: MatrixEdit) -> SentMessage | None:
-        self.connector.record("edit", edit.portal, as_=self.name, target=edit.target.remote_id,
-                              text=edit.content.text)
+        self.connector.record(
+            "edit", edit.portal, as_=self.name, target=edit.target.remote_id, text=edit.content.text
+        )
         return None
 
     async def handle_matrix_redaction(self, redaction: MatrixRedaction) -> None:
-        self.connector.record("redaction", redaction.portal, as_=self.name,
-                              target=redaction.target.remote_id)
+        self.connector.record(
+            "redaction", redaction.portal, as_=self.name, target=redaction.target.remote_id
+        )
 
     async def handle_matrix_reaction(self, reaction: MatrixReaction) -> SentMessage:
         rid = self.connector.new_id()
-        self.connector.record("reaction", reaction.portal, as_=self.name, id=rid,
-                              target=reaction.target.remote_id, key=reaction.key)
+        self.connector.record(
+            "reaction",
+            reaction.portal,
+            as_=self.name,
+            id=rid,
+            target=reaction.target.remote_id,
+            key=reaction.key,
+        )
         return SentMessage(rid)
 
     async def handle_matrix_reaction_remove(self, removal: MatrixReactionRemove) -> None:
-        self.connector.record("unreact", removal.portal, as_=self.name,
-                              target=removal.target.remote_id, key=removal.key)
+        self.connector.record(
+            "unreact",
+            removal.portal,
+            as_=self.name,
+            target=removal.target.remote_id,
+            key=removal.key,
+        )
 
     async def handle_matrix_typing(self, typing: MatrixTyping) -> None:
         self.connector.record("typing", typing.portal, as_=self.name, typing=typing.typing)
 
     async def handle_matrix_receipt(self, receipt: MatrixReceipt) -> None:
-        self.connector.record("receipt", receipt.portal, as_=self.name,
-                              target=receipt.target.remote_id)
+        self.connector.record(
+            "receipt", receipt.portal, as_=self.name, target=receipt.target.remote_id
+        )
 
     async def handle_matrix_membership(self, change: MatrixMembership) -> None:
-        self.connector.record("membership", change.portal, as_=self.name,
-                              membership=change.membership.value,
-                              target=change.target.remote_id if change.target else None)
+        self.connector.record(
+            "membership",
+            change.portal,
+            as_=self.name,
+            membership=change.membership.value,
+            target=change.target.remote_id if change.target else None,
+        )
 
     async def handle_matrix_room_meta(self, change: MatrixRoomMeta) -> None:
-        self.connector.record("meta", change.portal, as_=self.name, name=change.name,
-                              topic=change.topic)
+        self.connector.record(
+            "meta", change.portal, as_=self.name, name=change.name, topic=change.topic
+        )
 
 
 class TestNetConnector(NetworkConnector):
@@ -182,27 +207,51 @@ class TestNetConnector(NetworkConnector):
     # --- the remote side, driven by tests ---
 
     async def remote_message(
-        self, room: str, user: str, text: str, *, html: str | None = None,
-        reply_to: str | None = None, msg_id: str | None = None, receiver: str = "",
+        self,
+        room: str,
+        user: str,
+        text: str,
+        *,
+        html: str | None = None,
+        reply_to: str | None = None,
+        msg_id: str | None = None,
+        receiver: str = "",
     ) -> str:
         msg_id = msg_id or self.new_id()
-        await self.bridge.emit(RemoteMessage(
-            portal=PortalKey(NETWORK, room, receiver), sender=Sender(user, user.title()),
-            id=msg_id, content=MessageContent(text=text, html=html), reply_to=reply_to,
-        ))
+        await self.bridge.emit(
+            RemoteMessage(
+                portal=PortalKey(NETWORK, room, receiver),
+                sender=Sender(user, user.title()),
+                id=msg_id,
+                content=MessageContent(text=text, html=html),
+                reply_to=reply_to,
+            )
+        )
         return msg_id
 
     async def remote_edit(self, room: str, user: str, target: str, text: str) -> None:
-        await self.bridge.emit(RemoteEdit(portal=PortalKey(NETWORK, room),
-                                          sender=Sender(user, user.title()), target_id=target,
-                                          content=MessageContent(text=text)))
+        await self.bridge.emit(
+            RemoteEdit(
+                portal=PortalKey(NETWORK, room),
+                sender=Sender(user, user.title()),
+                target_id=target,
+                content=MessageContent(text=text),
+            )
+        )
 
     async def remote_reaction(self, room: str, user: str, target: str, key: str) -> None:
-        await self.bridge.emit(RemoteReaction(portal=PortalKey(NETWORK, room),
-                                              sender=Sender(user, user.title()),
-                                              target_id=target, key=key))
+        await self.bridge.emit(
+            RemoteReaction(
+                portal=PortalKey(NETWORK, room),
+                sender=Sender(user, user.title()),
+                target_id=target,
+                key=key,
+            )
+        )
 
     async def remote_redaction(self, room: str, user: str, target: str) -> None:
-        await self.bridge.emit(RemoteRedaction(portal=PortalKey(NETWORK, room),
-                                               sender=Sender(user, user.title()),
-                                               target_id=target))
+        await self.bridge.emit(
+            RemoteRedaction(
+                portal=PortalKey(NETWORK, room), sender=Sender(user, user.title()), target_id=target
+            )
+        )

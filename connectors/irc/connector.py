@@ -692,7 +692,9 @@ class IRCConnector(NetworkConnector):
             await net.pool.remove(user.user_id, "login failed")
             raise ConnectorError(f"Login to {net.cfg.display_name} failed: {e}") from e
         return LoginResult(
-            login_id=user.user_id,
+            # One login per Matrix user and IRC network (the core keys logins by connector
+            # name and login id). DM portals use the Matrix user id as receiver.
+            login_id=f"{net.cfg.netid}/{user.user_id}",
             credentials=creds,
             remote_name=remote_name or puppet.conn.nick,
             message=f"Connected to {net.cfg.display_name} as {puppet.conn.nick}.",

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 _MAX_BODY = 60_000  # bytes; events are limited to 64 KiB in all
 
 
+def _is_matrix_user(value: str) -> bool:
+    return value.startswith("@") and ":" in value
+
+
 class RemoteHandler:
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
@@ -119,8 +123,10 @@ class RemoteHandler:
         if evt.sender.is_from_me and evt.sender.matrix_user:
             return  # sent from Matrix through the user's own puppet
         ghost = await self.ghost(evt, portal)
+        # Mentions are remote user ids, or Matrix user ids for Matrix users' own puppets.
         ghost_of = {
-            m: self.bridge.ghost_user_id(portal.key.network, m) for m in evt.content.mentions
+            m: m if _is_matrix_user(m) else self.bridge.ghost_user_id(portal.key.network, m)
+            for m in evt.content.mentions
         }
         relates: dict[str, Any] = {}
         reply_event = None

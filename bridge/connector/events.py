@@ -61,8 +61,9 @@ class MessageContent:
     html: str | None = None
     kind: MessageKind = MessageKind.TEXT
     attachments: list[Attachment] = field(default_factory=list)
-    # Matrix user ids mentioned (the core fills ``m.mentions`` from these); remote side: remote
-    # user ids of mentioned ghosts (the core maps them).
+    # From Matrix: the Matrix user ids mentioned. From a network: remote user ids of mentioned
+    # remote users, or the Matrix user id (``@user:server``) of a mentioned puppet's owner; the
+    # core turns them into ``m.mentions``.
     mentions: list[str] = field(default_factory=list)
 
 

@@ -1,0 +1,255 @@
+"""XML streams to the XMPP server with reconnection.
+
+:class:`Stream` supervises one slixmpp stream: it connects, waits for the session, runs the
+``on_ready`` callback (which rejoins MUCs and flushes queued messages), and after a drop
+reconnects with exponential backoff (``reconnect.min_delay`` doubling up to ``max_delay``).
+Stanzas are sent only while the session is up: :meth:`Stream.send` raises
+:class:`NotConnected` otherwise, so that callers queue them and rejoin first (slixmpp's own
+queue would deliver groupchat messages before the puppets are back in their rooms).
+
+:func:`make_component` builds the XEP-0114 component; :func:`make_client` builds a c2s client
+for a Matrix user's own account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from slixmpp import ClientXMPP, ComponentXMPP
+from slixmpp.basexmpp import BaseXMPP
+from slixmpp.stanza import Iq, Message, Presence
+
+from .config import XMPPConfig
+
+# Plugins for the stanza interfaces and protocol handling the bridge uses.
+PLUGINS = [
+    "xep_0030",  # service discovery
+    "xep_0045",  # MUC stanzas
+    "xep_0059",  # result set management (MAM paging)
+    "xep_0066",  # out-of-band data (media links)
+    "xep_0085",  # chat states
+    "xep_0184",  # delivery receipts
+    "xep_0199",  # ping
+    "xep_0203",  # delayed delivery
+    "xep_0297",  # forwarding (MAM results)
+    "xep_0308",  # last message correction
+    "xep_0313",  # message archive management
+    "xep_0333",  # chat markers
+    "xep_0334",  # processing hints
+    "xep_0359",  # stanza and origin ids
+    "xep_0421",  # occupant ids
+    "xep_0422",  # fastening
+    "xep_0424",  # retraction
+    "xep_0425",  # moderation
+    "xep_0428",  # fallback indication
+    "xep_0444",  # reactions
+    "xep_0461",  # replies
+]
+
+PLUGIN_CONFIG: dict[str, dict[str, Any]] = {
+    # Receipts are answered by the bridge once a message has reached the core.
+    "xep_0184": {"auto_ack": False, "auto_request": False},
+    "xep_0199": {"keepalive": False},
+}
+
+
+class NotConnected(Exception):
+    pass
+
+
+def _register(xmpp: BaseXMPP) -> None:
+    for name in PLUGINS:
+        xmpp.register_plugin(name, PLUGIN_CONFIG.get(name))
+
+
+def make_component(cfg: XMPPConfig) -> ComponentXMPP:
+    xmpp = ComponentXMPP(cfg.domain, cfg.secret, cfg.host, cfg.port)
+    xmpp.enable_direct_tls = False
+    # Subscription requests to Matrix users are accepted (presence is shared both ways).
+    xmpp.auto_authorize = True
+    xmpp.auto_subscribe = True
+    _register(xmpp)
+    return xmpp
+
+
+def make_client(cfg: XMPPConfig, jid: str, password: str) -> ClientXMPP:
+    plugin_config = {}
+    if cfg.login_allow_plaintext:
+        plugin_config["feature_mechanisms"] = {"unencrypted_scram": True}
+    xmpp = ClientXMPP(jid, password, plugin_config=plugin_config)
+    if cfg.login_allow_plaintext:
+        xmpp.enable_plaintext = True
+        xmpp.enable_starttls = False
+        xmpp.enable_direct_tls = False
+    _register(xmpp)
+    xmpp.register_plugin("xep_0280")  # carbons: messages the user sends from other clients
+    return xmpp
+
+
+Handler = Callable[[], Awaitable[None]]
+
+
+class Stream:
+    """Supervises one slixmpp stream; see the module docstring."""
+
+    def __init__(
+        self,
+        xmpp: BaseXMPP,
+        *,
+        name: str,
+        host: str | None,
+        port: int | None,
+        min_delay: float,
+        max_delay: float,
+        log: logging.Logger,
+        connect_timeout: float = 20.0,
+    ) -> None:
+        self.xmpp = xmpp
+        self.name = name
+        self.host = host
+        self.port = port
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self.connect_timeout = connect_timeout
+        self.log = log
+        self.ready = asyncio.Event()
+        self.on_ready: list[Handler] = []
+        self.on_lost: list[Handler] = []
+        self.connects = 0
+        self.last_error: str | None = None
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._started = asyncio.Event()
+        self._failed = asyncio.Event()
+        self._lost = asyncio.Event()
+        xmpp.add_event_handler("session_start", self._on_session_start)
+        xmpp.add_event_handler("disconnected", self._on_disconnected)
+        xmpp.add_event_handler("connection_failed", self._on_failed)
+        xmpp.add_event_handler("failed_auth", self._on_failed_auth)
+        xmpp.add_event_handler("stream_error", self._on_stream_error)
+
+    # --- slixmpp events -----------------------------------------------------------------
+
+    def _on_session_start(self, _event: Any) -> None:
+        self._started.set()
+
+    def _on_disconnected(self, reason: Any) -> None:
+        self.ready.clear()
+        if reason:
+            self.last_error = str(reason)
+        self._failed.set()
+        if self._started.is_set():
+            self._lost.set()
+
+    def _on_failed(self, reason: Any) -> None:
+        self.last_error = str(reason)
+        self._failed.set()
+
+    def _on_failed_auth(self, _event: Any) -> None:
+        self.last_error = "authentication failed"
+        self._failed.set()
+
+    def _on_stream_error(self, err: Any) -> None:
+        with contextlib.suppress(Exception):
+            self.last_error = f"stream error: {err['condition']} {err['text']}".strip()
+
+    # --- control ------------------------------------------------------------------------
+
+    async def connect_once(self) -> bool:
+        """One connection attempt; True once the session is up."""
+        self._started.clear()
+        self._failed.clear()
+        self._lost.clear()
+        self.xmpp.connect(self.host, self.port) if self.host else self.xmpp.connect()
+        started = asyncio.ensure_future(self._started.wait())
+        failed = asyncio.ensure_future(self._failed.wait())
+        try:
+            await asyncio.wait(
+                [started, failed], timeout=self.connect_timeout, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            started.cancel()
+            failed.cancel()
+        if self._started.is_set():
+            self.connects += 1
+            return True
+        self.xmpp.cancel_connection_attempt()
+        if self.xmpp.transport is not None:
+            self.xmpp.abort()
+        if self.last_error is None:
+            self.last_error = "timed out"
+        return False
+
+    def start(self, first_attempt_done: bool = False) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(
+                self._supervise(first_attempt_done), name=f"xmpp-{self.name}"
+            )
+
+    async def _run_callbacks(self, callbacks: list[Handler]) -> None:
+        for cb in callbacks:
+            try:
+                await cb()
+            except Exception:
+                self.log.exception("%s: callback %s failed", self.name, cb)
+
+    async def _supervise(self, connected: bool) -> None:
+        delay = self.min_delay
+        while not self._stopping:
+            if not connected:
+                connected = await self.connect_once()
+            if not connected:
+                if self._stopping:
+                    break
+                self.log.warning(
+                    "%s: connection failed (%s); retrying in %.1f s",
+                    self.name,
+                    self.last_error,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_delay)
+                continue
+            delay = self.min_delay
+            self.log.info("%s: session up (connection #%d)", self.name, self.connects)
+            self.ready.set()
+            await self._run_callbacks(self.on_ready)
+            await self._lost.wait()
+            self.ready.clear()
+            connected = False
+            if self._stopping:
+                break
+            self.log.warning("%s: connection lost (%s)", self.name, self.last_error)
+            await self._run_callbacks(self.on_lost)
+            await asyncio.sleep(self.min_delay)
+
+    async def wait_ready(self, timeout: float) -> bool:  # noqa: ASYNC109
+        if self.ready.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.xmpp.cancel_connection_attempt()
+        if self.ready.is_set() or self.xmpp.transport is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.xmpp.disconnect(wait=1.0), 3)
+        self.ready.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    def send(self, stanza: Message | Presence | Iq) -> None:
+        if not self.ready.is_set():
+            raise NotConnected(self.name)
+        stanza.send()

@@ -1,0 +1,155 @@
+"""XEP-0045 state: the bridge's puppet occupants and the remote occupants of each room.
+
+A room is "heard" through one *listener*: the first of the bridge's occupants (in join
+order) that is joined or joining. Every occupant receives a copy of each groupchat message
+and presence; only the listener's copies are turned into Matrix events, the others are used
+for their own self-presence and errors only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from slixmpp import JID
+from slixmpp.jid import InvalidJID
+
+if TYPE_CHECKING:
+    from .connector import Identity
+
+# Status codes (XEP-0045 §15.6).
+SELF = 110
+NON_ANONYMOUS = 100
+ROOM_CREATED = 201
+NICK_MODIFIED = 210
+NICK_CHANGED = 303
+BANNED = 301
+KICKED = 307
+REMOVED_AFFILIATION = 321
+REMOVED_MEMBERS_ONLY = 322
+SHUTDOWN = 332
+REMOVED_TECHNICAL = 333
+CONFIG_CHANGED = 104
+
+JOIN_ERRORS = {
+    "conflict": "the nickname is taken",
+    "not-authorized": "the room needs a password",
+    "forbidden": "you are banned from the room",
+    "registration-required": "the room is members-only",
+    "item-not-found": "the room does not exist (or is locked)",
+    "not-allowed": "the room cannot be created",
+    "not-acceptable": "the nickname is not acceptable to the room",
+    "service-unavailable": "the room is full or unavailable",
+    "jid-malformed": "the nickname is not valid",
+    "remote-server-not-found": "the room's server cannot be reached",
+    "remote-server-timeout": "the room's server did not answer",
+}
+
+# Affiliation / role -> Matrix power level.
+AFFILIATION_POWER = {"owner": 100, "admin": 50, "member": 0, "none": 0, "outcast": 0}
+ROLE_POWER = {"moderator": 50, "participant": 0, "visitor": 0, "none": 0}
+
+
+def power_level(affiliation: str, role: str) -> int:
+    return max(AFFILIATION_POWER.get(affiliation, 0), ROLE_POWER.get(role, 0))
+
+
+def clean_nick(name: str, fallback: str) -> str:
+    """A nickname XMPP servers accept: no control or format characters, trimmed, at most
+    64 characters."""
+    cleaned = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C" or ch == " ").strip()
+    cleaned = " ".join(cleaned.split())[:64].strip()
+    for candidate in (cleaned, fallback):
+        if not candidate:
+            continue
+        try:
+            JID(f"room@example.org/{candidate}")
+        except InvalidJID:
+            continue
+        return candidate
+    return "matrix-user"
+
+
+def nick_candidate(base: str, suffix: str, attempt: int) -> str:
+    """``base``, then ``base [m]``, ``base [m2]``, ``base [m3]``, ... for nick conflicts."""
+    if attempt == 0:
+        return base
+    if attempt == 1:
+        return f"{base} {suffix}"
+    if suffix.endswith("]") or suffix.endswith(")"):
+        return f"{base} {suffix[:-1]}{attempt}{suffix[-1]}"
+    return f"{base} {suffix}{attempt}"
+
+
+@dataclass(eq=False)
+class Occupant:
+    """One Matrix user in one room."""
+
+    identity: Identity
+    room: JID
+    display_name: str
+    nick: str | None = None  # the nick we asked for or got
+    state: str = "left"  # left | joining | joined
+    waiter: asyncio.Future[tuple[str, set[int], str]] | None = None
+    join_task: asyncio.Task[None] | None = None
+    wanted: bool = True  # the Matrix user is in the portal: rejoin after drops
+    last_error: str | None = None
+
+    @property
+    def occupant_jid(self) -> JID:
+        return JID(f"{self.room.bare}/{self.nick}")
+
+
+@dataclass(eq=False)
+class RemoteOccupant:
+    nick: str
+    ghost_id: str
+    real_jid: str | None = None
+    role: str = "participant"
+    affiliation: str = "none"
+
+
+@dataclass(eq=False)
+class MucRoom:
+    jid: JID
+    ours: dict[str, Occupant] = field(default_factory=dict)  # Matrix user id -> occupant
+    remote: dict[str, RemoteOccupant] = field(default_factory=dict)  # nick -> occupant
+    subject: str | None = None
+    name: str | None = None
+    last_activity: float = field(default_factory=time.monotonic)
+    non_anonymous: bool = False
+    # Nicks seen while (re)joining; remote occupants not in it have left meanwhile.
+    sync_seen: set[str] | None = None
+
+    def listener(self) -> Occupant | None:
+        for occ in self.ours.values():
+            if occ.state in ("joining", "joined"):
+                return occ
+        return None
+
+    def joined(self) -> list[Occupant]:
+        return [o for o in self.ours.values() if o.state == "joined"]
+
+    def by_nick(self, nick: str) -> Occupant | None:
+        for occ in self.ours.values():
+            if occ.nick == nick and occ.state != "left":
+                return occ
+        return None
+
+    def by_identity_jid(self, jid: JID) -> Occupant | None:
+        for occ in self.ours.values():
+            if occ.identity.jid == jid:
+                return occ
+        return None
+
+    def remote_by_ghost(self, ghost_id: str) -> RemoteOccupant | None:
+        for occ in self.remote.values():
+            if occ.ghost_id == ghost_id:
+                return occ
+        return None
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()

@@ -1,0 +1,280 @@
+"""A throwaway Prosody XMPP server on loopback for the XMPP connector's tests.
+
+``start_prosody(workdir, component_domain, component_secret)`` writes a config into its own
+directory, picks free ports, and starts ``prosody -F`` in the foreground with:
+
+* a VirtualHost ``localhost`` (c2s on plain TCP, SCRAM without TLS; loopback only),
+* a MUC component ``conference.localhost`` with ``mod_muc_mam`` (XEP-0313 archives and
+  XEP-0359 stanza ids) and without room locking (new rooms are usable at once),
+* an external component (XEP-0114) for ``component_domain`` with ``component_secret``.
+
+Prosody refuses to run as root, so as root it runs as the packaged ``prosody`` user (the
+child process drops privileges itself); its directory then lives under ``/tmp`` (pytest's
+directories are mode 0700 and that user could not enter them) and the log is copied into
+``workdir`` on :meth:`stop`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ports import free_port, port_is_open
+
+INSTALL_HINT = "Prosody not found: apt-get install prosody"
+PROSODY_USER = "prosody"
+DOMAIN = "localhost"
+MUC_DOMAIN = "conference.localhost"
+
+_CONFIG = """\
+-- Loopback-only Prosody config written by tests/harness/prosody.py.
+pidfile = {base!r} .. "/prosody.pid"
+data_path = {base!r} .. "/data"
+certificates = {base!r} .. "/certs"
+log = {{
+  {{ levels = {{ min = "debug" }}, to = "file", filename = {base!r} .. "/prosody.log" }};
+  {{ levels = {{ min = "error" }}, to = "console" }};
+}}
+interfaces = {{ "127.0.0.1" }}
+local_interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {c2s_port} }}
+c2s_direct_tls_ports = {{ }}
+s2s_ports = {{ }}
+component_ports = {{ {component_port} }}
+component_interface = "127.0.0.1"
+http_ports = {{ }}
+https_ports = {{ }}
+modules_enabled = {{
+  "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq";
+  "register"; "carbons"; "mam";
+}}
+modules_disabled = {{ "s2s"; "tls"; "admin_shell"; "posix" }}
+c2s_require_encryption = false
+s2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+allow_registration = true
+registration_throttle_max = 1000
+min_seconds_between_registrations = 0
+authentication = "internal_hashed"
+storage = "internal"
+archive_expires_after = "never"
+default_archive_policy = true
+
+VirtualHost "{domain}"
+
+Component "{muc_domain}" "muc"
+  modules_enabled = {{ "muc_mam" }}
+  restrict_room_creation = false
+  muc_room_locking = false
+  muc_log_by_default = true
+  muc_log_all_rooms = true
+  max_history_messages = 50
+
+Component "{component_domain}"
+  component_secret = {component_secret!r}
+"""
+
+
+def find_prosody() -> str:
+    path = shutil.which("prosody") or (
+        "/usr/bin/prosody" if Path("/usr/bin/prosody").exists() else None
+    )
+    if not path:
+        raise RuntimeError(INSTALL_HINT)
+    return path
+
+
+@dataclass
+class ProsodyServer:
+    host: str
+    c2s_port: int
+    component_port: int
+    domain: str
+    muc_domain: str
+    component_domain: str
+    component_secret: str
+    base: Path
+    workdir: Path
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _as_user: bool = field(default=False, repr=False)
+
+    # --- process control ------------------------------------------------------------------
+
+    def _popen_user(self) -> dict[str, object]:
+        # Drop to the prosody user in the child itself (no runuser in between), so that
+        # signals reach prosody directly.
+        if self._as_user:
+            return {"user": PROSODY_USER, "group": PROSODY_USER, "extra_groups": []}
+        return {}
+
+    def start(self, timeout: float = 20.0) -> None:
+        prosody = find_prosody()
+        log = open(self.base / "console.log", "ab")
+        self._proc = subprocess.Popen(
+            [prosody, "--config", str(self.base / "prosody.cfg.lua"), "-F"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            **self._popen_user(),  # type: ignore[call-overload]
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"prosody exited with {self._proc.returncode}: {self.console_log()[-2000:]}"
+                )
+            if port_is_open(self.host, self.c2s_port, 0.2) and port_is_open(
+                self.host, self.component_port, 0.2
+            ):
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"prosody did not listen within {timeout} s")
+            time.sleep(0.03)
+
+    def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        # Wait until the ports are free again so a restart can bind them.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (
+            port_is_open(self.host, self.c2s_port, 0.1)
+            or port_is_open(self.host, self.component_port, 0.1)
+        ):
+            time.sleep(0.03)
+
+    def stop(self) -> None:
+        self._terminate()
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            for name in ("prosody.log", "console.log"):
+                if (self.base / name).exists() and self.base != self.workdir:
+                    shutil.copy(self.base / name, self.workdir / name)
+        except OSError:
+            pass
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports (every connection drops)."""
+        self._terminate()
+        self.start()
+
+    def kill_for(self, seconds: float) -> None:
+        """Stop, wait ``seconds``, start again: an outage of a given length."""
+        self._terminate()
+        time.sleep(seconds)
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def register_user(self, name: str, password: str) -> str:
+        """Create ``name@domain`` and return its bare JID."""
+        cmd = [
+            "prosodyctl",
+            "--config",
+            str(self.base / "prosody.cfg.lua"),
+            "register",
+            name,
+            self.domain,
+            password,
+        ]
+        res = subprocess.run(
+            cmd,
+            capture_output=True,
+            timeout=30,
+            check=False,
+            **self._popen_user(),  # type: ignore[call-overload]
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"prosodyctl register failed: {res.stdout!r} {res.stderr!r}")
+        return f"{name}@{self.domain}"
+
+    def console_log(self) -> str:
+        try:
+            return (self.base / "console.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_text(self) -> str:
+        try:
+            return (self.base / "prosody.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def start_prosody(
+    workdir: str | os.PathLike[str], component_domain: str, component_secret: str
+) -> ProsodyServer:
+    """Start a fresh Prosody; see the module docstring. Call ``stop()`` when done."""
+    find_prosody()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    as_user = os.geteuid() == 0
+    if as_user:
+        try:
+            pw = pwd.getpwnam(PROSODY_USER)
+        except KeyError as e:
+            raise RuntimeError(INSTALL_HINT) from e
+        base = Path(tempfile.mkdtemp(prefix="mimi-prosody-"))
+        os.chmod(base, 0o755)
+    else:
+        base = workdir / "prosody"
+        base.mkdir(parents=True, exist_ok=True)
+    (base / "data").mkdir(exist_ok=True)
+    (base / "certs").mkdir(exist_ok=True)
+    server = ProsodyServer(
+        host="127.0.0.1",
+        c2s_port=free_port(),
+        component_port=free_port(),
+        domain=DOMAIN,
+        muc_domain=MUC_DOMAIN,
+        component_domain=component_domain,
+        component_secret=component_secret,
+        base=base,
+        workdir=workdir,
+        _as_user=as_user,
+    )
+    (base / "prosody.cfg.lua").write_text(
+        _CONFIG.format(
+            base=str(base),
+            c2s_port=server.c2s_port,
+            component_port=server.component_port,
+            domain=DOMAIN,
+            muc_domain=MUC_DOMAIN,
+            component_domain=component_domain,
+            component_secret=component_secret,
+        )
+    )
+    if as_user:
+        for root, dirs, files in os.walk(base):
+            for name in [*dirs, *files]:
+                os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+    server.start()
+
+    def _cleanup() -> None:
+        server.stop()
+        if as_user:
+            shutil.rmtree(base, ignore_errors=True)
+
+    atexit.register(_cleanup)
+    return server

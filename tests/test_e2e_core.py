@@ -4,58 +4,13 @@ cross both ways; the mapping survives a restart."""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from bridge.bridge import Bridge
 from tests.conftest import BridgeFactory
-from tests.harness.synapse import MatrixClient, SynapseServer
-
-_users = itertools.count(1)
-
-
-async def until(pred: Callable[[], Any], limit_s: float = 15.0) -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit_s
-    while loop.time() < end:
-        value = pred()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
-def sent(bridge: Bridge, kind: str, **match: Any) -> Callable[[], dict[str, Any] | None]:
-    def find() -> dict[str, Any] | None:
-        for entry in bridge.connectors["testnet"].sent:  # type: ignore[attr-defined]
-            if entry["kind"] == kind and all(entry.get(k) == v for k, v in match.items()):
-                return entry
-        return None
-
-    return find
-
-
-async def management_room(user: MatrixClient) -> str:
-    room = await user.create_room(invite=["@mimibot:localhost"], is_direct=True)
-    await user.wait_for_event(room, lambda e: "management room" in e["content"].get("body", ""))
-    return room
-
-
-async def command(user: MatrixClient, room: str, text: str, expect: str) -> str:
-    await user.send_text(room, text)
-    evt = await user.wait_for_event(
-        room,
-        lambda e: e["sender"] == "@mimibot:localhost" and expect in e["content"].get("body", ""),
-    )
-    return str(evt["content"]["body"])
-
-
-def new_user(synapse: SynapseServer) -> MatrixClient:
-    return synapse.new_client(f"user{next(_users)}")
+from tests.harness.synapse import SynapseServer
+from tests.helpers import command, is_member, management_room, new_user, sent, until
 
 
 async def test_both_directions_and_restart(
@@ -147,7 +102,7 @@ async def test_both_directions_and_restart(
         ev = await alice.get_event(room, evt["event_id"])
         return not ev.get("content")
 
-    await until_async(redacted)
+    await until(redacted)
 
     # The mapping survives a restart: a remote edit after it still finds its Matrix event.
     later = await tn.remote_message("#general", "carol", "before restart")
@@ -167,16 +122,6 @@ async def test_both_directions_and_restart(
     again = await until(sent(bridge2, "message", text="still mapped"))
     assert again["reply_to"] == later
     await alice.close()
-
-
-async def until_async(pred: Callable[[], Any], limit_s: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit_s
-    while loop.time() < end:
-        if await pred():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 async def test_relay_and_failures_are_told(
@@ -230,7 +175,7 @@ async def test_ghost_dm_and_remote_dm(make_bridge: BridgeFactory, synapse: Synap
     mgmt = await management_room(frank)
     await command(frank, mgmt, "login testnet frank-remote", "Logged in")
     room = await frank.create_room(invite=["@testnet_zoe:localhost"], is_direct=True)
-    await until_async(lambda: _joined(frank, room, "@testnet_zoe:localhost"))
+    await until(lambda: is_member(frank, room, "@testnet_zoe:localhost"))
     await frank.send_text(room, "hi zoe")
     dm = await until(sent(bridge, "message", text="hi zoe"))
     assert dm["room"] == "zoe"
@@ -242,7 +187,7 @@ async def test_ghost_dm_and_remote_dm(make_bridge: BridgeFactory, synapse: Synap
     await tn.remote_message("yves", "yves", "new chat", receiver=frank.user_id)
     from bridge.connector import PortalKey
 
-    portal = await until_async_value(
+    portal = await until(
         lambda: bridge.portal_store.get(PortalKey("testnet", "yves", frank.user_id))
     )
     await frank.join(portal.room_id)
@@ -251,19 +196,3 @@ async def test_ghost_dm_and_remote_dm(make_bridge: BridgeFactory, synapse: Synap
     )
     assert evt["sender"] == "@testnet_yves:localhost"
     await frank.close()
-
-
-async def until_async_value(make: Callable[[], Any], limit_s: float = 15.0) -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit_s
-    while loop.time() < end:
-        value = await make()
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
-
-async def _joined(client: MatrixClient, room: str, user: str) -> bool:
-    members = await client.joined_members(room)
-    return user in members

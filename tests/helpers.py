@@ -1,0 +1,64 @@
+"""Helpers shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from bridge.bridge import Bridge
+from tests.harness.synapse import MatrixClient, SynapseServer
+
+_users = itertools.count(1)
+
+
+async def until(pred: Callable[[], Any], limit_s: float = 15.0, what: str = "") -> Any:
+    """Poll ``pred`` (plain or async) until it returns something truthy; return that."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit_s
+    while True:
+        value = pred()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() >= end:
+            raise AssertionError(f"condition not met in {limit_s} s: {what or pred}")
+        await asyncio.sleep(0.1)
+
+
+def sent(bridge: Bridge, kind: str, **match: Any) -> Callable[[], dict[str, Any] | None]:
+    """Finds what the test network connector recorded."""
+
+    def find() -> dict[str, Any] | None:
+        for entry in bridge.connectors["testnet"].sent:  # type: ignore[attr-defined]
+            if entry["kind"] == kind and all(entry.get(k) == v for k, v in match.items()):
+                return entry
+        return None
+
+    return find
+
+
+async def management_room(user: MatrixClient) -> str:
+    room = await user.create_room(invite=["@mimibot:localhost"], is_direct=True)
+    await user.wait_for_event(room, lambda e: "management room" in e["content"].get("body", ""))
+    return room
+
+
+async def command(user: MatrixClient, room: str, text: str, expect: str) -> str:
+    await user.send_text(room, text)
+    evt = await user.wait_for_event(
+        room,
+        lambda e: e["sender"] == "@mimibot:localhost" and expect in e["content"].get("body", ""),
+    )
+    return str(evt["content"]["body"])
+
+
+def new_user(synapse: SynapseServer, prefix: str = "user") -> MatrixClient:
+    return synapse.new_client(f"{prefix}{next(_users)}")
+
+
+async def is_member(client: MatrixClient, room: str, user: str) -> bool:
+    return user in await client.joined_members(room)

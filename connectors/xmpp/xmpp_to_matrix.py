@@ -108,7 +108,16 @@ def timestamp(msg: Message) -> int:
 
 
 def body_text(msg: Message) -> str:
-    return str(msg["body"] or "")
+    body = msg["body"]
+    if body:
+        return str(body)
+    # Forwarded stanzas (MAM results, carbons) keep the jabber:client namespace inside a
+    # component stream.
+    for ns in ("jabber:client", "jabber:component:accept"):
+        el = msg.xml.find(f"{{{ns}}}body")
+        if el is not None:
+            return el.text or ""
+    return ""
 
 
 def _fallback_ranges(msg: Message, for_ns: str) -> list[tuple[int, int]] | None:

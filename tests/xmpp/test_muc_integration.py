@@ -83,3 +83,283 @@ async def test_puppet_joins_and_messages_flow_both_ways(
     # The reflection of the puppet's own message is not emitted back.
     await asyncio.sleep(0.3)
     assert not [e for e in bridge.events if isinstance(e, RemoteMessage) and "hi" == e.content.text]
+
+
+def ref(remote_id: str, sender: str | None = None, text: str | None = None) -> Any:
+    from bridge.connector import MessageRef
+
+    return MessageRef(remote_id=remote_id, sender_remote_id=sender, text=text)
+
+
+async def test_corrections_reactions_retractions_replies_both_ways(
+    connector: XMPPConnector, bridge: FakeBridge, prosody: Any, xclients: Any
+) -> None:
+    from bridge.connector import (
+        MatrixEdit,
+        MatrixReaction,
+        MatrixReactionRemove,
+        MatrixRedaction,
+        RemoteEdit,
+        RemoteReaction,
+        RemoteReactionRemove,
+        RemoteRedaction,
+    )
+
+    portal, alice, (bob,) = await open_room(connector, bridge, prosody, xclients, "Bob")
+    room = portal.remote_id
+    client: Any = await connector.client_for(bob, portal)
+    sender = MatrixSender(bob.user_id, bob.display_name)
+
+    # XMPP message, then its correction (XEP-0308 refers to the sender's id).
+    msg = alice.xmpp.make_message(mto=room, mbody="helo", mtype="groupchat")
+    msg["id"] = "alice-1"
+    msg["origin_id"]["id"] = "alice-1"
+    msg.send()
+    original = await bridge.wait_for(
+        lambda e: isinstance(e, RemoteMessage) and e.content.text == "helo"
+    )
+    fix = alice.xmpp.make_message(mto=room, mbody="hello", mtype="groupchat")
+    fix["replace"]["id"] = "alice-1"
+    fix.send()
+    edit = await bridge.wait_for(lambda e: isinstance(e, RemoteEdit))
+    assert edit.target_id == original.id and edit.content.text == "hello"
+
+    # XEP-0444 reaction sets -> add and remove events.
+    react = alice.xmpp.make_message(mto=room, mtype="groupchat")
+    react["reactions"]["id"] = original.id
+    react["reactions"]["values"] = ["👍", "🎉"]
+    react.send()
+    keys = set()
+    for _ in range(2):
+        ev = await bridge.wait_for(lambda e: isinstance(e, RemoteReaction) and e.key not in keys)
+        keys.add(ev.key)
+        assert ev.target_id == original.id
+    assert keys == {"👍", "🎉"}
+    react2 = alice.xmpp.make_message(mto=room, mtype="groupchat")
+    react2["reactions"]["id"] = original.id
+    react2["reactions"]["values"] = ["🎉"]
+    react2.send()
+    removed = await bridge.wait_for(lambda e: isinstance(e, RemoteReactionRemove))
+    assert removed.key == "👍" and removed.target_id == original.id
+
+    # XEP-0461 reply from XMPP; fallback stripped.
+    reply = alice.xmpp.make_message(mto=room, mbody="yes", mtype="groupchat")
+    reply["reply"]["id"] = original.id
+    reply["reply"]["to"] = f"{room}/alice"
+    reply["reply"].add_quoted_fallback("hello", "alice")
+    reply.send()
+    ev = await bridge.wait_for(lambda e: isinstance(e, RemoteMessage) and e.reply_to is not None)
+    assert ev.content.text == "yes" and ev.reply_to == original.id
+
+    # Matrix reply: XEP-0461 with the stanza-id and a quote fallback; no Matrix ids in body.
+    sent = await client.handle_matrix_message(
+        MatrixMessage(
+            portal=portal,
+            sender=sender,
+            event_id="$r1",
+            content=MessageContent(
+                text="> <@alice:x> hello\n\nagreed",
+                html="<mx-reply><blockquote>@alice:x hello</blockquote></mx-reply>agreed",
+            ),
+            reply_to=ref(original.id, edit.sender.remote_id, "hello"),
+        )
+    )
+    got = await alice.wait_message(
+        lambda m: (
+            m.xml.find("{urn:xmpp:reply:0}reply") is not None and str(m["from"]).endswith("/Bob")
+        )
+    )
+    assert got["reply"]["id"] == original.id
+    assert got["reply"]["to"] == f"{room}/alice"
+    assert "@" not in got["body"] and got["body"].endswith("agreed")
+    assert got["reply"].strip_fallback_content() == "agreed"
+
+    # Matrix edit -> XEP-0308 with the origin id of the puppet's message.
+    await client.handle_matrix_edit(
+        MatrixEdit(
+            portal=portal,
+            sender=sender,
+            event_id="$e1",
+            target=ref(sent.remote_id),
+            content=MessageContent(text="agreed!"),
+        )
+    )
+    corr = await alice.wait_message(lambda m: m["body"] == "agreed!")
+    assert corr["replace"]["id"] == got["origin_id"]["id"]
+
+    # Matrix reaction -> XEP-0444 full set; removal sends the remaining set.
+    r = await client.handle_matrix_reaction(
+        MatrixReaction(
+            portal=portal, sender=sender, event_id="$x1", target=ref(original.id), key="❤️"
+        )
+    )
+    got_r = await alice.wait_message(
+        lambda m: (
+            m.xml.find("{urn:xmpp:reactions:0}reactions") is not None
+            and str(m["from"]).endswith("/Bob")
+        )
+    )
+    assert got_r["reactions"]["id"] == original.id
+    assert got_r["reactions"].get_values(all_chars=True) == {"❤️"}
+    n = len(alice.messages)
+    await client.handle_matrix_reaction_remove(
+        MatrixReactionRemove(
+            portal=portal,
+            sender=sender,
+            event_id="$x2",
+            target=ref(original.id),
+            key="❤️",
+            reaction_remote_id=r.remote_id,
+        )
+    )
+    got_r2 = await alice.wait_message(
+        lambda m: (
+            m.xml.find("{urn:xmpp:reactions:0}reactions") is not None
+            and m is not got_r
+            and alice.messages.index(m) >= n
+        )
+    )
+    assert got_r2["reactions"].get_values(all_chars=True) == set()
+
+    # Matrix redaction of own message -> XEP-0424 retraction of the stanza-id.
+    await client.handle_matrix_redaction(
+        MatrixRedaction(portal=portal, sender=sender, event_id="$d1", target=ref(sent.remote_id))
+    )
+    retr = await alice.wait_message(
+        lambda m: m.xml.find("{urn:xmpp:message-retract:1}retract") is not None
+    )
+    assert retr.xml.find("{urn:xmpp:message-retract:1}retract").attrib["id"] == sent.remote_id
+
+    # XMPP retraction -> redaction of the original.
+    rt = alice.xmpp.make_message(mto=room, mtype="groupchat", mbody="retracted")
+    rt["retract"]["id"] = original.id
+    rt.send()
+    red = await bridge.wait_for(lambda e: isinstance(e, RemoteRedaction))
+    assert red.target_id == original.id
+
+
+async def test_chat_states_and_markers_both_ways(
+    connector: XMPPConnector, bridge: FakeBridge, prosody: Any, xclients: Any
+) -> None:
+    from bridge.connector import MatrixReceipt, MatrixTyping, RemoteReceipt, RemoteTyping
+
+    portal, alice, (bob,) = await open_room(connector, bridge, prosody, xclients, "Bob")
+    room = portal.remote_id
+    client: Any = await connector.client_for(bob, portal)
+    sender = MatrixSender(bob.user_id, bob.display_name)
+    typing = alice.xmpp.make_message(mto=room, mtype="groupchat")
+    typing["chat_state"] = "composing"
+    typing.send()
+    ev = await bridge.wait_for(lambda e: isinstance(e, RemoteTyping))
+    assert ev.typing is True
+    await client.handle_matrix_typing(
+        MatrixTyping(portal=portal, sender=sender, event_id="", typing=True)
+    )
+    st = await alice.wait_message(
+        lambda m: str(m["from"]).endswith("/Bob") and m["chat_state"] == "composing"
+    )
+    assert st["type"] == "groupchat"
+    # Markers: Matrix read receipt -> displayed(stanza-id); XMPP displayed -> receipt.
+    alice.xmpp.send_message(mto=room, mbody="read me", mtype="groupchat")
+    msg = await bridge.wait_for(lambda e: isinstance(e, RemoteMessage))
+    await client.handle_matrix_receipt(
+        MatrixReceipt(portal=portal, sender=sender, event_id="", target=ref(msg.id))
+    )
+    shown = await alice.wait_message(
+        lambda m: m.xml.find("{urn:xmpp:chat-markers:0}displayed") is not None
+    )
+    assert shown.xml.find("{urn:xmpp:chat-markers:0}displayed").attrib["id"] == msg.id
+    sent = await client.handle_matrix_message(matrix_message(portal, bob, "did you see?"))
+    mark = alice.xmpp.make_message(mto=room, mtype="groupchat")
+    mark["displayed"]["id"] = sent.remote_id
+    mark.send()
+    rr = await bridge.wait_for(lambda e: isinstance(e, RemoteReceipt))
+    assert rr.target_id == sent.remote_id
+
+
+async def test_nick_conflict_kick_and_leave(
+    connector: XMPPConnector, bridge: FakeBridge, prosody: Any, xclients: Any
+) -> None:
+    from bridge.connector import MatrixMembership, Membership
+
+    room = f"{unique('room')}@{prosody.muc_domain}"
+    alice = await xclients("alice")
+    await alice.join(room, "Carol")  # owner (created the room), takes the nick "Carol"
+    portal = PortalKey("xmpp", room)
+    carol = bridge.user("@carol:example.org", "Carol")
+    bridge.portal_list.append(portal)
+    bridge.members[portal] = [carol]
+    await connector.resolve_portal(portal, None)
+    await connector.portal_opened(portal)
+    # The puppet gets the nick with the conflict suffix.
+    await alice.wait_presence(lambda p: str(p["from"]) == f"{room}/Carol [m]")
+    occ = connector.rooms[room].ours[carol.user_id]
+    assert occ.nick == "Carol [m]" and occ.state == "joined"
+    # Kicked on XMPP -> the Matrix user is told and a kick is emitted.
+    await alice.xmpp.plugin["xep_0045"].set_role(room, "Carol [m]", "none", reason="spam")
+    kick = await bridge.wait_for(
+        lambda e: isinstance(e, RemoteMembership) and e.membership == Membership.KICK
+    )
+    assert kick.target is not None and kick.target.matrix_user == carol.user_id
+    assert kick.reason == "spam"
+    await bridge.wait_notice(lambda t: "removed from" in t and "spam" in t)
+    # Rejoin through a Matrix join, then leave through a Matrix leave.
+    client: Any = await connector.client_for(carol, portal)
+    await client.handle_matrix_membership(
+        MatrixMembership(
+            portal=portal,
+            sender=MatrixSender(carol.user_id, "Carol"),
+            event_id="$j",
+            membership=Membership.JOIN,
+        )
+    )
+    assert connector.rooms[room].ours[carol.user_id].state == "joined"
+    n = len(alice.presences)
+    await client.handle_matrix_membership(
+        MatrixMembership(
+            portal=portal,
+            sender=MatrixSender(carol.user_id, "Carol"),
+            event_id="$l",
+            membership=Membership.LEAVE,
+        )
+    )
+    await alice.wait_presence(
+        lambda p: (
+            alice.presences.index(p) >= n
+            and p["type"] == "unavailable"
+            and str(p["from"]).startswith(f"{room}/Carol [m]")
+        )
+    )
+
+
+async def test_ghost_kick_from_matrix(
+    connector: XMPPConnector, bridge: FakeBridge, prosody: Any, xclients: Any
+) -> None:
+    from bridge.connector import GhostKey, MatrixMembership, Membership
+
+    room = f"{unique('room')}@{prosody.muc_domain}"
+    # The Matrix user's puppet creates the room (owner); then an XMPP user joins.
+    portal = PortalKey("xmpp", room)
+    dave = bridge.user("@dave:example.org", "Dave")
+    client: Any = await connector.client_for(dave, portal)
+    await connector.join(connector._room(__import__("slixmpp").JID(room)), client.identity)
+    alice = await xclients("alice")
+    await alice.join(room, "alice")
+    join = await bridge.wait_for(
+        lambda e: isinstance(e, RemoteMembership) and e.sender.display_name == "alice"
+    )
+    # The owner sees real JIDs: the ghost is keyed by alice's bare JID.
+    assert join.sender.remote_id == alice.jid
+    await client.handle_matrix_membership(
+        MatrixMembership(
+            portal=portal,
+            sender=MatrixSender(dave.user_id, "Dave"),
+            event_id="$k",
+            membership=Membership.KICK,
+            target=GhostKey("xmpp", alice.jid),
+            reason="bye",
+        )
+    )
+    await alice.wait_presence(
+        lambda p: p["type"] == "unavailable" and 307 in p["muc"]["status_codes"]
+    )

@@ -161,6 +161,8 @@ class CommandProcessor:
     async def _room_admin(self, room_id: str, user: MatrixUser) -> bool:
         if user.permission == "admin":
             return True
+        if user.user_id in await self.bridge.hs.room_creators(room_id):
+            return True  # room v12: creators outrank every power level
         levels = await self.bridge.hs.get_state(room_id, "m.room.power_levels") or {}
         users = levels.get("users") or {}
         mine = users.get(user.user_id, levels.get("users_default", 0))
@@ -312,9 +314,18 @@ class CommandProcessor:
             relay=info.relay_allowed,
         )
         await self.bridge.portal_store.save(portal)
-        await self.bridge.portal_mgr.set_bridge_info(portal)
+        note = ""
+        try:
+            await self.bridge.portal_mgr.set_bridge_info(portal)
+        except MatrixError as e:
+            if e.errcode != "M_FORBIDDEN":
+                raise
+            note = (
+                " The bot has no power to set the room's bridge info: give it power level 100"
+                " so that it can also moderate for the network."
+            )
         await connector.portal_opened(key)
-        return f"Linked {room_id} with {ctx.args[1]} on {network}."
+        return f"Linked {room_id} with {ctx.args[1]} on {network}.{note}"
 
     async def cmd_unlink(self, ctx: Ctx) -> str:
         room_id = await self._target_room(ctx, ctx.args[0] if ctx.args else None)

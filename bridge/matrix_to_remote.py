@@ -491,8 +491,8 @@ class MatrixHandler:
             await self.hs.leave(room_id, reason="You may not use this bridge.")
             return
         await self.hs.join(room_id)
-        members = await self.hs.joined_members(room_id)
-        if content.get("is_direct") or len(members) <= 2:
+        # Only a direct chat becomes the management room; other rooms may be linked later.
+        if content.get("is_direct"):
             await self.bridge.users.set_management_room(sender, room_id)
             await self.bridge.send_notice(room_id, self.bridge.commands.welcome())
 

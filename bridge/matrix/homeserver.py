@@ -291,6 +291,19 @@ class Homeserver:
                 return None
             raise
 
+    async def room_creators(self, room_id: str) -> list[str]:
+        """Creators with unlimited power (room versions 12 and later), else nobody."""
+        create = await self.request(
+            Method.GET, Path.v3.rooms[room_id].state["m.room.create"][""],
+            query={"format": "event"},
+        )
+        content = create.get("content") or {}
+        version = str(content.get("room_version", "1"))
+        if not version.isdigit() or int(version) < 12:
+            return []
+        extra = content.get("additional_creators") or []
+        return [str(create.get("sender"))] + [str(u) for u in extra if isinstance(u, str)]
+
     # --- events -------------------------------------------------------------------------
 
     async def send(

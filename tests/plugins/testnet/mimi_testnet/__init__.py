@@ -36,8 +36,10 @@ from bridge.connector import (
     PortalKey,
     RemoteEdit,
     RemoteMessage,
+    RemotePresence,
     RemoteReaction,
     RemoteRedaction,
+    RemoteTyping,
     Sender,
     SentMessage,
 )
@@ -119,6 +121,11 @@ class TestNetClient(NetworkClient):
             as_=self.name,
             membership=change.membership.value,
             target=change.target.remote_id if change.target else None,
+        )
+
+    async def handle_matrix_presence(self, presence: str, status: str | None) -> None:
+        self.connector.record(
+            "presence", PortalKey(NETWORK, ""), as_=self.name, presence=presence, status=status
         )
 
     async def handle_matrix_room_meta(self, change: MatrixRoomMeta) -> None:
@@ -247,6 +254,16 @@ class TestNetConnector(NetworkConnector):
                 target_id=target,
                 key=key,
             )
+        )
+
+    async def remote_presence(self, user: str, presence: str) -> None:
+        await self.bridge.emit(
+            RemotePresence(portal=PortalKey(NETWORK, ""), sender=Sender(user), presence=presence)
+        )
+
+    async def remote_typing(self, room: str, user: str) -> None:
+        await self.bridge.emit(
+            RemoteTyping(portal=PortalKey(NETWORK, room), sender=Sender(user), typing=True)
         )
 
     async def remote_redaction(self, room: str, user: str, target: str) -> None:

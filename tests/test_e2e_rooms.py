@@ -1,0 +1,174 @@
+"""End to end through Synapse: plumbing (link/unlink), membership and room changes from Matrix,
+ephemeral events (typing, receipts, presence) and third-party lookups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import HS_TOKEN, BridgeFactory
+from tests.harness.synapse import SynapseServer
+from tests.helpers import command, management_room, new_user, sent, until
+
+
+async def test_link_and_unlink_existing_room(
+    make_bridge: BridgeFactory, synapse: SynapseServer
+) -> None:
+    bridge = await make_bridge()
+    ivy = new_user(synapse)
+    room = await ivy.create_room(
+        name="Ivy's room",
+        invite=["@mimibot:localhost"],
+        power_level_content_override={"users": {"@mimibot:localhost": 100}},
+    )
+    await until(lambda: _bot_joined(bridge, room))
+    # A member without power may not link.
+    joe = new_user(synapse)
+    await ivy.invite(room, joe.user_id)
+    await joe.join(room)
+    await joe.send_text(room, "!mimi link testnet #plumbed")
+    await joe.wait_for_event(room, lambda e: "Only room admins may link" in _body(e))
+    # The room admin links it; messages cross; bridge info is set.
+    await ivy.send_text(room, "!mimi link testnet #plumbed")
+    await ivy.wait_for_event(room, lambda e: "Linked" in _body(e))
+    info = await ivy.get_state(room, "m.bridge", "mimi-bridge/testnet/#plumbed")
+    assert info and info["channel"]["id"] == "#plumbed"
+    await ivy.send_text(room, "through the plumbing")
+    assert (
+        await until(
+            sent(
+                bridge,
+                "message",
+                text="<user" + ivy.user_id[5:].split(":")[0] + "> through the plumbing",
+            )
+        )
+    )["room"] == "#plumbed"
+    # Linking it twice is refused; unlinking clears the bridge info.
+    await ivy.send_text(room, "!mimi link testnet #other")
+    await ivy.wait_for_event(room, lambda e: "already bridged" in _body(e))
+    await ivy.send_text(room, "!mimi unlink")
+    await ivy.wait_for_event(room, lambda e: "Unlinked" in _body(e))
+    assert await ivy.get_state(room, "m.bridge", "mimi-bridge/testnet/#plumbed") == {}
+    count = len(bridge.connectors["testnet"].sent)  # type: ignore[attr-defined]
+    await ivy.send_text(room, "not bridged any more")
+    await ivy.wait_for_event(room, lambda e: _body(e) == "not bridged any more")
+    await bridge.queues.drain()
+    assert len(bridge.connectors["testnet"].sent) == count  # type: ignore[attr-defined]
+    await ivy.close()
+    await joe.close()
+
+
+async def test_membership_and_room_changes_reach_network(
+    make_bridge: BridgeFactory, synapse: SynapseServer
+) -> None:
+    bridge = await make_bridge()
+    kim = new_user(synapse)
+    mgmt = await management_room(kim)
+    await command(kim, mgmt, "login testnet kim-remote", "Logged in")
+    await command(kim, mgmt, "join testnet #ops", "Invited you")
+    room = await kim.join("#testnet_=23ops:localhost")
+    await until(sent(bridge, "membership", room="#ops", membership="join", as_="kim-remote"))
+    tn: Any = bridge.connectors["testnet"]
+    await tn.remote_message("#ops", "mallory", "spam")
+    await kim.wait_for_event(room, lambda e: _body(e) == "spam")
+    # The bot made the room; give kim the power to moderate it.
+    levels = await bridge.hs.get_state(room, "m.room.power_levels") or {}
+    levels.setdefault("users", {})[kim.user_id] = 100
+    await bridge.hs.send_state(room, "m.room.power_levels", levels)
+    await kim.kick(room, "@testnet_mallory:localhost", "no spam")
+    await until(sent(bridge, "membership", membership="kick", target="mallory"))
+    await kim.ban(room, "@testnet_mallory:localhost", "really")
+    await until(sent(bridge, "membership", membership="ban", target="mallory"))
+    await kim.send_state(room, "m.room.topic", "", {"topic": "new topic"})
+    await until(sent(bridge, "meta", topic="new topic"))
+    await kim.send_state(room, "m.room.name", "", {"name": "Ops room"})
+    await until(sent(bridge, "meta", name="Ops room"))
+    await kim.leave(room)
+    await until(sent(bridge, "membership", room="#ops", membership="leave"))
+    await kim.close()
+
+
+async def test_typing_receipts_presence(make_bridge: BridgeFactory, synapse: SynapseServer) -> None:
+    bridge = await make_bridge()
+    lea = new_user(synapse)
+    mgmt = await management_room(lea)
+    await command(lea, mgmt, "login testnet lea-remote", "Logged in")
+    room = await lea.join("#testnet_=23live:localhost")
+    tn: Any = bridge.connectors["testnet"]
+    msg = await tn.remote_message("#live", "max", "read me")
+    evt = await lea.wait_for_event(room, lambda e: _body(e) == "read me")
+    await lea.typing(room, True)
+    await until(sent(bridge, "typing", typing=True, as_="lea-remote"))
+    await lea.typing(room, False)
+    await until(sent(bridge, "typing", typing=False, as_="lea-remote"))
+    await lea.read_receipt(room, evt["event_id"])
+    await until(sent(bridge, "receipt", target=msg, as_="lea-remote"))
+    await lea.set_presence("unavailable", "lunch")
+    await until(sent(bridge, "presence", presence="unavailable", as_="lea-remote"))
+    # And the other way: a remote user's presence and typing show on their ghost.
+    await tn.remote_presence("max", "unavailable")
+
+    async def ghost_away() -> bool:
+        status, body = await lea.request(
+            "GET", "/_matrix/client/v3/presence/@testnet_max:localhost/status"
+        )
+        return status == 200 and body.get("presence") == "unavailable"
+
+    await until(ghost_away, what="ghost presence")
+    await tn.remote_typing("#live", "max")
+
+    async def ghost_typing() -> bool:
+        _, body = await lea.request("GET", "/_matrix/client/v3/sync", params={"timeout": "0"})
+        ephemeral = body["rooms"]["join"].get(room, {}).get("ephemeral", {}).get("events", [])
+        return any(
+            e["type"] == "m.typing" and "@testnet_max:localhost" in e["content"]["user_ids"]
+            for e in ephemeral
+        )
+
+    await until(ghost_typing, what="ghost typing")
+    await lea.close()
+
+
+async def test_thirdparty_lookups_through_the_homeserver(
+    make_bridge: BridgeFactory, synapse: SynapseServer, as_port: int
+) -> None:
+    await make_bridge()
+    nia = new_user(synapse)
+    status, protocols = await nia.request("GET", "/_matrix/client/v3/thirdparty/protocols")
+    assert status == 200 and "testnet" in protocols, protocols
+    proto = protocols["testnet"]
+    for field in proto["user_fields"] + proto["location_fields"]:
+        assert field in proto["field_types"]
+    assert proto["instances"][0]["network_id"] == "testnet"
+    status, locations = await nia.request(
+        "GET",
+        "/_matrix/client/v3/thirdparty/location/testnet",
+        params={"network": "testnet", "room": "#lookup"},
+    )
+    assert status == 200 and locations[0]["alias"] == "#testnet_=23lookup:localhost"
+    status, users = await nia.request(
+        "GET",
+        "/_matrix/client/v3/thirdparty/user/testnet",
+        params={"network": "testnet", "user": "bob"},
+    )
+    assert status == 200 and users[0]["userid"] == "@testnet_bob:localhost"
+    # Synapse does not forward reverse lookups to appservices: ask the bridge directly.
+    base = f"http://127.0.0.1:{as_port}/_matrix/app/v1/thirdparty"
+    auth = {"Authorization": f"Bearer {HS_TOKEN}"}
+    async with aiohttp.ClientSession(headers=auth) as s:
+        async with s.get(f"{base}/user", params={"userid": "@testnet_bob:localhost"}) as r:
+            assert (await r.json())[0]["fields"] == {"network": "testnet", "user": "bob"}
+        async with s.get(f"{base}/location", params={"alias": "#testnet_=23x:localhost"}) as r:
+            assert (await r.json())[0]["fields"] == {"network": "testnet", "room": "#x"}
+        async with s.get(f"{base}/user", params={"userid": "@nobody:localhost"}) as r:
+            assert r.status == 404
+    await nia.close()
+
+
+def _body(evt: dict[str, Any]) -> str:
+    return str(evt.get("content", {}).get("body", ""))
+
+
+def _bot_joined(bridge: Any, room: str) -> bool:
+    return bool(bridge.hs.is_joined(room, "@mimibot:localhost"))

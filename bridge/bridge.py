@@ -14,6 +14,7 @@ from mautrix.util.async_db import Database
 from .appservice.server import AppserviceServer
 from .config import BridgeConfig
 from .connector import (
+    ConnectorError,
     GhostKey,
     Login,
     MatrixUser,
@@ -296,7 +297,13 @@ class Bridge:
     async def matrix_user(self, user_id: str) -> MatrixUser:
         name = self._display_names.get(user_id)
         if name is None:
-            name = await self.hs.displayname(user_id) or user_id[1:].split(":", 1)[0]
+            try:
+                profile = await self.hs.profile(user_id)
+            except MatrixError as e:
+                raise ConnectorError(f"cannot look up {user_id}: {e}") from e
+            if profile is None:
+                raise ConnectorError(f"no such Matrix user: {user_id}")
+            name = str(profile.get("displayname") or user_id[1:].split(":", 1)[0])
             self._display_names[user_id] = name
         return MatrixUser(user_id, name, self.permission_of(user_id) or "none")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,7 +60,7 @@ class BridgeConfig:
     logging: dict[str, Any]
     connectors: dict[str, dict[str, Any]]
     ephemeral_events: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    backfill_limit: int = 50
 
     @property
     def bot_mxid(self) -> str:
@@ -229,6 +229,9 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
     relay_r.finish()
     command_prefix = br.get("command_prefix", str, "!mimi")
     credentials_key = br.get("credentials_key", str, GENERATE)
+    backfill_limit = br.get("backfill_limit", int, 50)
+    if backfill_limit < 0:
+        raise ConfigError("bridge.backfill_limit", "must be 0 (off) or more")
     br.finish()
 
     log_cfg = root.get("logging", dict, {"level": "INFO"})
@@ -258,6 +261,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         logging=dict(log_cfg),
         connectors=connectors,
         ephemeral_events=ephemeral,
+        backfill_limit=backfill_limit,
     )
 
 

@@ -7,6 +7,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .connector import ChatInfo, PortalKey
+from .connector.capabilities import Backfilling
 from .db import Ghost, Portal
 from .matrix.homeserver import MatrixError
 
@@ -141,7 +142,9 @@ class PortalManager:
                 else:
                     raise
             await self.bridge.portal_store.save(portal)
-        await self.bridge.connector_of(key.network).portal_opened(key)
+        connector = self.bridge.connector_of(key.network)
+        await connector.portal_opened(key)
+        await self.backfill(key, connector)
         for remote_user in info.members:
             try:
                 ghost = await self.ghost(key.network, remote_user)
@@ -150,6 +153,20 @@ class PortalManager:
             except MatrixError as e:
                 self.bridge.log.warning("ghost %s could not join: %s", remote_user, e)
         return portal
+
+    async def backfill(self, key: PortalKey, connector: Any) -> None:
+        """Fill a new portal with recent history, through the same ordered queue as live
+        events (ids deduplicate whatever arrives twice)."""
+        limit = self.bridge.cfg.backfill_limit
+        if limit <= 0 or not isinstance(connector, Backfilling):
+            return
+        try:
+            history = await connector.fetch_history(key, limit)
+        except Exception as e:
+            self.bridge.log.warning("no history for %s: %s", key, e)
+            return
+        for msg in history[-limit:]:
+            await self.bridge.emit(msg)
 
     async def open_portal(
         self, key: PortalKey, user_id: str | None, invite_user: bool

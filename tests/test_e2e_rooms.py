@@ -89,6 +89,18 @@ async def test_membership_and_room_changes_reach_network(
     await kim.close()
 
 
+async def test_new_portal_is_filled_with_history(
+    make_bridge: BridgeFactory, synapse: SynapseServer
+) -> None:
+    await make_bridge(backfill_limit=2)
+    pia = new_user(synapse)
+    room = await pia.join("#testnet_=23history:localhost")
+    await pia.wait_for_event(room, lambda e: _body(e) == "old message 3")
+    bodies = [_body(e) for e in await pia.messages(room) if e["type"] == "m.room.message"]
+    assert bodies == ["old message 2", "old message 3"]
+    await pia.close()
+
+
 async def test_typing_receipts_presence(make_bridge: BridgeFactory, synapse: SynapseServer) -> None:
     bridge = await make_bridge()
     lea = new_user(synapse)

@@ -102,7 +102,8 @@ class BridgeAPI(Protocol):
         room. For every failure the user must hear about (never drop silently)."""
 
     async def matrix_user(self, user_id: str) -> MatrixUser:
-        """The Matrix user's current display name and permission."""
+        """The Matrix user's current display name and permission. Raises
+        :class:`ConnectorError` when the homeserver knows no such user."""
 
     async def portals(self, network: str) -> list[PortalKey]:
         """All portals of a network (for rejoining channels at start)."""

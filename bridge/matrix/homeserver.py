@@ -163,13 +163,14 @@ class Homeserver:
             Method.PUT, Path.v3.profile[user_id].avatar_url, {"avatar_url": mxc}, as_user=user_id
         )
 
-    async def displayname(self, user_id: str) -> str | None:
+    async def profile(self, user_id: str) -> dict[str, Any] | None:
+        """The user's profile; None when the homeserver knows no such user."""
         try:
-            resp = await self.request(Method.GET, Path.v3.profile[user_id].displayname)
-        except MatrixError:
-            return None
-        name = resp.get("displayname")
-        return str(name) if name else None
+            return await self.request(Method.GET, Path.v3.profile[user_id], retries=0)
+        except MatrixError as e:
+            if e.errcode == "M_NOT_FOUND" or e.status == 404:
+                return None
+            raise
 
     async def set_presence(self, user_id: str, presence: str, status: str | None) -> None:
         body: dict[str, Any] = {"presence": presence}
@@ -294,7 +295,8 @@ class Homeserver:
     async def room_creators(self, room_id: str) -> list[str]:
         """Creators with unlimited power (room versions 12 and later), else nobody."""
         create = await self.request(
-            Method.GET, Path.v3.rooms[room_id].state["m.room.create"][""],
+            Method.GET,
+            Path.v3.rooms[room_id].state["m.room.create"][""],
             query={"format": "event"},
         )
         content = create.get("content") or {}

@@ -207,6 +207,21 @@ class TestNetConnector(NetworkConnector):
     async def logout(self, login: Login) -> None:
         self._clients.pop(str(login.credentials.get("name")), None)
 
+    # Backfilling: "#history" has three old messages.
+    async def fetch_history(self, portal: PortalKey, limit: int) -> list[RemoteMessage]:
+        if portal.remote_id != "#history":
+            return []
+        return [
+            RemoteMessage(
+                portal=portal,
+                sender=Sender("olga", "Olga"),
+                id=f"old-{n}",
+                timestamp=1_000 * n,
+                content=MessageContent(text=f"old message {n}"),
+            )
+            for n in range(1, 4)
+        ][-limit:]
+
     # DirectMessaging
     async def open_dm(self, user: MatrixUser, network: str, remote_user_id: str) -> PortalKey:
         return PortalKey(NETWORK, remote_user_id, receiver=user.user_id)

@@ -184,3 +184,83 @@ def _body(evt: dict[str, Any]) -> str:
 
 def _bot_joined(bridge: Any, room: str) -> bool:
     return bool(bridge.hs.is_joined(room, "@mimibot:localhost"))
+
+
+async def test_remote_membership_and_room_info(
+    make_bridge: BridgeFactory, synapse: SynapseServer
+) -> None:
+    from bridge.connector import (
+        ChatMember,
+        Membership,
+        PortalKey,
+        RemoteChatInfo,
+        RemoteMembership,
+        RemoteProfile,
+        Sender,
+    )
+
+    bridge = await make_bridge()
+    quinn = new_user(synapse)
+    room = await quinn.join("#testnet_=23club:localhost")
+    key = PortalKey("testnet", "#club")
+    op, guest = Sender("oscar", "Oscar"), Sender("gus", "Gus")
+    await bridge.emit(
+        RemoteChatInfo(
+            portal=key,
+            sender=op,
+            name="The Club",
+            topic="members only",
+            members=[ChatMember(op, power_level=50), ChatMember(guest)],
+        )
+    )
+    await until(lambda: _state(quinn, room, "m.room.topic", "topic", "members only"))
+    await until(lambda: _state(quinn, room, "m.room.name", "name", "The Club"))
+    levels = await until(lambda: _op_level(quinn, room, "@testnet_oscar:localhost"))
+    assert levels == 50
+    assert "@testnet_gus:localhost" in await quinn.joined_members(room)
+    # gus is kicked on the network: his ghost is kicked in Matrix.
+    await bridge.emit(
+        RemoteMembership(
+            portal=key, sender=op, membership=Membership.KICK, target=guest, reason="rude"
+        )
+    )
+    kick = await quinn.wait_for_event(
+        room,
+        lambda e: (
+            e["type"] == "m.room.member"
+            and e["state_key"] == "@testnet_gus:localhost"
+            and e["content"]["membership"] == "leave"
+        ),
+    )
+    assert "rude" in kick["content"]["reason"]
+    # oscar renames himself (the remote id changes): the new ghost replaces the old one.
+    await bridge.emit(RemoteProfile(portal=key, sender=op, display_name="Oz", new_remote_id="oz"))
+    await until(
+        lambda: _members_are(quinn, room, "@testnet_oz:localhost", "@testnet_oscar:localhost")
+    )
+    # quinn's own remote identity is kicked: quinn is kicked from the room.
+    me = Sender("quinn-remote", is_from_me=True, matrix_user=quinn.user_id)
+    await bridge.emit(
+        RemoteMembership(portal=key, sender=op, membership=Membership.KICK, target=me)
+    )
+    await until(lambda: _not_member(bridge, room, quinn.user_id))
+    await quinn.close()
+
+
+async def _state(client: Any, room: str, etype: str, field: str, value: str) -> bool:
+    content = await client.get_state(room, etype, "")
+    return bool(content) and content.get(field) == value
+
+
+async def _op_level(client: Any, room: str, user: str) -> int | None:
+    content = await client.get_state(room, "m.room.power_levels", "")
+    return (content or {}).get("users", {}).get(user)
+
+
+async def _members_are(client: Any, room: str, present: str, absent: str) -> bool:
+    members = await client.joined_members(room)
+    return present in members and absent not in members
+
+
+async def _not_member(bridge: Any, room: str, user: str) -> bool:
+    return user not in await bridge.hs.joined_members(room)

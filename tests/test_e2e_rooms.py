@@ -264,3 +264,92 @@ async def _members_are(client: Any, room: str, present: str, absent: str) -> boo
 
 async def _not_member(bridge: Any, room: str, user: str) -> bool:
     return user not in await bridge.hs.joined_members(room)
+
+
+async def test_media_and_threads_both_ways(
+    make_bridge: BridgeFactory, synapse: SynapseServer
+) -> None:
+    from bridge.connector import Attachment
+
+    bridge = await make_bridge()
+    rae = new_user(synapse)
+    mgmt = await management_room(rae)
+    await command(rae, mgmt, "login testnet rae-remote", "Logged in")
+    room = await rae.join("#testnet_=23media:localhost")
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    # Matrix -> network: the file is downloaded with authenticated media and handed over.
+    mxc = await _upload(rae, png, "image/png", "pic.png")
+    await rae.send_event(
+        room,
+        "m.room.message",
+        {
+            "msgtype": "m.image",
+            "body": "pic.png",
+            "url": mxc,
+            "info": {"mimetype": "image/png", "size": len(png)},
+        },
+    )
+    got = await until(sent(bridge, "message", room="#media"))
+    assert [tuple(f) for f in got["files"]] == [("pic.png", len(png))]
+    # Network -> Matrix: an attachment becomes an m.image uploaded as the ghost.
+    tn: Any = bridge.connectors["testnet"]
+    await tn.remote_message(
+        "#media",
+        "sam",
+        "",
+        attachments=[Attachment(filename="photo.png", mimetype="image/png", data=png)],
+    )
+    img = await rae.wait_for_event(
+        room,
+        lambda e: (
+            e["content"].get("msgtype") == "m.image" and e["sender"] == "@testnet_sam:localhost"
+        ),
+    )
+    assert img["content"]["info"] == {"mimetype": "image/png", "size": len(png)}
+    assert await _download(rae, img["content"]["url"]) == png
+    # Threads: a remote reply in a thread, and a Matrix message in that thread.
+    root = await tn.remote_message("#media", "sam", "thread root")
+    root_evt = await rae.wait_for_event(room, lambda e: _body(e) == "thread root")
+    await tn.remote_message("#media", "sam", "in the thread", thread_root=root)
+    child = await rae.wait_for_event(room, lambda e: _body(e) == "in the thread")
+    assert child["content"]["m.relates_to"]["rel_type"] == "m.thread"
+    assert child["content"]["m.relates_to"]["event_id"] == root_evt["event_id"]
+    await rae.send_event(
+        room,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "matrix in thread",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": root_evt["event_id"]},
+        },
+    )
+    threaded = await until(sent(bridge, "message", text="matrix in thread"))
+    assert threaded["thread"] == root
+    await rae.close()
+
+
+async def _download(client: Any, mxc: str) -> bytes:
+    import aiohttp
+
+    server, media_id = mxc[6:].split("/", 1)
+    url = f"{client.url}/_matrix/client/v1/media/download/{server}/{media_id}"
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(url, headers={"Authorization": f"Bearer {client.token}"}) as r,
+    ):
+        return await r.read()
+
+
+async def _upload(client: Any, data: bytes, mimetype: str, filename: str) -> str:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{client.url}/_matrix/media/v3/upload",
+            params={"filename": filename},
+            data=data,
+            headers={"Authorization": f"Bearer {client.token}", "Content-Type": mimetype},
+        ) as r,
+    ):
+        return str((await r.json())["content_uri"])

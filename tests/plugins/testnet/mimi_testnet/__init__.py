@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.connector import (
+    Attachment,
     ChatInfo,
     ConfigError,
     ConnectorError,
@@ -70,6 +71,7 @@ class TestNetClient(NetworkClient):
             relayed=msg.sender.relayed,
             event_id=msg.event_id,
             reply_to=msg.reply_to.remote_id if msg.reply_to else None,
+            thread=msg.thread_root.remote_id if msg.thread_root else None,
             files=[(a.filename, len(a.data or b"")) for a in msg.content.attachments],
         )
         return SentMessage(rid)
@@ -238,6 +240,8 @@ class TestNetConnector(NetworkConnector):
         reply_to: str | None = None,
         msg_id: str | None = None,
         receiver: str = "",
+        thread_root: str | None = None,
+        attachments: list[Attachment] | None = None,
     ) -> str:
         msg_id = msg_id or self.new_id()
         await self.bridge.emit(
@@ -245,8 +249,9 @@ class TestNetConnector(NetworkConnector):
                 portal=PortalKey(NETWORK, room, receiver),
                 sender=Sender(user, user.title()),
                 id=msg_id,
-                content=MessageContent(text=text, html=html),
+                content=MessageContent(text=text, html=html, attachments=attachments or []),
                 reply_to=reply_to,
+                thread_root=thread_root,
             )
         )
         return msg_id

@@ -441,7 +441,7 @@ async def test_reconnect_after_restart_delivers_queued(bridge, tmp_path) -> None
     from .conftest import RawIRC
 
     conn = await start_connector(
-        bridge, server, reconnect={"min_delay": 0.6, "max_delay": 1.2}, queue_timeout=60
+        bridge, server, reconnect={"min_delay": 3, "max_delay": 3}, queue_timeout=60
     )
     try:
         chan = "#" + unique("restart")
@@ -455,7 +455,10 @@ async def test_reconnect_after_restart_delivers_queued(bridge, tmp_path) -> None
         server.stop()
         await wait_for(lambda: not puppet.conn.registered, 5, "disconnect")
         await client.handle_matrix_message(message(portal, BOB.user_id, "sent while down"))
-        await asyncio.sleep(1.0)
+        # Restart right after a failed attempt, so that alice is in the channel before the
+        # puppet's next attempt (seconds away) delivers the queued line.
+        failed = puppet.conn._attempt
+        await wait_for(lambda: puppet.conn._attempt > failed, 10, "a failed reconnect")
         await asyncio.to_thread(server.restart)
         alice = await RawIRC(server.host, server.port, unique("alice")).connect()
         await alice.join(chan)

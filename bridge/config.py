@@ -61,6 +61,8 @@ class BridgeConfig:
     connectors: dict[str, dict[str, Any]]
     ephemeral_events: bool = True
     backfill_limit: int = 50
+    # Base URL remote users open for media links the bridge serves (default: as_address).
+    public_address: str = ""
 
     @property
     def bot_mxid(self) -> str:
@@ -183,6 +185,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
 
     asv = root.section("appservice")
     as_address = _url(asv, "address")
+    public_address = _url(asv, "public_address", as_address)
     hostname = asv.get("hostname", str, "127.0.0.1")
     port = asv.get("port", int)
     if not 0 < port < 65536:
@@ -262,6 +265,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         connectors=connectors,
         ephemeral_events=ephemeral,
         backfill_limit=backfill_limit,
+        public_address=public_address,
     )
 
 

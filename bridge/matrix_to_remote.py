@@ -218,7 +218,7 @@ class MatrixHandler:
         if mxc:
             try:
                 msg.attachments[0].data = await self.hs.download(mxc)
-                msg.attachments[0].url = self.hs.media_url(mxc)
+                msg.attachments[0].url = self.bridge.mxc_to_url(mxc, msg.attachments[0].filename)
             except MatrixError as e:
                 await self.bridge.send_notice(
                     portal.room_id, f"Your file was not bridged: it could not be downloaded ({e})."

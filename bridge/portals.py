@@ -127,20 +127,28 @@ class PortalManager:
                 body["topic"] = f"{topic}\n{note}" if topic else note
             elif topic:
                 body["topic"] = topic
+            portal.room_id = await self.hs.create_room(body)
             if alias_localpart and not info.is_direct:
-                body["room_alias_name"] = alias_localpart
-            try:
-                portal.room_id = await self.hs.create_room(body)
-            except MatrixError as e:
-                if e.errcode == "M_ROOM_IN_USE" and alias_localpart:
+                # Published once the room is complete: Synapse publishes an alias given to
+                # createRoom before the room's join rules, and refuses whoever joins through
+                # it in between (a user joining while a remote message opens the portal).
+                alias = f"#{alias_localpart}:{self.bridge.cfg.domain}"
+                try:
+                    await self.hs.create_alias(alias, portal.room_id)
+                    await self.hs.send_state(
+                        portal.room_id, "m.room.canonical_alias", {"alias": alias}
+                    )
+                except MatrixError as e:
+                    if e.status != 409 and e.errcode != "M_ROOM_IN_USE":
+                        raise
                     # The alias already points at a room (e.g. after losing the database).
-                    alias = f"#{alias_localpart}:{self.bridge.cfg.domain}"
                     room_id = await self.hs.resolve_alias(alias)
                     if room_id is None:
                         raise
+                    await self.hs.leave(portal.room_id)
                     portal.room_id = await self.hs.join(room_id)
-                else:
-                    raise
+                    for uid in invite or []:
+                        await self.hs.invite(room_id, uid)
             await self.bridge.portal_store.save(portal)
         connector = self.bridge.connector_of(key.network)
         await connector.portal_opened(key)

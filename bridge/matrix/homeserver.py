@@ -197,6 +197,9 @@ class Homeserver:
             raise
         return str(resp["room_id"])
 
+    async def create_alias(self, alias: str, room_id: str) -> None:
+        await self.request(Method.PUT, Path.v3.directory.room[alias], {"room_id": room_id})
+
     def note_membership(self, room_id: str, user_id: str, membership: str) -> None:
         if membership == "join":
             self._joined.add((room_id, user_id))

@@ -219,6 +219,8 @@ class IRCConnection(asyncio.Protocol):
         self.fatal = None
         if self._ready is None:
             self._ready = asyncio.Event()
+        elif not self.registered:
+            self._ready.clear()  # set by a failure that ended the last attempt
         if self._task is None or self._task.done():
             if self.state in ("idle", "failed"):
                 self._task = asyncio.get_running_loop().create_task(self._connect_loop())
@@ -392,6 +394,8 @@ class IRCConnection(asyncio.Protocol):
             if self.fatal or self.state == "closed":
                 if self.state != "closed":
                     self.state = "failed"
+                    if self._ready is not None:
+                        self._ready.set()  # wake wait_registered(): it reports the failure
                 self._fail_pending(self.fatal or "the IRC connection was closed")
                 return
             self.state = "idle"
@@ -668,6 +672,11 @@ class IRCConnection(asyncio.Protocol):
 
     def _on_error(self, line: Line) -> None:
         self.stats.last_error = line.param(-1) or "ERROR from server"
+        text = line.param(-1).lower()
+        if not (self.registered or self.fatal) and self.params.password and "password" in text:
+            # Servers without numeric 464 (ngircd: "Access denied: Bad password?"): retrying
+            # with the same password cannot help.
+            self.fatal = "the server refused the password: " + line.param(-1)
 
     def _on_password_mismatch(self, line: Line) -> None:
         self.fatal = "the server refused the password: " + line.param(-1)

@@ -36,7 +36,9 @@ from bridge.connector import (
     NetworkConnector,
     NotSupported,
     PortalKey,
+    RemoteChatInfo,
     RemoteEvent,
+    Sender,
     SentMessage,
 )
 from bridge.connector.ids import escape_localpart
@@ -628,6 +630,18 @@ class IRCConnector(NetworkConnector):
             await net.bot.join(portal.remote_id)
         except ConnectionError as e:
             log.warning("%s: bot cannot join %s: %s", net.cfg.netid, portal.remote_id, e)
+            return
+        # The member list the bot saw before the room existed had nowhere to go: send it now,
+        # so that the room gets the IRC users' power levels (ops, voice).
+        state = net.translator.channels.get(net.bot.fold(portal.remote_id))
+        if state is not None and state.names_buffer is None:
+            net.emit(
+                RemoteChatInfo(
+                    portal=portal,
+                    sender=Sender(net.bot.fold(net.bot.nick), net.bot.nick, is_from_me=True),
+                    members=net.translator.snapshot(net.bot, state),
+                )
+            )
 
     async def portal_closed(self, portal: PortalKey) -> None:
         net = self._net(portal.network)

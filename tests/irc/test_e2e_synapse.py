@@ -1,0 +1,777 @@
+"""End to end: a real Synapse, a real ngircd and the bridge core with the IRC connector.
+
+Matrix users are :class:`MatrixClient`\\ s talking to Synapse; IRC users are plain asyncio IRC
+clients (:class:`RawIRC`, not the connector's client). Each test checks what both sides see:
+joining portals (alias and ``join`` command), text, formatting, emotes, notices, mentions,
+long messages, the edit/reply/reaction/redaction policies, IRC membership, topic and modes
+mirrored in Matrix, Matrix kicks and bans becoming IRC ones, DMs both ways, ``irc nick``,
+``login irc``, injection attempts, and restarts of ngircd and of the bridge.
+
+ngircd comes from Debian (``apt-get install ngircd``); a missing server fails the tests with
+that hint, it never skips them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bridge.bridge import Bridge
+from bridge.connector import PortalKey
+from tests.conftest import BridgeFactory
+from tests.harness.ircd import IrcServer, start_ngircd
+from tests.harness.synapse import MatrixClient, SynapseServer
+
+from .conftest import RawIRC, wait_for
+
+_n = itertools.count(1)
+BOT = "@mimibot:localhost"
+NET = "irc_test"
+
+Event = dict[str, Any]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def uniq(prefix: str) -> str:
+    return f"{prefix}{next(_n)}"
+
+
+def irc_connectors(
+    server: IrcServer, channels: list[str] | None = None, **over: Any
+) -> dict[str, Any]:
+    """The bridge's ``connectors`` section: one IRC network ``test`` on ``server``."""
+    net: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "bot": {"nick": uniq("mimibot")},
+        "flood": {"burst": 50, "rate": 50},
+        "reconnect": {"min_delay": 0.2, "max_delay": 1.0},
+        "connects_per_second": 200,
+        "register_timeout": 5,
+        "casemapping": "ascii",
+        "channels": channels or [],
+    }
+    net.update(over)
+    return {"irc": {"networks": {"test": net}}}
+
+
+def alias(channel: str) -> str:
+    return f"#irc_test_{channel}:localhost"
+
+
+def ghost(nick: str) -> str:
+    return f"@irc_test_{nick.lower()}:localhost"
+
+
+async def matrix_user(synapse: SynapseServer, name: str) -> MatrixClient:
+    """A Matrix user whose display name is ``name`` (so its puppet's nick is ``name[m]``)."""
+    client = synapse.new_client(name.lower())
+    await client.set_displayname(name)
+    return client
+
+
+def body_is(text: str, msgtype: str | None = None) -> Callable[[Event], bool]:
+    def pred(e: Event) -> bool:
+        c = e["content"]
+        return (
+            e["type"] == "m.room.message"
+            and c.get("body") == text
+            and (msgtype is None or c.get("msgtype") == msgtype)
+        )
+
+    return pred
+
+
+def notice_has(text: str) -> Callable[[Event], bool]:
+    return lambda e: (
+        e["type"] == "m.room.message"
+        and e["content"].get("msgtype") == "m.notice"
+        and text in e["content"].get("body", "")
+    )
+
+
+def member_event(user_id: str, membership: str) -> Callable[[Event], bool]:
+    return lambda e: (
+        e["type"] == "m.room.member"
+        and e.get("state_key") == user_id
+        and e["content"].get("membership") == membership
+    )
+
+
+def said(nick: str, text: str, command: str = "PRIVMSG") -> Callable[[Any], bool]:
+    return lambda ln: ln.command == command and ln.nick == nick and ln.param(1) == text
+
+
+def joined(nick: str, channel: str) -> Callable[[Any], bool]:
+    return lambda ln: (
+        ln.command == "JOIN" and ln.nick == nick and ln.param(0).lower() == channel.lower()
+    )
+
+
+async def until(pred: Callable[[], Any], timeout: float = 15.0) -> Any:  # noqa: ASYNC109
+    """Poll an async predicate until it returns something true."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        value = await pred()
+        if value:
+            return value
+        if loop.time() > end:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+async def management_room(user: MatrixClient) -> str:
+    room = await user.create_room(invite=[BOT], is_direct=True)
+    await user.wait_for_event(room, lambda e: "management room" in e["content"].get("body", ""))
+    return room
+
+
+async def command(user: MatrixClient, room: str, text: str, expect: str) -> str:
+    await user.send_text(room, text)
+    evt = await user.wait_for_event(
+        room, lambda e: e["sender"] == BOT and expect in e["content"].get("body", "")
+    )
+    return str(evt["content"]["body"])
+
+
+async def in_room(user: MatrixClient, room: str, member: str) -> bool:
+    return member in await user.joined_members(room)
+
+
+class IrcUsers:
+    """IRC users on a server, closed at the end of the test."""
+
+    def __init__(self) -> None:
+        self.made: list[RawIRC] = []
+
+    async def __call__(self, server: IrcServer, prefix: str) -> RawIRC:
+        client = await RawIRC(server.host, server.port, uniq(prefix)).connect()
+        self.made.append(client)
+        return client
+
+    async def close(self) -> None:
+        for c in self.made:
+            await c.close()
+
+
+@pytest.fixture
+async def irc() -> AsyncIterator[IrcUsers]:
+    users = IrcUsers()
+    yield users
+    await users.close()
+
+
+@pytest.fixture
+async def matrix(synapse: SynapseServer) -> AsyncIterator[Callable[..., Any]]:
+    made: list[MatrixClient] = []
+
+    async def make(prefix: str) -> MatrixClient:
+        client = await matrix_user(synapse, uniq(prefix))
+        made.append(client)
+        return client
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+async def portal_with_users(
+    make_bridge: BridgeFactory,
+    server: IrcServer,
+    irc: IrcUsers,
+    matrix: Callable[..., Any],
+    **over: Any,
+) -> tuple[Bridge, str, RawIRC, MatrixClient, str, str]:
+    """An IRC user (``carol``, channel operator) in a new channel, a bridge, and a Matrix user
+    joined to the channel's portal through its alias; returns (bridge, channel, carol, the
+    Matrix user, the portal room, the Matrix user's puppet nick)."""
+    chan = "#" + uniq("chan")
+    carol = await irc(server, "carol")
+    await carol.join(chan)
+    bridge = await make_bridge(connectors=irc_connectors(server, **over))
+    ann = await matrix("Ann")
+    room = await ann.join(alias(chan))
+    display = (await ann.get_profile(ann.user_id))["displayname"]
+    puppet = f"{display}[m]"
+    await carol.expect(joined(puppet, chan), what="the puppet's JOIN")
+    return bridge, chan, carol, ann, room, puppet
+
+
+# --- portals, text, identities -----------------------------------------------------------------
+
+
+async def test_alias_join_text_both_ways(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    bridge, chan, carol, ann, room, puppet = await portal_with_users(
+        make_bridge, ngircd, irc, matrix
+    )
+    # The portal carries the bridge state and the alias points at it.
+    assert await ann.resolve_alias(alias(chan)) == room
+    state = await ann.get_state(room, "m.bridge", f"mimi-bridge/{NET}/{chan}")
+    assert state and state["protocol"]["id"] == "irc" and state["channel"]["id"] == chan
+    # Matrix text: a PRIVMSG from the user's own puppet.
+    await ann.send_text(room, "hello irc")
+    await carol.expect(said(puppet, "hello irc"), what="the PRIVMSG")
+    # IRC text: a message from the IRC user's ghost, whose display name is the nick.
+    carol.send(f"PRIVMSG {chan} :hello matrix")
+    evt = await ann.wait_for_event(room, body_is("hello matrix", "m.text"))
+    assert evt["sender"] == ghost(carol.nick)
+    assert (await ann.get_profile(ghost(carol.nick)))["displayname"] == carol.nick
+    # Both directions keep their order.
+    for i in range(5):
+        await ann.send_text(room, f"m{i}")
+    for i in range(5):
+        carol.send(f"PRIVMSG {chan} :i{i}")
+    await carol.expect(said(puppet, "m4"))
+    got = [ln.param(1) for ln in carol.messages(chan) if ln.nick == puppet]
+    assert got[-5:] == [f"m{i}" for i in range(5)]
+    await ann.wait_for_event(room, body_is("i4"))
+    bodies = [e["content"].get("body") for e in await ann.messages(room, 30)]
+    seen = [b for b in bodies if b in {f"i{i}" for i in range(5)}]
+    assert seen == [f"i{i}" for i in range(5)]
+    assert bridge.connectors["irc"]
+
+
+async def test_join_command_in_management_room(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    chan = "#" + uniq("cmd")
+    carol = await irc(ngircd, "carol")
+    await carol.join(chan)
+    await make_bridge(connectors=irc_connectors(ngircd))
+    bea = await matrix("Bea")
+    mgmt = await management_room(bea)
+    reply = await command(bea, mgmt, f"join irc_test {chan}", "Invited you")
+    assert alias(chan) in reply
+    room = reply.rsplit("(", 1)[1].rstrip(").")
+    assert room.startswith("!")
+    assert await bea.join(room) == room
+    puppet = f"{(await bea.get_profile(bea.user_id))['displayname']}[m]"
+    await carol.expect(joined(puppet, chan), what="the puppet's JOIN")
+    # The IRC user already in the channel has a ghost in the room.
+    await until(lambda: in_room(bea, room, ghost(carol.nick)))
+    await bea.send_text(room, "joined by command")
+    await carol.expect(said(puppet, "joined by command"))
+    # An unknown network and a name that is not a channel are refused with a reason.
+    await command(bea, mgmt, "join irc_nowhere #x", "unknown network")
+    await command(bea, mgmt, "join irc_test notachannel", "was not found")
+
+
+async def test_channels_from_config_are_bridged_at_start(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    chan = "#" + uniq("cfg")
+    cfg = irc_connectors(ngircd, channels=[chan])
+    bot_nick = cfg["irc"]["networks"]["test"]["bot"]["nick"]
+    carol = await irc(ngircd, "carol")
+    await carol.join(chan)
+    await make_bridge(connectors=cfg)
+    await carol.expect(joined(bot_nick, chan), what="the bot's JOIN")
+    carol.send(f"PRIVMSG {chan} :anyone on matrix?")
+    cleo = await matrix("Cleo")
+    room = await cleo.join(alias(chan))
+    await cleo.send_text(room, "yes")
+    puppet = f"{(await cleo.get_profile(cleo.user_id))['displayname']}[m]"
+    await carol.expect(said(puppet, "yes"))
+
+
+# --- formatting, emotes, notices, mentions -----------------------------------------------------
+
+
+async def test_formatting_emote_notice_mentions_both_ways(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    _, chan, carol, ann, room, puppet = await portal_with_users(make_bridge, ngircd, irc, matrix)
+    # Matrix HTML -> mIRC codes.
+    await ann.send_event(
+        room,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "**bold** and _it_",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "<strong>bold</strong> and <em>it</em> and <u>u</u>",
+        },
+    )
+    line = await carol.expect(lambda ln: ln.command == "PRIVMSG" and "\x02" in ln.param(1))
+    assert line.param(1) == "\x02bold\x02 and \x1dit\x1d and \x1fu\x1f"
+    # mIRC codes -> Matrix HTML.
+    carol.send(f"PRIVMSG {chan} :\x02bold\x02 plain \x1ditalic\x1d \x0304red\x03")
+    evt = await ann.wait_for_event(room, body_is("bold plain italic red"))
+    html = evt["content"]["formatted_body"]
+    assert evt["content"]["format"] == "org.matrix.custom.html"
+    assert "bold</strong>" in html or "bold</b>" in html
+    assert "italic</em>" in html or "italic</i>" in html
+    assert "red</font>" in html or "red</span>" in html
+    # m.emote <-> CTCP ACTION.
+    await ann.send_event(room, "m.room.message", {"msgtype": "m.emote", "body": "waves"})
+    await carol.expect(said(puppet, "\x01ACTION waves\x01"), what="ACTION")
+    carol.send(f"PRIVMSG {chan} :\x01ACTION nods\x01")
+    evt = await ann.wait_for_event(room, body_is("nods", "m.emote"))
+    assert evt["sender"] == ghost(carol.nick)
+    # m.notice <-> NOTICE.
+    await ann.send_event(room, "m.room.message", {"msgtype": "m.notice", "body": "fyi"})
+    await carol.expect(said(puppet, "fyi", "NOTICE"), what="NOTICE")
+    carol.send(f"NOTICE {chan} :heads up")
+    await ann.wait_for_event(room, body_is("heads up", "m.notice"))
+    # Mentions: a pill of a ghost becomes its nick; an IRC "nick: " of a puppet becomes a pill.
+    await ann.send_event(
+        room,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": f"{carol.nick}: look",
+            "format": "org.matrix.custom.html",
+            "formatted_body": f'<a href="https://matrix.to/#/{ghost(carol.nick)}">{carol.nick}</a>'
+            ": look",
+            "m.mentions": {"user_ids": [ghost(carol.nick)]},
+        },
+    )
+    await carol.expect(said(puppet, f"{carol.nick}: look"), what="mention")
+    carol.send(f"PRIVMSG {chan} :{puppet}: you there?")
+    evt = await ann.wait_for_event(room, body_is(f"{puppet}: you there?"))
+    assert evt["content"]["m.mentions"] == {"user_ids": [ann.user_id]}
+    assert f"https://matrix.to/#/{ann.user_id}" in evt["content"]["formatted_body"]
+
+
+# --- long messages -----------------------------------------------------------------------------
+
+
+async def test_long_and_multiline_messages(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    _, chan, carol, ann, room, puppet = await portal_with_users(make_bridge, ngircd, irc, matrix)
+    # Two lines: two PRIVMSGs.
+    await ann.send_text(room, "first line\nsecond line")
+    await carol.expect(said(puppet, "second line"))
+    assert [ln.param(1) for ln in carol.messages(chan)][-2:] == ["first line", "second line"]
+    # One line of 1200 bytes without spaces: split on UTF-8 boundaries, every line as relayed
+    # by the server (prefix included) within 512 bytes.
+    long = "ü" * 600
+    before = len(carol.raw)
+    await ann.send_text(room, long)
+    await wait_for(
+        lambda: (
+            "".join(ln.param(1) for ln in carol.messages(chan) if set(ln.param(1)) == {"ü"}) == long
+        ),
+        what="the split line",
+    )
+    raws = [raw for _, raw in carol.raw[before:] if b" PRIVMSG " in raw]
+    assert len(raws) == 3
+    for raw in raws:
+        assert len(raw) <= 512
+        raw.decode("utf-8")  # every piece is valid UTF-8 on its own
+    # Above the line limit (3): one line with a link to the full text, which the link serves.
+    text = "\n".join(f"paste line {i}" for i in range(10))
+    await ann.send_text(room, text)
+    line = await carol.expect(
+        lambda ln: ln.command == "PRIVMSG" and "full message:" in ln.param(1), what="the link"
+    )
+    assert line.param(1).startswith("paste line 0")
+    assert not any(ln.param(1) == "paste line 5" for ln in carol.messages(chan))
+    url = line.param(1).rsplit("full message: ", 1)[1].rstrip(")")
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        assert resp.status == 200, f"{url} -> {resp.status}"
+        assert (await resp.text()) == text
+
+
+# --- edits, replies, reactions, redactions -----------------------------------------------------
+
+
+async def test_edit_reply_reaction_redaction_policies(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    _, chan, carol, ann, room, puppet = await portal_with_users(make_bridge, ngircd, irc, matrix)
+    carol.send(f"PRIVMSG {chan} :what time is it?")
+    question = await ann.wait_for_event(room, body_is("what time is it?"))
+    # A reply names the IRC user: "carol: ...".
+    await ann.reply(room, question["event_id"], "noon")
+    await carol.expect(said(puppet, f"{carol.nick}: noon"), what="the reply")
+    # An edit goes out as "* corrected text".
+    mine = await ann.send_text(room, "it is nine")
+    await carol.expect(said(puppet, "it is nine"))
+    await ann.edit(room, mine, "it is ten")
+    await carol.expect(said(puppet, "* it is ten"), what="the edit")
+    # A reaction goes out as an ACTION quoting the message.
+    reaction = await ann.react(room, question["event_id"], "👍")
+    await carol.expect(
+        said(puppet, '\x01ACTION reacted 👍 to "what time is it?"\x01'), what="the reaction"
+    )
+    # What IRC cannot carry is told in the room: taking a reaction back, deleting a message.
+    await ann.redact(room, reaction)
+    await ann.wait_for_event(room, notice_has("cannot take back a reaction"))
+    await ann.redact(room, mine)
+    await ann.wait_for_event(room, notice_has("IRC cannot delete messages"))
+    assert not any("it is ten" in ln.param(1) and ln.command != "PRIVMSG" for ln in carol.lines)
+
+
+async def test_policies_off_are_told(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    _, chan, carol, ann, room, puppet = await portal_with_users(
+        make_bridge, ngircd, irc, matrix, edits="off", reactions="off", replies="off"
+    )
+    carol.send(f"PRIVMSG {chan} :ping")
+    ping = await ann.wait_for_event(room, body_is("ping"))
+    await ann.reply(room, ping["event_id"], "pong")
+    await carol.expect(said(puppet, "pong"), what="a reply without the nick")
+    mine = await ann.send_text(room, "typo")
+    await carol.expect(said(puppet, "typo"))
+    await ann.edit(room, mine, "fixed")
+    await ann.wait_for_event(room, notice_has("Edits are not sent to IRC"))
+    await ann.react(room, ping["event_id"], "🎉")
+    await ann.wait_for_event(room, notice_has("Reactions are not sent to IRC"))
+    await asyncio.sleep(0.5)
+    assert not [ln for ln in carol.messages(chan) if "fixed" in ln.param(1) or "🎉" in ln.param(1)]
+
+
+# --- membership, topic, modes ------------------------------------------------------------------
+
+
+async def test_irc_membership_topic_modes_mirrored(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    _, chan, carol, ann, room, _ = await portal_with_users(make_bridge, ngircd, irc, matrix)
+    # carol created the channel: an operator, power level 50 in Matrix.
+    levels = await until(
+        lambda: _levels_with(ann, room, ghost(carol.nick)),
+    )
+    assert levels["users"][ghost(carol.nick)] == 50
+    # JOIN: the ghost joins.
+    dave = await irc(ngircd, "dave")
+    await dave.join(chan)
+    await until(lambda: in_room(ann, room, ghost(dave.nick)))
+    assert (await ann.get_profile(ghost(dave.nick)))["displayname"] == dave.nick
+    # MODE +v: power level 10.
+    carol.send(f"MODE {chan} +v {dave.nick}")
+    levels = await until(lambda: _levels_with(ann, room, ghost(dave.nick)))
+    assert levels["users"][ghost(dave.nick)] == 10
+    # NICK: the old ghost leaves, the new one (named after the new nick) joins.
+    new = uniq("Dan")
+    dave.send(f"NICK {new}")
+    await until(lambda: in_room(ann, room, ghost(new)))
+    await until(lambda: _not_in_room(ann, room, ghost(dave.nick)))
+    assert (await ann.get_profile(ghost(new)))["displayname"] == new
+    dave.nick = new
+    # TOPIC: the room topic.
+    carol.send(f"TOPIC {chan} :bridged topic")
+    await until(lambda: _topic_is(ann, room, "bridged topic"))
+    # PART with a reason: the ghost leaves with it.
+    dave.send(f"PART {chan} :see you")
+    left = await ann.wait_for_event(room, member_event(ghost(new), "leave"))
+    assert "see you" in left["content"].get("reason", "")
+    # KICK: the ghost is kicked, the reason names the IRC operator.
+    erin = await irc(ngircd, "erin")
+    await erin.join(chan)
+    await until(lambda: in_room(ann, room, ghost(erin.nick)))
+    carol.send(f"KICK {chan} {erin.nick} :behave")
+    kicked = await ann.wait_for_event(room, member_event(ghost(erin.nick), "leave"))
+    assert kicked["sender"] != ghost(erin.nick)
+    assert carol.nick in kicked["content"]["reason"] and "behave" in kicked["content"]["reason"]
+    # QUIT: the ghost leaves.
+    fred = await irc(ngircd, "fred")
+    await fred.join(chan)
+    await until(lambda: in_room(ann, room, ghost(fred.nick)))
+    fred.send("QUIT :gone fishing")
+    await until(lambda: _not_in_room(ann, room, ghost(fred.nick)))
+
+
+async def _levels_with(client: MatrixClient, room: str, user: str) -> dict[str, Any] | None:
+    levels = await client.get_state(room, "m.room.power_levels")
+    return levels if levels and user in levels.get("users", {}) else None
+
+
+async def _not_in_room(client: MatrixClient, room: str, user: str) -> bool:
+    return not await in_room(client, room, user)
+
+
+async def _topic_is(client: MatrixClient, room: str, topic: str) -> bool:
+    state = await client.get_state(room, "m.room.topic")
+    return bool(state and state.get("topic") == topic)
+
+
+async def test_matrix_kick_and_ban_need_ops(
+    make_bridge: BridgeFactory,
+    ngircd: IrcServer,
+    irc: IrcUsers,
+    matrix: Callable[..., Any],
+) -> None:
+    """A Matrix user administers a room of their own, plumbed with ``link``; their puppet
+    gets +o from the channel's IRC operator; then a Matrix kick or ban is an IRC KICK / +b."""
+    chan = "#" + uniq("ops")
+    carol = await irc(ngircd, "carol")
+    await carol.join(chan)
+    dave = await irc(ngircd, "dave")
+    await dave.join(chan)
+    await make_bridge(connectors=irc_connectors(ngircd))
+    gus = await matrix("Gus")
+    room = await gus.create_room(name="my room", invite=[BOT])
+    await until(lambda: in_room(gus, room, BOT))
+    await command(gus, room, f"!mimi link irc_test {chan}", "Linked")
+    await gus.send_text(room, "hi all")
+    puppet = f"{(await gus.get_profile(gus.user_id))['displayname']}[m]"
+    await carol.expect(said(puppet, "hi all"))
+    await until(lambda: in_room(gus, room, ghost(dave.nick)))
+    # Not an operator yet: the kick stays on Matrix, and Gus is told.
+    await gus.kick(room, ghost(dave.nick), "spam")
+    await gus.wait_for_event(room, notice_has("not a channel operator"))
+    assert not [ln for ln in carol.lines if ln.command == "KICK"]
+    # carol (the channel's creator) makes the puppet an operator.
+    carol.send(f"MODE {chan} +o {puppet}")
+    await carol.expect(lambda ln: ln.command == "MODE" and ln.param(-1) == puppet)
+    dave.send(f"PRIVMSG {chan} :still here")
+    await gus.wait_for_event(room, body_is("still here"))
+    await gus.kick(room, ghost(dave.nick), "spam again")
+    kick = await carol.expect(lambda ln: ln.command == "KICK", what="KICK")
+    assert kick.nick == puppet and kick.params == [chan, dave.nick, "spam again"]
+    # A topic set in Matrix becomes the channel topic.
+    await gus.send_state(room, "m.room.topic", "", {"topic": "set from matrix"})
+    topic = await carol.expect(lambda ln: ln.command == "TOPIC", what="TOPIC")
+    assert topic.nick == puppet and topic.params == [chan, "set from matrix"]
+    # A ban: MODE +b and KICK.
+    erin = await irc(ngircd, "erin")
+    await erin.join(chan)
+    await until(lambda: in_room(gus, room, ghost(erin.nick)))
+    await gus.ban(room, ghost(erin.nick), "go away")
+    await carol.expect(
+        lambda ln: ln.command == "MODE" and ln.param(1) == "+b" and erin.nick in ln.param(2),
+        what="+b",
+    )
+    await carol.expect(
+        lambda ln: ln.command == "KICK" and ln.param(1) == erin.nick, what="ban KICK"
+    )
+    # The kick did not come back to Matrix as a second one.
+    await asyncio.sleep(0.5)
+    events = await gus.messages(room, 60)
+    kicks = [e for e in events if member_event(ghost(dave.nick), "leave")(e)]
+    assert len(kicks) == 2  # the refused one and the carried one
+
+
+# --- direct messages ---------------------------------------------------------------------------
+
+
+async def test_direct_messages_both_ways(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    bridge, _, carol, ann, _, puppet = await portal_with_users(make_bridge, ngircd, irc, matrix)
+    # Matrix -> IRC: inviting a ghost opens a DM with that IRC user.
+    dave = await irc(ngircd, "dave")
+    dm = await ann.create_room(invite=[ghost(dave.nick)], is_direct=True)
+    await until(lambda: in_room(ann, dm, ghost(dave.nick)))
+    await ann.send_text(dm, "psst dave")
+    line = await dave.expect(said(puppet, "psst dave"), what="the private message")
+    assert line.param(0) == dave.nick
+    dave.send(f"PRIVMSG {puppet} :hi ann")
+    evt = await ann.wait_for_event(dm, body_is("hi ann"))
+    assert evt["sender"] == ghost(dave.nick)
+    # IRC -> Matrix: a private message to the puppet opens a DM room, the user is invited.
+    carol.send(f"PRIVMSG {puppet} :private hello")
+    key = PortalKey(NET, carol.nick.lower(), ann.user_id)
+    portal = await until(lambda: bridge.portal_store.get(key))
+    assert portal.room_id and portal.is_direct
+    await ann.join(portal.room_id)
+    evt = await ann.wait_for_event(portal.room_id, body_is("private hello"))
+    assert evt["sender"] == ghost(carol.nick)
+    await ann.send_text(portal.room_id, "private answer")
+    line = await carol.expect(said(puppet, "private answer"))
+    assert line.param(0) == carol.nick
+
+
+# --- commands: nick, login -----------------------------------------------------------------------
+
+
+async def test_irc_nick_command(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    _, _, carol, ann, room, puppet = await portal_with_users(make_bridge, ngircd, irc, matrix)
+    mgmt = await management_room(ann)
+    new = uniq("Annie")
+    reply = await command(ann, mgmt, f"irc nick {new}", "You are now")
+    assert new in reply
+    await carol.expect(lambda ln: ln.command == "NICK" and ln.nick == puppet and ln.param(0) == new)
+    await ann.send_text(room, "new name")
+    await carol.expect(said(new, "new name"))
+    # The IRC side's view of the nick change does not make a ghost of the Matrix user.
+    await asyncio.sleep(0.3)
+    assert ghost(new) not in await ann.joined_members(room)
+    await command(ann, mgmt, "irc nick 1bad", "not a valid IRC nick")
+
+
+@pytest.fixture
+async def ngircd_with_password(tmp_path: Path) -> AsyncIterator[IrcServer]:
+    """An ngircd that wants the server password ``serverpw`` from every connection."""
+    workdir = tmp_path / "ngircd-pw"
+    (workdir / "conf.d").mkdir(parents=True)
+    (workdir / "conf.d" / "password.conf").write_text("[Global]\n\tPassword = serverpw\n")
+    server = start_ngircd(workdir)
+    yield server
+    server.stop()
+
+
+async def test_login_stores_credentials_encrypted(
+    make_bridge: BridgeFactory,
+    ngircd_with_password: IrcServer,
+    matrix: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    bridge = await make_bridge(connectors=irc_connectors(ngircd_with_password, password="serverpw"))
+    hal = await matrix("Hal")
+    mgmt = await management_room(hal)
+    # A wrong password: refused at once with the server's reason, nothing stored.
+    wrong = "wrong-" + uniq("pw")
+    reply = await command(hal, mgmt, f"login irc test password {wrong}", "failed")
+    assert "refused the password" in reply
+    assert not [r for r in await bridge.users.logins(network="irc") if r.user_id == hal.user_id]
+    # The right one: connected, stored encrypted.
+    reply = await command(hal, mgmt, "login irc test password serverpw", "Connected to test as")
+    assert f"{(await hal.get_profile(hal.user_id))['displayname']}[m]" in reply
+    rows = [r for r in await bridge.users.logins(network="irc") if r.user_id == hal.user_id]
+    assert len(rows) == 1 and "serverpw" not in rows[0].credentials
+    assert bridge.credentials.open(rows[0].credentials) == {
+        "network": "test",
+        "password": "serverpw",
+    }
+    # ngircd offers no SASL: the user is told, the stored login stays as it was.
+    await command(hal, mgmt, "login irc test sasl acct sasl-" + wrong, "does not offer SASL")
+    rows = [r for r in await bridge.users.logins(network="irc") if r.user_id == hal.user_id]
+    assert [bridge.credentials.open(r.credentials) for r in rows] == [
+        {"network": "test", "password": "serverpw"}
+    ]
+    await command(hal, mgmt, "ping", "irc/test/")
+    # The bridge's own log lines never carry the passwords.
+    leaks = [
+        r
+        for r in caplog.records
+        if r.name.startswith("mimi") and (wrong in r.getMessage() or "serverpw" in r.getMessage())
+    ]
+    assert not leaks, leaks[0].getMessage()
+
+
+# --- injection ---------------------------------------------------------------------------------
+
+
+async def test_injection_attempts_stay_text(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    _, chan, carol, ann, room, puppet = await portal_with_users(make_bridge, ngircd, irc, matrix)
+    other = "#" + uniq("other")
+    await carol.join(other)
+    await ann.send_text(room, f"innocent\r\nQUIT :pwned\r\nPRIVMSG {other} :injected")
+    await carol.expect(said(puppet, f"PRIVMSG {other} :injected"), what="the last piece")
+    texts = [ln.param(1) for ln in carol.messages(chan) if ln.nick == puppet]
+    assert texts[-3:] == ["innocent", "QUIT :pwned", f"PRIVMSG {other} :injected"]
+    # NUL, lone CR and CTCP bytes inside a line: one line, the controls dropped.
+    await ann.send_text(room, "a\x00b\x01VERSION\x01 c\rQUIT")
+    await carol.expect(lambda ln: ln.nick == puppet and ln.param(1).startswith("ab"))
+    await ann.send_text(room, "still connected")
+    await carol.expect(said(puppet, "still connected"))
+    assert not [ln for ln in carol.lines if ln.command == "QUIT" and ln.nick == puppet]
+    assert not carol.messages(other)
+    # The HTML body cannot inject either.
+    await ann.send_event(
+        room,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "x",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "<b>x&#13;&#10;QUIT :html</b>",
+        },
+    )
+    await carol.expect(lambda ln: ln.nick == puppet and "QUIT :html" in ln.param(1))
+    await ann.send_text(room, "after html")
+    await carol.expect(said(puppet, "after html"))
+    assert not [ln for ln in carol.lines if ln.command == "QUIT" and ln.nick == puppet]
+
+
+# --- restarts ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def own_ngircd(tmp_path: Path) -> AsyncIterator[IrcServer]:
+    """An ngircd of this test alone (it gets restarted)."""
+    server = start_ngircd(tmp_path / "ngircd")
+    yield server
+    server.stop()
+
+
+async def test_ngircd_restart(
+    make_bridge: BridgeFactory, own_ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    bridge, chan, carol, ann, room, puppet = await portal_with_users(
+        make_bridge,
+        own_ngircd,
+        irc,
+        matrix,
+        reconnect={"min_delay": 1.0, "max_delay": 2.0},
+    )
+    await ann.send_text(room, "before")
+    await carol.expect(said(puppet, "before"))
+    net: Any = bridge.connectors["irc"].networks["test"]  # type: ignore[attr-defined]
+    await asyncio.to_thread(own_ngircd.stop)
+    await carol.close()
+    await wait_for(lambda: not net.bot.registered, what="the bot noticing")
+    # Sent while the server is down: queued, delivered after the reconnect.
+    await ann.send_text(room, "during the outage")
+    await asyncio.to_thread(own_ngircd.restart)
+    carol2 = await irc(own_ngircd, "carol")
+    await carol2.join(chan)
+    await carol2.expect(joined(puppet, chan), timeout=20, what="the puppet's rejoin")
+    await carol2.expect(said(puppet, "during the outage"), timeout=20, what="the queued line")
+    await wait_for(lambda: net.bot.registered and chan in net.bot.joined, 20, "bot rejoin")
+    carol2.send(f"PRIVMSG {chan} :after the restart")
+    evt = await ann.wait_for_event(room, body_is("after the restart"))
+    assert evt["sender"] == ghost(carol2.nick)
+    await ann.send_text(room, "and back")
+    await carol2.expect(said(puppet, "and back"))
+
+
+async def test_bridge_restart_keeps_portal_and_mapping(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    chan = "#" + uniq("restart")
+    carol = await irc(ngircd, "carol")
+    await carol.join(chan)
+    cfg = irc_connectors(ngircd)
+    bridge = await make_bridge(connectors=cfg)
+    ann = await matrix("Ann")
+    room = await ann.join(alias(chan))
+    puppet = f"{(await ann.get_profile(ann.user_id))['displayname']}[m]"
+    await carol.expect(joined(puppet, chan))
+    carol.send(f"PRIVMSG {chan} :before the restart")
+    before = await ann.wait_for_event(room, body_is("before the restart"))
+    await bridge.stop()
+    await carol.expect(lambda ln: ln.command == "QUIT" and ln.nick == puppet, what="QUIT")
+    mark = len(carol.lines)
+    bridge2 = await make_bridge(connectors=cfg)
+    # The puppet of the portal's member comes back by itself, once.
+    await carol.expect(
+        lambda ln: ln in carol.lines[mark:] and joined(puppet, chan)(ln), what="rejoin"
+    )
+    # Same portal, same room.
+    assert await ann.resolve_alias(alias(chan)) == room
+    portal = await bridge2.portal_store.get(PortalKey(NET, chan))
+    assert portal is not None and portal.room_id == room
+    carol.send(f"PRIVMSG {chan} :after the restart")
+    evt = await ann.wait_for_event(room, body_is("after the restart"))
+    assert evt["sender"] == ghost(carol.nick)
+    await ann.send_text(room, "hello again")
+    await carol.expect(said(puppet, "hello again"))
+    # The mapping survived: a reply to a message from before the restart names its sender.
+    await ann.reply(room, before["event_id"], "old one")
+    await carol.expect(said(puppet, f"{carol.nick}: old one"))
+    await asyncio.sleep(0.5)
+    rejoins = [ln for ln in carol.lines[mark:] if joined(puppet, chan)(ln)]
+    assert len(rejoins) == 1

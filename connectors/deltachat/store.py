@@ -1,0 +1,136 @@
+"""The Delta Chat connector's own tables, in the bridge's database.
+
+* ``deltachat_message``: each message an account of the bridge saw or sent, by the core's
+  per-account message id, with its Message-ID (``rfc724_mid``, the same in every account and
+  the remote id the core maps), sender address and last text (to notice edits and to map
+  deletions, which arrive after the message is gone).
+* ``deltachat_group``: portal handle -> group id (the ``grpid`` every member's core shares).
+* ``deltachat_dm_owner``: which Matrix user a chat with the bridge's own address belongs to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS deltachat_message (
+        account INTEGER NOT NULL, msg_id INTEGER NOT NULL, mid TEXT NOT NULL,
+        chat_id INTEGER NOT NULL, sender TEXT NOT NULL, body TEXT,
+        PRIMARY KEY (account, msg_id))""",
+    "CREATE INDEX IF NOT EXISTS deltachat_message_mid ON deltachat_message (account, mid)",
+    """CREATE TABLE IF NOT EXISTS deltachat_group (
+        handle TEXT PRIMARY KEY, grpid TEXT NOT NULL UNIQUE)""",
+    """CREATE TABLE IF NOT EXISTS deltachat_dm_owner (
+        contact TEXT PRIMARY KEY, user_id TEXT NOT NULL)""",
+]
+
+
+@dataclass(slots=True)
+class MsgRecord:
+    account: int
+    msg_id: int
+    mid: str
+    chat_id: int
+    sender: str
+    body: str | None
+
+
+class Store:
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.handle_of: dict[str, str] = {}  # grpid -> handle
+        self.grpid_of: dict[str, str] = {}  # handle -> grpid
+
+    async def setup(self) -> None:
+        for q in _SCHEMA:
+            await self.db.execute(q)
+        for row in await self.db.fetch("SELECT handle, grpid FROM deltachat_group"):
+            self.handle_of[row["grpid"]] = row["handle"]
+            self.grpid_of[row["handle"]] = row["grpid"]
+
+    # --- messages -------------------------------------------------------------------------
+
+    async def add_message(self, rec: MsgRecord) -> None:
+        await self.db.execute(
+            "INSERT INTO deltachat_message (account, msg_id, mid, chat_id, sender, body)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (account, msg_id) DO UPDATE"
+            " SET mid=excluded.mid, chat_id=excluded.chat_id, sender=excluded.sender,"
+            " body=excluded.body",
+            rec.account,
+            rec.msg_id,
+            rec.mid,
+            rec.chat_id,
+            rec.sender,
+            rec.body,
+        )
+
+    async def set_body(self, account: int, msg_id: int, body: str) -> None:
+        await self.db.execute(
+            "UPDATE deltachat_message SET body=$3 WHERE account=$1 AND msg_id=$2",
+            account,
+            msg_id,
+            body,
+        )
+
+    @staticmethod
+    def _rec(row: Any) -> MsgRecord | None:
+        if row is None:
+            return None
+        return MsgRecord(
+            row["account"], row["msg_id"], row["mid"], row["chat_id"], row["sender"], row["body"]
+        )
+
+    async def message(self, account: int, msg_id: int) -> MsgRecord | None:
+        return self._rec(
+            await self.db.fetchrow(
+                "SELECT * FROM deltachat_message WHERE account=$1 AND msg_id=$2", account, msg_id
+            )
+        )
+
+    async def by_mid(self, account: int, mid: str) -> MsgRecord | None:
+        return self._rec(
+            await self.db.fetchrow(
+                "SELECT * FROM deltachat_message WHERE account=$1 AND mid=$2"
+                " ORDER BY msg_id DESC LIMIT 1",
+                account,
+                mid,
+            )
+        )
+
+    async def forget_account(self, account: int) -> None:
+        await self.db.execute("DELETE FROM deltachat_message WHERE account=$1", account)
+
+    # --- groups and DM owners --------------------------------------------------------------
+
+    async def add_group(self, handle: str, grpid: str) -> str:
+        """Map a portal handle to a group; an already mapped group keeps its handle."""
+        existing = self.handle_of.get(grpid)
+        if existing is not None:
+            return existing
+        await self.db.execute(
+            "INSERT INTO deltachat_group (handle, grpid) VALUES ($1, $2)", handle, grpid
+        )
+        self.handle_of[grpid] = handle
+        self.grpid_of[handle] = grpid
+        return handle
+
+    async def remove_group(self, handle: str) -> None:
+        grpid = self.grpid_of.pop(handle, None)
+        if grpid is not None:
+            self.handle_of.pop(grpid, None)
+        await self.db.execute("DELETE FROM deltachat_group WHERE handle=$1", handle)
+
+    async def dm_owner(self, contact: str) -> str | None:
+        row = await self.db.fetchrow(
+            "SELECT user_id FROM deltachat_dm_owner WHERE contact=$1", contact
+        )
+        return str(row["user_id"]) if row else None
+
+    async def set_dm_owner(self, contact: str, user_id: str) -> None:
+        await self.db.execute(
+            "INSERT INTO deltachat_dm_owner (contact, user_id) VALUES ($1, $2)"
+            " ON CONFLICT (contact) DO UPDATE SET user_id=excluded.user_id",
+            contact,
+            user_id,
+        )

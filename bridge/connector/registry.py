@@ -14,6 +14,7 @@ ENTRY_POINT_GROUP = "mimi_bridge.connectors"
 BUILTIN: dict[str, str] = {
     "irc": "connectors.irc:IRCConnector",
     "xmpp": "connectors.xmpp:XMPPConnector",
+    "deltachat": "connectors.deltachat:DeltaChatConnector",
 }
 
 

@@ -1103,7 +1103,6 @@ class DeltaChatConnector(NetworkConnector):
             if user is None:
                 return None
             grpid = await self.join_link(portal.remote_id)
-            await self.store.add_group(portal.remote_id, grpid)
         if grpid is None:
             return None
         return await self._group_info(grpid)
@@ -1137,6 +1136,13 @@ class DeltaChatConnector(NetworkConnector):
                 " invite their ghost instead)"
             )
         grpid = str(qr["grpid"])
+        handle = self.store.handle_of.get(grpid)
+        if handle is not None and handle != link:
+            alias = f"#deltachat_{escape_localpart(group_handle(grpid))}:{self.bridge.domain}"
+            raise ConnectorError(f"this group is bridged already: join {alias}")
+        # The handle is known before the bridge's account is in the group, so that the
+        # group's first events find this portal.
+        await self.store.add_group(link, grpid)
         if await self.chat_of_group(self.bridge_account, grpid) is not None:
             return grpid
         chat_id = int(await self._call("secure_join", self.bridge_account, link))
@@ -1281,7 +1287,6 @@ class DeltaChatConnector(NetworkConnector):
             return info
         if is_invite_link(name):
             grpid = await self.join_link(name)
-            await self.store.add_group(name, grpid)
             info = await self._group_info(grpid)
             assert info is not None
             return info

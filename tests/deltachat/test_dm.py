@@ -120,7 +120,7 @@ async def test_dm_opened_from_matrix_and_puppet_login(
     link = await contact_link(ben, mgmt)
     await alice.join(link)
     # Logging in makes ben a Delta Chat user of his own.
-    puppet_addr = dcbridge.stack.add_user(f"ben{ben.user_id[5:9]}", "ben-pw")
+    puppet_addr = dcbridge.stack.add_user("puppet-" + ben.user_id[1:].split(":")[0], "ben-pw")
     await command(ben, mgmt, "login deltachat nobody@example.test wrong", "failed")
     await command(ben, mgmt, f"login deltachat {puppet_addr} ben-pw", "Logged in")
     # Inviting alice's ghost opens a DM from ben's own address.

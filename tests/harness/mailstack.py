@@ -17,6 +17,7 @@ import atexit
 import os
 import shutil
 import signal
+import smtplib
 import subprocess
 import tempfile
 import time
@@ -157,6 +158,7 @@ class MailStack:
     lmtp_port: int
     users: dict[str, str] = field(default_factory=dict)  # address -> password
     running: bool = False
+    _users_mtime: float = 0.0
 
     host = "127.0.0.1"
 
@@ -168,7 +170,22 @@ class MailStack:
         addr = self.address(local)
         self.users[addr] = password
         self._write_users()
+        if self.running:
+            self._wait_login(addr, password)
         return addr
+
+    def _wait_login(self, addr: str, password: str, limit_s: float = 10.0) -> None:
+        """Until SMTP AUTH (postfix asking dovecot) accepts the new mailbox."""
+        deadline = time.monotonic() + limit_s
+        while True:
+            try:
+                with smtplib.SMTP(self.host, self.smtp_port, timeout=5) as smtp:
+                    smtp.login(addr, password)
+                return
+            except (smtplib.SMTPException, OSError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def transport(self, addr: str) -> dict[str, object]:
         """Delta Chat ``EnteredLoginParam`` for a mailbox of this stack."""
@@ -188,11 +205,18 @@ class MailStack:
         }
 
     def _write_users(self) -> None:
+        """Replace the passwd-file atomically, with a modification time later than the last
+        one: dovecot rereads it when the time changes, which a write in the same second
+        would not show."""
         lines = [f"{a}:{{PLAIN}}{p}::::::\n" for a, p in self.users.items()]
         path = self.base / "users"
-        path.write_text("".join(lines))
-        path.chmod(0o640)
-        shutil.chown(path, group="dovecot")
+        tmp = self.base / "users.new"
+        tmp.write_text("".join(lines))
+        tmp.chmod(0o640)
+        shutil.chown(tmp, group="dovecot")
+        self._users_mtime = max(time.time(), self._users_mtime + 1)
+        os.utime(tmp, (self._users_mtime, self._users_mtime))
+        tmp.replace(path)
 
     # --- lifecycle ----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -253,3 +254,47 @@ class Stream:
         if not self.ready.is_set():
             raise NotConnected(self.name)
         stanza.send()
+
+
+class SerialInbox:
+    """Runs jobs one at a time per key, in the order they were submitted; jobs of different
+    keys run concurrently. Incoming stanzas are keyed by conversation (the sender's bare JID),
+    so that a message that waits (for a download, the database, the homeserver) is never
+    overtaken by the next one of the same room or chat."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self._queues: dict[str, deque[Handler]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, key: str, job: Handler) -> None:
+        queue = self._queues.get(key)
+        if queue is not None:
+            queue.append(job)
+            return
+        self._queues[key] = deque([job])
+        task = asyncio.create_task(self._drain(key), name=f"xmpp-inbox-{key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, key: str) -> None:
+        queue = self._queues[key]
+        try:
+            while queue:
+                job = queue.popleft()
+                try:
+                    await job()
+                except Exception:
+                    self.log.exception("handling a stanza from %s failed", key)
+        finally:
+            del self._queues[key]
+
+    async def idle(self) -> None:
+        """Wait until every submitted job has run."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self._queues.clear()

@@ -22,6 +22,9 @@ Example::
         reconnect:
           min_delay: 1
           max_delay: 60
+        media:                       # files XMPP users share as links (XEP-0066)
+          max_bytes: 16777216        # fetched and re-uploaded to Matrix up to this size; 0: links
+          allow_private_addresses: false  # also fetch from private/loopback addresses
         logins:                      # "login xmpp <jid> <password>": puppet with own account
           enabled: true
           host: null                 # override the server's SRV lookup (host and port)
@@ -57,6 +60,8 @@ class XMPPConfig:
     outbox_ttl: float = 900.0
     reconnect_min_delay: float = 1.0
     reconnect_max_delay: float = 60.0
+    media_max_bytes: int = 16 * 1024 * 1024
+    media_allow_private: bool = False
     logins_enabled: bool = True
     login_host: str | None = None
     login_port: int | None = None
@@ -120,6 +125,13 @@ def parse_config(config: Mapping[str, Any]) -> XMPPConfig:
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 256:
         raise ConfigError("max_message_bytes", "must be an integer >= 256")
     reconnect = _section(config, "reconnect")
+    media = _section(config, "media")
+    media_max = media.get("max_bytes", 16 * 1024 * 1024)
+    if isinstance(media_max, bool) or not isinstance(media_max, int) or media_max < 0:
+        raise ConfigError("media.max_bytes", "must be an integer >= 0 (0: keep links)")
+    media_private = media.get("allow_private_addresses", False)
+    if not isinstance(media_private, bool):
+        raise ConfigError("media.allow_private_addresses", "must be true or false")
     logins = _section(config, "logins")
     login_port = logins.get("port")
     if login_port is not None and (
@@ -146,6 +158,8 @@ def parse_config(config: Mapping[str, Any]) -> XMPPConfig:
         outbox_ttl=_number(config, "outbox_ttl", 900, "outbox_ttl"),
         reconnect_min_delay=_number(reconnect, "min_delay", 1, "reconnect.min_delay"),
         reconnect_max_delay=_number(reconnect, "max_delay", 60, "reconnect.max_delay"),
+        media_max_bytes=media_max,
+        media_allow_private=media_private,
         logins_enabled=bool(logins.get("enabled", True)),
         login_host=login_host,
         login_port=login_port,

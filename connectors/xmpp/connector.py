@@ -75,10 +75,11 @@ from bridge.connector.ids import InvalidEscape
 from . import matrix_to_xmpp as out
 from . import muc as mucmod
 from . import xmpp_to_matrix as inc
-from .component import NotConnected, Stream, make_client, make_component
+from .component import NotConnected, SerialInbox, Stream, make_client, make_component
 from .config import XMPPConfig, parse_config
 from .idmap import IdStore, MessageRecord
 from .jid_mapping import InvalidMapping, JidMapper, parse_remote_user, parse_room_jid
+from .media import MediaFetcher
 from .muc import MucRoom, Occupant, RemoteOccupant
 
 NETWORK = "xmpp"
@@ -233,8 +234,12 @@ class XMPPConnector(NetworkConnector):
         self._pending: dict[str, asyncio.Future[str | None]] = {}
         self._sent: OrderedDict[str, tuple[str, PortalKey, str]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.inbox = SerialInbox(self.log)
         self._ping_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.media = MediaFetcher(
+            self.cfg.media_max_bytes, self.cfg.media_allow_private, self.log.getChild("media")
+        )
         self.component_xmpp = make_component(self.cfg)
         self.component = Stream(
             self.component_xmpp,
@@ -352,6 +357,8 @@ class XMPPConnector(NetworkConnector):
         await self.component.stop()
         for task in list(self._tasks):
             task.cancel()
+        self.inbox.close()
+        await self.media.close()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -593,10 +600,14 @@ class XMPPConnector(NetworkConnector):
         # reactions, markers and retractions have none) and its "presence" event misses MUC
         # presences once the MUC plugin knows the room, so both are taken here directly.
         def on_message(msg: Any) -> None:
-            self._spawn(self._guard(self._on_message(stream, msg), msg))
+            self.inbox.submit(
+                _conversation(msg), lambda: self._guard(self._on_message(stream, msg), msg)
+            )
 
         def on_presence(pres: Any) -> None:
-            self._spawn(self._guard(self._on_presence(stream, pres), pres))
+            self.inbox.submit(
+                _conversation(pres), lambda: self._guard(self._on_presence(stream, pres), pres)
+            )
 
         xmpp = stream.xmpp
         xmpp.register_handler(
@@ -1303,7 +1314,7 @@ class XMPPConnector(NetworkConnector):
         readable = f"{condition}" + (f": {text}" if text else "")
         fut = self._pending.get(mid)
         if fut is not None and not fut.done():
-            fut.set_exception(ConnectorError(f"The XMPP server refused the message ({readable})."))
+            fut.set_exception(ConnectorError(readable))
             return
         sent = self._sent.get(mid)
         room = self.rooms.get(frm.bare)
@@ -1340,7 +1351,7 @@ class XMPPConnector(NetworkConnector):
         if not nick:
             subj = inc.subject(msg)
             if subj is not None and not inc.body_text(msg):
-                if subj != room.subject:
+                if (subj or None) != (room.subject or None):
                     room.subject = subj
                     await self._emit(
                         RemoteChatInfo(portal=portal, sender=Sender(room.jid.bare), topic=subj)
@@ -1387,7 +1398,7 @@ class XMPPConnector(NetworkConnector):
             sender = Sender(ro.ghost_id if ro else f"{room.jid.bare}/{nick}", nick)
         subj = inc.subject(msg)
         if subj is not None and not inc.body_text(msg):
-            if subj != room.subject:
+            if (subj or None) != (room.subject or None):
                 room.subject = subj
                 await self._emit(RemoteChatInfo(portal=portal, sender=sender, topic=subj))
             return
@@ -1540,6 +1551,7 @@ class XMPPConnector(NetworkConnector):
             )
             if portal.receiver:
                 self.known_dms.add(portal)
+            await self.media.fill(content.attachments)
             ok = await self._emit(
                 RemoteMessage(
                     portal=portal,
@@ -1651,6 +1663,8 @@ class XMPPConnector(NetworkConnector):
         try:
             item.identity.stream.send(stanza)
             return await asyncio.wait_for(fut, self.cfg.send_timeout)
+        except ConnectorError as e:
+            raise ConnectorError(f"The XMPP server refused the message ({e}).") from e
         except TimeoutError:
             self.log.warning("no reflection of %s from %s", item.origin_id, room.jid)
             return None
@@ -2010,12 +2024,34 @@ class XMPPConnector(NetworkConnector):
             return
         if change.topic is not None:
             await self._ensure_in_room(room, identity)
-            room.subject = change.topic
-            identity.stream.send(
-                out.subject(identity.xmpp, mfrom=identity.jid, room=room.jid, text=change.topic)
-            )
+            await self._set_subject(identity, room, change.topic)
         if change.name is not None or change.avatar is not None:
             raise NotSupported("Room names and avatars are not changed on XMPP by the bridge.")
+
+    async def _set_subject(self, identity: Identity, room: MucRoom, text: str) -> None:
+        """Change the MUC subject and wait for the room's answer: the reflected subject, or
+        an error (occupants without the right to change it get ``forbidden``)."""
+        stanza = out.subject(identity.xmpp, mfrom=identity.jid, room=room.jid, text=text)
+        mid = out.new_id()
+        stanza["id"] = mid
+        stanza["origin_id"]["id"] = mid
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._pending[mid] = fut
+        previous = room.subject
+        room.subject = text  # the reflection is not a change to bridge back
+        try:
+            identity.stream.send(stanza)
+            await asyncio.wait_for(fut, self.cfg.send_timeout)
+        except NotConnected as e:
+            room.subject = previous
+            raise ConnectorError("The XMPP server is not reachable right now.") from e
+        except TimeoutError as e:
+            raise ConnectorError("The XMPP room did not answer the subject change.") from e
+        except ConnectorError as e:
+            room.subject = previous
+            raise ConnectorError(f"The XMPP room refused the subject change ({e.args[0]}).") from e
+        finally:
+            self._pending.pop(mid, None)
 
     def _broadcast_presence(
         self, identity: Identity, show: str | None, status: str | None, offline: bool
@@ -2146,6 +2182,7 @@ class XMPPConnector(NetworkConnector):
                 reply = inc.reply_target(inner)
                 if reply is not None:
                     message.reply_to = await self.ids.canonical(conv, reply[0])
+                await self.media.fill(content.attachments)
                 messages.append(message)
                 if origin:
                     by_origin[origin] = message
@@ -2159,6 +2196,11 @@ class XMPPConnector(NetworkConnector):
             return None
         item = x.find(f"{{{inc.NS_MUC_USER}}}item")
         return item.attrib.get("jid") if item is not None else None
+
+
+def _conversation(stanza: Any) -> str:
+    """The key that orders incoming stanzas: the sender's bare JID (a room, or a user)."""
+    return str(stanza.xml.attrib.get("from", "")).split("/", 1)[0].lower()
 
 
 def _short(stanza: Any) -> str:

@@ -6,7 +6,9 @@ directory, picks free ports, and starts ``prosody -F`` in the foreground with:
 * a VirtualHost ``localhost`` (c2s on plain TCP, SCRAM without TLS; loopback only),
 * a MUC component ``conference.localhost`` with ``mod_muc_mam`` (XEP-0313 archives and
   XEP-0359 stanza ids) and without room locking (new rooms are usable at once),
-* an external component (XEP-0114) for ``component_domain`` with ``component_secret``.
+* an external component (XEP-0114) for ``component_domain`` with ``component_secret``,
+* an XEP-0363 upload service ``upload.localhost`` (``mod_http_file_share``) whose files are
+  served on a free loopback HTTP port (``http_url``).
 
 Prosody refuses to run as root, so as root it runs as the packaged ``prosody`` user (the
 child process drops privileges itself); its directory then lives under ``/tmp`` (pytest's
@@ -33,6 +35,7 @@ INSTALL_HINT = "Prosody not found: apt-get install prosody"
 PROSODY_USER = "prosody"
 DOMAIN = "localhost"
 MUC_DOMAIN = "conference.localhost"
+UPLOAD_DOMAIN = "upload.localhost"
 
 _CONFIG = """\
 -- Loopback-only Prosody config written by tests/harness/prosody.py.
@@ -50,8 +53,11 @@ c2s_direct_tls_ports = {{ }}
 s2s_ports = {{ }}
 component_ports = {{ {component_port} }}
 component_interface = "127.0.0.1"
-http_ports = {{ }}
+http_ports = {{ {http_port} }}
+http_interfaces = {{ "127.0.0.1" }}
 https_ports = {{ }}
+http_external_url = "http://127.0.0.1:{http_port}/"
+http_default_host = "{upload_domain}"
 modules_enabled = {{
   "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq";
   "register"; "carbons"; "mam";
@@ -78,6 +84,11 @@ Component "{muc_domain}" "muc"
   muc_log_all_rooms = true
   max_history_messages = 50
 
+Component "{upload_domain}" "http_file_share"
+  http_file_share_size_limit = 16 * 1024 * 1024
+  http_file_share_daily_quota = 1024 * 1024 * 1024
+  http_file_share_access = {{ "{domain}", "{component_domain}" }}
+
 Component "{component_domain}"
   component_secret = {component_secret!r}
 """
@@ -97,12 +108,14 @@ class ProsodyServer:
     host: str
     c2s_port: int
     component_port: int
+    http_port: int
     domain: str
     muc_domain: str
     component_domain: str
     component_secret: str
     base: Path
     workdir: Path
+    upload_domain: str = UPLOAD_DOMAIN
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _as_user: bool = field(default=False, repr=False)
 
@@ -132,9 +145,7 @@ class ProsodyServer:
                 raise RuntimeError(
                     f"prosody exited with {self._proc.returncode}: {self.console_log()[-2000:]}"
                 )
-            if port_is_open(self.host, self.c2s_port, 0.2) and port_is_open(
-                self.host, self.component_port, 0.2
-            ):
+            if all(port_is_open(self.host, p, 0.2) for p in self.ports):
                 return
             if time.monotonic() > deadline:
                 self.stop()
@@ -153,9 +164,8 @@ class ProsodyServer:
             proc.wait(5)
         # Wait until the ports are free again so a restart can bind them.
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (
-            port_is_open(self.host, self.c2s_port, 0.1)
-            or port_is_open(self.host, self.component_port, 0.1)
+        while time.monotonic() < deadline and any(
+            port_is_open(self.host, p, 0.1) for p in self.ports
         ):
             time.sleep(0.03)
 
@@ -179,6 +189,15 @@ class ProsodyServer:
         self._terminate()
         time.sleep(seconds)
         self.start()
+
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        return (self.c2s_port, self.component_port, self.http_port)
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP server (uploaded files are below it)."""
+        return f"http://{self.host}:{self.http_port}/"
 
     @property
     def running(self) -> bool:
@@ -245,6 +264,7 @@ def start_prosody(
         host="127.0.0.1",
         c2s_port=free_port(),
         component_port=free_port(),
+        http_port=free_port(),
         domain=DOMAIN,
         muc_domain=MUC_DOMAIN,
         component_domain=component_domain,
@@ -258,7 +278,9 @@ def start_prosody(
             base=str(base),
             c2s_port=server.c2s_port,
             component_port=server.component_port,
+            http_port=server.http_port,
             domain=DOMAIN,
+            upload_domain=UPLOAD_DOMAIN,
             muc_domain=MUC_DOMAIN,
             component_domain=component_domain,
             component_secret=component_secret,

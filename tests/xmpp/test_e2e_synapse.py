@@ -1,0 +1,755 @@
+"""End to end: a real Synapse, a real Prosody and the bridge core with the XMPP connector.
+
+Matrix users are :class:`MatrixClient` s talking to Synapse; XMPP users are real slixmpp
+clients (:class:`XClient`) logged in to Prosody (c2s on loopback). The bridge runs in-process
+(``make_bridge``) with the XMPP connector as an XEP-0114 component. Each test checks what the
+people on both sides see: MUC portals joined by alias and by command, occupants and nicks,
+messages with styling, corrections, reactions, retractions, replies, chat states, markers,
+media, DMs both ways, subjects, kicks, MAM history, and restarts of Prosody and of the bridge.
+
+Prosody comes from Debian (``apt-get install prosody``); a missing server fails these tests
+with that hint, it never skips them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+from slixmpp import JID
+
+from bridge.bridge import Bridge
+from bridge.connector import escape_localpart
+from tests.conftest import BridgeFactory
+from tests.harness.prosody import ProsodyServer
+from tests.harness.synapse import MatrixClient, SynapseServer
+from tests.helpers import command, management_room, until
+
+from .conftest import COMPONENT, XClient, connector_config, unique
+
+BOT = "@mimibot:localhost"
+Event = dict[str, Any]
+NS_REACTIONS = "{urn:xmpp:reactions:0}reactions"
+NS_RETRACT = "{urn:xmpp:message-retract:1}retract"
+NS_DISPLAYED = "{urn:xmpp:chat-markers:0}displayed"
+NS_REPLY = "{urn:xmpp:reply:0}reply"
+# A 1x1 PNG.
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def body(evt: Event) -> str:
+    return str(evt.get("content", {}).get("body", ""))
+
+
+def ghost_of(remote_id: str) -> str:
+    """The Matrix id of an XMPP user's (or anonymous occupant's) ghost."""
+    return f"@xmpp_{escape_localpart(remote_id)}:localhost"
+
+
+def alias_of(room: str) -> str:
+    node, _, service = room.partition("@")
+    return f"#xmpp_{escape_localpart(node)}@{escape_localpart(service)}:localhost"
+
+
+def puppet_jid(user_id: str) -> str:
+    """The JID of a Matrix user on the component (XEP-0106 escaping)."""
+    local, _, server = user_id[1:].partition(":")
+    return f"{local}\\40{server}@{COMPONENT}"
+
+
+def sid(msg: Any) -> str:
+    """The MUC's XEP-0359 stanza-id of a groupchat message."""
+    return str(msg.xml.find("{urn:xmpp:sid:0}stanza-id").attrib["id"])
+
+
+def from_nick(room: str, nick: str) -> Callable[[Any], bool]:
+    return lambda m: str(m["from"]) == f"{room}/{nick}"
+
+
+async def matrix_user(synapse: SynapseServer, name: str) -> MatrixClient:
+    """A Matrix user whose display name is ``name``."""
+    client = synapse.new_client(unique(name.lower()))
+    await client.set_displayname(name)
+    return client
+
+
+async def upload(client: MatrixClient, data: bytes, mimetype: str, filename: str) -> str:
+    headers = {"Authorization": f"Bearer {client.token}", "Content-Type": mimetype}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{client.url}/_matrix/media/v3/upload",
+            params={"filename": filename},
+            data=data,
+            headers=headers,
+        ) as r,
+    ):
+        assert r.status == 200, await r.text()
+        return str((await r.json())["content_uri"])
+
+
+async def download(client: MatrixClient, mxc: str) -> bytes:
+    server, _, media_id = mxc[6:].partition("/")
+    url = f"{client.url}/_matrix/client/v1/media/download/{quote(server)}/{quote(media_id)}"
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(url, headers={"Authorization": f"Bearer {client.token}"}) as r,
+    ):
+        assert r.status == 200, await r.text()
+        return await r.read()
+
+
+async def fetch(url: str) -> tuple[int, bytes]:
+    """What any XMPP client gets from a link: a plain GET, no credentials."""
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        return r.status, await r.read()
+
+
+_syncs = itertools.count()
+
+
+async def sync_now(client: MatrixClient) -> dict[str, Any]:
+    """A fresh initial /sync (Synapse caches identical /sync requests for minutes, so each
+    one carries a filter of its own)."""
+    fresh = json.dumps({"room": {"not_rooms": [f"!sync{next(_syncs)}:localhost"]}})
+    _, sync = await client.request(
+        "GET", "/_matrix/client/v3/sync", params={"timeout": "0", "filter": fresh}
+    )
+    return dict(sync)
+
+
+async def ephemeral(client: MatrixClient, room: str) -> list[Event]:
+    sync = await sync_now(client)
+    joined = sync.get("rooms", {}).get("join", {}).get(room, {})
+    return list(joined.get("ephemeral", {}).get("events", []))
+
+
+async def typing_users(client: MatrixClient, room: str) -> set[str]:
+    for e in await ephemeral(client, room):
+        if e["type"] == "m.typing":
+            return set(e["content"]["user_ids"])
+    return set()
+
+
+async def read_by(client: MatrixClient, room: str, event_id: str) -> set[str]:
+    for e in await ephemeral(client, room):
+        if e["type"] == "m.receipt" and event_id in e["content"]:
+            return set(e["content"][event_id].get("m.read", {}))
+    return set()
+
+
+async def give_power(bridge: Bridge, room: str, user_id: str, level: int = 100) -> None:
+    """The bot created the portal; let a Matrix user moderate it."""
+    levels = await bridge.hs.get_state(room, "m.room.power_levels") or {}
+    levels.setdefault("users", {})[user_id] = level
+    await bridge.hs.send_state(room, "m.room.power_levels", levels)
+
+
+async def members(client: MatrixClient, room: str) -> set[str]:
+    return set(await client.joined_members(room))
+
+
+def new_room(prosody: ProsodyServer, prefix: str = "room") -> str:
+    return f"{unique(prefix)}@{prosody.muc_domain}"
+
+
+@pytest.fixture
+async def xmpp_bridge(
+    make_bridge: BridgeFactory, prosody: ProsodyServer
+) -> AsyncIterator[Callable[..., Any]]:
+    """Starts the bridge with the XMPP connector on the session's Prosody."""
+
+    async def start(**extra: Any) -> Bridge:
+        if not prosody.running:
+            prosody.start()
+        cfg = connector_config(prosody, media={"allow_private_addresses": True})
+        return await make_bridge(connectors={"xmpp": cfg}, **extra)
+
+    yield start
+
+
+@pytest.fixture
+async def xusers(prosody: ProsodyServer) -> AsyncIterator[Callable[[str], Any]]:
+    made: list[XClient] = []
+
+    async def make(prefix: str) -> XClient:
+        if not prosody.running:
+            prosody.start()
+        c = await XClient(prosody, unique(prefix)).connect()
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+async def portal_with(
+    xmpp_bridge: Any,
+    synapse: SynapseServer,
+    prosody: ProsodyServer,
+    xusers: Any,
+    name: str = "Ann",
+    **bridge_extra: Any,
+) -> tuple[Bridge, str, XClient, MatrixClient, str]:
+    """A running bridge; an XMPP user ``alice`` who created a MUC; a Matrix user ``name``
+    who joined it through its alias. Returns (bridge, muc, alice, matrix user, room id)."""
+    bridge = await xmpp_bridge(**bridge_extra)
+    muc = new_room(prosody)
+    alice = await xusers("alice")
+    await alice.join(muc, "alice")
+    user = await matrix_user(synapse, name)
+    room = await user.join(alias_of(muc))
+    await alice.wait_presence(from_nick(muc, name))
+    return bridge, muc, alice, user, room
+
+
+# --- MUC portals and occupants -----------------------------------------------------------------
+
+
+async def test_join_by_alias_and_messages_both_ways(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    _bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    # The portal is a bridged room: m.bridge state names the MUC.
+    info = await ann.get_state(room, "m.bridge", f"mimi-bridge/xmpp/{muc}")
+    assert info and info["protocol"]["id"] == "xmpp" and info["channel"]["id"] == muc
+    # The XMPP user is in the Matrix room as a ghost named by the nick.
+    occupant = ghost_of(f"{muc}/alice")
+    await until(lambda: _has_member(ann, room, occupant), what="alice's ghost joined")
+    assert (await ann.get_profile(occupant))["displayname"] == "alice"
+    # XMPP -> Matrix, with XEP-0393 styling as HTML, from alice's ghost.
+    alice.xmpp.send_message(mto=muc, mbody="hello *matrix* _world_", mtype="groupchat")
+    evt = await ann.wait_for_event(room, lambda e: body(e) == "hello *matrix* _world_")
+    assert evt["sender"] == occupant
+    assert evt["content"]["formatted_body"] == "hello <strong>matrix</strong> <em>world</em>"
+    # Matrix -> XMPP, HTML as styling, from Ann's occupant.
+    await ann.send_text(
+        room,
+        "hi alice, see code",
+        format="org.matrix.custom.html",
+        formatted_body="<b>hi</b> alice, see <code>code</code>",
+    )
+    got = await alice.wait_message(lambda m: m["body"] == "*hi* alice, see `code`")
+    assert str(got["from"]) == f"{muc}/Ann" and got["type"] == "groupchat"
+    # An emote.
+    await ann.send_event(room, "m.room.message", {"msgtype": "m.emote", "body": "waves"})
+    await alice.wait_message(lambda m: m["body"] == "/me waves" and from_nick(muc, "Ann")(m))
+    alice.xmpp.send_message(mto=muc, mbody="/me nods", mtype="groupchat")
+    emote = await ann.wait_for_event(room, lambda e: body(e) == "nods")
+    assert emote["content"]["msgtype"] == "m.emote"
+    await ann.close()
+
+
+async def test_join_command_nick_conflicts_and_leave(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    await xmpp_bridge()
+    muc = new_room(prosody)
+    bea = await xusers("bea")
+    await bea.join(muc, "Bea")
+    # A Matrix user also called Bea joins with the `join` command in her management room.
+    mbea = await matrix_user(synapse, "Bea")
+    mgmt = await management_room(mbea)
+    reply = await command(mbea, mgmt, f"join xmpp {muc}", "Invited you")
+    assert alias_of(muc) in reply
+    room = await mbea.join(alias_of(muc))
+    # Nick taken on XMPP: she becomes "Bea [m]"; a second Matrix Bea becomes "Bea [m2]".
+    await bea.wait_presence(from_nick(muc, "Bea [m]"))
+    other = await matrix_user(synapse, "Bea")
+    await other.join(alias_of(muc))
+    await bea.wait_presence(from_nick(muc, "Bea [m2]"))
+    await mbea.send_text(room, "which Bea am I?")
+    got = await bea.wait_message(lambda m: m["body"] == "which Bea am I?")
+    assert str(got["from"]) == f"{muc}/Bea [m]"
+    # Leaving the Matrix room takes her out of the MUC (and only her).
+    n = len(bea.presences)
+    await mbea.leave(room)
+    gone = await bea.wait_presence(
+        lambda p: bea.presences.index(p) >= n and p["type"] == "unavailable"
+    )
+    assert str(gone["from"]) == f"{muc}/Bea [m]"
+    occupants = bea.xmpp.plugin["xep_0045"].get_roster(muc)
+    assert "Bea [m2]" in occupants and "Bea [m]" not in occupants
+    await mbea.close()
+    await other.close()
+
+
+async def test_membership_of_xmpp_users_is_mirrored(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    _bridge, muc, _alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    carl = await xusers("carl")
+    await carl.join(muc, "carl")
+    ghost = ghost_of(f"{muc}/carl")
+    await until(lambda: _has_member(ann, room, ghost), what="carl's ghost joined")
+    carl.xmpp.plugin["xep_0045"].leave_muc(muc, "carl", "bye")
+    await until(lambda: _not_member(ann, room, ghost), what="carl's ghost left")
+    await ann.close()
+
+
+# --- message features ------------------------------------------------------------------------
+
+
+async def test_corrections_reactions_retractions_replies_both_ways(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    _bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    ghost = ghost_of(f"{muc}/alice")
+
+    # XMPP: a message, then its XEP-0308 correction -> a Matrix edit of that event.
+    msg = alice.xmpp.make_message(mto=muc, mbody="helo", mtype="groupchat")
+    msg["id"] = msg["origin_id"]["id"] = unique("a")
+    msg.send()
+    original = await ann.wait_for_event(room, lambda e: body(e) == "helo")
+    seen = await alice.wait_message(lambda m: m["body"] == "helo")
+    fix = alice.xmpp.make_message(mto=muc, mbody="hello", mtype="groupchat")
+    fix["replace"]["id"] = msg["id"]
+    fix.send()
+    edit = await ann.wait_for_event(
+        room, lambda e: e["content"].get("m.new_content", {}).get("body") == "hello"
+    )
+    assert edit["sender"] == ghost
+    assert edit["content"]["m.relates_to"] == {
+        "rel_type": "m.replace",
+        "event_id": original["event_id"],
+    }
+
+    # XMPP: XEP-0444 reactions (on the MUC stanza-id) -> Matrix annotations.
+    react = alice.xmpp.make_message(mto=muc, mtype="groupchat")
+    react["reactions"]["id"] = sid(seen)
+    react["reactions"]["values"] = ["👍"]
+    react.send()
+    reaction = await ann.wait_for_event(room, lambda e: e["type"] == "m.reaction")
+    assert reaction["sender"] == ghost
+    assert reaction["content"]["m.relates_to"] == {
+        "rel_type": "m.annotation",
+        "event_id": original["event_id"],
+        "key": "👍",
+    }
+    # Removing the reaction (an empty set) redacts it.
+    unreact = alice.xmpp.make_message(mto=muc, mtype="groupchat")
+    unreact["reactions"]["id"] = sid(seen)
+    unreact["reactions"]["values"] = []
+    unreact.send()
+    await until(lambda: _redacted(ann, room, reaction["event_id"]), what="reaction removed")
+
+    # Matrix: a message, its edit, a reaction and its removal, and a retraction.
+    mine = await ann.send_text(room, "from matrix")
+    first = await alice.wait_message(lambda m: m["body"] == "from matrix")
+    await ann.edit(room, mine, "from matrix!")
+    corr = await alice.wait_message(lambda m: m["body"] == "from matrix!")
+    assert corr["replace"]["id"] == first["origin_id"]["id"] == first["id"]
+    assert str(corr["from"]) == f"{muc}/Ann"
+    heart = await ann.react(room, original["event_id"], "❤️")
+    got_r = await alice.wait_message(
+        lambda m: m.xml.find(NS_REACTIONS) is not None and from_nick(muc, "Ann")(m)
+    )
+    assert got_r["reactions"]["id"] == sid(seen)
+    assert got_r["reactions"].get_values(all_chars=True) == {"❤️"}
+    n = len(alice.messages)
+    await ann.redact(room, heart)
+    got_r2 = await alice.wait_message(
+        lambda m: (
+            m.xml.find(NS_REACTIONS) is not None
+            and from_nick(muc, "Ann")(m)
+            and alice.messages.index(m) >= n
+        )
+    )
+    assert got_r2["reactions"]["id"] == sid(seen)
+    assert got_r2["reactions"].get_values(all_chars=True) == set()
+
+    # Matrix reply (with the Matrix fallback quoting alice's ghost) -> XEP-0461 reply whose
+    # body has neither the Matrix fallback nor any Matrix id.
+    await ann.send_text(
+        room,
+        f"> <{ghost}> hello\n\nagreed",
+        format="org.matrix.custom.html",
+        formatted_body=(
+            f'<mx-reply><blockquote><a href="https://matrix.to/#/{ghost}">{ghost}</a>'
+            "<br>hello</blockquote></mx-reply>agreed"
+        ),
+        **{"m.relates_to": {"m.in_reply_to": {"event_id": original["event_id"]}}},
+    )
+    rep = await alice.wait_message(
+        lambda m: m.xml.find(NS_REPLY) is not None and from_nick(muc, "Ann")(m)
+    )
+    assert rep["reply"]["id"] == sid(seen) and rep["reply"]["to"] == f"{muc}/alice"
+    assert rep["reply"].strip_fallback_content() == "agreed"
+    assert "@" not in rep["body"] and ":localhost" not in rep["body"] and "mx-reply" not in str(rep)
+
+    # XMPP reply to Ann's message -> Matrix reply to her event, fallback stripped.
+    ans = alice.xmpp.make_message(mto=muc, mbody="", mtype="groupchat")
+    ans["reply"]["id"] = sid(first)
+    ans["reply"]["to"] = f"{muc}/Ann"
+    ans["body"] = "indeed"
+    ans["reply"].add_quoted_fallback("from matrix!", "Ann")
+    ans.send()
+    answer = await ann.wait_for_event(room, lambda e: body(e) == "indeed")
+    assert answer["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == mine
+
+    # Matrix redaction of her own message -> XEP-0424 retraction of its stanza-id.
+    await ann.redact(room, mine)
+    retr = await alice.wait_message(lambda m: m.xml.find(NS_RETRACT) is not None)
+    assert retr.xml.find(NS_RETRACT).attrib["id"] == sid(first)
+    assert str(retr["from"]) == f"{muc}/Ann"
+
+    # XMPP retraction -> the Matrix event is redacted.
+    rt = alice.xmpp.make_message(mto=muc, mtype="groupchat", mbody="retracted")
+    rt["retract"]["id"] = sid(seen)
+    rt.send()
+    await until(lambda: _redacted(ann, room, original["event_id"]), what="retraction")
+    await ann.close()
+
+
+async def test_typing_and_read_markers_both_ways(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    _bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    ghost = ghost_of(f"{muc}/alice")
+    # XEP-0085 composing -> the ghost types in Matrix; paused -> it stops.
+    st = alice.xmpp.make_message(mto=muc, mtype="groupchat")
+    st["chat_state"] = "composing"
+    st.send()
+    await until(lambda: _typing(ann, room, ghost), what="ghost typing")
+    st = alice.xmpp.make_message(mto=muc, mtype="groupchat")
+    st["chat_state"] = "paused"
+    st.send()
+    await until(lambda: _not_typing(ann, room, ghost), what="ghost stopped typing")
+    # Matrix typing -> composing / paused from Ann's occupant.
+    await ann.typing(room, True)
+    await alice.wait_message(lambda m: from_nick(muc, "Ann")(m) and m["chat_state"] == "composing")
+    await ann.typing(room, False)
+    await alice.wait_message(lambda m: from_nick(muc, "Ann")(m) and m["chat_state"] == "paused")
+    # Matrix read receipt -> XEP-0333 displayed marker on the MUC stanza-id.
+    alice.xmpp.send_message(mto=muc, mbody="read me", mtype="groupchat")
+    evt = await ann.wait_for_event(room, lambda e: body(e) == "read me")
+    seen = await alice.wait_message(lambda m: m["body"] == "read me")
+    await ann.read_receipt(room, evt["event_id"])
+    shown = await alice.wait_message(
+        lambda m: m.xml.find(NS_DISPLAYED) is not None and from_nick(muc, "Ann")(m)
+    )
+    assert shown.xml.find(NS_DISPLAYED).attrib["id"] == sid(seen)
+    # XMPP displayed marker -> a Matrix read receipt of alice's ghost.
+    mine = await ann.send_text(room, "did you read this?")
+    got = await alice.wait_message(lambda m: m["body"] == "did you read this?")
+    assert got.xml.find("{urn:xmpp:chat-markers:0}markable") is not None
+    mark = alice.xmpp.make_message(mto=muc, mtype="groupchat")
+    mark["displayed"]["id"] = sid(got)
+    mark.send()
+    await until(lambda: _read_by(ann, room, mine, ghost), what="ghost read receipt")
+    await ann.close()
+
+
+async def test_media_both_ways(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    _bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    # Matrix image -> an XEP-0066 link that the XMPP client can fetch without credentials.
+    mxc = await upload(ann, PNG, "image/png", "dot.png")
+    await ann.send_event(
+        room,
+        "m.room.message",
+        {"msgtype": "m.image", "body": "dot.png", "url": mxc, "info": {"mimetype": "image/png"}},
+    )
+    got = await alice.wait_message(lambda m: m["oob"]["url"] != "" and from_nick(muc, "Ann")(m))
+    url = got["oob"]["url"]
+    assert got["body"] == url
+    assert await fetch(url) == (200, PNG)
+    # XMPP: an HTTP upload (XEP-0363) shared as an XEP-0066 link -> a Matrix image whose
+    # file is in the homeserver's content repository.
+    data = PNG + b"\0" * 64
+    alice.xmpp.register_plugin("xep_0363")
+    link = await alice.xmpp.plugin["xep_0363"].upload_file(
+        "photo.png",
+        size=len(data),
+        content_type="image/png",
+        input_file=io.BytesIO(data),
+        domain=JID(prosody.domain),
+        timeout=10,
+    )
+    share = alice.xmpp.make_message(mto=muc, mbody=link, mtype="groupchat")
+    share["oob"]["url"] = link
+    share.send()
+    img = await ann.wait_for_event(
+        room,
+        lambda e: e["content"].get("msgtype") == "m.image" and e["sender"] != ann.user_id,
+    )
+    assert img["sender"] == ghost_of(f"{muc}/alice")
+    assert img["content"]["url"].startswith("mxc://localhost/")
+    assert img["content"]["info"]["mimetype"] == "image/png"
+    assert await download(ann, img["content"]["url"]) == data
+    await ann.close()
+
+
+async def test_subject_and_topic_both_ways(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    # XMPP subject -> Matrix topic.
+    alice.xmpp.plugin["xep_0045"].set_subject(muc, "XMPP subject")
+    await until(lambda: _topic_is(ann, room, "XMPP subject"), what="topic from subject")
+    # Matrix topic while Ann's occupant may not change the subject: she is told.
+    await give_power(bridge, room, ann.user_id, 50)
+    await ann.send_state(room, "m.room.topic", "", {"topic": "Matrix topic"})
+    refused = await ann.wait_for_event(
+        room, lambda e: e["sender"] == BOT and "subject" in body(e).lower()
+    )
+    assert "forbidden" in body(refused) or "not allowed" in body(refused), body(refused)
+    # Once the room's owner makes her a moderator, the topic becomes the subject.
+    await alice.xmpp.plugin["xep_0045"].set_role(muc, "Ann", "moderator")
+    await ann.send_state(room, "m.room.topic", "", {"topic": "Matrix topic 2"})
+    subj = await alice.wait_message(lambda m: m["subject"] == "Matrix topic 2")
+    assert str(subj["from"]) == f"{muc}/Ann"
+    await ann.close()
+
+
+async def test_kicks_both_ways(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    carl = await xusers("carl")
+    await carl.join(muc, "carl")
+    carl_ghost = ghost_of(f"{muc}/carl")
+    await until(lambda: _has_member(ann, room, carl_ghost), what="carl's ghost")
+    # Matrix -> XMPP: a Matrix moderator kicks carl's ghost; carl is kicked from the MUC.
+    await give_power(bridge, room, ann.user_id, 100)
+    await alice.xmpp.plugin["xep_0045"].set_role(muc, "Ann", "moderator")
+    await ann.kick(room, carl_ghost, "off topic")
+    kicked = await carl.wait_presence(
+        lambda p: p["type"] == "unavailable" and 307 in p["muc"]["status_codes"]
+    )
+    assert kicked["muc"]["item"]["reason"] == "off topic"
+    # XMPP -> Matrix: the owner kicks a second Matrix user's occupant; she leaves the Matrix
+    # room with the reason and is told in it.
+    ben = await matrix_user(synapse, "Ben")
+    await ben.join(room)
+    await alice.wait_presence(from_nick(muc, "Ben"))
+    await alice.xmpp.plugin["xep_0045"].set_role(muc, "Ben", "none", reason="spam")
+    await until(lambda: _not_member(ann, room, ben.user_id), what="Ben kicked in Matrix")
+    kick = await ann.wait_for_event(
+        room,
+        lambda e: (
+            e["type"] == "m.room.member"
+            and e["state_key"] == ben.user_id
+            and e["content"].get("membership") == "leave"
+        ),
+    )
+    assert "spam" in kick["content"].get("reason", "")
+    await ann.close()
+    await ben.close()
+
+
+# --- direct messages --------------------------------------------------------------------------
+
+
+async def test_dm_by_inviting_a_ghost(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    await xmpp_bridge()
+    alice = await xusers("alice")
+    ann = await matrix_user(synapse, "Ann")
+    ghost = ghost_of(alice.jid)
+    room = await ann.create_room(invite=[ghost], is_direct=True, preset="trusted_private_chat")
+    await until(lambda: _has_member(ann, room, ghost), what="ghost accepted the DM")
+    await ann.send_text(room, "hi alice, it's Ann")
+    got = await alice.wait_message(lambda m: m["body"] == "hi alice, it's Ann")
+    assert got["type"] == "chat"
+    assert JID(str(got["from"])).bare == puppet_jid(ann.user_id)
+    alice.xmpp.send_message(mto=puppet_jid(ann.user_id), mbody="hi Ann!", mtype="chat")
+    answer = await ann.wait_for_event(room, lambda e: body(e) == "hi Ann!")
+    assert answer["sender"] == ghost
+    # Typing in a DM.
+    st = alice.xmpp.make_message(mto=puppet_jid(ann.user_id), mtype="chat")
+    st["chat_state"] = "composing"
+    st.send()
+    await until(lambda: _typing(ann, room, ghost), what="DM typing")
+    await ann.close()
+
+
+async def test_dm_from_xmpp_opens_a_matrix_dm(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    await xmpp_bridge()
+    carl = await xusers("carl")
+    ben = await matrix_user(synapse, "Ben")
+    msg = carl.xmpp.make_message(mto=puppet_jid(ben.user_id), mbody="hello Ben", mtype="chat")
+    msg["request_receipt"] = True
+    msg.send()
+    # Ben is invited to a DM with carl's ghost, created by the first message.
+    invite = await until(lambda: _invites(ben), what="DM invite")
+    room = next(iter(invite))
+    assert invite[room].get("is_direct") is True
+    await ben.join(room)
+    evt = await ben.wait_for_event(room, lambda e: body(e) == "hello Ben")
+    assert evt["sender"] == ghost_of(carl.jid)
+    # The XEP-0184 receipt is answered once the message is in Matrix.
+    await carl.wait_message(lambda m: m.xml.find("{urn:xmpp:receipts}received") is not None)
+    await ben.send_text(room, "hello carl")
+    got = await carl.wait_message(lambda m: m["body"] == "hello carl")
+    assert JID(str(got["from"])).bare == puppet_jid(ben.user_id)
+    # A message to a JID that is no Matrix user bounces with an error.
+    carl.xmpp.send_message(mto=f"nobody\\40localhost@{COMPONENT}", mbody="?", mtype="chat")
+    err = await carl.wait_message(lambda m: m["type"] == "error")
+    assert err["error"]["condition"] == "item-not-found"
+    await ben.close()
+
+
+# --- history and restarts ----------------------------------------------------------------------
+
+
+async def test_mam_history_fills_a_new_portal(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    await xmpp_bridge(backfill_limit=3)
+    muc = new_room(prosody, "hist")
+    alice = await xusers("alice")
+    await alice.join(muc, "alice")
+    for i in range(5):
+        alice.xmpp.send_message(mto=muc, mbody=f"earlier {i}", mtype="groupchat")
+    await alice.wait_message(lambda m: m["body"] == "earlier 4")
+    ann = await matrix_user(synapse, "Ann")
+    room = await ann.join(alias_of(muc))
+    await ann.wait_for_event(room, lambda e: body(e) == "earlier 4")
+    history = [e for e in await ann.messages(room) if e["type"] == "m.room.message"]
+    assert [body(e) for e in history] == ["earlier 2", "earlier 3", "earlier 4"]
+    assert {e["sender"] for e in history} == {ghost_of(f"{muc}/alice")}
+    # Live messages follow the history, once.
+    alice.xmpp.send_message(mto=muc, mbody="now", mtype="groupchat")
+    await ann.wait_for_event(room, lambda e: body(e) == "now")
+    bodies = [body(e) for e in await ann.messages(room) if e["type"] == "m.room.message"]
+    assert bodies == ["earlier 2", "earlier 3", "earlier 4", "now"]
+    await ann.close()
+
+
+async def test_prosody_restart(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    ben = await matrix_user(synapse, "Ben")
+    await ben.join(room)
+    await alice.wait_presence(from_nick(muc, "Ben"))
+    connector: Any = bridge.connectors["xmpp"]
+    connects = connector.component.connects
+    await asyncio.to_thread(prosody.restart)
+    await alice.close()
+    await until(lambda: connector.component.connects > connects, what="component reconnected")
+    # The MUC is gone with the restart; a new XMPP user finds both puppets back in it.
+    dora = await xusers("dora")
+
+    async def both_back() -> bool:
+        await asyncio.sleep(0.2)
+        return {"Ann", "Ben"} <= set(dora.xmpp.plugin["xep_0045"].get_roster(muc) or [])
+
+    await dora.join(muc, "dora")
+    await until(both_back, what="puppets rejoined")
+    await ann.send_text(room, "still here")
+    got = await dora.wait_message(lambda m: m["body"] == "still here")
+    assert str(got["from"]) == f"{muc}/Ann"
+    dora.xmpp.send_message(mto=muc, mbody="welcome back", mtype="groupchat")
+    evt = await ann.wait_for_event(room, lambda e: body(e) == "welcome back")
+    # Ann's occupant recreated the room, so it sees real JIDs now.
+    assert evt["sender"] in (ghost_of(f"{muc}/dora"), ghost_of(dora.jid))
+    await ann.close()
+    await ben.close()
+
+
+async def test_bridge_restart_keeps_the_mapping(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    msg = alice.xmpp.make_message(mto=muc, mbody="before restart", mtype="groupchat")
+    msg["id"] = msg["origin_id"]["id"] = unique("pre")
+    msg.send()
+    original = await ann.wait_for_event(room, lambda e: body(e) == "before restart")
+    mine = await ann.send_text(room, "mine before restart")
+    first = await alice.wait_message(lambda m: m["body"] == "mine before restart")
+    n = len(alice.presences)
+    await bridge.stop()
+    # Ann's occupant leaves with the bridge and comes back with it.
+    await alice.wait_presence(
+        lambda p: (
+            alice.presences.index(p) >= n
+            and p["type"] == "unavailable"
+            and from_nick(muc, "Ann")(p)
+        )
+    )
+    n = len(alice.presences)
+    await xmpp_bridge()
+    await alice.wait_presence(
+        lambda p: (
+            alice.presences.index(p) >= n
+            and p["type"] != "unavailable"
+            and from_nick(muc, "Ann")(p)
+        )
+    )
+    # An XMPP correction of the pre-restart message edits the right Matrix event.
+    fix = alice.xmpp.make_message(mto=muc, mbody="before restart (fixed)", mtype="groupchat")
+    fix["replace"]["id"] = msg["id"]
+    fix.send()
+    edit = await ann.wait_for_event(
+        room,
+        lambda e: e["content"].get("m.new_content", {}).get("body") == "before restart (fixed)",
+    )
+    assert edit["content"]["m.relates_to"]["event_id"] == original["event_id"]
+    # And a Matrix edit of Ann's pre-restart message corrects the right XMPP message.
+    await ann.edit(room, mine, "mine, edited after restart")
+    corr = await alice.wait_message(lambda m: m["body"] == "mine, edited after restart")
+    assert corr["replace"]["id"] == first["id"]
+    await ann.close()
+
+
+# --- predicates --------------------------------------------------------------------------------
+
+
+async def _has_member(client: MatrixClient, room: str, user_id: str) -> bool:
+    return user_id in await members(client, room)
+
+
+async def _not_member(client: MatrixClient, room: str, user_id: str) -> bool:
+    return user_id not in await members(client, room)
+
+
+async def _typing(client: MatrixClient, room: str, user_id: str) -> bool:
+    return user_id in await typing_users(client, room)
+
+
+async def _not_typing(client: MatrixClient, room: str, user_id: str) -> bool:
+    return user_id not in await typing_users(client, room)
+
+
+async def _read_by(client: MatrixClient, room: str, event_id: str, user_id: str) -> bool:
+    return user_id in await read_by(client, room, event_id)
+
+
+async def _redacted(client: MatrixClient, room: str, event_id: str) -> bool:
+    evt = await client.get_event(room, event_id)
+    return "redacted_because" in evt.get("unsigned", {})
+
+
+async def _topic_is(client: MatrixClient, room: str, topic: str) -> bool:
+    state = await client.get_state(room, "m.room.topic")
+    return bool(state) and state.get("topic") == topic  # type: ignore[union-attr]
+
+
+async def _invites(client: MatrixClient) -> dict[str, dict[str, Any]]:
+    sync = await sync_now(client)
+    out: dict[str, dict[str, Any]] = {}
+    for room, data in sync.get("rooms", {}).get("invite", {}).items():
+        for e in data.get("invite_state", {}).get("events", []):
+            if e["type"] == "m.room.member" and e["state_key"] == client.user_id:
+                out[room] = e["content"]
+    return out

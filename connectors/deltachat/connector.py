@@ -27,8 +27,9 @@ import shutil
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from bridge.connector import (
@@ -75,6 +76,7 @@ from .config import DeltaChatConfig, parse_config, valid_address
 from .rpc import Rpc, RpcDown, RpcError
 from .store import MsgRecord, Store
 
+T = TypeVar("T")
 NETWORK = "deltachat"
 SELF = 1  # the core's contact id for the account itself
 TOPIC_NOTE = "Bridged by mimi-bridge: messages are decrypted at the bridge."
@@ -124,6 +126,10 @@ def group_handle(grpid: str) -> str:
     return f"g.{grpid}"
 
 
+class CoreDown(ConnectorError):
+    """The Delta Chat core is restarting; the action is tried again once it runs."""
+
+
 class RateLimiter:
     """A sliding-window limit of incoming messages per remote sender."""
 
@@ -161,20 +167,20 @@ class DeltaChatClient(NetworkClient):
         self.user_id = user_id  # None: the relay
 
     async def handle_matrix_message(self, msg: MatrixMessage) -> SentMessage:
-        return await self.conn.send_message(self, msg)
+        return await self.conn.retrying(lambda: self.conn.send_message(self, msg))
 
     async def handle_matrix_edit(self, edit: MatrixEdit) -> SentMessage | None:
-        await self.conn.send_edit(self, edit)
+        await self.conn.retrying(lambda: self.conn.send_edit(self, edit))
         return None
 
     async def handle_matrix_redaction(self, redaction: MatrixRedaction) -> None:
-        await self.conn.send_redaction(self, redaction)
+        await self.conn.retrying(lambda: self.conn.send_redaction(self, redaction))
 
     async def handle_matrix_reaction(self, reaction: MatrixReaction) -> SentMessage:
-        return await self.conn.send_reaction(self, reaction)
+        return await self.conn.retrying(lambda: self.conn.send_reaction(self, reaction))
 
     async def handle_matrix_reaction_remove(self, removal: MatrixReactionRemove) -> None:
-        await self.conn.remove_reaction(self, removal)
+        await self.conn.retrying(lambda: self.conn.remove_reaction(self, removal))
 
     async def handle_matrix_membership(self, change: MatrixMembership) -> None:
         await self.conn.send_membership(self, change)
@@ -610,7 +616,9 @@ class DeltaChatConnector(NetworkConnector):
                 )
 
     async def _mid(self, account: int, msg_id: int) -> str:
-        info = await self.rpc.call("get_message_info_object", account, msg_id)
+        info = await self.rpc.call(
+            "get_message_info_object", account, msg_id, wait_up=self.cfg.send_timeout
+        )
         return str(info["rfc724Mid"])
 
     async def _remote_message(
@@ -852,13 +860,26 @@ class DeltaChatConnector(NetworkConnector):
 
     # --- Matrix -> Delta Chat -------------------------------------------------------------
 
+    async def retrying(self, action: Callable[[], Awaitable[T]]) -> T:
+        """Run a Matrix user's action, again after a core restart (up to ``send_timeout``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.send_timeout
+        while True:
+            try:
+                return await action()
+            except (CoreDown, RpcDown) as e:
+                left = deadline - loop.time()
+                if left <= 0 or not await self.rpc.wait_up(left):
+                    raise ConnectorError(f"the Delta Chat core is not running ({e})") from e
+                await asyncio.sleep(0.1)
+
     async def _call(self, method: str, *params: Any) -> Any:
         """A core call on behalf of a Matrix user: waits for a restarting core, and turns
         core errors into readable ones."""
         try:
             return await self.rpc.call(method, *params, wait_up=self.cfg.send_timeout)
         except RpcDown as e:
-            raise ConnectorError(f"the Delta Chat core is not running ({e})") from e
+            raise CoreDown(f"the Delta Chat core is not running ({e})") from e
         except RpcError as e:
             raise ConnectorError(f"Delta Chat refused it: {e}") from e
 
@@ -964,7 +985,7 @@ class DeltaChatConnector(NetworkConnector):
         try:
             return await self.chat_for(account, portal)
         except RpcDown as e:
-            raise ConnectorError(f"the Delta Chat core is not running ({e})") from e
+            raise CoreDown(f"the Delta Chat core is not running ({e})") from e
         except RpcError as e:
             raise ConnectorError(f"Delta Chat has no such chat: {e}") from e
 

@@ -86,6 +86,14 @@ class Rpc:
     def is_up(self) -> bool:
         return self._up.is_set()
 
+    async def wait_up(self, limit_s: float) -> bool:
+        """Wait until the server runs (at most ``limit_s`` seconds); whether it does."""
+        if self._up.is_set():
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._up.wait(), limit_s)
+        return self._up.is_set()
+
     async def start(self) -> None:
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name="deltachat-rpc-supervisor")

@@ -227,6 +227,7 @@ class DeltaChatConnector(NetworkConnector):
         self._pending_link_notice: dict[PortalKey, str] = {}
         self._sent_by: dict[tuple[int, int], tuple[str, PortalKey]] = {}
         self._undelivered: set[tuple[int, int]] = set()
+        self._dropped: set[tuple[int, int]] = set()  # over the rate limit: not backfilled
         self._account_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._nudger: asyncio.Task[None] | None = None
@@ -582,6 +583,9 @@ class DeltaChatConnector(NetworkConnector):
         if portal is None:
             return
         if not sender.is_from_me and not self.limiter.allow(sender.remote_id):
+            if len(self._dropped) > 50_000:
+                self._dropped.clear()
+            self._dropped.add((account, msg_id))
             if self.limiter.should_warn(sender.remote_id):
                 self.log.warning(
                     "rate limit: messages from %s dropped for %.0f s",
@@ -1328,6 +1332,8 @@ class DeltaChatConnector(NetworkConnector):
             return []
         out: list[RemoteMessage] = []
         for msg_id in ids[-limit:]:
+            if (account, msg_id) in self._dropped:
+                continue
             msg = await self.rpc.call("get_message", account, msg_id)
             if msg.get("isInfo") or int(msg.get("fromId", 0)) <= 9:
                 continue

@@ -48,7 +48,7 @@ async def test_dm_both_ways_through_the_relay(
     hello = await ann.wait_for_event(room, lambda e: body(e) == "hello from delta chat", 30)
     assert hello["sender"] == ghost(alice.addr)
     info = await ann.get_state(room, "m.bridge", f"mimi-bridge/deltachat/{alice.addr}")
-    assert info["com.github.mimi-bridge.decrypted_at_bridge"] is True
+    assert info and info["com.github.mimi-bridge.decrypted_at_bridge"] is True
     # Matrix -> Delta Chat: relayed with the display name, as a quoted reply.
     since = alice.mark()
     await ann.reply(room, hello["event_id"], "hi alice")
@@ -167,10 +167,14 @@ async def test_unknown_senders_and_rate_limit(
     for i in range(6):
         await alice.send(chat, f"flood {i}")
     room = await dm_room(dcbridge, cat, alice.addr)
-    await cat.wait_for_event(room, lambda e: body(e) == "flood 2", 30)
+    wanted = {"flood 0", "flood 1", "flood 2"}
+    for _ in range(3):
+        evt = await cat.wait_for_event(room, lambda e: body(e) in wanted, 30)
+        wanted.discard(body(evt))
     await _settle(dcbridge)
     bodies = [body(e) for e in await cat.messages(room) if e["type"] == "m.room.message"]
-    assert [b for b in bodies if b.startswith("flood")] == ["flood 0", "flood 1", "flood 2"]
+    # Three pass (the mail server may deliver them in any order), the rest are dropped.
+    assert sorted(b for b in bodies if b.startswith("flood")) == ["flood 0", "flood 1", "flood 2"]
     for r in await cat.joined_rooms():
         assert ghost(bob.addr) not in await cat.joined_members(r)
     await cat.close()

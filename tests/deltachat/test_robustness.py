@@ -52,7 +52,12 @@ async def test_mail_server_restart_loses_and_doubles_nothing(
     finally:
         await asyncio.to_thread(mailstack.start)
     for i in range(3):
-        await until(lambda i=i: _count(alice, chat, f"during outage {i}"), 90, f"message {i}")
+        text = f"during outage {i}"
+
+        async def arrived(text: str = text) -> int:
+            return await _count(alice, chat, text)
+
+        await until(arrived, 90, text)
     await user.wait_for_event(room, lambda e: body(e) == "alice during outage", 90)
     await asyncio.sleep(3)
     for i in range(3):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import shutil
 import struct
 import tempfile
 import zlib
@@ -124,6 +125,7 @@ async def peers(mailstack: MailStack) -> AsyncIterator[Peers]:
     await p.rpc.start()
     yield p
     await p.rpc.close()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

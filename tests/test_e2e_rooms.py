@@ -128,11 +128,18 @@ async def test_typing_receipts_presence(make_bridge: BridgeFactory, synapse: Syn
         return status == 200 and body.get("presence") == "unavailable"
 
     await until(ghost_away, what="ghost presence")
+    _, first = await lea.request("GET", "/_matrix/client/v3/sync", params={"timeout": "0"})
+    since = first["next_batch"]
     await tn.remote_typing("#live", "max")
 
     async def ghost_typing() -> bool:
-        _, body = await lea.request("GET", "/_matrix/client/v3/sync", params={"timeout": "0"})
-        ephemeral = body["rooms"]["join"].get(room, {}).get("ephemeral", {}).get("events", [])
+        nonlocal since
+        _, body = await lea.request(
+            "GET", "/_matrix/client/v3/sync", params={"timeout": "1000", "since": since}
+        )
+        since = body["next_batch"]
+        joined = body.get("rooms", {}).get("join", {})
+        ephemeral = joined.get(room, {}).get("ephemeral", {}).get("events", [])
         return any(
             e["type"] == "m.typing" and "@testnet_max:localhost" in e["content"]["user_ids"]
             for e in ephemeral

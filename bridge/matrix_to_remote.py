@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import content as contentmod
 from .connector import (
+    Attachment,
     ConnectorError,
     GhostKey,
     MatrixEdit,
@@ -413,7 +414,25 @@ class MatrixHandler:
         elif field == "topic":
             change.topic = str(content.get("topic") or "")
         else:
-            return await self._not_supported(portal, "room avatars")
+            url = content.get("url")
+            if not isinstance(url, str) or not url.startswith("mxc://"):
+                return await self._not_supported(portal, "removing a room avatar")
+            info = content.get("info") if isinstance(content.get("info"), dict) else {}
+            assert isinstance(info, dict)
+            try:
+                data = await self.hs.download(url)
+            except MatrixError as e:
+                await self.bridge.send_notice(
+                    portal.room_id or room_id, f"The room avatar was not bridged: {e}"
+                )
+                return
+            change.avatar = Attachment(
+                filename="avatar",
+                mimetype=str(info.get("mimetype") or "image/png"),
+                data=data,
+                size=len(data),
+                mxc=url,
+            )
         await self._deliver(portal, sender, "room change", client.handle_matrix_room_meta(change))
 
     async def membership(
@@ -539,6 +558,18 @@ class MatrixHandler:
         portal.is_direct = True
         await self.bridge.portal_store.save(portal)
         await connector.portal_opened(key)
+        # The bot is not in this room, so no bridge-info state: the ghost says it instead.
+        await self.hs.send(
+            room_id,
+            "m.room.message",
+            {
+                "msgtype": "m.notice",
+                "body": f"This chat is bridged to {connector.display_name} "
+                "by mimi-bridge: messages are decrypted at the bridge.",
+            },
+            txn_id=f"mimi.dm-opened.{room_id}",
+            as_user=ghost_id,
+        )
 
     # --- ephemeral --------------------------------------------------------------------
 

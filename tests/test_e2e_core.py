@@ -176,6 +176,9 @@ async def test_ghost_dm_and_remote_dm(make_bridge: BridgeFactory, synapse: Synap
     await command(frank, mgmt, "login testnet frank-remote", "Logged in")
     room = await frank.create_room(invite=["@testnet_zoe:localhost"], is_direct=True)
     await until(lambda: is_member(frank, room, "@testnet_zoe:localhost"))
+    await frank.wait_for_event(
+        room, lambda e: "decrypted at the bridge" in e["content"].get("body", "")
+    )
     await frank.send_text(room, "hi zoe")
     dm = await until(sent(bridge, "message", text="hi zoe"))
     assert dm["room"] == "zoe"

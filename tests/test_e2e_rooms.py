@@ -84,6 +84,10 @@ async def test_membership_and_room_changes_reach_network(
     await until(sent(bridge, "meta", topic="new topic"))
     await kim.send_state(room, "m.room.name", "", {"name": "Ops room"})
     await until(sent(bridge, "meta", name="Ops room"))
+    icon = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
+    mxc = await _upload(kim, icon, "image/png", "icon.png")
+    await kim.send_state(room, "m.room.avatar", "", {"url": mxc, "info": {"mimetype": "image/png"}})
+    await until(sent(bridge, "meta", avatar=len(icon)))
     await kim.leave(room)
     await until(sent(bridge, "membership", room="#ops", membership="leave"))
     await kim.close()

@@ -132,7 +132,12 @@ class TestNetClient(NetworkClient):
 
     async def handle_matrix_room_meta(self, change: MatrixRoomMeta) -> None:
         self.connector.record(
-            "meta", change.portal, as_=self.name, name=change.name, topic=change.topic
+            "meta",
+            change.portal,
+            as_=self.name,
+            name=change.name,
+            topic=change.topic,
+            avatar=len(change.avatar.data or b"") if change.avatar else None,
         )
 
 

@@ -103,3 +103,17 @@ def test_ungenerated_tokens_are_a_config_error(tmp_path: Path) -> None:
     res = run("-c", str(example(tmp_path)))
     assert res.returncode == 2
     assert "appservice.as_token: not generated yet" in res.stderr
+
+
+@pytest.mark.parametrize("name", ["irc", "xmpp", "deltachat"])
+def test_example_connector_sections_are_valid(tmp_path: Path, name: str) -> None:
+    """Each connector's documented example section passes its own validation."""
+    from bridge.config import load
+    from bridge.connectors_loader import load_connector_classes
+
+    path = tmp_path / "config.yaml"
+    doc = YAML().load((ROOT / "config.example.yaml").read_text())
+    doc["connectors"][name]["enabled"] = True
+    with path.open("w") as f:
+        YAML().dump(doc, f)
+    assert list(load_connector_classes(load(path))) == [name]

@@ -19,10 +19,12 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
+from xml.parsers import expat
 
 from slixmpp import ClientXMPP, ComponentXMPP
 from slixmpp.basexmpp import BaseXMPP
 from slixmpp.stanza import Iq, Message, Presence
+from slixmpp.xmlstream import ET
 
 from .config import XMPPConfig
 
@@ -67,8 +69,194 @@ def _register(xmpp: BaseXMPP) -> None:
         xmpp.register_plugin(name, PLUGIN_CONFIG.get(name))
 
 
-def make_component(cfg: XMPPConfig) -> ComponentXMPP:
-    xmpp = ComponentXMPP(cfg.domain, cfg.secret, cfg.host, cfg.port)
+KEEP = 1
+DROP = 0
+KEEP_IF_SELF = 2  # keep only if it carries the MUC status code 110 (the occupant's own)
+
+_MUC_STATUS = "http://jabber.org/protocol/muc#user}status"
+
+
+def _qname(name: str) -> str:
+    """expat's ``ns}local`` as ElementTree's ``{ns}local``."""
+    return "{" + name if "}" in name else name
+
+
+def _qattrs(attrs: dict[str, str]) -> dict[str, str]:
+    for key in attrs:
+        if "}" in key:
+            return {_qname(k): v for k, v in attrs.items()}
+    return attrs
+
+
+class _Refused(Exception):
+    pass
+
+
+class StanzaReader:
+    """An incremental XML stream reader (expat) that builds ElementTree elements only for the
+    stanzas a ``prefilter`` keeps. The prefilter sees each top-level element's tag and
+    attributes (``from``, ``to``, ``type``) and answers KEEP, DROP or KEEP_IF_SELF; the
+    children of a dropped stanza are only counted, never built. DTDs and entity
+    declarations are refused (RFC 6120 §11.1)."""
+
+    _SKIP, _BUILD, _RECORD = 0, 1, 2
+
+    def __init__(self, prefilter: Callable[[str, dict[str, str]], int] | None) -> None:
+        self.prefilter = prefilter
+        parser = expat.ParserCreate(namespace_separator="}")
+        parser.buffer_text = True
+        parser.StartElementHandler = self._start
+        parser.EndElementHandler = self._end
+        parser.CharacterDataHandler = self._data
+        parser.StartDoctypeDeclHandler = self._refuse
+        parser.EntityDeclHandler = self._refuse
+        parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        self._parser = parser
+        self.depth = 0
+        self.mode = self._SKIP
+        self.builder: Any = None
+        self.record: list[tuple[int, Any, Any]] = []
+        self.is_self = False
+        self.out: list[tuple[str, ET.Element | None]] = []
+        self.dropped = 0
+
+    def _refuse(self, *_args: Any) -> None:
+        raise _Refused("DTDs and entity declarations are not allowed in XMPP")
+
+    def feed(self, data: bytes) -> list[tuple[str, ET.Element | None]]:
+        """Parse a chunk; return what it completed: ("root", element), ("stanza",
+        element) or ("end", None). Raises ValueError on malformed XML."""
+        try:
+            self._parser.Parse(data, False)
+        except (expat.ExpatError, _Refused) as e:
+            raise ValueError(str(e)) from e
+        out, self.out = self.out, []
+        return out
+
+    def _start(self, name: str, attrs: dict[str, str]) -> None:
+        depth = self.depth
+        self.depth = depth + 1
+        if depth > 1:
+            mode = self.mode
+            if mode == self._SKIP:
+                return
+            if mode == self._BUILD:
+                self.builder.start(_qname(name), _qattrs(attrs))
+            else:
+                self.record.append((0, name, attrs))
+                if name == _MUC_STATUS and attrs.get("code") == "110":
+                    self.is_self = True
+            return
+        tag, attrib = _qname(name), _qattrs(attrs)
+        if depth == 0:
+            self.out.append(("root", ET.Element(tag, attrib)))
+            return
+        verdict = KEEP if self.prefilter is None else self.prefilter(tag, attrib)
+        if verdict == DROP:
+            self.mode = self._SKIP
+            self.dropped += 1
+        elif verdict == KEEP_IF_SELF:
+            self.mode = self._RECORD
+            self.record = [(0, name, attrs)]
+            self.is_self = False
+        else:
+            self.mode = self._BUILD
+            self.builder = ET.TreeBuilder()
+            self.builder.start(tag, attrib)
+
+    def _data(self, text: str) -> None:
+        if self.depth > 1:
+            if self.mode == self._BUILD:
+                self.builder.data(text)
+            elif self.mode == self._RECORD:
+                self.record.append((1, text, None))
+
+    def _end(self, name: str) -> None:
+        self.depth -= 1
+        depth = self.depth
+        mode = self.mode
+        if depth > 1:
+            if mode == self._BUILD:
+                self.builder.end(_qname(name))
+            elif mode == self._RECORD:
+                self.record.append((2, name, None))
+            return
+        if depth == 0:
+            self.out.append(("end", None))
+            return
+        if mode == self._BUILD:
+            self.builder.end(_qname(name))
+            self.out.append(("stanza", self.builder.close()))
+        elif mode == self._RECORD:
+            if self.is_self:
+                self.record.append((2, name, None))
+                self.out.append(("stanza", self._replay()))
+            else:
+                self.dropped += 1
+        self.mode = self._SKIP
+        self.builder = None
+        self.record = []
+
+    def _replay(self) -> ET.Element:
+        builder = ET.TreeBuilder()
+        for kind, a, b in self.record:
+            if kind == 0:
+                builder.start(_qname(a), _qattrs(b))
+            elif kind == 1:
+                builder.data(a)
+            else:
+                builder.end(_qname(a))
+        element: ET.Element = builder.close()
+        return element
+
+
+class Component(ComponentXMPP):
+    """The XEP-0114 component, reading its stream with :class:`StanzaReader`.
+
+    In a MUC every occupant gets its own copy of each message and presence, so with N
+    puppets in a room the component receives N copies of everything said there and N^2
+    presences while they join. ``prefilter`` (set by the connector) looks at each stanza's
+    top-level tag and attributes, and the copies nobody needs are skipped without building
+    them or running slixmpp's handlers on them."""
+
+    prefilter: Callable[[str, dict[str, str]], int] | None = None
+
+    def init_parser(self) -> None:
+        self.xml_depth = 0
+        self.xml_root = None
+        self.parser = StanzaReader(self.prefilter)  # type: ignore[assignment]
+
+    def data_received(self, data: bytes | str) -> None:
+        reader = self.parser
+        if not isinstance(reader, StanzaReader):
+            logging.getLogger(__name__).warning("data before the stream was set up: %r", data)
+            return
+        try:
+            done = reader.feed(data.encode() if isinstance(data, str) else data)
+        except ValueError as e:
+            logging.getLogger(__name__).error("malformed XML from the server (%s); reconnecting", e)
+            self.disconnect_reason = "malformed XML"
+            self.abort()
+            return
+        for kind, xml in done:
+            if kind == "stanza":
+                assert xml is not None
+                self._spawn_event(xml)
+                if self.xml_root is not None:
+                    self.xml_root.clear()
+            elif kind == "root":
+                self.xml_root = xml
+                self.xml_depth = 1
+                self.start_stream_handler(xml)
+            else:
+                self.xml_depth = 0
+                self.disconnect_reason = "End of stream"
+                self.abort()
+                return
+
+
+def make_component(cfg: XMPPConfig) -> Component:
+    xmpp = Component(cfg.domain, cfg.secret, cfg.host, cfg.port)
     xmpp.enable_direct_tls = False
     # Subscription requests to Matrix users are accepted (presence is shared both ways).
     xmpp.auto_authorize = True

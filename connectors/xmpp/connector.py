@@ -75,7 +75,16 @@ from bridge.connector.ids import InvalidEscape
 from . import matrix_to_xmpp as out
 from . import muc as mucmod
 from . import xmpp_to_matrix as inc
-from .component import NotConnected, SerialInbox, Stream, make_client, make_component
+from .component import (
+    DROP,
+    KEEP,
+    KEEP_IF_SELF,
+    NotConnected,
+    SerialInbox,
+    Stream,
+    make_client,
+    make_component,
+)
 from .config import XMPPConfig, parse_config
 from .idmap import IdStore, MessageRecord
 from .jid_mapping import InvalidMapping, JidMapper, parse_remote_user, parse_room_jid
@@ -133,11 +142,20 @@ class Identity:
         self.user_id = user_id
         self.stream = stream
         self._jid = jid
+        self._jid_str: str | None = None
         self.login = login
 
     @property
     def jid(self) -> JID:
         return self._jid if self._jid is not None else self.stream.xmpp.boundjid
+
+    @property
+    def jid_str(self) -> str:
+        if self._jid is None:
+            return str(self.stream.xmpp.boundjid)
+        if self._jid_str is None:
+            self._jid_str = str(self._jid)
+        return self._jid_str
 
     @property
     def key(self) -> str:
@@ -250,6 +268,7 @@ class XMPPConnector(NetworkConnector):
             max_delay=self.cfg.reconnect_max_delay,
             log=self.log,
         )
+        self.component_xmpp.prefilter = self._wanted
         self.component.on_ready.append(self._component_ready)
         self.component.on_lost.append(lambda: self._stream_lost(self.component))
         self._install_handlers(self.component)
@@ -928,6 +947,37 @@ class XMPPConnector(NetworkConnector):
         occ.state = "left"
         await self._join_or_notify(room, ident, None)
         return True
+
+    # --- incoming stanzas: the cheap first look -------------------------------------------------
+
+    def _wanted(self, tag: str, attrib: dict[str, str]) -> int:
+        """Whether a stanza from the component stream is worth parsing, from its top-level
+        tag and attributes. Of the copies a MUC sends to each of the bridge's occupants, only
+        the listener's copy of groupchat messages and presences is used, plus each occupant's
+        own presence; the others are dropped before they are built. Anything unusual (errors,
+        unknown rooms or addresses, other stanza types) is kept for the full handlers."""
+        frm = attrib.get("from")
+        if not frm or attrib.get("type") == "error":
+            return KEEP
+        bare, _, nick = frm.partition("/")
+        room = self.rooms.get(bare)
+        if room is None:
+            return KEEP
+        to = attrib.get("to", "")
+        listener = room.listener()
+        if listener is None or listener.identity.jid_str == to:
+            return KEEP
+        occ = room.ours.by_jid.get(to)
+        if occ is None:
+            return KEEP
+        if tag in _MESSAGE_TAGS:
+            return DROP if attrib.get("type") == "groupchat" else KEEP
+        if tag in _PRESENCE_TAGS:
+            if nick and nick == occ.nick:
+                return KEEP  # its own presence (joined, left, kicked, renamed)
+            # While it joins, the room may give it another nick (status 110 and 210).
+            return KEEP_IF_SELF if occ.state == "joining" else DROP
+        return KEEP
 
     # --- incoming presence --------------------------------------------------------------------
 
@@ -2196,6 +2246,10 @@ class XMPPConnector(NetworkConnector):
             return None
         item = x.find(f"{{{inc.NS_MUC_USER}}}item")
         return item.attrib.get("jid") if item is not None else None
+
+
+_MESSAGE_TAGS = frozenset({"{jabber:component:accept}message", "{jabber:client}message"})
+_PRESENCE_TAGS = frozenset({"{jabber:component:accept}presence", "{jabber:client}presence"})
 
 
 def _conversation(stanza: Any) -> str:

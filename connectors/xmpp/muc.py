@@ -12,7 +12,7 @@ import asyncio
 import time
 import unicodedata
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from slixmpp import JID
 from slixmpp.jid import InvalidJID
@@ -103,6 +103,34 @@ class Occupant:
         return JID(f"{self.room.bare}/{self.nick}")
 
 
+class OccupantMap(dict[str, Occupant]):
+    """Matrix user id -> occupant, also indexed by the occupant's own JID (as a string)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_jid: dict[str, Occupant] = {}
+
+    def __setitem__(self, user_id: str, occ: Occupant) -> None:
+        old = self.get(user_id)
+        if old is not None:
+            self.by_jid.pop(old.identity.jid_str, None)
+        super().__setitem__(user_id, occ)
+        self.by_jid[occ.identity.jid_str] = occ
+
+    def __delitem__(self, user_id: str) -> None:
+        occ = self[user_id]
+        super().__delitem__(user_id)
+        if self.by_jid.get(occ.identity.jid_str) is occ:
+            del self.by_jid[occ.identity.jid_str]
+
+    def pop(self, user_id: str, default: Any = None) -> Any:
+        if user_id not in self:
+            return default
+        occ = self[user_id]
+        del self[user_id]
+        return occ
+
+
 @dataclass(eq=False)
 class RemoteOccupant:
     nick: str
@@ -115,7 +143,7 @@ class RemoteOccupant:
 @dataclass(eq=False)
 class MucRoom:
     jid: JID
-    ours: dict[str, Occupant] = field(default_factory=dict)  # Matrix user id -> occupant
+    ours: OccupantMap = field(default_factory=OccupantMap)  # Matrix user id -> occupant
     remote: dict[str, RemoteOccupant] = field(default_factory=dict)  # nick -> occupant
     subject: str | None = None
     name: str | None = None
@@ -140,7 +168,10 @@ class MucRoom:
         return None
 
     def by_identity_jid(self, jid: JID) -> Occupant | None:
-        for occ in self.ours.values():
+        occ = self.ours.by_jid.get(str(jid))
+        if occ is not None and occ.identity.jid == jid:
+            return occ
+        for occ in self.ours.values():  # a JID written differently, or a rebound login
             if occ.identity.jid == jid:
                 return occ
         return None

@@ -43,7 +43,7 @@ pidfile = {base!r} .. "/prosody.pid"
 data_path = {base!r} .. "/data"
 certificates = {base!r} .. "/certs"
 log = {{
-  {{ levels = {{ min = "debug" }}, to = "file", filename = {base!r} .. "/prosody.log" }};
+  {{ levels = {{ min = "{log_level}" }}, to = "file", filename = {base!r} .. "/prosody.log" }};
   {{ levels = {{ min = "error" }}, to = "console" }};
 }}
 interfaces = {{ "127.0.0.1" }}
@@ -71,6 +71,7 @@ registration_throttle_max = 1000
 min_seconds_between_registrations = 0
 authentication = "internal_hashed"
 storage = "internal"
+gc = {{ mode = "generational" }}
 archive_expires_after = "never"
 default_archive_policy = true
 
@@ -241,9 +242,13 @@ class ProsodyServer:
 
 
 def start_prosody(
-    workdir: str | os.PathLike[str], component_domain: str, component_secret: str
+    workdir: str | os.PathLike[str],
+    component_domain: str,
+    component_secret: str,
+    log_level: str = "debug",
 ) -> ProsodyServer:
-    """Start a fresh Prosody; see the module docstring. Call ``stop()`` when done."""
+    """Start a fresh Prosody; see the module docstring. Call ``stop()`` when done.
+    ``log_level`` is the level of ``prosody.log`` (benchmarks want "warn")."""
     find_prosody()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -284,6 +289,7 @@ def start_prosody(
             muc_domain=MUC_DOMAIN,
             component_domain=component_domain,
             component_secret=component_secret,
+            log_level=log_level,
         )
     )
     if as_user:

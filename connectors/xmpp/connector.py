@@ -378,6 +378,7 @@ class XMPPConnector(NetworkConnector):
             task.cancel()
         self.inbox.close()
         await self.media.close()
+        await self.ids.flush()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -9,11 +9,15 @@ so every id of a message resolves to its record here. Reaction sets (XEP-0444 se
 set of one user's reactions) are kept per (conversation, user, message).
 
 Records live in memory (bounded) and, when the core offers a database, in the tables
-``xmpp_message`` and ``xmpp_reaction`` so that edits and reactions survive a restart.
+``xmpp_message`` and ``xmpp_reaction`` so that edits and reactions survive a restart. Writes
+go to the database behind the memory (batched, one transaction per batch), so that a message
+is never held up by the database on its way to the core; :meth:`IdStore.flush` waits for
+them (the connector calls it when it stops).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import OrderedDict
@@ -44,12 +48,49 @@ _SCHEMA = [
 ]
 
 
+_INSERT_MESSAGE = (
+    "INSERT INTO xmpp_message (conv, xid, canonical, stanza_id, origin_id, sender)"
+    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (conv, xid) DO UPDATE SET"
+    " canonical=excluded.canonical, stanza_id=excluded.stanza_id,"
+    " origin_id=excluded.origin_id, sender=excluded.sender"
+)
+_INSERT_REACTIONS = (
+    "INSERT INTO xmpp_reaction (conv, sender, target, keys) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (conv, sender, target) DO UPDATE SET keys=excluded.keys"
+)
+
+
 class IdStore:
     def __init__(self, db: Any = None, capacity: int = 50_000) -> None:
         self.db = db
         self.capacity = capacity
         self._by_id: OrderedDict[tuple[str, str], MessageRecord] = OrderedDict()
         self._reactions: OrderedDict[tuple[str, str, str], frozenset[str]] = OrderedDict()
+        self._writes: list[tuple[str, tuple[Any, ...]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    def _write(self, query: str, row: tuple[Any, ...]) -> None:
+        self._writes.append((query, row))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_batches(), name="xmpp-id-writer")
+
+    async def _write_batches(self) -> None:
+        while self._writes:
+            batch, self._writes = self._writes, []
+            by_query: dict[str, list[tuple[Any, ...]]] = {}
+            for query, row in batch:
+                by_query.setdefault(query, []).append(row)
+            try:
+                async with self.db.acquire() as conn, conn.transaction():
+                    for query, rows in by_query.items():
+                        await conn.executemany(query, rows)
+            except Exception as e:
+                log.warning("id store: could not persist %d ids: %s", len(batch), e)
+
+    async def flush(self) -> None:
+        """Wait until every id recorded so far is in the database."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
 
     async def setup(self) -> None:
         if self.db is None:
@@ -75,22 +116,11 @@ class IdStore:
             self._remember((rec.conv, xid), rec)
         if self.db is None:
             return
-        try:
-            for xid in ids:
-                await self.db.execute(
-                    "INSERT INTO xmpp_message (conv, xid, canonical, stanza_id, origin_id, sender)"
-                    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (conv, xid) DO UPDATE SET"
-                    " canonical=excluded.canonical, stanza_id=excluded.stanza_id,"
-                    " origin_id=excluded.origin_id, sender=excluded.sender",
-                    rec.conv,
-                    xid,
-                    rec.canonical,
-                    rec.stanza_id,
-                    rec.origin_id,
-                    rec.sender,
-                )
-        except Exception as e:
-            log.warning("id store: could not persist %s: %s", rec.canonical, e)
+        for xid in sorted(ids):
+            self._write(
+                _INSERT_MESSAGE,
+                (rec.conv, xid, rec.canonical, rec.stanza_id, rec.origin_id, rec.sender),
+            )
 
     async def get(self, conv: str, xid: str) -> MessageRecord | None:
         rec = self._by_id.get((conv, xid))
@@ -146,14 +176,4 @@ class IdStore:
             self._reactions.popitem(last=False)
         if self.db is None:
             return
-        try:
-            await self.db.execute(
-                "INSERT INTO xmpp_reaction (conv, sender, target, keys) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (conv, sender, target) DO UPDATE SET keys=excluded.keys",
-                conv,
-                sender,
-                target,
-                json.dumps(sorted(keys)),
-            )
-        except Exception as e:
-            log.warning("id store: could not persist reactions: %s", e)
+        self._write(_INSERT_REACTIONS, (conv, sender, target, json.dumps(sorted(keys))))

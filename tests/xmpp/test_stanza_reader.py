@@ -1,0 +1,103 @@
+"""The component's stream reader: the elements it builds equal ElementTree's, whatever the
+chunking; dropped stanzas are skipped whole; hostile XML is refused."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from connectors.xmpp.component import DROP, KEEP, KEEP_IF_SELF, StanzaReader
+
+HEADER = (
+    b"<stream:stream xmlns='jabber:component:accept' "
+    b"xmlns:stream='http://etherx.jabber.org/streams' id='abc' from='matrix.localhost'>"
+)
+STANZAS = [
+    b"<message from='r@muc/a' to='p\\40x@c/m' type='groupchat' id='1' xml:lang='en'>"
+    b"<body>hi &amp; &lt;bye&gt; \xc3\xa9</body>"
+    b"<stanza-id xmlns='urn:xmpp:sid:0' id='s1' by='r@muc'/>"
+    b"</message>",
+    b"<presence from='r@muc/b' to='p\\40x@c/m'><x xmlns='http://jabber.org/protocol/muc#user'>"
+    b"<item affiliation='none' role='participant'/><status code='110'/></x></presence>",
+    b"<presence from='r@muc/c' to='p\\40x@c/m'><x xmlns='http://jabber.org/protocol/muc#user'>"
+    b"<item affiliation='none' role='participant'/></x></presence>",
+    b"<iq type='get' id='q' from='a@b/c' to='c'><ping xmlns='urn:xmpp:ping'/></iq>",
+    b"<message from='a@b' to='c'><body><![CDATA[<not> a tag]]></body>text tail</message>",
+]
+
+
+def reference(data: bytes) -> list[ET.Element]:
+    root = ET.fromstring(data + b"</stream:stream>")
+    return list(root)
+
+
+def same(a: ET.Element, b: ET.Element) -> bool:
+    return (
+        a.tag == b.tag
+        and a.attrib == b.attrib
+        and (a.text or "") == (b.text or "")
+        and (a.tail or "").strip() == (b.tail or "").strip()
+        and len(a) == len(b)
+        and all(same(x, y) for x, y in zip(a, b, strict=True))
+    )
+
+
+def read(data: bytes, cuts: list[int], prefilter: object = None) -> list[tuple[str, object]]:
+    reader = StanzaReader(prefilter)  # type: ignore[arg-type]
+    out: list[tuple[str, object]] = []
+    pos = 0
+    for cut in [*sorted(cuts), len(data)]:
+        out += reader.feed(data[pos:cut])
+        pos = cut
+    return out
+
+
+@given(
+    order=st.lists(st.integers(0, len(STANZAS) - 1), max_size=8),
+    cuts=st.lists(st.integers(0, 2000), max_size=6),
+)
+def test_builds_what_elementtree_builds_for_any_chunking(order: list[int], cuts: list[int]) -> None:
+    body = b"".join(STANZAS[i] for i in order)
+    data = HEADER + body
+    events = read(data, [c for c in cuts if c <= len(data)])
+    assert events[0][0] == "root"
+    root = events[0][1]
+    assert isinstance(root, ET.Element) and root.get("id") == "abc"
+    built = [e for kind, e in events[1:] if kind == "stanza"]
+    expected = reference(data)
+    assert len(built) == len(expected)
+    assert all(same(a, b) for a, b in zip(built, expected, strict=True))  # type: ignore[arg-type]
+
+
+def test_dropped_and_self_only_stanzas() -> None:
+    verdicts = iter([DROP, KEEP_IF_SELF, KEEP_IF_SELF, KEEP, KEEP])
+    seen: list[tuple[str, str | None]] = []
+
+    def prefilter(tag: str, attrib: dict[str, str]) -> int:
+        seen.append((tag, attrib.get("from")))
+        return next(verdicts)
+
+    events = read(HEADER + b"".join(STANZAS) + b"</stream:stream>", [], prefilter)
+    kinds = [k for k, _ in events]
+    assert kinds == ["root", "stanza", "stanza", "stanza", "end"]
+    built = [e for k, e in events if k == "stanza"]
+    # The message was dropped; of the two presences only the one with status 110 is kept.
+    assert [e.get("from") for e in built] == ["r@muc/b", "a@b/c", "a@b"]  # type: ignore[union-attr]
+    assert same(built[0], reference(HEADER + STANZAS[1])[0])  # type: ignore[arg-type]
+    assert seen[0] == ("{jabber:component:accept}message", "r@muc/a")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"<!DOCTYPE x [<!ENTITY a 'aaaa'>]>" + HEADER,
+        HEADER + b"<message><body>&undefined;</body></message>",
+        HEADER + b"<message></presence>",
+    ],
+)
+def test_hostile_or_malformed_xml_is_refused(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        read(data, [])

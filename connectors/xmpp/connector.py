@@ -2017,11 +2017,13 @@ class XMPPConnector(NetworkConnector):
         _mto, _mtype, room = self._target(change.portal)
         assert room is not None
         if change.target is None:
-            if change.membership == Membership.JOIN:
+            # The sender joins or leaves, or removes another Matrix user from the portal.
+            who = change.target_matrix_user or identity.user_id
+            if change.membership == Membership.JOIN and who == identity.user_id:
                 self.display_names[identity.user_id] = change.sender.display_name
                 await self.join(room, identity)
             elif change.membership in (Membership.LEAVE, Membership.KICK, Membership.BAN):
-                await self.leave(room, identity.user_id, change.reason)
+                await self.leave(room, who, change.reason)
             return
         ghost = change.target.remote_id
         ro = room.remote_by_ghost(ghost)

@@ -227,10 +227,25 @@ async def test_join_by_alias_and_messages_both_ways(
     # The portal is a bridged room: m.bridge state names the MUC.
     info = await ann.get_state(room, "m.bridge", f"mimi-bridge/xmpp/{muc}")
     assert info and info["protocol"]["id"] == "xmpp" and info["channel"]["id"] == muc
-    # The XMPP user is in the Matrix room as a ghost named by the nick.
+    # The XMPP user is in the Matrix room as a ghost named by the nick; she created the MUC,
+    # so as its owner her ghost has power level 100.
     occupant = ghost_of(f"{muc}/alice")
     await until(lambda: _has_member(ann, room, occupant), what="alice's ghost joined")
     assert (await ann.get_profile(occupant))["displayname"] == "alice"
+    await until(lambda: _power_of(ann, room, occupant, 100), what="owner's power level")
+    # Ann's occupant is a real entity: disco#info (XEP-0030) answers with the features its
+    # presence advertises through caps (XEP-0115).
+    pres = await alice.wait_presence(from_nick(muc, "Ann"))
+    caps = pres.xml.find("{http://jabber.org/protocol/caps}c")
+    assert caps is not None
+    info = await alice.xmpp.plugin["xep_0030"].get_info(
+        jid=JID(puppet_jid(ann.user_id) + "/matrix"), node=f"{caps.get('node')}#{caps.get('ver')}"
+    )
+    features = set(info["disco_info"]["features"])
+    assert {"urn:xmpp:reactions:0", "urn:xmpp:message-correct:0", "urn:xmpp:reply:0"} <= features
+    assert ("client", "pc", "Matrix user", None) in {
+        (c, t, n, lang) for c, t, lang, n in info["disco_info"]["identities"]
+    }
     # XMPP -> Matrix, with XEP-0393 styling as HTML, from alice's ghost.
     alice.xmpp.send_message(mto=muc, mbody="hello *matrix* _world_", mtype="groupchat")
     evt = await ann.wait_for_event(room, lambda e: body(e) == "hello *matrix* _world_")
@@ -549,8 +564,153 @@ async def test_kicks_both_ways(
         ),
     )
     assert "spam" in kick["content"].get("reason", "")
+    # Matrix -> XMPP: a Matrix moderator kicks another Matrix user from the portal: only that
+    # user's occupant leaves the MUC.
+    cleo = await matrix_user(synapse, "Cleo")
+    await cleo.join(room)
+    await alice.wait_presence(from_nick(muc, "Cleo"))
+    n = len(alice.presences)
+    await ann.kick(room, cleo.user_id, "wrong room")
+    left = await alice.wait_presence(
+        lambda p: alice.presences.index(p) >= n and p["type"] == "unavailable"
+    )
+    assert str(left["from"]) == f"{muc}/Cleo" and left["status"] == "wrong room"
+    await asyncio.sleep(0.5)
+    assert "Ann" in alice.xmpp.plugin["xep_0045"].get_roster(JID(muc))
     await ann.close()
     await ben.close()
+    await cleo.close()
+
+
+async def test_link_an_existing_room(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    bridge = await xmpp_bridge()
+    muc = new_room(prosody)
+    alice = await xusers("alice")
+    await alice.join(muc, "alice")
+    ivy = await matrix_user(synapse, "Ivy")
+    room = await ivy.create_room(
+        name="Ivy's room",
+        invite=[BOT],
+        power_level_content_override={"users": {BOT: 100}},
+    )
+    await until(lambda: bridge.hs.is_joined(room, BOT), what="bot joined")
+    await ivy.send_text(room, f"!mimi link xmpp {muc}")
+    await ivy.wait_for_event(room, lambda e: e["sender"] == BOT and "Linked" in body(e))
+    # Ivy is in the MUC now, and messages cross both ways.
+    await alice.wait_presence(from_nick(muc, "Ivy"))
+    await ivy.send_text(room, "plumbed")
+    got = await alice.wait_message(lambda m: m["body"] == "plumbed")
+    assert str(got["from"]) == f"{muc}/Ivy"
+    alice.xmpp.send_message(mto=JID(muc), mbody="hello plumbed room", mtype="groupchat")
+    evt = await ivy.wait_for_event(room, lambda e: body(e) == "hello plumbed room")
+    assert evt["sender"] == ghost_of(f"{muc}/alice")
+    # Unlinking takes her occupant out of the MUC.
+    n = len(alice.presences)
+    await ivy.send_text(room, "!mimi unlink")
+    await ivy.wait_for_event(room, lambda e: e["sender"] == BOT and "Unlinked" in body(e))
+    await alice.wait_presence(
+        lambda p: (
+            alice.presences.index(p) >= n
+            and p["type"] == "unavailable"
+            and from_nick(muc, "Ivy")(p)
+        )
+    )
+    await ivy.close()
+
+
+async def test_bans_both_ways(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    muc_plugin = alice.xmpp.plugin["xep_0045"]
+    # The MUC's owner makes Ann an admin; the room's Matrix admin makes her one too.
+    await muc_plugin.set_affiliation(muc, "admin", jid=puppet_jid(ann.user_id))
+    await give_power(bridge, room, ann.user_id, 100)
+    carl = await xusers("carl")
+    await carl.join(muc, "carl")
+    # Ann's occupant is a moderator: it sees real JIDs, so carl's ghost is his JID's.
+    carl_ghost = ghost_of(carl.jid)
+    await until(lambda: _has_member(ann, room, carl_ghost), what="carl's ghost")
+    # Matrix -> XMPP: banning carl's ghost bans carl's JID from the MUC.
+    await ann.ban(room, carl_ghost, "troll")
+    gone = await carl.wait_presence(
+        lambda p: p["type"] == "unavailable" and 301 in p["muc"]["status_codes"]
+    )
+    assert gone["muc"]["item"]["reason"] == "troll"
+    outcasts = await muc_plugin.get_affiliation_list(muc, "outcast")
+    assert JID(carl.jid) in outcasts
+    # XMPP -> Matrix: the owner bans a Matrix user's occupant: banned in Matrix too.
+    ben = await matrix_user(synapse, "Ben")
+    await ben.join(room)
+    await alice.wait_presence(from_nick(muc, "Ben"))
+    await muc_plugin.set_affiliation(muc, "outcast", jid=puppet_jid(ben.user_id), reason="spam")
+    ban = await ann.wait_for_event(
+        room,
+        lambda e: (
+            e["type"] == "m.room.member"
+            and e["state_key"] == ben.user_id
+            and e["content"].get("membership") == "ban"
+        ),
+    )
+    assert "spam" in ban["content"].get("reason", "")
+    await ann.close()
+    await ben.close()
+
+
+async def test_presence_both_ways(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    _bridge, muc, alice, ann, _room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    # Matrix presence -> the occupant's presence in the MUC.
+    n = len(alice.presences)
+    await ann.set_presence("unavailable", "lunch")
+    away = await alice.wait_presence(
+        lambda p: alice.presences.index(p) >= n and from_nick(muc, "Ann")(p) and p["show"] == "away"
+    )
+    assert away["status"] == "lunch"
+    # An XMPP contact's presence -> the ghost's presence in a DM.
+    dm = await ann.create_room(invite=[ghost_of(alice.jid)], is_direct=True)
+    await until(lambda: _has_member(ann, dm, ghost_of(alice.jid)), what="DM ghost")
+    await ann.send_text(dm, "hi")
+    await alice.wait_message(lambda m: m["body"] == "hi")
+    alice.xmpp.send_presence(pto=JID(puppet_jid(ann.user_id)), pshow="away", pstatus="busy")
+
+    async def ghost_away() -> bool:
+        state = await ann.get_presence(ghost_of(alice.jid))
+        return state.get("presence") == "unavailable" and state.get("status_msg") == "busy"
+
+    await until(ghost_away, what="ghost presence")
+    await ann.close()
+
+
+async def test_login_with_own_xmpp_account(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    await xmpp_bridge()
+    muc = new_room(prosody)
+    alice = await xusers("alice")
+    await alice.join(muc, "alice")
+    name = unique("jo")
+    prosody.register_user(name, "jo-secret")
+    jo = await matrix_user(synapse, "Jo")
+    mgmt = await management_room(jo)
+    await command(jo, mgmt, f"login xmpp {name}@{prosody.domain} jo-secret", "Logged in as")
+    room = await jo.join(alias_of(muc))
+    # Jo speaks as her own account: her occupant is joined from it.
+    await alice.wait_presence(from_nick(muc, "Jo"))
+    await jo.send_text(room, "it's really me")
+    got = await alice.wait_message(lambda m: m["body"] == "it's really me")
+    assert str(got["from"]) == f"{muc}/Jo"
+    # A chat to her own account reaches her in a Matrix DM.
+    alice.xmpp.send_message(mto=JID(f"{name}@{prosody.domain}"), mbody="hi Jo", mtype="chat")
+    invite = await until(lambda: _invites(jo), what="DM invite")
+    dm = next(iter(invite))
+    await jo.join(dm)
+    evt = await jo.wait_for_event(dm, lambda e: body(e) == "hi Jo")
+    assert evt["sender"] == ghost_of(alice.jid)
+    await jo.close()
 
 
 # --- direct messages --------------------------------------------------------------------------
@@ -644,8 +804,15 @@ async def test_prosody_restart(
     await alice.wait_presence(from_nick(muc, "Ben"))
     connector: Any = bridge.connectors["xmpp"]
     connects = connector.component.connects
-    await asyncio.to_thread(prosody.restart)
+    await asyncio.to_thread(prosody.stop)
     await alice.close()
+    await until(lambda: not connector.component.ready.is_set(), what="component lost")
+    # What Ann says during the outage is kept, and she is told.
+    await ann.send_text(room, "said during the outage")
+    await ann.wait_for_event(
+        room, lambda e: e["sender"] == BOT and "not reachable" in body(e), timeout=20
+    )
+    prosody.start()
     await until(lambda: connector.component.connects > connects, what="component reconnected")
     # The MUC is gone with the restart; a new XMPP user finds both puppets back in it.
     dora = await xusers("dora")
@@ -654,8 +821,12 @@ async def test_prosody_restart(
         await asyncio.sleep(0.2)
         return {"Ann", "Ben"} <= set(dora.xmpp.plugin["xep_0045"].get_roster(muc) or [])
 
-    await dora.join(muc, "dora")
+    # Joining with recent history: the message queued during the outage was delivered once
+    # the occupants were back (as history, or live if it comes after the join).
+    await dora.xmpp.plugin["xep_0045"].join_muc_wait(JID(muc), "dora", maxstanzas=20, timeout=10)
     await until(both_back, what="puppets rejoined")
+    queued = await dora.wait_message(lambda m: m["body"] == "said during the outage")
+    assert str(queued["from"]) == f"{muc}/Ann"
     await ann.send_text(room, "still here")
     got = await dora.wait_message(lambda m: m["body"] == "still here")
     assert str(got["from"]) == f"{muc}/Ann"
@@ -738,6 +909,11 @@ async def _read_by(client: MatrixClient, room: str, event_id: str, user_id: str)
 async def _redacted(client: MatrixClient, room: str, event_id: str) -> bool:
     evt = await client.get_event(room, event_id)
     return "redacted_because" in evt.get("unsigned", {})
+
+
+async def _power_of(client: MatrixClient, room: str, user_id: str, level: int) -> bool:
+    levels = await client.get_state(room, "m.room.power_levels") or {}
+    return bool(levels.get("users", {}).get(user_id) == level)
 
 
 async def _topic_is(client: MatrixClient, room: str, topic: str) -> bool:

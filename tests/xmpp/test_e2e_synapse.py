@@ -152,10 +152,17 @@ async def read_by(client: MatrixClient, room: str, event_id: str) -> set[str]:
 
 
 async def give_power(bridge: Bridge, room: str, user_id: str, level: int = 100) -> None:
-    """The bot created the portal; let a Matrix user moderate it."""
-    levels = await bridge.hs.get_state(room, "m.room.power_levels") or {}
-    levels.setdefault("users", {})[user_id] = level
-    await bridge.hs.send_state(room, "m.room.power_levels", levels)
+    """The bot created the portal; let a Matrix user moderate it. (The bridge also writes
+    power levels, for XMPP owners and moderators: wait until this change has stuck.)"""
+    await bridge.queues.drain()
+    for _ in range(50):
+        levels = await bridge.hs.get_state(room, "m.room.power_levels") or {}
+        if levels.get("users", {}).get(user_id) == level:
+            return
+        levels.setdefault("users", {})[user_id] = level
+        await bridge.hs.send_state(room, "m.room.power_levels", levels)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"could not give {user_id} power level {level}")
 
 
 async def members(client: MatrixClient, room: str) -> set[str]:
@@ -427,6 +434,31 @@ async def test_corrections_reactions_retractions_replies_both_ways(
     rt["retract"]["id"] = sid(seen)
     rt.send()
     await until(lambda: _redacted(ann, room, original["event_id"]), what="retraction")
+    await ann.close()
+
+
+async def test_long_messages_and_deleting_others_messages(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    # A Matrix message longer than XMPP takes goes out as a preview and a link to the text.
+    text = "".join(f"line {i} of a very long paste\n" for i in range(2000))
+    await ann.send_text(room, text)
+    got = await alice.wait_message(lambda m: from_nick(muc, "Ann")(m) and "line 0" in m["body"])
+    assert len(got["body"].encode()) < 32768
+    link = got["body"].rsplit("full message: ", 1)[1].rstrip(")")
+    status, data = await fetch(link)
+    assert status == 200 and data.decode() == text
+    # Deleting an XMPP user's message from Matrix needs XEP-0425 moderation, which this
+    # Prosody does not offer: the moderator is told, nothing fails silently.
+    await give_power(bridge, room, ann.user_id, 100)
+    alice.xmpp.send_message(mto=JID(muc), mbody="delete me", mtype="groupchat")
+    evt = await ann.wait_for_event(room, lambda e: body(e) == "delete me")
+    await ann.redact(room, evt["event_id"], "spam")
+    notice = await ann.wait_for_event(
+        room, lambda e: e["sender"] == BOT and "moderation" in body(e)
+    )
+    assert "not bridged" in body(notice) or "not delivered" in body(notice)
     await ann.close()
 
 
@@ -725,18 +757,42 @@ async def test_dm_by_inviting_a_ghost(
     ghost = ghost_of(alice.jid)
     room = await ann.create_room(invite=[ghost], is_direct=True, preset="trusted_private_chat")
     await until(lambda: _has_member(ann, room, ghost), what="ghost accepted the DM")
-    await ann.send_text(room, "hi alice, it's Ann")
+    mine = await ann.send_text(room, "hi alice, it's Ann")
     got = await alice.wait_message(lambda m: m["body"] == "hi alice, it's Ann")
     assert got["type"] == "chat"
     assert JID(str(got["from"])).bare == puppet_jid(ann.user_id)
-    alice.xmpp.send_message(mto=puppet_jid(ann.user_id), mbody="hi Ann!", mtype="chat")
+    ann_jid = JID(puppet_jid(ann.user_id))
+    hello = alice.xmpp.make_message(mto=ann_jid, mbody="hi Ann!", mtype="chat")
+    hello["id"] = hello["origin_id"]["id"] = unique("dm")
+    hello.send()
     answer = await ann.wait_for_event(room, lambda e: body(e) == "hi Ann!")
     assert answer["sender"] == ghost
-    # Typing in a DM.
-    st = alice.xmpp.make_message(mto=puppet_jid(ann.user_id), mtype="chat")
+    # Typing in a DM, both ways.
+    st = alice.xmpp.make_message(mto=ann_jid, mtype="chat")
     st["chat_state"] = "composing"
     st.send()
     await until(lambda: _typing(ann, room, ghost), what="DM typing")
+    await ann.typing(room, True)
+    await alice.wait_message(lambda m: m["type"] == "chat" and m["chat_state"] == "composing")
+    # A correction and a reaction in a DM: both refer to the sender's own message id.
+    fix = alice.xmpp.make_message(mto=ann_jid, mbody="hi Ann!!", mtype="chat")
+    fix["replace"]["id"] = hello["id"]
+    fix.send()
+    edit = await ann.wait_for_event(
+        room, lambda e: e["content"].get("m.new_content", {}).get("body") == "hi Ann!!"
+    )
+    assert edit["content"]["m.relates_to"]["event_id"] == answer["event_id"]
+    await ann.react(room, answer["event_id"], "👋")
+    react = await alice.wait_message(lambda m: m.xml.find(NS_REACTIONS) is not None)
+    assert react["reactions"]["id"] == hello["id"]
+    assert react["reactions"].get_values(all_chars=True) == {"👋"}
+    # Matrix edit and redaction of Ann's DM message: a correction and a retraction.
+    await ann.edit(room, mine, "hi alice, it's Ann!")
+    corr = await alice.wait_message(lambda m: m["body"] == "hi alice, it's Ann!")
+    assert corr["replace"]["id"] == got["id"]
+    await ann.redact(room, mine)
+    retr = await alice.wait_message(lambda m: m.xml.find(NS_RETRACT) is not None)
+    assert retr.xml.find(NS_RETRACT).attrib["id"] == got["id"]
     await ann.close()
 
 

@@ -146,7 +146,9 @@ async def main(n: int, k: int) -> None:
         summary("ceiling (core to core)", [got[t] - sent[t] for t in got], max(got.values()) - t0)
 
         # --- Matrix -> Delta Chat -----------------------------------------------------
-        blink = await conn.rpc.call("get_chat_securejoin_qr_code", conn.bridge_account, None)
+        blink = await conn.rpc.call(
+            "get_chat_securejoin_qr_code", conn.accounts.bridge_account, None
+        )
         chat = await alice.join(blink)
         await alice.send(chat, "open")
         key = PortalKey("deltachat", alice.addr, receiver=user.user_id)
@@ -196,7 +198,7 @@ async def main(n: int, k: int) -> None:
         before = rss_kib(pid)
         for i in range(k):
             addr = stack.add_user(f"puppet{i}", "pw")
-            await conn._ensure_account(addr, "pw", False, f"@puppet{i}:localhost")
+            await conn.accounts.ensure(addr, "pw", False, f"@puppet{i}:localhost")
         await asyncio.sleep(5)
         after = rss_kib(pid)
         print(

@@ -37,12 +37,13 @@ class MsgRecord:
 
 
 class Store:
-    def __init__(self, db: Any) -> None:
-        self.db = db
+    def __init__(self) -> None:
+        self.db: Any = None  # the bridge's database, from setup()
         self.handle_of: dict[str, str] = {}  # grpid -> handle
         self.grpid_of: dict[str, str] = {}  # handle -> grpid
 
-    async def setup(self) -> None:
+    async def setup(self, db: Any) -> None:
+        self.db = db
         for q in _SCHEMA:
             await self.db.execute(q)
         for row in await self.db.fetch("SELECT handle, grpid FROM deltachat_group"):

@@ -63,6 +63,8 @@ class Bridge:
         self.networks: dict[str, tuple[NetworkConnector, Namespace]] = {}
         self._display_names: dict[str, str] = {}
         self._db: Database | None = None
+        self._stores: dict[type, Any] = {}
+        self.replayed_events: set[str] = set()
         self.server: AppserviceServer | None = None
         self.portal_mgr = PortalManager(self)
         from .commands import CommandProcessor
@@ -85,15 +87,23 @@ class Bridge:
 
     @property
     def portal_store(self) -> PortalStore:
-        return PortalStore(self.db)
+        return self._store(PortalStore)
 
     @property
     def ghosts(self) -> GhostStore:
-        return GhostStore(self.db)
+        return self._store(GhostStore)
 
     @property
     def users(self) -> UserStore:
-        return UserStore(self.db)
+        return self._store(UserStore)
+
+    def _store(self, cls: Any) -> Any:
+        """One instance per store and database: the portal, ghost and management-room stores
+        keep the rows every event looks up in memory."""
+        store = self._stores.get(cls)
+        if store is None or store.db is not self.db:
+            store = self._stores[cls] = cls(self.db)
+        return store
 
     @property
     def messages(self) -> MessageStore:
@@ -141,6 +151,8 @@ class Bridge:
             await connector.start()
         # Events recorded before a crash or stop, not processed yet.
         pending = await self.transactions.pending()
+        # Only these may have been bridged already (a crash between sending and marking done).
+        self.replayed_events = {str(pe.event.get("event_id")) for pe in pending}
         if pending:
             self.log.info("processing %d events left from the last run", len(pending))
             await self.handle_pending(pending)
@@ -404,6 +416,14 @@ class Bridge:
         return self.mxc_to_url(mxc, filename)
 
     # --- appservice handler ---------------------------------------------------------
+
+    def is_own_event(self, event: dict[str, Any]) -> bool:
+        sender = event.get("sender")
+        return isinstance(sender, str) and self.is_bridge_user(sender)
+
+    async def handle_own_events(self, events: list[dict[str, Any]]) -> None:
+        for evt in events:
+            await self.matrix_handler.handle(evt)  # bookkeeping only, no remote side effects
 
     async def handle_pending(self, events: list[PendingEvent]) -> None:
         for pe in events:

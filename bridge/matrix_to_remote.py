@@ -209,7 +209,9 @@ class MatrixHandler:
     ) -> None:
         assert portal.room_id
         event_id = str(evt.get("event_id", ""))
-        if await self.bridge.messages.by_event(event_id):
+        if event_id in self.bridge.replayed_events and await self.bridge.messages.by_event(
+            event_id
+        ):
             return  # processed before a restart
         try:
             msg, mxc = contentmod.from_matrix(content)

@@ -22,6 +22,10 @@ from ..db import PendingEvent, TransactionStore
 class AppserviceHandler(Protocol):
     async def handle_pending(self, events: list[PendingEvent]) -> None: ...
 
+    def is_own_event(self, event: dict[str, Any]) -> bool: ...
+
+    async def handle_own_events(self, events: list[dict[str, Any]]) -> None: ...
+
     async def handle_ephemeral(self, events: list[dict[str, Any]]) -> None: ...
 
     async def query_user(self, user_id: str) -> bool: ...
@@ -127,12 +131,20 @@ class AppserviceServer:
         if not isinstance(ephemeral, list):
             return _error(400, "M_BAD_JSON", "'ephemeral' must be a list")
         txn_id = request.match_info["txn_id"]
-        recorded = await self.transactions.record(txn_id, events)
-        if recorded is None:
-            self.log.debug("transaction %s already received", txn_id)
-            return web.json_response({})
-        # Durably recorded: from here on a crash loses nothing, so answer now and process.
-        await self.handler.handle_pending(recorded)
+        # Events of the bridge's own users (echoes of what it sent) only update what it keeps
+        # in memory: handled at once, never recorded (that would double the database work of
+        # every bridged message).
+        own = [e for e in events if self.handler.is_own_event(e)]
+        if own:
+            await self.handler.handle_own_events(own)
+            events = [e for e in events if not self.handler.is_own_event(e)]
+        if events:
+            recorded = await self.transactions.record(txn_id, events)
+            if recorded is None:
+                self.log.debug("transaction %s already received", txn_id)
+                return web.json_response({})
+            # Durably recorded: from here on a crash loses nothing, so answer now and process.
+            await self.handler.handle_pending(recorded)
         ephemeral_dicts = [e for e in ephemeral if isinstance(e, dict)]
         if ephemeral_dicts:
             await self.handler.handle_ephemeral(ephemeral_dicts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mautrix.util.async_db import Database
@@ -44,22 +44,49 @@ class Portal:
         )
 
 
+def _copy(p: Portal) -> Portal:
+    return replace(p, metadata=dict(p.metadata))
+
+
 class PortalStore:
+    """Portals; the ones found are kept in memory (every bridged event looks its portal up),
+    so this store must be the only writer of the table."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._cache: dict[PortalKey, Portal] = {}
+        self._rooms: dict[str, PortalKey] = {}
+
+    def _remember(self, p: Portal) -> Portal:
+        self._forget(p.key)
+        self._cache[p.key] = _copy(p)
+        if p.room_id:
+            self._rooms[p.room_id] = p.key
+        return p
+
+    def _forget(self, key: PortalKey) -> None:
+        old = self._cache.pop(key, None)
+        if old is not None and old.room_id and self._rooms.get(old.room_id) == key:
+            del self._rooms[old.room_id]
 
     async def get(self, key: PortalKey) -> Portal | None:
+        cached = self._cache.get(key)
+        if cached is not None:
+            return _copy(cached)
         row = await self.db.fetchrow(
             f"SELECT {_COLUMNS} FROM portal WHERE network=$1 AND remote_id=$2 AND receiver=$3",
             key.network,
             key.remote_id,
             key.receiver,
         )
-        return Portal.from_row(row) if row else None
+        return self._remember(Portal.from_row(row)) if row else None
 
     async def by_room(self, room_id: str) -> Portal | None:
+        key = self._rooms.get(room_id)
+        if key is not None and key in self._cache:
+            return _copy(self._cache[key])
         row = await self.db.fetchrow(f"SELECT {_COLUMNS} FROM portal WHERE room_id=$1", room_id)
-        return Portal.from_row(row) if row else None
+        return self._remember(Portal.from_row(row)) if row else None
 
     async def all(self, network: str | None = None) -> list[Portal]:
         if network is None:
@@ -87,8 +114,10 @@ class PortalStore:
             p.relay,
             json.dumps(p.metadata),
         )
+        self._remember(p)
 
     async def delete(self, key: PortalKey) -> None:
+        self._forget(key)
         await self.db.execute(
             "DELETE FROM portal WHERE network=$1 AND remote_id=$2 AND receiver=$3",
             key.network,

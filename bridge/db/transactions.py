@@ -28,14 +28,14 @@ class TransactionStore:
         """Store a transaction and its events atomically. None if it was seen before."""
         conn: Any
         async with self.db.acquire() as conn, conn.transaction():
-            seen = await conn.fetchval("SELECT 1 FROM appservice_txn WHERE txn_id=$1", txn_id)
-            if seen:
-                return None
-            await conn.execute(
-                "INSERT INTO appservice_txn (txn_id, received_at) VALUES ($1, $2)",
+            new = await conn.fetchval(
+                "INSERT INTO appservice_txn (txn_id, received_at) VALUES ($1, $2)"
+                " ON CONFLICT (txn_id) DO NOTHING RETURNING txn_id",
                 txn_id,
                 int(time.time() * 1000),
             )
+            if new is None:
+                return None  # seen before
             out = []
             for evt in events:
                 seq = await conn.fetchval(

@@ -33,8 +33,12 @@ _LOGIN_COLS = "network, login_id, user_id, credentials, remote_name, state, meta
 
 
 class UserStore:
+    """Users and logins. Which room is whose management room is kept in memory (every
+    message is checked for a command), so this store must be the only writer of the table."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._owner_of_room: dict[str, str | None] = {}
 
     async def management_room(self, user_id: str) -> str | None:
         return await self.db.fetchval(
@@ -48,11 +52,19 @@ class UserStore:
             user_id,
             room_id,
         )
+        for room, owner in list(self._owner_of_room.items()):
+            if owner == user_id:
+                del self._owner_of_room[room]
+        self._owner_of_room[room_id] = user_id
 
     async def is_management_room(self, room_id: str) -> str | None:
-        return await self.db.fetchval(
+        if room_id in self._owner_of_room:
+            return self._owner_of_room[room_id]
+        owner = await self.db.fetchval(
             "SELECT user_id FROM matrix_user WHERE management_room=$1", room_id
         )
+        self._owner_of_room[room_id] = owner
+        return owner
 
     async def logins(
         self, *, user_id: str | None = None, network: str | None = None

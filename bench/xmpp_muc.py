@@ -167,10 +167,13 @@ class XUser:
             self.arrived[body] = time.monotonic()
 
     async def connect(self) -> XUser:
-        started = asyncio.get_running_loop().create_future()
-        self.xmpp.add_event_handler(
-            "session_start", lambda _e: started.done() or started.set_result(True)
-        )
+        started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def on_start(_event: Any) -> None:
+            if not started.done():
+                started.set_result(True)
+
+        self.xmpp.add_event_handler("session_start", on_start)
         self.xmpp.connect(self.prosody.host, self.prosody.c2s_port)
         await asyncio.wait_for(started, 20)
         self.xmpp.send_presence()
@@ -314,11 +317,16 @@ class Cpu:
 # --- the server's floor: joins from a raw component socket ---------------------------------
 
 
-async def raw_joins(n: int, tmp: Path) -> dict[str, float]:
-    """N occupants joined to a fresh room of a fresh Prosody from a raw XEP-0114 connection
-    that only counts the self-presences and discards everything else."""
+async def raw_floor(n: int, m: int, tmp: Path) -> dict[str, float]:
+    """What Prosody itself needs, on a fresh Prosody: N occupants joined from a raw XEP-0114
+    connection that only counts what it gets (with the same caps element as the bridge's
+    puppets), then M messages from an XMPP user fanned out to them."""
     prosody = await asyncio.to_thread(start_prosody, tmp / "prosody-raw", COMPONENT, SECRET, "warn")
+    owner = None
     try:
+        room = f"raw@{prosody.muc_domain}"
+        owner = await XUser(prosody, "rawowner").connect()
+        await owner.join(room, "owner")
         reader, writer = await asyncio.open_connection(prosody.host, prosody.component_port)
         writer.write(
             f"<stream:stream xmlns='jabber:component:accept' "
@@ -334,32 +342,58 @@ async def raw_joins(n: int, tmp: Path) -> dict[str, float]:
         reply = b""
         while b"handshake" not in reply:
             reply += await reader.read(4096)
-        room = f"raw@{prosody.muc_domain}"
-        cpu0 = proc_cpu(prosody._proc.pid if prosody._proc else None)
+        pid = prosody._proc.pid if prosody._proc else None
+        caps = (
+            "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' "
+            "node='https://github.com/mimi-bridge/mimi-bridge' ver='rpQSov/Hz2UQYTOwCzFNWvPv6FY='/>"
+        )
+
+        async def count(pattern: bytes, wanted: int) -> int:
+            seen, tail, received = 0, b"", 0
+            while seen < wanted:
+                data = await reader.read(1 << 20)
+                if not data:
+                    break
+                received += len(data)
+                chunk = tail + data
+                seen += chunk.count(pattern) - tail.count(pattern)
+                tail = chunk[-len(pattern) :]
+            return received
+
+        cpu0 = proc_cpu(pid)
         start = time.monotonic()
         for i in range(n):
             writer.write(
                 f"<presence from='user{i}\\40{HS_DOMAIN}@{COMPONENT}/matrix' to='{room}/User {i}'>"
-                "<x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x>"
+                f"<x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x>{caps}"
                 "</presence>".encode()
             )
-        seen = 0
-        tail = b""
-        received = 0
-        while seen < n:
-            data = await reader.read(1 << 20)
-            if not data:
+        received = await count(b"'110'", n)
+        joins_s = time.monotonic() - start
+        joins_cpu = proc_cpu(pid) - cpu0
+        await asyncio.sleep(1.0)
+        while True:  # the rest of the presence flood
+            try:
+                await asyncio.wait_for(reader.read(1 << 20), 0.5)
+            except TimeoutError:
                 break
-            received += len(data)
-            chunk = tail + data
-            seen += chunk.count(b"code='110'") + chunk.count(b'code="110"')
-            tail = data[-16:]
-            seen -= tail.count(b"code='110'") + tail.count(b'code="110"')
-        elapsed = time.monotonic() - start
-        cpu = proc_cpu(prosody._proc.pid if prosody._proc else None) - cpu0
+        cpu0 = proc_cpu(pid)
+        start = time.monotonic()
+        for i in range(m):
+            owner.xmpp.send_message(mto=JID(room), mbody=f"fanout {i}", mtype="groupchat")
+        await count(b">fanout ", n * m)
+        fanout_s = time.monotonic() - start
         writer.close()
-        return {"seconds": elapsed, "prosody_cpu_s": cpu, "mbytes": received / 1e6}
+        return {
+            "joins_s": joins_s,
+            "joins_prosody_cpu_s": joins_cpu,
+            "mbytes": received / 1e6,
+            "fanout_msg_s": m / fanout_s,
+            "fanout_prosody_cpu_s": proc_cpu(pid) - cpu0,
+        }
     finally:
+        if owner is not None:
+            await owner.close()
         prosody.stop()
 
 
@@ -393,7 +427,7 @@ class Profiler:
 
 async def run(n: int, m: int, k: int, tmp: Path, profiler: Profiler) -> dict[str, Any]:
     results: dict[str, Any] = {"n": n, "m": m, "k": k, "cores": os.cpu_count()}
-    results["raw_joins"] = await raw_joins(n, tmp)
+    results["raw"] = await raw_floor(n, m, tmp)
     as_port = free_port()
     reg = tmp / "registration.json"
     write_registration(reg, as_port)
@@ -578,16 +612,18 @@ def _cpu(c: dict[str, float]) -> str:
 
 
 def report(r: dict[str, Any]) -> None:
-    j, raw = r["joins"], r["raw_joins"]
+    j, raw = r["joins"], r["raw"]
     load = ", ".join(f"{x:.1f}" for x in r["loadavg"])
     print(f"{r['n']} Matrix users as occupants of one MUC (Prosody, one XEP-0114 component); "
           f"{r['cores']} cores, load average {load}")  # fmt: skip
     print(f"  joined (bridge): {j['bridge_s']:.2f} s; seen by an XMPP user: "
           f"{j['seen_by_xmpp_s']:.2f} s; occupants {j['occupants']}; "
           f"all joined: {j['all_joined']}")  # fmt: skip
-    print(f"  Prosody's floor (raw component socket, nothing parsed): {raw['seconds']:.2f} s, "
-          f"{raw['prosody_cpu_s']:.1f} s of Prosody CPU, {raw['mbytes']:.0f} MB sent to the "
-          f"component")  # fmt: skip
+    print(f"  Prosody's floor (raw component socket, nothing parsed): joins {raw['joins_s']:.2f} s "
+          f"({raw['joins_prosody_cpu_s']:.1f} s of Prosody CPU, {raw['mbytes']:.0f} MB sent to "
+          f"the component); fan-out of messages to the {r['n']} occupants: "
+          f"{raw['fanout_msg_s']:.1f} msg/s ({raw['fanout_prosody_cpu_s']:.1f} s of Prosody CPU "
+          f"for {r['m']})")  # fmt: skip
     print(f"  CPU seconds while joining: {_cpu(r['joins_cpu'])}")
     print(f"  bridge memory: {j['kib_per_puppet']:.1f} KiB per puppet (RSS delta / N)")
     for key, title in (("xmpp_to_matrix", "XMPP -> Matrix"), ("matrix_to_xmpp", "Matrix -> XMPP")):

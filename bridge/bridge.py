@@ -44,6 +44,7 @@ from .ordered_queue import OrderedQueues
 from .portals import PortalManager
 
 MEDIA_ROUTE = "/_mimi/media/{server}/{media_id}/{sig}"
+STOP_DRAIN_SECONDS = 15.0
 
 
 class StartupError(Exception):
@@ -194,6 +195,12 @@ class Bridge:
             return  # never started, or stopped already
         if self.server:
             await self.server.stop()
+        # Events already acknowledged to the homeserver are finished before the connectors
+        # go (cancelled half-way, a sent message would lose its id mapping for good).
+        try:
+            await asyncio.wait_for(self.queues.drain(), STOP_DRAIN_SECONDS)
+        except TimeoutError:
+            self.log.warning("stopping with events still being bridged")
         for connector in self.connectors.values():
             try:
                 await connector.stop()

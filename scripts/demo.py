@@ -1,6 +1,8 @@
-"""Bring up a local Synapse and the bridge on loopback, and say how to try it.
+"""Bring up Synapse, an IRC server (ngircd) and the bridge with the IRC connector on loopback,
+bridge the channel #lobby, and say how to watch a message cross.
 
-Used by ``scripts/demo``. Runs until Ctrl-C; everything lives in ./demo-data/."""
+Used by ``scripts/demo``. Runs until Ctrl-C (or SIGTERM); everything lives in ./demo-data/
+(the bridge's SQLite database, Synapse's files, ngircd's config and log)."""
 
 from __future__ import annotations
 
@@ -9,69 +11,123 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 
 from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness.ports import free_port  # noqa: E402
-from tests.harness.synapse import start_synapse  # noqa: E402
+from tests.harness.ircd import IrcServer, start_ngircd  # noqa: E402
+from tests.harness.ports import free_port, port_is_open  # noqa: E402
+from tests.harness.synapse import SynapseServer, start_synapse  # noqa: E402
+
+NETWORK = "demo"  # IRC network id: ghosts are @irc_demo_<nick>, portals #irc_demo_<#channel>
+CHANNEL = "#lobby"
+USERS = (("alice", False), ("admin", True))
 
 
-def main() -> int:
-    data = ROOT / "demo-data"
-    data.mkdir(exist_ok=True)
-    port = free_port()
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops everything the demo started, like Ctrl-C
+
+
+def write_config(data: Path, as_port: int, ircd: IrcServer) -> Path:
     cfg_path = data / "config.yaml"
     cfg = YAML().load((ROOT / "config.example.yaml").read_text())
     cfg["homeserver"]["domain"] = "localhost"
-    cfg["appservice"]["address"] = f"http://127.0.0.1:{port}"
-    cfg["appservice"]["port"] = port
+    cfg["appservice"]["address"] = f"http://127.0.0.1:{as_port}"
+    cfg["appservice"]["port"] = as_port
     cfg["appservice"]["database"] = f"sqlite://{data / 'bridge.db'}"
     cfg["bridge"]["permissions"] = {"*": "relay", "localhost": "user", "@admin:localhost": "admin"}
-    cfg["connectors"] = {"testnet": {}}
+    cfg["connectors"] = {
+        "irc": {
+            "networks": {
+                NETWORK: {
+                    "host": ircd.host,
+                    "port": ircd.port,
+                    "display_name": "Demo IRC",
+                    "bot": {"nick": "mimibridge"},
+                    "channels": [CHANNEL],  # joined, and so bridged, at start
+                }
+            }
+        }
+    }
     with cfg_path.open("w") as f:
         YAML().dump(cfg, f)
-    reg = data / "registration.yaml"
-    py = sys.executable
-    subprocess.run([py, "-m", "bridge", "-c", str(cfg_path), "-g", "-r", str(reg)], check=True)
-    synapse = start_synapse(data / "synapse", [reg])
-    # Synapse needs to know where the bridge is before it starts: config first, then reload.
-    cfg = YAML().load(cfg_path)
-    cfg["homeserver"]["address"] = synapse.url
-    with cfg_path.open("w") as f:
-        YAML().dump(cfg, f)
-    for user, admin in (("alice", False), ("admin", True)):
-        try:
-            synapse.register_user(user, f"{user}-password", admin=admin)
-        except RuntimeError:
-            pass  # registered in an earlier run
-    bridge = subprocess.Popen([py, "-m", "bridge", "-c", str(cfg_path)])
-    print(
-        f"""
-mimi-bridge demo is running.
-  Homeserver: {synapse.url}   (server name: localhost)
-  Users:      alice / alice-password,  admin / admin-password
-  Bridge:     {cfg_path}, log on this terminal
+    return cfg_path
 
-Try it with any Matrix client pointed at {synapse.url}:
-  1. log in as alice, start a DM with @mimibot:localhost, type `help`;
-  2. `login testnet alice-remote`, then `join testnet #lobby`;
-  3. messages you send in #testnet_=23lobby:localhost reach the test network connector
-     (see the bridge log); `unlink`, `list`, `ping` work in the DM.
-Press Ctrl-C to stop.""",
-        flush=True,
-    )
+
+def instructions(synapse: SynapseServer, ircd: IrcServer, cfg_path: Path) -> str:
+    alias = f"#irc_{NETWORK}_{CHANNEL}:localhost"
+    return f"""
+mimi-bridge demo is running: Synapse, ngircd and the bridge, all on 127.0.0.1.
+  Matrix homeserver: {synapse.url}  (server name: localhost)
+      users: alice / alice-password, admin / admin-password
+  IRC server:        {ircd.host} port {ircd.port} (no TLS, no password)
+  Bridged channel:   {CHANNEL}  <->  Matrix room {alias}
+  Bridge config:     {cfg_path}   (log on this terminal; ngircd's in demo-data/ngircd/)
+
+Watch a message cross:
+  IRC side, with any IRC client, e.g. `irssi -c {ircd.host} -p {ircd.port} -n carol`, then
+      /join {CHANNEL}
+    or with no IRC client at all: `nc {ircd.host} {ircd.port}` and type
+      NICK carol
+      USER carol 0 * :Carol
+      JOIN {CHANNEL}
+      PRIVMSG {CHANNEL} :hello from IRC
+  Matrix side, with any Matrix client (Element, nheko, gomuks, ...) set to the homeserver
+    {synapse.url}: log in as alice and join the room {alias}
+    (Element: "Join public room" or `/join {alias}`).
+  IRC lines show up in Matrix from the ghost @irc_{NETWORK}_carol:localhost ("carol");
+  alice's Matrix messages reach {CHANNEL} from her own IRC connection, the nick alice[m].
+  In a DM with @mimibot:localhost: `help`, `irc nick <nick>`, `join irc_{NETWORK} #other`.
+Press Ctrl-C to stop."""
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _stop)
+    data = ROOT / "demo-data"
+    data.mkdir(exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    ircd: IrcServer | None = None
+    synapse: SynapseServer | None = None
     try:
+        # The usual IRC port when it is free, so that IRC clients need no port argument.
+        irc_port = 6667 if not port_is_open("127.0.0.1", 6667) else free_port()
+        ircd = start_ngircd(data / "ngircd", port=irc_port)
+        cfg_path = write_config(data, free_port(), ircd)
+        reg = data / "registration.yaml"
+        py = sys.executable
+        # -g fills in the tokens and writes the registration Synapse loads at its start.
+        subprocess.run([py, "-m", "bridge", "-c", str(cfg_path), "-g", "-r", str(reg)], check=True)
+        synapse = start_synapse(data / "synapse", [reg])
+        cfg = YAML().load(cfg_path)
+        cfg["homeserver"]["address"] = synapse.url
+        with cfg_path.open("w") as f:
+            YAML().dump(cfg, f)
+        for user, admin in USERS:
+            try:
+                synapse.register_user(user, f"{user}-password", admin=admin)
+            except RuntimeError:
+                pass  # registered in an earlier run
+        bridge = subprocess.Popen([py, "-m", "bridge", "-c", str(cfg_path)])
+        procs.append(bridge)
+        print(instructions(synapse, ircd, cfg_path), flush=True)
         return bridge.wait()
     except KeyboardInterrupt:
         return 0
     finally:
-        if bridge.poll() is None:
-            bridge.send_signal(signal.SIGTERM)
-            bridge.wait(timeout=20)
-        synapse.stop()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        if synapse is not None:
+            synapse.stop()
+        if ircd is not None:
+            ircd.stop()
 
 
 if __name__ == "__main__":

@@ -318,8 +318,18 @@ async def test_membership_of_xmpp_users_is_mirrored(
     await carl.join(muc, "carl")
     ghost = ghost_of(f"{muc}/carl")
     await until(lambda: _has_member(ann, room, ghost), what="carl's ghost joined")
-    carl.xmpp.plugin["xep_0045"].leave_muc(muc, "carl", "bye")
-    await until(lambda: _not_member(ann, room, ghost), what="carl's ghost left")
+    # A nick change: the occupant's new nick names its ghost (an anonymous occupant's ghost is
+    # keyed by its nick, so the new ghost takes the old one's place).
+    await carl.xmpp.plugin["xep_0045"].set_self_nick(JID(muc), "carlos", timeout=10)
+    renamed = ghost_of(f"{muc}/carlos")
+    await until(lambda: _has_member(ann, room, renamed), what="renamed ghost joined")
+    await until(lambda: _not_member(ann, room, ghost), what="old ghost left")
+    assert (await ann.get_profile(renamed))["displayname"] == "carlos"
+    carl.xmpp.send_message(mto=JID(muc), mbody="new name, same me", mtype="groupchat")
+    evt = await ann.wait_for_event(room, lambda e: body(e) == "new name, same me")
+    assert evt["sender"] == renamed
+    carl.xmpp.plugin["xep_0045"].leave_muc(JID(muc), "carlos", "bye")
+    await until(lambda: _not_member(ann, room, renamed), what="carl's ghost left")
     await ann.close()
 
 

@@ -442,7 +442,7 @@ async def test_policies_off_are_told(
 async def test_irc_membership_topic_modes_mirrored(
     make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
 ) -> None:
-    _, chan, carol, ann, room, _ = await portal_with_users(make_bridge, ngircd, irc, matrix)
+    _, chan, carol, ann, room, puppet = await portal_with_users(make_bridge, ngircd, irc, matrix)
     # carol created the channel: an operator, power level 50 in Matrix.
     levels = await until(
         lambda: _levels_with(ann, room, ghost(carol.nick)),
@@ -485,6 +485,11 @@ async def test_irc_membership_topic_modes_mirrored(
     await until(lambda: in_room(ann, room, ghost(fred.nick)))
     fred.send("QUIT :gone fishing")
     await until(lambda: _not_in_room(ann, room, ghost(fred.nick)))
+    # KICK of the Matrix user's puppet: the Matrix user is kicked from the room, and told why.
+    carol.send(f"KICK {chan} {puppet} :not you either")
+    kicked = await ann.wait_for_event(room, member_event(ann.user_id, "leave"))
+    assert carol.nick in kicked["content"]["reason"]
+    assert "not you either" in kicked["content"]["reason"]
 
 
 async def _levels_with(client: MatrixClient, room: str, user: str) -> dict[str, Any] | None:
@@ -657,6 +662,32 @@ async def test_login_stores_credentials_encrypted(
         if r.name.startswith("mimi") and (wrong in r.getMessage() or "serverpw" in r.getMessage())
     ]
     assert not leaks, leaks[0].getMessage()
+
+
+async def test_raw_irc_commands_only_for_admins(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    chan = "#" + uniq("raw")
+    carol = await irc(ngircd, "carol")
+    await carol.join(chan)
+    ivy = await matrix("Ivy")
+    jon = await matrix("Jon")
+    await make_bridge(
+        connectors=irc_connectors(ngircd),
+        permissions={"*": "relay", "localhost": "user", ivy.user_id: "admin"},
+    )
+    mgmt = await management_room(jon)
+    await command(jon, mgmt, f"irc raw JOIN {chan}", "needs the `admin` permission")
+    mgmt = await management_room(ivy)
+    await command(ivy, mgmt, f"irc raw JOIN {chan}", "Sent")
+    puppet = f"{(await ivy.get_profile(ivy.user_id))['displayname']}[m]"
+    await carol.expect(joined(puppet, chan), what="the raw JOIN")
+    # One command per line, whatever the message holds.
+    await command(ivy, mgmt, f"irc raw PRIVMSG {chan} :raw hello\nQUIT :nope", "Sent")
+    line = await carol.expect(lambda ln: ln.command == "PRIVMSG" and ln.nick == puppet)
+    assert line.params == [chan, "raw hello QUIT :nope"]
+    await asyncio.sleep(0.3)
+    assert not [ln for ln in carol.lines if ln.command == "QUIT" and ln.nick == puppet]
 
 
 # --- injection ---------------------------------------------------------------------------------

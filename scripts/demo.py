@@ -1,5 +1,6 @@
-"""Bring up Synapse, an IRC server (ngircd) and the bridge with the IRC connector on loopback,
-bridge the channel #lobby, and say how to watch a message cross.
+"""Bring up Synapse, an IRC server (ngircd), an XMPP server (Prosody), a mail server (postfix
+and dovecot, for Delta Chat) and the bridge with its three connectors on loopback; bridge the
+IRC channel #lobby, and say how to watch messages cross on each network.
 
 Used by ``scripts/demo``. Runs until Ctrl-C (or SIGTERM); everything lives in ./demo-data/
 (the bridge's SQLite database, Synapse's files, ngircd's config and log)."""
@@ -19,19 +20,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.harness.ircd import IrcServer, start_ngircd  # noqa: E402
+from tests.harness.mailstack import MailStack, start_mailstack  # noqa: E402
 from tests.harness.ports import free_port, port_is_open  # noqa: E402
+from tests.harness.prosody import ProsodyServer, start_prosody  # noqa: E402
 from tests.harness.synapse import SynapseServer, start_synapse  # noqa: E402
 
 NETWORK = "demo"  # IRC network id: ghosts are @irc_demo_<nick>, portals #irc_demo_<#channel>
 CHANNEL = "#lobby"
 USERS = (("alice", False), ("admin", True))
+COMPONENT = "matrix.localhost"  # the XMPP domain of Matrix users
+COMPONENT_SECRET = "demo-component-secret"
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM stops everything the demo started, like Ctrl-C
 
 
-def write_config(data: Path, as_port: int, ircd: IrcServer) -> Path:
+def write_config(
+    data: Path, as_port: int, ircd: IrcServer, xmpp: ProsodyServer, mail: MailStack
+) -> Path:
     cfg_path = data / "config.yaml"
     cfg = YAML().load((ROOT / "config.example.yaml").read_text())
     cfg["homeserver"]["domain"] = "localhost"
@@ -50,17 +57,36 @@ def write_config(data: Path, as_port: int, ircd: IrcServer) -> Path:
                     "channels": [CHANNEL],  # joined, and so bridged, at start
                 }
             }
-        }
+        },
+        "xmpp": {
+            "server": {"host": xmpp.host, "port": xmpp.component_port},
+            "component": {"domain": COMPONENT, "secret": COMPONENT_SECRET},
+            "muc_services": [xmpp.muc_domain],
+            "media": {"allow_private_addresses": True},
+        },
+        "deltachat": {
+            "accounts_dir": str(data / "deltachat"),
+            "account": {
+                "address": mail.address("bridge"),
+                "password": "bridge-password",
+                "display_name": "Matrix bridge",
+            },
+            "imap": {"host": mail.host, "port": mail.imap_port, "security": "plain"},
+            "smtp": {"host": mail.host, "port": mail.smtp_port, "security": "plain"},
+            "policy": {"allowed_senders": ["*@example.test"], "dm_receiver": "@alice:localhost"},
+        },
     }
     with cfg_path.open("w") as f:
         YAML().dump(cfg, f)
     return cfg_path
 
 
-def instructions(synapse: SynapseServer, ircd: IrcServer, cfg_path: Path) -> str:
+def instructions(
+    synapse: SynapseServer, ircd: IrcServer, xmpp: ProsodyServer, mail: MailStack, cfg_path: Path
+) -> str:
     alias = f"#irc_{NETWORK}_{CHANNEL}:localhost"
     return f"""
-mimi-bridge demo is running: Synapse, ngircd and the bridge, all on 127.0.0.1.
+mimi-bridge demo is running on 127.0.0.1: Synapse, ngircd, Prosody, postfix+dovecot, the bridge.
   Matrix homeserver: {synapse.url}  (server name: localhost)
       users: alice / alice-password, admin / admin-password
   IRC server:        {ircd.host} port {ircd.port} (no TLS, no password)
@@ -81,6 +107,18 @@ Watch a message cross:
   IRC lines show up in Matrix from the ghost @irc_{NETWORK}_carol:localhost ("carol");
   alice's Matrix messages reach {CHANNEL} from her own IRC connection, the nick alice[m].
   In a DM with @mimibot:localhost: `help`, `irc nick <nick>`, `join irc_{NETWORK} #other`.
+
+XMPP: Prosody on {xmpp.host}, client port {xmpp.c2s_port} (plain, no TLS), user
+  carol@{xmpp.domain} / carol-password. With any XMPP client (Gajim, Dino, poezio, profanity)
+  log in as carol, join the MUC lobby@{xmpp.muc_domain}; in Matrix, alice joins
+  #xmpp_lobby@{xmpp.muc_domain}:localhost. carol sees alice as an occupant; alice sees carol's
+  ghost. carol can also write to alice directly: alice\\40localhost@{COMPONENT}.
+
+Delta Chat: mail server on {mail.host}, IMAP {mail.imap_port}, SMTP {mail.smtp_port} (plain),
+  mailbox dave@example.test / dave-password. Set up a Delta Chat profile with that account
+  (advanced login settings: those servers and ports, security "off"), then write to
+  {mail.address("bridge")}: the chat appears in alice's Matrix account. In Matrix, alice can
+  `link deltachat <group name>` in a room to make a group and get its invite link.
 Press Ctrl-C to stop."""
 
 
@@ -90,12 +128,17 @@ def main() -> int:
     data.mkdir(exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     ircd: IrcServer | None = None
+    xmpp: ProsodyServer | None = None
+    mail: MailStack | None = None
     synapse: SynapseServer | None = None
     try:
         # The usual IRC port when it is free, so that IRC clients need no port argument.
         irc_port = 6667 if not port_is_open("127.0.0.1", 6667) else free_port()
         ircd = start_ngircd(data / "ngircd", port=irc_port)
-        cfg_path = write_config(data, free_port(), ircd)
+        xmpp = start_prosody(data / "prosody", COMPONENT, COMPONENT_SECRET, log_level="warn")
+        xmpp.register_user("carol", "carol-password")
+        mail = start_mailstack({"bridge": "bridge-password", "dave": "dave-password"})
+        cfg_path = write_config(data, free_port(), ircd, xmpp, mail)
         reg = data / "registration.yaml"
         py = sys.executable
         # -g fills in the tokens and writes the registration Synapse loads at its start.
@@ -112,7 +155,7 @@ def main() -> int:
                 pass  # registered in an earlier run
         bridge = subprocess.Popen([py, "-m", "bridge", "-c", str(cfg_path)])
         procs.append(bridge)
-        print(instructions(synapse, ircd, cfg_path), flush=True)
+        print(instructions(synapse, ircd, xmpp, mail, cfg_path), flush=True)
         return bridge.wait()
     except KeyboardInterrupt:
         return 0
@@ -128,6 +171,10 @@ def main() -> int:
             synapse.stop()
         if ircd is not None:
             ircd.stop()
+        if xmpp is not None:
+            xmpp.stop()
+        if mail is not None:
+            mail.stop(remove=True)
 
 
 if __name__ == "__main__":

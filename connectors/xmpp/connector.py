@@ -253,6 +253,9 @@ class XMPPConnector(NetworkConnector):
         self._sent: OrderedDict[str, tuple[str, PortalKey, str]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.inbox = SerialInbox(self.log)
+        # (room, nick) of occupants the bridge kicked or banned for a Matrix user: their
+        # removal comes back from the room and must not be mirrored to Matrix a second time.
+        self._own_removals: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._ping_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.media = MediaFetcher(
@@ -1228,7 +1231,9 @@ class XMPPConnector(NetworkConnector):
             actor = item.get("actor")
             actor_ro = room.remote.get(actor) if actor else None
             reason = item.get("reason")
-            if mucmod.KICKED in codes or mucmod.BANNED in codes:
+            # A kick or ban the bridge made for a Matrix user already happened in Matrix.
+            ours = self._own_removals.pop((room.jid.bare, nick), None) is not None
+            if (mucmod.KICKED in codes or mucmod.BANNED in codes) and not ours:
                 membership = Membership.BAN if mucmod.BANNED in codes else Membership.KICK
                 await self._emit(
                     RemoteMembership(
@@ -1245,6 +1250,8 @@ class XMPPConnector(NetworkConnector):
             status = pres.xml.findtext(f"{{{pres.namespace}}}status")
             if mucmod.REMOVED_TECHNICAL in codes:
                 status = status or "Disconnected"
+            if ours:
+                status = reason or status
             await self._emit(
                 RemoteMembership(
                     portal=portal,
@@ -2042,10 +2049,12 @@ class XMPPConnector(NetworkConnector):
                 )
             )
             return
+        removal: tuple[str, str] | None = None
         if change.membership == Membership.KICK:
             if ro is None:
                 raise ConnectorError("That XMPP user is not in the room.")
             item = {"nick": ro.nick, "role": "none"}
+            removal = (room.jid.bare, ro.nick)
         elif change.membership in (Membership.BAN, Membership.UNBAN):
             real = ro.real_jid if ro else None
             if real is None and "/" not in ghost:
@@ -2055,20 +2064,30 @@ class XMPPConnector(NetworkConnector):
             bare = JID(real).bare
             affiliation = "outcast" if change.membership == Membership.BAN else "none"
             item = {"jid": bare, "affiliation": affiliation}
+            if ro is not None and change.membership == Membership.BAN:
+                removal = (room.jid.bare, ro.nick)
         else:
             return
         await self._ensure_in_room(room, identity)
         iq = out.admin_iq(
             identity.xmpp, ifrom=identity.jid, room=room.jid, item=item, reason=change.reason
         )
+        if removal is not None:
+            self._own_removals[removal] = time.monotonic()
+            while len(self._own_removals) > 1000:
+                self._own_removals.popitem(last=False)
         try:
             await iq.send(timeout=self.cfg.send_timeout)
         except IqError as e:
+            if removal is not None:
+                self._own_removals.pop(removal, None)
             condition = e.iq["error"]["condition"]
             raise ConnectorError(
                 f"The XMPP room refused the {change.membership.value} ({condition})."
             ) from e
         except IqTimeout as e:
+            if removal is not None:
+                self._own_removals.pop(removal, None)
             raise ConnectorError("The XMPP room did not answer.") from e
 
     async def send_room_meta(self, identity: Identity, change: MatrixRoomMeta) -> None:

@@ -482,7 +482,9 @@ class SerialInbox:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    def close(self) -> None:
-        for task in list(self._tasks):
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._queues.clear()

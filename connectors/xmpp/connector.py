@@ -377,9 +377,11 @@ class XMPPConnector(NetworkConnector):
             await session.identity.stream.stop()
         self.sessions.clear()
         await self.component.stop()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        self.inbox.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.inbox.close()
         await self.media.close()
         await self.ids.flush()
 

@@ -166,6 +166,13 @@ class DeltaChatToMatrix:
                     sender.remote_id,
                     self.cfg.rate_seconds,
                 )
+                # Told in the room (or to the chat's owner): a drop is never silent.
+                await self.bridge.notify(
+                    portal.receiver or self.cfg.dm_receiver or "",
+                    f"{sender.display_name or sender.remote_id} sends too many messages: the"
+                    f" next ones are not bridged for up to {self.cfg.rate_seconds:.0f} s.",
+                    portal,
+                )
             return
         evt = await self._remote_message(account, msg, mid, portal, sender)
         await self._profile(account, int(msg["fromId"]), sender, portal)

@@ -4,17 +4,14 @@ connectors together, and implements what connectors see of it (``BridgeAPI``).""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import random
 import uuid
 from typing import Any
-from urllib.parse import quote
 
-from aiohttp import web
 from mautrix.util.async_db import Database
 
+from .appservice.media_links import MediaLinks
 from .appservice.server import AppserviceServer
 from .config import BridgeConfig
 from .connector import (
@@ -43,7 +40,6 @@ from .matrix.homeserver import Homeserver, MatrixError
 from .ordered_queue import OrderedQueues
 from .portals import PortalManager
 
-MEDIA_ROUTE = "/_mimi/media/{server}/{media_id}/{sig}"
 STOP_DRAIN_SECONDS = 15.0
 
 
@@ -58,6 +54,9 @@ class Bridge:
         self.log = log or logging.getLogger("mimi")
         self.hs = Homeserver(cfg.hs_address, cfg.domain, cfg.as_token, cfg.bot_mxid, self.log)
         self.credentials = CredentialBox(cfg.credentials_key)
+        self.media_links = MediaLinks(
+            cfg.public_address or cfg.as_address, cfg.hs_address, cfg.as_token, cfg.hs_token
+        )
         self.queues = OrderedQueues(self.log.getChild("queue"))
         self.connectors: dict[str, NetworkConnector] = {}
         # Namespace.network -> (connector, namespace)
@@ -135,8 +134,8 @@ class Bridge:
         self.server = AppserviceServer(
             self.cfg.hs_token, self.transactions, self, self.log.getChild("appservice")
         )
-        for route in (MEDIA_ROUTE, MEDIA_ROUTE + "/{filename}"):
-            self.server.app.router.add_get(route, self.serve_media)
+        self.media_links.session = self.hs.session
+        self.media_links.add_routes(self.server.app)
         try:
             await self.server.start(self.cfg.hostname, self.cfg.port)
         except OSError as e:
@@ -373,50 +372,7 @@ class Bridge:
         return out
 
     def mxc_to_url(self, mxc: str, filename: str = "") -> str:
-        """A link anyone can open: the bridge serves the file (homeservers with authenticated
-        media refuse anonymous downloads). Signed, so it opens only media the bridge linked."""
-        server, _, media_id = mxc.removeprefix("mxc://").partition("/")
-        url = f"{self.cfg.public_address or self.cfg.as_address}/_mimi/media/"
-        url += f"{quote(server, safe='')}/{quote(media_id, safe='')}/{self._media_sig(mxc)}"
-        return url + (f"/{quote(filename, safe='')}" if filename else "")
-
-    def _media_sig(self, mxc: str) -> str:
-        key = self.cfg.hs_token.encode()
-        return hmac.new(key, b"media\0" + mxc.encode(), hashlib.sha256).hexdigest()[:32]
-
-    async def serve_media(self, request: web.Request) -> web.StreamResponse:
-        info = request.match_info
-        mxc = f"mxc://{info['server']}/{info['media_id']}"
-        if not hmac.compare_digest(info["sig"], self._media_sig(mxc)):
-            return web.json_response(
-                {"errcode": "M_NOT_FOUND", "error": "No such file"}, status=404
-            )
-        url = f"{self.cfg.hs_address}/_matrix/client/v1/media/download/"
-        url += f"{quote(info['server'], safe='')}/{quote(info['media_id'], safe='')}"
-        headers = {"Authorization": f"Bearer {self.cfg.as_token}"}
-        async with self.hs.session.get(url, headers=headers) as upstream:
-            if upstream.status != 200:
-                return web.json_response(
-                    {"errcode": "M_NOT_FOUND", "error": "No such file"}, status=404
-                )
-            resp = web.StreamResponse(
-                headers={
-                    "Content-Type": upstream.headers.get(
-                        "Content-Type", "application/octet-stream"
-                    ),
-                    "Content-Disposition": upstream.headers.get(
-                        "Content-Disposition", "attachment"
-                    ),
-                    "Content-Security-Policy": "sandbox; default-src 'none'",
-                    "X-Content-Type-Options": "nosniff",
-                    "Cache-Control": "public, max-age=86400",
-                }
-            )
-            await resp.prepare(request)
-            async for chunk in upstream.content.iter_chunked(65536):
-                await resp.write(chunk)
-            await resp.write_eof()
-            return resp
+        return self.media_links.url(mxc, filename)
 
     async def upload_text(self, text: str, filename: str) -> str:
         mxc = await self.hs.upload(text.encode("utf-8"), "text/plain; charset=utf-8", filename)

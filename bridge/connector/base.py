@@ -120,8 +120,9 @@ class BridgeAPI(Protocol):
     def ghost_user_id(self, network: str, remote_id: str) -> str:
         """The Matrix user id of a remote user's ghost."""
 
-    def mxc_to_url(self, mxc: str) -> str:
-        """A link to Matrix media for networks that can only carry links."""
+    def mxc_to_url(self, mxc: str, filename: str = "") -> str:
+        """A link anyone can open to Matrix media, for networks that carry only links (the
+        bridge serves it; see ``appservice.public_address``)."""
 
     async def upload_text(self, text: str, filename: str) -> str:
         """Upload a long text to the content repository and return a link to it."""

@@ -413,8 +413,3 @@ class Homeserver:
             if len(data) > max_bytes:
                 raise MatrixError("M_TOO_LARGE", "media is larger than the bridge accepts")
             return data
-
-    def media_url(self, mxc: str) -> str:
-        """A link for networks that carry only URLs (unauthenticated legacy path)."""
-        server, _, media_id = mxc[6:].partition("/")
-        return f"{self.address}/_matrix/media/v3/download/{server}/{media_id}"

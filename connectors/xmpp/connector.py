@@ -487,19 +487,26 @@ class XMPPConnector(NetworkConnector):
                 return GhostInfo(display_name=ro.nick)
         return GhostInfo(display_name=jid.user or jid.domain)
 
-    async def portal_opened(self, portal: PortalKey) -> None:
+    async def _portal_members(self, portal: PortalKey) -> tuple[MucRoom, list[MatrixUser]] | None:
+        """The MUC of a shared portal and the Matrix users in its room (DMs: remembered, None)."""
         if portal.receiver:
             self.known_dms.add(portal)
-            return
+            return None
         jid = parse_room_jid(portal.remote_id)
         if jid is None:
-            return
+            return None
         room = self._room(jid)
         try:
-            members = await self.bridge.portal_members(portal)
+            return room, await self.bridge.portal_members(portal)
         except Exception:
             self.log.exception("could not list members of %s", portal)
+            return None
+
+    async def portal_opened(self, portal: PortalKey) -> None:
+        found = await self._portal_members(portal)
+        if found is None:
             return
+        room, members = found
         for member in members:
             if member.permission == "relay":
                 continue
@@ -673,18 +680,10 @@ class XMPPConnector(NetworkConnector):
             self.log.exception("could not list portals")
             portals = []
         for portal in portals:
-            if portal.receiver:
-                self.known_dms.add(portal)
+            found = await self._portal_members(portal)
+            if found is None:
                 continue
-            jid = parse_room_jid(portal.remote_id)
-            if jid is None:
-                continue
-            room = self._room(jid)
-            try:
-                members = await self.bridge.portal_members(portal)
-            except Exception:
-                self.log.exception("could not list members of %s", portal)
-                continue
+            room, members = found
             for member in members:
                 if member.permission == "relay" and member.user_id not in self.sessions:
                     continue

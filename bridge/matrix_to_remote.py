@@ -16,6 +16,7 @@ from .connector import (
     MatrixEdit,
     MatrixMembership,
     MatrixMessage,
+    MatrixProfile,
     MatrixReaction,
     MatrixReactionRemove,
     MatrixReceipt,
@@ -35,6 +36,7 @@ from .connector.capabilities import (
     EditHandling,
     MembershipHandling,
     PresenceHandling,
+    ProfileHandling,
     ReactionHandling,
     ReceiptHandling,
     RedactionHandling,
@@ -54,12 +56,27 @@ def _rel(content: dict[str, Any]) -> dict[str, Any]:
     return rel if isinstance(rel, dict) else {}
 
 
+def _sniff_image(data: bytes) -> str:
+    """Member events carry no mimetype for the avatar; networks need one."""
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data.startswith(b"GIF8"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
+
+
 class MatrixHandler:
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
         self.hs = bridge.hs
         self.log = bridge.log.getChild("matrix")
         self._typing: dict[str, set[str]] = {}
+        # A profile change arrives once per room: download a new avatar once, not per portal.
+        self._avatars: dict[str, bytes] = {}
 
     # --- entry points -----------------------------------------------------------------
 
@@ -457,6 +474,8 @@ class MatrixHandler:
         if portal is None or portal.room_id is None:
             return
         if membership == "join" and prev.get("membership") == "join":
+            if target == sender and ghost is None:
+                await self.profile(evt, portal, sender, content, prev)
             return  # a profile change, not a join
         reason = content.get("reason") if isinstance(content.get("reason"), str) else None
         change: Membership | None = None
@@ -505,6 +524,53 @@ class MatrixHandler:
             reason=reason,
         )
         await self._deliver(portal, sender, change.value, client.handle_matrix_membership(mm))
+
+    async def profile(
+        self,
+        evt: dict[str, Any],
+        portal: Portal,
+        sender: str,
+        content: dict[str, Any],
+        prev: dict[str, Any],
+    ) -> None:
+        """A puppeted user's new display name or avatar, seen in one portal's member event."""
+        name, old_name = content.get("displayname"), prev.get("displayname")
+        avatar, old_avatar = content.get("avatar_url"), prev.get("avatar_url")
+        name_changed = isinstance(name, str) and bool(name) and name != old_name
+        avatar_changed = avatar != old_avatar
+        if not (name_changed or avatar_changed):
+            return
+        if self.bridge.permission_of(sender) not in ("user", "admin"):
+            return  # relayed users have no remote profile; the relay prefix follows the name
+        user = await self.bridge.matrix_user(sender)
+        connector = self.bridge.connector_of(portal.key.network)
+        client = await connector.client_for(user, portal.key)
+        if not isinstance(client, ProfileHandling):
+            return  # the network shows no profile; nothing the user sent is lost
+        change = MatrixProfile(
+            portal=portal.key,
+            sender=MatrixSender(sender, user.display_name),
+            event_id=str(evt.get("event_id", "")),
+            display_name=name if name_changed else None,
+            previous_display_name=old_name if isinstance(old_name, str) else None,
+            avatar_removed=avatar_changed and not avatar,
+        )
+        if avatar_changed and isinstance(avatar, str) and avatar.startswith("mxc://"):
+            try:
+                data = self._avatars.get(avatar) or await self.hs.download(avatar, 10 * 1024 * 1024)
+            except MatrixError as e:
+                self.log.warning("avatar %s of %s not downloaded: %s", avatar, sender, e)
+            else:
+                if len(self._avatars) >= 8:
+                    self._avatars.pop(next(iter(self._avatars)))
+                self._avatars[avatar] = data
+                mimetype = _sniff_image(data)
+                change.avatar = Attachment(
+                    "avatar", mimetype, data=data, size=len(data), mxc=avatar
+                )
+        if change.display_name is None and change.avatar is None and not change.avatar_removed:
+            return
+        await self._deliver(portal, sender, "profile change", client.handle_matrix_profile(change))
 
     async def bot_invited(self, room_id: str, sender: str, content: dict[str, Any]) -> None:
         if self.bridge.permission_of(sender) is None:

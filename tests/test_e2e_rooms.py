@@ -88,6 +88,16 @@ async def test_membership_and_room_changes_reach_network(
     mxc = await _upload(kim, icon, "image/png", "icon.png")
     await kim.send_state(room, "m.room.avatar", "", {"url": mxc, "info": {"mimetype": "image/png"}})
     await until(sent(bridge, "meta", avatar=len(icon)))
+    # Kim's own profile follows her puppet: display name, avatar, then no avatar.
+    profile = f"/_matrix/client/v3/profile/{kim.user_id}"
+    assert (await kim.request("PUT", f"{profile}/displayname", {"displayname": "Kimberly"}))[
+        0
+    ] == 200
+    await until(sent(bridge, "profile", room="#ops", name="Kimberly", as_="kim-remote"))
+    assert (await kim.request("PUT", f"{profile}/avatar_url", {"avatar_url": mxc}))[0] == 200
+    await until(sent(bridge, "profile", name=None, avatar=len(icon), avatar_type="image/png"))
+    assert (await kim.request("PUT", f"{profile}/avatar_url", {"avatar_url": ""}))[0] == 200
+    await until(sent(bridge, "profile", name=None, avatar=None, removed=True))
     await kim.leave(room)
     await until(sent(bridge, "membership", room="#ops", membership="leave"))
     await kim.close()

@@ -3,7 +3,8 @@ the core checks with ``isinstance`` and, when a Matrix user does something the n
 carry, tells them in the room instead of dropping it.
 
 Client capabilities (on :class:`~bridge.connector.base.NetworkClient`):
-edits, redactions, reactions, typing, read receipts, membership, room metadata, presence.
+edits, redactions, reactions, typing, read receipts, membership, room metadata, profile
+(display name and avatar), presence.
 Connector capabilities (on :class:`~bridge.connector.base.NetworkConnector`): login, logout,
 direct messages, plumbing (link), backfill, third-party lookups, extra commands.
 """
@@ -18,6 +19,7 @@ from .base import ChatInfo, Login, MatrixUser
 from .events import (
     MatrixEdit,
     MatrixMembership,
+    MatrixProfile,
     MatrixReaction,
     MatrixReactionRemove,
     MatrixReceipt,
@@ -68,6 +70,15 @@ class MembershipHandling(Protocol):
 @runtime_checkable
 class RoomMetaHandling(Protocol):
     async def handle_matrix_room_meta(self, change: MatrixRoomMeta) -> None: ...
+
+
+@runtime_checkable
+class ProfileHandling(Protocol):
+    """Follow a puppeted Matrix user's display name and avatar (IRC NICK, an XMPP occupant's
+    nick and vCard avatar...). Called once per portal the change is seen in, so make it
+    idempotent per connection."""
+
+    async def handle_matrix_profile(self, change: MatrixProfile) -> None: ...
 
 
 @runtime_checkable

@@ -277,6 +277,19 @@ class MatrixMembership(MatrixEvent):
 
 
 @dataclass(slots=True, kw_only=True)
+class MatrixProfile(MatrixEvent):
+    """A puppeted Matrix user changed their display name or avatar (seen in a portal's member
+    event, so once per portal: per-room nicknames differ). ``display_name`` is None when only
+    the avatar changed; ``avatar`` is the new picture (downloaded by the core) or None when it
+    did not change; ``avatar_removed`` says the user cleared it."""
+
+    display_name: str | None = None
+    previous_display_name: str | None = None
+    avatar: Attachment | None = None
+    avatar_removed: bool = False
+
+
+@dataclass(slots=True, kw_only=True)
 class MatrixRoomMeta(MatrixEvent):
     """``m.room.name`` / ``m.room.topic`` / ``m.room.avatar`` changed in a portal."""
 

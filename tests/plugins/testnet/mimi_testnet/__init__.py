@@ -23,6 +23,7 @@ from bridge.connector import (
     MatrixEdit,
     MatrixMembership,
     MatrixMessage,
+    MatrixProfile,
     MatrixReaction,
     MatrixReactionRemove,
     MatrixReceipt,
@@ -128,6 +129,17 @@ class TestNetClient(NetworkClient):
     async def handle_matrix_presence(self, presence: str, status: str | None) -> None:
         self.connector.record(
             "presence", PortalKey(NETWORK, ""), as_=self.name, presence=presence, status=status
+        )
+
+    async def handle_matrix_profile(self, change: MatrixProfile) -> None:
+        self.connector.record(
+            "profile",
+            change.portal,
+            as_=self.name,
+            name=change.display_name,
+            avatar=len(change.avatar.data or b"") if change.avatar else None,
+            avatar_type=change.avatar.mimetype if change.avatar else None,
+            removed=change.avatar_removed,
         )
 
     async def handle_matrix_room_meta(self, change: MatrixRoomMeta) -> None:

@@ -55,7 +55,12 @@ class Bridge:
         self.hs = Homeserver(cfg.hs_address, cfg.domain, cfg.as_token, cfg.bot_mxid, self.log)
         self.credentials = CredentialBox(cfg.credentials_key)
         self.media_links = MediaLinks(
-            cfg.public_address or cfg.as_address, cfg.hs_address, cfg.as_token, cfg.hs_token
+            cfg.public_address or cfg.as_address,
+            cfg.hs_address,
+            cfg.as_token,
+            cfg.hs_token,
+            lifetime_s=int(cfg.media_link_lifetime_days * 86400),
+            max_bytes=int(cfg.media_link_max_size_mb * 1024 * 1024),
         )
         self.queues = OrderedQueues(self.log.getChild("queue"))
         self.connectors: dict[str, NetworkConnector] = {}

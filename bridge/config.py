@@ -63,6 +63,8 @@ class BridgeConfig:
     backfill_limit: int = 50
     # Base URL remote users open for media links the bridge serves (default: as_address).
     public_address: str = ""
+    media_link_lifetime_days: float = 30
+    media_link_max_size_mb: float = 100
 
     @property
     def bot_mxid(self) -> str:
@@ -235,6 +237,13 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
     backfill_limit = br.get("backfill_limit", int, 50)
     if backfill_limit < 0:
         raise ConfigError("bridge.backfill_limit", "must be 0 (off) or more")
+    links = br.section("media_links", required=False)
+    link_days = links.get("lifetime_days", (int, float), 30)
+    link_mb = links.get("max_size_mb", (int, float), 100)
+    for key, value in (("lifetime_days", link_days), ("max_size_mb", link_mb)):
+        if value < 0:
+            raise ConfigError(f"bridge.media_links.{key}", "must be 0 (no limit) or more")
+    links.finish()
     br.finish()
 
     log_cfg = root.get("logging", dict, {"level": "INFO"})
@@ -266,6 +275,8 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         ephemeral_events=ephemeral,
         backfill_limit=backfill_limit,
         public_address=public_address,
+        media_link_lifetime_days=link_days,
+        media_link_max_size_mb=link_mb,
     )
 
 

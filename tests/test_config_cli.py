@@ -80,6 +80,11 @@ def test_generate_registration(tmp_path: Path) -> None:
             "appservice.database: must be",
         ),
         ('    "*": relay', '    "*": superuser', "bridge.permissions.*: must be one of"),
+        (
+            "    lifetime_days: 30",
+            "    lifetime_days: -1",
+            "bridge.media_links.lifetime_days: must be 0 (no limit) or more",
+        ),
         ("  testnet: {}", "  nosuchnet: {}", "connectors.nosuchnet: unknown connector"),
         (
             "  testnet: {}",

@@ -58,6 +58,14 @@ class NotConnected(Exception):
     pass
 
 
+class NickRefused(ValueError):
+    """The server refused a nick change; ``code`` is its numeric (433: in use)."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
 class ConnectPacer:
     """At most ``rate`` connection attempts per second among the connections sharing it."""
 
@@ -332,7 +340,8 @@ class IRCConnection(asyncio.Protocol):
         self.joined.discard(canon)
 
     async def change_nick(self, nick: str, timeout: float = 10.0) -> str:  # noqa: ASYNC109
-        """Change nick; returns the new nick or raises ``ValueError`` with the server's reason."""
+        """Change nick; returns the new nick or raises :class:`NickRefused` (a ``ValueError``)
+        with the server's reason."""
         self.params.nick = nick
         if not self.registered:
             return nick
@@ -700,7 +709,9 @@ class IRCConnection(asyncio.Protocol):
             return
         waiter = self._nick_waiter
         if waiter is not None and not waiter.future.done():
-            waiter.future.set_exception(ValueError(f"{line.param(1)}: {line.param(-1)}"))
+            waiter.future.set_exception(
+                NickRefused(line.command, f"{line.param(1)}: {line.param(-1)}")
+            )
 
     def _on_join(self, line: Line) -> None:
         if not self._is_me(line.nick):

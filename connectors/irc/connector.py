@@ -24,6 +24,7 @@ from bridge.connector import (
     MatrixEdit,
     MatrixMembership,
     MatrixMessage,
+    MatrixProfile,
     MatrixReaction,
     MatrixReactionRemove,
     MatrixRedaction,
@@ -442,6 +443,13 @@ class IRCClient(NetworkClient):
             conn.send("INVITE", nick, channel)
         else:
             raise NotSupported(f"Cannot carry {change.membership} of {nick} to IRC.")
+
+    async def handle_matrix_profile(self, change: MatrixProfile) -> None:
+        """A new display name becomes the puppet's nick (IRC has no avatars). The core calls
+        this once per portal the change shows in: the second call finds the nick wanted."""
+        if self.puppet is None or not change.display_name:
+            return
+        await self.puppet.follow_display_name(change.display_name)
 
     async def handle_matrix_room_meta(self, change: MatrixRoomMeta) -> None:
         if change.portal.receiver:

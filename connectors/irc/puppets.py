@@ -15,7 +15,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .client import ConnectionHandler, ConnectPacer, ConnParams, IRCConnection
+from .client import (
+    ConnectionHandler,
+    ConnectPacer,
+    ConnParams,
+    IRCConnection,
+    NickRefused,
+    NotConnected,
+)
 from .config import NetworkConfig
 from .ids import alternative_nick, fallback_nick, nick_for
 from .protocol import Line, casefold
@@ -70,6 +77,49 @@ class Puppet(ConnectionHandler):
     def set_nick(self, nick: str) -> None:
         self.conn.params.nick = nick
         self.wanted_nick = nick
+
+    async def follow_display_name(self, display_name: str) -> str | None:
+        """The Matrix user's new display name: NICK to the nick template applied to it, a taken
+        nick resolved as at connect (``alice[m]1``, ...). Nothing to do when the user chose a
+        nick with ``irc nick``, or when the template gives the nick the puppet already wants
+        (the core reports one change once per portal). Returns the nick asked for, or None."""
+        self.display_name = display_name
+        if self.pool.custom_nicks.get(self.user_id):
+            return None
+        conn = self.conn
+        maxlen = min(30, conn.params.nicklen)
+        nick = nick_for(self.pool.cfg.nick_template, display_name, self.user_id, maxlen)
+        if self.pool.fold(nick) == self.pool.fold(self.wanted_nick):
+            return None
+        self.set_nick(nick)
+        if not conn.registered:
+            return nick  # taken at the next (re)connect
+        attempt = 0
+        while attempt <= 11 and self.wanted_nick == nick:  # else a newer change took over
+            if attempt == 0:
+                candidate = nick
+            elif attempt <= 10:
+                candidate = alternative_nick(nick, attempt, maxlen)
+            else:
+                candidate = fallback_nick(self.user_id)[:maxlen]
+            if conn.fold(candidate) == conn.fold(conn.nick):
+                break
+            try:
+                await conn.change_nick(candidate)
+                break
+            except NickRefused as e:
+                if e.code in ("433", "436", "437"):
+                    attempt += 1  # taken: the next alternative
+                elif e.code == "432" and attempt < 11:
+                    attempt = 11  # erroneous: the fallback nick
+                else:
+                    self.pool.on_notice(self, f"IRC refused your new nick {candidate}: {e}")
+                    break
+            except (NotConnected, ValueError):
+                break  # disconnected or no answer: the next connect uses the new nick
+        if self.wanted_nick == nick:
+            conn.params.nick = nick  # a reconnect asks for it first again
+        return nick
 
     # --- ConnectionHandler ---------------------------------------------------------------------
 

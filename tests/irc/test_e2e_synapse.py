@@ -613,6 +613,48 @@ async def test_irc_nick_command(
     await command(ann, mgmt, "irc nick 1bad", "not a valid IRC nick")
 
 
+async def test_display_name_change_renames_the_puppet(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    _, _, carol, ann, room, puppet = await portal_with_users(make_bridge, ngircd, irc, matrix)
+    # A second portal: the core reports the change once per portal, IRC sees one NICK.
+    chan2 = "#" + uniq("second")
+    await carol.join(chan2)
+    room2 = await ann.join(alias(chan2))
+    await carol.expect(joined(puppet, chan2), what="the puppet's second JOIN")
+    new = uniq("Anabel")
+    await ann.set_displayname(new)
+    await carol.expect(
+        lambda ln: ln.command == "NICK" and ln.nick == puppet and ln.param(0) == f"{new}[m]",
+        what="the NICK",
+    )
+    await ann.send_text(room2, "renamed")
+    await carol.expect(said(f"{new}[m]", "renamed"))
+    assert len([ln for ln in carol.lines if ln.command == "NICK" and ln.nick == puppet]) == 1
+    # The IRC side's view of the rename does not make a ghost of the Matrix user.
+    assert ghost(f"{new}[m]") not in await ann.joined_members(room)
+    # A name whose nick an IRC user holds: the next free alternative, as at connect.
+    taken = uniq("Zed")
+    squatter = await irc(ngircd, "x")
+    squatter.send(f"NICK {taken}[m]")
+    await squatter.expect(lambda ln: ln.command == "NICK" and ln.param(0) == f"{taken}[m]")
+    await ann.set_displayname(taken)
+    renamed = await carol.expect(
+        lambda ln: ln.command == "NICK" and ln.nick == f"{new}[m]", what="the second NICK"
+    )
+    assert renamed.param(0) == f"{taken}[m]1"
+    await ann.send_text(room, "still me")
+    await carol.expect(said(f"{taken}[m]1", "still me"))
+    # A nick chosen with `irc nick` wins over later display names.
+    mgmt = await management_room(ann)
+    chosen = uniq("Chosen")
+    await command(ann, mgmt, f"irc nick {chosen}", "You are now")
+    await ann.set_displayname(uniq("Ignored"))
+    await ann.send_text(room, "chosen stays")
+    await carol.expect(said(chosen, "chosen stays"))
+    assert not [ln for ln in carol.lines if ln.command == "NICK" and ln.nick == chosen]
+
+
 @pytest.fixture
 async def ngircd_with_password(tmp_path: Path) -> AsyncIterator[IrcServer]:
     """An ngircd that wants the server password ``serverpw`` from every connection."""

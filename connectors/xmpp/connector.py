@@ -251,6 +251,8 @@ class XMPPConnector(NetworkConnector):
         self.outage_notified: set[tuple[str, PortalKey]] = set()
         self._pending: dict[str, asyncio.Future[str | None]] = {}
         self._sent: OrderedDict[str, tuple[str, PortalKey, str]] = OrderedDict()
+        # Origin-ids of groupchat messages sent and not reflected yet -> their stanza-id.
+        self._echoes: OrderedDict[str, asyncio.Future[str | None]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.inbox = SerialInbox(self.log)
         # (room, nick) of occupants the bridge kicked or banned for a Matrix user: their
@@ -1375,6 +1377,9 @@ class XMPPConnector(NetworkConnector):
         if fut is not None and not fut.done():
             fut.set_exception(ConnectorError(readable))
             return
+        echo = self._echoes.pop(mid, None)
+        if echo is not None and not echo.done():
+            echo.set_result(None)
         sent = self._sent.get(mid)
         room = self.rooms.get(frm.bare)
         if room is not None and condition == "not-acceptable":
@@ -1402,6 +1407,8 @@ class XMPPConnector(NetworkConnector):
             fut = self._pending.get(key)
             if fut is not None and not fut.done():
                 fut.set_result(ids.stanza)
+            if key in self._echoes:
+                await self._on_own_reflection(room, key, ids.stanza)
         if room.listener() is not receiver:
             return
         room.touch()
@@ -1705,35 +1712,58 @@ class XMPPConnector(NetworkConnector):
                     item.portal,
                 )
 
-    async def _send_now(self, item: Outgoing) -> str | None:
-        """Send a stanza; for groupchat wait for the MUC's reflection and return its
-        stanza-id."""
+    async def _send_now(self, item: Outgoing) -> None:
+        """Send a stanza without waiting for the MUC's reflection: the message keeps its
+        origin-id as its id, and the room's stanza-id is added to its record when the
+        reflection comes back (:meth:`_on_own_reflection`); an error the room answers
+        instead is told to the user (:meth:`_on_message_error`)."""
         _mto, _mtype, room = self._target(item.portal)
         if room is not None:
             self.display_names.setdefault(item.identity.user_id, item.display_name)
             await self._ensure_in_room(room, item.identity)
         stanza = item.build()
         self._remember_sent(item.origin_id, item.identity.user_id, item.portal, item.summary)
-        if room is None:
-            item.identity.stream.send(stanza)
-            return None
-        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._pending[item.origin_id] = fut
-        try:
-            item.identity.stream.send(stanza)
-            return await asyncio.wait_for(fut, self.cfg.send_timeout)
-        except ConnectorError as e:
-            raise ConnectorError(f"The XMPP server refused the message ({e}).") from e
-        except TimeoutError:
-            self.log.warning("no reflection of %s from %s", item.origin_id, room.jid)
-            return None
-        finally:
-            self._pending.pop(item.origin_id, None)
+        if room is not None:
+            self._echoes[item.origin_id] = asyncio.get_running_loop().create_future()
+            while len(self._echoes) > 10_000:
+                _mid, old = self._echoes.popitem(last=False)
+                if not old.done():
+                    old.set_result(None)
+        item.identity.stream.send(stanza)
 
     def _remember_sent(self, mid: str, user_id: str, portal: PortalKey, summary: str) -> None:
         self._sent[mid] = (user_id, portal, summary)
         while len(self._sent) > 10_000:
             self._sent.popitem(last=False)
+
+    async def _on_own_reflection(
+        self, room: MucRoom, origin_id: str, stanza_id: str | None
+    ) -> None:
+        """The MUC reflected a message the bridge sent: its stanza-id joins the record (the
+        id the room and its occupants use for replies, reactions, markers and retractions)."""
+        fut = self._echoes.pop(origin_id, None)
+        if fut is None:
+            return
+        if stanza_id:
+            conv = conv_of(PortalKey(NETWORK, room.jid.bare))
+            rec = await self.ids.get(conv, origin_id)
+            if rec is not None and rec.stanza_id is None:
+                await self.ids.add(
+                    MessageRecord(conv, rec.canonical, stanza_id, rec.origin_id, rec.sender)
+                )
+        if not fut.done():
+            fut.set_result(stanza_id)
+
+    async def _room_ref(self, portal: PortalKey, rec: MessageRecord) -> str:
+        """The id that refers to a message in a MUC: its stanza-id (XEP-0359), waiting for
+        the reflection of a message the bridge has just sent; its own id without one."""
+        if rec.stanza_id is None and rec.origin_id:
+            fut = self._echoes.get(rec.origin_id)
+            if fut is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut), self.cfg.send_timeout)
+                rec = await self._ref_ids(portal, rec.canonical)
+        return rec.stanza_id or rec.canonical
 
     async def _deliver(self, item: Outgoing) -> str:
         """Send now, or queue through an outage. Returns the canonical id."""
@@ -1744,19 +1774,14 @@ class XMPPConnector(NetworkConnector):
             )
             await self._queue(item)
             return item.origin_id
-        try:
-            stanza_id = await self._send_now(item)
-        except NotConnected:
-            await self.ids.add(
-                MessageRecord(conv, item.origin_id, None, item.origin_id, item.identity.key)
-            )
-            await self._queue(item)
-            return item.origin_id
-        canonical = stanza_id or item.origin_id
         await self.ids.add(
-            MessageRecord(conv, canonical, stanza_id, item.origin_id, item.identity.key)
+            MessageRecord(conv, item.origin_id, None, item.origin_id, item.identity.key)
         )
-        return canonical
+        try:
+            await self._send_now(item)
+        except NotConnected:
+            await self._queue(item)
+        return item.origin_id
 
     async def _ref_ids(self, portal: PortalKey, remote_id: str) -> MessageRecord:
         rec = await self.ids.get(conv_of(portal), remote_id)
@@ -1803,9 +1828,14 @@ class XMPPConnector(NetworkConnector):
             items.insert(0, (body, None, None))
         if not items:
             raise ConnectorError("Nothing to send.")
-        reply_rec = None
+        reply_ref = None
         if msg.reply_to is not None:
             reply_rec = await self._ref_ids(msg.portal, msg.reply_to.remote_id)
+            reply_ref = (
+                await self._room_ref(msg.portal, reply_rec)
+                if room
+                else (reply_rec.origin_id or reply_rec.canonical)
+            )
         first_id: str | None = None
         for index, (text, url, desc) in enumerate(items):
             origin_id = out.new_id()
@@ -1827,18 +1857,13 @@ class XMPPConnector(NetworkConnector):
                 )
                 if url:
                     out.add_oob(stanza, url, desc)
-                if index == 0 and reply_rec is not None and msg.reply_to is not None:
-                    ref = (
-                        (reply_rec.stanza_id or reply_rec.canonical)
-                        if room
-                        else (reply_rec.origin_id or reply_rec.canonical)
-                    )
+                if index == 0 and reply_ref is not None and msg.reply_to is not None:
                     sender = msg.reply_to.sender_remote_id
                     to = self._reply_to_jid(msg.portal, room, sender)
                     quoted_nick = None
                     if room is not None and to and "/" in to:
                         quoted_nick = JID(to).resource
-                    out.add_reply(stanza, ref, to, msg.reply_to.text, quoted_nick)
+                    out.add_reply(stanza, reply_ref, to, msg.reply_to.text, quoted_nick)
                 stanza["markable"] = True
                 if mtype == "chat":
                     stanza["request_receipt"] = True
@@ -1890,7 +1915,11 @@ class XMPPConnector(NetworkConnector):
         if own or room is None:
             if not own:
                 raise NotSupported("XMPP has no way to delete someone else's private message.")
-            ref = (rec.stanza_id or rec.canonical) if room else (rec.origin_id or rec.canonical)
+            ref = (
+                await self._room_ref(redaction.portal, rec)
+                if room
+                else (rec.origin_id or rec.canonical)
+            )
             origin_id = out.new_id()
 
             def build() -> Message:
@@ -1919,7 +1948,7 @@ class XMPPConnector(NetworkConnector):
             identity.xmpp,
             ifrom=identity.jid,
             room=room.jid,
-            target=rec.stanza_id or rec.canonical,
+            target=await self._room_ref(redaction.portal, rec),
             reason=redaction.reason,
         )
         try:
@@ -1945,7 +1974,7 @@ class XMPPConnector(NetworkConnector):
     ) -> str:
         mto, mtype, room = self._target(portal)
         rec = await self._ref_ids(portal, target_id)
-        ref = (rec.stanza_id or rec.canonical) if room else (rec.origin_id or rec.canonical)
+        ref = await self._room_ref(portal, rec) if room else (rec.origin_id or rec.canonical)
         await self.ids.set_reactions(conv_of(portal), identity.key, rec.canonical, keys)
         origin_id = out.new_id()
 

@@ -19,7 +19,7 @@ from bridge.connector import (
 from connectors.xmpp import XMPPConnector
 
 from .conftest import COMPONENT, FakeBridge, unique
-from .test_muc_integration import matrix_message, open_room, stanza_id
+from .test_muc_integration import matrix_message, open_room
 
 
 async def test_dm_both_ways(
@@ -146,7 +146,7 @@ async def test_restart_reconnects_and_rejoins_puppets(
     client: Any = await connector.client_for(users[0], portal)
     sent = await client.handle_matrix_message(matrix_message(portal, users[0], "back"))
     got = await alice2.wait_message(lambda m: m["body"] == "back")
-    assert sent.remote_id == stanza_id(got)
+    assert sent.remote_id == got["origin_id"]["id"]
 
 
 async def test_outage_messages_are_queued_and_delivered(

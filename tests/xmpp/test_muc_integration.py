@@ -71,7 +71,8 @@ async def test_puppet_joins_and_messages_flow_both_ways(
         lambda m: m["type"] == "groupchat" and m["body"] == "hello *matrix*"
     )
     assert ev.id == stanza_id(seen)
-    # Matrix -> XMPP: the returned remote id is the stanza-id the XMPP side sees.
+    # Matrix -> XMPP: the returned remote id is the message's origin-id (XEP-0359), known
+    # without waiting for the room's reflection; the room's stanza-id is mapped to it later.
     client = await connector.client_for(bob, portal)
     assert client is not None
     sent = await client.handle_matrix_message(
@@ -79,7 +80,7 @@ async def test_puppet_joins_and_messages_flow_both_ways(
     )
     got = await alice.wait_message(lambda m: m["body"] == "*hi* there")
     assert str(got["from"]) == f"{room}/Bob"
-    assert sent.remote_id == stanza_id(got)
+    assert sent.remote_id == got["origin_id"]["id"]
     # The reflection of the puppet's own message is not emitted back.
     await asyncio.sleep(0.3)
     assert not [e for e in bridge.events if isinstance(e, RemoteMessage) and "hi" == e.content.text]
@@ -221,14 +222,15 @@ async def test_corrections_reactions_retractions_replies_both_ways(
     )
     assert got_r2["reactions"].get_values(all_chars=True) == set()
 
-    # Matrix redaction of own message -> XEP-0424 retraction of the stanza-id.
+    # Matrix redaction of own message -> XEP-0424 retraction of the room's stanza-id (the
+    # message's remote id is its origin-id; the stanza-id came with the reflection).
     await client.handle_matrix_redaction(
         MatrixRedaction(portal=portal, sender=sender, event_id="$d1", target=ref(sent.remote_id))
     )
     retr = await alice.wait_message(
         lambda m: m.xml.find("{urn:xmpp:message-retract:1}retract") is not None
     )
-    assert retr.xml.find("{urn:xmpp:message-retract:1}retract").attrib["id"] == sent.remote_id
+    assert retr.xml.find("{urn:xmpp:message-retract:1}retract").attrib["id"] == stanza_id(got)
 
     # XMPP retraction -> redaction of the original.
     rt = alice.xmpp.make_message(mto=room, mtype="groupchat", mbody="retracted")
@@ -363,3 +365,35 @@ async def test_ghost_kick_from_matrix(
     await alice.wait_presence(
         lambda p: p["type"] == "unavailable" and 307 in p["muc"]["status_codes"]
     )
+
+
+async def test_own_messages_get_their_stanza_id_and_refusals_are_told(
+    connector: XMPPConnector, bridge: FakeBridge, prosody: Any, xclients: Any
+) -> None:
+    from bridge.connector import MatrixReaction
+
+    portal, alice, (bob,) = await open_room(connector, bridge, prosody, xclients, "Bob")
+    room = portal.remote_id
+    client: Any = await connector.client_for(bob, portal)
+    sender = MatrixSender(bob.user_id, bob.display_name)
+    # A message and, at once, a reaction to it: the reaction waits for the reflection and
+    # refers to the room's stanza-id (XEP-0444 in a MUC that advertises XEP-0359).
+    sent = await client.handle_matrix_message(matrix_message(portal, bob, "react to me"))
+    await client.handle_matrix_reaction(
+        MatrixReaction(
+            portal=portal, sender=sender, event_id="$r", target=ref(sent.remote_id), key="👍"
+        )
+    )
+    got = await alice.wait_message(lambda m: m["body"] == "react to me")
+    assert sent.remote_id == got["origin_id"]["id"]
+    reaction = await alice.wait_message(
+        lambda m: m.xml.find("{urn:xmpp:reactions:0}reactions") is not None
+    )
+    assert reaction["reactions"]["id"] == stanza_id(got)
+    # The room refuses a message of a visitor: the Matrix user is told, not left guessing.
+    await alice.xmpp.plugin["xep_0045"].set_role(room, "Bob", "visitor")
+    await alice.wait_presence(
+        lambda p: str(p["from"]) == f"{room}/Bob" and p["muc"]["role"] == "visitor"
+    )
+    await client.handle_matrix_message(matrix_message(portal, bob, "may I speak?"))
+    await bridge.wait_notice(lambda t: "may I speak?" in t and "not delivered" in t)

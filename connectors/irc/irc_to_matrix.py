@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from html import escape, unescape
 
 from bridge.connector.events import (
     ChatMember,
@@ -38,7 +39,11 @@ from .client import IRCConnection
 from .formatting import irc_to_html
 from .protocol import Line, parse_ctcp
 
-_MENTION = re.compile(r"^([A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*)([:,]) ")
+# Words that may be nicks: runs of nick characters. URLs are matched whole so that no nick is
+# found inside them.
+_WORDS = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://|www\.)[^\s<>]*|[A-Za-z0-9\[\]\\`_^{|}-]+")
+_TAGS = re.compile(r"(<[^>]*>)")
+MIN_PILL_LENGTH = 2  # a one-letter nick is no mention ("a", "I"), as in Heisenbridge
 
 
 @dataclass(slots=True)
@@ -80,6 +85,7 @@ class IrcToMatrix:
         self.power_levels = power_levels
         self.channels: dict[str, ChannelState] = {}
         self.expected_kicks: set[tuple[str, str]] = set()  # (channel, nick) kicked from Matrix
+        self._left: dict[str, ChannelState] = {}  # channels the bot was kicked from
         self._seq = itertools.count()
 
     # --- helpers -------------------------------------------------------------------------------
@@ -122,26 +128,59 @@ class IrcToMatrix:
     def new_id(self, line: Line, ts: int) -> str:
         return line.tags.get("msgid") or f"{ts}.{next(self._seq)}"
 
-    def content(self, conn: IRCConnection, text: str, kind: MessageKind, channel: str | None):
+    def content(
+        self, conn: IRCConnection, text: str, kind: MessageKind, channel: str | None
+    ) -> MessageContent:
         plain, html = irc_to_html(text)
-        mentions: list[str] = []
-        m = _MENTION.match(plain)
-        if m and channel is not None:
-            canon = conn.fold(m.group(1))
-            state = self.channels.get(channel)
-            if state is not None and canon in state.members:
-                target = self.puppet_user(canon)
-                mentions.append(target or canon)
-                uid = target or self.ghost_user_id(canon)
-                if html is None:
-                    from html import escape
+        state = self.channels.get(channel) if channel is not None else None
+        if state is None or not state.members:
+            return MessageContent(text=plain, html=html, kind=kind)
+        members = state.members
+        me = conn.fold(conn.nick)
+        fold = conn.fold
+        mentions: dict[str, str] = {}  # mention (canonical nick or Matrix user id) -> user id
 
-                    rest = escape(plain[m.end() :], quote=False)
-                    html = (
-                        f'<a href="https://matrix.to/#/{uid}">{escape(m.group(1))}</a>'
-                        f"{m.group(2)} {rest}"
-                    )
-        return MessageContent(text=plain, html=html, kind=kind, mentions=mentions)
+        def target(word: str) -> str | None:
+            """The Matrix user a word names: a channel member's nick, exactly (case-folded)."""
+            if len(word) < MIN_PILL_LENGTH or "." in word or "/" in word:
+                return None
+            canon = fold(word)
+            if canon not in members or canon == me:
+                return None
+            user = self.puppet_user(canon)
+            mentions.setdefault(user or canon, user or self.ghost_user_id(canon))
+            return user or self.ghost_user_id(canon)
+
+        if not any([target(m.group()) for m in _WORDS.finditer(plain)]):
+            return MessageContent(text=plain, html=html, kind=kind)
+
+        def linkify(text: str) -> str:
+            """Escaped HTML of ``text`` with its mentions as pills."""
+            out, last = [], 0
+            for m in _WORDS.finditer(text):
+                uid = target(m.group())
+                if uid is not None:
+                    out.append(escape(text[last : m.start()], quote=False))
+                    out.append(f'<a href="https://matrix.to/#/{uid}">{m.group()}</a>')
+                    last = m.end()
+            out.append(escape(text[last:], quote=False))
+            return "".join(out)
+
+        if html is None:
+            html = linkify(plain)
+        else:
+            parts = _TAGS.split(html)
+            depth = 0  # inside a link already
+            for i, part in enumerate(parts):
+                if i % 2:
+                    if part.startswith("<a ") or part == "<a>":
+                        depth += 1
+                    elif part == "</a>":
+                        depth = max(0, depth - 1)
+                elif part and not depth:
+                    parts[i] = linkify(unescape(part))
+            html = "".join(parts)
+        return MessageContent(text=plain, html=html, kind=kind, mentions=list(mentions))
 
     def message(
         self, conn: IRCConnection, line: Line, portal: PortalKey, channel: str | None
@@ -205,7 +244,12 @@ class IrcToMatrix:
         channel = line.param(0)
         canon_chan = conn.fold(channel)
         if self._is_bot(conn, line.nick):
-            self.channels[canon_chan] = ChannelState(channel)
+            # Rejoining (after a reconnect or a kick): the members seen before stay until the
+            # NAMES reply, which tells who left meanwhile (see _on_366).
+            old = self.channels.get(canon_chan) or self._left.pop(canon_chan, None)
+            self.channels[canon_chan] = ChannelState(
+                channel, old.topic if old else None, old.members if old else {}
+            )
             return []
         state = self.channels.setdefault(canon_chan, ChannelState(channel))
         canon = conn.fold(line.nick)
@@ -261,7 +305,9 @@ class IrcToMatrix:
         canon_chan, canon = conn.fold(channel), conn.fold(nick)
         state = self.channels.get(canon_chan)
         if self._is_bot(conn, nick):
-            self.channels.pop(canon_chan, None)
+            kept = self.channels.pop(canon_chan, None)
+            if kept is not None:
+                self._left[canon_chan] = kept  # the bot rejoins: see _on_JOIN
             return []
         if state is not None:
             state.members.pop(canon, None)
@@ -350,15 +396,34 @@ class IrcToMatrix:
         state = self.channels.get(conn.fold(channel))
         if state is None or state.names_buffer is None:
             return []
+        before = state.members
         state.members = state.names_buffer
         state.names_buffer = None
-        return [
+        portal = self.portal(conn, channel)
+        out: list[RemoteEvent] = [
             RemoteChatInfo(
-                portal=self.portal(conn, channel),
+                portal=portal,
                 sender=Sender(conn.fold(conn.nick), conn.nick, is_from_me=True),
                 members=self.snapshot(conn, state),
             )
         ]
+        # Whoever the bridge knew in the channel and NAMES no longer lists left while the
+        # bridge could not see it (its connection was down, a netsplit): the ghost leaves.
+        me = conn.fold(conn.nick)
+        now = int(time.time() * 1000)
+        for canon, member in before.items():
+            if canon in state.members or canon == me or self.puppet_user(canon) is not None:
+                continue
+            out.append(
+                RemoteMembership(
+                    portal=portal,
+                    sender=Sender(canon, member.nick),
+                    membership=Membership.LEAVE,
+                    reason="no longer in the channel",
+                    timestamp=now,
+                )
+            )
+        return out
 
     def _on_MODE(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
         channel = line.param(0)

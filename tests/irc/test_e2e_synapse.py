@@ -343,6 +343,26 @@ async def test_formatting_emote_notice_mentions_both_ways(
     evt = await ann.wait_for_event(room, body_is(f"{puppet}: you there?"))
     assert evt["content"]["m.mentions"] == {"user_ids": [ann.user_id]}
     assert f"https://matrix.to/#/{ann.user_id}" in evt["content"]["formatted_body"]
+    # Mid-text, both ways: a pill labelled with anything is the nick; a nick (any case) of
+    # a channel member is a pill, of the Matrix user behind a puppet or of an IRC user's ghost.
+    await ann.send_event(
+        room,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "ask Carol later",
+            "format": "org.matrix.custom.html",
+            "formatted_body": f'ask <a href="https://matrix.to/#/{ghost(carol.nick)}">Carol</a>'
+            " later",
+        },
+    )
+    await carol.expect(said(puppet, f"ask {carol.nick} later"), what="mid-text pill")
+    carol.send(f"PRIVMSG {chan} :thanks {puppet.upper()} and {carol.nick}, bye")
+    evt = await ann.wait_for_event(room, body_is(f"thanks {puppet.upper()} and {carol.nick}, bye"))
+    assert evt["content"]["m.mentions"] == {"user_ids": [ann.user_id, ghost(carol.nick)]}
+    html = evt["content"]["formatted_body"]
+    assert f'<a href="https://matrix.to/#/{ann.user_id}">{puppet.upper()}</a>' in html
+    assert f'<a href="https://matrix.to/#/{ghost(carol.nick)}">{carol.nick}</a>' in html
 
 
 # --- long messages -----------------------------------------------------------------------------
@@ -780,6 +800,14 @@ async def own_ngircd(tmp_path: Path) -> AsyncIterator[IrcServer]:
     server.stop()
 
 
+def _crash(server: IrcServer) -> None:
+    """SIGKILL the server this test started (its process object only)."""
+    proc, server.proc = server.proc, None
+    assert proc is not None
+    proc.kill()
+    proc.wait(5)
+
+
 async def test_ngircd_restart(
     make_bridge: BridgeFactory, own_ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
 ) -> None:
@@ -793,7 +821,9 @@ async def test_ngircd_restart(
     await ann.send_text(room, "before")
     await carol.expect(said(puppet, "before"))
     net: Any = bridge.connectors["irc"].networks["test"]  # type: ignore[attr-defined]
-    await asyncio.to_thread(own_ngircd.stop)
+    await until(lambda: in_room(ann, room, ghost(carol.nick)))
+    # The server dies without a word (no QUIT of anyone reaches the bridge).
+    await asyncio.to_thread(_crash, own_ngircd)
     await carol.close()
     await wait_for(lambda: not net.bot.registered, what="the bot noticing")
     # Sent while the server is down: queued, delivered after the reconnect.
@@ -804,6 +834,11 @@ async def test_ngircd_restart(
     await carol2.expect(joined(puppet, chan), timeout=20, what="the puppet's rejoin")
     await carol2.expect(said(puppet, "during the outage"), timeout=20, what="the queued line")
     await wait_for(lambda: net.bot.registered and chan in net.bot.joined, 20, "bot rejoin")
+    # carol's first connection died with the server, unseen: NAMES after the rejoin no
+    # longer lists her, so her ghost leaves the room; her new connection's ghost is there.
+    left = await ann.wait_for_event(room, member_event(ghost(carol.nick), "leave"), timeout=20)
+    assert "no longer in the channel" in left["content"].get("reason", "")
+    await until(lambda: in_room(ann, room, ghost(carol2.nick)))
     carol2.send(f"PRIVMSG {chan} :after the restart")
     evt = await ann.wait_for_event(room, body_is("after the restart"))
     assert evt["sender"] == ghost(carol2.nick)

@@ -1,0 +1,119 @@
+"""IRC lines -> RemoteEvents, fed line by line as a server would send them to the listener
+(no network): mentions anywhere in a line, who left while the bridge could not see it."""
+
+from __future__ import annotations
+
+from bridge.connector import (
+    Membership,
+    RemoteChatInfo,
+    RemoteEvent,
+    RemoteMembership,
+    RemoteMessage,
+    escape_localpart,
+)
+from connectors.irc.client import ConnParams, IRCConnection
+from connectors.irc.config import DEFAULT_POWER
+from connectors.irc.irc_to_matrix import IrcToMatrix
+from connectors.irc.protocol import parse_line
+
+CHAN = "#chan"
+PUPPETS = {"ann{m}": "@ann:example.org"}  # rfc1459: Ann[m] folds to ann{m}
+
+
+def ghost(canon: str) -> str:
+    return f"@irc_test_{escape_localpart(canon)}:example.org"
+
+
+class Listener:
+    """The bot's connection and the translator, fed raw server lines."""
+
+    def __init__(self, nick: str = "bot") -> None:
+        self.conn = IRCConnection(ConnParams("irc.test", 6667, nick, nick, nick))
+        self.tr = IrcToMatrix(
+            "irc_test",
+            puppet_user=PUPPETS.get,
+            ghost_user_id=ghost,
+            power_levels=dict(DEFAULT_POWER),
+        )
+
+    def feed(self, *raw: str) -> list[RemoteEvent]:
+        out: list[RemoteEvent] = []
+        for text in raw:
+            line = parse_line(text)
+            assert line is not None
+            out += self.tr.handle(self.conn, line)
+        return out
+
+    def join(self, names: str, channel: str = CHAN) -> list[RemoteEvent]:
+        me = self.conn.nick
+        return self.feed(
+            f":{me}!b@h JOIN {channel}",
+            f":srv 353 {me} = {channel} :{names}",
+            f":srv 366 {me} {channel} :End of NAMES list",
+        )
+
+    def say(self, nick: str, text: str) -> RemoteMessage:
+        (msg,) = self.feed(f":{nick}!u@h PRIVMSG {CHAN} :{text}")
+        assert isinstance(msg, RemoteMessage)
+        return msg
+
+
+def test_nicks_anywhere_in_a_line_become_pills() -> None:
+    irc = Listener()
+    irc.join("bot @Carol Ann[m] a dave{1}")
+    msg = irc.say("dave{1}", "ask CAROL, or Ann[m] (she knows); carolyn is someone else")
+    assert msg.content.text == "ask CAROL, or Ann[m] (she knows); carolyn is someone else"
+    assert msg.content.mentions == ["carol", "@ann:example.org"]
+    assert msg.content.html == (
+        f'ask <a href="https://matrix.to/#/{ghost("carol")}">CAROL</a>, or '
+        '<a href="https://matrix.to/#/@ann:example.org">Ann[m]</a> (she knows); '
+        "carolyn is someone else"
+    )
+    # IRC case mapping (rfc1459): DAVE[1] is dave{1}.
+    assert irc.say("carol", "thanks DAVE[1]!").content.mentions == ["dave{1}"]
+    # Not a mention: a one-letter nick, a nick inside a URL, the bot, someone not in the channel.
+    for text in ("a b c", "see https://example.org/carol and www.carol.org", "bot: hi", "bob?"):
+        msg = irc.say("carol", text)
+        assert msg.content.mentions == [] and msg.content.html is None, text
+    # HTML special characters around a mention are escaped, not taken for markup.
+    msg = irc.say("dave{1}", "<b>carol</b> & co")
+    assert msg.content.html == (
+        f'&lt;b&gt;<a href="https://matrix.to/#/{ghost("carol")}">carol</a>&lt;/b&gt; &amp; co'
+    )
+
+
+def test_pills_in_formatted_lines_keep_the_formatting() -> None:
+    irc = Listener()
+    irc.join("bot carol b")
+    msg = irc.say("b", "\x02hey carol\x02 &amp; <i>carol</i>")
+    assert msg.content.mentions == ["carol"]
+    pill = f'<a href="https://matrix.to/#/{ghost("carol")}">carol</a>'
+    assert msg.content.html == (
+        f"<strong>hey {pill}</strong> &amp;amp; &lt;i&gt;{pill}&lt;/i&gt;"
+    ) or msg.content.html == (f"<b>hey {pill}</b> &amp;amp; &lt;i&gt;{pill}&lt;/i&gt;")
+
+
+def test_rejoin_names_makes_the_departed_leave() -> None:
+    irc = Listener()
+    first = irc.join("bot @carol dave Ann[m] erin")
+    (info,) = first
+    assert isinstance(info, RemoteChatInfo) and info.members is not None
+    assert sorted(m.sender.remote_id for m in info.members) == ["carol", "dave", "erin"]
+    assert {m.sender.remote_id: m.power_level for m in info.members}["carol"] == 50
+    # The bot's connection drops and comes back; dave and erin went meanwhile, fred came.
+    events = irc.join("bot @carol Ann[m] fred")
+    leaves = [e for e in events if isinstance(e, RemoteMembership)]
+    assert [(e.sender.remote_id, e.membership) for e in leaves] == [
+        ("dave", Membership.LEAVE),
+        ("erin", Membership.LEAVE),
+    ]
+    assert all(e.portal.remote_id == CHAN for e in leaves)
+    (info,) = [e for e in events if isinstance(e, RemoteChatInfo)]
+    assert info.members is not None
+    assert sorted(m.sender.remote_id for m in info.members) == ["carol", "fred"]
+    # Kicked and rejoined: the same.
+    irc.feed(f":carol!c@h KICK {CHAN} bot :out")
+    events = irc.join("bot @carol")
+    assert [e.sender.remote_id for e in events if isinstance(e, RemoteMembership)] == ["fred"]
+    # A first join knows nobody yet: nobody leaves.
+    assert not [e for e in irc.join("bot x", "#other") if isinstance(e, RemoteMembership)]

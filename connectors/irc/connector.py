@@ -616,7 +616,9 @@ class IRCConnector(NetworkConnector):
             net.bot.start()
         state = net.translator.channels.get(canon)
         members = (
-            [c.sender.remote_id for c in net.translator.snapshot(net.bot, state)] if state else []
+            [c.sender.remote_id for c in net.translator.snapshot(net.bot, state, puppets=False)]
+            if state
+            else []
         )
         return ChatInfo(
             name=state.name if state else portal.remote_id,

@@ -7,7 +7,9 @@ Matrix. A puppet feeds only the private messages addressed to it (:meth:`private
 
 Power levels: the highest channel prefix mode maps through ``power_levels`` (default
 owner ``q`` / admin ``a`` / op ``o`` -> 50, halfop ``h`` -> 25, voice ``v`` -> 10, none -> 0).
-Member snapshots (``RemoteChatInfo.members``) list IRC users only, not puppets or the bot.
+Member snapshots (``RemoteChatInfo.members``) list the IRC users (ghosts) and, with
+``is_from_me`` and their Matrix user, the Matrix users whose puppets are in the channel, so that a
+puppet's +o/+v can become its Matrix user's power level; never the bot.
 """
 
 from __future__ import annotations
@@ -103,12 +105,21 @@ class IrcToMatrix:
     def power(self, modes: set[str]) -> int:
         return max((self.power_levels.get(m, 0) for m in modes), default=0)
 
-    def snapshot(self, conn: IRCConnection, state: ChannelState) -> list[ChatMember]:
+    def snapshot(
+        self, conn: IRCConnection, state: ChannelState, puppets: bool = True
+    ) -> list[ChatMember]:
+        """The channel's members with their power levels (``puppets``: also our puppets)."""
         out = []
+        me = conn.fold(conn.nick)
         for canon, member in state.members.items():
-            if canon == conn.fold(conn.nick) or self.puppet_user(canon) is not None:
+            if canon == me:
                 continue
-            out.append(ChatMember(Sender(canon, member.nick), self.power(member.modes)))
+            user = self.puppet_user(canon)
+            if user is None:
+                out.append(ChatMember(Sender(canon, member.nick), self.power(member.modes)))
+            elif puppets:
+                sender = Sender(canon, member.nick, is_from_me=True, matrix_user=user)
+                out.append(ChatMember(sender, self.power(member.modes)))
         return out
 
     def member_modes(self, channel: str, canon_nick: str) -> set[str] | None:
@@ -338,14 +349,24 @@ class IrcToMatrix:
             state.members[new_canon] = member
             if is_puppet or self._is_bot(conn, new):
                 continue
+            portal = PortalKey(self.network, canon_chan)
             out.append(
                 RemoteProfile(
-                    portal=PortalKey(self.network, canon_chan),
+                    portal=portal,
                     sender=Sender(old_canon, old),
                     display_name=new,
                     new_remote_id=new_canon if new_canon != old_canon else None,
                 )
             )
+            if member.modes and new_canon != old_canon:
+                # The new ghost takes the old one's place: give it the operator's power too.
+                out.append(
+                    RemoteChatInfo(
+                        portal=portal,
+                        sender=Sender(new_canon, new),
+                        members=self.snapshot(conn, state),
+                    )
+                )
         return out
 
     def _on_TOPIC(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:

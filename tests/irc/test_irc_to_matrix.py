@@ -93,13 +93,48 @@ def test_pills_in_formatted_lines_keep_the_formatting() -> None:
     ) or msg.content.html == (f"<b>hey {pill}</b> &amp;amp; &lt;i&gt;{pill}&lt;/i&gt;")
 
 
+def ghosts(info: RemoteChatInfo) -> dict[str, int | None]:
+    """remote id -> power level of the IRC users in a member snapshot."""
+    return {
+        m.sender.remote_id: m.power_level for m in info.members or [] if not m.sender.is_from_me
+    }
+
+
+def powers(info: RemoteChatInfo) -> dict[str, int | None]:
+    """Matrix user id -> power level of the puppets in a member snapshot."""
+    return {
+        m.sender.matrix_user or "": m.power_level for m in info.members or [] if m.sender.is_from_me
+    }
+
+
+def test_channel_modes_are_power_levels_of_ghosts_and_puppets() -> None:
+    irc = Listener()
+    irc.conn.prefixes = {"~": "q", "&": "a", "@": "o", "%": "h", "+": "v"}
+    (info,) = irc.join("bot ~owner @carol %half +dave erin @Ann[m]")
+    assert isinstance(info, RemoteChatInfo)
+    assert ghosts(info) == {"owner": 50, "carol": 50, "half": 25, "dave": 10, "erin": 0}
+    # A puppet's modes are its Matrix user's power level; the bot is not a member.
+    assert powers(info) == {"@ann:example.org": 50}
+    (info,) = irc.feed(f":carol!c@h MODE {CHAN} -o+v Ann[m] Ann[m]")
+    assert isinstance(info, RemoteChatInfo)
+    assert powers(info) == {"@ann:example.org": 10}
+    (info,) = irc.feed(f":carol!c@h MODE {CHAN} +o-v erin dave")
+    assert isinstance(info, RemoteChatInfo)
+    assert ghosts(info)["erin"] == 50 and ghosts(info)["dave"] == 0
+    # An operator's new nick is a new ghost: it gets the old one's power.
+    events = irc.feed(":erin!e@h NICK erin2")
+    assert [type(e).__name__ for e in events] == ["RemoteProfile", "RemoteChatInfo"]
+    assert isinstance(events[1], RemoteChatInfo) and ghosts(events[1])["erin2"] == 50
+    # Not for someone without modes.
+    assert [type(e).__name__ for e in irc.feed(":dave!d@h NICK dave2")] == ["RemoteProfile"]
+
+
 def test_rejoin_names_makes_the_departed_leave() -> None:
     irc = Listener()
     first = irc.join("bot @carol dave Ann[m] erin")
     (info,) = first
     assert isinstance(info, RemoteChatInfo) and info.members is not None
-    assert sorted(m.sender.remote_id for m in info.members) == ["carol", "dave", "erin"]
-    assert {m.sender.remote_id: m.power_level for m in info.members}["carol"] == 50
+    assert sorted(ghosts(info)) == ["carol", "dave", "erin"]
     # The bot's connection drops and comes back; dave and erin went meanwhile, fred came.
     events = irc.join("bot @carol Ann[m] fred")
     leaves = [e for e in events if isinstance(e, RemoteMembership)]
@@ -110,7 +145,7 @@ def test_rejoin_names_makes_the_departed_leave() -> None:
     assert all(e.portal.remote_id == CHAN for e in leaves)
     (info,) = [e for e in events if isinstance(e, RemoteChatInfo)]
     assert info.members is not None
-    assert sorted(m.sender.remote_id for m in info.members) == ["carol", "fred"]
+    assert sorted(ghosts(info)) == ["carol", "fred"]
     # Kicked and rejoined: the same.
     irc.feed(f":carol!c@h KICK {CHAN} bot :out")
     events = irc.join("bot @carol")

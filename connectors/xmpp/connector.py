@@ -25,10 +25,12 @@ from slixmpp.basexmpp import BaseXMPP
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins.xep_0030.stanza import DiscoInfo
 from slixmpp.stanza import Message, Presence
+from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback, Collector
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from bridge.connector import (
+    Attachment,
     BridgeAPI,
     ChatInfo,
     ChatMember,
@@ -40,6 +42,7 @@ from bridge.connector import (
     MatrixEdit,
     MatrixMembership,
     MatrixMessage,
+    MatrixProfile,
     MatrixReaction,
     MatrixReactionRemove,
     MatrixReceipt,
@@ -72,9 +75,11 @@ from bridge.connector import (
 )
 from bridge.connector.ids import InvalidEscape
 
+from . import avatars as avmod
 from . import matrix_to_xmpp as out
 from . import muc as mucmod
 from . import xmpp_to_matrix as inc
+from .avatars import AvatarStore
 from .component import (
     DROP,
     KEEP,
@@ -109,6 +114,7 @@ FEATURES = [
     "urn:xmpp:reply:0",
     "urn:xmpp:sid:0",
     "urn:xmpp:styling:0",
+    "vcard-temp",
 ]
 PUPPET_IDENTITY = ("client", "pc", "Matrix user")
 COMPONENT_IDENTITY = ("gateway", "matrix", "Matrix bridge")
@@ -229,6 +235,9 @@ class XMPPClient(NetworkClient):
     async def handle_matrix_presence(self, presence: str, status: str | None) -> None:
         await self.connector.send_presence(self.identity, presence, status)
 
+    async def handle_matrix_profile(self, change: MatrixProfile) -> None:
+        await self.connector.handle_profile(self.identity, change)
+
 
 class XMPPConnector(NetworkConnector):
     name = "xmpp"
@@ -241,6 +250,9 @@ class XMPPConnector(NetworkConnector):
         self.cfg: XMPPConfig = parse_config(config)
         self.mapper = JidMapper(self.cfg.domain, self.cfg.resource)
         self.ids = IdStore()
+        self.avatars = AvatarStore()
+        # Ghost id -> the avatar hash (XEP-0153) last set on its Matrix ghost.
+        self._ghost_photos: OrderedDict[str, str] = OrderedDict()
         self.rooms: dict[str, MucRoom] = {}
         self.puppets: dict[str, Identity] = {}
         self.sessions: dict[str, LoginSession] = {}
@@ -278,6 +290,7 @@ class XMPPConnector(NetworkConnector):
         self.component.on_lost.append(lambda: self._stream_lost(self.component))
         self._install_handlers(self.component)
         self._install_disco()
+        self._install_vcard()
 
     # --- configuration and ids ------------------------------------------------------------
 
@@ -327,6 +340,8 @@ class XMPPConnector(NetworkConnector):
             db = self.bridge.database()
         self.ids = IdStore(db)
         await self.ids.setup()
+        self.avatars = AvatarStore(db)
+        await self.avatars.setup()
         try:
             for portal in await self.bridge.portals(NETWORK):
                 if portal.receiver:
@@ -803,11 +818,13 @@ class XMPPConnector(NetworkConnector):
             if room.listener() is occ and room.remote:
                 room.sync_seen = set()
             occ.waiter = loop.create_future()
+            occ.photo = await self._photo_of(ident)
             pres = out.join_presence(
                 ident.xmpp,
                 pfrom=ident.jid,
                 occupant=occ.occupant_jid,
                 caps=None if ident.login else self.caps,
+                photo=occ.photo,
                 **self._presence_args(ident.user_id),
             )
             try:
@@ -980,7 +997,7 @@ class XMPPConnector(NetworkConnector):
         if tag in _MESSAGE_TAGS:
             return DROP if attrib.get("type") == "groupchat" else KEEP
         if tag in _PRESENCE_TAGS:
-            if nick and nick == occ.nick:
+            if nick and (nick == occ.nick or nick == occ.pending_nick):
                 return KEEP  # its own presence (joined, left, kicked, renamed)
             # While it joins, the room may give it another nick (status 110 and 210).
             return KEEP_IF_SELF if occ.state == "joining" else DROP
@@ -1012,6 +1029,9 @@ class XMPPConnector(NetworkConnector):
                 reply["show"] = show
             if status:
                 reply["status"] = status
+            if not offline:
+                out.add_caps(reply, *self.caps)
+                avmod.add_photo_update(reply, await self.avatars.load(user_id))
             with contextlib.suppress(NotConnected):
                 stream.send(reply)
             return
@@ -1027,6 +1047,9 @@ class XMPPConnector(NetworkConnector):
                 pres.xml.findtext(f"{{{pres.namespace}}}show"), "online"
             )
         status = pres.xml.findtext(f"{{{pres.namespace}}}status")
+        photo = avmod.photo_hash(pres.xml) if ptype == "available" else None
+        if photo:
+            self._avatar_seen(portal, Sender(frm.bare), JID(frm.bare), photo, to)
         await self._emit(
             RemotePresence(portal=portal, sender=Sender(frm.bare), presence=presence, status=status)
         )
@@ -1166,6 +1189,8 @@ class XMPPConnector(NetworkConnector):
                 )
                 self._spawn(self._rejoin_later(room, occ))
             return
+        if occ.pending_nick is not None and nick != occ.pending_nick:
+            return  # a presence of the old nick while the new one is on its way
         occ.nick = nick  # the room may have changed it (status 210)
         if occ.waiter is not None and not occ.waiter.done():
             occ.waiter.set_result(("joined", codes, ""))
@@ -1269,8 +1294,13 @@ class XMPPConnector(NetworkConnector):
         if room.sync_seen is not None:
             room.sync_seen.add(nick)
         ro = room.remote.get(nick)
+        photo = avmod.photo_hash(pres.xml)
+        listener = room.listener()
+        if photo and (ro is None or ro.photo != photo) and listener is not None:
+            sender = Sender(ro.ghost_id if ro else ghost, nick)
+            self._avatar_seen(portal, sender, frm, photo, listener.identity.jid)
         if ro is None:
-            ro = RemoteOccupant(nick, ghost, real, role, affiliation)
+            ro = RemoteOccupant(nick, ghost, real, role, affiliation, photo)
             room.remote[nick] = ro
             await self._emit(
                 RemoteMembership(
@@ -1285,6 +1315,8 @@ class XMPPConnector(NetworkConnector):
             ):
                 await self._emit_members(room)
             return
+        if photo is not None:
+            ro.photo = photo
         if (ro.role, ro.affiliation) != (role, affiliation):
             ro.role, ro.affiliation = role, affiliation
             await self._emit_members(room)
@@ -2172,6 +2204,8 @@ class XMPPConnector(NetworkConnector):
                 pres["status"] = status
             if not identity.login:
                 out.add_caps(pres, *self.caps)
+                occ.photo = self.avatars.known_hash(identity.user_id)
+                avmod.add_photo_update(pres, occ.photo)
             with contextlib.suppress(NotConnected):
                 identity.stream.send(pres)
         if identity.login:
@@ -2191,6 +2225,8 @@ class XMPPConnector(NetworkConnector):
             if status:
                 pres["status"] = status
             out.add_caps(pres, *self.caps)
+            if not offline:
+                avmod.add_photo_update(pres, self.avatars.known_hash(identity.user_id))
             with contextlib.suppress(NotConnected):
                 identity.stream.send(pres)
 
@@ -2200,6 +2236,236 @@ class XMPPConnector(NetworkConnector):
         self.presence[identity.user_id] = (show, status, offline)
         if identity.stream.ready.is_set():
             self._broadcast_presence(identity, show, status, offline)
+
+    # --- profiles: nicks and avatars ------------------------------------------------------------
+
+    async def _photo_of(self, identity: Identity) -> str | None:
+        """The avatar hash a puppet's presence carries (None: not known; own accounts have
+        their own avatar)."""
+        if identity.login:
+            return None
+        user_id = identity.user_id
+        known = self.avatars.known_hash(user_id)
+        if known is None:
+            known = await self.avatars.load(user_id)
+        if known is None:
+            # A core that can tell a Matrix user's current avatar (not part of every core).
+            lookup = getattr(self.bridge, "matrix_avatar", None)
+            if lookup is not None:
+                try:
+                    att = await lookup(user_id)
+                except Exception:
+                    self.log.debug("no avatar for %s", user_id, exc_info=True)
+                    att = None
+                if att is not None and att.data:
+                    await self.avatars.set(user_id, avmod.Avatar.of(att.data, att.mimetype))
+                    known = self.avatars.known_hash(user_id)
+        return known
+
+    async def handle_profile(self, identity: Identity, change: MatrixProfile) -> None:
+        """A Matrix user's new display name or avatar, seen in one portal: the occupant of
+        that portal's MUC changes its nick (XEP-0045 §7.6) and announces the new avatar hash
+        (XEP-0153); the vCard the component serves for the user's JID has the new picture."""
+        user_id = identity.user_id
+        if change.display_name:
+            self.display_names[user_id] = change.display_name
+        if not identity.login:
+            if change.avatar is not None and change.avatar.data:
+                avatar = avmod.Avatar.of(change.avatar.data, change.avatar.mimetype)
+                if await self.avatars.set(user_id, avatar):
+                    self._announce_avatar_to_contacts(identity)
+            elif change.avatar_removed and await self.avatars.set(user_id, None):
+                self._announce_avatar_to_contacts(identity)
+        if change.portal.receiver:
+            return
+        room = self.rooms.get(change.portal.remote_id)
+        occ = room.ours.get(user_id) if room is not None else None
+        if room is None or occ is None or occ.identity is not identity:
+            return
+        if change.display_name:
+            occ.display_name = change.display_name
+        if occ.state != "joined" or not identity.stream.ready.is_set():
+            return  # the next join uses the new name and avatar
+        if change.display_name and await self._rename(room, occ, change.display_name):
+            return  # the new nick's presence carried the avatar hash too
+        photo = self.avatars.known_hash(user_id) if not identity.login else None
+        if photo != occ.photo:
+            occ.photo = photo
+            with contextlib.suppress(NotConnected):
+                identity.stream.send(self._occupant_presence(occ, occ.occupant_jid))
+
+    def _occupant_presence(self, occ: Occupant, to: JID) -> Presence:
+        ident = occ.identity
+        return out.occupant_presence(
+            ident.xmpp,
+            pfrom=ident.jid,
+            occupant=to,
+            caps=None if ident.login else self.caps,
+            photo=occ.photo,
+            **self._presence_args(ident.user_id),
+        )
+
+    def _announce_avatar_to_contacts(self, identity: Identity) -> None:
+        show, status, offline = self.presence.get(identity.user_id, (None, None, False))
+        if offline or not identity.stream.ready.is_set():
+            return
+        roster = identity.xmpp.roster[identity.jid.bare]
+        for contact in list(roster):
+            if roster[contact]["subscription"] not in ("from", "both"):
+                continue
+            pres = identity.xmpp.make_presence(pfrom=identity.jid, pto=contact)
+            if show:
+                pres["show"] = show
+            if status:
+                pres["status"] = status
+            out.add_caps(pres, *self.caps)
+            avmod.add_photo_update(pres, self.avatars.known_hash(identity.user_id))
+            with contextlib.suppress(NotConnected):
+                identity.stream.send(pres)
+
+    async def _rename(self, room: MucRoom, occ: Occupant, display_name: str) -> bool:
+        """Change an occupant's nick to follow a new display name, resolving conflicts as at
+        join. Returns whether a presence went to the room."""
+        ident = occ.identity
+        fallback = ident.user_id[1:].split(":", 1)[0]
+        base = mucmod.clean_nick(display_name, fallback)
+        suffix = self.cfg.nick_conflict_suffix
+        if occ.nick == base:
+            return False
+        loop = asyncio.get_running_loop()
+        occ.photo = await self._photo_of(ident)
+        for attempt in range(10):
+            nick = mucmod.nick_candidate(base, suffix, attempt)
+            if nick == occ.nick:
+                return False  # already the best nick free for this name
+            occ.pending_nick = nick
+            occ.waiter = waiter = loop.create_future()
+            try:
+                ident.stream.send(self._occupant_presence(occ, JID(f"{room.jid.bare}/{nick}")))
+                kind, _codes, err = await asyncio.wait_for(waiter, self.cfg.send_timeout)
+            except NotConnected:
+                return False
+            except TimeoutError:
+                self.log.info("%s: no answer to the nick change to %r", room.jid, nick)
+                return True
+            finally:
+                occ.pending_nick = None
+            if kind == "joined":
+                self.log.debug("%s is now %r in %s", ident.user_id, occ.nick, room.jid)
+                return True
+            condition, _, text = err.partition("\0")
+            if condition == "conflict":
+                continue
+            reason = mucmod.JOIN_ERRORS.get(condition, condition)
+            await self._notify(
+                ident.user_id,
+                f"Your nickname in the XMPP room {room.jid} stays {occ.nick!r}: the room "
+                f"refused {nick!r} ({reason}{': ' + text if text else ''}).",
+                PortalKey(NETWORK, room.jid.bare),
+            )
+            return True
+        return True
+
+    def _install_vcard(self) -> None:
+        xmpp = self.component_xmpp
+
+        def on_vcard(iq: Any) -> None:
+            self._spawn(self._answer_vcard(iq))
+
+        xmpp.register_handler(
+            Callback(
+                "mimi-bridge vcard",
+                MatchXPath(f"{{{xmpp.default_ns}}}iq/{{{avmod.NS_VCARD}}}vCard"),
+                on_vcard,
+            )
+        )
+
+    async def _answer_vcard(self, iq: Any) -> None:
+        """vCard-temp (XEP-0054) of a Matrix user's JID: the display name and the avatar."""
+        itype = iq.xml.attrib.get("type")
+        if itype not in ("get", "set"):
+            return
+        to = inc.stanza_jid(iq, "to")
+        frm = inc.stanza_jid(iq, "from")
+        if to is None or frm is None:
+            return
+        reply = self.component_xmpp.make_iq_result(iq.xml.attrib.get("id", ""), ito=frm, ifrom=to)
+        if itype == "set":
+            reply = self._iq_error(
+                iq, to, frm, "forbidden", "vCards of Matrix users are read-only."
+            )
+        elif not to.user:
+            reply.xml.append(avmod.vcard("Matrix bridge", None))
+        else:
+            try:
+                user_id = self.mapper.matrix_user(to)
+            except InvalidMapping as e:
+                reply = self._iq_error(iq, to, frm, "item-not-found", str(e))
+            else:
+                if user_id in self.sessions or not await self._user_exists(user_id):
+                    reply = self._iq_error(iq, to, frm, "item-not-found", "No such Matrix user.")
+                else:
+                    ident = self._puppet(user_id)
+                    await self._photo_of(ident)
+                    avatar = await self.avatars.get(user_id)
+                    name = await self._display_name(user_id)
+                    reply.xml.append(avmod.vcard(name, avatar))
+        with contextlib.suppress(NotConnected):
+            self.component.send(reply)
+
+    def _iq_error(self, iq: Any, to: JID, frm: JID, condition: str, text: str) -> Any:
+        return self.component_xmpp.make_iq_error(
+            iq.xml.attrib.get("id", ""),
+            type="cancel",
+            condition=condition,
+            text=text,
+            ito=frm,
+            ifrom=to,
+        )
+
+    def _avatar_seen(
+        self, portal: PortalKey, sender: Sender, whose: JID, photo: str, via: JID
+    ) -> None:
+        """An XMPP user's presence announced an avatar hash: fetch the vCard (through the
+        MUC for an occupant) unless the ghost already has that picture."""
+        if self._ghost_photos.get(sender.remote_id) == photo:
+            return
+        self._ghost_photos[sender.remote_id] = photo
+        self._ghost_photos.move_to_end(sender.remote_id)
+        while len(self._ghost_photos) > 10_000:
+            self._ghost_photos.popitem(last=False)
+        self._spawn(self._fetch_avatar(portal, sender, whose, photo, via))
+
+    async def _fetch_avatar(
+        self, portal: PortalKey, sender: Sender, whose: JID, photo: str, via: JID
+    ) -> None:
+        stream = self.component
+        for session in self.sessions.values():
+            if session.identity.jid == via:
+                stream = session.identity.stream
+        iq = stream.xmpp.make_iq_get(ito=whose, ifrom=via if stream is self.component else None)
+        iq.xml.append(ET.Element(f"{{{avmod.NS_VCARD}}}vCard"))
+        try:
+            result = await iq.send(timeout=self.cfg.send_timeout)
+        except (IqError, IqTimeout, NotConnected) as e:
+            self.log.info("no vCard from %s: %s", whose, e)
+            self._ghost_photos.pop(sender.remote_id, None)
+            return
+        avatar = avmod.vcard_photo(result.xml.find(f"{{{avmod.NS_VCARD}}}vCard"))
+        if avatar is None:
+            return
+        if avatar.sha1 != photo:
+            self.log.debug("vCard photo of %s does not match its hash", whose)
+        ext = avatar.mimetype.rpartition("/")[2] or "img"
+        await self._emit(
+            RemoteProfile(
+                portal=portal,
+                sender=sender,
+                avatar=Attachment(
+                    f"avatar.{ext}", avatar.mimetype, data=avatar.data, size=len(avatar.data)
+                ),
+            )
+        )
 
     # --- history (XEP-0313) -------------------------------------------------------------------
 

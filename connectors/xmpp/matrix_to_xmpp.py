@@ -13,6 +13,7 @@ from slixmpp.xmlstream import ET
 
 from bridge.connector import MessageContent, MessageKind
 
+from .avatars import add_photo_update
 from .styling import html_to_styling, strip_matrix_reply_fallback
 
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -176,16 +177,36 @@ def join_presence(
     caps: tuple[str, str] | None,
     show: str | None = None,
     status: str | None = None,
+    photo: str | None = None,
 ) -> Presence:
-    pres = xmpp.make_presence(pfrom=pfrom, pto=occupant)
+    pres = occupant_presence(
+        xmpp, pfrom=pfrom, occupant=occupant, caps=caps, show=show, status=status, photo=photo
+    )
     x = ET.SubElement(pres.xml, f"{{{NS_MUC}}}x")
     ET.SubElement(x, f"{{{NS_MUC}}}history", {"maxstanzas": "0"})
+    return pres
+
+
+def occupant_presence(
+    xmpp: BaseXMPP,
+    *,
+    pfrom: JID,
+    occupant: JID,
+    caps: tuple[str, str] | None,
+    show: str | None = None,
+    status: str | None = None,
+    photo: str | None = None,
+) -> Presence:
+    """An occupant's available presence (also a nick change, XEP-0045 §7.6, when sent to a
+    new nick): show and status, caps (XEP-0115) and the avatar hash (XEP-0153)."""
+    pres = xmpp.make_presence(pfrom=pfrom, pto=occupant)
     if show:
         pres["show"] = show
     if status:
         pres["status"] = status
     if caps:
         add_caps(pres, *caps)
+    add_photo_update(pres, photo)
     return pres
 
 

@@ -97,6 +97,8 @@ class Occupant:
     join_task: asyncio.Task[None] | None = None
     wanted: bool = True  # the Matrix user is in the portal: rejoin after drops
     last_error: str | None = None
+    pending_nick: str | None = None  # asked for in a nick change, not confirmed yet
+    photo: str | None = None  # the avatar hash (XEP-0153) its presence in the room carries
 
     @property
     def occupant_jid(self) -> JID:
@@ -138,6 +140,7 @@ class RemoteOccupant:
     real_jid: str | None = None
     role: str = "participant"
     affiliation: str = "none"
+    photo: str | None = None  # the last avatar hash (XEP-0153) of its presence
 
 
 @dataclass(eq=False)
@@ -163,7 +166,7 @@ class MucRoom:
 
     def by_nick(self, nick: str) -> Occupant | None:
         for occ in self.ours.values():
-            if occ.nick == nick and occ.state != "left":
+            if (occ.nick == nick or occ.pending_nick == nick) and occ.state != "left":
                 return occ
         return None
 

@@ -3,7 +3,8 @@
 ``start_prosody(workdir, component_domain, component_secret)`` writes a config into its own
 directory, picks free ports, and starts ``prosody -F`` in the foreground with:
 
-* a VirtualHost ``localhost`` (c2s on plain TCP, SCRAM without TLS; loopback only),
+* a VirtualHost ``localhost`` (c2s on plain TCP, SCRAM without TLS; loopback only) whose
+  accounts keep a vCard-temp (XEP-0054, ``mod_vcard``: the XEP-0153 avatars),
 * a MUC component ``conference.localhost`` with ``mod_muc_mam`` (XEP-0313 archives and
   XEP-0359 stanza ids) and without room locking (new rooms are usable at once),
 * an external component (XEP-0114) for ``component_domain`` with ``component_secret``,
@@ -60,7 +61,7 @@ http_external_url = "http://127.0.0.1:{http_port}/"
 http_default_host = "{upload_domain}"
 modules_enabled = {{
   "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq";
-  "register"; "carbons"; "mam";
+  "register"; "carbons"; "mam"; "vcard";
 }}
 modules_disabled = {{ "s2s"; "tls"; "admin_shell"; "posix" }}
 c2s_require_encryption = false

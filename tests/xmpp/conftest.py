@@ -153,6 +153,7 @@ class XClient:
             "xep_0461",
             "xep_0066",
             "xep_0203",
+            "xep_0054",
         ):
             self.xmpp.register_plugin(p)
         self.xmpp.register_plugin("xep_0184", {"auto_ack": False, "auto_request": False})

@@ -14,6 +14,7 @@ with that hint, it never skips them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import itertools
 import json
@@ -24,6 +25,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from slixmpp import JID
+from slixmpp.xmlstream import ET
 
 from bridge.bridge import Bridge
 from bridge.connector import escape_localpart
@@ -955,6 +957,95 @@ async def test_bridge_restart_keeps_the_mapping(
 def _attr(stanza: Any, tag: str, name: str) -> str | None:
     el = stanza.xml.find(tag)
     return None if el is None else el.attrib.get(name)
+
+
+# --- profiles: nicks and avatars ----------------------------------------------------------------
+
+
+def _codes(pres: Any) -> set[int]:
+    ns = "{http://jabber.org/protocol/muc#user}"
+    return {int(st.get("code")) for st in pres.xml.findall(f"{ns}x/{ns}status")}
+
+
+def _photo(pres: Any) -> str | None:
+    ns = "{vcard-temp:x:update}"
+    return pres.xml.findtext(f"{ns}x/{ns}photo")
+
+
+async def test_display_name_change_renames_the_occupant(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    _bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    bob = await xusers("bob")
+    await bob.join(muc, "Annie")
+    await alice.wait_presence(from_nick(muc, "Annie"))
+    seen = len(alice.presences)
+    # Ann becomes "Annie" on Matrix: her occupant changes its nick (XEP-0045 §7.6); "Annie"
+    # is taken, so she gets the conflict suffix, as at join.
+    await ann.set_displayname("Annie")
+    left = await alice.wait_presence(
+        lambda p: (
+            alice.presences.index(p) >= seen
+            and str(p["from"]) == f"{muc}/Ann"
+            and p["type"] == "unavailable"
+        )
+    )
+    ns = "{http://jabber.org/protocol/muc#user}"
+    assert 303 in _codes(left) and left.xml.find(f"{ns}x/{ns}item").get("nick") == "Annie [m]"
+    await alice.wait_presence(from_nick(muc, "Annie [m]"))
+    await ann.send_text(room, "renamed")
+    msg = await alice.wait_message(lambda m: m["body"] == "renamed")
+    assert str(msg["from"]) == f"{muc}/Annie [m]"
+    # Once the nick is free, the next change takes it; no ghost appears on Matrix for any of
+    # Ann's nicks, and the XMPP users' ghosts stay.
+    await bob.close()
+    await ann.set_displayname("Annie")  # unchanged: nothing happens
+    await ann.set_displayname("Ann B")
+    await alice.wait_presence(from_nick(muc, "Ann B"))
+    joined = await members(ann, room)
+    assert not {ghost_of(f"{muc}/{n}") for n in ("Ann", "Annie [m]", "Ann B")} & joined
+    assert ghost_of(f"{muc}/alice") in joined
+
+
+async def test_avatars_both_ways(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    _bridge, muc, alice, ann, _room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    # Matrix -> XMPP: Ann's new avatar is announced in her occupant's presence (XEP-0153) and
+    # served as the vCard (XEP-0054) of her occupant and of her JID.
+    mxc = await upload(ann, PNG, "image/png", "ann.png")
+    profile = f"/_matrix/client/v3/profile/{quote(ann.user_id)}"
+    assert (await ann.request("PUT", f"{profile}/avatar_url", {"avatar_url": mxc}))[0] == 200
+    sha = hashlib.sha1(PNG).hexdigest()
+    await alice.wait_presence(lambda p: str(p["from"]) == f"{muc}/Ann" and _photo(p) == sha)
+    vcards = alice.xmpp.plugin["xep_0054"]
+    for jid in (f"{muc}/Ann", puppet_jid(ann.user_id)):
+        card = await vcards.get_vcard(JID(jid), cached=False, local=False, timeout=10)
+        assert card["vcard_temp"]["PHOTO"]["BINVAL"] == PNG, jid
+        assert card["vcard_temp"]["PHOTO"]["TYPE"] == "image/png"
+        assert card["vcard_temp"]["FN"] == "Ann"
+    # XMPP -> Matrix: alice publishes a vCard with a picture and announces its hash in her
+    # presence; her ghost gets that picture as its avatar.
+    picture = PNG + b"alice"
+    card = vcards.make_vcard()
+    card["FN"] = "Alice"
+    card["PHOTO"]["TYPE"] = "image/png"
+    card["PHOTO"]["BINVAL"] = picture
+    await vcards.publish_vcard(card, timeout=10)
+    pres = alice.xmpp.make_presence(pto=JID(f"{muc}/alice"))
+    update = ET.SubElement(pres.xml, "{vcard-temp:x:update}x")
+    ET.SubElement(update, "{vcard-temp:x:update}photo").text = hashlib.sha1(picture).hexdigest()
+    pres.send()
+    ghost = ghost_of(f"{muc}/alice")
+
+    async def ghost_avatar() -> str | None:
+        return (await ann.get_profile(ghost)).get("avatar_url")
+
+    avatar = await until(ghost_avatar, what="alice's ghost avatar")
+    assert await download(ann, avatar) == picture
+    # Ann removes her avatar: her presence says so (an empty photo element).
+    assert (await ann.request("PUT", f"{profile}/avatar_url", {"avatar_url": ""}))[0] == 200
+    await alice.wait_presence(lambda p: str(p["from"]) == f"{muc}/Ann" and _photo(p) == "")
 
 
 async def _has_member(client: MatrixClient, room: str, user_id: str) -> bool:

@@ -39,6 +39,8 @@ Example::
             replies: nick               # nick ("nick: text") | off
             reactions: action           # action ("* reacted 👍 to "…"") | off
             power_levels: {q: 50, a: 50, o: 50, h: 25, v: 10}
+            netsplit_window: 60         # seconds a netsplit QUIT waits for the user to rejoin
+                                        # before their ghost leaves; 0: leave at once
             channels: ["#bridge-test"]  # joined by the bot at start
             puppets: true               # false: relay through the bot only
 """
@@ -101,6 +103,7 @@ class NetworkConfig:
     replies: str = "nick"
     reactions: str = "action"
     power_levels: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_POWER))
+    netsplit_window: float = 60.0
     channels: list[str] = field(default_factory=list)
     puppets: bool = True
     display_name: str = ""
@@ -237,6 +240,7 @@ def parse_network(netid: str, section: Any) -> NetworkConfig:
         replies=policies["replies"],
         reactions=policies["reactions"],
         power_levels=power,
+        netsplit_window=_num(section, "netsplit_window", 60.0, p, 0, False),
         channels=list(channels),
         puppets=_bool(section, "puppets", True, p),
         display_name=_str(section, "display_name", "", p) or netid,

@@ -84,6 +84,7 @@ class Network(ConnectionHandler):
             puppet_user=self.pool.user_of_nick,
             ghost_user_id=lambda nick: self.bridge.ghost_user_id(self.network, nick),
             power_levels=cfg.power_levels,
+            netsplit_window=cfg.netsplit_window,
         )
         bot = cfg.bot
         self.bot = IRCConnection(
@@ -115,6 +116,7 @@ class Network(ConnectionHandler):
         self._queue: asyncio.Queue[RemoteEvent] = asyncio.Queue()
         self._emitter: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._split_timer: asyncio.TimerHandle | None = None
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -203,6 +205,11 @@ class Network(ConnectionHandler):
     async def stop(self) -> None:
         await self.pool.close()
         await self.bot.quit("bridge shutting down")
+        if self._split_timer is not None:
+            self._split_timer.cancel()
+            self._split_timer = None
+        for event in self.translator.expire_splits(everyone=True):
+            self.emit(event)  # nobody will see them come back
         await self.drain()
         if self._emitter is not None:
             self._emitter.cancel()
@@ -219,10 +226,28 @@ class Network(ConnectionHandler):
             return
         for event in events:
             self.emit(event)
+        if self.translator.splits and self._split_timer is None:
+            self._arm_split_timer()
         if line.command == "KICK" and conn.fold(line.param(1)) == conn.fold(conn.nick):
             channel = line.param(0)
             log.warning("%s: bot kicked from %s, rejoining", self.cfg.netid, channel)
             self.spawn(self._rejoin_later(channel))
+
+    def _arm_split_timer(self) -> None:
+        due = self.translator.next_split_expiry()
+        if due is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._split_timer = loop.call_at(
+            loop.time() + max(0.0, due - time.monotonic()), self._splits_due
+        )
+
+    def _splits_due(self) -> None:
+        """Netsplit QUITs whose users did not come back in time: their ghosts leave now."""
+        self._split_timer = None
+        for event in self.translator.expire_splits():
+            self.emit(event)
+        self._arm_split_timer()
 
     async def _rejoin_later(self, channel: str) -> None:
         await asyncio.sleep(5)

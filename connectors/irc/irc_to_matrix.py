@@ -5,6 +5,11 @@ event becomes exactly one RemoteEvent however many puppets are in the channel. L
 own puppets (echoes of Matrix messages, their joins and parts) are skipped: they started on
 Matrix. A puppet feeds only the private messages addressed to it (:meth:`private_message`).
 
+Netsplits: a QUIT whose reason names two servers (``irc.a.net irc.b.net``), or one inside an
+IRCv3 ``netsplit`` batch, is held for ``netsplit_window`` seconds: a user back within it (the
+netjoin) never left Matrix; the others' ghosts leave when the window ends (:meth:`expire_splits`,
+called by the network's timer). So a split and its heal cost Matrix no membership events.
+
 Power levels: the highest channel prefix mode maps through ``power_levels`` (default
 owner ``q`` / admin ``a`` / op ``o`` -> 50, halfop ``h`` -> 25, voice ``v`` -> 10, none -> 0).
 Member snapshots (``RemoteChatInfo.members``) list the IRC users (ghosts) and, with
@@ -45,6 +50,8 @@ from .protocol import Line, parse_ctcp
 # found inside them.
 _WORDS = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://|www\.)[^\s<>]*|[A-Za-z0-9\[\]\\`_^{|}-]+")
 _TAGS = re.compile(r"(<[^>]*>)")
+# "irc.a.net irc.b.net" (or "*.net *.split" on networks that hide their servers).
+_NETSPLIT = re.compile(r"^[^\s.]+(?:\.[^\s.]+)+ [^\s.]+(?:\.[^\s.]+)+$")
 MIN_PILL_LENGTH = 2  # a one-letter nick is no mention ("a", "I"), as in Heisenbridge
 
 
@@ -52,6 +59,16 @@ MIN_PILL_LENGTH = 2  # a one-letter nick is no mention ("a", "I"), as in Heisenb
 class Member:
     nick: str
     modes: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Split:
+    """A user who quit in a netsplit: the channels they were in, until they come back."""
+
+    nick: str
+    since: float
+    reason: str
+    channels: dict[str, Member]  # canonical channel -> the member as it was
 
 
 @dataclass(slots=True)
@@ -80,6 +97,7 @@ class IrcToMatrix:
         puppet_user: Callable[[str], str | None],
         ghost_user_id: Callable[[str], str],
         power_levels: dict[str, int],
+        netsplit_window: float = 60.0,
     ) -> None:
         self.network = network
         self.puppet_user = puppet_user  # canonical nick -> Matrix user id of our puppet
@@ -88,6 +106,9 @@ class IrcToMatrix:
         self.channels: dict[str, ChannelState] = {}
         self.expected_kicks: set[tuple[str, str]] = set()  # (channel, nick) kicked from Matrix
         self._left: dict[str, ChannelState] = {}  # channels the bot was kicked from
+        self.netsplit_window = netsplit_window
+        self.splits: dict[str, Split] = {}  # canonical nick -> held netsplit QUIT
+        self._batches: dict[str, str] = {}  # open IRCv3 batch reference -> type
         self._seq = itertools.count()
 
     # --- helpers -------------------------------------------------------------------------------
@@ -264,6 +285,15 @@ class IrcToMatrix:
             return []
         state = self.channels.setdefault(canon_chan, ChannelState(channel))
         canon = conn.fold(line.nick)
+        held = self.splits.get(canon)
+        if held is not None and canon_chan in held.channels:
+            # Back from a netsplit: the ghost never left the room.
+            member = held.channels.pop(canon_chan)
+            if not held.channels:
+                del self.splits[canon]
+            member.nick = line.nick
+            state.members[canon] = member
+            return []
         state.members[canon] = Member(line.nick)
         if self.puppet_user(canon) is not None:
             return []
@@ -302,10 +332,69 @@ class IrcToMatrix:
             return []
         return self._leave(conn, line, line.param(0), line.nick, line.param(1) or None)
 
+    def _on_BATCH(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        ref = line.param(0)
+        if ref.startswith("+"):
+            self._batches[ref[1:]] = line.param(1).lower()
+        elif ref.startswith("-"):
+            self._batches.pop(ref[1:], None)
+        return []
+
+    def _is_netsplit(self, line: Line, reason: str) -> bool:
+        batch = line.tags.get("batch")
+        if batch is not None and self._batches.get(batch) == "netsplit":
+            return True
+        return bool(_NETSPLIT.match(reason))
+
+    def expire_splits(
+        self, now: float | None = None, *, everyone: bool = False
+    ) -> list[RemoteEvent]:
+        """The LEAVEs of netsplit QUITs whose window has passed (``everyone``: all held)."""
+        now = time.monotonic() if now is None else now
+        out: list[RemoteEvent] = []
+        ts = int(time.time() * 1000)
+        for canon, held in list(self.splits.items()):
+            if not everyone and now - held.since < self.netsplit_window:
+                continue
+            del self.splits[canon]
+            for canon_chan in held.channels:
+                out.append(
+                    RemoteMembership(
+                        portal=PortalKey(self.network, canon_chan),
+                        sender=Sender(canon, held.nick),
+                        membership=Membership.LEAVE,
+                        reason=f"Quit: {held.reason} (netsplit)",
+                        timestamp=ts,
+                    )
+                )
+        return out
+
+    def next_split_expiry(self) -> float | None:
+        """When (monotonic) the oldest held netsplit QUIT is due, None when none is held."""
+        if not self.splits:
+            return None
+        return min(h.since for h in self.splits.values()) + self.netsplit_window
+
     def _on_QUIT(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
         canon = conn.fold(line.nick)
         out: list[RemoteEvent] = []
         reason = line.param(0)
+        if (
+            self.netsplit_window > 0
+            and self._is_netsplit(line, reason)
+            and self.puppet_user(canon) is None
+        ):
+            gone = {}
+            for canon_chan, state in self.channels.items():
+                member = state.members.pop(canon, None)
+                if member is not None:
+                    gone[canon_chan] = member
+            if gone:
+                held = self.splits.get(canon)
+                if held is not None:
+                    gone = {**held.channels, **gone}
+                self.splits[canon] = Split(line.nick, time.monotonic(), reason, gone)
+            return []
         for state in list(self.channels.values()):
             if canon in state.members:
                 out += self._leave(conn, line, state.name, line.nick, f"Quit: {reason}".strip())

@@ -846,6 +846,106 @@ async def test_ngircd_restart(
     await carol2.expect(said(puppet, "and back"))
 
 
+_LINK = """[Global]
+\tName = {me}
+\tConnectRetry = 60
+[Server]
+\tName = {peer}
+\tHost = 127.0.0.1
+{port}\tMyPassword = linkpw
+\tPeerPassword = linkpw
+"""
+
+
+@pytest.fixture
+async def linked_ngircds(tmp_path: Path) -> AsyncIterator[tuple[IrcServer, IrcServer]]:
+    """Two ngircd servers of one network: ``hub`` (the bridge's) links to ``leaf``."""
+    from tests.harness.ports import free_port
+
+    hub_port, leaf_port = free_port(), free_port()
+    names = {"hub": "hub.test.local", "leaf": "leaf.test.local"}
+    for me, peer, port in (("hub", "leaf", f"\tPort = {leaf_port}\n"), ("leaf", "hub", "")):
+        confd = tmp_path / me / "conf.d"
+        confd.mkdir(parents=True)
+        (confd / "link.conf").write_text(_LINK.format(me=names[me], peer=names[peer], port=port))
+    leaf = start_ngircd(tmp_path / "leaf", leaf_port)
+    hub = start_ngircd(tmp_path / "hub", hub_port)
+    yield hub, leaf
+    hub.stop()
+    leaf.stop()
+
+
+async def test_netsplit_heals_without_membership_storm(
+    make_bridge: BridgeFactory,
+    linked_ngircds: tuple[IrcServer, IrcServer],
+    irc: IrcUsers,
+    matrix: Callable[..., Any],
+) -> None:
+    """A real netsplit (an operator's SQUIT between two linked ngircd) and its heal: the ghosts
+    of the users behind the split stay; only one who did not come back leaves, once the
+    netsplit window is over."""
+    hub, leaf = linked_ngircds
+    chan = "#" + uniq("split")
+    oper = await irc(hub, "oper")
+    await oper.join(chan)
+    far = [await irc(leaf, "far") for _ in range(3)]
+    for user in far:  # on the other server: wait until the link carries their JOINs
+        await user.join(chan)
+        await oper.expect(joined(user.nick, chan), what="the link")
+    bridge = await make_bridge(connectors=irc_connectors(hub, netsplit_window=3))
+    ann = await matrix("Ann")
+    room = await ann.join(alias(chan))
+    for user in far:
+        await until(lambda u=user: in_room(ann, room, ghost(u.nick)))
+    net: Any = bridge.connectors["irc"].networks["test"]  # type: ignore[attr-defined]
+    oper.send("OPER oper operpass")
+    await oper.expect(lambda ln: ln.command == "381", what="oper")
+
+    async def split() -> None:
+        mark = len(oper.lines)
+        oper.send("SQUIT leaf.test.local :test split")
+        for user in far:
+            await oper.expect(
+                lambda ln, u=user: (
+                    ln in oper.lines[mark:] and ln.command == "QUIT" and ln.nick == u.nick
+                ),
+                what="the netsplit QUIT",
+            )
+        await wait_for(lambda: len(net.translator.splits) == len(far), what="QUITs held")
+
+    async def heal() -> None:
+        mark = len(oper.lines)
+        oper.send("CONNECT leaf.test.local")
+        for user in far:
+            await oper.expect(
+                lambda ln, u=user: ln in oper.lines[mark:] and joined(u.nick, chan)(ln),
+                what="the netjoin",
+            )
+
+    await split()
+    await heal()
+    await wait_for(lambda: not net.translator.splits, what="the held QUITs dropped")
+    far[0].send(f"PRIVMSG {chan} :back from the split")
+    await ann.wait_for_event(room, body_is("back from the split"))
+    # Split again; one user leaves while their server is cut off and never comes back.
+    await split()
+    gone = far.pop()
+    await gone.close()
+    far[0].send(f"ISON {gone.nick}")
+    await far[0].expect(lambda ln: ln.command == "303" and not ln.param(-1), what="ISON")
+    await heal()
+    left = await ann.wait_for_event(room, member_event(ghost(gone.nick), "leave"), timeout=20)
+    assert "netsplit" in left["content"].get("reason", "")
+    # Nobody else left Matrix, at any point.
+    events = await ann.messages(room, 100)
+    leaves = [
+        e for e in events if e["type"] == "m.room.member" and e["content"]["membership"] == "leave"
+    ]
+    assert [e["state_key"] for e in leaves] == [ghost(gone.nick)]
+    for user in far:
+        assert await in_room(ann, room, ghost(user.nick))
+
+
 async def test_bridge_restart_keeps_portal_and_mapping(
     make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
 ) -> None:

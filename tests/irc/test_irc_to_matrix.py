@@ -152,3 +152,61 @@ def test_rejoin_names_makes_the_departed_leave() -> None:
     assert [e.sender.remote_id for e in events if isinstance(e, RemoteMembership)] == ["fred"]
     # A first join knows nobody yet: nobody leaves.
     assert not [e for e in irc.join("bot x", "#other") if isinstance(e, RemoteMembership)]
+
+
+def test_netsplit_quits_are_held_until_the_window_ends() -> None:
+    irc = Listener()
+    irc.join("bot carol dave erin")
+    irc.join("bot carol", "#other")
+    split = "irc.a.example irc.b.example"
+    # Two netsplit QUITs and an ordinary one: only the ordinary one leaves now.
+    events = irc.feed(
+        f":carol!c@h QUIT :{split}",
+        f":dave!d@h QUIT :{split}",
+        ":erin!e@h QUIT :Quit: bye",
+    )
+    assert [
+        (e.sender.remote_id, e.membership) for e in events if isinstance(e, RemoteMembership)
+    ] == [("erin", Membership.LEAVE)]
+    assert sorted(irc.tr.splits) == ["carol", "dave"]
+    # The split heals: carol is back in both channels, nothing reaches Matrix.
+    assert irc.feed(f":carol!c@h JOIN {CHAN}", ":carol!c@h JOIN #other") == []
+    assert sorted(irc.tr.splits) == ["dave"]
+    # Within the window nothing more happens; after it, dave's ghost leaves.
+    assert irc.tr.expire_splits() == []
+    due = irc.tr.next_split_expiry()
+    assert due is not None
+    (leave,) = irc.tr.expire_splits(due)
+    assert isinstance(leave, RemoteMembership) and leave.membership == Membership.LEAVE
+    assert leave.sender.remote_id == "dave" and leave.portal.remote_id == CHAN
+    assert leave.reason == f"Quit: {split} (netsplit)"
+    assert irc.tr.splits == {} and irc.tr.next_split_expiry() is None
+    # A server that does not name itself in the reason: an IRCv3 netsplit batch says it.
+    irc.join("bot carol fred")
+    events = irc.feed(
+        "BATCH +n1 netsplit hub.example leaf.example",
+        "@batch=n1 :fred!f@h QUIT :Quit: *.net *.split",
+        "@batch=n1 :carol!c@h QUIT :gone",
+        "BATCH -n1",
+        "BATCH +n2 netjoin hub.example leaf.example",
+        f"@batch=n2 :fred!f@h JOIN {CHAN}",
+        "BATCH -n2",
+    )
+    assert events == [] and sorted(irc.tr.splits) == ["carol"]
+    # Ordinary QUITs whose reason merely has two words are not netsplits.
+    irc.join("bot gina")
+    assert irc.feed(":gina!g@h QUIT :see you") != []
+    # Stopping the bridge lets every held user go.
+    left = irc.tr.expire_splits(everyone=True)
+    assert sorted((e.sender.remote_id, e.portal.remote_id) for e in left) == [
+        ("carol", CHAN),
+        ("carol", "#other"),
+    ]
+
+
+def test_netsplit_window_zero_leaves_at_once() -> None:
+    irc = Listener()
+    irc.tr.netsplit_window = 0
+    irc.join("bot carol")
+    (leave,) = irc.feed(":carol!c@h QUIT :irc.a.example irc.b.example")
+    assert isinstance(leave, RemoteMembership) and leave.membership == Membership.LEAVE

@@ -144,6 +144,7 @@ class DeltaChatConnector(NetworkConnector):
             self._spawn,
         )
         self.outgoing = MatrixToDeltaChat(
+            bridge,
             self.rpc,
             self.calls,
             self.store,

@@ -62,6 +62,20 @@ class Contacts:
             c = await self.rpc.call("get_contact", account, cid)
             if c.get("isKeyContact"):
                 return int(cid)
+        # The lookup only finds contacts the account has talked with; a contact it only met
+        # in a group (its key gossiped there) is in the contact list.
+        for other in await self.rpc.call("get_contact_ids", account, 0, addr) or []:
+            c = await self.rpc.call("get_contact", account, other)
+            if c.get("isKeyContact") and str(c.get("address", "")).lower() == addr.lower():
+                return int(other)
+        return None
+
+    async def in_chat(self, account: int, chat_id: int, addr: str) -> int | None:
+        """The member of a chat with this address."""
+        chat = await self.rpc.call("get_full_chat_by_id", account, chat_id)
+        for cid in chat.get("contactIds") or []:
+            if cid != SELF and (await self.address(account, cid))[0] == addr.lower():
+                return int(cid)
         return None
 
     async def _import(self, source: int, contact_id: int, account: int) -> int | None:

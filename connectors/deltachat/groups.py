@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mimetypes
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,7 +34,7 @@ from .chats import Chats
 from .config import DeltaChatConfig
 from .contacts import Contacts
 from .ids import group_alias_localpart, group_handle, is_invite_link, is_special
-from .rpc import Rpc, RpcError
+from .rpc import Rpc, RpcDown, RpcError
 from .store import Store
 
 TOPIC_NOTE = "Bridged by mimi-bridge: messages are decrypted at the bridge."
@@ -46,6 +47,12 @@ class GroupState(NamedTuple):
     name: str
     avatar: str | None
     members: frozenset[str]
+    description: str
+
+
+def topic_with_note(description: str) -> str:
+    """A group's description as its room's topic, with the bridge's note."""
+    return f"{description}\n{TOPIC_NOTE}" if description else TOPIC_NOTE
 
 
 class Groups:
@@ -75,6 +82,9 @@ class Groups:
         self.log = log
         self.spawn = spawn
         self._state: dict[tuple[int, int], GroupState] = {}
+        # Held while a group is changed from Matrix and while its changes are read, so that
+        # the bridge's own change is not sent back to Matrix.
+        self._locks: dict[tuple[int, int], asyncio.Lock] = {}
         self._pending_link_notice: dict[PortalKey, str] = {}
 
     # --- portals --------------------------------------------------------------------------
@@ -271,7 +281,9 @@ class Groups:
         if chat is None:
             raise ConnectorError("your Delta Chat account is not in this group")
         addr = change.target.remote_id
-        cid = await self.contacts.with_key(account, addr)
+        cid = await self.contacts.in_chat(account, chat, addr)
+        if cid is None:
+            cid = await self.contacts.with_key(account, addr)
         if change.membership == Membership.INVITE:
             if cid is None:
                 raise ConnectorError(
@@ -289,19 +301,40 @@ class Groups:
                 )
 
     async def room_meta(self, account: int, change: MatrixRoomMeta) -> None:
-        """A room's name, topic (without the bridge's note) and avatar become the group's."""
+        """A room's name, topic (without the bridge's note) and avatar become the group's
+        name, description and image."""
         if change.portal.receiver:
             raise NotSupported("a Delta Chat direct chat has no name or topic")
         chat = await self.chats.chat_or_error(account, change.portal)
-        if change.name is not None:
-            await self.calls.call("set_chat_name", account, chat, change.name)
-        if change.topic is not None:
-            topic = change.topic.replace(TOPIC_NOTE, "").strip()
-            await self.calls.call("set_chat_description", account, chat, topic)
-        if change.avatar is not None and change.avatar.data:
-            name = change.avatar.filename or "avatar.jpg"
-            async with files.staged(self.outdir, name, change.avatar.data) as path:
-                await self.calls.call("set_chat_profile_image", account, chat, str(path))
+        async with self._lock(account, chat):
+            if change.name is not None:
+                await self.calls.call("set_chat_name", account, chat, change.name)
+            if change.topic is not None:
+                topic = change.topic.replace(TOPIC_NOTE, "").strip()
+                await self.calls.call("set_chat_description", account, chat, topic)
+                if TOPIC_NOTE not in change.topic:
+                    # The room keeps saying that messages are decrypted at the bridge.
+                    await self.bridge.emit(
+                        RemoteChatInfo(
+                            portal=change.portal,
+                            sender=Sender(self.accounts.addr_of_account[account]),
+                            topic=topic_with_note(topic),
+                        )
+                    )
+            if change.avatar is not None and change.avatar.data:
+                ext = mimetypes.guess_extension(change.avatar.mimetype) or ".jpg"
+                name = change.avatar.filename or "avatar"
+                if not Path(name).suffix:
+                    name += ext
+                async with files.staged(self.outdir, name, change.avatar.data) as path:
+                    await self.calls.call("set_chat_profile_image", account, chat, str(path))
+            # What the group is now is what Matrix has: not sent back.
+            with contextlib.suppress(RpcError, RpcDown):
+                full = await self.rpc.call("get_full_chat_by_id", account, chat)
+                self._state[(account, chat)] = await self._read_state(account, full)
+
+    def _lock(self, account: int, chat_id: int) -> asyncio.Lock:
+        return self._locks.setdefault((account, chat_id), asyncio.Lock())
 
     # --- Delta Chat -> Matrix -------------------------------------------------------------
 
@@ -326,6 +359,10 @@ class Groups:
             )
 
     async def chat_modified(self, account: int, chat_id: int) -> None:
+        async with self._lock(account, chat_id):
+            await self._chat_modified(account, chat_id)
+
+    async def _chat_modified(self, account: int, chat_id: int) -> None:
         try:
             chat = await self.rpc.call("get_full_chat_by_id", account, chat_id)
         except RpcError:
@@ -353,17 +390,32 @@ class Groups:
                 return True
         return False
 
+    async def _read_state(self, account: int, chat: dict[str, Any]) -> GroupState:
+        addrs = []
+        for cid in chat.get("contactIds") or []:
+            if not is_special(cid):
+                addrs.append((await self.contacts.address(account, cid))[0])
+        description = ""
+        with contextlib.suppress(RpcError):
+            description = str(
+                await self.rpc.call("get_chat_description", account, int(chat["id"])) or ""
+            )
+        return GroupState(
+            str(chat.get("name") or ""), chat.get("profileImage"), frozenset(addrs), description
+        )
+
     async def _note(
         self, account: int, chat: dict[str, Any], portal: PortalKey, emit: bool
     ) -> None:
-        """Name, avatar and members of a group: sent to Matrix when they changed."""
+        """Name, description, avatar and members of a group: sent to Matrix when they
+        changed."""
         chat_id = int(chat["id"])
         members: list[Sender] = []
         for cid in chat.get("contactIds") or []:
             if not is_special(cid):
                 members.append(await self.contacts.sender(account, cid))
-        addrs = frozenset(m.remote_id for m in members)
-        state = GroupState(str(chat.get("name") or ""), chat.get("profileImage"), addrs)
+        state = await self._read_state(account, chat)
+        addrs = state.members
         before = self._state.get((account, chat_id))
         self._state[(account, chat_id)] = state
         if not emit or before == state:
@@ -371,11 +423,17 @@ class Groups:
         avatar = None
         if state.avatar and (before is None or before.avatar != state.avatar):
             avatar = await files.read_picture(str(state.avatar))
+        topic = None
+        if (before is None and state.description) or (
+            before is not None and before.description != state.description
+        ):
+            topic = topic_with_note(state.description)
         await self.bridge.emit(
             RemoteChatInfo(
                 portal=portal,
                 sender=Sender(self.accounts.addr_of_account[account]),
                 name=state.name if before is None or before.name != state.name else None,
+                topic=topic,
                 avatar=avatar,
                 members=[ChatMember(m) for m in members if not m.is_from_me],
             )

@@ -56,6 +56,7 @@ class MatrixToDeltaChat:
 
     def __init__(
         self,
+        bridge: Any,
         rpc: Rpc,
         calls: CoreCalls,
         store: Store,
@@ -65,6 +66,7 @@ class MatrixToDeltaChat:
         deliveries: Deliveries,
         outdir: Path,
     ) -> None:
+        self.bridge = bridge
         self.rpc = rpc
         self.calls = calls
         self.store = store
@@ -208,16 +210,47 @@ class MatrixToDeltaChat:
     async def reaction(
         self, account: int, user_id: str | None, reaction: MatrixReaction
     ) -> SentMessage:
+        """Delta Chat keeps one reaction per account and message: the account shows the
+        latest of its Matrix users' reactions, and whoever replaces another's (or their own
+        other emoji) is told in the room."""
         msg_id = await self._reaction_target(account, reaction.target.remote_id)
-        await self.calls.call("send_reaction", account, msg_id, [reaction.key])
+        before = await self.store.reactions(account, msg_id)
+        await self.store.add_reaction(
+            account, msg_id, reaction.sender.user_id, reaction.key, reaction.timestamp
+        )
+        shown = await self._send_reactions(account, msg_id)
+        replaced = [(u, e) for u, e in before if e != shown]
+        if shown == reaction.key and replaced:
+            who, emoji = replaced[-1]
+            whose = "your" if who == reaction.sender.user_id else f"{who}'s"
+            account_name = "the bridge's account" if user_id is None else "your account"
+            await self.bridge.notify(
+                reaction.sender.user_id,
+                f"Delta Chat keeps one reaction per account: {reaction.key} replaces {whose}"
+                f" {emoji} from {account_name} on that message (it comes back if"
+                f" {reaction.key} is removed).",
+                reaction.portal,
+            )
         note = ":relay" if user_id is None else ""
         return SentMessage(f"{reaction.target.remote_id}#{reaction.key}{note}")
 
     async def reaction_remove(self, account: int, removal: MatrixReactionRemove) -> None:
         msg_id = await self._reaction_target(account, removal.target.remote_id)
-        reactions = await self.calls.call("get_message_reactions", account, msg_id)
-        if removal.key in reactions_by(reactions, SELF):
-            await self.calls.call("send_reaction", account, msg_id, [])
+        await self.store.remove_reaction(account, msg_id, removal.sender.user_id, removal.key)
+        await self._send_reactions(account, msg_id, removed=removal.key)
+
+    async def _send_reactions(self, account: int, msg_id: int, removed: str | None = None) -> str:
+        """Make the account's reaction to a message the latest one of its Matrix users that is
+        still there (after a removal, an earlier one comes back); that emoji, or ""."""
+        reactions = await self.store.reactions(account, msg_id)
+        wanted = reactions[-1][1] if reactions else ""
+        now = reactions_by(await self.calls.call("get_message_reactions", account, msg_id), SELF)
+        current = now[0] if now else ""
+        if removed is not None and not wanted and current != removed:
+            return current  # the account's reaction is not one of its Matrix users'
+        if wanted != current:
+            await self.calls.call("send_reaction", account, msg_id, [wanted] if wanted else [])
+        return wanted
 
     async def receipt(self, account: int, user_id: str | None, receipt: MatrixReceipt) -> None:
         if user_id is None:

@@ -6,6 +6,9 @@
   deletions, which arrive after the message is gone).
 * ``deltachat_group``: portal handle -> group id (the ``grpid`` every member's core shares).
 * ``deltachat_dm_owner``: which Matrix user a chat with the bridge's own address belongs to.
+* ``deltachat_reaction``: the reactions Matrix users made through an account, per message, in
+  order. Delta Chat keeps one reaction per account and message: the account shows the latest
+  one still there (several users share the relay; one user may react with several emoji).
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ _SCHEMA = [
         handle TEXT PRIMARY KEY, grpid TEXT NOT NULL UNIQUE)""",
     """CREATE TABLE IF NOT EXISTS deltachat_dm_owner (
         contact TEXT PRIMARY KEY, user_id TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS deltachat_reaction (
+        account INTEGER NOT NULL, msg_id INTEGER NOT NULL, user_id TEXT NOT NULL,
+        emoji TEXT NOT NULL, at BIGINT NOT NULL,
+        PRIMARY KEY (account, msg_id, user_id, emoji))""",
 ]
 
 
@@ -101,6 +108,43 @@ class Store:
 
     async def forget_account(self, account: int) -> None:
         await self.db.execute("DELETE FROM deltachat_message WHERE account=$1", account)
+        await self.db.execute("DELETE FROM deltachat_reaction WHERE account=$1", account)
+
+    # --- reactions sent from Matrix -------------------------------------------------------
+
+    async def add_reaction(
+        self, account: int, msg_id: int, user_id: str, emoji: str, at: int
+    ) -> None:
+        await self.db.execute(
+            "INSERT INTO deltachat_reaction (account, msg_id, user_id, emoji, at)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            account,
+            msg_id,
+            user_id,
+            emoji,
+            at,
+        )
+
+    async def remove_reaction(self, account: int, msg_id: int, user_id: str, emoji: str) -> None:
+        await self.db.execute(
+            "DELETE FROM deltachat_reaction"
+            " WHERE account=$1 AND msg_id=$2 AND user_id=$3 AND emoji=$4",
+            account,
+            msg_id,
+            user_id,
+            emoji,
+        )
+
+    async def reactions(self, account: int, msg_id: int) -> list[tuple[str, str]]:
+        """(Matrix user, emoji) of the reactions sent through an account to a message, the
+        latest last."""
+        rows = await self.db.fetch(
+            "SELECT user_id, emoji FROM deltachat_reaction WHERE account=$1 AND msg_id=$2"
+            " ORDER BY at, user_id, emoji",
+            account,
+            msg_id,
+        )
+        return [(str(r["user_id"]), str(r["emoji"])) for r in rows]
 
     # --- groups and DM owners --------------------------------------------------------------
 

@@ -466,7 +466,7 @@ class XMPPConnector(NetworkConnector):
         try:
             info = await self._disco_info(room)
         except IqError as e:
-            condition = e.iq["error"]["condition"]
+            condition = inc.error_text(e.iq)[0]
             if condition in ("item-not-found", "service-unavailable", "remote-server-not-found"):
                 return None
             raise ConnectorError(f"The XMPP room could not be checked: {condition}") from e
@@ -961,7 +961,7 @@ class XMPPConnector(NetworkConnector):
         except IqTimeout:
             return False  # inconclusive
         except IqError as e:
-            condition = e.iq["error"]["condition"]
+            condition = inc.error_text(e.iq)[0]
             if condition in ("service-unavailable", "feature-not-implemented"):
                 room.touch()
                 return False  # joined; the ping was just not answered by the client
@@ -1986,7 +1986,7 @@ class XMPPConnector(NetworkConnector):
         try:
             await iq.send(timeout=self.cfg.send_timeout)
         except IqError as e:
-            condition = e.iq["error"]["condition"]
+            condition = inc.error_text(e.iq)[0]
             if condition in ("feature-not-implemented", "service-unavailable", "bad-request"):
                 raise NotSupported(
                     "The XMPP room does not support message moderation (XEP-0425); the "
@@ -2143,7 +2143,7 @@ class XMPPConnector(NetworkConnector):
         except IqError as e:
             if removal is not None:
                 self._own_removals.pop(removal, None)
-            condition = e.iq["error"]["condition"]
+            condition = inc.error_text(e.iq)[0]
             raise ConnectorError(
                 f"The XMPP room refused the {change.membership.value} ({condition})."
             ) from e

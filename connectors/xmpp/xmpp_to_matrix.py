@@ -285,10 +285,13 @@ def is_mam_result(msg: Message) -> bool:
 
 
 def error_text(stanza: StanzaBase) -> tuple[str, str]:
-    """(condition, text) of an error stanza."""
-    err = stanza.xml.find("{jabber:client}error")
+    """(condition, text) of an error stanza. On the component stream the error is in the
+    ``jabber:component:accept`` namespace; slixmpp's own ``stanza["error"]`` only knows
+    ``jabber:client`` and adds an empty one answering "feature-not-implemented" (which
+    ``IqError`` does), so the component's namespace is read first."""
+    err = stanza.xml.find("{jabber:component:accept}error")
     if err is None:
-        err = stanza.xml.find("{jabber:component:accept}error")
+        err = stanza.xml.find("{jabber:client}error")
     if err is None:
         return "undefined-condition", ""
     condition, text = "undefined-condition", ""

@@ -181,10 +181,10 @@ async def xmpp_bridge(
 ) -> AsyncIterator[Callable[..., Any]]:
     """Starts the bridge with the XMPP connector on the session's Prosody."""
 
-    async def start(**extra: Any) -> Bridge:
+    async def start(xmpp: dict[str, Any] | None = None, **extra: Any) -> Bridge:
         if not prosody.running:
             prosody.start()
-        cfg = connector_config(prosody, media={"allow_private_addresses": True})
+        cfg = connector_config(prosody, media={"allow_private_addresses": True}, **(xmpp or {}))
         return await make_bridge(connectors={"xmpp": cfg}, **extra)
 
     yield start
@@ -1046,6 +1046,56 @@ async def test_avatars_both_ways(
     # Ann removes her avatar: her presence says so (an empty photo element).
     assert (await ann.request("PUT", f"{profile}/avatar_url", {"avatar_url": ""}))[0] == 200
     await alice.wait_presence(lambda p: str(p["from"]) == f"{muc}/Ann" and _photo(p) == "")
+
+
+async def test_self_ping_rejoins_a_silently_dropped_occupant(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    bridge, muc, alice, ann, room = await portal_with(
+        xmpp_bridge, synapse, prosody, xusers, xmpp={"self_ping_interval": 2}
+    )
+    connector: Any = bridge.connectors["xmpp"]
+    # Ann's occupant is removed from the MUC and the bridge never hears of it: the presence
+    # telling it is lost on the way (as when a server drops occupants without a word).
+    reader = connector.component_xmpp.parser
+    keep = reader.prefilter
+    gone = f"{muc}/Ann"
+
+    def lose_presences(tag: str, attrib: dict[str, str]) -> int:
+        if (
+            tag.endswith("}presence")
+            and attrib.get("from") == gone
+            and attrib.get("type") == "unavailable"
+        ):
+            return 0  # DROP
+        return int(keep(tag, attrib))
+
+    reader.prefilter = lose_presences
+    try:
+        seen = len(alice.presences)
+        await alice.xmpp.plugin["xep_0045"].set_role(muc, "Ann", "none")
+        await alice.wait_presence(
+            lambda p: (
+                alice.presences.index(p) >= seen
+                and str(p["from"]) == gone
+                and p["type"] == "unavailable"
+            )
+        )
+    finally:
+        reader.prefilter = keep
+    # The XEP-0410 self-ping of the idle room finds out, and the occupant comes back.
+    await alice.wait_presence(
+        lambda p: (
+            alice.presences.index(p) > seen
+            and str(p["from"]) == gone
+            and p["type"] != "unavailable"
+        ),
+        timeout=20,
+    )
+    await ann.send_text(room, "still here")
+    msg = await alice.wait_message(lambda m: m["body"] == "still here")
+    assert str(msg["from"]) == gone
+    assert ann.user_id in await members(ann, room)
 
 
 async def _has_member(client: MatrixClient, room: str, user_id: str) -> bool:

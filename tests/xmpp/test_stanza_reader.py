@@ -26,6 +26,14 @@ STANZAS = [
     b"<item affiliation='none' role='participant'/></x></presence>",
     b"<iq type='get' id='q' from='a@b/c' to='c'><ping xmlns='urn:xmpp:ping'/></iq>",
     b"<message from='a@b' to='c'><body><![CDATA[<not> a tag]]></body>text tail</message>",
+    # A message inside a message (MAM, carbons), double quotes, entities in attributes.
+    b'<message from="r@muc/d &amp; e" to="c" type=\'groupchat\'><result xmlns="urn:xmpp:mam:2">'
+    b"<forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='x@y'>"
+    b"<body>inner</body></message><message/></forwarded></result></message>",
+    b"<presence from='r@muc/&apos;q&apos;' to='c' type='unavailable'/>",
+    # A namespace declaration on the stanza and a character reference: expat decides.
+    b"<iq xmlns:foo='urn:foo' type='result' id='r1' from='a&#64;b' to='c'><foo:q/></iq>",
+    b"\n  ",
 ]
 
 
@@ -80,7 +88,7 @@ def test_dropped_and_self_only_stanzas() -> None:
         seen.append((tag, attrib.get("from")))
         return next(verdicts)
 
-    events = read(HEADER + b"".join(STANZAS) + b"</stream:stream>", [], prefilter)
+    events = read(HEADER + b"".join(STANZAS[:5]) + b"</stream:stream>", [], prefilter)
     kinds = [k for k, _ in events]
     assert kinds == ["root", "stanza", "stanza", "stanza", "end"]
     built = [e for k, e in events if isinstance(e, ET.Element) and k == "stanza"]
@@ -101,3 +109,36 @@ def test_dropped_and_self_only_stanzas() -> None:
 def test_hostile_or_malformed_xml_is_refused(data: bytes) -> None:
     with pytest.raises(ValueError):
         read(data, [])
+
+
+@given(
+    order=st.lists(st.integers(0, len(STANZAS) - 1), max_size=10),
+    drops=st.lists(st.booleans(), min_size=10, max_size=10),
+    cuts=st.lists(st.integers(0, 3000), max_size=8),
+)
+def test_dropping_any_stanzas_for_any_chunking(
+    order: list[int], drops: list[bool], cuts: list[int]
+) -> None:
+    """The stanzas the prefilter keeps come out exactly as ElementTree builds them, whatever
+    it drops and however the stream is cut; it sees each stanza's tag and routing
+    attributes as expat reports them."""
+    body = b"".join(STANZAS[i] for i in order)
+    data = HEADER + body
+    expected = reference(data)
+    asked: list[tuple[str, dict[str, str]]] = []
+
+    def prefilter(tag: str, attrib: dict[str, str]) -> int:
+        index = len(asked)
+        asked.append((tag, attrib))
+        return DROP if drops[index % len(drops)] else KEEP
+
+    events = read(data, [c for c in cuts if c <= len(data)], prefilter)
+    built = [e for kind, e in events[1:] if kind == "stanza"]
+    assert len(asked) == len(expected)
+    kept = [e for i, e in enumerate(expected) if not drops[i % len(drops)]]
+    assert len(built) == len(kept)
+    assert all(same(a, b) for a, b in zip(built, kept, strict=True))  # type: ignore[arg-type]
+    for (tag, attrib), element in zip(asked, expected, strict=True):
+        assert tag == element.tag
+        for key in ("from", "to", "type"):
+            assert attrib.get(key) == element.get(key)

@@ -23,6 +23,8 @@ class FakeIRCd:
     def __init__(self, *, sasl_ok: tuple[str, str] | None = None, junk: list[bytes] | None = None):
         self.sasl_ok = sasl_ok
         self.junk = junk or []
+        self.taken: set[str] = set()  # nicks a NICK change gets 433 for
+        self.no_brackets = False  # 432 for nicks with "[" after registration
         self.received: list[tuple[int, str]] = []
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.nicks: dict[int, str] = {}
@@ -81,6 +83,15 @@ class FakeIRCd:
                     w(b":fake 900 * * acc :You are now logged in\r\n:fake 903 * :SASL ok\r\n")
                 else:
                     w(b":fake 904 * :SASL authentication failed\r\n")
+            elif cmd == "NICK" and registered:
+                old, new = self.nicks[cid], line.param(0)
+                if new in self.taken:
+                    w(f":fake 433 {old} {new} :Nickname already in use\r\n".encode())
+                elif "[" in new and self.no_brackets:
+                    w(f":fake 432 {old} {new} :Erroneous nickname\r\n".encode())
+                else:
+                    self.nicks[cid] = new
+                    w(f":{old}!u@h NICK :{new}\r\n".encode())
             elif cmd == "NICK":
                 self.nicks[cid] = line.param(0)
             elif cmd == "USER":
@@ -240,6 +251,50 @@ async def test_server_time_and_msgid_tags() -> None:
         msg = (await wait_for(lambda: bridge.of_type(RemoteMessage)))[0]
         assert msg.id == "abc123" and msg.timestamp == 1577836800000
         assert msg.sender.remote_id == "eve"
+    finally:
+        await conn.stop()
+        await server.stop()
+
+
+async def test_display_name_change_nick_collisions() -> None:
+    """A new display name becomes the puppet's nick: taken -> the next alternative, refused as
+    erroneous -> the fallback nick; the same change seen in a second portal does nothing."""
+    from bridge.connector import MatrixProfile, MatrixSender
+
+    server = await FakeIRCd().start()
+    bridge = FakeBridge()
+    conn = IRCConnector(bridge, config(server.port))
+    await conn.start()
+    try:
+        net = conn.networks["fake"]
+        client = await conn.client_for(USER, PortalKey("irc_fake", "#c"))
+        puppet = net.pool.get(USER.user_id)
+        assert client is not None and puppet is not None
+        await wait_for(lambda: puppet.conn.registered)
+
+        def change(name: str, channel: str = "#c") -> MatrixProfile:
+            return MatrixProfile(
+                portal=PortalKey("irc_fake", channel),
+                sender=MatrixSender(USER.user_id, name),
+                event_id="$x",
+                display_name=name,
+            )
+
+        def nick_lines() -> list[str]:
+            return [t for _, t in server.received if t.startswith("NICK ")]
+
+        server.taken = {"Danielle[m]", "Danielle[m]1"}
+        await client.handle_matrix_profile(change("Danielle"))  # type: ignore[attr-defined]
+        assert puppet.conn.nick == "Danielle[m]2"
+        assert nick_lines()[-3:] == ["NICK Danielle[m]", "NICK Danielle[m]1", "NICK Danielle[m]2"]
+        before = len(nick_lines())
+        await client.handle_matrix_profile(change("Danielle", "#d"))  # type: ignore[attr-defined]
+        assert len(nick_lines()) == before
+        assert net.pool.user_of_nick(net.fold("Danielle[m]2")) == USER.user_id
+        server.no_brackets = True
+        await client.handle_matrix_profile(change("Dee"))  # type: ignore[attr-defined]
+        assert puppet.conn.nick.startswith("m") and "[" not in puppet.conn.nick
+        assert puppet.conn.params.nick == "Dee[m]"  # asked for first again after a reconnect
     finally:
         await conn.stop()
         await server.stop()

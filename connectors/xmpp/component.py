@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -93,30 +92,6 @@ class _Refused(Exception):
     pass
 
 
-MAX_STANZA_BYTES = 16 * 1024 * 1024
-_PROLOG, _TOP, _STANZA, _EXPAT = range(4)  # where the stream cutter is
-_MAX_TAG = 64 * 1024  # a start tag longer than this goes to expat as it is
-_TAIL = 64
-_ROOT_START = re.compile(rb"<(?![?!])[^>]*>")
-_START_TAG = re.compile(
-    rb"<([A-Za-z_][\w.:-]*)((?:\s+[^\s=/>]+\s*=\s*(?:'[^']*'|\"[^\"]*\"))*)\s*(/?)>"
-)
-_ATTR = re.compile(rb"([^\s=]+)\s*=\s*(?:'([^']*)'|\"([^\"]*)\")")
-_XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
-_ENTITIES = [("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"), ("&amp;", "&")]
-_closers: dict[bytes, re.Pattern[bytes]] = {}
-
-
-def _closer(name: bytes) -> re.Pattern[bytes]:
-    """Tags named ``name`` (start or end), CDATA sections and comments."""
-    pattern = _closers.get(name)
-    if pattern is None:
-        pattern = re.compile(b"<(/?)" + re.escape(name) + rb"(?=[\s/>])|<!\[CDATA\[|<!--")
-        if len(_closers) < 64:
-            _closers[name] = pattern
-    return pattern
-
-
 class StanzaReader:
     """An incremental XML stream reader (expat) that builds ElementTree elements only for the
     stanzas a ``prefilter`` keeps. The prefilter sees each top-level element's tag and
@@ -126,20 +101,8 @@ class StanzaReader:
 
     _SKIP, _BUILD, _RECORD = 0, 1, 2
 
-    def __init__(
-        self,
-        prefilter: Callable[[str, dict[str, str]], int] | None,
-        default_ns: str = "jabber:component:accept",
-    ) -> None:
+    def __init__(self, prefilter: Callable[[str, dict[str, str]], int] | None) -> None:
         self.prefilter = prefilter
-        self.ns_prefix = "{" + default_ns + "}"
-        self._buf = b""
-        self._cut = _PROLOG
-        self._close: re.Pattern[bytes] = _closer(b"message")
-        self._nest = 0
-        self._size = 0
-        self._skip = False
-        self._pre_verdict: int | None = None
         parser = expat.ParserCreate(namespace_separator="}")
         parser.buffer_text = True
         parser.StartElementHandler = self._start
@@ -163,160 +126,12 @@ class StanzaReader:
     def feed(self, data: bytes) -> list[tuple[str, ET.Element | None]]:
         """Parse a chunk; return what it completed: ("root", element), ("stanza",
         element) or ("end", None). Raises ValueError on malformed XML."""
-        self._buf += data
         try:
-            self._split()
+            self._parser.Parse(data, False)
         except (expat.ExpatError, _Refused) as e:
             raise ValueError(str(e)) from e
         out, self.out = self.out, []
         return out
-
-    # The stream is cut into stanzas before expat sees it: a stanza's start tag is read with
-    # a regular expression, the prefilter decides on it, and a dropped stanza's bytes are
-    # skipped up to its end tag (same-named tags are counted, CDATA sections and comments
-    # stepped over), never given to expat. What the cutter does not understand (a
-    # namespace prefix or declaration on a stanza, character references in its
-    # attributes) goes to expat whole, with the prefilter deciding there; anything else at
-    # the top level (the end of the stream, or junk) makes expat read the rest.
-
-    def _split(self) -> None:
-        while self._buf:
-            mode = self._cut
-            if mode == _EXPAT:
-                buf, self._buf = self._buf, b""
-                self._parser.Parse(buf, False)
-                return
-            if mode == _PROLOG:
-                if not self._prolog():
-                    return
-            elif mode == _STANZA:
-                if not self._stanza_body():
-                    return
-            elif not self._stanza_start():
-                return
-
-    def _prolog(self) -> bool:
-        m = _ROOT_START.search(self._buf)
-        if m is None:
-            if len(self._buf) > _MAX_TAG:
-                self._cut = _EXPAT
-                return True
-            return False
-        head, self._buf = self._buf[: m.end()], self._buf[m.end() :]
-        self._parser.Parse(head, False)
-        self._cut = _TOP if self.depth == 1 else _EXPAT
-        return True
-
-    def _stanza_start(self) -> bool:
-        buf = self._buf
-        i = 0
-        n = len(buf)
-        while i < n and buf[i] in b" \t\r\n":
-            i += 1
-        if i:
-            buf = self._buf = buf[i:]
-            if not buf:
-                return False
-        if buf[:1] != b"<":
-            lt = buf.find(b"<")
-            text, self._buf = (buf, b"") if lt < 0 else (buf[:lt], buf[lt:])
-            self._parser.Parse(text, False)  # text between stanzas: expat ignores it
-            return True
-        if len(buf) < 2:
-            return False
-        if buf[1:2] in (b"/", b"!", b"?"):
-            self._cut = _EXPAT  # the end of the stream, or something expat should judge
-            return True
-        m = _START_TAG.match(buf)
-        if m is None:
-            if buf.find(b">") < 0 and len(buf) <= _MAX_TAG:
-                return False  # the start tag is not complete yet
-            self._cut = _EXPAT
-            return True
-        name = m.group(1)
-        verdict = self._verdict(name, m.group(2))
-        end = m.end()
-        head, self._buf = buf[:end], buf[end:]
-        if verdict == DROP:
-            self.dropped += 1
-        else:
-            self._pre_verdict = verdict
-            self._parser.Parse(head, False)
-        if m.group(3):  # <presence .../>
-            return True
-        self._cut = _STANZA
-        self._close = _closer(name)
-        self._nest = 1
-        self._size = end
-        self._skip = verdict == DROP
-        return True
-
-    def _verdict(self, name: bytes, raw_attrs: bytes) -> int | None:
-        """The prefilter's verdict on a start tag; None: let expat read it and ask."""
-        if self.prefilter is None or b":" in name:
-            return None
-        attrib: dict[str, str] = {}
-        for key, v1, v2 in _ATTR.findall(raw_attrs):
-            value = v1 if v1 or not v2 else v2
-            if b":" in key or key == b"xmlns":
-                if key != b"xml:lang":
-                    return None  # namespace declarations or prefixes
-                attrib[_XML_LANG] = value.decode()
-                continue
-            if b"&" in value:
-                if b"&#" in value:
-                    return None
-                text = value.decode()
-                for ent, ch in _ENTITIES:
-                    text = text.replace(ent, ch)
-                attrib[key.decode()] = text
-            else:
-                attrib[key.decode()] = value.decode()
-        return self.prefilter(self.ns_prefix + name.decode(), attrib)
-
-    def _stanza_body(self) -> bool:
-        buf = self._buf
-        pos = 0
-        close = self._close
-        while True:
-            m = close.search(buf, pos)
-            if m is None:
-                # Keep a tail that may be the start of a tag cut by the chunk.
-                lt = buf.rfind(b"<", max(pos, len(buf) - _TAIL))
-                keep = lt if lt >= 0 and buf.find(b">", lt) < 0 else len(buf)
-                self._consume(keep)
-                return False
-            token = m.group(0)
-            if token == b"<![CDATA[" or token == b"<!--":
-                stop = b"]]>" if token == b"<![CDATA[" else b"-->"
-                j = buf.find(stop, m.end())
-                if j < 0:
-                    self._consume(m.start())
-                    return False
-                pos = j + len(stop)
-                continue
-            gt = buf.find(b">", m.end())
-            if gt < 0:
-                self._consume(m.start())
-                return False
-            if m.group(1):  # an end tag
-                self._nest -= 1
-                if self._nest == 0:
-                    self._consume(gt + 1)
-                    self._cut = _TOP
-                    return True
-            elif buf[gt - 1 : gt] != b"/":
-                self._nest += 1
-            pos = gt + 1
-
-    def _consume(self, upto: int) -> None:
-        """The first ``upto`` bytes of the buffer belong to the current stanza."""
-        part, self._buf = self._buf[:upto], self._buf[upto:]
-        if part and not self._skip:
-            self._parser.Parse(part, False)
-        self._size += len(part)
-        if self._size > MAX_STANZA_BYTES:
-            raise _Refused(f"a stanza of more than {MAX_STANZA_BYTES} bytes")
 
     def _start(self, name: str, attrs: dict[str, str]) -> None:
         depth = self.depth
@@ -336,11 +151,7 @@ class StanzaReader:
         if depth == 0:
             self.out.append(("root", ET.Element(tag, attrib)))
             return
-        verdict = self._pre_verdict
-        if verdict is None:
-            verdict = KEEP if self.prefilter is None else self.prefilter(tag, attrib)
-        else:
-            self._pre_verdict = None
+        verdict = KEEP if self.prefilter is None else self.prefilter(tag, attrib)
         if verdict == DROP:
             self.mode = self._SKIP
             self.dropped += 1

@@ -193,3 +193,35 @@ async def _settle(dcbridge: DCBridge) -> None:
     await asyncio.sleep(3)
     assert dcbridge.bridge is not None
     await dcbridge.bridge.queues.drain()
+
+
+async def test_backfill_of_an_existing_chat(
+    dcbridge: DCBridge, synapse: SynapseServer, alice: Peer
+) -> None:
+    gus = new_user(synapse)
+    # No policy.dm_receiver: a chat with the bridge's address reaches no one yet.
+    await dcbridge.start()
+    mgmt = await management_room(gus)
+    chat = await alice.join(await contact_link(gus, mgmt))
+    early = [await alice.send(chat, f"early {i}") for i in range(3)]
+    conn: Any = dcbridge.connector
+    for msg_id in early:
+        mid = await alice.mid(msg_id)
+        await until(
+            lambda mid=mid: conn.store.by_mid(conn.accounts.bridge_account, mid),
+            30,
+            "the bridge's core has the message",
+        )
+    assert dcbridge.bridge is not None
+    await dcbridge.bridge.stop()
+    # Now such chats are gus's: the next message opens the room, and the chat's earlier
+    # messages fill it.
+    await dcbridge.start(policy={"dm_receiver": gus.user_id})
+    await alice.send(chat, "now bridged")
+    room = await dm_room(dcbridge, gus, alice.addr)
+    for text in ("now bridged", "early 0", "early 1", "early 2"):
+        evt = await gus.wait_for_event(room, lambda e, t=text: body(e) == t, 30)  # type: ignore[misc]
+        assert evt["sender"] == ghost(alice.addr)
+    bodies = [body(e) for e in await gus.messages(room, 100)]
+    assert all(bodies.count(t) == 1 for t in ("early 0", "early 1", "early 2", "now bridged"))
+    await gus.close()

@@ -21,10 +21,10 @@ NOTE = "decrypted at the bridge"
 
 async def join_group_portal(
     dcbridge: DCBridge, user: MatrixClient, peer: Peer, name: str
-) -> tuple[int, str, str]:
+) -> tuple[int, str, str, str]:
     """``peer`` creates a group, ``user`` joins it from Matrix with its invite link: the
-    group's chat id (``peer``'s), its invite link and the portal room (``user`` holds power
-    100 there)."""
+    group's chat id (``peer``'s), its invite link, the portal room (``user`` holds power 100
+    there) and ``user``'s management room."""
     mgmt = await management_room(user)
     group = int(await peer.call("create_group_chat", name, False))
     link = str(await peer.call("get_chat_securejoin_qr_code", group))
@@ -36,7 +36,7 @@ async def join_group_portal(
     levels = await hs.get_state(room, "m.room.power_levels") or {}
     levels.setdefault("users", {})[user.user_id] = 100
     await hs.send_state(room, "m.room.power_levels", levels)
-    return group, link, room
+    return group, link, room, mgmt
 
 
 async def _bridge_reactions(peer: Peer, msg_id: int, bridge_addr: str) -> list[str]:
@@ -73,7 +73,7 @@ async def test_group_replies_reactions_meta_members_profiles(
     dan = new_user(synapse)
     eve = new_user(synapse)
     await dcbridge.start()
-    group, link, room = await join_group_portal(dcbridge, dan, alice, "Features")
+    group, link, room, _ = await join_group_portal(dcbridge, dan, alice, "Features")
     await eve.join(room)
 
     # --- quoted replies from Delta Chat: m.in_reply_to the quoted message's event ---------
@@ -153,6 +153,53 @@ async def test_group_replies_reactions_meta_members_profiles(
     await until(profile, 30, "alice's ghost with her avatar and name")
     await dan.close()
     await eve.close()
+
+
+async def test_puppet_follows_its_user_into_a_group(
+    dcbridge: DCBridge, synapse: SynapseServer, alice: Peer
+) -> None:
+    fay = new_user(synapse)
+    await dcbridge.start()
+    group, link, room, mgmt = await join_group_portal(dcbridge, fay, alice, "Puppets")
+    puppet = dcbridge.stack.add_user("puppet-" + fay.user_id[1:].split(":")[0], "fay-pw")
+    await command(fay, mgmt, f"login deltachat {puppet} fay-pw", "Logged in")
+    # Fay is in the portal: the bridge's account adds her own account to the group, and the
+    # relay speaks for her meanwhile.
+    since = alice.mark()
+    await fay.send_text(room, "first, relayed")
+    await alice.wait_message(
+        lambda m: m["text"] == "<" + fay.user_id[1:].split(":")[0] + "> first, relayed", since
+    )
+    await until(lambda: _member(alice, group, puppet), 60, "fay's own account in the group")
+    conn: Any = dcbridge.connector
+    account = conn.accounts.account_of_user[fay.user_id]
+    grpid = re.search(r"[&#]x=([^&]+)", link)
+    assert grpid
+
+    async def puppet_can_send() -> bool:
+        chat = await conn.chats.chat_of_group(account, grpid.group(1))
+        if chat is None:
+            return False
+        info = await conn.rpc.call("get_full_chat_by_id", account, chat)
+        return bool(info["canSend"] and not info["isContactRequest"])
+
+    await until(puppet_can_send, 60, "fay's account accepted the group")
+    since = alice.mark()
+    await fay.send_text(room, "second, as myself")
+    got = await alice.wait_message(lambda m: m["text"] == "second, as myself", since)
+    assert got["chatId"] == group
+    assert (await alice.call("get_contact", got["fromId"]))["address"].lower() == puppet
+    # Alice's messages reach the room once (not again through fay's account).
+    await alice.send(group, "hi fay")
+    await alice.send(group, "bye fay")
+    await fay.wait_for_event(room, lambda e: body(e) == "bye fay", 30)
+    await fay.wait_for_event(room, lambda e: body(e) == "hi fay", 30)
+    bodies = [body(e) for e in await fay.messages(room, 100)]
+    assert bodies.count("hi fay") == 1 and bodies.count("second, as myself") == 1
+    # Fay leaves the room: her account leaves the group.
+    await fay.leave(room)
+    await until(lambda: _no_member(alice, group, puppet), 60, "fay's account left the group")
+    await fay.close()
 
 
 async def _chat_field(peer: Peer, chat: int, field: str) -> Any:

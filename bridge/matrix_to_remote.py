@@ -638,6 +638,8 @@ class MatrixHandler:
             txn_id=f"mimi.dm-opened.{room_id}",
             as_user=ghost_id,
         )
+        if existing is None or existing.room_id is None:
+            await self.bridge.portal_mgr.backfill(key, connector)
 
     # --- ephemeral --------------------------------------------------------------------
 

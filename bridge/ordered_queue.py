@@ -24,6 +24,12 @@ class OrderedQueues:
         if key not in self._workers:
             self._workers[key] = asyncio.create_task(self._run(key), name=f"queue:{key}")
 
+    def in_worker(self, key: Hashable) -> bool:
+        """Whether the caller is the job running in ``key``'s queue (which would wait forever
+        for anything it submits to the same queue before returning)."""
+        task = self._workers.get(key)
+        return task is not None and task is asyncio.current_task()
+
     async def _run(self, key: Hashable) -> None:
         q = self._queues[key]
         try:

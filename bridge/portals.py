@@ -163,8 +163,8 @@ class PortalManager:
         return portal
 
     async def backfill(self, key: PortalKey, connector: Any) -> None:
-        """Fill a new portal with recent history, through the same ordered queue as live
-        events (ids deduplicate whatever arrives twice)."""
+        """Fill a new portal with recent history, in the portal's ordered queue, before
+        anything queued after it (ids deduplicate whatever arrives twice)."""
         limit = self.bridge.cfg.backfill_limit
         if limit <= 0 or not isinstance(connector, Backfilling):
             return
@@ -173,8 +173,14 @@ class PortalManager:
         except Exception as e:
             self.bridge.log.warning("no history for %s: %s", key, e)
             return
+        if not self.bridge.queues.in_worker(("remote", key)):
+            for msg in history[-limit:]:
+                await self.bridge.emit(msg)
+            return
+        # A remote message is opening this portal from inside its queue: queued history
+        # would land after that message, so the history goes in now.
         for msg in history[-limit:]:
-            await self.bridge.emit(msg)
+            await self.bridge.remote_handler.handle(msg)
 
     async def open_portal(
         self, key: PortalKey, user_id: str | None, invite_user: bool

@@ -106,12 +106,26 @@ async def test_membership_and_room_changes_reach_network(
 async def test_new_portal_is_filled_with_history(
     make_bridge: BridgeFactory, synapse: SynapseServer
 ) -> None:
-    await make_bridge(backfill_limit=2)
+    bridge = await make_bridge(backfill_limit=2)
     pia = new_user(synapse)
     room = await pia.join("#testnet_=23history:localhost")
     await pia.wait_for_event(room, lambda e: _body(e) == "old message 3")
     bodies = [_body(e) for e in await pia.messages(room) if e["type"] == "m.room.message"]
     assert bodies == ["old message 2", "old message 3"]
+    # A remote message that opens a portal comes after the history before it.
+    tn: Any = bridge.connectors["testnet"]
+    await tn.remote_message("#historylive", "olga", "the newest")
+    live = await pia.join("#testnet_=23historylive:localhost")
+    await pia.wait_for_event(live, lambda e: _body(e) == "the newest")
+    bodies = [_body(e) for e in await pia.messages(live) if e["type"] == "m.room.message"]
+    assert bodies == ["old message 2", "old message 3", "the newest"]
+    # A DM opened by inviting a ghost is filled too.
+    mgmt = await management_room(pia)
+    await command(pia, mgmt, "login testnet pia-remote", "Logged in")
+    dm = await pia.create_room(invite=["@testnet_olga:localhost"], is_direct=True)
+    await pia.wait_for_event(dm, lambda e: _body(e) == "old message 3")
+    bodies = [_body(e) for e in await pia.messages(dm) if e["type"] == "m.room.message"]
+    assert bodies[-2:] == ["old message 2", "old message 3"]
     await pia.close()
 
 

@@ -228,7 +228,8 @@ class TestNetConnector(NetworkConnector):
 
     # Backfilling: "#history" has three old messages.
     async def fetch_history(self, portal: PortalKey, limit: int) -> list[RemoteMessage]:
-        if portal.remote_id != "#history":
+        # Rooms named #history..., and the DM with olga, have three old messages.
+        if not portal.remote_id.startswith("#history") and portal.remote_id != "olga":
             return []
         return [
             RemoteMessage(

@@ -6,6 +6,7 @@ dropped silently."""
 from __future__ import annotations
 
 import html
+import mimetypes
 from typing import TYPE_CHECKING, Any
 
 from . import content as contentmod
@@ -54,6 +55,11 @@ if TYPE_CHECKING:
 def _rel(content: dict[str, Any]) -> dict[str, Any]:
     rel = content.get("m.relates_to")
     return rel if isinstance(rel, dict) else {}
+
+
+def _avatar_name(mimetype: str) -> str:
+    """A file name with the right extension, for networks that store avatars as files."""
+    return "avatar" + (mimetypes.guess_extension(mimetype) or "")
 
 
 def _sniff_image(data: bytes) -> str:
@@ -446,7 +452,7 @@ class MatrixHandler:
                 )
                 return
             change.avatar = Attachment(
-                filename="avatar",
+                filename=_avatar_name(str(info.get("mimetype") or "image/png")),
                 mimetype=str(info.get("mimetype") or "image/png"),
                 data=data,
                 size=len(data),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -92,6 +93,100 @@ class _Refused(Exception):
     pass
 
 
+MAX_STANZA_BYTES = 16 * 1024 * 1024
+_PROLOG, _TOP, _STANZA, _EXPAT = range(4)  # where the stream cutter is
+_MAX_TAG = 64 * 1024  # a start tag longer than this goes to expat as it is
+_TAIL = 64
+_ROOT_START = re.compile(rb"<(?![?!])[^>]*>")
+_START_TAG = re.compile(
+    rb"<([A-Za-z_][\w.:-]*)((?:\s+[^\s=/>]+\s*=\s*(?:'[^']*'|\"[^\"]*\"))*)\s*(/?)>"
+)
+_ATTR = re.compile(r"([^\s=]+)\s*=\s*(?:'([^']*)'|\"([^\"]*)\")")
+_TO_ATTR = re.compile(rb"\sto\s*=\s*(['\"])")
+_NOT_A_STANZA = b"/!?"
+_end_tags: dict[bytes, bytes] = {}
+
+
+def _end_tag(name: bytes) -> bytes:
+    tag = b"</" + name + b">"
+    if len(_end_tags) < 64:
+        _end_tags[name] = tag
+    return tag
+
+
+class _Copy:
+    """The last dropped stanza, to recognize the next copies of it: a MUC sends the same
+    stanza to each occupant, byte for byte except the ``to`` attribute."""
+
+    __slots__ = ("attrib", "prefilter", "prefix", "suffix", "tag")
+
+    def __init__(
+        self,
+        prefix: bytes,
+        suffix: bytes,
+        tag: str,
+        attrib: dict[str, str],
+        prefilter: Callable[[str, dict[str, str]], int],
+    ) -> None:
+        self.prefix = prefix  # up to the opening quote of the to attribute's value
+        self.suffix = suffix  # from its closing quote to the end of the stanza
+        self.tag = tag
+        self.attrib = attrib
+        self.prefilter = prefilter
+
+    @classmethod
+    def of(
+        cls,
+        buf: bytes,
+        pos: int,
+        end: int,
+        stop: int,
+        tag: str,
+        attrib: dict[str, str],
+        reader: StanzaReader,
+    ) -> _Copy | None:
+        m = _TO_ATTR.search(buf, pos, end)
+        if m is None or reader.prefilter is None:
+            return None
+        close = buf.find(m.group(1), m.end(), end)
+        if close < 0:
+            return None
+        return cls(buf[pos : m.end()], buf[close:stop], tag, attrib, reader.prefilter)
+
+    def match(self, buf: bytes, pos: int) -> int:
+        """Where a copy starting at ``pos`` ends (0: not a copy, or not complete)."""
+        prefix = self.prefix
+        if not buf.startswith(prefix, pos):
+            return 0
+        close = buf.find(self.suffix[:1], pos + len(prefix))
+        if close < 0 or not buf.startswith(self.suffix, close):
+            return 0
+        return close + len(self.suffix)
+
+    def verdict(self, to: bytes) -> int | None:
+        """The prefilter's verdict on the copy for ``to`` (None: read it the long way)."""
+        if b"&" in to or b"<" in to:
+            return None
+        attrib = dict(self.attrib)
+        attrib["to"] = to.decode()
+        return self.prefilter(self.tag, attrib)
+
+
+_XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+_ENTITIES = [("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"), ("&amp;", "&")]
+_closers: dict[bytes, re.Pattern[bytes]] = {}
+
+
+def _closer(name: bytes) -> re.Pattern[bytes]:
+    """Tags named ``name`` (start or end), CDATA sections and comments."""
+    pattern = _closers.get(name)
+    if pattern is None:
+        pattern = re.compile(b"<(/?)" + re.escape(name) + rb"(?=[\s/>])|<!\[CDATA\[|<!--")
+        if len(_closers) < 64:
+            _closers[name] = pattern
+    return pattern
+
+
 class StanzaReader:
     """An incremental XML stream reader (expat) that builds ElementTree elements only for the
     stanzas a ``prefilter`` keeps. The prefilter sees each top-level element's tag and
@@ -101,8 +196,21 @@ class StanzaReader:
 
     _SKIP, _BUILD, _RECORD = 0, 1, 2
 
-    def __init__(self, prefilter: Callable[[str, dict[str, str]], int] | None) -> None:
+    def __init__(
+        self,
+        prefilter: Callable[[str, dict[str, str]], int] | None,
+        default_ns: str = "jabber:component:accept",
+    ) -> None:
         self.prefilter = prefilter
+        self.ns_prefix = "{" + default_ns + "}"
+        self._buf = b""
+        self._cut = _PROLOG
+        self._close: re.Pattern[bytes] = _closer(b"message")
+        self._nest = 0
+        self._size = 0
+        self._skip = False
+        self._pre_verdict: int | None = None
+        self._copy: _Copy | None = None
         parser = expat.ParserCreate(namespace_separator="}")
         parser.buffer_text = True
         parser.StartElementHandler = self._start
@@ -126,12 +234,187 @@ class StanzaReader:
     def feed(self, data: bytes) -> list[tuple[str, ET.Element | None]]:
         """Parse a chunk; return what it completed: ("root", element), ("stanza",
         element) or ("end", None). Raises ValueError on malformed XML."""
+        self._buf += data
         try:
-            self._parser.Parse(data, False)
+            self._split()
         except (expat.ExpatError, _Refused) as e:
             raise ValueError(str(e)) from e
         out, self.out = self.out, []
         return out
+
+    # The stream is cut into stanzas before expat sees it: a stanza's start tag is read with
+    # a regular expression, the prefilter decides on it, and a dropped stanza's bytes are
+    # skipped up to its end tag (same-named tags are counted, CDATA sections and comments
+    # stepped over), never given to expat. What the cutter does not understand (a
+    # namespace prefix or declaration on a stanza, character references in its
+    # attributes) goes to expat whole, with the prefilter deciding there; anything else at
+    # the top level (the end of the stream, or junk) makes expat read the rest.
+
+    def _split(self) -> None:
+        buf = self._buf
+        n = len(buf)
+        pos = 0
+        parse = self._parser.Parse
+        try:
+            while pos < n:
+                cut = self._cut
+                if cut == _TOP:
+                    if buf[pos] != 60:  # not "<": whitespace (or text) between stanzas
+                        lt = buf.find(b"<", pos)
+                        lt = n if lt < 0 else lt
+                        if buf[pos:lt].strip():
+                            parse(buf[pos:lt], False)  # expat ignores it
+                        pos = lt
+                        continue
+                    copy = self._copy
+                    if copy is not None:
+                        stop = copy.match(buf, pos)
+                        if stop:
+                            to = buf[pos + len(copy.prefix) : stop - len(copy.suffix)]
+                            verdict = copy.verdict(to)
+                            if verdict is not None:
+                                if verdict == DROP:
+                                    self.dropped += 1
+                                else:
+                                    self._pre_verdict = verdict
+                                    parse(buf[pos:stop], False)
+                                pos = stop
+                                continue
+                    if pos + 1 >= n:
+                        break
+                    if buf[pos + 1] in _NOT_A_STANZA:  # "/", "!", "?"
+                        self._cut = _EXPAT  # the end of the stream, or something to judge
+                        continue
+                    m = _START_TAG.match(buf, pos)
+                    if m is None:
+                        if buf.find(b">", pos) < 0 and n - pos <= _MAX_TAG:
+                            break  # the start tag is not complete yet
+                        self._cut = _EXPAT
+                        continue
+                    name, raw, empty = m.groups()
+                    end = m.end()
+                    found = self._verdict(name, raw)
+                    verdict = found[0] if found else None
+                    if empty:  # <presence .../>
+                        if verdict == DROP:
+                            self.dropped += 1
+                        else:
+                            self._pre_verdict = verdict
+                            parse(buf[pos:end], False)
+                        pos = end
+                        continue
+                    # Usually the end tag is near and nothing like it comes before.
+                    close = _end_tags.get(name) or _end_tag(name)
+                    j = buf.find(close, end)
+                    if (
+                        j >= 0
+                        and buf.find(close[:1] + close[2:-1], end, j) < 0
+                        and buf.find(b"<!", end, j) < 0
+                    ):
+                        stop = j + len(close)
+                        if verdict == DROP:
+                            self.dropped += 1
+                            assert found is not None
+                            self._copy = _Copy.of(buf, pos, end, stop, found[1], found[2], self)
+                        else:
+                            self._pre_verdict = verdict
+                            parse(buf[pos:stop], False)
+                        pos = stop
+                        continue
+                    self._cut = _STANZA
+                    self._close = _closer(name)
+                    self._nest = 1
+                    self._size = end - pos
+                    self._skip = verdict == DROP
+                    if self._skip:
+                        self.dropped += 1
+                    else:
+                        self._pre_verdict = verdict
+                        parse(buf[pos:end], False)
+                    pos = end
+                elif cut == _STANZA:
+                    pos = self._stanza_body(buf, pos)
+                    if self._cut == _STANZA:
+                        break
+                elif cut == _EXPAT:
+                    parse(buf[pos:], False)
+                    pos = n
+                else:
+                    m = _ROOT_START.search(buf, pos)
+                    if m is None:
+                        if n - pos > _MAX_TAG:
+                            self._cut = _EXPAT
+                            continue
+                        break
+                    parse(buf[pos : m.end()], False)
+                    pos = m.end()
+                    self._cut = _TOP if self.depth == 1 else _EXPAT
+        finally:
+            self._buf = buf[pos:] if pos < n else b""
+
+    def _verdict(self, name: bytes, raw_attrs: bytes) -> tuple[int, str, dict[str, str]] | None:
+        """The prefilter's verdict on a start tag, with the tag and attributes it saw; None:
+        let expat read it and ask."""
+        if self.prefilter is None or b":" in name:
+            return None
+        attrib: dict[str, str] = {}
+        text = raw_attrs.decode()
+        for key, v1, v2 in _ATTR.findall(text):
+            value = v1 if v1 or not v2 else v2
+            if ":" in key or key == "xmlns":
+                if key != "xml:lang":
+                    return None  # namespace declarations or prefixes
+                key = _XML_LANG
+            if "&" in value:
+                if "&#" in value:
+                    return None
+                for ent, ch in _ENTITIES:
+                    value = value.replace(ent, ch)
+            attrib[key] = value
+        tag = self.ns_prefix + name.decode()
+        return self.prefilter(tag, attrib), tag, attrib
+
+    def _stanza_body(self, buf: bytes, pos: int) -> int:
+        """Scan the rest of a stanza from ``pos``; returns where the scan stopped (the end
+        of the stanza, or where more data is needed)."""
+        start = pos
+        close = self._close
+        n = len(buf)
+        while True:
+            m = close.search(buf, pos)
+            if m is None:
+                # Keep a tail that may be the start of a tag cut by the chunk.
+                lt = buf.rfind(b"<", max(pos, n - _TAIL))
+                return self._consume(buf, start, lt if lt >= 0 and buf.find(b">", lt) < 0 else n)
+            token = m.group(0)
+            if token == b"<![CDATA[" or token == b"<!--":
+                stop = b"]]>" if token == b"<![CDATA[" else b"-->"
+                j = buf.find(stop, m.end())
+                if j < 0:
+                    return self._consume(buf, start, m.start())
+                pos = j + len(stop)
+                continue
+            gt = buf.find(b">", m.end())
+            if gt < 0:
+                return self._consume(buf, start, m.start())
+            if m.group(1):  # an end tag
+                self._nest -= 1
+                if self._nest == 0:
+                    self._cut = _TOP
+                    return self._consume(buf, start, gt + 1)
+            elif buf[gt - 1] != 47:  # not "/>"
+                self._nest += 1
+            pos = gt + 1
+
+    def _consume(self, buf: bytes, start: int, upto: int) -> int:
+        """Bytes ``start:upto`` belong to the current stanza: expat reads them unless it is
+        dropped."""
+        if upto > start and not self._skip:
+            self._parser.Parse(buf[start:upto], False)
+        self._size += upto - start
+        if self._size > MAX_STANZA_BYTES:
+            raise _Refused(f"a stanza of more than {MAX_STANZA_BYTES} bytes")
+        return upto
 
     def _start(self, name: str, attrs: dict[str, str]) -> None:
         depth = self.depth
@@ -151,7 +434,11 @@ class StanzaReader:
         if depth == 0:
             self.out.append(("root", ET.Element(tag, attrib)))
             return
-        verdict = KEEP if self.prefilter is None else self.prefilter(tag, attrib)
+        verdict = self._pre_verdict
+        if verdict is None:
+            verdict = KEEP if self.prefilter is None else self.prefilter(tag, attrib)
+        else:
+            self._pre_verdict = None
         if verdict == DROP:
             self.mode = self._SKIP
             self.dropped += 1

@@ -114,6 +114,12 @@ def _end_tag(name: bytes) -> bytes:
     return tag
 
 
+def _not_self(buf: bytes, start: int, stop: int) -> bool:
+    """Whether a stanza cannot carry the MUC status code 110 (nowhere the digits "110",
+    no character references)."""
+    return buf.find(b"110", start, stop) < 0 and buf.find(b"&#", start, stop) < 0
+
+
 class _Copy:
     """The last dropped stanza, to recognize the next copies of it: a MUC sends the same
     stanza to each occupant, byte for byte except the ``to`` attribute."""
@@ -272,6 +278,8 @@ class StanzaReader:
                         if stop:
                             to = buf[pos + len(copy.prefix) : stop - len(copy.suffix)]
                             verdict = copy.verdict(to)
+                            if verdict == KEEP_IF_SELF and _not_self(buf, pos, stop):
+                                verdict = DROP
                             if verdict is not None:
                                 if verdict == DROP:
                                     self.dropped += 1
@@ -296,7 +304,7 @@ class StanzaReader:
                     found = self._verdict(name, raw)
                     verdict = found[0] if found else None
                     if empty:  # <presence .../>
-                        if verdict == DROP:
+                        if verdict == DROP or verdict == KEEP_IF_SELF:
                             self.dropped += 1
                         else:
                             self._pre_verdict = verdict
@@ -312,6 +320,8 @@ class StanzaReader:
                         and buf.find(b"<!", end, j) < 0
                     ):
                         stop = j + len(close)
+                        if verdict == KEEP_IF_SELF and _not_self(buf, end, stop):
+                            verdict = DROP
                         if verdict == DROP:
                             self.dropped += 1
                             assert found is not None

@@ -121,7 +121,9 @@ class MatrixToDeltaChat:
                 data["text"],
             )
         )
-        self.deliveries.sent(account, msg_id, msg.sender.user_id, msg.portal)
+        await self.deliveries.sent(
+            account, msg_id, msg.sender.user_id, msg.portal, mid, data["text"]
+        )
         return SentMessage(mid)
 
     async def _send(self, account: int, chat_id: int, data: dict[str, Any]) -> int:

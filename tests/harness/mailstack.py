@@ -7,6 +7,12 @@ ports, and starts ``postfix -c <dir>`` and ``dovecot -c <conf>``: nothing under 
 any) are untouched and several stacks can run side by side. Every address is in the virtual
 domain ``example.test``.
 
+Postfix refuses a recipient of that domain without a mailbox at ``RCPT TO`` (550 5.1.1), as a
+real provider does, so a sender learns it at once rather than from a bounce later: a policy
+service (a small shell script run by postfix's ``spawn``) looks each recipient up in the list of
+mailboxes, which :meth:`MailStack.add_user` and :meth:`MailStack.remove_user` rewrite while the
+stack runs.
+
 The directory lives under ``/tmp`` with mode 0755 (dovecot delivers as ``nobody``, who could
 not enter pytest's 0700 directories) and is removed on :meth:`MailStack.stop`.
 """
@@ -61,6 +67,8 @@ smtpd_sasl_auth_enable = yes
 smtpd_tls_security_level = none
 smtp_tls_security_level = none
 smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated defer_unauth_destination
+smtpd_recipient_restrictions = check_policy_service unix:private/rcptpolicy
+rcptpolicy_time_limit = 3600s
 message_size_limit = {message_size_limit}
 queue_run_delay = 2s
 minimal_backoff_time = 2s
@@ -95,6 +103,33 @@ lmtp      unix  -       -       n       -       -       lmtp
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+rcptpolicy unix -       n       n       -       0       spawn
+  user=nobody argv=/bin/sh {base}/rcptpolicy.sh
+"""
+
+# Postfix policy delegation (one request: attribute lines, then an empty line): a recipient in
+# the domain must be a line of the mailbox list, read afresh for each request. Postfix puts
+# "<address>: Recipient address rejected: " before the text of the refusal.
+_RCPT_POLICY = """\
+#!/bin/sh
+# Written by tests/harness/mailstack.py: refuse recipients of {domain} that have no mailbox.
+rcpt=
+while IFS= read -r line; do
+  case "$line" in
+    recipient=*) rcpt=${{line#recipient=}} ;;
+    "")
+      case "$rcpt" in
+        *@{domain})
+          if grep -qixF -e "$rcpt" {base}/mailboxes; then
+            printf 'action=DUNNO\\n\\n'
+          else
+            printf 'action=550 5.1.1 no such mailbox\\n\\n'
+          fi ;;
+        *) printf 'action=DUNNO\\n\\n' ;;
+      esac
+      rcpt= ;;
+  esac
+done
 """
 
 _DOVECOT_CONF = """\
@@ -174,6 +209,11 @@ class MailStack:
             self._wait_login(addr, password)
         return addr
 
+    def remove_user(self, addr: str) -> None:
+        """Delete a mailbox: postfix refuses mail for it from now on, dovecot its logins."""
+        del self.users[addr]
+        self._write_users()
+
     def _wait_login(self, addr: str, password: str, limit_s: float = 10.0) -> None:
         """Until SMTP AUTH (postfix asking dovecot) accepts the new mailbox."""
         deadline = time.monotonic() + limit_s
@@ -217,6 +257,11 @@ class MailStack:
         self._users_mtime = max(time.time(), self._users_mtime + 1)
         os.utime(tmp, (self._users_mtime, self._users_mtime))
         tmp.replace(path)
+        # The mailbox list for postfix's recipient check (no passwords; readable by all).
+        listing = self.base / "mailboxes.new"
+        listing.write_text("".join(f"{a}\n" for a in self.users))
+        listing.chmod(0o644)
+        listing.replace(self.base / "mailboxes")
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -332,6 +377,7 @@ def start_mailstack(
     (base / "postfix" / "main.cf").write_text(_MAIN_CF.format(**fmt))
     (base / "postfix" / "master.cf").write_text(_MASTER_CF.format(**fmt))
     (base / "dovecot.conf").write_text(_DOVECOT_CONF.format(**fmt))
+    (base / "rcptpolicy.sh").write_text(_RCPT_POLICY.format(**fmt))
     for local, pw in (users or {}).items():
         stack.users[stack.address(local)] = pw
     stack._write_users()

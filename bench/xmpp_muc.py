@@ -23,7 +23,7 @@ then runs the bridge core in this process with the XMPP connector:
 
 Prints the figures; no assertions on timings.
 
-    /tmp/venv/bin/python bench/xmpp_muc.py [-n 1000] [-m 500] [-k 10]
+    /tmp/venv/bin/python bench/xmpp_muc.py [-n 1000] [-m 500] [-k 10] [--prosody-config LUA]
 """
 
 from __future__ import annotations
@@ -317,11 +317,13 @@ class Cpu:
 # --- the server's floor: joins from a raw component socket ---------------------------------
 
 
-async def raw_floor(n: int, m: int, tmp: Path) -> dict[str, float]:
+async def raw_floor(n: int, m: int, tmp: Path, prosody_config: str = "") -> dict[str, float]:
     """What Prosody itself needs, on a fresh Prosody: N occupants joined from a raw XEP-0114
     connection that only counts what it gets (with the same caps element as the bridge's
     puppets), then M messages from an XMPP user fanned out to them."""
-    prosody = await asyncio.to_thread(start_prosody, tmp / "prosody-raw", COMPONENT, SECRET, "warn")
+    prosody = await asyncio.to_thread(
+        start_prosody, tmp / "prosody-raw", COMPONENT, SECRET, "warn", prosody_config
+    )
     owner = None
     try:
         room = f"raw@{prosody.muc_domain}"
@@ -425,14 +427,18 @@ class Profiler:
             pstats.Stats(self.prof, stream=sys.stderr).sort_stats("tottime").print_stats(30)
 
 
-async def run(n: int, m: int, k: int, tmp: Path, profiler: Profiler) -> dict[str, Any]:
+async def run(
+    n: int, m: int, k: int, tmp: Path, profiler: Profiler, prosody_config: str = ""
+) -> dict[str, Any]:
     results: dict[str, Any] = {"n": n, "m": m, "k": k, "cores": os.cpu_count()}
-    results["raw"] = await raw_floor(n, m, tmp)
+    results["raw"] = await raw_floor(n, m, tmp, prosody_config)
     as_port = free_port()
     reg = tmp / "registration.json"
     write_registration(reg, as_port)
     synapse = await asyncio.to_thread(start_synapse, tmp / "synapse", [reg])
-    prosody = await asyncio.to_thread(start_prosody, tmp / "prosody", COMPONENT, SECRET, "warn")
+    prosody = await asyncio.to_thread(
+        start_prosody, tmp / "prosody", COMPONENT, SECRET, "warn", prosody_config
+    )
     cpu = Cpu(prosody, synapse)
     bridge = None
     xusers: list[XUser] = []
@@ -650,13 +656,19 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=10, help="Matrix senders")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument("--profile", choices=["joins", "x2m", "m2x"], help="cProfile a phase")
+    parser.add_argument(
+        "--prosody-config",
+        default="",
+        metavar="LUA",
+        help="Lua added to both Prosodys' global settings, e.g. 'gc = { mode = \"incremental\" }'",
+    )
     args = parser.parse_args()
     raise_fd_limit()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="xmpp-bench-") as tmp:
         os.chmod(tmp, 0o755)
         profiler = Profiler(args.profile)
-        results = asyncio.run(run(args.n, args.m, args.k, Path(tmp), profiler))
+        results = asyncio.run(run(args.n, args.m, args.k, Path(tmp), profiler, args.prosody_config))
     report(results)
     profiler.report()
     if args.json:

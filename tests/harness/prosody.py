@@ -75,6 +75,7 @@ storage = "internal"
 gc = {{ mode = "generational" }}
 archive_expires_after = "never"
 default_archive_policy = true
+{extra_config}
 
 VirtualHost "{domain}"
 
@@ -247,9 +248,11 @@ def start_prosody(
     component_domain: str,
     component_secret: str,
     log_level: str = "debug",
+    extra_config: str = "",
 ) -> ProsodyServer:
     """Start a fresh Prosody; see the module docstring. Call ``stop()`` when done.
-    ``log_level`` is the level of ``prosody.log`` (benchmarks want "warn")."""
+    ``log_level`` is the level of ``prosody.log`` (benchmarks want "warn"); ``extra_config``
+    is Lua appended to the global section (later settings win)."""
     find_prosody()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -291,6 +294,7 @@ def start_prosody(
             component_domain=component_domain,
             component_secret=component_secret,
             log_level=log_level,
+            extra_config=extra_config,
         )
     )
     if as_user:

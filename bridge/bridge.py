@@ -288,12 +288,16 @@ class Bridge:
         await self.send_notice(room_id, text)
 
     async def send_notice(self, room_id: str, text: str) -> None:
+        # DMs opened by inviting a ghost do not hold the bot: their ghost speaks instead.
+        portal = await self.portal_store.by_room(room_id)
+        sender = portal.metadata.get("notice_sender") if portal else None
         try:
             await self.hs.send(
                 room_id,
                 "m.room.message",
                 {"msgtype": "m.notice", "body": text},
                 txn_id=f"mimi.notice.{uuid.uuid4().hex}",
+                as_user=sender if isinstance(sender, str) else None,
             )
         except MatrixError as e:
             self.log.warning("could not send a notice to %s: %s (%s)", room_id, e, text)

@@ -630,6 +630,8 @@ class MatrixHandler:
         portal = existing or Portal(key=key)
         portal.room_id = room_id
         portal.is_direct = True
+        # The bot is not in this room: the bridge's notices here come from the ghost.
+        portal.metadata["notice_sender"] = ghost_id
         await self.bridge.portal_store.save(portal)
         await connector.portal_opened(key)
         # The bot is not in this room, so no bridge-info state: the ghost says it instead.

@@ -182,6 +182,13 @@ async def test_ghost_dm_and_remote_dm(make_bridge: BridgeFactory, synapse: Synap
     await frank.send_text(room, "hi zoe")
     dm = await until(sent(bridge, "message", text="hi zoe"))
     assert dm["room"] == "zoe"
+    # The bot is not in this DM: a failure is told by zoe's ghost.
+    await frank.send_text(room, "fail: this one")
+    notice = await frank.wait_for_event(
+        room, lambda e: "refused this message" in e["content"].get("body", "")
+    )
+    assert notice["sender"] == "@testnet_zoe:localhost"
+    assert notice["content"]["msgtype"] == "m.notice"
     # zoe writes back: lands in the same DM.
     tn: Any = bridge.connectors["testnet"]
     await tn.remote_message("zoe", "zoe", "hi frank", receiver=frank.user_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from slixmpp import JID
@@ -124,7 +123,6 @@ async def test_restart_reconnects_and_rejoins_puppets(
     portal, alice, users = await open_room(connector, bridge, prosody, xclients, "Gina", "Hank")
     room = portal.remote_id
     connects = connector.component.connects
-    started = time.monotonic()
     await asyncio.to_thread(prosody.restart)
     await alice.close()
     # The component reconnects; both puppets are back in the (recreated) room.
@@ -137,8 +135,6 @@ async def test_restart_reconnects_and_rejoins_puppets(
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("puppets did not rejoin")
-    recovery = time.monotonic() - started
-    assert recovery < 8, recovery
     alice2 = await xclients("alice")
     occupants = await alice2.join(room, "alice2")
     nicks = {JID(str(p["from"])).resource for p in occupants[2]}

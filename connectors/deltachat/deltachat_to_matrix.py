@@ -35,6 +35,7 @@ from .chats import Chats
 from .config import DeltaChatConfig
 from .contacts import Contacts
 from .delivery import Deliveries
+from .formatting import to_matrix
 from .groups import Groups
 from .ids import is_special
 from .messages import from_person, message_id, reactions_by
@@ -271,7 +272,9 @@ class DeltaChatToMatrix:
             portal=portal,
             sender=sender,
             id=mid,
-            content=MessageContent(text=text, kind=kind, attachments=attachments),
+            content=MessageContent(
+                text=text, html=to_matrix(text), kind=kind, attachments=attachments
+            ),
             reply_to=reply_to,
             timestamp=int(msg.get("timestamp") or time.time()) * 1000,
         )
@@ -316,7 +319,7 @@ class DeltaChatToMatrix:
                 portal=portal,
                 sender=sender,
                 target_id=rec.mid,
-                content=MessageContent(text=text),
+                content=MessageContent(text=text, html=to_matrix(text)),
                 id=f"{rec.mid}~{digest}",
             )
         )

@@ -31,6 +31,7 @@ from .calls import CoreCalls
 from .chats import Chats
 from .config import DeltaChatConfig
 from .delivery import Deliveries
+from .formatting import to_deltachat
 from .ids import SELF
 from .messages import message_id, reactions_by
 from .rpc import Rpc, RpcDown, RpcError
@@ -78,11 +79,16 @@ class MatrixToDeltaChat:
 
     # --- messages -------------------------------------------------------------------------
 
+    def _relay_settings(self) -> Any:
+        """The bridge's relay settings (message formats), if it has any."""
+        return getattr(getattr(self.bridge, "cfg", None), "relay", None)
+
     async def message(self, account: int, msg: MatrixMessage) -> SentMessage:
         chat_id = await self.chats.chat_or_error(account, msg.portal)
-        data: dict[str, Any] = {"text": msg.content.text}
+        text = to_deltachat(msg.content, msg.sender, self._relay_settings())
+        data: dict[str, Any] = {"text": text}
         if msg.content.kind == MessageKind.EMOTE and not msg.sender.relayed:
-            data["text"] = f"* {msg.sender.display_name} {msg.content.text}"
+            data["text"] = f"* {msg.sender.display_name} {text}"
         if msg.reply_to is not None:
             quoted = await self._local_msg(account, msg.reply_to.remote_id)
             if quoted is not None:
@@ -188,8 +194,11 @@ class MatrixToDeltaChat:
 
     async def edit(self, account: int, user_id: str | None, edit: MatrixEdit) -> None:
         msg_id = await self._own_target(account, user_id, edit.target, "edit")
-        await self.calls.call("send_edit_request", account, msg_id, edit.content.text)
-        await self.store.set_body(account, msg_id, edit.content.text)
+        text = to_deltachat(edit.content, edit.sender, self._relay_settings())
+        if edit.content.kind == MessageKind.EMOTE and not edit.sender.relayed:
+            text = f"* {edit.sender.display_name} {text}"
+        await self.calls.call("send_edit_request", account, msg_id, text)
+        await self.store.set_body(account, msg_id, text)
 
     async def redaction(
         self, account: int, user_id: str | None, redaction: MatrixRedaction

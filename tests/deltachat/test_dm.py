@@ -56,6 +56,21 @@ async def test_dm_both_ways_through_the_relay(
     assert got["text"].endswith("> hi alice") and got["text"].startswith("<")
     assert got["quote"] and got["quote"]["text"] == "hello from delta chat"
     assert got["showPadlock"]  # end-to-end encrypted between the cores
+    # A formatted message keeps the relay's name prefix and is rendered as light markdown.
+    prefix = got["text"].removesuffix("hi alice")
+    since = alice.mark()
+    await ann.send_event(
+        room,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "plain body",
+            "format": "org.matrix.custom.html",
+            "formatted_body": '<strong>hi</strong> <a href="https://example.org/">there</a>',
+        },
+    )
+    fmt = await alice.wait_message(lambda m: "**hi**" in m["text"], since)
+    assert fmt["text"] == f"{prefix}**hi** [there](https://example.org/)"
     # Reactions both ways.
     since = alice.mark()
     await ann.react(room, hello["event_id"], "👍")

@@ -200,7 +200,8 @@ class MatrixHandler:
         text = fmt.format(displayname=sender.display_name, user_id=sender.user_id, message=msg.text)
         html_body = None
         if msg.html:
-            html_body = fmt.format(
+            # The format's own text is text too: "<{displayname}>" must not read as a tag.
+            html_body = html.escape(fmt, quote=False).format(
                 displayname=html.escape(sender.display_name),
                 user_id=html.escape(sender.user_id),
                 message=msg.html,

@@ -135,6 +135,12 @@ async def test_relay_and_failures_are_told(
     await dave.send_text(room, "relayed text")
     relayed = await until(sent(bridge, "message", text="<Dave> relayed text"))
     assert relayed["as_"] == "relaybot" and relayed["relayed"] is True
+    # Formatted: the prefix's own "<" and ">" are text in the HTML, not a tag.
+    await dave.send_text(
+        room, "**loud**", format="org.matrix.custom.html", formatted_body="<b>loud</b>"
+    )
+    loud = await until(sent(bridge, "message", text="<Dave> **loud**"))
+    assert loud["html"] == "&lt;Dave&gt; <b>loud</b>"
     # The network refuses a message: the user is told in the room, not left guessing.
     await dave.send_text(room, "fail: please")
     notice = await dave.wait_for_event(

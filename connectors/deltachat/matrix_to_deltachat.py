@@ -79,13 +79,9 @@ class MatrixToDeltaChat:
 
     # --- messages -------------------------------------------------------------------------
 
-    def _relay_settings(self) -> Any:
-        """The bridge's relay settings (message formats), if it has any."""
-        return getattr(getattr(self.bridge, "cfg", None), "relay", None)
-
     async def message(self, account: int, msg: MatrixMessage) -> SentMessage:
         chat_id = await self.chats.chat_or_error(account, msg.portal)
-        text = to_deltachat(msg.content, msg.sender, self._relay_settings())
+        text = to_deltachat(msg.content)
         data: dict[str, Any] = {"text": text}
         if msg.content.kind == MessageKind.EMOTE and not msg.sender.relayed:
             data["text"] = f"* {msg.sender.display_name} {text}"
@@ -194,7 +190,7 @@ class MatrixToDeltaChat:
 
     async def edit(self, account: int, user_id: str | None, edit: MatrixEdit) -> None:
         msg_id = await self._own_target(account, user_id, edit.target, "edit")
-        text = to_deltachat(edit.content, edit.sender, self._relay_settings())
+        text = to_deltachat(edit.content)
         if edit.content.kind == MessageKind.EMOTE and not edit.sender.relayed:
             text = f"* {edit.sender.display_name} {text}"
         await self.calls.call("send_edit_request", account, msg_id, text)

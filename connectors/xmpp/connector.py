@@ -944,10 +944,31 @@ class XMPPConnector(NetworkConnector):
         for room in list(self.rooms.values()):
             if now - room.last_activity < idle:
                 continue
-            for occ in room.joined():
-                checks.append(self._self_ping(room, occ))
+            for occ in list(room.ours.values()):
+                if occ.state == "joined":
+                    checks.append(self._self_ping(room, occ))
+                elif (
+                    occ.state == "left"
+                    and occ.wanted
+                    and (occ.join_task is None or occ.join_task.done())
+                    and occ.identity.stream.ready.is_set()
+                ):
+                    # A rejoin that failed earlier (the user was told then): try again.
+                    checks.append(self._retry_join(room, occ))
         results = await asyncio.gather(*checks) if checks else []
         return sum(1 for r in results if r)
+
+    async def _retry_join(self, room: MucRoom, occ: Occupant) -> bool:
+        try:
+            await self.join(room, occ.identity)
+        except ConnectorError as e:
+            self.log.info("%s still not in %s: %s", occ.identity.user_id, room.jid, e)
+            return False
+        except Exception:
+            self.log.exception("rejoining %s for %s failed", room.jid, occ.identity.user_id)
+            return False
+        self.log.info("%s is back in %s", occ.identity.user_id, room.jid)
+        return True
 
     async def _self_ping(self, room: MucRoom, occ: Occupant) -> bool:
         ident = occ.identity

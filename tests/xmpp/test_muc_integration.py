@@ -397,3 +397,28 @@ async def test_own_messages_get_their_stanza_id_and_refusals_are_told(
     )
     await client.handle_matrix_message(matrix_message(portal, bob, "may I speak?"))
     await bridge.wait_notice(lambda t: "may I speak?" in t and "not delivered" in t)
+
+
+async def test_self_ping_round_retries_a_failed_rejoin(
+    connector: XMPPConnector, bridge: FakeBridge, prosody: Any, xclients: Any
+) -> None:
+    portal, alice, (bob,) = await open_room(connector, bridge, prosody, xclients, "Bob")
+    room = portal.remote_id
+    # Bob's occupant left the room and the rejoin after it failed (the room did not answer):
+    # the next self-ping round tries again.
+    occ = connector.rooms[room].ours[bob.user_id]
+    connector._send_leave(occ, "testing")
+    await alice.wait_presence(
+        lambda p: str(p["from"]) == f"{room}/Bob" and p["type"] == "unavailable"
+    )
+    assert occ.state == "left" and occ.wanted
+    seen = len(alice.presences)
+    assert await connector.self_ping_all() == 1
+    assert occ.state == "joined"
+    await alice.wait_presence(
+        lambda p: (
+            alice.presences.index(p) >= seen
+            and str(p["from"]) == f"{room}/Bob"
+            and p["type"] != "unavailable"
+        )
+    )

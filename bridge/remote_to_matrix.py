@@ -5,12 +5,14 @@ deduplicated by the homeserver; the id mapping is stored after each send."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from . import content as contentmod
 from .connector import (
     ChatInfo,
     Membership,
+    PortalKey,
     RemoteChatInfo,
     RemoteEdit,
     RemoteEvent,
@@ -43,6 +45,12 @@ class RemoteHandler:
         self.bridge = bridge
         self.hs = bridge.hs
         self.log = bridge.log.getChild("remote")
+        # Message rows sent to Matrix whose INSERT is still queued: the next message of the
+        # room does not wait for the database (written behind, in order, drained at stop).
+        self._unsaved: dict[tuple[PortalKey, str], list[MessageRow]] = {}
+        self._writes = 0
+        self._written = asyncio.Event()
+        self._written.set()
 
     async def handle(self, evt: RemoteEvent) -> None:
         if evt.portal.network not in self.bridge.networks:
@@ -114,11 +122,47 @@ class RemoteHandler:
         k = evt.portal
         return derive_txn_id(k.network, k.remote_id, k.receiver, type(evt).__name__, *parts)
 
+    # --- the message id mapping, written behind -----------------------------------------
+
+    async def _rows(self, key: PortalKey, remote_id: str) -> list[MessageRow]:
+        unsaved = self._unsaved.get((key, remote_id))
+        if unsaved:
+            return list(unsaved)
+        return await self.bridge.messages.by_remote(key, remote_id)
+
+    def _save(self, row: MessageRow) -> None:
+        """Record a sent message's row without holding up the room's next event."""
+        self._unsaved.setdefault((row.portal, row.remote_id), []).append(row)
+        self._writes += 1
+        self._written.clear()
+        self.bridge.queues.submit(("message-rows",), lambda: self._insert(row))
+
+    async def _insert(self, row: MessageRow) -> None:
+        key = (row.portal, row.remote_id)
+        try:
+            await self.bridge.messages.insert(row)
+        except Exception:
+            self.log.exception("storing the mapping of %s failed", row.event_id)
+        finally:
+            rows = self._unsaved.get(key)
+            if rows is not None:
+                rows.remove(row)
+                if not rows:
+                    del self._unsaved[key]
+            self._writes -= 1
+            if not self._writes:
+                self._written.set()
+
+    async def _all_saved(self) -> None:
+        """Before changing or deleting rows: every queued INSERT is done."""
+        if self._writes:
+            await self._written.wait()
+
     # --- messages ---------------------------------------------------------------------
 
     async def message(self, evt: RemoteMessage, portal: Portal) -> None:
         assert portal.room_id
-        if await self.bridge.messages.by_remote(portal.key, evt.id):
+        if await self._rows(portal.key, evt.id):
             return  # already bridged (a retry, or the echo of a Matrix message)
         if evt.sender.is_from_me and evt.sender.matrix_user:
             return  # sent from Matrix through the user's own puppet
@@ -131,13 +175,13 @@ class RemoteHandler:
         relates: dict[str, Any] = {}
         reply_event = None
         if evt.reply_to:
-            rows = await self.bridge.messages.by_remote(portal.key, evt.reply_to)
+            rows = await self._rows(portal.key, evt.reply_to)
             if rows:
                 reply_event = rows[0].event_id
                 relates["m.in_reply_to"] = {"event_id": reply_event}
         thread_event = None
         if evt.thread_root:
-            rows = await self.bridge.messages.by_remote(portal.key, evt.thread_root)
+            rows = await self._rows(portal.key, evt.thread_root)
             if rows:
                 thread_event = rows[0].event_id
                 relates = {
@@ -177,7 +221,7 @@ class RemoteHandler:
                 as_user=ghost,
                 timestamp=evt.timestamp,
             )
-            await self.bridge.messages.insert(
+            self._save(
                 MessageRow(
                     portal=portal.key,
                     remote_id=evt.id,
@@ -203,7 +247,7 @@ class RemoteHandler:
 
     async def edit(self, evt: RemoteEdit, portal: Portal) -> None:
         assert portal.room_id
-        rows = await self.bridge.messages.by_remote(portal.key, evt.target_id)
+        rows = await self._rows(portal.key, evt.target_id)
         if not rows:
             self.log.info("edit of unknown message %s ignored", evt.target_id)
             return
@@ -229,11 +273,12 @@ class RemoteHandler:
             as_user=ghost,
             timestamp=evt.timestamp,
         )
+        await self._all_saved()
         await self.bridge.messages.record_edit(target, evt.content.text)
 
     async def redaction(self, evt: RemoteRedaction, portal: Portal) -> None:
         assert portal.room_id
-        rows = await self.bridge.messages.by_remote(portal.key, evt.target_id)
+        rows = await self._rows(portal.key, evt.target_id)
         ghost = await self.ghost(evt)
         for row in rows:
             # The original sender redacts their own; a moderator's deletion goes through the bot.
@@ -245,11 +290,12 @@ class RemoteHandler:
                 txn_id=self._txn(evt, row.event_id),
                 reason=evt.reason,
             )
+            await self._all_saved()
             await self.bridge.messages.delete(row)
 
     async def reaction(self, evt: RemoteReaction, portal: Portal) -> None:
         assert portal.room_id
-        rows = await self.bridge.messages.by_remote(portal.key, evt.target_id)
+        rows = await self._rows(portal.key, evt.target_id)
         if not rows:
             return
         if await self.bridge.messages.reaction(
@@ -349,7 +395,7 @@ class RemoteHandler:
         assert portal.room_id
         if evt.sender.is_from_me:
             return
-        rows = await self.bridge.messages.by_remote(portal.key, evt.target_id)
+        rows = await self._rows(portal.key, evt.target_id)
         if rows:
             ghost = await self.ghost(evt, portal)
             await self.hs.receipt(portal.room_id, rows[-1].event_id, ghost)

@@ -509,6 +509,13 @@ class IrcToMatrix:
         before = state.members
         state.members = state.names_buffer
         state.names_buffer = None
+        canon_chan = conn.fold(channel)
+        for canon in [c for c in self.splits if c in state.members]:
+            # Back from a netsplit while the bridge did not see the JOIN.
+            held = self.splits[canon]
+            held.channels.pop(canon_chan, None)
+            if not held.channels:
+                del self.splits[canon]
         portal = self.portal(conn, channel)
         out: list[RemoteEvent] = [
             RemoteChatInfo(

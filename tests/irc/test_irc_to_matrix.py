@@ -193,6 +193,11 @@ def test_netsplit_quits_are_held_until_the_window_ends() -> None:
         "BATCH -n2",
     )
     assert events == [] and sorted(irc.tr.splits) == ["carol"]
+    # Held, then listed by NAMES when the bot rejoins (its JOIN was missed): not held anymore.
+    irc.feed(":fred!f@h QUIT :hub.example leaf.example")
+    assert "fred" in irc.tr.splits
+    irc.join("bot fred")
+    assert sorted(irc.tr.splits) == ["carol"]
     # Ordinary QUITs whose reason merely has two words are not netsplits.
     irc.join("bot gina")
     assert irc.feed(":gina!g@h QUIT :see you") != []

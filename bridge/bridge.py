@@ -15,6 +15,7 @@ from .appservice.media_links import MediaLinks
 from .appservice.server import AppserviceServer
 from .config import BridgeConfig
 from .connector import (
+    Attachment,
     ConnectorError,
     GhostKey,
     Login,
@@ -26,6 +27,7 @@ from .connector import (
 )
 from .connector.capabilities import ThirdPartyLookup
 from .connectors_loader import enabled_sections, load_connector_classes
+from .content import avatar_name, sniff_image
 from .credentials import CredentialBox
 from .db import (
     GhostStore,
@@ -341,6 +343,19 @@ class Bridge:
             name = str(profile.get("displayname") or user_id[1:].split(":", 1)[0])
             self._display_names[user_id] = name
         return MatrixUser(user_id, name, self.permission_of(user_id) or "none")
+
+    async def matrix_avatar(self, user_id: str) -> Attachment | None:
+        try:
+            profile = await self.hs.profile(user_id)
+            url = (profile or {}).get("avatar_url")
+            if not (isinstance(url, str) and url.startswith("mxc://")):
+                return None
+            data = await self.hs.download(url, 10 * 1024 * 1024)
+        except MatrixError as e:
+            self.log.warning("avatar of %s not fetched: %s", user_id, e)
+            return None
+        mimetype = sniff_image(data)
+        return Attachment(avatar_name(mimetype), mimetype, data=data, size=len(data), mxc=url)
 
     async def portals(self, network: str) -> list[PortalKey]:
         return [p.key for p in await self.portal_store.all(network) if p.room_id]

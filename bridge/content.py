@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 from typing import Any
 
 from . import formatting
@@ -100,3 +101,21 @@ def media_content(att: Attachment, mxc: str) -> dict[str, Any]:
         "url": mxc,
         "info": info,
     }
+
+
+def avatar_name(mimetype: str) -> str:
+    """A file name with the right extension, for networks that store avatars as files."""
+    return "avatar" + (mimetypes.guess_extension(mimetype) or "")
+
+
+def sniff_image(data: bytes) -> str:
+    """Member events carry no mimetype for the avatar; networks need one."""
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data.startswith(b"GIF8"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"

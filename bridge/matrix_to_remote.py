@@ -6,7 +6,6 @@ dropped silently."""
 from __future__ import annotations
 
 import html
-import mimetypes
 from typing import TYPE_CHECKING, Any
 
 from . import content as contentmod
@@ -55,24 +54,6 @@ if TYPE_CHECKING:
 def _rel(content: dict[str, Any]) -> dict[str, Any]:
     rel = content.get("m.relates_to")
     return rel if isinstance(rel, dict) else {}
-
-
-def _avatar_name(mimetype: str) -> str:
-    """A file name with the right extension, for networks that store avatars as files."""
-    return "avatar" + (mimetypes.guess_extension(mimetype) or "")
-
-
-def _sniff_image(data: bytes) -> str:
-    """Member events carry no mimetype for the avatar; networks need one."""
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data.startswith(b"GIF8"):
-        return "image/gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "application/octet-stream"
 
 
 class MatrixHandler:
@@ -453,7 +434,7 @@ class MatrixHandler:
                 )
                 return
             change.avatar = Attachment(
-                filename=_avatar_name(str(info.get("mimetype") or "image/png")),
+                filename=contentmod.avatar_name(str(info.get("mimetype") or "image/png")),
                 mimetype=str(info.get("mimetype") or "image/png"),
                 data=data,
                 size=len(data),
@@ -571,7 +552,7 @@ class MatrixHandler:
                 if len(self._avatars) >= 8:
                     self._avatars.pop(next(iter(self._avatars)))
                 self._avatars[avatar] = data
-                mimetype = _sniff_image(data)
+                mimetype = contentmod.sniff_image(data)
                 change.avatar = Attachment(
                     "avatar", mimetype, data=data, size=len(data), mxc=avatar
                 )

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from .events import MatrixMessage, RemoteEvent, SentMessage
+from .events import Attachment, MatrixMessage, RemoteEvent, SentMessage
 from .ids import PortalKey, escape_localpart, unescape_localpart
 
 
@@ -104,6 +104,11 @@ class BridgeAPI(Protocol):
     async def matrix_user(self, user_id: str) -> MatrixUser:
         """The Matrix user's current display name and permission. Raises
         :class:`ConnectorError` when the homeserver knows no such user."""
+
+    async def matrix_avatar(self, user_id: str) -> Attachment | None:
+        """The Matrix user's current avatar (bytes and type), None when they have none. For
+        networks that announce a puppet's picture when it appears; later changes come through
+        ``ProfileHandling``."""
 
     async def portals(self, network: str) -> list[PortalKey]:
         """All portals of a network (for rejoining channels at start)."""

@@ -2270,17 +2270,12 @@ class XMPPConnector(NetworkConnector):
         if known is None:
             known = await self.avatars.load(user_id)
         if known is None:
-            # A core that can tell a Matrix user's current avatar (not part of every core).
-            lookup = getattr(self.bridge, "matrix_avatar", None)
-            if lookup is not None:
-                try:
-                    att = await lookup(user_id)
-                except Exception:
-                    self.log.debug("no avatar for %s", user_id, exc_info=True)
-                    att = None
-                if att is not None and att.data:
-                    await self.avatars.set(user_id, avmod.Avatar.of(att.data, att.mimetype))
-                    known = self.avatars.known_hash(user_id)
+            # Asked once: "no avatar" is remembered too, until a profile change says otherwise.
+            att = await self.bridge.matrix_avatar(user_id)
+            await self.avatars.set(
+                user_id, avmod.Avatar.of(att.data, att.mimetype) if att and att.data else None
+            )
+            known = self.avatars.known_hash(user_id)
         return known
 
     async def handle_profile(self, identity: Identity, change: MatrixProfile) -> None:

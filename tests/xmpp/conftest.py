@@ -14,7 +14,7 @@ import pytest
 from slixmpp import ClientXMPP
 from slixmpp.stanza import Message
 
-from bridge.connector import Login, MatrixUser, PortalKey, RemoteEvent
+from bridge.connector import Attachment, Login, MatrixUser, PortalKey, RemoteEvent
 from connectors.xmpp import XMPPConnector
 from tests.harness.prosody import ProsodyServer, start_prosody
 
@@ -59,6 +59,9 @@ class FakeBridge:
         if user_id not in self.users:
             raise KeyError(user_id)
         return self.users[user_id]
+
+    async def matrix_avatar(self, user_id: str) -> Attachment | None:
+        return None  # the users of these tests have no avatar
 
     async def portals(self, network: str) -> list[PortalKey]:
         return list(self.portal_list)

@@ -1046,6 +1046,19 @@ async def test_avatars_both_ways(
     # Ann removes her avatar: her presence says so (an empty photo element).
     assert (await ann.request("PUT", f"{profile}/avatar_url", {"avatar_url": ""}))[0] == 200
     await alice.wait_presence(lambda p: str(p["from"]) == f"{muc}/Ann" and _photo(p) == "")
+    # Bea had her avatar before she came: her occupant's first presence carries it.
+    bea = await matrix_user(synapse, "Bea")
+    picture = PNG + b"bea"
+    bea_mxc = await upload(bea, picture, "image/png", "bea.png")
+    bea_profile = f"/_matrix/client/v3/profile/{quote(bea.user_id)}"
+    assert (await bea.request("PUT", f"{bea_profile}/avatar_url", {"avatar_url": bea_mxc}))[
+        0
+    ] == 200
+    await bea.join(alias_of(muc))
+    sha = hashlib.sha1(picture).hexdigest()
+    await alice.wait_presence(lambda p: str(p["from"]) == f"{muc}/Bea" and _photo(p) == sha)
+    card = await vcards.get_vcard(JID(f"{muc}/Bea"), cached=False, local=False, timeout=10)
+    assert card["vcard_temp"]["PHOTO"]["BINVAL"] == picture
 
 
 async def test_self_ping_rejoins_a_silently_dropped_occupant(

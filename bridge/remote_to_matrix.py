@@ -467,3 +467,5 @@ class RemoteHandler:
                 evt.avatar.data, evt.avatar.mimetype, evt.avatar.filename, as_user=ghost
             )
             await self.hs.set_avatar(ghost, mxc)
+        elif evt.avatar_removed:
+            await self.hs.set_avatar(await self.ghost(evt), "")

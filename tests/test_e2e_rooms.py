@@ -225,6 +225,7 @@ async def test_remote_membership_and_room_info(
     make_bridge: BridgeFactory, synapse: SynapseServer
 ) -> None:
     from bridge.connector import (
+        Attachment,
         ChatMember,
         Membership,
         PortalKey,
@@ -273,6 +274,17 @@ async def test_remote_membership_and_room_info(
     await until(
         lambda: _members_are(quinn, room, "@testnet_oz:localhost", "@testnet_oscar:localhost")
     )
+    # oz sets a picture, then clears it: his ghost's avatar follows.
+    oz = Sender("oz", "Oz")
+    picture = Attachment("oz.png", "image/png", data=b"\x89PNG\r\n\x1a\n" + b"\x01" * 64)
+    await bridge.emit(RemoteProfile(portal=key, sender=oz, avatar=picture))
+
+    async def oz_avatar() -> str:
+        return str((await quinn.get_profile("@testnet_oz:localhost")).get("avatar_url") or "")
+
+    assert (await until(oz_avatar)).startswith("mxc://")
+    await bridge.emit(RemoteProfile(portal=key, sender=oz, avatar_removed=True))
+    await until(lambda: _no_avatar(quinn, "@testnet_oz:localhost"))
     # quinn's own remote identity is kicked: quinn is kicked from the room.
     me = Sender("quinn-remote", is_from_me=True, matrix_user=quinn.user_id)
     await bridge.emit(
@@ -285,6 +297,10 @@ async def test_remote_membership_and_room_info(
 async def _state(client: Any, room: str, etype: str, field: str, value: str) -> bool:
     content = await client.get_state(room, etype, "")
     return bool(content) and content.get(field) == value
+
+
+async def _no_avatar(client: Any, user: str) -> bool:
+    return not (await client.get_profile(user)).get("avatar_url")
 
 
 async def _op_level(client: Any, room: str, user: str) -> int | None:

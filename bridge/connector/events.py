@@ -181,6 +181,7 @@ class RemoteProfile(RemoteEvent):
 
     display_name: str | None = None
     avatar: Attachment | None = None
+    avatar_removed: bool = False  # the remote user cleared their picture
     new_remote_id: str | None = None
 
 

@@ -1069,7 +1069,7 @@ class XMPPConnector(NetworkConnector):
             )
         status = pres.xml.findtext(f"{{{pres.namespace}}}status")
         photo = avmod.photo_hash(pres.xml) if ptype == "available" else None
-        if photo:
+        if photo is not None:
             self._avatar_seen(portal, Sender(frm.bare), JID(frm.bare), photo, to)
         await self._emit(
             RemotePresence(portal=portal, sender=Sender(frm.bare), presence=presence, status=status)
@@ -1317,7 +1317,7 @@ class XMPPConnector(NetworkConnector):
         ro = room.remote.get(nick)
         photo = avmod.photo_hash(pres.xml)
         listener = room.listener()
-        if photo and (ro is None or ro.photo != photo) and listener is not None:
+        if photo is not None and (ro is None or ro.photo != photo) and listener is not None:
             sender = Sender(ro.ghost_id if ro else ghost, nick)
             self._avatar_seen(portal, sender, frm, photo, listener.identity.jid)
         if ro is None:
@@ -2444,13 +2444,19 @@ class XMPPConnector(NetworkConnector):
     ) -> None:
         """An XMPP user's presence announced an avatar hash: fetch the vCard (through the
         MUC for an occupant) unless the ghost already has that picture."""
-        if self._ghost_photos.get(sender.remote_id) == photo:
+        previous = self._ghost_photos.get(sender.remote_id)
+        if previous == photo:
             return
         self._ghost_photos[sender.remote_id] = photo
         self._ghost_photos.move_to_end(sender.remote_id)
         while len(self._ghost_photos) > 10_000:
             self._ghost_photos.popitem(last=False)
-        self._spawn(self._fetch_avatar(portal, sender, whose, photo, via))
+        if photo:
+            self._spawn(self._fetch_avatar(portal, sender, whose, photo, via))
+        elif previous:  # an empty <photo/> after a picture: the user removed it
+            self._spawn(
+                self._emit(RemoteProfile(portal=portal, sender=sender, avatar_removed=True))
+            )
 
     async def _fetch_avatar(
         self, portal: PortalKey, sender: Sender, whose: JID, photo: str, via: JID

@@ -1043,6 +1043,16 @@ async def test_avatars_both_ways(
 
     avatar = await until(ghost_avatar, what="alice's ghost avatar")
     assert await download(ann, avatar) == picture
+    # alice removes her picture (an empty photo element): her ghost's avatar goes too.
+    pres = alice.xmpp.make_presence(pto=JID(f"{muc}/alice"))
+    update = ET.SubElement(pres.xml, "{vcard-temp:x:update}x")
+    ET.SubElement(update, "{vcard-temp:x:update}photo")
+    pres.send()
+
+    async def ghost_has_no_avatar() -> bool:
+        return not await ghost_avatar()
+
+    await until(ghost_has_no_avatar, what="alice's ghost avatar removed")
     # Ann removes her avatar: her presence says so (an empty photo element).
     assert (await ann.request("PUT", f"{profile}/avatar_url", {"avatar_url": ""}))[0] == 200
     await alice.wait_presence(lambda p: str(p["from"]) == f"{muc}/Ann" and _photo(p) == "")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from . import content as contentmod
 from .connector import (
     ChatInfo,
+    ChatMember,
     Membership,
     PortalKey,
     RemoteChatInfo,
@@ -417,26 +418,69 @@ class RemoteHandler:
         if changed:
             await self.bridge.portal_store.save(portal)
         if evt.members is not None:
-            levels: dict[str, int] = {}
-            for member in evt.members:
-                if member.sender.is_from_me:
-                    continue
-                ghost = await self.bridge.portal_mgr.ghost(
-                    portal.key.network, member.sender.remote_id, member.sender.display_name
-                )
-                await self.hs.ensure_joined(room, ghost)
-                if member.power_level is not None:
-                    levels[ghost] = member.power_level
-            if levels:
-                await self._power_levels(room, levels)
+            await self._members(evt.members, portal)
 
-    async def _power_levels(self, room: str, levels: dict[str, int]) -> None:
+    async def _members(self, members: list[ChatMember], portal: Portal) -> None:
+        """A full member snapshot: ghosts join with their power, ghosts no longer listed
+        leave (users who left while the bridge was away), and Matrix users whose puppets
+        hold channel modes get that power."""
+        assert portal.room_id
+        room = portal.room_id
+        levels: dict[str, int] = {}
+        puppets: dict[str, int] = {}
+        listed: set[str] = set()
+        for member in members:
+            if member.sender.is_from_me:
+                if member.sender.matrix_user and member.power_level is not None:
+                    puppets[member.sender.matrix_user] = member.power_level
+                continue
+            ghost = await self.bridge.portal_mgr.ghost(
+                portal.key.network, member.sender.remote_id, member.sender.display_name
+            )
+            listed.add(ghost)
+            await self.hs.ensure_joined(room, ghost)
+            if member.power_level is not None:
+                levels[ghost] = member.power_level
+        for uid in await self.hs.joined_members(room):
+            ghost_key = self.bridge.parse_ghost(uid)
+            if ghost_key and ghost_key.network == portal.key.network and uid not in listed:
+                try:
+                    await self.hs.leave(room, uid, reason="no longer in the conversation")
+                except MatrixError as e:
+                    self.log.debug("stale ghost %s did not leave: %s", uid, e)
+        if levels or puppets:
+            await self._power_levels(room, levels, puppets, portal)
+
+    async def _power_levels(
+        self,
+        room: str,
+        levels: dict[str, int],
+        puppets: dict[str, int] | None = None,
+        portal: Portal | None = None,
+    ) -> None:
         current = await self.hs.get_state(room, "m.room.power_levels") or {}
         users = dict(current.get("users") or {})
         new = {**users, **{u: lvl for u, lvl in levels.items() if lvl > 0}}
         for u, lvl in levels.items():
             if lvl <= 0:
                 new.pop(u, None)
+        if puppets and portal is not None:
+            # A Matrix user's own power is theirs: the bridge only raises it, and lowers only
+            # what it granted itself.
+            granted: dict[str, int] = dict(portal.metadata.get("granted_power") or {})
+            default = int(current.get("users_default") or 0)
+            for user, lvl in puppets.items():
+                have = int(new.get(user, default))
+                if lvl > have or (lvl < have and granted.get(user) == have):
+                    if lvl > default:
+                        new[user] = lvl
+                        granted[user] = lvl
+                    else:
+                        new.pop(user, None)
+                        granted.pop(user, None)
+            if granted != portal.metadata.get("granted_power", {}):
+                portal.metadata["granted_power"] = granted
+                await self.bridge.portal_store.save(portal)
         if new != users:
             await self.hs.send_state(room, "m.room.power_levels", {**current, "users": new})
 

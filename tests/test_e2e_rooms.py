@@ -240,6 +240,7 @@ async def test_remote_membership_and_room_info(
     room = await quinn.join("#testnet_=23club:localhost")
     key = PortalKey("testnet", "#club")
     op, guest = Sender("oscar", "Oscar"), Sender("gus", "Gus")
+    stan = Sender("stan", "Stan")
     await bridge.emit(
         RemoteChatInfo(
             portal=key,
@@ -274,6 +275,22 @@ async def test_remote_membership_and_room_info(
     await until(
         lambda: _members_are(quinn, room, "@testnet_oz:localhost", "@testnet_oscar:localhost")
     )
+    # A full member snapshot: stan joins; then one without him (he left while the bridge
+    # was away) makes his ghost leave, and quinn's puppet, now an operator, gives quinn power.
+    oz_op = ChatMember(Sender("oz", "Oz"), power_level=50)
+    await bridge.emit(RemoteChatInfo(portal=key, sender=op, members=[oz_op, ChatMember(stan)]))
+    await until(lambda: _members_are(quinn, room, "@testnet_stan:localhost", "@testnet_gus:x"))
+    puppet = Sender("quinn-remote", is_from_me=True, matrix_user=quinn.user_id)
+    await bridge.emit(
+        RemoteChatInfo(portal=key, sender=op, members=[oz_op, ChatMember(puppet, 50)])
+    )
+    await until(
+        lambda: _members_are(quinn, room, "@testnet_oz:localhost", "@testnet_stan:localhost")
+    )
+    assert await until(lambda: _op_level(quinn, room, quinn.user_id)) == 50
+    # Deopped: the power the bridge gave goes again.
+    await bridge.emit(RemoteChatInfo(portal=key, sender=op, members=[oz_op, ChatMember(puppet, 0)]))
+    await until(lambda: _no_level(quinn, room, quinn.user_id))
     # oz sets a picture, then clears it: his ghost's avatar follows.
     oz = Sender("oz", "Oz")
     picture = Attachment("oz.png", "image/png", data=b"\x89PNG\r\n\x1a\n" + b"\x01" * 64)
@@ -301,6 +318,10 @@ async def _state(client: Any, room: str, etype: str, field: str, value: str) -> 
 
 async def _no_avatar(client: Any, user: str) -> bool:
     return not (await client.get_profile(user)).get("avatar_url")
+
+
+async def _no_level(client: Any, room: str, user: str) -> bool:
+    return await _op_level(client, room, user) is None
 
 
 async def _op_level(client: Any, room: str, user: str) -> int | None:

@@ -141,6 +141,14 @@ class IrcToMatrix:
             elif puppets:
                 sender = Sender(canon, member.nick, is_from_me=True, matrix_user=user)
                 out.append(ChatMember(sender, self.power(member.modes)))
+        # Users held after a netsplit QUIT are still members until their window ends (a
+        # snapshot is complete: whoever it leaves out leaves the Matrix room).
+        canon_chan = conn.fold(state.name)
+        for canon, held in self.splits.items():
+            was = held.channels.get(canon_chan)
+            if was is not None and canon not in state.members and canon != me:
+                if self.puppet_user(canon) is None:
+                    out.append(ChatMember(Sender(canon, held.nick), self.power(was.modes)))
         return out
 
     def member_modes(self, channel: str, canon_nick: str) -> set[str] | None:

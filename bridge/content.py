@@ -82,7 +82,12 @@ def text_content(msg: MessageContent, ghost_of: dict[str, str] | None = None) ->
         out["format"] = "org.matrix.custom.html"
         out["formatted_body"] = formatting.sanitize_html(msg.html)
     user_ids = [ghost_of[m] for m in msg.mentions if ghost_of and m in ghost_of]
-    out["m.mentions"] = {"user_ids": user_ids} if user_ids else {}
+    if user_ids:
+        out["m.mentions"] = {"user_ids": user_ids}
+    elif "@room" in msg.text:
+        out["m.mentions"] = {}  # a remote "@room" must not notify the whole room
+    # Otherwise none: Matrix users named in plain words (an IRC "alice, look") are still
+    # notified by their display-name keyword rule, as remote networks' users expect.
     return out
 
 

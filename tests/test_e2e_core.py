@@ -53,6 +53,12 @@ async def test_both_directions_and_restart(
     assert evt["sender"] == "@testnet_bob:localhost"
     assert "onerror" not in evt["content"]["formatted_body"]
     assert "<em>hi</em>" in evt["content"]["formatted_body"]
+    # No pill: no m.mentions, so display-name keyword notifications still apply; a remote
+    # "@room" is marked as mentioning nobody.
+    assert "m.mentions" not in evt["content"]
+    await tn.remote_message("#general", "bob", "@room wake up")
+    wake = await alice.wait_for_event(room, lambda e: e["content"].get("body") == "@room wake up")
+    assert wake["content"]["m.mentions"] == {}
 
     # A Matrix reply to bob reaches the network as a reply to bob's remote id.
     await alice.reply(room, evt["event_id"], "replying to bob")

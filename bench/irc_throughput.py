@@ -12,7 +12,7 @@ A1.  Synapse's ceiling, Matrix user -> appservice: a Matrix user sends N message
 B.   Matrix -> IRC through the bridge: the same user sends N into portal rooms; an IRC client
      counts N PRIVMSGs from the user's puppet and checks their order.
 A2.  Synapse's ceiling for an appservice sending as a ghost (what the bridge does for IRC ->
-     Matrix), and A2m the same with the content the bridge sends (an empty ``m.mentions``).
+     Matrix), with the content the bridge sends for a line without mentions.
 C.   IRC -> Matrix through the bridge: an IRC client sends N lines as fast as it can; the
      Matrix side is the appservice stream, where Synapse hands the ghosts' events back.
 
@@ -100,8 +100,6 @@ async def worker_matrix_send(spec: dict[str, Any]) -> dict[str, Any]:
             nonlocal errors
             for seq in range(n):
                 body: dict[str, Any] = {"msgtype": "m.text", "body": f"{tag} {ri} {seq}"}
-                if spec.get("mentions"):
-                    body["m.mentions"] = {}  # what the bridge sends for text without mentions
                 path = f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/{tag}.{ri}.{seq}"
                 t = now()
                 starts.append(t)
@@ -577,7 +575,6 @@ class Bench:
                 ("A1", "A1. Synapse ceiling, Matrix user -> appservice"),
                 ("B", "B.  Matrix -> IRC through the bridge"),
                 ("A2", "A2. Synapse ceiling, appservice ghost -> appservice"),
-                ("A2m", "A2m. The same with the content the bridge sends (empty m.mentions)"),
                 ("C", "C.  IRC -> Matrix through the bridge, IRC client unthrottled"),
                 ("D", "D.  IRC -> Matrix through the bridge, IRC client paced"),
             )
@@ -706,7 +703,7 @@ class Bench:
     # --- phases ---------------------------------------------------------------------------------
 
     async def ceiling(self, key: str, r: int) -> float:
-        """A1, A2 or A2m: Synapse alone, the plain appservice listening."""
+        """A1 or A2: Synapse alone, the plain appservice listening."""
         tag = f"{key}.{r}"
         self.plain.stamps.clear()
         spec = {
@@ -716,7 +713,6 @@ class Bench:
             "rooms": self.rooms_a,
             "n": self.per_room,
             "tag": tag,
-            "mentions": key == "A2m",
         }
         with self.meter() as meter:
             w = await Worker.start("matrix-send", spec)
@@ -883,12 +879,11 @@ class Bench:
             a1 = await self.ceiling("A1", r)
             b = await self.matrix_to_irc(r)
             a2 = await self.ceiling("A2", r)
-            a2m = await self.ceiling("A2m", r)
             c = await self.irc_to_matrix("C", r, 0.0)
             report(
                 f"{'warm-up' if r < 0 else f'round {r + 1}'}: A1 {a1:.0f}, "
-                f"B {b:.0f} ({b / a1 * 100:.0f} %), A2 {a2:.0f}, A2m {a2m:.0f}, "
-                f"C {c:.0f} ({c / a2 * 100:.0f} % of A2, {c / a2m * 100:.0f} % of A2m) msg/s"
+                f"B {b:.0f} ({b / a1 * 100:.0f} %), A2 {a2:.0f}, "
+                f"C {c:.0f} ({c / a2 * 100:.0f} % of A2) msg/s"
             )
         self.phases = measured
         paced = self.phases["A2"].rate / 2
@@ -899,7 +894,6 @@ class Bench:
             ("A1", "listener"),
             ("B", "bridge"),
             ("A2", "listener"),
-            ("A2m", "listener"),
             ("C", "bridge"),
         ):
             for line in ph[key].describe(who):
@@ -921,8 +915,7 @@ class Bench:
         )
         report(
             f"  IRC -> Matrix: {ph['C'].rate:.1f} msg/s = {c_ratio * 100:.0f} % of Synapse's "
-            f"{ph['A2'].rate:.1f} msg/s ({ph['C'].rate / ph['A2m'].rate * 100:.0f} % of its "
-            f"{ph['A2m'].rate:.1f} msg/s for the same content); p99 added latency "
+            f"{ph['A2'].rate:.1f} msg/s; p99 added latency "
             f"{c_p99 * 1000:.2f} ms saturated, {d_p99 * 1000:.2f} ms paced"
         )
         report("  Targets: >= 90 % of Synapse's ceiling, p99 added latency < 10 ms.")

@@ -193,7 +193,9 @@ class MatrixHandler:
     async def ref(self, event_id: str | None) -> tuple[MessageRow, MessageRef] | None:
         if not isinstance(event_id, str):
             return None
-        row = await self.bridge.messages.by_event(event_id)
+        row = self.bridge.remote_handler.unsaved_row(
+            event_id
+        ) or await self.bridge.messages.by_event(event_id)
         if row is None:
             return None
         from_matrix = row.sender_id == row.sender_mxid and not self.bridge.is_bridge_user(
@@ -306,6 +308,7 @@ class MatrixHandler:
         )
         done = await self._deliver(portal, sender, "edit", self._edit(client, me))
         if done:
+            await self.bridge.remote_handler.all_saved()  # the row may still be queued
             await self.bridge.messages.record_edit(target[0], msg.text)
 
     @staticmethod
@@ -394,6 +397,7 @@ class MatrixHandler:
             portal=portal.key, sender=msender, event_id=event_id, target=target[1], reason=reason
         )
         await self._deliver(portal, sender, "deletion", client.handle_matrix_redaction(mr))
+        await self.bridge.remote_handler.all_saved()  # the row may still be queued
         await self.bridge.messages.delete(target[0])
 
     # --- state ------------------------------------------------------------------------

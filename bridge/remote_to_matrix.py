@@ -154,7 +154,15 @@ class RemoteHandler:
             if not self._writes:
                 self._written.set()
 
-    async def _all_saved(self) -> None:
+    def unsaved_row(self, event_id: str) -> MessageRow | None:
+        """A just-sent message's row whose INSERT is still queued (few, so scanned)."""
+        for rows in self._unsaved.values():
+            for row in rows:
+                if row.event_id == event_id:
+                    return row
+        return None
+
+    async def all_saved(self) -> None:
         """Before changing or deleting rows: every queued INSERT is done."""
         if self._writes:
             await self._written.wait()
@@ -274,7 +282,7 @@ class RemoteHandler:
             as_user=ghost,
             timestamp=evt.timestamp,
         )
-        await self._all_saved()
+        await self.all_saved()
         await self.bridge.messages.record_edit(target, evt.content.text)
 
     async def redaction(self, evt: RemoteRedaction, portal: Portal) -> None:
@@ -291,7 +299,7 @@ class RemoteHandler:
                 txn_id=self._txn(evt, row.event_id),
                 reason=evt.reason,
             )
-            await self._all_saved()
+            await self.all_saved()
             await self.bridge.messages.delete(row)
 
     async def reaction(self, evt: RemoteReaction, portal: Portal) -> None:

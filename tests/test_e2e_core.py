@@ -4,6 +4,7 @@ cross both ways; the mapping survives a restart."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -218,3 +219,35 @@ async def test_ghost_dm_and_remote_dm(make_bridge: BridgeFactory, synapse: Synap
     )
     assert evt["sender"] == "@testnet_yves:localhost"
     await frank.close()
+
+
+async def test_reply_to_a_message_whose_mapping_is_still_being_written(
+    make_bridge: BridgeFactory, synapse: SynapseServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id mapping of a remote message is written behind: a Matrix reply, edit target or
+    redaction that comes before the INSERT still finds it."""
+    from bridge.db import MessageStore
+
+    bridge = await make_bridge()
+    insert = MessageStore.insert
+    release = asyncio.Event()
+
+    async def held_insert(store: MessageStore, row: Any) -> None:
+        await release.wait()
+        await insert(store, row)
+
+    monkeypatch.setattr(MessageStore, "insert", held_insert)
+    gil = new_user(synapse)
+    mgmt = await management_room(gil)
+    await command(gil, mgmt, "login testnet gil-remote", "Logged in")
+    room = await gil.join("#testnet_=23slowdb:localhost")
+    tn: Any = bridge.connectors["testnet"]
+    remote_id = await tn.remote_message("#slowdb", "hal", "not stored yet")
+    evt = await gil.wait_for_event(room, lambda e: e["content"].get("body") == "not stored yet")
+    assert await bridge.messages.by_event(evt["event_id"]) is None  # still queued
+    await gil.reply(room, evt["event_id"], "quick reply")
+    rep = await until(sent(bridge, "message", text="quick reply"))
+    assert rep["reply_to"] == remote_id
+    release.set()
+    await until(lambda: bridge.messages.by_event(evt["event_id"]))
+    await gil.close()

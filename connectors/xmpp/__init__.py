@@ -1,6 +1,20 @@
 """XMPP connector: an XEP-0114 component that puppets Matrix users, plus optional logins with
-users' own XMPP accounts. See connector.py for the portal keys and jid_mapping.py for the
-address mapping."""
+users' own XMPP accounts.
+
+Where things happen:
+
+* connector.py: the connector contract (portals, ghosts, logins, lifecycle, disco and caps)
+  and the wiring of the parts below; the portal keys are described there.
+* Matrix -> XMPP: messages_out.py decides what to send, matrix_to_xmpp.py builds the stanzas,
+  styling.py turns Matrix HTML into XEP-0393 styling, media.py fetches media to re-upload.
+* XMPP -> Matrix: messages_in.py and presence_in.py read stanzas, xmpp_to_matrix.py parses
+  them into content and ids, history.py reads MUC archives (XEP-0313).
+* MUC membership: joins.py (joins, nick conflicts, self-ping), muc.py (rooms, occupants, power).
+* profiles.py and avatars.py: nicks and avatars both ways.
+* component.py: the streams (component and logins), reconnects, and the cheap first look at
+  incoming bytes; identity.py: who speaks (puppet JID or own account).
+* jid_mapping.py: Matrix user id <-> JID; idmap.py: message id mapping (XEP-0359).
+"""
 
 from .connector import XMPPClient, XMPPConnector
 

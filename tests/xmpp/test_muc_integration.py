@@ -344,7 +344,7 @@ async def test_ghost_kick_from_matrix(
     portal = PortalKey("xmpp", room)
     dave = bridge.user("@dave:example.org", "Dave")
     client: Any = await connector.client_for(dave, portal)
-    await connector.join(connector._room(__import__("slixmpp").JID(room)), client.identity)
+    await connector.joins.join(connector.room_for(__import__("slixmpp").JID(room)), client.identity)
     alice = await xclients("alice")
     await alice.join(room, "alice")
     join = await bridge.wait_for(
@@ -407,13 +407,13 @@ async def test_self_ping_round_retries_a_failed_rejoin(
     # Bob's occupant left the room and the rejoin after it failed (the room did not answer):
     # the next self-ping round tries again.
     occ = connector.rooms[room].ours[bob.user_id]
-    connector._send_leave(occ, "testing")
+    connector.joins.send_leave(occ, "testing")
     await alice.wait_presence(
         lambda p: str(p["from"]) == f"{room}/Bob" and p["type"] == "unavailable"
     )
     assert occ.state == "left" and occ.wanted
     seen = len(alice.presences)
-    assert await connector.self_ping_all() == 1
+    assert await connector.joins.self_ping_all() == 1
     assert occ.state == "joined"
     await alice.wait_presence(
         lambda p: (

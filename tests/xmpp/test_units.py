@@ -296,9 +296,9 @@ async def test_connector_survives_hostile_stanzas() -> None:
     for xml in hostile:
         el = ET.fromstring(xml)
         if el.tag.endswith("presence"):
-            await conn._on_presence(conn.component, Presence(conn.component_xmpp, el))
+            await conn.presence_in.on_presence(conn.component, Presence(conn.component_xmpp, el))
         else:
-            await conn._on_message(conn.component, Message(conn.component_xmpp, el))
+            await conn.messages_in.on_message(conn.component, Message(conn.component_xmpp, el))
     conditions = [s["error"]["condition"] for s in sent if s["type"] == "error"]
     assert conditions == ["jid-malformed"]
     # The reaction to an unknown message became reaction events, the body was kept out of

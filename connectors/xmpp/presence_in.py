@@ -198,6 +198,10 @@ class PresenceIn:
                 what = "banned from" if membership == Membership.BAN else "removed from"
                 by = f" by {actor}" if actor else ""
                 because = f": {reason}" if reason else ""
+                if not reason and mucmod.REMOVED_MEMBERS_ONLY in codes:
+                    because = ": the room is now members-only and you are not a member"
+                elif not reason and mucmod.REMOVED_AFFILIATION in codes:
+                    because = ": you are no longer a member of this members-only room"
                 await self.c.notify(
                     occ.identity.user_id,
                     f"You were {what} the XMPP room {room.jid}{by}{because}.",

@@ -8,6 +8,7 @@ from typing import Any
 from bridge.connector import (
     MatrixMessage,
     MatrixSender,
+    Membership,
     MessageContent,
     PortalKey,
     RemoteMembership,
@@ -422,3 +423,46 @@ async def test_self_ping_round_retries_a_failed_rejoin(
             and p["type"] != "unavailable"
         )
     )
+
+
+async def test_removal_when_a_room_becomes_members_only(
+    connector: XMPPConnector, bridge: FakeBridge, prosody: Any, xclients: Any
+) -> None:
+    """Status 322 (the room became members-only) and 321 (membership revoked in a
+    members-only room): the Matrix user is told why, and the removal reaches Matrix."""
+    portal, alice, (carol, dave) = await open_room(
+        connector, bridge, prosody, xclients, "Carol", "Dave"
+    )
+    room = portal.remote_id
+    muc = alice.xmpp.plugin["xep_0045"]
+    await muc.set_affiliation(room, "member", jid=connector.puppet_jid(carol.user_id).bare)
+    form = await muc.get_room_config(room)
+    form.set_values({"muc#roomconfig_membersonly": True})
+    await muc.set_room_config(room, form)
+    # Dave is not a member: removed with status 322.
+    kick = await bridge.wait_for(
+        lambda e: (
+            isinstance(e, RemoteMembership)
+            and e.membership == Membership.KICK
+            and e.target is not None
+            and e.target.matrix_user == dave.user_id
+        )
+    )
+    assert kick.portal == portal
+    await bridge.wait_notice(
+        lambda t: "removed from" in t and "members-only and you are not a member" in t
+    )
+    assert dave.user_id not in connector.rooms[room].ours
+    assert connector.rooms[room].ours[carol.user_id].state == "joined"
+    # Carol's membership is revoked: removed with status 321.
+    await muc.set_affiliation(room, "none", jid=connector.puppet_jid(carol.user_id).bare)
+    await bridge.wait_for(
+        lambda e: (
+            isinstance(e, RemoteMembership)
+            and e.membership == Membership.KICK
+            and e.target is not None
+            and e.target.matrix_user == carol.user_id
+        )
+    )
+    await bridge.wait_notice(lambda t: "no longer a member of this members-only room" in t)
+    assert carol.user_id not in connector.rooms[room].ours

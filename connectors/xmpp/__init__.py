@@ -9,6 +9,8 @@ Where things happen:
   styling.py turns Matrix HTML into XEP-0393 styling, media.py fetches media to re-upload.
 * XMPP -> Matrix: messages_in.py and presence_in.py read stanzas, xmpp_to_matrix.py parses
   them into content and ids, history.py reads MUC archives (XEP-0313).
+* moderation.py: deleting others' messages in a MUC (XEP-0425) both ways: the request in the
+  version the room offers, its refusals, and the room's announcements.
 * MUC membership: joins.py (joins, nick conflicts, self-ping), muc.py (rooms, occupants, power).
 * profiles.py and avatars.py: nicks and avatars both ways.
 * component.py: the streams (component and logins), reconnects, and the cheap first look at

@@ -4,6 +4,7 @@ objects and ElementTree, never by string concatenation."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Literal
 
 from slixmpp import JID
@@ -22,6 +23,10 @@ NS_MUC_OWNER = "http://jabber.org/protocol/muc#owner"
 NS_CAPS = "http://jabber.org/protocol/caps"
 NS_RETRACT = "urn:xmpp:message-retract:1"
 NS_MODERATE = "urn:xmpp:message-moderate:1"
+# XEP-0425 before v0.3, a XEP-0422 fastening (mod_muc_moderation in Debian 12's prosody-modules).
+NS_MODERATE_0 = "urn:xmpp:message-moderate:0"
+NS_RETRACT_0 = "urn:xmpp:message-retract:0"
+NS_FASTEN = "urn:xmpp:fasten:0"
 NS_FALLBACK = "urn:xmpp:fallback:0"
 NS_HINTS = "urn:xmpp:hints"
 NS_NICK = "http://jabber.org/protocol/nick"
@@ -115,9 +120,36 @@ def retraction(
     return msg
 
 
-def moderation_iq(xmpp: BaseXMPP, *, ifrom: JID, room: JID, target: str, reason: str | None) -> Iq:
-    """XEP-0425 v0.3 moderation request (retract someone else's message in a MUC)."""
+def moderation_version(features: Iterable[str]) -> int | None:
+    """The XEP-0425 version a room's disco#info features offer (the newest), or None."""
+    found = set(features)
+    if NS_MODERATE in found:
+        return 1
+    if NS_MODERATE_0 in found:
+        return 0
+    return None
+
+
+def moderation_iq(
+    xmpp: BaseXMPP,
+    *,
+    ifrom: JID,
+    room: JID,
+    target: str,
+    reason: str | None,
+    version: int = 1,
+) -> Iq:
+    """XEP-0425 moderation request: retract someone else's message in a MUC, by its
+    stanza-id. Version 1 (XEP-0425 v0.3): ``<moderate id=…><retract/></moderate>``;
+    version 0: ``<apply-to id=…><moderate><retract/></moderate></apply-to>``."""
     iq = xmpp.make_iq_set(ito=room, ifrom=ifrom)
+    if version == 0:
+        apply_to = ET.SubElement(iq.xml, f"{{{NS_FASTEN}}}apply-to", {"id": target})
+        mod = ET.SubElement(apply_to, f"{{{NS_MODERATE_0}}}moderate")
+        ET.SubElement(mod, f"{{{NS_RETRACT_0}}}retract")
+        if reason:
+            ET.SubElement(mod, f"{{{NS_MODERATE_0}}}reason").text = reason
+        return iq
     mod = ET.SubElement(iq.xml, f"{{{NS_MODERATE}}}moderate", {"id": target})
     ET.SubElement(mod, f"{{{NS_RETRACT}}}retract")
     if reason:

@@ -34,6 +34,7 @@ from .component import (
 from .identity import NETWORK, conv_of
 from .idmap import MessageRecord
 from .jid_mapping import InvalidMapping
+from .moderation import moderator
 from .muc import MucRoom
 
 if TYPE_CHECKING:
@@ -182,10 +183,12 @@ class MessagesIn:
                 return
             retraction = inc.retraction(msg)
             if retraction is not None and retraction.moderated_by is not None:
+                if self.c.messages_out.moderation.announced(room.jid, retraction.target):
+                    return  # asked for by a Matrix user: deleted on Matrix already
                 await self.c.emit(
                     RemoteRedaction(
                         portal=portal,
-                        sender=Sender(room.jid.bare, room.name),
+                        sender=moderator(room, retraction.moderated_by),
                         target_id=await self.c.ids.canonical(conv, retraction.target),
                         reason=retraction.reason,
                     )

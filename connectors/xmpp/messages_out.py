@@ -38,6 +38,7 @@ from .component import NotConnected
 from .identity import NETWORK, Identity, Outgoing, conv_of, summary
 from .idmap import MessageRecord
 from .jid_mapping import parse_remote_user, parse_room_jid
+from .moderation import Moderation
 from .muc import MucRoom, Occupant
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ class MessagesOut:
         # (room, nick) of occupants the bridge kicked or banned for a Matrix user: their
         # removal comes back from the room and must not be mirrored to Matrix a second time.
         self.own_removals: OrderedDict[tuple[str, str], float] = OrderedDict()
+        # Moderations (XEP-0425) asked for by Matrix users, until the room announces them.
+        self.moderation = Moderation(c.component_xmpp, c.cfg.domain, c.cfg.send_timeout)
 
     def _target(self, portal: PortalKey) -> tuple[JID, out.MsgType, MucRoom | None]:
         if portal.receiver:
@@ -355,25 +358,8 @@ class MessagesOut:
         # Moderation: retract someone else's message in a MUC (XEP-0425).
         assert room is not None
         await self._ensure_in_room(room, identity)
-        iq = out.moderation_iq(
-            identity.xmpp,
-            ifrom=identity.jid,
-            room=room.jid,
-            target=await self._room_ref(redaction.portal, rec),
-            reason=redaction.reason,
-        )
-        try:
-            await iq.send(timeout=self.cfg.send_timeout)
-        except IqError as e:
-            condition = inc.error_text(e.iq)[0]
-            if condition in ("feature-not-implemented", "service-unavailable", "bad-request"):
-                raise NotSupported(
-                    "The XMPP room does not support message moderation (XEP-0425); the "
-                    "message was deleted on Matrix only."
-                ) from e
-            raise ConnectorError(f"The XMPP room refused the deletion ({condition}).") from e
-        except IqTimeout as e:
-            raise ConnectorError("The XMPP room did not answer the deletion.") from e
+        target = await self._room_ref(redaction.portal, rec)
+        await self.moderation.retract(identity, room.jid, target, redaction.reason)
 
     async def _send_reactions(
         self,

@@ -263,6 +263,63 @@ def test_retraction_forms() -> None:
     r = inc.retraction(v0)
     assert r is not None and r.target == "s2" and r.moderated_by is None
 
+    # Prosody's mod_muc_moderation (XEP-0425 before v0.3): a fastening, reason inside.
+    v0_moderated = stanza(
+        "<message xmlns='jabber:client' from='r@m' type='groupchat'>"
+        "<apply-to xmlns='urn:xmpp:fasten:0' id='s3'>"
+        "<moderated xmlns='urn:xmpp:message-moderate:0' by='r@m/mod'>"
+        "<retract xmlns='urn:xmpp:message-retract:0'/><reason>spam</reason>"
+        "</moderated></apply-to></message>"
+    )
+    r = inc.retraction(v0_moderated)
+    assert r is not None and (r.target, r.moderated_by, r.reason) == ("s3", "r@m/mod", "spam")
+
+
+def test_moderation_requests() -> None:
+    from slixmpp import ComponentXMPP
+
+    from connectors.xmpp import matrix_to_xmpp as out
+
+    assert out.moderation_version(["urn:xmpp:message-moderate:0"]) == 0
+    assert out.moderation_version(["urn:xmpp:message-moderate:0", out.NS_MODERATE]) == 1
+    assert out.moderation_version(["http://jabber.org/protocol/muc"]) is None
+    xmpp = ComponentXMPP("matrix.example.org", "s", "127.0.0.1", 5347)
+    args: dict[str, Any] = {
+        "ifrom": JID("u\\40example.org@matrix.example.org/matrix"),
+        "room": JID("r@m"),
+        "target": "s1",
+        "reason": "spam",
+    }
+    v1 = out.moderation_iq(xmpp, **args, version=1).xml
+    mod = v1.find("{urn:xmpp:message-moderate:1}moderate")
+    assert v1.get("type") == "set" and v1.get("to") == "r@m"
+    assert mod is not None and mod.get("id") == "s1"
+    assert mod.find("{urn:xmpp:message-retract:1}retract") is not None
+    assert mod.findtext("{urn:xmpp:message-moderate:1}reason") == "spam"
+    v0 = out.moderation_iq(xmpp, **{**args, "reason": None}, version=0).xml
+    apply_to = v0.find("{urn:xmpp:fasten:0}apply-to")
+    assert apply_to is not None and apply_to.get("id") == "s1"
+    mod = apply_to.find("{urn:xmpp:message-moderate:0}moderate")
+    assert mod is not None and mod.find("{urn:xmpp:message-retract:0}retract") is not None
+    assert mod.find("{urn:xmpp:message-moderate:0}reason") is None
+
+
+def test_moderation_sender_and_refusals() -> None:
+    from bridge.connector import ConnectorError, NotSupported
+    from connectors.xmpp.moderation import moderator, refusal
+    from connectors.xmpp.muc import MucRoom, RemoteOccupant
+
+    room = MucRoom(JID("r@m"), name="Room")
+    room.remote["mod"] = RemoteOccupant("mod", "mod@example.org")
+    assert moderator(room, "r@m/mod").remote_id == "mod@example.org"
+    assert moderator(room, "r@m/mod").display_name == "mod"
+    for unknown in ("r@m/gone", "other@m/mod", "", None, "not a jid@@"):
+        assert moderator(room, unknown).remote_id == "r@m", unknown
+    assert isinstance(refusal("service-unavailable", ""), NotSupported)
+    forbidden = refusal("forbidden", "You need a role of at least 'moderator'")
+    assert type(forbidden) is ConnectorError and "only its moderators" in str(forbidden)
+    assert "item-not-found" in str(refusal("item-not-found", ""))
+
 
 async def test_connector_survives_hostile_stanzas() -> None:
     """Stanzas fed straight into the connector's handlers: errors, never exceptions."""

@@ -6,7 +6,8 @@ directory, picks free ports, and starts ``prosody -F`` in the foreground with:
 * a VirtualHost ``localhost`` (c2s on plain TCP, SCRAM without TLS; loopback only) whose
   accounts keep a vCard-temp (XEP-0054, ``mod_vcard``: the XEP-0153 avatars),
 * a MUC component ``conference.localhost`` with ``mod_muc_mam`` (XEP-0313 archives and
-  XEP-0359 stanza ids) and without room locking (new rooms are usable at once),
+  XEP-0359 stanza ids) and ``mod_muc_moderation`` (XEP-0425 message moderation, from
+  Debian's ``prosody-modules``), without room locking (new rooms are usable at once),
 * an external component (XEP-0114) for ``component_domain`` with ``component_secret``,
 * an XEP-0363 upload service ``upload.localhost`` (``mod_http_file_share``) whose files are
   served on a free loopback HTTP port (``http_url``).
@@ -33,6 +34,11 @@ from pathlib import Path
 from .ports import free_port, port_is_open
 
 INSTALL_HINT = "Prosody not found: apt-get install prosody"
+# Community modules the MUC component loads, from Debian's prosody-modules (Prosody finds them
+# in its plugin directory without any plugin_paths setting).
+PLUGIN_DIR = Path("/usr/lib/prosody/modules")
+COMMUNITY_MODULES = ("muc_moderation",)
+MODULES_HINT = "Prosody module mod_{name} not found in {dir}: apt-get install prosody-modules"
 PROSODY_USER = "prosody"
 DOMAIN = "localhost"
 MUC_DOMAIN = "conference.localhost"
@@ -80,7 +86,7 @@ default_archive_policy = true
 VirtualHost "{domain}"
 
 Component "{muc_domain}" "muc"
-  modules_enabled = {{ "muc_mam" }}
+  modules_enabled = {{ "muc_mam"; "muc_moderation" }}
   restrict_room_creation = false
   muc_room_locking = false
   muc_log_by_default = true
@@ -104,6 +110,14 @@ def find_prosody() -> str:
     if not path:
         raise RuntimeError(INSTALL_HINT)
     return path
+
+
+def check_community_modules() -> None:
+    """Prosody only logs a module it cannot find and runs on without it; fail here instead."""
+    for name in COMMUNITY_MODULES:
+        mod = f"mod_{name}"
+        if not any((PLUGIN_DIR / p).is_file() for p in (f"{mod}/{mod}.lua", f"{mod}.lua")):
+            raise RuntimeError(MODULES_HINT.format(name=name, dir=PLUGIN_DIR))
 
 
 @dataclass
@@ -254,6 +268,7 @@ def start_prosody(
     ``log_level`` is the level of ``prosody.log`` (benchmarks want "warn"); ``extra_config``
     is Lua appended to the global section (later settings win)."""
     find_prosody()
+    check_community_modules()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     as_user = os.geteuid() == 0

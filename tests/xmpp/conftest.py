@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from slixmpp import ClientXMPP
 from slixmpp.stanza import Message
+from slixmpp.xmlstream import ET
 
 from bridge.connector import Attachment, Login, MatrixUser, PortalKey, RemoteEvent
 from connectors.xmpp import XMPPConnector
@@ -20,6 +21,9 @@ from tests.harness.prosody import ProsodyServer, start_prosody
 
 COMPONENT = "matrix.localhost"
 SECRET = "component-secret-for-tests"
+NS_FASTEN = "urn:xmpp:fasten:0"
+NS_MODERATE_0 = "urn:xmpp:message-moderate:0"
+NS_RETRACT_0 = "urn:xmpp:message-retract:0"
 _counter = itertools.count(1)
 
 
@@ -197,6 +201,18 @@ class XClient:
             room, nick, maxstanzas=0, timeout=10
         )
 
+    async def moderate(self, room: str, stanza_id: str, reason: str | None = None) -> None:
+        """Retract someone's message as a moderator (XEP-0425), in the form the test
+        server's mod_muc_moderation speaks (``urn:xmpp:message-moderate:0``, a XEP-0422
+        fastening; slixmpp's xep_0425 plugin sends only the newer ``:1`` form)."""
+        iq = self.xmpp.make_iq_set(ito=room)
+        apply_to = ET.SubElement(iq.xml, f"{{{NS_FASTEN}}}apply-to", {"id": stanza_id})
+        mod = ET.SubElement(apply_to, f"{{{NS_MODERATE_0}}}moderate")
+        ET.SubElement(mod, f"{{{NS_RETRACT_0}}}retract")
+        if reason:
+            ET.SubElement(mod, f"{{{NS_MODERATE_0}}}reason").text = reason
+        await iq.send(timeout=10)
+
     async def wait_message(self, pred: Callable[[Message], bool], timeout: float = 10.0) -> Message:  # noqa: ASYNC109
         deadline = asyncio.get_running_loop().time() + timeout
         seen = 0
@@ -236,6 +252,26 @@ class XClient:
             await asyncio.wait_for(self.xmpp.disconnect(wait=0.5), 3)
         except Exception:
             pass
+
+
+@dataclass
+class Moderated:
+    target: str  # the stanza-id of the retracted message
+    by: str  # the moderator's occupant JID
+    reason: str | None
+
+
+def moderated(msg: Message) -> Moderated | None:
+    """A room's announcement of a moderation (XEP-0425, ``:0`` form), as a client reads it."""
+    apply_to = msg.xml.find(f"{{{NS_FASTEN}}}apply-to")
+    if apply_to is None:
+        return None
+    mod = apply_to.find(f"{{{NS_MODERATE_0}}}moderated")
+    if mod is None or mod.find(f"{{{NS_RETRACT_0}}}retract") is None:
+        return None
+    return Moderated(
+        apply_to.get("id", ""), mod.get("by", ""), mod.findtext(f"{{{NS_MODERATE_0}}}reason")
+    )
 
 
 @pytest.fixture(scope="session")

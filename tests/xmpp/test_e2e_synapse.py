@@ -4,11 +4,13 @@ Matrix users are :class:`MatrixClient` s talking to Synapse; XMPP users are real
 clients (:class:`XClient`) logged in to Prosody (c2s on loopback). The bridge runs in-process
 (``make_bridge``) with the XMPP connector as an XEP-0114 component. Each test checks what the
 people on both sides see: MUC portals joined by alias and by command, occupants and nicks,
-messages with styling, corrections, reactions, retractions, replies, chat states, markers,
-media, DMs both ways, subjects, kicks, MAM history, and restarts of Prosody and of the bridge.
+messages with styling, corrections, reactions, retractions, moderation, replies, chat states,
+markers, media, DMs both ways, subjects, kicks, MAM history, and restarts of Prosody and of
+the bridge.
 
-Prosody comes from Debian (``apt-get install prosody``); a missing server fails these tests
-with that hint, it never skips them.
+Prosody comes from Debian (``apt-get install prosody``), its MUC's XEP-0425 moderation from
+Debian's community modules (``apt-get install prosody-modules``); a missing server or module
+fails these tests with that hint, it never skips them.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from tests.harness.prosody import ProsodyServer
 from tests.harness.synapse import MatrixClient, SynapseServer
 from tests.helpers import command, management_room, until
 
-from .conftest import COMPONENT, XClient, connector_config, unique
+from .conftest import COMPONENT, Moderated, XClient, connector_config, moderated, unique
 
 BOT = "@mimibot:localhost"
 Event = dict[str, Any]
@@ -449,10 +451,10 @@ async def test_corrections_reactions_retractions_replies_both_ways(
     await ann.close()
 
 
-async def test_long_messages_and_deleting_others_messages(
+async def test_long_messages(
     xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
 ) -> None:
-    bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    _bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
     # A Matrix message longer than XMPP takes goes out as a preview and a link to the text.
     text = "".join(f"line {i} of a very long paste\n" for i in range(2000))
     await ann.send_text(room, text)
@@ -461,16 +463,85 @@ async def test_long_messages_and_deleting_others_messages(
     link = got["body"].rsplit("full message: ", 1)[1].rstrip(")")
     status, data = await fetch(link)
     assert status == 200 and data.decode() == text
-    # Deleting an XMPP user's message from Matrix needs XEP-0425 moderation, which this
-    # Prosody does not offer: the moderator is told, nothing fails silently.
+    await ann.close()
+
+
+async def test_moderation_both_ways(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    carl = await xusers("carl")
+    await carl.join(muc, "carl")
+    await until(lambda: _has_member(ann, room, ghost_of(f"{muc}/carl")), what="carl's ghost")
+    # The MUC offers XEP-0425 message moderation (Prosody's mod_muc_moderation, which speaks
+    # the older urn:xmpp:message-moderate:0 form).
+    info = await alice.xmpp.plugin["xep_0030"].get_info(jid=JID(muc), timeout=10)
+    assert "urn:xmpp:message-moderate:0" in info["disco_info"]["features"]
+
+    # XMPP -> Matrix: alice owns the MUC and moderates a message of Ann's, one of carl's and
+    # one of her own. Each Matrix event is redacted with the moderator's reason: alice's own
+    # by her ghost; the others by the bridge bot (the core has a ghost redact only its own
+    # messages).
+    mine = await ann.send_text(room, "from matrix")
+    anns = await alice.wait_message(lambda m: m["body"] == "from matrix")
+    carl.xmpp.send_message(mto=JID(muc), mbody="from carl", mtype="groupchat")
+    carls = await alice.wait_message(lambda m: m["body"] == "from carl")
+    carl_evt = await ann.wait_for_event(room, lambda e: body(e) == "from carl")
+    alice.xmpp.send_message(mto=JID(muc), mbody="from alice", mtype="groupchat")
+    alices = await alice.wait_message(lambda m: m["body"] == "from alice")
+    alice_evt = await ann.wait_for_event(room, lambda e: body(e) == "from alice")
+    await alice.moderate(muc, sid(anns), "rude")
+    await alice.moderate(muc, sid(carls), "spam")
+    await alice.moderate(muc, sid(alices), "oops")
+    for event_id, redactor, reason in (
+        (mine, BOT, "rude"),
+        (carl_evt["event_id"], BOT, "spam"),
+        (alice_evt["event_id"], ghost_of(f"{muc}/alice"), "oops"),
+    ):
+        await until(lambda e=event_id: _redacted(ann, room, e), what=f"{reason}: redacted")
+        because = (await ann.get_event(room, event_id))["unsigned"]["redacted_because"]
+        assert because["sender"] == redactor, reason
+        assert because["content"].get("reason") == reason
+
+    # Matrix -> XMPP: Ann may redact others' events in the Matrix room, but her occupant is a
+    # participant in the MUC, so the MUC refuses to retract alice's message: Ann is told.
     await give_power(bridge, room, ann.user_id, 100)
     alice.xmpp.send_message(mto=JID(muc), mbody="delete me", mtype="groupchat")
+    kept = await carl.wait_message(lambda m: m["body"] == "delete me")
     evt = await ann.wait_for_event(room, lambda e: body(e) == "delete me")
     await ann.redact(room, evt["event_id"], "spam")
-    notice = await ann.wait_for_event(
-        room, lambda e: e["sender"] == BOT and "moderation" in body(e)
+    notice = await ann.wait_for_event(room, lambda e: e["sender"] == BOT and "deletion" in body(e))
+    assert "not delivered" in body(notice) and "only its moderators" in body(notice)
+    assert "forbidden" in body(notice) and "Matrix only" in body(notice)
+    # Once alice makes Ann's occupant a moderator, Ann's deletion retracts the message for
+    # everyone in the MUC: moderated by her occupant, with her reason.
+    await alice.xmpp.plugin["xep_0045"].set_role(muc, "Ann", "moderator")
+    await alice.wait_presence(
+        lambda p: from_nick(muc, "Ann")(p) and p["muc"]["role"] == "moderator"
     )
-    assert "not bridged" in body(notice) or "not delivered" in body(notice)
+    alice.xmpp.send_message(mto=JID(muc), mbody="delete me too", mtype="groupchat")
+    gone = await carl.wait_message(lambda m: m["body"] == "delete me too")
+    evt = await ann.wait_for_event(room, lambda e: body(e) == "delete me too")
+    await ann.redact(room, evt["event_id"], "off topic")
+    for xmpp_user in (alice, carl):
+        got = await xmpp_user.wait_message(
+            lambda m: (mod := moderated(m)) is not None and mod.target == sid(gone)
+        )
+        assert str(got["from"]) == muc
+        assert moderated(got) == Moderated(sid(gone), f"{muc}/Ann", "off topic")
+    # Nothing retracted the message the MUC refused to, and the MUC's announcement of Ann's
+    # moderation did not come back as a second redaction: once a later message is in Matrix,
+    # her redaction is the only one of that event.
+    assert not [m for m in carl.messages if (mod := moderated(m)) and mod.target == sid(kept)]
+    alice.xmpp.send_message(mto=JID(muc), mbody="after", mtype="groupchat")
+    await ann.wait_for_event(room, lambda e: body(e) == "after")
+    redactions = [
+        e
+        for e in await ann.messages(room)
+        if e["type"] == "m.room.redaction"
+        and evt["event_id"] in (e.get("redacts"), e["content"].get("redacts"))
+    ]
+    assert [e["sender"] for e in redactions] == [ann.user_id]
     await ann.close()
 
 

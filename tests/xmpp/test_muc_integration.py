@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from bridge.connector import (
     MatrixMessage,
     MatrixSender,
@@ -16,7 +18,7 @@ from bridge.connector import (
 )
 from connectors.xmpp import XMPPConnector
 
-from .conftest import FakeBridge, unique
+from .conftest import FakeBridge, Moderated, moderated, unique
 
 
 def stanza_id(msg: Any) -> str:
@@ -466,3 +468,85 @@ async def test_removal_when_a_room_becomes_members_only(
     )
     await bridge.wait_notice(lambda t: "no longer a member of this members-only room" in t)
     assert carol.user_id not in connector.rooms[room].ours
+
+
+async def test_moderation_both_ways(
+    connector: XMPPConnector, bridge: FakeBridge, prosody: Any, xclients: Any
+) -> None:
+    from bridge.connector import ConnectorError, MatrixRedaction, RemoteRedaction
+
+    portal, alice, (bob,) = await open_room(connector, bridge, prosody, xclients, "Bob")
+    room = portal.remote_id
+    carl = await xclients("carl")
+    await carl.join(room, "carl")
+    client: Any = await connector.client_for(bob, portal)
+    sender = MatrixSender(bob.user_id, bob.display_name)
+    # The room offers XEP-0425 in the form of Prosody's mod_muc_moderation.
+    info = await alice.xmpp.plugin["xep_0030"].get_info(jid=room, timeout=10)
+    assert "urn:xmpp:message-moderate:0" in info["disco_info"]["features"]
+
+    # XMPP -> Matrix: alice, the room's owner, moderates a message of Bob's puppet and one of
+    # carl's; the room's announcements become redactions by alice's ghost, with the reason.
+    sent = await client.handle_matrix_message(matrix_message(portal, bob, "from matrix"))
+    bobs = await alice.wait_message(lambda m: m["body"] == "from matrix")
+    carl.xmpp.send_message(mto=room, mbody="from carl", mtype="groupchat")
+    carls = await alice.wait_message(lambda m: m["body"] == "from carl")
+    carl_msg = await bridge.wait_for(
+        lambda e: isinstance(e, RemoteMessage) and e.content.text == "from carl"
+    )
+    await alice.moderate(room, stanza_id(bobs), "rude")
+    await alice.moderate(room, stanza_id(carls))
+    first = await bridge.wait_for(lambda e: isinstance(e, RemoteRedaction))
+    second = await bridge.wait_for(
+        lambda e: isinstance(e, RemoteRedaction) and e is not first,
+        start=bridge.events.index(first) + 1,
+    )
+    assert (first.target_id, first.reason) == (sent.remote_id, "rude")
+    assert (second.target_id, second.reason) == (carl_msg.id, None)
+    for red in (first, second):
+        assert red.portal == portal
+        assert red.sender.remote_id == f"{room}/alice" and red.sender.display_name == "alice"
+
+    # Matrix -> XMPP: Bob's occupant is a participant, so the room refuses his deletion of
+    # alice's message; the error says why (the core tells him in the Matrix room).
+    alice.xmpp.send_message(mto=room, mbody="from alice", mtype="groupchat")
+    alices = await alice.wait_message(lambda m: m["body"] == "from alice")
+    original = await bridge.wait_for(
+        lambda e: isinstance(e, RemoteMessage) and e.content.text == "from alice"
+    )
+    redaction = MatrixRedaction(
+        portal=portal,
+        sender=sender,
+        event_id="$m1",
+        target=ref(original.id, original.sender.remote_id),
+        reason="off topic",
+    )
+    with pytest.raises(ConnectorError, match="only its moderators") as refused:
+        await client.handle_matrix_redaction(redaction)
+    assert "forbidden" in str(refused.value) and "Matrix only" in str(refused.value)
+
+    def retracts_hers(m: Any) -> bool:
+        mod = moderated(m)
+        return mod is not None and mod.target == stanza_id(alices)
+
+    assert not [m for m in alice.messages if retracts_hers(m)]
+
+    # Once alice makes him a moderator, his deletion retracts her message for everyone in
+    # the room, moderated by his occupant, with the reason.
+    await alice.xmpp.plugin["xep_0045"].set_role(room, "Bob", "moderator")
+    await alice.wait_presence(
+        lambda p: str(p["from"]) == f"{room}/Bob" and p["muc"]["role"] == "moderator"
+    )
+    n = len(bridge.events)
+    await client.handle_matrix_redaction(redaction)
+    for xmpp_user in (alice, carl):
+        got = await xmpp_user.wait_message(retracts_hers)
+        assert str(got["from"]) == room
+        assert moderated(got) == Moderated(stanza_id(alices), f"{room}/Bob", "off topic")
+    # The room's announcement of Bob's moderation is not bridged back to Matrix: the next
+    # message comes through, with no redaction before it.
+    alice.xmpp.send_message(mto=room, mbody="after", mtype="groupchat")
+    await bridge.wait_for(
+        lambda e: isinstance(e, RemoteMessage) and e.content.text == "after", start=n
+    )
+    assert not [e for e in bridge.events[n:] if isinstance(e, RemoteRedaction)]

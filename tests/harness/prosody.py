@@ -4,7 +4,8 @@
 directory, picks free ports, and starts ``prosody -F`` in the foreground with:
 
 * a VirtualHost ``localhost`` (c2s on plain TCP, SCRAM without TLS; loopback only) whose
-  accounts keep a vCard-temp (XEP-0054, ``mod_vcard``: the XEP-0153 avatars),
+  accounts keep a vCard-temp (XEP-0054, ``mod_vcard``: the XEP-0153 avatars) and PEP nodes
+  (XEP-0163, ``mod_pep``: the XEP-0084 avatars),
 * a MUC component ``conference.localhost`` with ``mod_muc_mam`` (XEP-0313 archives and
   XEP-0359 stanza ids) and ``mod_muc_moderation`` (XEP-0425 message moderation, from
   Debian's ``prosody-modules``), without room locking (new rooms are usable at once),
@@ -67,7 +68,7 @@ http_external_url = "http://127.0.0.1:{http_port}/"
 http_default_host = "{upload_domain}"
 modules_enabled = {{
   "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq";
-  "register"; "carbons"; "mam"; "vcard";
+  "register"; "carbons"; "mam"; "vcard"; "pep";
 }}
 modules_disabled = {{ "s2s"; "tls"; "admin_shell"; "posix" }}
 c2s_require_encryption = false

@@ -134,7 +134,13 @@ class FakeBridge:
 class XClient:
     """A real XMPP user on the test server."""
 
-    def __init__(self, server: ProsodyServer, name: str, password: str = "pw") -> None:
+    def __init__(
+        self,
+        server: ProsodyServer,
+        name: str,
+        password: str = "pw",
+        plugins: tuple[str, ...] = (),
+    ) -> None:
         self.server = server
         self.jid = f"{name}@{server.domain}"
         self.password = password
@@ -161,6 +167,7 @@ class XClient:
             "xep_0066",
             "xep_0203",
             "xep_0054",
+            *plugins,
         ):
             self.xmpp.register_plugin(p)
         self.xmpp.register_plugin("xep_0184", {"auto_ack": False, "auto_request": False})
@@ -321,8 +328,8 @@ async def connector(prosody: ProsodyServer, bridge: FakeBridge) -> AsyncIterator
 async def xclients(prosody: ProsodyServer) -> AsyncIterator[Callable[[str], Any]]:
     made: list[XClient] = []
 
-    async def make(prefix: str) -> XClient:
-        c = await XClient(prosody, unique(prefix)).connect()
+    async def make(prefix: str, plugins: tuple[str, ...] = ()) -> XClient:
+        c = await XClient(prosody, unique(prefix), plugins=plugins).connect()
         made.append(c)
         return c
 

@@ -12,7 +12,8 @@ Where things happen:
 * moderation.py: deleting others' messages in a MUC (XEP-0425) both ways: the request in the
   version the room offers, its refusals, and the room's announcements.
 * MUC membership: joins.py (joins, nick conflicts, self-ping), muc.py (rooms, occupants, power).
-* profiles.py and avatars.py: nicks and avatars both ways.
+* profiles.py and avatars.py: nicks and avatars both ways (vCard, XEP-0153); pep.py: avatars
+  over PEP (XEP-0084).
 * component.py: the streams (component and logins), reconnects, and the cheap first look at
   incoming bytes; identity.py: who speaks (puppet JID or own account).
 * jid_mapping.py: Matrix user id <-> JID; idmap.py: message id mapping (XEP-0359).

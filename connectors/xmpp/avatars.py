@@ -8,6 +8,8 @@ still served after a restart.
 
 XMPP users' avatars: a presence whose ``vcard-temp:x:update`` hash is new for that user makes
 the connector fetch the vCard and set the picture on the user's ghost.
+
+Avatars over PEP (XEP-0084) are in :mod:`.pep`; where a user has one, it wins over the vCard.
 """
 
 from __future__ import annotations
@@ -88,13 +90,14 @@ def vcard_photo(card: ET.Element | None) -> Avatar | None:
         data = base64.b64decode(binval, validate=True)
     except (binascii.Error, ValueError):
         return None
-    mimetype = (photo.findtext(f"{{{NS_VCARD}}}TYPE") or "").strip() or _sniff(data)
+    mimetype = (photo.findtext(f"{{{NS_VCARD}}}TYPE") or "").strip() or sniff(data)
     if not mimetype.startswith("image/"):
         return None
     return Avatar.of(data, mimetype)
 
 
-def _sniff(data: bytes) -> str:
+def sniff(data: bytes) -> str:
+    """The image type of a picture from its first bytes."""
     if data.startswith(b"\x89PNG"):
         return "image/png"
     if data.startswith(b"\xff\xd8"):
@@ -128,6 +131,10 @@ class AvatarStore:
         except Exception as e:
             log.warning("avatars: no database table (%s); kept in memory only", e)
             self.db = None
+
+    def cached(self, user_id: str) -> Avatar | None:
+        """The avatar in memory (None: none, or not loaded yet)."""
+        return self._mem.get(user_id)
 
     def known_hash(self, user_id: str) -> str | None:
         if user_id not in self._mem:

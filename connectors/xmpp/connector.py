@@ -49,6 +49,7 @@ from bridge.connector import (
     PortalKey,
     RemoteEvent,
     RemoteMessage,
+    Sender,
     SentMessage,
     escape_localpart,
     unescape_localpart,
@@ -77,6 +78,7 @@ from .media import MediaFetcher
 from .messages_in import MessagesIn
 from .messages_out import MessagesOut
 from .muc import MucRoom, Occupant
+from .pep import NOTIFY_FEATURE, PepAvatars
 from .presence_in import PresenceIn
 from .profiles import Profiles
 
@@ -88,6 +90,7 @@ FEATURES = [
     "http://jabber.org/protocol/chatstates",
     "http://jabber.org/protocol/muc",
     "jabber:x:oob",
+    NOTIFY_FEATURE,  # urn:xmpp:avatar:metadata+notify: XMPP users' PEP avatar changes
     "urn:xmpp:chat-markers:0",
     "urn:xmpp:message-correct:0",
     "urn:xmpp:message-retract:1",
@@ -194,12 +197,14 @@ class XMPPConnector(NetworkConnector):
         self.messages_out = MessagesOut(self)
         self.profiles = Profiles(self)
         self.history = History(self)
+        self.pep = PepAvatars(self)
         self.component_xmpp.prefilter = self._wanted
         self.component.on_ready.append(self._component_ready)
         self.component.on_lost.append(lambda: self._stream_lost(self.component))
         self._install_handlers(self.component)
         self._install_disco()
         self.profiles.install_vcard()
+        self.pep.install()
 
     # --- configuration and ids ------------------------------------------------------------
 
@@ -464,6 +469,9 @@ class XMPPConnector(NetworkConnector):
             raise ConnectorError(f"{remote_user_id!r} is not an XMPP address.")
         portal = PortalKey(NETWORK, str(jid), receiver=user.user_id)
         self.known_dms.add(portal)
+        if not jid.resource:
+            via = self.identity_for(user.user_id).jid
+            self.pep.seen(portal, Sender(jid.bare), jid, None, via, jid)
         return portal
 
     # --- login ----------------------------------------------------------------------------------

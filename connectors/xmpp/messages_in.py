@@ -36,6 +36,7 @@ from .idmap import MessageRecord
 from .jid_mapping import InvalidMapping
 from .moderation import moderator
 from .muc import MucRoom
+from .pep import NS_PUBSUB_EVENT
 
 if TYPE_CHECKING:
     from .connector import XMPPConnector
@@ -82,6 +83,9 @@ class MessagesIn:
 
     async def on_message(self, stream: Stream, msg: Message) -> None:
         if inc.is_mam_result(msg):
+            return
+        if msg.xml.find(f"{{{NS_PUBSUB_EVENT}}}event") is not None:
+            await self.c.pep.on_event(stream, msg)
             return
         if msg.xml.find("{urn:xmpp:carbons:2}sent") is not None:
             if inc.stanza_jid(msg, "from") == JID(stream.xmpp.boundjid.bare):
@@ -264,6 +268,8 @@ class MessagesIn:
             remote = str(frm)  # a private message from a MUC occupant
         portal = PortalKey(NETWORK, remote, receiver=user_id)
         sender = Sender(remote, inc.nick_from_message(msg))
+        if remote == frm.bare:
+            self.c.pep.seen(portal, Sender(remote), JID(remote), None, to, JID(remote))
         ids = inc.message_ids(msg, None)
         if inc.body_text(msg) and inc.is_oversized(msg, self.cfg.max_message_bytes):
             self._bounce(

@@ -66,7 +66,9 @@ class PresenceIn:
         user_id = self.user_for(stream, to)
         if user_id is None:
             return
-        if ptype == "probe" and stream is self.c.component:
+        # A probe, or a subscription: the contact gets the puppet's presence with its caps
+        # (its server then sends the puppet the contact's PEP avatar notifications).
+        if ptype in ("probe", "subscribe", "subscribed") and stream is self.c.component:
             show, status, offline = self.c.presence.get(user_id, (None, None, False))
             reply = stream.xmpp.make_presence(
                 pto=frm.bare,
@@ -95,9 +97,9 @@ class PresenceIn:
                 pres.xml.findtext(f"{{{pres.namespace}}}show"), "online"
             )
         status = pres.xml.findtext(f"{{{pres.namespace}}}status")
-        photo = avmod.photo_hash(pres.xml) if ptype == "available" else None
-        if photo is not None:
-            self.c.profiles.avatar_seen(portal, Sender(frm.bare), JID(frm.bare), photo, to)
+        if ptype == "available":
+            photo = avmod.photo_hash(pres.xml)
+            self.c.pep.seen(portal, Sender(frm.bare), JID(frm.bare), photo, to, JID(frm.bare))
         await self.c.emit(
             RemotePresence(portal=portal, sender=Sender(frm.bare), presence=presence, status=status)
         )
@@ -348,9 +350,11 @@ class PresenceIn:
         ro = room.remote.get(nick)
         photo = avmod.photo_hash(pres.xml)
         listener = room.listener()
-        if photo is not None and (ro is None or ro.photo != photo) and listener is not None:
+        if listener is not None and (ro is None or (photo is not None and ro.photo != photo)):
             sender = Sender(ro.ghost_id if ro else ghost, nick)
-            self.c.profiles.avatar_seen(portal, sender, frm, photo, listener.identity.jid)
+            # A ghost named by a real JID (see _ghost_for) has a PEP service to read.
+            whose = JID(sender.remote_id) if "/" not in sender.remote_id else None
+            self.c.pep.seen(portal, sender, whose, photo, listener.identity.jid, frm)
         if ro is None:
             ro = RemoteOccupant(nick, ghost, real, role, affiliation, photo)
             room.remote[nick] = ro

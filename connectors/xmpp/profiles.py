@@ -109,6 +109,7 @@ class Profiles:
         )
 
     def _announce_avatar_to_contacts(self, identity: Identity) -> None:
+        self.c.pep.announce(identity)
         show, status, offline = self.c.presence.get(identity.user_id, (None, None, False))
         if offline or not identity.stream.ready.is_set():
             return

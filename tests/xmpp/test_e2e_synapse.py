@@ -27,6 +27,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from slixmpp import JID
+from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
 from bridge.bridge import Bridge
@@ -37,6 +38,7 @@ from tests.harness.synapse import MatrixClient, SynapseServer
 from tests.helpers import command, management_room, until
 
 from .conftest import COMPONENT, Moderated, XClient, connector_config, moderated, unique
+from .test_pep_avatars import publish_avatar, subscribe_both_ways
 
 BOT = "@mimibot:localhost"
 Event = dict[str, Any]
@@ -44,6 +46,7 @@ NS_REACTIONS = "{urn:xmpp:reactions:0}reactions"
 NS_RETRACT = "{urn:xmpp:message-retract:1}retract"
 NS_DISPLAYED = "{urn:xmpp:chat-markers:0}displayed"
 NS_REPLY = "{urn:xmpp:reply:0}reply"
+NS_AVATAR_METADATA = "urn:xmpp:avatar:metadata"
 # A 1x1 PNG.
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -196,10 +199,10 @@ async def xmpp_bridge(
 async def xusers(prosody: ProsodyServer) -> AsyncIterator[Callable[[str], Any]]:
     made: list[XClient] = []
 
-    async def make(prefix: str) -> XClient:
+    async def make(prefix: str, plugins: tuple[str, ...] = ()) -> XClient:
         if not prosody.running:
             prosody.start()
-        c = await XClient(prosody, unique(prefix)).connect()
+        c = await XClient(prosody, unique(prefix), plugins=plugins).connect()
         made.append(c)
         return c
 
@@ -1140,6 +1143,99 @@ async def test_avatars_both_ways(
     await alice.wait_presence(lambda p: str(p["from"]) == f"{muc}/Bea" and _photo(p) == sha)
     card = await vcards.get_vcard(JID(f"{muc}/Bea"), cached=False, local=False, timeout=10)
     assert card["vcard_temp"]["PHOTO"]["BINVAL"] == picture
+
+
+async def test_pep_avatar_of_an_xmpp_user_reaches_its_ghost(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    await xmpp_bridge()
+    alice = await xusers("alice", ("xep_0084",))
+    ann = await matrix_user(synapse, "Ann")
+    ghost = ghost_of(alice.jid)
+
+    async def ghost_avatar() -> str | None:
+        return (await ann.get_profile(ghost)).get("avatar_url")
+
+    # alice published her avatar over PEP (XEP-0084), readable by anyone: when Ann opens a
+    # DM with her, her ghost gets it.
+    picture = PNG + b"alice over pep"
+    await publish_avatar(alice, picture, public=True)
+    dm = await ann.create_room(invite=[ghost], is_direct=True)
+    await until(lambda: _has_member(ann, dm, ghost), what="DM ghost")
+    first = await until(ghost_avatar, what="alice's ghost avatar")
+    assert await download(ann, first) == picture
+    # alice and Ann's puppet share presence: her server notifies the puppet of her next
+    # avatar (published with the default access model, contacts only).
+    await subscribe_both_ways(alice, puppet_jid(ann.user_id))
+    newer = PNG + b"alice over pep, later"
+    await publish_avatar(alice, newer)
+
+    async def changed() -> str | None:
+        mxc = await ghost_avatar()
+        return mxc if mxc and mxc != first else None
+
+    assert await download(ann, await until(changed, what="the new avatar")) == newer
+    # She disables her avatar (empty metadata): the ghost's avatar is removed.
+    await alice.xmpp.plugin["xep_0084"].stop(timeout=10)
+
+    async def removed() -> bool:
+        return not await ghost_avatar()
+
+    await until(removed, what="alice's ghost avatar removed")
+    await ann.close()
+
+
+async def test_pep_avatar_of_a_matrix_user_is_served_and_notified(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    await xmpp_bridge()
+    alice = await xusers("alice", ("xep_0084",))
+    ann = await matrix_user(synapse, "Ann")
+    puppet = JID(puppet_jid(ann.user_id))
+    dm = await ann.create_room(invite=[ghost_of(alice.jid)], is_direct=True)
+    await until(lambda: _has_member(ann, dm, ghost_of(alice.jid)), what="DM ghost")
+    await subscribe_both_ways(alice, str(puppet))
+    pubsub = alice.xmpp.plugin["xep_0060"]
+    avatars = alice.xmpp.plugin["xep_0084"]
+    md = f"{{{NS_AVATAR_METADATA}}}"
+    # Ann sets an avatar on Matrix: alice, her contact, gets a PEP notification, and reads
+    # the picture from the puppet's nodes with slixmpp's XEP-0084 plugin.
+    seen = len(alice.messages)
+    mxc = await upload(ann, PNG, "image/png", "ann.png")
+    profile = f"/_matrix/client/v3/profile/{quote(ann.user_id)}"
+    assert (await ann.request("PUT", f"{profile}/avatar_url", {"avatar_url": mxc}))[0] == 200
+    sha = hashlib.sha1(PNG).hexdigest()
+    note = await alice.wait_message(
+        lambda m: alice.messages.index(m) >= seen and m.xml.find(f".//{md}info") is not None
+    )
+    assert note["type"] == "headline" and JID(str(note["from"])) == puppet
+    meta = await pubsub.get_items(puppet, NS_AVATAR_METADATA, timeout=10)
+    info = meta.xml.find(f".//{md}info")
+    assert (info.get("id"), info.get("type"), info.get("bytes")) == (
+        sha,
+        "image/png",
+        str(len(PNG)),
+    )
+    got = await avatars.retrieve_avatar(puppet, sha, timeout=10)
+    data = got["pubsub"]["items"]["item"]["avatar_data"]["value"]
+    assert data == PNG and hashlib.sha1(data).hexdigest() == sha
+    # Ann removes her avatar: empty metadata, notified and served; the data is gone.
+    seen = len(alice.messages)
+    assert (await ann.request("PUT", f"{profile}/avatar_url", {"avatar_url": ""}))[0] == 200
+    await alice.wait_message(
+        lambda m: (
+            alice.messages.index(m) >= seen
+            and m.xml.find(f".//{md}metadata") is not None
+            and m.xml.find(f".//{md}info") is None
+        )
+    )
+    meta = await pubsub.get_items(puppet, NS_AVATAR_METADATA, timeout=10)
+    (metadata,) = meta.xml.findall(f".//{md}metadata")
+    assert len(metadata) == 0
+    with pytest.raises(IqError) as err:
+        await avatars.retrieve_avatar(puppet, sha, timeout=10)
+    assert err.value.iq["error"]["condition"] == "item-not-found"
+    await ann.close()
 
 
 async def test_self_ping_rejoins_a_silently_dropped_occupant(

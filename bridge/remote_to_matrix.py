@@ -290,15 +290,28 @@ class RemoteHandler:
         rows = await self._rows(portal.key, evt.target_id)
         ghost = await self.ghost(evt)
         for row in rows:
-            # The original sender redacts their own; a moderator's deletion goes through the bot.
-            as_user = ghost if row.sender_mxid == ghost else None
-            await self.hs.redact(
-                portal.room_id,
-                row.event_id,
-                as_user=as_user,
-                txn_id=self._txn(evt, row.event_id),
-                reason=evt.reason,
-            )
+            # The original sender redacts their own. A moderator redacts others' messages as
+            # its ghost when that ghost is in the room (so Matrix shows who did it), and
+            # through the bot when the ghost lacks the power there.
+            own = row.sender_mxid == ghost
+            as_user = ghost if own or self.hs.is_joined(portal.room_id, ghost) else None
+            try:
+                await self.hs.redact(
+                    portal.room_id,
+                    row.event_id,
+                    as_user=as_user,
+                    txn_id=self._txn(evt, row.event_id),
+                    reason=evt.reason,
+                )
+            except MatrixError as e:
+                if own or as_user is None or e.errcode != "M_FORBIDDEN":
+                    raise
+                await self.hs.redact(
+                    portal.room_id,
+                    row.event_id,
+                    txn_id=self._txn(evt, row.event_id, "bot"),
+                    reason=evt.reason,
+                )
             await self.all_saved()
             await self.bridge.messages.delete(row)
 

@@ -111,6 +111,24 @@ async def test_both_directions_and_restart(
 
     await until(redacted)
 
+    # A remote moderator deletes someone else's message: as its ghost where the ghost may
+    # redact in the room; dave's ghost has no power here, so the bot does it for him.
+    victim = await tn.remote_message("#general", "bob", "to be moderated")
+    victim_evt = await alice.wait_for_event(
+        room, lambda e: e["content"].get("body") == "to be moderated"
+    )
+    await tn.remote_message("#general", "dave", "dave is here")
+    await alice.wait_for_event(room, lambda e: e["content"].get("body") == "dave is here")
+    await tn.remote_redaction("#general", "dave", victim)
+
+    async def moderated() -> bool:
+        ev = await alice.get_event(room, victim_evt["event_id"])
+        return "redacted_because" in ev.get("unsigned", {})
+
+    await until(moderated)
+    because = (await alice.get_event(room, victim_evt["event_id"]))["unsigned"]["redacted_because"]
+    assert because["sender"] == "@mimibot:localhost"
+
     # The mapping survives a restart: a remote edit after it still finds its Matrix event.
     later = await tn.remote_message("#general", "carol", "before restart")
     before = await alice.wait_for_event(

@@ -482,9 +482,8 @@ async def test_moderation_both_ways(
     assert "urn:xmpp:message-moderate:0" in info["disco_info"]["features"]
 
     # XMPP -> Matrix: alice owns the MUC and moderates a message of Ann's, one of carl's and
-    # one of her own. Each Matrix event is redacted with the moderator's reason: alice's own
-    # by her ghost; the others by the bridge bot (the core has a ghost redact only its own
-    # messages).
+    # one of her own. Each Matrix event is redacted by alice's ghost (her MUC role gives it
+    # the power to) with the moderator's reason.
     mine = await ann.send_text(room, "from matrix")
     anns = await alice.wait_message(lambda m: m["body"] == "from matrix")
     carl.xmpp.send_message(mto=JID(muc), mbody="from carl", mtype="groupchat")
@@ -497,8 +496,8 @@ async def test_moderation_both_ways(
     await alice.moderate(muc, sid(carls), "spam")
     await alice.moderate(muc, sid(alices), "oops")
     for event_id, redactor, reason in (
-        (mine, BOT, "rude"),
-        (carl_evt["event_id"], BOT, "spam"),
+        (mine, ghost_of(f"{muc}/alice"), "rude"),
+        (carl_evt["event_id"], ghost_of(f"{muc}/alice"), "spam"),
         (alice_evt["event_id"], ghost_of(f"{muc}/alice"), "oops"),
     ):
         await until(lambda e=event_id: _redacted(ann, room, e), what=f"{reason}: redacted")

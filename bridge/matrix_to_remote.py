@@ -16,6 +16,7 @@ from .connector import (
     MatrixEdit,
     MatrixMembership,
     MatrixMessage,
+    MatrixPowerLevel,
     MatrixProfile,
     MatrixReaction,
     MatrixReactionRemove,
@@ -35,6 +36,7 @@ from .connector.capabilities import (
     DirectMessaging,
     EditHandling,
     MembershipHandling,
+    PowerLevelHandling,
     PresenceHandling,
     ProfileHandling,
     ReactionHandling,
@@ -92,6 +94,8 @@ class MatrixHandler:
                 await self.membership(evt, room_id, sender, content)
             elif etype in ("m.room.name", "m.room.topic", "m.room.avatar"):
                 await self.room_meta(evt, etype, room_id, sender, content)
+            elif etype == "m.room.power_levels":
+                await self.power_levels(evt, room_id, sender, content)
             return
         if etype in ("m.room.message", "m.sticker"):
             if etype == "m.room.message" and await self.bridge.commands.maybe_handle(
@@ -446,6 +450,49 @@ class MatrixHandler:
             )
         await self._deliver(portal, sender, "room change", client.handle_matrix_room_meta(change))
 
+    async def power_levels(
+        self, evt: dict[str, Any], room_id: str, sender: str, content: dict[str, Any]
+    ) -> None:
+        """Changed levels of portal members, one connector call each. Levels the bridge set
+        itself (a remote rank mirrored) arrive from the bot and never get here."""
+        portal = await self.bridge.portal_store.by_room(room_id)
+        if portal is None:
+            return
+        prev = (evt.get("unsigned") or {}).get("prev_content")
+        if not isinstance(prev, dict):
+            return  # the room's first levels: nothing changed
+        changes = []
+        for user_id, (before, after) in level_changes(prev, content).items():
+            ghost = self.bridge.parse_ghost(user_id)
+            if ghost is not None and ghost.network != portal.key.network:
+                continue
+            if ghost is None and self.bridge.is_bridge_user(user_id):
+                continue  # the bot, or another network's ghost
+            changes.append((user_id, ghost, before, after))
+        if not changes:
+            return
+        speaker = await self.speaker(portal, sender, "power level change")
+        if speaker is None:
+            return
+        client, msender = speaker
+        if msender.relayed or not isinstance(client, PowerLevelHandling):
+            what = "power levels set through the relay" if msender.relayed else "power levels"
+            await self._not_supported(portal, what)
+            return
+        for user_id, ghost, before, after in changes:
+            change = MatrixPowerLevel(
+                portal=portal.key,
+                sender=msender,
+                event_id=str(evt.get("event_id", "")),
+                level=after,
+                previous=before,
+                target=GhostKey(ghost.network, ghost.remote_id) if ghost else None,
+                target_matrix_user=None if ghost else user_id,
+            )
+            await self._deliver(
+                portal, sender, "power level change", client.handle_matrix_power_level(change)
+            )
+
     async def membership(
         self, evt: dict[str, Any], room_id: str, sender: str, content: dict[str, Any]
     ) -> None:
@@ -723,3 +770,29 @@ class MatrixHandler:
             if isinstance(client, PresenceHandling) and id(client) not in seen:
                 seen.add(id(client))
                 await client.handle_matrix_presence(presence, status)
+
+
+def level_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """User id -> (old, new) effective level, for the users whose level changed between two
+    ``m.room.power_levels`` contents (entries that are not integers count as the default)."""
+
+    def levels(content: dict[str, Any]) -> tuple[dict[str, int], int]:
+        default = content.get("users_default", 0)
+        default = default if isinstance(default, int) and not isinstance(default, bool) else 0
+        users = content.get("users")
+        out: dict[str, int] = {}
+        if isinstance(users, dict):
+            for user_id, level in users.items():
+                if isinstance(user_id, str) and isinstance(level, int):
+                    if not isinstance(level, bool):
+                        out[user_id] = level
+        return out, default
+
+    old, old_default = levels(before)
+    new, new_default = levels(after)
+    changed = {}
+    for user_id in old.keys() | new.keys():
+        a, b = old.get(user_id, old_default), new.get(user_id, new_default)
+        if a != b:
+            changed[user_id] = (a, b)
+    return changed

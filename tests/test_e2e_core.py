@@ -129,6 +129,18 @@ async def test_both_directions_and_restart(
     because = (await alice.get_event(room, victim_evt["event_id"]))["unsigned"]["redacted_because"]
     assert because["sender"] == "@mimibot:localhost"
 
+    # Power levels: the bot's own changes are not bridged; a Matrix user's change of a
+    # ghost's level reaches the network as that user.
+    levels = await bridge.hs.get_state(room, "m.room.power_levels") or {}
+    levels.setdefault("users", {})[alice.user_id] = 100
+    await bridge.hs.send_state(room, "m.room.power_levels", levels)
+    levels = await until(lambda: _level_is(alice, room, alice.user_id, 100))
+    levels["users"]["@testnet_dave:localhost"] = 50
+    await alice.send_state(room, "m.room.power_levels", "", levels)
+    power = await until(sent(bridge, "power", target="dave"))
+    assert power["as_"] == "alice-remote" and (power["previous"], power["level"]) == (0, 50)
+    assert not sent(bridge, "power", target=alice.user_id)()
+
     # The mapping survives a restart: a remote edit after it still finds its Matrix event.
     later = await tn.remote_message("#general", "carol", "before restart")
     before = await alice.wait_for_event(
@@ -269,3 +281,8 @@ async def test_reply_to_a_message_whose_mapping_is_still_being_written(
     release.set()
     await until(lambda: bridge.messages.by_event(evt["event_id"]))
     await gil.close()
+
+
+async def _level_is(client: Any, room: str, user_id: str, level: int) -> dict[str, Any] | None:
+    levels = await client.get_state(room, "m.room.power_levels") or {}
+    return levels if levels.get("users", {}).get(user_id) == level else None

@@ -3,8 +3,8 @@ the core checks with ``isinstance`` and, when a Matrix user does something the n
 carry, tells them in the room instead of dropping it.
 
 Client capabilities (on :class:`~bridge.connector.base.NetworkClient`):
-edits, redactions, reactions, typing, read receipts, membership, room metadata, profile
-(display name and avatar), presence.
+edits, redactions, reactions, typing, read receipts, membership, power levels, room
+metadata, profile (display name and avatar), presence.
 Connector capabilities (on :class:`~bridge.connector.base.NetworkConnector`): login, logout,
 direct messages, plumbing (link), backfill, third-party lookups, extra commands.
 """
@@ -19,6 +19,7 @@ from .base import ChatInfo, Login, MatrixUser
 from .events import (
     MatrixEdit,
     MatrixMembership,
+    MatrixPowerLevel,
     MatrixProfile,
     MatrixReaction,
     MatrixReactionRemove,
@@ -65,6 +66,14 @@ class ReceiptHandling(Protocol):
 @runtime_checkable
 class MembershipHandling(Protocol):
     async def handle_matrix_membership(self, change: MatrixMembership) -> None: ...
+
+
+@runtime_checkable
+class PowerLevelHandling(Protocol):
+    """Matrix power levels of portal members become the network's ranks (channel operator,
+    MUC moderator...), set by the Matrix user's own remote identity."""
+
+    async def handle_matrix_power_level(self, change: MatrixPowerLevel) -> None: ...
 
 
 @runtime_checkable

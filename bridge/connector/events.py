@@ -291,6 +291,20 @@ class MatrixProfile(MatrixEvent):
 
 
 @dataclass(slots=True, kw_only=True)
+class MatrixPowerLevel(MatrixEvent):
+    """A Matrix user changed a portal member's power level (``m.room.power_levels``): one
+    event per member whose level changed. ``target`` is a ghost's key, or None when the member
+    is a Matrix user (``target_matrix_user``, whose puppet the connector knows). The
+    connector maps levels to its own ranks (Matrix's customary 50 is a moderator, 100 an
+    administrator)."""
+
+    level: int
+    previous: int
+    target: GhostKey | None = None
+    target_matrix_user: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
 class MatrixRoomMeta(MatrixEvent):
     """``m.room.name`` / ``m.room.topic`` / ``m.room.avatar`` changed in a portal."""
 

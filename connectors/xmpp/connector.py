@@ -35,6 +35,7 @@ from bridge.connector import (
     MatrixEdit,
     MatrixMembership,
     MatrixMessage,
+    MatrixPowerLevel,
     MatrixProfile,
     MatrixReaction,
     MatrixReactionRemove,
@@ -81,6 +82,7 @@ from .muc import MucRoom, Occupant
 from .pep import NOTIFY_FEATURE, PepAvatars
 from .presence_in import PresenceIn
 from .profiles import Profiles
+from .ranks import Ranks
 
 NS_MUC = "http://jabber.org/protocol/muc"
 CAPS_NODE = "https://github.com/mimi-bridge/mimi-bridge"
@@ -145,6 +147,9 @@ class XMPPClient(NetworkClient):
     async def handle_matrix_membership(self, change: MatrixMembership) -> None:
         await self.connector.messages_out.handle_membership(self.identity, change)
 
+    async def handle_matrix_power_level(self, change: MatrixPowerLevel) -> None:
+        await self.connector.ranks.set_level(self.identity, change)
+
     async def handle_matrix_room_meta(self, change: MatrixRoomMeta) -> None:
         await self.connector.messages_out.send_room_meta(self.identity, change)
 
@@ -197,6 +202,7 @@ class XMPPConnector(NetworkConnector):
         self.messages_out = MessagesOut(self)
         self.profiles = Profiles(self)
         self.history = History(self)
+        self.ranks = Ranks(self)
         self.pep = PepAvatars(self)
         self.component_xmpp.prefilter = self._wanted
         self.component.on_ready.append(self._component_ready)

@@ -151,12 +151,27 @@ class MucJoins:
         await self.emit_members(room)
 
     async def emit_members(self, room: MucRoom) -> None:
-        if not room.remote:
-            return
+        """The room's occupants as a complete member list: the remote ones as ghosts with
+        the power of their rank, and the bridge's own with the rank their users hold."""
         members = [
             ChatMember(Sender(ro.ghost_id, ro.nick), mucmod.power_level(ro.affiliation, ro.role))
             for ro in room.remote.values()
         ]
+        members += [
+            ChatMember(
+                Sender(
+                    occ.identity.jid.bare,
+                    occ.nick,
+                    is_from_me=True,
+                    matrix_user=occ.identity.user_id,
+                ),
+                mucmod.power_level(occ.affiliation, occ.role),
+            )
+            for occ in room.ours.values()
+            if occ.state == "joined"
+        ]
+        if not room.remote and not any(m.power_level for m in members):
+            return
         await self.c.emit(
             RemoteChatInfo(
                 portal=PortalKey(NETWORK, room.jid.bare),

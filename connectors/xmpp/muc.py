@@ -99,6 +99,8 @@ class Occupant:
     last_error: str | None = None
     pending_nick: str | None = None  # asked for in a nick change, not confirmed yet
     photo: str | None = None  # the avatar hash (XEP-0153) its presence in the room carries
+    affiliation: str = "none"  # as its own presence in the room last said
+    role: str = "participant"
 
     @property
     def occupant_jid(self) -> JID:

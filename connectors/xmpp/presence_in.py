@@ -246,10 +246,26 @@ class PresenceIn:
         if occ.pending_nick is not None and nick != occ.pending_nick:
             return  # a presence of the old nick while the new one is on its way
         occ.nick = nick  # the room may have changed it (status 210)
+        rank = (item.get("affiliation") or occ.affiliation, item.get("role") or occ.role)
+        # A rank given or taken in the room (or held when joining) is the user's power in
+        # the portal; the member list says so once the room's occupants are known.
+        if occ.state == "joined":
+            ranked = rank != (occ.affiliation, occ.role)
+        else:
+            ranked = mucmod.power_level(*rank) > 0
+        occ.affiliation, occ.role = rank
         if occ.waiter is not None and not occ.waiter.done():
             occ.waiter.set_result(("joined", codes, ""))
         if mucmod.NON_ANONYMOUS in codes:
             room.non_anonymous = True
+        listener = room.listener()
+        if (
+            ranked
+            and listener is not None
+            and listener.state == "joined"
+            and room.sync_seen is None
+        ):
+            await self.c.joins.emit_members(room)
 
     async def _rejoin_later(self, room: MucRoom, occ: Occupant) -> None:
         await asyncio.sleep(1)

@@ -649,6 +649,48 @@ async def test_subject_and_topic_both_ways(
     await ann.close()
 
 
+async def test_power_levels_become_muc_ranks(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    bridge, muc, alice, ann, room = await portal_with(xmpp_bridge, synapse, prosody, xusers)
+    connector: Any = bridge.connectors["xmpp"]
+    carl = await xusers("carl")
+    await carl.join(muc, "carl")
+    carl_ghost = ghost_of(f"{muc}/carl")
+    await until(lambda: _has_member(ann, room, carl_ghost), what="carl's ghost")
+    # alice makes Ann's occupant an owner of the MUC: Ann gets power 100 in Matrix.
+    ann_jid = connector.puppet_jid(ann.user_id).bare
+    await alice.xmpp.plugin["xep_0045"].set_affiliation(muc, "owner", jid=ann_jid)
+    await until(lambda: _power_of(ann, room, ann.user_id, 100), what="Ann's power")
+
+    async def set_level(user_id: str, level: int) -> None:
+        levels = await ann.get_state(room, "m.room.power_levels") or {}
+        levels.setdefault("users", {})[user_id] = level
+        await ann.send_state(room, "m.room.power_levels", "", levels)
+
+    def rank_of(nick: str, key: str, value: str, since: int) -> Callable[[Any], bool]:
+        return lambda p: (
+            alice.presences.index(p) >= since
+            and str(p["from"]) == f"{muc}/{nick}"
+            and p["muc"][key] == value
+        )
+
+    # Matrix power 50 -> moderator; back to 0 -> participant.
+    n = len(alice.presences)
+    await set_level(carl_ghost, 50)
+    await alice.wait_presence(rank_of("carl", "role", "moderator", n))
+    n = len(alice.presences)
+    await set_level(carl_ghost, 0)
+    await alice.wait_presence(rank_of("carl", "role", "participant", n))
+    # A Matrix user's power 100 makes their occupant an owner.
+    ben = await matrix_user(synapse, "Ben")
+    await ben.join(room)
+    await alice.wait_presence(from_nick(muc, "Ben"))
+    n = len(alice.presences)
+    await set_level(ben.user_id, 100)
+    await alice.wait_presence(rank_of("Ben", "affiliation", "owner", n))
+
+
 async def test_kicks_both_ways(
     xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
 ) -> None:

@@ -8,11 +8,15 @@ from typing import Any
 import pytest
 
 from bridge.connector import (
+    ConnectorError,
+    GhostKey,
     MatrixMessage,
+    MatrixPowerLevel,
     MatrixSender,
     Membership,
     MessageContent,
     PortalKey,
+    RemoteChatInfo,
     RemoteMembership,
     RemoteMessage,
 )
@@ -550,3 +554,62 @@ async def test_moderation_both_ways(
         lambda e: isinstance(e, RemoteMessage) and e.content.text == "after", start=n
     )
     assert not [e for e in bridge.events[n:] if isinstance(e, RemoteRedaction)]
+
+
+async def test_power_level_changes_the_room_refuses_are_told(
+    connector: XMPPConnector, bridge: FakeBridge, prosody: Any, xclients: Any
+) -> None:
+    """Carol's occupant is a participant: the room refuses to make anyone a moderator for
+    her, and she gets the room's answer; once she is a moderator it works."""
+    portal, alice, (carol,) = await open_room(connector, bridge, prosody, xclients, "Carol")
+    room = portal.remote_id
+    bob = await xclients("bob")
+    await bob.join(room, "bob")
+    await bridge.wait_for(
+        lambda e: (
+            isinstance(e, RemoteMembership)
+            and e.sender.display_name == "bob"
+            and e.membership == Membership.JOIN
+        )
+    )
+    bob_ghost = connector.rooms[room].remote["bob"].ghost_id
+    client: Any = await connector.client_for(carol, portal)
+
+    def change(level: int, previous: int) -> MatrixPowerLevel:
+        return MatrixPowerLevel(
+            portal=portal,
+            sender=MatrixSender(carol.user_id, "Carol"),
+            event_id=f"$pl{unique('e')}",
+            level=level,
+            previous=previous,
+            target=GhostKey("xmpp", bob_ghost),
+        )
+
+    with pytest.raises(ConnectorError, match="refused"):
+        await client.handle_matrix_power_level(change(50, 0))
+    # alice makes Carol an admin of the room (XEP-0045 lets admins, not moderators, make
+    # moderators): Carol's power in the portal follows (a member list with her puppet at
+    # 50), and her change now goes through.
+    carol_jid = connector.puppet_jid(carol.user_id).bare
+    await alice.xmpp.plugin["xep_0045"].set_affiliation(room, "admin", jid=carol_jid)
+
+    def carol_at_50(e: Any) -> bool:
+        return (
+            isinstance(e, RemoteChatInfo)
+            and e.members is not None
+            and any(
+                m.sender.matrix_user == carol.user_id and m.power_level == 50 for m in e.members
+            )
+        )
+
+    info = await bridge.wait_for(carol_at_50)
+    assert any(m.sender.display_name == "bob" for m in info.members or [])
+    n = len(alice.presences)
+    await client.handle_matrix_power_level(change(50, 0))
+    await alice.wait_presence(
+        lambda p: (
+            alice.presences.index(p) >= n
+            and str(p["from"]) == f"{room}/bob"
+            and p["muc"]["role"] == "moderator"
+        )
+    )

@@ -11,7 +11,7 @@ from slixmpp import JID
 from slixmpp.stanza import Message
 from slixmpp.xmlstream import ET
 
-from bridge.connector import ConfigError, MessageKind, PortalKey, escape_localpart
+from bridge.connector import ConfigError, MessageKind, NotSupported, PortalKey, escape_localpart
 from connectors.xmpp import xmpp_to_matrix as inc
 from connectors.xmpp.config import parse_config
 from connectors.xmpp.jid_mapping import (
@@ -363,3 +363,38 @@ async def test_connector_survives_hostile_stanzas() -> None:
     portal = PortalKey("xmpp", "a@b", receiver="@u:example.org")
     assert all(e.portal == portal for e in bridge.events)
     assert bridge.events
+
+
+def test_power_levels_to_muc_ranks() -> None:
+    from connectors.xmpp.ranks import items_for
+
+    # 50 makes a participant a moderator, 0 a participant again.
+    assert items_for(50, 0, "carl", None, "none") == [{"nick": "carl", "role": "moderator"}]
+    assert items_for(0, 50, "carl", None, "none") == [{"nick": "carl", "role": "participant"}]
+    # 100 makes an owner (by JID; owners are moderators whatever their role).
+    assert items_for(100, 0, "carl", "carl@x.org/r", "none") == [
+        {"jid": "carl@x.org", "affiliation": "owner"}
+    ]
+    # An owner brought to 50 becomes an admin, to 0 a member and a participant.
+    assert items_for(50, 100, "o", "o@x.org", "owner") == [
+        {"jid": "o@x.org", "affiliation": "admin"}
+    ]
+    assert items_for(0, 100, "o", "o@x.org", "owner") == [
+        {"jid": "o@x.org", "affiliation": "member"},
+        {"nick": "o", "role": "participant"},
+    ]
+    # An owner's rank cannot change when the room hides the address.
+    with pytest.raises(NotSupported):
+        items_for(100, 0, "anon", None, "none")
+    # Not in the room and not addressable: nothing to do.
+    assert items_for(50, 0, None, None, "none") == []
+
+
+def test_level_changes_between_power_levels() -> None:
+    from bridge.matrix_to_remote import level_changes
+
+    before = {"users": {"@a:x": 100, "@b:x": 50, "@c:x": "junk"}, "users_default": 0}
+    after = {"users": {"@a:x": 100, "@c:x": 50, "@d:x": True}, "users_default": 0}
+    assert level_changes(before, after) == {"@b:x": (50, 0), "@c:x": (0, 50)}
+    assert level_changes({}, {"users": {"@a:x": 10}}) == {"@a:x": (0, 10)}
+    assert level_changes({"users": "x"}, {"users": None, "users_default": "y"}) == {}

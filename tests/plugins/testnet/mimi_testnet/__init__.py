@@ -23,6 +23,7 @@ from bridge.connector import (
     MatrixEdit,
     MatrixMembership,
     MatrixMessage,
+    MatrixPowerLevel,
     MatrixProfile,
     MatrixReaction,
     MatrixReactionRemove,
@@ -124,6 +125,16 @@ class TestNetClient(NetworkClient):
             as_=self.name,
             membership=change.membership.value,
             target=change.target.remote_id if change.target else None,
+        )
+
+    async def handle_matrix_power_level(self, change: MatrixPowerLevel) -> None:
+        self.connector.record(
+            "power",
+            change.portal,
+            as_=self.name,
+            target=change.target.remote_id if change.target else change.target_matrix_user,
+            level=change.level,
+            previous=change.previous,
         )
 
     async def handle_matrix_presence(self, presence: str, status: str | None) -> None:

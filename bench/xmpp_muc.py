@@ -317,12 +317,14 @@ class Cpu:
 # --- the server's floor: joins from a raw component socket ---------------------------------
 
 
-async def raw_floor(n: int, m: int, tmp: Path, prosody_config: str = "") -> dict[str, float]:
+async def raw_floor(
+    n: int, m: int, tmp: Path, prosody_config: str = "", fanout: bool = False
+) -> dict[str, float]:
     """What Prosody itself needs, on a fresh Prosody: N occupants joined from a raw XEP-0114
     connection that only counts what it gets (with the same caps element as the bridge's
     puppets), then M messages from an XMPP user fanned out to them."""
     prosody = await asyncio.to_thread(
-        start_prosody, tmp / "prosody-raw", COMPONENT, SECRET, "warn", prosody_config
+        start_prosody, tmp / "prosody-raw", COMPONENT, SECRET, "warn", prosody_config, fanout
     )
     owner = None
     try:
@@ -383,7 +385,8 @@ async def raw_floor(n: int, m: int, tmp: Path, prosody_config: str = "") -> dict
         start = time.monotonic()
         for i in range(m):
             owner.xmpp.send_message(mto=JID(room), mbody=f"fanout {i}", mtype="groupchat")
-        await count(b">fanout ", n * m)
+        # With mod_muc_bridge_fanout the component gets one copy of each message.
+        await count(b">fanout ", m if fanout else n * m)
         fanout_s = time.monotonic() - start
         writer.close()
         return {
@@ -428,16 +431,22 @@ class Profiler:
 
 
 async def run(
-    n: int, m: int, k: int, tmp: Path, profiler: Profiler, prosody_config: str = ""
+    n: int,
+    m: int,
+    k: int,
+    tmp: Path,
+    profiler: Profiler,
+    prosody_config: str = "",
+    fanout: bool = False,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"n": n, "m": m, "k": k, "cores": os.cpu_count()}
-    results["raw"] = await raw_floor(n, m, tmp, prosody_config)
+    results["raw"] = await raw_floor(n, m, tmp, prosody_config, fanout)
     as_port = free_port()
     reg = tmp / "registration.json"
     write_registration(reg, as_port)
     synapse = await asyncio.to_thread(start_synapse, tmp / "synapse", [reg])
     prosody = await asyncio.to_thread(
-        start_prosody, tmp / "prosody", COMPONENT, SECRET, "warn", prosody_config
+        start_prosody, tmp / "prosody", COMPONENT, SECRET, "warn", prosody_config, fanout
     )
     cpu = Cpu(prosody, synapse)
     bridge = None
@@ -662,13 +671,20 @@ def main() -> None:
         metavar="LUA",
         help="Lua added to both Prosodys' global settings, e.g. 'gc = { mode = \"incremental\" }'",
     )
+    parser.add_argument(
+        "--fanout",
+        action="store_true",
+        help="load contrib/prosody/mod_muc_bridge_fanout.lua on both Prosodys' MUC",
+    )
     args = parser.parse_args()
     raise_fd_limit()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="xmpp-bench-") as tmp:
         os.chmod(tmp, 0o755)
         profiler = Profiler(args.profile)
-        results = asyncio.run(run(args.n, args.m, args.k, Path(tmp), profiler, args.prosody_config))
+        results = asyncio.run(
+            run(args.n, args.m, args.k, Path(tmp), profiler, args.prosody_config, args.fanout)
+        )
     report(results)
     profiler.report()
     if args.json:

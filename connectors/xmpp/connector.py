@@ -706,9 +706,10 @@ class XMPPConnector(NetworkConnector):
     def _wanted(self, tag: str, attrib: dict[str, str]) -> int:
         """Whether a stanza from the component stream is worth parsing, from its top-level
         tag and attributes. Of the copies a MUC sends to each of the bridge's occupants, only
-        the listener's copy of groupchat messages and presences is used, plus each occupant's
-        own presence; the others are dropped before they are built. Anything unusual (errors,
-        unknown rooms or addresses, other stanza types) is kept for the full handlers."""
+        the first copy of each groupchat message (:meth:`MucRoom.claim`) and the listener's
+        copy of presences are used, plus each occupant's own presence; the others are dropped
+        before they are built. Anything unusual (errors, unknown rooms or addresses, other
+        stanza types) is kept for the full handlers."""
         frm = attrib.get("from")
         if not frm or attrib.get("type") == "error":
             return KEEP
@@ -717,6 +718,10 @@ class XMPPConnector(NetworkConnector):
         if room is None:
             return KEEP
         to = attrib.get("to", "")
+        if tag in _MESSAGE_TAGS and attrib.get("type") == "groupchat":
+            if room.ours.by_jid.get(to) is None:
+                return KEEP
+            return KEEP if room.claim(frm, attrib.get("id"), to) else DROP
         listener = room.listener()
         if listener is None or listener.identity.jid_str == to:
             return KEEP
@@ -724,7 +729,7 @@ class XMPPConnector(NetworkConnector):
         if occ is None:
             return KEEP
         if tag in _MESSAGE_TAGS:
-            return DROP if attrib.get("type") == "groupchat" else KEEP
+            return KEEP
         if tag in _PRESENCE_TAGS:
             if nick and (nick == occ.nick or nick == occ.pending_nick):
                 return KEEP  # its own presence (joined, left, kicked, renamed)

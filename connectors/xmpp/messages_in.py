@@ -171,8 +171,10 @@ class MessagesIn:
                 fut.set_result(ids.stanza)
             if key in self.c.messages_out.echoes:
                 await self.c.messages_out.on_own_reflection(room, key, ids.stanza)
-        if room.listener() is not receiver:
-            return
+        if not room.claim(
+            msg.xml.attrib.get("from", ""), msg.xml.attrib.get("id"), msg.xml.attrib.get("to", "")
+        ):
+            return  # another copy of the message is the one read
         room.touch()
         portal = PortalKey(NETWORK, room.jid.bare)
         conv = conv_of(portal)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import unicodedata
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +19,11 @@ from slixmpp import JID
 from slixmpp.jid import InvalidJID
 
 if TYPE_CHECKING:
-    from .connector import Identity
+    from .identity import Identity
 
 # Status codes (XEP-0045 §15.6).
+# Claimed groupchat messages remembered per room (copies of one message arrive together).
+CLAIMS_KEPT = 2000
 SELF = 110
 NON_ANONYMOUS = 100
 ROOM_CREATED = 201
@@ -156,6 +159,24 @@ class MucRoom:
     non_anonymous: bool = False
     # Nicks seen while (re)joining; remote occupants not in it have left meanwhile.
     sync_seen: set[str] | None = None
+    # Groupchat messages read (sender JID and id) -> the occupant JID whose copy was read.
+    claims: OrderedDict[str, str] = field(default_factory=OrderedDict)
+
+    def claim(self, frm: str, mid: str | None, to: str) -> bool:
+        """Whether the copy of the groupchat message ``mid`` from ``frm`` that came for ``to``
+        is the one to read: the first copy to arrive (for whichever of the bridge's occupants,
+        on whichever stream) claims the message. Without an id, the listener's copy is."""
+        if not mid:
+            listener = self.listener()
+            return listener is None or listener.identity.jid_str == to
+        key = f"{frm}\0{mid}"
+        owner = self.claims.get(key)
+        if owner is None:
+            self.claims[key] = to
+            while len(self.claims) > CLAIMS_KEPT:
+                self.claims.popitem(last=False)
+            return True
+        return owner == to
 
     def listener(self) -> Occupant | None:
         for occ in self.ours.values():

@@ -41,6 +41,9 @@ PLUGIN_DIR = Path("/usr/lib/prosody/modules")
 COMMUNITY_MODULES = ("muc_moderation",)
 MODULES_HINT = "Prosody module mod_{name} not found in {dir}: apt-get install prosody-modules"
 PROSODY_USER = "prosody"
+FANOUT_MODULE = (
+    Path(__file__).resolve().parents[2] / "contrib" / "prosody" / "mod_muc_bridge_fanout.lua"
+)
 DOMAIN = "localhost"
 MUC_DOMAIN = "conference.localhost"
 UPLOAD_DOMAIN = "upload.localhost"
@@ -87,7 +90,8 @@ default_archive_policy = true
 VirtualHost "{domain}"
 
 Component "{muc_domain}" "muc"
-  modules_enabled = {{ "muc_mam"; "muc_moderation" }}
+  modules_enabled = {{ "muc_mam"; "muc_moderation"{muc_extra_modules} }}
+  muc_bridge_components = {{ "{component_domain}" }}
   restrict_room_creation = false
   muc_room_locking = false
   muc_log_by_default = true
@@ -264,10 +268,12 @@ def start_prosody(
     component_secret: str,
     log_level: str = "debug",
     extra_config: str = "",
+    bridge_fanout: bool = False,
 ) -> ProsodyServer:
     """Start a fresh Prosody; see the module docstring. Call ``stop()`` when done.
     ``log_level`` is the level of ``prosody.log`` (benchmarks want "warn"); ``extra_config``
-    is Lua appended to the global section (later settings win)."""
+    is Lua appended to the global section (later settings win). ``bridge_fanout`` loads the
+    project's ``contrib/prosody/mod_muc_bridge_fanout.lua`` on the MUC for the component."""
     find_prosody()
     check_community_modules()
     workdir = Path(workdir)
@@ -285,6 +291,13 @@ def start_prosody(
         base.mkdir(parents=True, exist_ok=True)
     (base / "data").mkdir(exist_ok=True)
     (base / "certs").mkdir(exist_ok=True)
+    muc_extra_modules = ""
+    if bridge_fanout:
+        # A copy Prosody's user can read (the repository may sit in a private directory).
+        (base / "plugins").mkdir(exist_ok=True)
+        shutil.copy(FANOUT_MODULE, base / "plugins" / FANOUT_MODULE.name)
+        extra_config += f'\nplugin_paths = {{ "{base}/plugins" }}\n'
+        muc_extra_modules = '; "muc_bridge_fanout"'
     server = ProsodyServer(
         host="127.0.0.1",
         c2s_port=free_port(),
@@ -311,6 +324,7 @@ def start_prosody(
             component_secret=component_secret,
             log_level=log_level,
             extra_config=extra_config,
+            muc_extra_modules=muc_extra_modules,
         )
     )
     if as_user:

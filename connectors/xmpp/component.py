@@ -518,6 +518,27 @@ class Component(ComponentXMPP):
 
     prefilter: Callable[[str, dict[str, str]], int] | None = None
 
+    # slixmpp's answers to subscription stanzas and probes come from a roster in memory (a
+    # probe from a contact it does not know is answered "unsubscribed", which cancels the
+    # contact's subscription); the connector's roster.py answers them instead.
+    def _handle_subscribe(self, pres: Presence) -> None:
+        pass
+
+    def _handle_subscribed(self, pres: Presence) -> None:
+        pass
+
+    def _handle_unsubscribe(self, pres: Presence) -> None:
+        pass
+
+    def _handle_unsubscribed(self, pres: Presence) -> None:
+        pass
+
+    def _handle_new_subscription(self, pres: Presence) -> None:
+        pass
+
+    def _handle_probe(self, pres: Presence) -> None:
+        pass
+
     def init_parser(self) -> None:
         self.xml_depth = 0
         self.xml_root = None
@@ -555,9 +576,6 @@ class Component(ComponentXMPP):
 def make_component(cfg: XMPPConfig) -> Component:
     xmpp = Component(cfg.domain, cfg.secret, cfg.host, cfg.port)
     xmpp.enable_direct_tls = False
-    # Subscription requests to Matrix users are accepted (presence is shared both ways).
-    xmpp.auto_authorize = True
-    xmpp.auto_subscribe = True
     _register(xmpp)
     return xmpp
 

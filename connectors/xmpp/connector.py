@@ -83,6 +83,7 @@ from .pep import NOTIFY_FEATURE, PepAvatars
 from .presence_in import PresenceIn
 from .profiles import Profiles
 from .ranks import Ranks
+from .roster import Roster
 
 NS_MUC = "http://jabber.org/protocol/muc"
 CAPS_NODE = "https://github.com/mimi-bridge/mimi-bridge"
@@ -204,6 +205,7 @@ class XMPPConnector(NetworkConnector):
         self.history = History(self)
         self.ranks = Ranks(self)
         self.pep = PepAvatars(self)
+        self.roster = Roster(self)
         self.component_xmpp.prefilter = self._wanted
         self.component.on_ready.append(self._component_ready)
         self.component.on_lost.append(lambda: self._stream_lost(self.component))
@@ -262,6 +264,8 @@ class XMPPConnector(NetworkConnector):
         await self.ids.setup()
         self.avatars = AvatarStore(db)
         await self.avatars.setup()
+        self.roster = Roster(self, db)
+        await self.roster.setup()
         try:
             for portal in await self.bridge.portals(NETWORK):
                 if portal.receiver:
@@ -309,6 +313,7 @@ class XMPPConnector(NetworkConnector):
                             )
                         )
                 occ.state = "left"
+        self.roster.goodbye()
         await asyncio.sleep(0.05)
         for session in list(self.sessions.values()):
             await session.identity.stream.stop()
@@ -321,6 +326,7 @@ class XMPPConnector(NetworkConnector):
         await self.inbox.close()
         await self.media.close()
         await self.ids.flush()
+        await self.roster.flush()
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -636,6 +642,7 @@ class XMPPConnector(NetworkConnector):
         await self._rejoin(self.component)
         await self._send_initial_presence()
         await self.messages_out.flush_outbox()
+        await self.roster.announce(skip=set(self.presence))
 
     async def _send_initial_presence(self) -> None:
         for user_id, (show, status, offline) in list(self.presence.items()):

@@ -577,11 +577,7 @@ class MessagesOut:
             with contextlib.suppress(Exception):
                 xmpp.send_presence(pshow=show, pstatus=status)
             return
-        roster = xmpp.roster[identity.jid.bare]
-        for contact in list(roster):
-            item = roster[contact]
-            if item["subscription"] not in ("from", "both"):
-                continue
+        for contact in self.c.roster.seeing(identity.jid.bare):
             pres = xmpp.make_presence(
                 pfrom=identity.jid, pto=contact, ptype="unavailable" if offline else None
             )

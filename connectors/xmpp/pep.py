@@ -337,10 +337,7 @@ class PepAvatars:
             return
         avatar = self.conn.avatars.cached(identity.user_id)
         xmpp = identity.xmpp
-        roster = xmpp.roster[identity.jid.bare]
-        for contact in list(roster):
-            if roster[contact]["subscription"] not in ("from", "both"):
-                continue
+        for contact in self.conn.roster.seeing(identity.jid.bare):
             msg = xmpp.make_message(mto=contact, mfrom=identity.jid.bare, mtype="headline")
             msg.xml.append(
                 event_element(NS_METADATA, metadata_item_id(avatar), metadata_payload(avatar))

@@ -1,6 +1,7 @@
 """XMPP presence to Matrix: the puppets' own MUC presence (joined, renamed, kicked,
 banned: status codes 110, 201, 210, 303, 307, 301, 321, 322, 333), other occupants' joins,
-leaves, roles and affiliations, and contacts' availability."""
+leaves, roles and affiliations, and contacts' availability. Subscription stanzas and probes to
+the component go to roster.py."""
 
 from __future__ import annotations
 
@@ -21,16 +22,13 @@ from bridge.connector import (
 )
 
 from . import avatars as avmod
-from . import matrix_to_xmpp as out
 from . import muc as mucmod
 from . import xmpp_to_matrix as inc
-from .component import (
-    NotConnected,
-    Stream,
-)
+from .component import Stream
 from .identity import NETWORK
 from .jid_mapping import InvalidMapping
 from .muc import MucRoom, Occupant, RemoteOccupant
+from .roster import ROSTER_TYPES
 
 if TYPE_CHECKING:
     from .connector import XMPPConnector
@@ -63,27 +61,15 @@ class PresenceIn:
         if room is not None:
             await self._on_muc_presence(room, pres, frm, to, ptype)
             return
+        if ptype in ROSTER_TYPES:
+            # Subscriptions and probes (and errors, which may answer a subscription request):
+            # the component answers for its puppets (roster.py); an own account's server
+            # does that itself.
+            if stream is self.c.component:
+                await self.c.roster.on_presence(ptype, frm, to)
+            return
         user_id = self.user_for(stream, to)
         if user_id is None:
-            return
-        # A probe, or a subscription: the contact gets the puppet's presence with its caps
-        # (its server then sends the puppet the contact's PEP avatar notifications).
-        if ptype in ("probe", "subscribe", "subscribed") and stream is self.c.component:
-            show, status, offline = self.c.presence.get(user_id, (None, None, False))
-            reply = stream.xmpp.make_presence(
-                pto=frm.bare,
-                pfrom=self.c.mapper.full_jid(user_id),
-                ptype="unavailable" if offline else None,
-            )
-            if show:
-                reply["show"] = show
-            if status:
-                reply["status"] = status
-            if not offline:
-                out.add_caps(reply, *self.c.caps)
-                avmod.add_photo_update(reply, await self.c.avatars.load(user_id))
-            with contextlib.suppress(NotConnected):
-                stream.send(reply)
             return
         if ptype not in ("available", "unavailable"):
             return

@@ -113,10 +113,7 @@ class Profiles:
         show, status, offline = self.c.presence.get(identity.user_id, (None, None, False))
         if offline or not identity.stream.ready.is_set():
             return
-        roster = identity.xmpp.roster[identity.jid.bare]
-        for contact in list(roster):
-            if roster[contact]["subscription"] not in ("from", "both"):
-                continue
+        for contact in self.c.roster.seeing(identity.jid.bare):
             pres = identity.xmpp.make_presence(pfrom=identity.jid, pto=contact)
             if show:
                 pres["show"] = show

@@ -44,6 +44,7 @@ class FakeBridge:
     members: dict[PortalKey, list[MatrixUser]] = field(default_factory=dict)
     login_list: list[Login] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
+    db: Any = None  # a database from bridge.db.open_database, for the connector's tables
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def user(self, user_id: str, name: str, permission: str = "user") -> MatrixUser:
@@ -77,7 +78,7 @@ class FakeBridge:
         return list(self.login_list)
 
     def database(self) -> Any:
-        return None
+        return self.db
 
     def ghost_user_id(self, network: str, remote_id: str) -> str:
         from bridge.connector import escape_localpart

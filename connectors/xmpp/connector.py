@@ -482,8 +482,9 @@ class XMPPConnector(NetworkConnector):
         portal = PortalKey(NETWORK, str(jid), receiver=user.user_id)
         self.known_dms.add(portal)
         if not jid.resource:
-            via = self.identity_for(user.user_id).jid
-            self.pep.seen(portal, Sender(jid.bare), jid, None, via, jid)
+            identity = self.identity_for(user.user_id)
+            self.pep.seen(portal, Sender(jid.bare), jid, None, identity.jid, jid)
+            await self.roster.ask(identity, jid)
         return portal
 
     # --- login ----------------------------------------------------------------------------------

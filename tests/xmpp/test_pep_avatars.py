@@ -334,7 +334,9 @@ async def test_presence_only_avatar_needs_a_subscription_and_vcard_is_the_fallba
     card["PHOTO"]["BINVAL"] = vcard_picture
     await vcards.publish_vcard(card, timeout=10)
     # Erin's puppet may not read bob's PEP nodes (forbidden): his presence's XEP-0153 hash
-    # leads to the vCard.
+    # leads to the vCard. (Opening the DM makes the puppet ask for his presence; he does not
+    # answer yet.)
+    bob.xmpp.auto_authorize = None
     await connector.open_dm(erin, "xmpp", bob.jid)
     pres = bob.xmpp.make_presence(pto=JID(puppet))
     update = ET.SubElement(pres.xml, "{vcard-temp:x:update}x")
@@ -344,8 +346,10 @@ async def test_presence_only_avatar_needs_a_subscription_and_vcard_is_the_fallba
     assert isinstance(ev, RemoteProfile) and ev.avatar is not None
     assert ev.avatar.data == vcard_picture
     # With a mutual subscription, Prosody sends the puppet the last published item: the PEP
-    # avatar, which wins over the vCard.
+    # avatar, which wins over the vCard. bob approves the puppet's request and asks back.
     start = len(bridge.events)
+    bob.xmpp.auto_authorize = True
+    bob.xmpp.send_presence(pto=JID(puppet), ptype="subscribed")
     await subscribe_both_ways(bob, puppet)
     ev = await bridge.wait_for(lambda e: isinstance(e, RemoteProfile), start=start)
     assert isinstance(ev, RemoteProfile) and ev.avatar is not None

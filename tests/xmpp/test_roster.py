@@ -1,6 +1,6 @@
 """The puppets' presence subscriptions (connectors/xmpp/roster.py) against a real Prosody:
-kept in the bridge database across restarts of the connector, probes answered without
-leaking presence, hostile subscription stanzas. The
+kept in the bridge database across restarts of the connector, asked for when a Matrix user
+opens a DM, probes answered without leaking presence, hostile subscription stanzas. The
 end-to-end test through Synapse is in test_e2e_synapse.py."""
 
 from __future__ import annotations
@@ -192,6 +192,114 @@ async def test_subscription_both_ways_survives_a_restart(
     finally:
         await conn.stop()
         await db.stop()
+
+
+# --- (b) opening a DM asks once ----------------------------------------------------------------
+
+
+async def test_opening_a_dm_asks_once_and_keeps_the_answer(
+    prosody: ProsodyServer, xclients: Any, start_connector: Starter, sqlite_db: Any
+) -> None:
+    bridge = FakeBridge(db=sqlite_db)
+    erin = bridge.user(ERIN, "Erin")
+    conn = await start_connector(bridge)
+    alice = await xclients("alice")
+    bob = await xclients("bob")
+    for client in (alice, bob):
+        client.xmpp.auto_authorize = None  # they answer by hand
+        await client.xmpp.get_roster(timeout=10)
+    asks = from_puppet("subscribe")
+    # Erin opens a DM with alice: the puppet asks alice once, however often it is opened.
+    dm = await conn.open_dm(erin, "xmpp", alice.jid)
+    bridge.portal_list.append(dm)
+    await alice.wait_presence(asks)
+    await conn.open_dm(erin, "xmpp", alice.jid)
+    await roundtrip(conn, bridge, alice, erin)
+    assert count(alice, asks) == 1
+    item = conn.roster.item(PUPPET, alice.jid)
+    assert item is not None and item.pending_out and item.asked
+    assert await server_roster(alice) == {}  # a request is not a roster item yet
+    # alice approves: Erin's puppet sees her presence ("to"); on her side the puppet has
+    # "from". Her presence reaches the DM.
+    start = len(bridge.events)
+    alice.xmpp.send_presence(pto=PUPPET, ptype="subscribed")
+
+    async def approved() -> bool:
+        it = conn.roster.item(PUPPET, alice.jid)
+        return it is not None and it.subscription == "to" and not it.pending_out
+
+    await wait_until(approved, "the approval")
+    assert await server_roster(alice) == {PUPPET: ("from", None)}
+    await bridge.wait_for(
+        lambda e: isinstance(e, RemotePresence) and e.sender.remote_id == alice.jid, start=start
+    )
+    # bob refuses.
+    await conn.open_dm(erin, "xmpp", bob.jid)
+    await bob.wait_presence(asks)
+    bob.xmpp.send_presence(pto=PUPPET, ptype="unsubscribed")
+
+    async def refused() -> bool:
+        it = conn.roster.item(PUPPET, bob.jid)
+        return it is not None and not it.pending_out and it.subscription == "none"
+
+    await wait_until(refused, "the refusal")
+    # A request that bounces (Prosody here talks to no other server) counts as answered.
+    elsewhere = "someone@nowhere.invalid"
+    await conn.open_dm(erin, "xmpp", elsewhere)
+
+    async def bounced() -> bool:
+        it = conn.roster.item(PUPPET, elsewhere)
+        return it is not None and not it.pending_out and it.asked
+
+    await wait_until(bounced, "the bounce")
+    # After a restart the answers are known: opening the DMs again asks nobody, and the
+    # puppet probes alice, whose presence it sees.
+    await conn.stop()
+    start = len(bridge.events)
+    conn = await start_connector(bridge)
+    a, b = conn.roster.item(PUPPET, alice.jid), conn.roster.item(PUPPET, bob.jid)
+    assert a is not None and (a.subscription, a.pending_out, a.asked) == ("to", False, True)
+    assert b is not None and (b.subscription, b.pending_out, b.asked) == ("none", False, True)
+    await bridge.wait_for(
+        lambda e: isinstance(e, RemotePresence) and e.sender.remote_id == alice.jid, start=start
+    )
+    for client in (alice, bob):
+        await conn.open_dm(erin, "xmpp", client.jid)
+        await roundtrip(conn, bridge, client, erin)
+        assert count(client, asks) == 1, client.jid
+    assert await server_roster(alice) == {PUPPET: ("from", None)}
+    assert await row_count(sqlite_db) == 3
+
+
+async def test_a_request_made_while_disconnected_goes_out_on_reconnect(
+    prosody: ProsodyServer, xclients: Any, start_connector: Starter, sqlite_db: Any
+) -> None:
+    bridge = FakeBridge(db=sqlite_db)
+    erin = bridge.user(ERIN, "Erin")
+    conn = await start_connector(bridge)
+    alice = await xclients("alice")
+    alice.xmpp.auto_authorize = None
+    await asyncio.to_thread(prosody.stop)
+    await alice.close()
+    await wait_until(lambda: _not_ready(conn), "the component to notice the outage")
+    await conn.open_dm(erin, "xmpp", alice.jid)
+    assert conn.roster.item(PUPPET, alice.jid) is None  # nothing was sent, nothing stored
+    prosody.start()
+    await conn.component.wait_ready(15)
+    alice = XClient(prosody, alice.jid.split("@")[0])
+    alice.xmpp.auto_authorize = None
+    await alice.connect()
+    try:
+        # Prosody keeps the request for alice and hands it to her when she logs in.
+        await alice.wait_presence(from_puppet("subscribe"), timeout=15)
+        item = conn.roster.item(PUPPET, alice.jid)
+        assert item is not None and item.pending_out and item.asked
+    finally:
+        await alice.close()
+
+
+async def _not_ready(conn: XMPPConnector) -> bool:
+    return not conn.component.ready.is_set()
 
 
 # --- (c) probes and hostile stanzas ----------------------------------------------------------

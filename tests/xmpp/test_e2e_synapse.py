@@ -1279,6 +1279,79 @@ async def test_pep_avatar_of_a_matrix_user_is_served_and_notified(
     await ann.close()
 
 
+async def _server_roster(client: XClient) -> dict[str, str]:
+    """The client's roster as Prosody keeps it (a plain roster get): jid -> subscription."""
+    iq = await client.xmpp.make_iq_get(queryxmlns="jabber:iq:roster").send(timeout=10)
+    items = iq.xml.findall("{jabber:iq:roster}query/{jabber:iq:roster}item")
+    return {str(JID(i.get("jid"))): i.get("subscription", "none") for i in items}
+
+
+async def test_dm_asks_for_presence_and_the_subscription_survives_a_bridge_restart(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    bridge = await xmpp_bridge()
+    alice = await xusers("alice", ("xep_0084",))
+    await alice.xmpp.get_roster(timeout=10)
+    ann = await matrix_user(synapse, "Ann")
+    puppet = puppet_jid(ann.user_id)
+    ghost = ghost_of(alice.jid)
+
+    def from_puppet(ptype: str) -> Callable[[Any], bool]:
+        return lambda p: JID(str(p["from"])).bare == puppet and p["type"] == ptype
+
+    def after(client: XClient, n: int, ptype: str) -> Callable[[], bool]:
+        return lambda: any(from_puppet(ptype)(p) for p in client.presences[n:])
+
+    # Ann invites alice's ghost to a DM: Ann's puppet asks for alice's presence. alice's
+    # client (slixmpp's default) approves and asks back, which the bridge approves.
+    dm = await ann.create_room(invite=[ghost], is_direct=True)
+    await until(lambda: _has_member(ann, dm, ghost), what="DM ghost")
+    await alice.wait_presence(from_puppet("subscribe"))
+
+    async def mutual() -> bool:
+        return (await _server_roster(alice)).get(puppet) == "both"
+
+    await until(mutual, what="a mutual subscription on alice's server")
+    # The bridge restarts. alice sees Ann go offline and come back.
+    n = len(alice.presences)
+    await bridge.stop()
+    await until(after(alice, n, "unavailable"), what="Ann offline")
+    n = len(alice.presences)
+    await xmpp_bridge()
+    await until(after(alice, n, "available"), what="Ann available after the restart")
+    # alice logs in again: her server probes Ann's puppet, which answers with its presence;
+    # her roster still has the puppet with "both".
+    name = alice.jid.split("@")[0]
+    await alice.close()
+    alice = XClient(prosody, name, plugins=("xep_0084",))
+    await alice.connect()
+    try:
+        await until(after(alice, 0, "available"), what="Ann's presence for alice's new session")
+        assert await _server_roster(alice) == {puppet: "both"}
+        assert not any(from_puppet("unsubscribed")(p) for p in alice.presences)
+        # Ann opens another DM with alice: the puppet does not ask again.
+        dm2 = await ann.create_room(invite=[ghost], is_direct=True)
+        await until(lambda: _has_member(ann, dm2, ghost), what="second DM ghost")
+        await ann.send_text(dm2, "me again")
+        await alice.wait_message(lambda m: m["body"] == "me again")
+        assert not any(from_puppet("subscribe")(p) for p in alice.presences)
+        # Ann's new Matrix avatar reaches alice as a PEP notification.
+        md = f"{{{NS_AVATAR_METADATA}}}"
+        seen = len(alice.messages)
+        mxc = await upload(ann, PNG, "image/png", "ann.png")
+        profile = f"/_matrix/client/v3/profile/{quote(ann.user_id)}"
+        assert (await ann.request("PUT", f"{profile}/avatar_url", {"avatar_url": mxc}))[0] == 200
+        note = await alice.wait_message(
+            lambda m: alice.messages.index(m) >= seen and m.xml.find(f".//{md}info") is not None
+        )
+        assert note["type"] == "headline" and JID(str(note["from"])) == JID(puppet)
+        assert note.xml.find(f".//{md}info").get("id") == hashlib.sha1(PNG).hexdigest()
+        assert await _server_roster(alice) == {puppet: "both"}
+    finally:
+        await alice.close()
+    await ann.close()
+
+
 async def test_self_ping_rejoins_a_silently_dropped_occupant(
     xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
 ) -> None:

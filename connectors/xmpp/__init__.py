@@ -17,6 +17,8 @@ Where things happen:
 * component.py: the streams (component and logins), reconnects, and the cheap first look at
   incoming bytes; identity.py: who speaks (puppet JID or own account).
 * jid_mapping.py: Matrix user id <-> JID; idmap.py: message id mapping (XEP-0359).
+* roster.py: the puppets' presence subscriptions (RFC 6121), kept in the database; it answers
+  subscription requests and probes for the component, and asks when a DM is opened.
 """
 
 from .connector import XMPPClient, XMPPConnector

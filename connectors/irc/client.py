@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from .ids import CHANTYPES_DEFAULT
@@ -60,6 +61,14 @@ class NotConnected(Exception):
 
 class NickRefused(ValueError):
     """The server refused a nick change; ``code`` is its numeric (433: in use)."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+class CommandRefused(Exception):
+    """The server answered a command with an error numeric (``code``: 482, 441...)."""
 
     def __init__(self, code: str, text: str) -> None:
         super().__init__(text)
@@ -143,6 +152,17 @@ class _Waiter:
 
 
 @dataclass(slots=True)
+class _Barrier:
+    """A PING sent after a command: its PONG says the server is done with the command."""
+
+    token: str
+    future: asyncio.Future[None]
+    errors: frozenset[str] = frozenset()
+    subjects: frozenset[str] = frozenset()  # folded parameters an error numeric must name
+    refusal: CommandRefused | None = None
+
+
+@dataclass(slots=True)
 class ConnStats:
     connects: int = 0
     lines_in: int = 0
@@ -206,6 +226,8 @@ class IRCConnection(asyncio.Protocol):
         self._last_rx = 0.0
         self._joins: dict[str, _Waiter] = {}
         self._nick_waiter: _Waiter | None = None
+        self._barriers: deque[_Barrier] = deque()
+        self._barrier_seq = itertools.count(1)
         self._set_me(params.nick)
 
     # --- public API --------------------------------------------------------------------------
@@ -270,6 +292,7 @@ class IRCConnection(asyncio.Protocol):
                     await asyncio.wait_for(asyncio.shield(lost), 2)
                 except TimeoutError:
                     transport.abort()
+        self._fail_barriers()
         self._fail_pending("the IRC connection was closed")
 
     def send(self, command: str, *params: str, tags: dict[str, str] | None = None) -> None:
@@ -356,6 +379,49 @@ class IRCConnection(asyncio.Protocol):
         finally:
             self._nick_waiter = None
         return self.nick
+
+    async def command(
+        self,
+        command: str,
+        *params: str,
+        errors: Collection[str],
+        timeout: float = 15.0,  # noqa: ASYNC109
+    ) -> None:
+        """Send a command and wait until the server has handled it. A server answers one
+        client's lines in order, so the PONG to a PING queued right after the command means it
+        is done: refused when one of the ``errors`` numerics naming one of the command's
+        parameters came first (raises :class:`CommandRefused`; the line goes to no handler).
+        Raises :class:`NotConnected` when not registered, ``ConnectionError`` when the
+        connection drops meanwhile, ``TimeoutError`` without an answer."""
+        data = serialize(command, *params)
+        subjects = frozenset(self.fold(p) for p in params)
+        await self._barrier(data, frozenset(errors), subjects, timeout)
+
+    async def sync(self, timeout: float = 15.0) -> None:  # noqa: ASYNC109
+        """Wait until every line the server sent this connection before it reads a PING now
+        queued has been handled (a PING and its PONG, through flood control)."""
+        await self._barrier(None, frozenset(), frozenset(), timeout)
+
+    async def _barrier(
+        self,
+        data: bytes | None,
+        errors: frozenset[str],
+        subjects: frozenset[str],
+        timeout: float,  # noqa: ASYNC109
+    ) -> None:
+        if not self.registered:
+            raise NotConnected("not connected to IRC")
+        token = f"mimi-sync-{next(self._barrier_seq)}"
+        barrier = _Barrier(token, asyncio.get_running_loop().create_future(), errors, subjects)
+        self._barriers.append(barrier)
+        if data is not None:
+            self._enqueue(data, None)
+        self._enqueue(serialize("PING", token), None)
+        try:
+            await asyncio.wait_for(asyncio.shield(barrier.future), timeout)
+        finally:
+            if barrier in self._barriers:
+                self._barriers.remove(barrier)
 
     # --- connecting ----------------------------------------------------------------------------
 
@@ -456,6 +522,7 @@ class IRCConnection(asyncio.Protocol):
             if not waiter.future.done():
                 waiter.future.set_exception(ConnectionError("disconnected from IRC"))
         self._joins.clear()
+        self._fail_barriers()
         self._requeue_out()
         reason = self.fatal or self.stats.last_error or (str(exc) if exc else "connection closed")
         if self.state == "closed":
@@ -545,6 +612,8 @@ class IRCConnection(asyncio.Protocol):
         if line is None:
             self.stats.bad_lines += 1
             return
+        if self._barriers and self._barrier_line(line):
+            return
         cmd = line.command
         handler = _BUILTIN.get(cmd)
         if handler is not None:
@@ -556,6 +625,36 @@ class IRCConnection(asyncio.Protocol):
         elif cmd in SASL_OK or cmd in SASL_FAIL:
             self._on_sasl_result(line)
         self.handler.irc_line(self, line)
+
+    def _barrier_line(self, line: Line) -> bool:
+        """A PONG ending a :meth:`command` or an error numeric answering one (consumed)."""
+        if line.command == "PONG":
+            token = line.param(-1)
+            for barrier in self._barriers:
+                if barrier.token == token:
+                    self._barriers.remove(barrier)
+                    if not barrier.future.done():
+                        if barrier.refusal is not None:
+                            barrier.future.set_exception(barrier.refusal)
+                        else:
+                            barrier.future.set_result(None)
+                    return True
+            return False
+        if not line.command.isdigit():
+            return False
+        named = {self.fold(p) for p in line.params[1:-1]}
+        for barrier in self._barriers:
+            if line.command in barrier.errors and named & barrier.subjects:
+                if barrier.refusal is None:
+                    barrier.refusal = CommandRefused(line.command, line.param(-1))
+                return True
+        return False
+
+    def _fail_barriers(self) -> None:
+        while self._barriers:
+            barrier = self._barriers.popleft()
+            if not barrier.future.done():
+                barrier.future.set_exception(ConnectionError("disconnected from IRC"))
 
     def _on_ping(self, line: Line) -> None:
         self._write(serialize("PONG", line.param(0) or self.params.host))

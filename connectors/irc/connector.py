@@ -24,6 +24,7 @@ from bridge.connector import (
     MatrixEdit,
     MatrixMembership,
     MatrixMessage,
+    MatrixPowerLevel,
     MatrixProfile,
     MatrixReaction,
     MatrixReactionRemove,
@@ -45,7 +46,14 @@ from bridge.connector import (
 from bridge.connector.ids import escape_localpart
 
 from . import ids
-from .client import ConnectionHandler, ConnectPacer, ConnParams, IRCConnection, NotConnected
+from .client import (
+    CommandRefused,
+    ConnectionHandler,
+    ConnectPacer,
+    ConnParams,
+    IRCConnection,
+    NotConnected,
+)
 from .config import NetworkConfig, parse_config
 from .irc_to_matrix import IrcToMatrix
 from .matrix_to_irc import (
@@ -58,6 +66,7 @@ from .matrix_to_irc import (
 )
 from .protocol import Line, UnsafeLine, ctcp, serialize
 from .puppets import Puppet, PuppetPool
+from .ranks import MODE_ERRORS, mode_change, mode_params
 
 log = logging.getLogger("mimi.irc")
 
@@ -468,6 +477,72 @@ class IRCClient(NetworkClient):
             conn.send("INVITE", nick, channel)
         else:
             raise NotSupported(f"Cannot carry {change.membership} of {nick} to IRC.")
+
+    async def handle_matrix_power_level(self, change: MatrixPowerLevel) -> None:
+        """A member's new power level becomes channel modes (see :mod:`.ranks`), set by the
+        Matrix user's own connection; the server's refusal is the Matrix user's answer."""
+        if change.portal.receiver:
+            raise NotSupported("IRC private chats have no ranks")
+        if self.puppet is None:
+            raise NotSupported("The relay bot does not change ranks on IRC.")
+        channel = await self._prepare(change.portal, change.sender.user_id)
+        conn, net = self.conn, self.net
+        if change.target is not None:
+            nick = net.display_nick(change.target.remote_id) or change.target.remote_id
+        else:
+            user_id = change.target_matrix_user or ""
+            other = net.pool.get(user_id)
+            if other is None or conn.fold(channel) not in other.conn.joined:
+                raise ConnectorError(
+                    f"{user_id} has no IRC connection in {channel}, so there is no one to give "
+                    "the rank to on IRC"
+                )
+            nick = other.conn.nick
+        if not conn.registered:
+            raise ConnectorError("Not connected to IRC right now; try again in a moment.")
+        key = (conn.fold(channel), conn.fold(nick))
+        member = net.translator.member(*key)
+        add, take = mode_change(change.level, change.previous, member.modes if member else None)
+        if member is not None:
+            member.matrix_level, member.level_pending = change.level, True
+        try:
+            if add or take:
+                await self._mode(conn, channel, nick, add, take)
+        except ConnectorError:
+            member = net.translator.member(*key)
+            if member is not None:
+                member.matrix_level, member.level_pending = None, False
+            raise
+        if member is not None:
+            try:
+                await net.bot.sync()  # the listener has seen the MODE come back
+            except (ConnectionError, NotConnected, TimeoutError):
+                pass
+            member = net.translator.member(*key)
+            if member is not None:
+                member.level_pending = False
+
+    async def _mode(
+        self, conn: IRCConnection, channel: str, nick: str, add: str, take: str
+    ) -> None:
+        try:
+            await conn.command("MODE", *mode_params(channel, nick, add, take), errors=MODE_ERRORS)
+        except CommandRefused as e:
+            if e.code == "482":
+                why = f"you are not a channel operator in {channel} on IRC"
+            elif e.code in ("401", "441"):
+                why = f"{nick} is not in {channel} on IRC"
+            elif e.code in ("403", "442"):
+                why = f"you are not in {channel} on IRC"
+            else:
+                why = f"IRC refused the mode change ({e})"
+            raise ConnectorError(why) from e
+        except TimeoutError as e:
+            raise ConnectorError("IRC did not answer the mode change") from e
+        except (ConnectionError, NotConnected) as e:
+            raise ConnectorError(
+                "the IRC connection dropped before the mode change was confirmed"
+            ) from e
 
     async def handle_matrix_profile(self, change: MatrixProfile) -> None:
         """A new display name becomes the puppet's nick (IRC has no avatars). The core calls

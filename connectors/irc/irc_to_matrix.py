@@ -14,7 +14,8 @@ Power levels: the highest channel prefix mode maps through ``power_levels`` (def
 owner ``q`` / admin ``a`` / op ``o`` -> 50, halfop ``h`` -> 25, voice ``v`` -> 10, none -> 0).
 Member snapshots (``RemoteChatInfo.members``) list the IRC users (ghosts) and, with
 ``is_from_me`` and their Matrix user, the Matrix users whose puppets are in the channel, so that a
-puppet's +o/+v can become its Matrix user's power level; never the bot.
+puppet's +o/+v can become its Matrix user's power level; never the bot. A level a Matrix user
+set through the bridge (:mod:`.ranks`) stays while the modes stand for the same rank.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from bridge.connector.ids import PortalKey
 from .client import IRCConnection
 from .formatting import irc_to_html
 from .protocol import Line, parse_ctcp
+from .ranks import rank
 
 # Words that may be nicks: runs of nick characters. URLs are matched whole so that no nick is
 # found inside them.
@@ -59,6 +61,10 @@ MIN_PILL_LENGTH = 2  # a one-letter nick is no mention ("a", "I"), as in Heisenb
 class Member:
     nick: str
     modes: set[str] = field(default_factory=set)
+    # The power level a Matrix user gave the member (see IrcToMatrix.level); pending until
+    # the MODE it asked for is known to have reached the listener.
+    matrix_level: int | None = None
+    level_pending: bool = False
 
 
 @dataclass(slots=True)
@@ -126,6 +132,20 @@ class IrcToMatrix:
     def power(self, modes: set[str]) -> int:
         return max((self.power_levels.get(m, 0) for m in modes), default=0)
 
+    def level(self, member: Member) -> int:
+        """The member's power level in Matrix: the one a Matrix user set through the bridge
+        while the channel modes stand for the same rank (a Matrix 75 stays 75 under +o; the
+        echo of its own MODE does not undo it), else the level of the modes. While the MODE
+        is on its way, the Matrix level (which the room already has) holds."""
+        power = self.power(member.modes)
+        wanted = member.matrix_level
+        if wanted is None:
+            return power
+        if member.level_pending or rank(wanted) == rank(power):
+            return wanted
+        member.matrix_level = None  # the channel has changed the rank since
+        return power
+
     def snapshot(
         self, conn: IRCConnection, state: ChannelState, puppets: bool = True
     ) -> list[ChatMember]:
@@ -137,10 +157,10 @@ class IrcToMatrix:
                 continue
             user = self.puppet_user(canon)
             if user is None:
-                out.append(ChatMember(Sender(canon, member.nick), self.power(member.modes)))
+                out.append(ChatMember(Sender(canon, member.nick), self.level(member)))
             elif puppets:
                 sender = Sender(canon, member.nick, is_from_me=True, matrix_user=user)
-                out.append(ChatMember(sender, self.power(member.modes)))
+                out.append(ChatMember(sender, self.level(member)))
         # Users held after a netsplit QUIT are still members until their window ends (a
         # snapshot is complete: whoever it leaves out leaves the Matrix room).
         canon_chan = conn.fold(state.name)
@@ -148,14 +168,15 @@ class IrcToMatrix:
             was = held.channels.get(canon_chan)
             if was is not None and canon not in state.members and canon != me:
                 if self.puppet_user(canon) is None:
-                    out.append(ChatMember(Sender(canon, held.nick), self.power(was.modes)))
+                    out.append(ChatMember(Sender(canon, held.nick), self.level(was)))
         return out
 
-    def member_modes(self, channel: str, canon_nick: str) -> set[str] | None:
+    def member(self, channel: str, canon_nick: str) -> Member | None:
         state = self.channels.get(channel)
-        if state is None:
-            return None
-        member = state.members.get(canon_nick)
+        return state.members.get(canon_nick) if state is not None else None
+
+    def member_modes(self, channel: str, canon_nick: str) -> set[str] | None:
+        member = self.member(channel, canon_nick)
         return member.modes if member is not None else None
 
     def display_nick(self, canon: str) -> str | None:
@@ -517,6 +538,10 @@ class IrcToMatrix:
         before = state.members
         state.members = state.names_buffer
         state.names_buffer = None
+        for canon, member in state.members.items():
+            was = before.get(canon)
+            if was is not None:  # levels set from Matrix outlive a NAMES refresh
+                member.matrix_level, member.level_pending = was.matrix_level, was.level_pending
         canon_chan = conn.fold(channel)
         for canon in [c for c in self.splits if c in state.members]:
             # Back from a netsplit while the bridge did not see the JOIN.

@@ -10,7 +10,18 @@ import logging
 
 import pytest
 
-from bridge.connector import ConnectorError, MatrixUser, PortalKey, RemoteMessage
+from bridge.connector import (
+    ConnectorError,
+    GhostKey,
+    MatrixPowerLevel,
+    MatrixSender,
+    MatrixUser,
+    NotSupported,
+    PortalKey,
+    PowerLevelHandling,
+    RemoteChatInfo,
+    RemoteMessage,
+)
 from connectors.irc import IRCConnector
 from connectors.irc.protocol import parse_line
 
@@ -25,6 +36,7 @@ class FakeIRCd:
         self.junk = junk or []
         self.taken: set[str] = set()  # nicks a NICK change gets 433 for
         self.no_brackets = False  # 432 for nicks with "[" after registration
+        self.not_op: set[str] = set()  # nicks whose channel MODEs get 482
         self.received: list[tuple[int, str]] = []
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.nicks: dict[int, str] = {}
@@ -98,6 +110,14 @@ class FakeIRCd:
                 user_seen = True
             elif cmd == "PING":
                 w(f":fake PONG fake :{line.param(0)}\r\n".encode())
+            elif cmd == "MODE" and len(line.params) > 2:
+                nick = self.nicks[cid]
+                if nick in self.not_op:
+                    # An unrelated error first (as for an earlier command), then the refusal.
+                    w(f":fake 401 {nick} zed :No such nick/channel\r\n".encode())
+                    w(f":fake 482 {nick} {line.param(0)} :You're not channel operator\r\n".encode())
+                else:
+                    self.send_all(f":{nick}!u@h MODE {' '.join(line.params)}\r\n".encode())
             elif cmd == "JOIN":
                 nick = self.nicks[cid]
                 w(f":{nick}!u@h JOIN {line.param(0)}\r\n".encode())
@@ -295,6 +315,89 @@ async def test_display_name_change_nick_collisions() -> None:
         await client.handle_matrix_profile(change("Dee"))  # type: ignore[attr-defined]
         assert puppet.conn.nick.startswith("m") and "[" not in puppet.conn.nick
         assert puppet.conn.params.nick == "Dee[m]"  # asked for first again after a reconnect
+    finally:
+        await conn.stop()
+        await server.stop()
+
+
+async def test_power_levels_become_modes_of_the_users_connection() -> None:
+    """Matrix power levels become one MODE line from the Matrix user's own connection; the call
+    returns once the server has handled it (and the listener has seen it come back); 482 is
+    the Matrix user's answer, and goes to nobody else."""
+    server = await FakeIRCd().start()
+    bridge = FakeBridge()
+    conn = IRCConnector(bridge, config(server.port, channels=["#c"], flood={"burst": 50}))
+    await conn.start()
+    try:
+        net = conn.networks["fake"]
+        await wait_for(lambda: net.bot.registered and "#c" in net.bot.joined)
+        portal = PortalKey("irc_fake", "#c")
+        client = await conn.client_for(USER, portal)
+        assert isinstance(client, PowerLevelHandling)
+        server.send_all(b":bob!b@h JOIN #c\r\n")
+        bob = await wait_for(lambda: net.translator.member("#c", "bob"))
+
+        def change(
+            level: int,
+            previous: int,
+            matrix_user: str | None = None,
+            where: PortalKey = portal,
+            by: str = USER.user_id,
+        ) -> MatrixPowerLevel:
+            return MatrixPowerLevel(
+                portal=where,
+                sender=MatrixSender(by, by[1:].split(":")[0]),
+                event_id="$p",
+                level=level,
+                previous=previous,
+                target=None if matrix_user else GhostKey("irc_fake", "bob"),
+                target_matrix_user=matrix_user,
+            )
+
+        def modes() -> list[str]:
+            return [t for _, t in server.received if t.startswith("MODE ")]
+
+        async def bob_level() -> int | None:
+            await net.drain()
+            info = [e for e in bridge.of_type(RemoteChatInfo) if e.members][-1]
+            return next(m.power_level for m in info.members if m.sender.remote_id == "bob")
+
+        await client.handle_matrix_power_level(change(50, 0))
+        assert modes() == ["MODE #c +o bob"]
+        assert bob.modes == {"o"} and await bob_level() == 50
+        await client.handle_matrix_power_level(change(20, 50))
+        assert modes()[-1] == "MODE #c -o+v bob bob"
+        # +v is power 10 on IRC, but the level the Matrix user chose stays.
+        assert bob.modes == {"v"} and await bob_level() == 20
+        await client.handle_matrix_power_level(change(75, 20))
+        assert modes()[-1] == "MODE #c +o bob"
+        assert bob.modes == {"o", "v"} and await bob_level() == 75
+        await client.handle_matrix_power_level(change(0, 75))
+        assert modes()[-1] == "MODE #c -ov bob bob"
+        assert bob.modes == set() and await bob_level() == 0
+        assert len(modes()) == 4
+
+        # Erin's connection is no channel operator: the server's 482 is her answer.
+        erin = MatrixUser("@erin:example.org", "Erin", "user")
+        server.not_op.add("Erin[m]")
+        erin_client = await conn.client_for(erin, portal)
+        assert isinstance(erin_client, PowerLevelHandling)
+        with pytest.raises(ConnectorError, match="you are not a channel operator in #c on IRC"):
+            await erin_client.handle_matrix_power_level(change(50, 0, by=erin.user_id))
+        assert modes()[-1] == "MODE #c +o bob" and bob.matrix_level is None
+        # The unrelated 401 before it still reaches her as usual; the 482 does not, twice.
+        await wait_for(lambda: any("zed" in text for _, text, _ in bridge.notices))
+        assert not [n for n in bridge.notices if "operator" in n[1]]
+
+        # A Matrix user's own connection in the channel: its nick.
+        await client.handle_matrix_power_level(change(100, 0, matrix_user=erin.user_id))
+        assert modes()[-1] == "MODE #c +o Erin[m]"
+        with pytest.raises(ConnectorError, match=r"@nobody:example\.org has no IRC connection"):
+            await client.handle_matrix_power_level(change(50, 0, "@nobody:example.org"))
+        dm = PortalKey("irc_fake", "bob", receiver=USER.user_id)
+        with pytest.raises(NotSupported, match="IRC private chats have no ranks"):
+            await client.handle_matrix_power_level(change(50, 0, where=dm))
+        assert len(modes()) == 6
     finally:
         await conn.stop()
         await server.stop()

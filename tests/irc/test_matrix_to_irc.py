@@ -18,6 +18,7 @@ from connectors.irc.matrix_to_irc import (
     strip_reply_fallback,
 )
 from connectors.irc.protocol import MAX_LINE, ctcp, serialize
+from connectors.irc.ranks import mode_change, mode_params
 
 NICK, USER, HOST = "alice[m]", "~alice", "127.0.0.1"
 
@@ -156,3 +157,28 @@ def test_attachment_links() -> None:
         "cat.png", attachments=[Attachment("cat.png", "image/png", url="https://e.org/m/1")]
     )
     assert content_to_irc(content) == "https://e.org/m/1"
+
+
+@pytest.mark.parametrize(
+    ("level", "previous", "held", "line"),
+    [
+        (50, 0, None, "MODE #chan +o nick"),
+        (100, 10, {"v"}, "MODE #chan +o nick"),  # an operator keeps their voice
+        (10, 0, None, "MODE #chan +v nick"),
+        (49, 50, {"o"}, "MODE #chan -o+v nick nick"),
+        (1, 100, None, "MODE #chan -o+v nick nick"),
+        (20, 0, {"o"}, "MODE #chan -o+v nick nick"),  # IRC said +o although Matrix did not
+        (0, 50, {"o"}, "MODE #chan -o nick"),
+        (0, 10, None, "MODE #chan -v nick"),
+        (-5, 75, {"o", "v"}, "MODE #chan -ov nick nick"),
+        (0, 0, None, None),
+    ],
+)
+def test_power_levels_become_channel_modes(
+    level: int, previous: int, held: set[str] | None, line: str | None
+) -> None:
+    add, take = mode_change(level, previous, held)
+    if line is None:
+        assert not add and not take
+        return
+    assert serialize("MODE", *mode_params("#chan", "nick", add, take)) == f"{line}\r\n".encode()

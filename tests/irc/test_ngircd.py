@@ -13,6 +13,7 @@ from bridge.connector import (
     GhostKey,
     MatrixEdit,
     MatrixMembership,
+    MatrixPowerLevel,
     MatrixReaction,
     MatrixRedaction,
     MatrixSender,
@@ -294,6 +295,54 @@ async def test_matrix_kick_ban_needs_ops(bridge, ngircd, irc_users) -> None:
         )
         mode = await alice.expect(lambda ln: ln.command == "MODE" and ln.param(1) == "+b")
         assert mode.param(2) == f"{alice.nick}!*@*"
+    finally:
+        await conn.stop()
+
+
+async def test_matrix_power_levels_become_modes(bridge, ngircd, irc_users) -> None:
+    """ngircd's own answers: the operator's MODE reaches the channel, a non-operator's gets
+    482, a nick not in the channel 441."""
+    chan = "#" + unique("pl")
+    conn = await start_connector(bridge, ngircd)
+    try:
+        portal = PortalKey(NET, chan)
+        client = await conn.client_for(BOB, portal)
+        await client.handle_matrix_message(message(portal, BOB.user_id, "first"))  # creates: op
+        net = conn.networks["test"]
+        await wait_for(lambda: chan in net.pool.get(BOB.user_id).conn.joined)
+        await conn.resolve_portal(portal, None)
+        alice = await irc_users(unique("alice"))
+        await alice.join(chan)
+        await wait_for(lambda: net.translator.member(chan, alice.nick.lower()))
+
+        def change(level: int, previous: int, by: MatrixUser = BOB, nick: str = alice.nick):
+            return MatrixPowerLevel(
+                portal=portal,
+                sender=MatrixSender(by.user_id, by.display_name),
+                event_id="$p",
+                level=level,
+                previous=previous,
+                target=GhostKey(NET, nick.lower()),
+            )
+
+        def modes() -> list[list[str]]:
+            return [ln.params for ln in alice.lines if ln.command == "MODE"]
+
+        await client.handle_matrix_power_level(change(50, 0))
+        await wait_for(lambda: modes(), what="+o")
+        assert modes() == [[chan, "+o", alice.nick]]
+        await client.handle_matrix_power_level(change(10, 50))
+        await wait_for(lambda: len(modes()) == 2, what="-o+v")
+        assert modes()[1] == [chan, "-o+v", alice.nick, alice.nick]
+        assert net.translator.member_modes(chan, alice.nick.lower()) == {"v"}
+        with pytest.raises(ConnectorError, match="not in"):
+            await client.handle_matrix_power_level(change(50, 0, nick="nobody" + unique("x")))
+        carol = MatrixUser("@carol:example.org", "Carol", "user")
+        cclient = await conn.client_for(carol, portal)
+        with pytest.raises(ConnectorError, match="you are not a channel operator"):
+            await cclient.handle_matrix_power_level(change(0, 10, by=carol))
+        assert len(modes()) == 2
+        assert not [n for n in bridge.notices if "operator" in n[1]]
     finally:
         await conn.stop()
 

@@ -132,17 +132,18 @@ class IrcToMatrix:
     def power(self, modes: set[str]) -> int:
         return max((self.power_levels.get(m, 0) for m in modes), default=0)
 
-    def level(self, member: Member) -> int:
-        """The member's power level in Matrix: the one a Matrix user set through the bridge
-        while the channel modes stand for the same rank (a Matrix 75 stays 75 under +o; the
-        echo of its own MODE does not undo it), else the level of the modes. While the MODE
-        is on its way, the Matrix level (which the room already has) holds."""
+    def level(self, member: Member) -> int | None:
+        """The member's power level for a snapshot: None (leave the room's level alone) while
+        a level a Matrix user set through the bridge stands, that is while the channel modes
+        stand for its rank (a Matrix 75 stays 75 under +o, a 20 stays 20 under +v: the echo of
+        the MODE it asked for does not undo it) or while that MODE is on its way; else the
+        level of the modes."""
         power = self.power(member.modes)
         wanted = member.matrix_level
         if wanted is None:
             return power
         if member.level_pending or rank(wanted) == rank(power):
-            return wanted
+            return None
         member.matrix_level = None  # the channel has changed the rank since
         return power
 

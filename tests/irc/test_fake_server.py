@@ -364,17 +364,22 @@ async def test_power_levels_become_modes_of_the_users_connection() -> None:
 
         await client.handle_matrix_power_level(change(50, 0))
         assert modes() == ["MODE #c +o bob"]
-        assert bob.modes == {"o"} and await bob_level() == 50
+        # The echo leaves bob's level in Matrix as the Matrix user set it (None: unchanged).
+        assert bob.modes == {"o"} and await bob_level() is None
+        assert bob.matrix_level == 50 and not bob.level_pending
         await client.handle_matrix_power_level(change(20, 50))
         assert modes()[-1] == "MODE #c -o+v bob bob"
-        # +v is power 10 on IRC, but the level the Matrix user chose stays.
-        assert bob.modes == {"v"} and await bob_level() == 20
+        assert bob.modes == {"v"} and await bob_level() is None  # not voice's 10
         await client.handle_matrix_power_level(change(75, 20))
         assert modes()[-1] == "MODE #c +o bob"
-        assert bob.modes == {"o", "v"} and await bob_level() == 75
+        assert bob.modes == {"o", "v"} and await bob_level() is None
         await client.handle_matrix_power_level(change(0, 75))
         assert modes()[-1] == "MODE #c -ov bob bob"
-        assert bob.modes == set() and await bob_level() == 0
+        assert bob.modes == set() and await bob_level() is None
+        # An IRC operator's own MODE: the level of the modes again.
+        server.send_all(b":eve!e@h MODE #c +v bob\r\n")
+        await wait_for(lambda: bob.modes == {"v"})
+        assert await bob_level() == 10
         assert len(modes()) == 4
 
         # Erin's connection is no channel operator: the server's 482 is her answer.

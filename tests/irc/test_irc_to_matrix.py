@@ -130,22 +130,26 @@ def test_channel_modes_are_power_levels_of_ghosts_and_puppets() -> None:
 
 
 def test_levels_set_from_matrix_survive_their_own_echo() -> None:
-    """A Matrix user gave dave 75 (the connector sent +o): the MODE coming back keeps 75 in the
-    snapshot instead of the 50 of +o; while the MODE is on its way the Matrix level holds; an
-    IRC change of rank drops it."""
+    """A Matrix user gave dave 75 (the connector sent +o): snapshots leave dave's level alone
+    (None) while the MODE is on its way and once it is back, instead of the 50 of +o; an IRC
+    change of rank brings back the level of the modes."""
     irc = Listener()
     irc.join("bot @carol dave erin Ann[m]")
     dave = irc.tr.member(CHAN, "dave")
     assert dave is not None
     dave.matrix_level, dave.level_pending = 75, True
     (info,) = irc.feed(f":carol!c@h MODE {CHAN} +v erin")  # someone else's MODE first
-    assert isinstance(info, RemoteChatInfo) and ghosts(info)["dave"] == 75
+    assert isinstance(info, RemoteChatInfo) and ghosts(info) == {
+        "carol": 50,
+        "dave": None,
+        "erin": 10,
+    }
     (info,) = irc.feed(f":Ann[m]!a@h MODE {CHAN} +o dave")  # the echo
-    assert isinstance(info, RemoteChatInfo) and ghosts(info)["dave"] == 75
+    assert isinstance(info, RemoteChatInfo) and ghosts(info)["dave"] is None
     dave.level_pending = False
     # A NAMES refresh (the bot rejoined) keeps it.
     (info, *_) = irc.join("bot @carol @dave +erin Ann[m]")
-    assert isinstance(info, RemoteChatInfo) and ghosts(info)["dave"] == 75
+    assert isinstance(info, RemoteChatInfo) and ghosts(info)["dave"] is None
     # An IRC operator takes +o: the level of the modes again, and for good.
     (info,) = irc.feed(f":carol!c@h MODE {CHAN} -o dave")
     assert isinstance(info, RemoteChatInfo) and ghosts(info)["dave"] == 0
@@ -156,7 +160,9 @@ def test_levels_set_from_matrix_survive_their_own_echo() -> None:
     assert ann is not None
     ann.matrix_level = 30
     (info,) = irc.feed(f":carol!c@h MODE {CHAN} +v Ann[m]")
-    assert isinstance(info, RemoteChatInfo) and powers(info) == {"@ann:example.org": 30}
+    assert isinstance(info, RemoteChatInfo) and powers(info) == {"@ann:example.org": None}
+    (info,) = irc.feed(f":carol!c@h MODE {CHAN} +o Ann[m]")
+    assert isinstance(info, RemoteChatInfo) and powers(info) == {"@ann:example.org": 50}
 
 
 def test_rejoin_names_makes_the_departed_leave() -> None:

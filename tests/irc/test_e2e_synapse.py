@@ -583,6 +583,100 @@ async def test_matrix_kick_and_ban_need_ops(
     assert len(kicks) == 2  # the refused one and the carried one
 
 
+async def give_power(bridge: Bridge, room: str, user_id: str, level: int) -> None:
+    """The bot created the portal: it gives a Matrix user power there (a change by the bot is
+    never bridged). Written once the bridge has nothing queued that writes levels too."""
+    net: Any = bridge.connectors["irc"]
+    await net.networks["test"].drain()
+    await bridge.queues.drain()
+    levels = await bridge.hs.get_state(room, "m.room.power_levels") or {}
+    levels.setdefault("users", {})[user_id] = level
+    await bridge.hs.send_state(room, "m.room.power_levels", levels)
+
+
+async def test_matrix_power_levels_become_channel_modes(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    """Ann has power in the portal and her puppet is a channel operator: power 50 for an IRC
+    user's ghost is +o from her puppet, 0 is -o, 20 is +v (and the Matrix level stays 20: the
+    mode coming back does not turn it into voice's 10), 100 for Hal is +o for his puppet. Hal
+    has power in Matrix but his puppet is no operator (carol took it back): IRC refuses his
+    change, and the room says why."""
+    bridge, chan, carol, ann, room, puppet = await portal_with_users(
+        make_bridge, ngircd, irc, matrix
+    )
+    dave = await irc(ngircd, "dave")
+    await dave.join(chan)
+    await until(lambda: in_room(ann, room, ghost(dave.nick)))
+    await give_power(bridge, room, ann.user_id, 100)
+    carol.send(f"MODE {chan} +o {puppet}")
+    await carol.expect(lambda ln: ln.command == "MODE" and ln.param(-1) == puppet)
+
+    async def set_level(user: MatrixClient, user_id: str, level: int) -> str:
+        levels = await user.get_state(room, "m.room.power_levels") or {}
+        levels.setdefault("users", {})[user_id] = level
+        return await user.send_state(room, "m.room.power_levels", "", levels)
+
+    def mode_by(nick: str, modes: str, target: str) -> Callable[[Any], bool]:
+        return lambda ln: (
+            ln.command == "MODE" and ln.nick == nick and ln.params[1:] == [modes, target]
+        )
+
+    async def settled(marker: str) -> None:
+        """The bridge has handled what dave's IRC client saw before it says ``marker``."""
+        dave.send(f"PRIVMSG {chan} :{marker}")
+        await ann.wait_for_event(room, body_is(marker))
+
+    async def level_of(user_id: str) -> int:
+        levels = await ann.get_state(room, "m.room.power_levels") or {}
+        return int(levels.get("users", {}).get(user_id, levels.get("users_default", 0)))
+
+    await settled("ready")
+    assert await level_of(ann.user_id) == 100  # +o (50) does not lower what the bot gave
+    # 50: +o from Ann's puppet, and dave's ghost has 50.
+    first = await set_level(ann, ghost(dave.nick), 50)
+    await dave.expect(mode_by(puppet, "+o", dave.nick), what="+o")
+    await settled("opped")
+    assert await level_of(ghost(dave.nick)) == 50
+    # 0: -o.
+    await set_level(ann, ghost(dave.nick), 0)
+    await dave.expect(mode_by(puppet, "-o", dave.nick), what="-o")
+    await settled("deopped")
+    assert await level_of(ghost(dave.nick)) == 0
+    # 20: +v, and the level stays 20.
+    await set_level(ann, ghost(dave.nick), 20)
+    await dave.expect(mode_by(puppet, "+v", dave.nick), what="+v")
+    await settled("voiced")
+    assert await level_of(ghost(dave.nick)) == 20
+    # Only Ann's three changes: the bridge did not answer any of them with levels of its own.
+    events = await ann.messages(room, 100)
+    after = events[next(i for i, e in enumerate(events) if e.get("event_id") == first) :]
+    setters = [e["sender"] for e in after if e["type"] == "m.room.power_levels"]
+    assert setters == [ann.user_id] * 3, setters
+
+    # Hal joins; Ann gives him power 100, which makes his puppet an operator too...
+    hal = await matrix("Hal")
+    await hal.join(alias(chan))
+    hal_puppet = f"{(await hal.get_profile(hal.user_id))['displayname']}[m]"
+    await carol.expect(joined(hal_puppet, chan), what="Hal's puppet's JOIN")
+    await set_level(ann, hal.user_id, 100)
+    await carol.expect(mode_by(puppet, "+o", hal_puppet), what="+o for Hal's puppet")
+    # ...until carol takes it back on IRC: Hal keeps his power in Matrix, not on IRC.
+    carol.send(f"MODE {chan} -o {hal_puppet}")
+    await carol.expect(mode_by(carol.nick, "-o", hal_puppet))
+    await settled("hal deopped")
+    assert await level_of(hal.user_id) == 100
+    await set_level(hal, ghost(dave.nick), 50)
+    notice = await hal.wait_for_event(room, notice_has("not a channel operator"))
+    assert notice["sender"] == BOT
+    assert notice["content"]["body"] == (
+        "Your power level change was not delivered: "
+        f"you are not a channel operator in {chan} on IRC"
+    )
+    await settled("still here")
+    assert not [ln for ln in dave.lines if ln.command == "MODE" and ln.nick == hal_puppet]
+
+
 # --- direct messages ---------------------------------------------------------------------------
 
 

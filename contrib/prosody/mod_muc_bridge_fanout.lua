@@ -48,14 +48,25 @@ function room_mt:send_occupant_list(to, filter)
 	end);
 end
 
+-- The occupant with this occupant JID, read without the copy get_occupant_by_nick makes
+-- (this runs once per recipient of every broadcast). Occupants handed to the functions below
+-- are copies too: they are told apart by their occupant JID (``nick``).
+local function occupant_at(room, occupant_jid)
+	local occupants = rawget(room, "_occupants");
+	if occupants then
+		return occupants[occupant_jid];
+	end
+	return room:get_occupant_by_nick(occupant_jid);
+end
+
 -- Presence broadcasts: not from one of a bridge's occupants to another.
 local route_to_occupant = room_mt.route_to_occupant;
 function room_mt:route_to_occupant(occupant, stanza)
 	if stanza.name == "presence" then
 		local host = bridge_of(occupant);
 		if host then
-			local from = self:get_occupant_by_nick(stanza.attr.from);
-			if from and from ~= occupant and jid_host(from.bare_jid) == host then
+			local from = occupant_at(self, stanza.attr.from);
+			if from and from.nick ~= occupant.nick and jid_host(from.bare_jid) == host then
 				return;
 			end
 		end
@@ -69,7 +80,7 @@ function room_mt:broadcast(stanza, cond_func)
 	if stanza.name ~= "message" then
 		return broadcast(self, stanza, cond_func);
 	end
-	local sender = self:get_occupant_by_nick(stanza.attr.from);
+	local sender = occupant_at(self, stanza.attr.from);
 	local sender_bridge = bridge_of(sender);
 	local chosen = {};
 	return broadcast(self, stanza, function (nick, occupant)
@@ -81,12 +92,12 @@ function room_mt:broadcast(stanza, cond_func)
 			return true;
 		end
 		if host == sender_bridge then
-			return occupant == sender;
+			return occupant.nick == sender.nick;
 		end
 		if chosen[host] == nil then
-			chosen[host] = occupant;
+			chosen[host] = occupant.nick;
 		end
-		return chosen[host] == occupant;
+		return chosen[host] == occupant.nick;
 	end);
 end
 

@@ -282,9 +282,19 @@ def moderated(msg: Message) -> Moderated | None:
     )
 
 
-@pytest.fixture(scope="session")
-def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProsodyServer]:
-    server = start_prosody(tmp_path_factory.mktemp("prosody"), COMPONENT, SECRET)
+@pytest.fixture(scope="session", params=["plain", "fanout"])
+def prosody(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProsodyServer]:
+    """Every XMPP test runs against a plain Prosody and against one whose MUC trims the
+    bridge's fan-out (contrib/prosody/mod_muc_bridge_fanout.lua): the bridge must behave the
+    same with both."""
+    server = start_prosody(
+        tmp_path_factory.mktemp("prosody"),
+        COMPONENT,
+        SECRET,
+        bridge_fanout=request.param == "fanout",
+    )
     yield server
     server.stop()
 

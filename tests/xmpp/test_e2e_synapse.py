@@ -1364,6 +1364,7 @@ async def test_self_ping_rejoins_a_silently_dropped_occupant(
     reader = connector.component_xmpp.parser
     keep = reader.prefilter
     gone = f"{muc}/Ann"
+    lost = asyncio.Event()
 
     def lose_presences(tag: str, attrib: dict[str, str]) -> int:
         if (
@@ -1371,6 +1372,7 @@ async def test_self_ping_rejoins_a_silently_dropped_occupant(
             and attrib.get("from") == gone
             and attrib.get("type") == "unavailable"
         ):
+            lost.set()
             return 0  # DROP
         return int(keep(tag, attrib))
 
@@ -1385,6 +1387,8 @@ async def test_self_ping_rejoins_a_silently_dropped_occupant(
                 and p["type"] == "unavailable"
             )
         )
+        # The bridge reads its copy on its own connection, maybe after alice read hers.
+        await asyncio.wait_for(lost.wait(), 30)
     finally:
         reader.prefilter = keep
     # The XEP-0410 self-ping of the idle room finds out, and the occupant comes back.

@@ -135,7 +135,10 @@ def main() -> int:
         # The usual IRC port when it is free, so that IRC clients need no port argument.
         irc_port = 6667 if not port_is_open("127.0.0.1", 6667) else free_port()
         ircd = start_ngircd(data / "ngircd", port=irc_port)
-        xmpp = start_prosody(data / "prosody", COMPONENT, COMPONENT_SECRET, log_level="warn")
+        # The MUC loads contrib/prosody/mod_muc_bridge_fanout.lua, as README recommends.
+        xmpp = start_prosody(
+            data / "prosody", COMPONENT, COMPONENT_SECRET, log_level="warn", bridge_fanout=True
+        )
         xmpp.register_user("carol", "carol-password")
         mail = start_mailstack({"bridge": "bridge-password", "dave": "dave-password"})
         cfg_path = write_config(data, free_port(), ircd, xmpp, mail)

@@ -26,6 +26,8 @@ from slixmpp import ClientXMPP, ComponentXMPP
 from slixmpp.basexmpp import BaseXMPP
 from slixmpp.stanza import Iq, Message, Presence
 from slixmpp.xmlstream import ET
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from .config import XMPPConfig
 
@@ -571,6 +573,13 @@ class Component(ComponentXMPP):
                 self.disconnect_reason = "End of stream"
                 self.abort()
                 return
+
+
+def serve_iq(xmpp: BaseXMPP, name: str, payload: str, handler: Callable[[Any], None]) -> None:
+    """Call ``handler`` with every IQ whose payload element is ``payload`` (``{ns}tag``)."""
+    xmpp.register_handler(
+        Callback(f"mimi-bridge {name}", MatchXPath(f"{{{xmpp.default_ns}}}iq/{payload}"), handler)
+    )
 
 
 def make_component(cfg: XMPPConfig) -> Component:

@@ -34,14 +34,12 @@ from typing import TYPE_CHECKING, Any
 from slixmpp import JID
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream import ET
-from slixmpp.xmlstream.handler import Callback
-from slixmpp.xmlstream.matcher import MatchXPath
 
 from bridge.connector import Attachment, PortalKey, RemoteProfile, Sender
 
 from . import xmpp_to_matrix as inc
 from .avatars import MAX_AVATAR_BYTES, Avatar, sniff
-from .component import NotConnected
+from .component import NotConnected, serve_iq
 from .jid_mapping import InvalidMapping
 
 if TYPE_CHECKING:
@@ -258,17 +256,11 @@ class PepAvatars:
         self._bad: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def install(self) -> None:
-        xmpp = self.conn.component_xmpp
-
-        def on_pubsub(iq: Any) -> None:
-            self.conn.spawn(self.answer(iq))
-
-        xmpp.register_handler(
-            Callback(
-                "mimi-bridge pep",
-                MatchXPath(f"{{{xmpp.default_ns}}}iq/{{{NS_PUBSUB}}}pubsub"),
-                on_pubsub,
-            )
+        serve_iq(
+            self.conn.component_xmpp,
+            "pep",
+            f"{{{NS_PUBSUB}}}pubsub",
+            lambda iq: self.conn.spawn(self.answer(iq)),
         )
 
     # --- Matrix users' avatars ----------------------------------------------------------------

@@ -13,8 +13,6 @@ from slixmpp import JID
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.stanza import Presence
 from slixmpp.xmlstream import ET
-from slixmpp.xmlstream.handler import Callback
-from slixmpp.xmlstream.matcher import MatchXPath
 
 from bridge.connector import (
     Attachment,
@@ -28,7 +26,7 @@ from . import avatars as avmod
 from . import matrix_to_xmpp as out
 from . import muc as mucmod
 from . import xmpp_to_matrix as inc
-from .component import NotConnected
+from .component import NotConnected, serve_iq
 from .identity import NETWORK, Identity
 from .jid_mapping import InvalidMapping
 from .muc import MucRoom, Occupant
@@ -168,17 +166,11 @@ class Profiles:
         return True
 
     def install_vcard(self) -> None:
-        xmpp = self.c.component_xmpp
-
-        def on_vcard(iq: Any) -> None:
-            self.c.spawn(self._answer_vcard(iq))
-
-        xmpp.register_handler(
-            Callback(
-                "mimi-bridge vcard",
-                MatchXPath(f"{{{xmpp.default_ns}}}iq/{{{avmod.NS_VCARD}}}vCard"),
-                on_vcard,
-            )
+        serve_iq(
+            self.c.component_xmpp,
+            "vcard",
+            f"{{{avmod.NS_VCARD}}}vCard",
+            lambda iq: self.c.spawn(self._answer_vcard(iq)),
         )
 
     async def _answer_vcard(self, iq: Any) -> None:

@@ -4,7 +4,8 @@ users' own XMPP accounts.
 Where things happen:
 
 * connector.py: the connector contract (portals, ghosts, logins, lifecycle, disco and caps)
-  and the wiring of the parts below; the portal keys are described there.
+  and the wiring of the parts below (part.py: their common base); the portal keys are
+  described there.
 * Matrix -> XMPP: messages_out.py decides what to send, matrix_to_xmpp.py builds the stanzas,
   styling.py turns Matrix HTML into XEP-0393 styling, media.py fetches media to re-upload.
 * XMPP -> Matrix: messages_in.py and presence_in.py read stanzas, xmpp_to_matrix.py parses

@@ -22,18 +22,14 @@ from . import xmpp_to_matrix as inc
 from .identity import conv_of
 from .idmap import MessageRecord
 from .jid_mapping import InvalidMapping, parse_room_jid
+from .part import Part
 
 if TYPE_CHECKING:
-    from .connector import XMPPConnector
+    pass
 
 
-class History:
+class History(Part):
     """Reads a MUC's archive."""
-
-    def __init__(self, c: XMPPConnector) -> None:
-        self.c = c
-        self.cfg = c.cfg
-        self.log = c.log
 
     async def fetch_history(self, portal: PortalKey, limit: int) -> list[RemoteMessage]:
         if portal.receiver or limit <= 0:

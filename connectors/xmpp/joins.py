@@ -27,18 +27,14 @@ from . import xmpp_to_matrix as inc
 from .component import NotConnected
 from .identity import NETWORK, Identity
 from .muc import MucRoom, Occupant
+from .part import Part
 
 if TYPE_CHECKING:
-    from .connector import XMPPConnector
+    pass
 
 
-class MucJoins:
+class MucJoins(Part):
     """Puts Matrix users into MUCs as occupants and keeps them there."""
-
-    def __init__(self, c: XMPPConnector) -> None:
-        self.c = c
-        self.cfg = c.cfg
-        self.log = c.log
 
     async def join_or_notify(
         self, room: MucRoom, identity: Identity, portal: PortalKey | None

@@ -36,19 +36,15 @@ from .idmap import MessageRecord
 from .jid_mapping import InvalidMapping
 from .moderation import moderator
 from .muc import MucRoom
+from .part import Part
 from .pep import NS_PUBSUB_EVENT
 
 if TYPE_CHECKING:
-    from .connector import XMPPConnector
+    pass
 
 
-class MessagesIn:
+class MessagesIn(Part):
     """Turns messages from the XMPP side into remote events."""
-
-    def __init__(self, c: XMPPConnector) -> None:
-        self.c = c
-        self.cfg = c.cfg
-        self.log = c.log
 
     async def _on_carbon_sent(self, stream: Stream, wrapper: Message) -> None:
         """A message the logged-in user sent from another client: show it as theirs."""

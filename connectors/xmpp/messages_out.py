@@ -40,6 +40,7 @@ from .idmap import MessageRecord
 from .jid_mapping import parse_remote_user, parse_room_jid
 from .moderation import Moderation
 from .muc import MucRoom, Occupant
+from .part import Part
 
 if TYPE_CHECKING:
     from .connector import XMPPConnector
@@ -47,13 +48,11 @@ if TYPE_CHECKING:
 SHOW_FOR = {"online": None, "unavailable": "away"}
 
 
-class MessagesOut:
+class MessagesOut(Part):
     """Sends what Matrix users do to XMPP."""
 
     def __init__(self, c: XMPPConnector) -> None:
-        self.c = c
-        self.cfg = c.cfg
-        self.log = c.log
+        super().__init__(c)
         # Matrix actions held while the XMPP server is unreachable.
         self.outbox: deque[Outgoing] = deque()
         self.outage_notified: set[tuple[str, PortalKey]] = set()

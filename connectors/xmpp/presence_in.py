@@ -28,10 +28,11 @@ from .component import Stream
 from .identity import NETWORK
 from .jid_mapping import InvalidMapping
 from .muc import MucRoom, Occupant, RemoteOccupant
+from .part import Part
 from .roster import ROSTER_TYPES
 
 if TYPE_CHECKING:
-    from .connector import XMPPConnector
+    pass
 
 PRESENCE_FOR_SHOW = {
     None: "online",
@@ -43,13 +44,8 @@ PRESENCE_FOR_SHOW = {
 }
 
 
-class PresenceIn:
+class PresenceIn(Part):
     """Reads presence stanzas and mirrors them to Matrix."""
-
-    def __init__(self, c: XMPPConnector) -> None:
-        self.c = c
-        self.cfg = c.cfg
-        self.log = c.log
 
     async def on_presence(self, stream: Stream, pres: Presence) -> None:
         frm = inc.stanza_jid(pres, "from")
@@ -195,13 +191,10 @@ class PresenceIn:
                     f"You were {what} the XMPP room {room.jid}{by}{because}.",
                     portal,
                 )
-                actor_ro = room.remote.get(actor) if actor else None
                 await self.c.emit(
                     RemoteMembership(
                         portal=portal,
-                        sender=Sender(actor_ro.ghost_id, actor)
-                        if actor_ro
-                        else Sender(room.jid.bare, room.name),
+                        sender=actor_of(room, actor),
                         membership=membership,
                         target=Sender(
                             occ.identity.jid.bare,
@@ -313,7 +306,6 @@ class PresenceIn:
             if ro is None:
                 return
             actor = item.get("actor")
-            actor_ro = room.remote.get(actor) if actor else None
             reason = item.get("reason")
             # A kick or ban the bridge made for a Matrix user already happened in Matrix.
             ours = self.c.messages_out.own_removals.pop((room.jid.bare, nick), None) is not None
@@ -322,9 +314,7 @@ class PresenceIn:
                 await self.c.emit(
                     RemoteMembership(
                         portal=portal,
-                        sender=Sender(actor_ro.ghost_id, actor)
-                        if actor_ro
-                        else Sender(room.jid.bare, room.name),
+                        sender=actor_of(room, actor),
                         membership=membership,
                         target=Sender(ghost, nick),
                         reason=reason,
@@ -378,3 +368,10 @@ class PresenceIn:
         if (ro.role, ro.affiliation) != (role, affiliation):
             ro.role, ro.affiliation = role, affiliation
             await self.c.joins.emit_members(room)
+
+
+def actor_of(room: MucRoom, actor: str | None) -> Sender:
+    """Who kicked or banned: the ghost of the remote occupant with the nick ``actor``, or the
+    room itself (no actor named, or one of the bridge's own occupants)."""
+    ro = room.remote.get(actor) if actor else None
+    return Sender(ro.ghost_id, ro.nick) if ro else Sender(room.jid.bare, room.name)

@@ -30,18 +30,17 @@ from .component import NotConnected, serve_iq
 from .identity import NETWORK, Identity
 from .jid_mapping import InvalidMapping
 from .muc import MucRoom, Occupant
+from .part import Part
 
 if TYPE_CHECKING:
     from .connector import XMPPConnector
 
 
-class Profiles:
+class Profiles(Part):
     """Display names and avatars of puppets and ghosts."""
 
     def __init__(self, c: XMPPConnector) -> None:
-        self.c = c
-        self.cfg = c.cfg
-        self.log = c.log
+        super().__init__(c)
         # Ghost id -> the avatar hash (XEP-0153) last set on its Matrix ghost.
         self.ghost_photos: OrderedDict[str, str] = OrderedDict()
 

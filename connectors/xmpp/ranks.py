@@ -17,9 +17,10 @@ from . import matrix_to_xmpp as out
 from . import xmpp_to_matrix as inc
 from .identity import Identity
 from .jid_mapping import parse_room_jid
+from .part import Part
 
 if TYPE_CHECKING:
-    from .connector import XMPPConnector
+    pass
 
 MODERATOR = 50
 OWNER = 100
@@ -55,12 +56,8 @@ def items_for(
     return items
 
 
-class Ranks:
+class Ranks(Part):
     """Sets MUC roles and affiliations for Matrix power level changes."""
-
-    def __init__(self, c: XMPPConnector) -> None:
-        self.c = c
-        self.cfg = c.cfg
 
     async def set_level(self, identity: Identity, change: MatrixPowerLevel) -> None:
         if change.portal.receiver:

@@ -138,6 +138,9 @@ class ConnectionHandler:
     def irc_disconnected(self, conn: IRCConnection, reason: str) -> None:
         pass
 
+    def irc_casemapping(self, conn: IRCConnection) -> None:
+        """The server announced a case mapping other than the one ``conn`` folded with."""
+
     def irc_nick_taken(self, conn: IRCConnection, nick: str, attempt: int) -> str | None:
         """An alternative nick during registration (None: give up on this connection)."""
         from .ids import alternative_nick
@@ -684,7 +687,7 @@ class IRCConnection(asyncio.Protocol):
                 continue
             self.isupport[key] = value
             if key == "CASEMAPPING" and value in ("ascii", "rfc1459", "strict-rfc1459"):
-                self.casemapping = value
+                self._set_casemapping(value)
             elif key == "CHANTYPES":
                 self.chantypes = value
             elif key == "PREFIX" and value.startswith("(") and ")" in value:
@@ -693,6 +696,22 @@ class IRCConnection(asyncio.Protocol):
             elif key == "NICKLEN" and value.isdigit():
                 self.params.nicklen = int(value)
         self._ignore_first = (self.chantypes + "".join(self.prefixes)).encode()
+
+    def _set_casemapping(self, mapping: str) -> None:
+        """The server's mapping: every name this connection keeps is re-folded with it (they
+        were folded with the default before the server said), then the handler is told."""
+        if mapping == self.casemapping:
+            return
+        self.casemapping = mapping
+        fold = self.fold
+        self.channels = {fold(name): key for name, key in self.channels.items()}
+        self.channel_names = {fold(name): given for name, given in self.channel_names.items()}
+        self.joined = {fold(name) for name in self.joined}
+        self._joins = {fold(name): waiter for name, waiter in self._joins.items()}
+        for msg in self.pending:
+            if msg.channel is not None:
+                msg.channel = fold(msg.channel)
+        self.handler.irc_casemapping(self)
 
     def _on_cap(self, line: Line) -> None:
         sub = line.param(1).upper()

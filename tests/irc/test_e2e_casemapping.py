@@ -1,0 +1,189 @@
+"""End to end through Synapse on servers with different case mappings: ngircd announces
+``CASEMAPPING=ascii``, InspIRCd ``rfc1459``. With the default config (no ``casemapping`` key)
+and the default nick template (``{displayname}[m]``), nicks holding ``[]\\^{}|`` fold
+differently under the two mappings; the bridge compares them with what the server announced and
+names them in Matrix in one fixed form, so:
+
+* a Matrix message shows once in Matrix (no ghost of the sender's own puppet joins or speaks)
+  and once on IRC;
+* an IRC user whose nick holds those characters is one ghost, with the same Matrix id on both
+  servers, also after a nick change the server counts as the same nick;
+* mentions of such nicks work both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.connector import escape_localpart
+from connectors.irc.protocol import casefold
+from tests.conftest import BridgeFactory
+from tests.harness.ircd import IrcServer, start_inspircd
+from tests.harness.synapse import MatrixClient, SynapseServer
+
+from .conftest import RawIRC
+from .test_e2e_synapse import (
+    BOT,
+    alias,
+    body_is,
+    joined,
+    said,
+    uniq,
+)
+
+Event = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def inspircd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IrcServer]:
+    server = start_inspircd(Path(tmp_path_factory.mktemp("inspircd-casemap")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["ngircd", "inspircd"])
+def server(request: pytest.FixtureRequest) -> IrcServer:
+    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def closing() -> AsyncIterator[list[Any]]:
+    """IRC and Matrix clients closed at the end of the test."""
+    made: list[Any] = []
+    yield made
+    for c in made:
+        await c.close()
+
+
+def connectors(server: IrcServer) -> dict[str, Any]:
+    """The defaults that matter here: no ``casemapping``, no ``nick_template``."""
+    net: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "bot": {"nick": uniq("mimibot")},
+        "flood": {"burst": 50, "rate": 50},
+        "reconnect": {"min_delay": 0.2, "max_delay": 1.0},
+        "connects_per_second": 200,
+        "register_timeout": 5,
+    }
+    return {"irc": {"networks": {"test": net}}}
+
+
+def ghost_id(nick: str) -> str:
+    """The documented Matrix form of an IRC nick: folded with rfc1459 whatever the server."""
+    return f"@irc_test_{escape_localpart(casefold(nick, 'rfc1459'))}:localhost"
+
+
+async def rename(user: RawIRC, nick: str) -> None:
+    user.send(f"NICK {nick}")
+    await user.expect(lambda ln: ln.command == "NICK" and ln.param(0) == nick, what="NICK")
+    user.nick = nick
+
+
+def irc_ghosts(members: dict[str, Any]) -> set[str]:
+    return {m for m in members if m.startswith("@irc_test_") and m != BOT}
+
+
+async def test_bracket_nicks_one_copy_one_ghost_mentions(
+    make_bridge: BridgeFactory,
+    synapse: SynapseServer,
+    server: IrcServer,
+    closing: list[Any],
+) -> None:
+    n = uniq("")
+    chan = f"#Case{n}"
+    nick = f"Da[n]\\^{{x}}|{n}"  # Da[n]\^{x}|7
+    carol = await RawIRC(server.host, server.port, f"carol{n}").connect()
+    closing.append(carol)
+    await rename(carol, nick)  # USER would refuse these characters in the user name
+    await carol.join(chan)
+    await make_bridge(connectors=connectors(server))
+    ann: MatrixClient = synapse.new_client(f"ann{n}")
+    closing.append(ann)
+    await ann.set_displayname(f"A\\l|ce^{{y}}{n}")
+    puppet = f"A\\l|ce^{{y}}{n}[m]"  # the default template
+    room = await ann.join(alias(chan.lower()))
+    await carol.expect(joined(puppet, chan), what="the puppet's JOIN")
+
+    # The IRC user already in the channel is one ghost, named in the rfc1459 form on both
+    # servers (ngircd itself would tell "Da[n]" from "Da{n}").
+    carol_ghost = ghost_id(nick)
+
+    async def ghosts() -> set[str]:
+        return irc_ghosts(await ann.joined_members(room))
+
+    for _ in range(100):
+        if await ghosts():
+            break
+        await asyncio.sleep(0.1)
+    assert await ghosts() == {carol_ghost}
+
+    # A Matrix message: once on IRC, once in Matrix, and only from the Matrix user.
+    await ann.send_text(room, "hello")
+    await carol.expect(said(puppet, "hello"), what="the PRIVMSG")
+    carol.send(f"PRIVMSG {chan} :marker")
+    await ann.wait_for_event(room, body_is("marker"))
+    await asyncio.sleep(1.0)  # a second copy would come with or soon after the marker
+    carol.send(f"PRIVMSG {chan} :marker2")
+    await ann.wait_for_event(room, body_is("marker2"))
+    events = await ann.messages(room, 100)
+    hellos = [e for e in events if body_is("hello")(e)]
+    assert [e["sender"] for e in hellos] == [ann.user_id]
+    puppet_ghost = ghost_id(puppet)
+    assert not [e for e in events if e["sender"] == puppet_ghost]
+    assert not [e for e in events if e.get("state_key") == puppet_ghost]
+    assert await ghosts() == {carol_ghost}
+    assert [ln.param(1) for ln in carol.messages(chan)].count("hello") == 1
+    marker = next(e for e in events if body_is("marker")(e))
+    assert marker["sender"] == carol_ghost
+
+    # Mentions, IRC -> Matrix: the puppet's nick, as spelled and in another case, is a pill of
+    # the Matrix user.
+    carol.send(f"PRIVMSG {chan} :{puppet}: you there?")
+    evt = await ann.wait_for_event(room, body_is(f"{puppet}: you there?"))
+    assert evt["content"]["m.mentions"] == {"user_ids": [ann.user_id]}
+    assert f"https://matrix.to/#/{ann.user_id}" in evt["content"]["formatted_body"]
+    carol.send(f"PRIVMSG {chan} :ok {puppet.upper()}")
+    evt = await ann.wait_for_event(room, body_is(f"ok {puppet.upper()}"))
+    assert evt["content"]["m.mentions"] == {"user_ids": [ann.user_id]}
+
+    # Mentions, Matrix -> IRC: a pill of the ghost becomes the nick as IRC spells it.
+    await ann.send_event(
+        room,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "Dan: look",
+            "format": "org.matrix.custom.html",
+            "formatted_body": f'<a href="https://matrix.to/#/{carol_ghost}">Dan</a>: look',
+            "m.mentions": {"user_ids": [carol_ghost]},
+        },
+    )
+    await carol.expect(said(puppet, f"{nick}: look"), what="the mention")
+
+    # A nick change the id form counts as the same nick (case, and [ ] \ as { } |): the
+    # same ghost, renamed, no second one.
+    renamed = f"DA{{N}}|^[X]\\{n}"
+    await rename(carol, renamed)
+    carol.send(f"PRIVMSG {chan} :after the rename")
+    evt = await ann.wait_for_event(room, body_is("after the rename"))
+    assert evt["sender"] == carol_ghost
+    assert await ghosts() == {carol_ghost}
+    await ann.send_event(
+        room,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "Dan: again",
+            "format": "org.matrix.custom.html",
+            "formatted_body": f'<a href="https://matrix.to/#/{carol_ghost}">Dan</a>: again',
+        },
+    )
+    await carol.expect(said(puppet, f"{renamed}: again"), what="the mention after the rename")
+    # Still one copy of each Matrix message on IRC.
+    assert [ln.param(1) for ln in carol.messages(chan)].count("hello") == 1

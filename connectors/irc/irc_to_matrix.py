@@ -430,7 +430,9 @@ class IrcToMatrix:
         out: list[RemoteEvent] = []
         ts = int(time.time() * 1000)
         for canon, held in list(self.splits.items()):
-            if not everyone and now - held.since < self.netsplit_window:
+            # The same sum as next_split_expiry: at that instant the window has passed
+            # (now - since may round below the window).
+            if not everyone and now < held.since + self.netsplit_window:
                 continue
             del self.splits[canon]
             for canon_chan in held.channels:

@@ -703,14 +703,19 @@ class IRCConnection(asyncio.Protocol):
         if mapping == self.casemapping:
             return
         self.casemapping = mapping
-        fold = self.fold
-        self.channels = {fold(name): key for name, key in self.channels.items()}
-        self.channel_names = {fold(name): given for name, given in self.channel_names.items()}
-        self.joined = {fold(name) for name in self.joined}
-        self._joins = {fold(name): waiter for name, waiter in self._joins.items()}
+        names = self.channel_names
+
+        def refold(canon: str) -> str:
+            # From the name as given: the old fold may have lost what the new one keeps.
+            return self.fold(names.get(canon, canon))
+
+        self.channels = {refold(c): key for c, key in self.channels.items()}
+        self.joined = {refold(c) for c in self.joined}
+        self._joins = {refold(c): waiter for c, waiter in self._joins.items()}
         for msg in self.pending:
             if msg.channel is not None:
-                msg.channel = fold(msg.channel)
+                msg.channel = self.fold(msg.target)
+        self.channel_names = {self.fold(given): given for given in names.values()}
         self.handler.irc_casemapping(self)
 
     def _on_cap(self, line: Line) -> None:

@@ -190,15 +190,21 @@ class Network(ConnectionHandler):
         except Exception:
             log.exception("%s: loading logins failed", self.cfg.netid)
         await self.connector.nick_store.load(self)
-        channels = list(self.cfg.channels)
-        try:
-            channels += [p.remote_id for p in await self.bridge.portals(self.network)
-                         if not p.receiver and ids.valid_channel(p.remote_id)]  # fmt: skip
-        except Exception:
-            log.exception("%s: listing portals failed", self.cfg.netid)
-        for channel in channels:
+        for channel in self.cfg.channels:
             self.bot.channels[self.bot.fold(channel)] = None
             self.bot.channel_names[self.bot.fold(channel)] = channel
+        try:
+            portals = await self.bridge.portals(self.network)
+        except Exception:
+            log.exception("%s: listing portals failed", self.cfg.netid)
+            portals = []
+        for portal in portals:
+            if portal.receiver or not ids.valid_channel(portal.remote_id):
+                continue
+            # Spelled as in the config when it is there (the id may have lost the spelling).
+            channel = self.channel_name(portal.remote_id)
+            self.bot.channels.setdefault(self.bot.fold(channel), None)
+            self.bot.channel_names.setdefault(self.bot.fold(channel), channel)
         self.bot.start()
         if self.cfg.puppets:
             self.spawn(self._reconnect_members())

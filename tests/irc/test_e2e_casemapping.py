@@ -31,7 +31,9 @@ from .test_e2e_synapse import (
     BOT,
     alias,
     body_is,
+    command,
     joined,
+    management_room,
     said,
     uniq,
 )
@@ -207,3 +209,55 @@ async def test_bracket_nicks_one_copy_one_ghost_mentions(
     await carol.expect(said(puppet, f"{renamed}: again"), what="the mention after the rename")
     # Still one copy of each Matrix message on IRC.
     assert [ln.param(1) for ln in carol.messages(chan)].count("hello") == 1
+
+
+@pytest.mark.parametrize("server_name", ["ngircd", "inspircd"])
+async def test_bracket_channel_from_config_both_ways_and_after_a_restart(
+    request: pytest.FixtureRequest,
+    make_bridge: BridgeFactory,
+    synapse: SynapseServer,
+    closing: list[Any],
+    server_name: str,
+) -> None:
+    """A channel whose name folds differently under the server's mapping and the ids' form
+    (``#B[r]\\k`` is ``#b{r}|k`` in Matrix, ngircd tells them apart): listed in ``channels``,
+    its portal is the IRC channel so spelled, both ways, before and after a bridge restart.
+    (Opened with ``join``: the homeserver's alias query for ``#irc_test_#b{r}|k`` does not
+    reach the bridge's appservice route, which refuses braces.)"""
+    server: IrcServer = request.getfixturevalue(server_name)
+    n = uniq("")
+    chan = f"#B[r]\\k{n}"
+    carol = await RawIRC(server.host, server.port, f"carol{n}").connect()
+    closing.append(carol)
+    await carol.join(chan)
+    cfg = connectors(server, None)
+    cfg["irc"]["networks"]["test"]["channels"] = [chan]
+    bridge = await make_bridge(connectors=cfg)
+    ann: MatrixClient = synapse.new_client(f"ann{n}")
+    closing.append(ann)
+    await ann.set_displayname(f"Ann{n}")
+    puppet = f"Ann{n}[m]"
+    portal_id = casefold(chan, "rfc1459")
+    mgmt = await management_room(ann)
+    reply = await command(ann, mgmt, f"join irc_test {portal_id}", "Invited you")
+    assert f"#irc_test_{portal_id}:localhost" in reply
+    room = await ann.join(reply.rsplit("(", 1)[1].rstrip(")."))
+    await carol.expect(joined(puppet, chan), what="the puppet's JOIN")
+    await ann.send_text(room, "into the channel")
+    line = await carol.expect(said(puppet, "into the channel"), what="the PRIVMSG")
+    assert line.param(0).lower() == chan.lower()
+    carol.send(f"PRIVMSG {chan} :out of it")
+    await ann.wait_for_event(room, body_is("out of it"))
+
+    await bridge.stop()
+    await carol.expect(lambda ln: ln.command == "QUIT" and ln.nick == puppet, what="QUIT")
+    mark = len(carol.lines)
+    await make_bridge(connectors=cfg)
+    await carol.expect(
+        lambda ln: ln in carol.lines[mark:] and joined(puppet, chan)(ln), what="the rejoin"
+    )
+    carol.send(f"PRIVMSG {chan} :after the restart")
+    await ann.wait_for_event(room, body_is("after the restart"))
+    await ann.send_text(room, "hello again")
+    line = await carol.expect(said(puppet, "hello again"), what="the PRIVMSG after the restart")
+    assert line.param(0).lower() == chan.lower()

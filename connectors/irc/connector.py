@@ -70,6 +70,8 @@ from .ranks import MODE_ERRORS, mode_change, mode_params
 
 log = logging.getLogger("mimi.irc")
 
+DM_NICKS = 1000  # private-message partners whose nick spelling is remembered
+
 
 class Network(ConnectionHandler):
     """Everything of one configured IRC network."""
@@ -127,6 +129,10 @@ class Network(ConnectionHandler):
         self._emitter: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._split_timer: asyncio.TimerHandle | None = None
+        # How private-message partners spell their nicks, by remote id: the id may fold more
+        # than the server (alice{m} for alice[m] on an ascii server), and a partner who shares
+        # no channel with the bot is known nowhere else. The most recent DM_NICKS.
+        self._dm_nicks: dict[str, str] = {}
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -298,6 +304,11 @@ class Network(ConnectionHandler):
     def _on_private(self, puppet: Puppet, line: Line) -> None:
         event = self.translator.private_message(puppet.conn, line, puppet.user_id)
         if event is not None:
+            remote_id = event.portal.remote_id
+            self._dm_nicks.pop(remote_id, None)
+            self._dm_nicks[remote_id] = line.nick
+            if len(self._dm_nicks) > DM_NICKS:
+                del self._dm_nicks[next(iter(self._dm_nicks))]
             self.emit(event)
 
     def _on_puppet_notice(self, puppet: Puppet, text: str) -> None:
@@ -330,7 +341,9 @@ class Network(ConnectionHandler):
         for puppet in self.pool.puppets.values():
             if self.id_of(puppet.conn.nick) == canon:
                 return puppet.conn.nick
-        return self.translator.nick_of_id(canon, self.bot.fold) or canon
+        return (
+            self.translator.nick_of_id(canon, self.bot.fold) or self._dm_nicks.get(canon) or canon
+        )
 
 
 class IRCClient(NetworkClient):

@@ -601,5 +601,19 @@ async def test_ascii_server_folds_names_its_way_ids_keep_rfc1459(bridge, ngircd,
         await client.handle_matrix_message(message(dm, BOB.user_id, "psst"))
         line = await alice.expect(lambda ln: ln.param(1) == "psst", what="the DM")
         assert line.param(0) == f"Al[{n}]"
+        # Someone in no channel with the bot: the answer to their DM goes to their nick as
+        # they spell it, not to the rfc1459 form of the portal's id.
+        zoe = await irc_users(f"zoe{n}")
+        zoe.send(f"NICK Zo[e]{n}")
+        await zoe.expect(lambda ln: ln.command == "NICK", what="NICK")
+        zoe.send("PRIVMSG Bob[m] :who is this?")
+        dm = await wait_for(
+            lambda: [m for m in bridge.of_type(RemoteMessage) if m.content.text == "who is this?"],
+            what="the DM from IRC",
+        )
+        assert dm[0].portal == PortalKey(NET, f"zo{{e}}{n}", receiver=BOB.user_id)
+        await client.handle_matrix_message(message(dm[0].portal, BOB.user_id, "Bob"))
+        line = await zoe.expect(lambda ln: ln.param(1) == "Bob", what="the answer")
+        assert line.param(0) == f"Zo[e]{n}"
     finally:
         await conn.stop()

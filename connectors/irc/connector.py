@@ -158,6 +158,8 @@ class Network(ConnectionHandler):
         state = self.translator.channels.get(bot.fold(remote_id))
         if state is not None and self.id_of(state.name) == remote_id:
             return state.name
+        if not ids.folded_specials(remote_id):
+            return remote_id
         names = [*bot.channel_names.values(), *(s.name for s in self.translator.channels.values())]
         return next((name for name in names if self.id_of(name) == remote_id), remote_id)
 
@@ -338,9 +340,10 @@ class Network(ConnectionHandler):
         puppet = self.pool.by_nick.get(self.pool.fold(canon))
         if puppet is not None and self.id_of(puppet.conn.nick) == canon:
             return puppet.conn.nick
-        for puppet in self.pool.puppets.values():
-            if self.id_of(puppet.conn.nick) == canon:
-                return puppet.conn.nick
+        if ids.folded_specials(canon):  # the fast path may have missed the spelling
+            for puppet in self.pool.puppets.values():
+                if self.id_of(puppet.conn.nick) == canon:
+                    return puppet.conn.nick
         return (
             self.translator.nick_of_id(canon, self.bot.fold) or self._dm_nicks.get(canon) or canon
         )

@@ -69,6 +69,16 @@ def canonical_channel(channel: str, casemapping: str = "rfc1459") -> str:
     return casefold(channel, casemapping)
 
 
+_FOLD_TARGETS = frozenset("{}|^")
+
+
+def folded_specials(remote_id: str) -> bool:
+    """Whether a remote id holds ``{}|^``, which rfc1459 and strict-rfc1459 fold ``[]\\~`` into:
+    only then may the id hide how a server with a finer mapping spells the name. Otherwise the
+    server's fold of the id is the server's fold of the name."""
+    return not _FOLD_TARGETS.isdisjoint(remote_id)
+
+
 def ghost_localpart(nick: str, casemapping: str = "rfc1459") -> str:
     return escape_localpart(canonical_nick(nick, casemapping))
 

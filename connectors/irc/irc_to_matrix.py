@@ -45,6 +45,7 @@ from bridge.connector.ids import PortalKey
 
 from .client import IRCConnection
 from .formatting import irc_to_html
+from .ids import folded_specials
 from .protocol import Line, casefold, parse_ctcp
 from .ranks import rank
 
@@ -225,6 +226,8 @@ class IrcToMatrix:
             member = state.members.get(fold(remote_id))
             if member is not None and self.id_of(member.nick) == remote_id:
                 return member.nick
+        if not folded_specials(remote_id):
+            return None
         for state in self.channels.values():
             for member in state.members.values():
                 if self.id_of(member.nick) == remote_id:

@@ -9,7 +9,8 @@ test names, and refuses an edit of a key the example does not have. Every other 
 Because ``-g`` writes fresh random tokens, the generated registration cannot be loaded into the
 session's Synapse (Synapse reads registrations only at start-up, and that one already holds
 the tests' fixed tokens): each setup starts a Synapse of its own that loads the generated file.
-The bridge runs as ``python -m bridge -c config.yaml``, a subprocess, stopped with SIGTERM.
+The bridge runs as ``python -m bridge -c /path/to/config.yaml``, a subprocess started from
+another directory (as a service manager starts it), stopped with SIGTERM.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class AdminSetup:
         self.config = workdir / "config.yaml"
         self.registration = workdir / "registration.yaml"
         self.log = workdir / "bridge.log"
+        self.elsewhere = workdir / "elsewhere"  # the bridge's working directory
         self.as_port = free_port()
         self.hs_port = free_port()
         self.synapse: SynapseServer | None = None
@@ -150,11 +152,9 @@ class AdminSetup:
             self.changed = changed_paths(load_example(), _yaml().load(f))
         renamed = {p for p, _ in leaves(load_example()) if p[:3] in self.permission_renames()}
         renamed |= {(*p[:2], new) for p, new in self.permission_renames().items()}
-        expected = set(edits) | GENERATED | renamed
-        assert self.changed == expected, (
-            f"config.yaml differs from the example beyond the admin's edits: "
-            f"{sorted(self.changed ^ expected)}"
-        )
+        beyond = self.changed - (set(edits) | GENERATED | renamed)
+        assert not beyond, f"config.yaml differs from the example in {sorted(beyond)}"
+        assert self.changed >= GENERATED, "-g did not write the tokens"
 
     def start_synapse(self) -> SynapseServer:
         """A homeserver that loads the generated registration (blocking: run in a thread)."""
@@ -178,21 +178,27 @@ class AdminSetup:
                 try:
                     async with s.get(self.as_url + "/_matrix/mau/live") as r:
                         if r.status == 200:
-                            return
+                            break
                 except aiohttp.ClientError:
                     pass
                 if loop.time() > end:
                     raise AssertionError(f"the bridge did not listen:\n{self.log_tail()}")
                 await asyncio.sleep(0.2)
+        # The example's database, sqlite:mimi-bridge.db, lives beside config.yaml.
+        assert (self.workdir / "mimi-bridge.db").is_file(), sorted(self.workdir.iterdir())
+        assert not any(self.elsewhere.iterdir()), sorted(self.elsewhere.iterdir())
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         # Output to a file: an unread pipe fills up and blocks the bridge's logging.
         with self.log.open("ab") as out:
             out.write(f"--- start {time.strftime('%H:%M:%S')} ---\n".encode())
             out.flush()
+            # Started from another directory, as a service manager does: whatever the config
+            # names relative to itself (the database) must still land beside it.
+            self.elsewhere.mkdir(exist_ok=True)
             return subprocess.Popen(
-                [sys.executable, "-m", "bridge", "-c", "config.yaml"],
-                cwd=self.workdir,
+                [sys.executable, "-m", "bridge", "-c", str(self.config)],
+                cwd=self.elsewhere,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

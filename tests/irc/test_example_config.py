@@ -1,9 +1,9 @@
 """An IRC bridge as a new admin sets it up: config.example.yaml with only the homeserver, the
 appservice and the network's address changed, the registration from ``-g``, the bridge run as
-``python -m bridge -c config.yaml``. Through Synapse: the example's channel joined by alias,
-text both ways, a reply, an edit, a reaction, a restart of the bridge, and every message seen
-exactly once on each side (no copy of a Matrix message coming back from its own puppet, no
-replay after the restart)."""
+``python -m bridge -c config.yaml``. Through Synapse: the example's channel joined by alias, text
+both ways, a reply, an edit, a reaction, a restart of the bridge, and every message seen exactly
+once on each side (no copy of a Matrix message coming back from its own puppet, what was sent while
+the bridge was down delivered once, no replay after the restart)."""
 
 from __future__ import annotations
 
@@ -117,8 +117,11 @@ async def _scenario(admin: AdminSetup, carol: RawIRC, ann: MatrixClient) -> None
     assert await admin.stop_bridge() == 0, admin.log_tail()
     await carol.expect(lambda ln: ln.command == "QUIT" and ln.nick == puppet, 30, "QUIT")
     mark = len(carol.lines)
+    # Synapse keeps what Matrix users send while the bridge is down, and delivers it after.
+    await ann.send_text(room, "while the bridge was down")
     await admin.start_bridge()
     await carol.expect(lambda ln: ln in carol.lines[mark:] and joined(puppet)(ln), 60, "rejoin")
+    await carol.expect(said(puppet, "while the bridge was down"), 60, "the message sent meanwhile")
     assert await ann.resolve_alias(alias(CHANNEL)) == room
     await ann.reply(room, hello["event_id"], "still you")
     await carol.expect(said(puppet, f"{carol.nick}: still you"), 30, "a reply after the restart")
@@ -133,7 +136,7 @@ async def _scenario(admin: AdminSetup, carol: RawIRC, ann: MatrixClient) -> None
 
     # Each message exactly once on each side.
     mine = ["hello irc", f"{carol.nick}: hi carol", "it is nine", "* it is ten", reacted]
-    mine += [f"{carol.nick}: still you", "* it is eleven", "last one"]
+    mine += ["while the bridge was down", f"{carol.nick}: still you", "* it is eleven", "last one"]
     on_irc = [ln.param(1) for ln in carol.messages(CHANNEL) if ln.nick == puppet]
     assert on_irc == mine, "what IRC saw from the puppet"
     rejoins = [ln for ln in carol.lines[mark:] if joined(puppet)(ln)]

@@ -1,9 +1,9 @@
 """An IRC bridge as a new admin sets it up: config.example.yaml with only the homeserver, the
 appservice and the network's address changed, the registration from ``-g``, the bridge run as
 ``python -m bridge -c config.yaml``. Through Synapse: the example's channel joined by alias, text
-both ways, a reply, an edit, a reaction, a restart of the bridge, and every message seen exactly
-once on each side (no copy of a Matrix message coming back from its own puppet, what was sent while
-the bridge was down delivered once, no replay after the restart)."""
+both ways, a reply, an edit, a reaction, a long message as a link, a restart of the bridge, and
+every message seen exactly once on each side (no copy of a Matrix message coming back from its own
+puppet, what was sent while the bridge was down delivered once, no replay after the restart)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from connectors.irc import ids
@@ -112,6 +113,16 @@ async def _scenario(admin: AdminSetup, carol: RawIRC, ann: MatrixClient) -> None
     await ann.react(room, hello["event_id"], "👍")
     reacted = '\x01ACTION reacted 👍 to "hello matrix"\x01'
     await carol.expect(said(puppet, reacted), 30, "the reaction")
+    # Longer than the example's line_limit: one line with a link that works for anyone
+    # (public_address defaults to the appservice's address).
+    long_text = "\n".join(f"line {i}" for i in range(5))
+    await ann.send_text(room, long_text)
+    link = await carol.expect(
+        lambda ln: ln.nick == puppet and "(full message: http" in ln.param(1), 30, "the link"
+    )
+    url = link.param(1).rsplit("(full message: ", 1)[1].rstrip(")")
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        assert (r.status, await r.text()) == (200, long_text), url
 
     # A restart: a clean stop on SIGTERM, the puppet back once, the mapping kept.
     assert await admin.stop_bridge() == 0, admin.log_tail()
@@ -136,6 +147,7 @@ async def _scenario(admin: AdminSetup, carol: RawIRC, ann: MatrixClient) -> None
 
     # Each message exactly once on each side.
     mine = ["hello irc", f"{carol.nick}: hi carol", "it is nine", "* it is ten", reacted]
+    mine += [link.param(1)]
     mine += ["while the bridge was down", f"{carol.nick}: still you", "* it is eleven", "last one"]
     on_irc = [ln.param(1) for ln in carol.messages(CHANNEL) if ln.nick == puppet]
     assert on_irc == mine, "what IRC saw from the puppet"

@@ -1,9 +1,10 @@
 """An XMPP bridge as a new admin sets it up: config.example.yaml with only the homeserver, the
 appservice, the XMPP server's component address, the component's domain and secret and the MUC
 service changed, the registration from ``-g``, the bridge run as ``python -m bridge -c
-config.yaml``. Through Synapse: a MUC joined by alias, text, corrections, reactions and replies both
-ways, a restart of the bridge (what Ann sent meanwhile delivered once, corrections and replies after
-it still reach the right message), and every message seen exactly once on each side."""
+config.yaml``. Through Synapse: a MUC joined by alias (its history filling the portal), text,
+corrections, reactions and replies both ways, a restart of the bridge (what Ann sent meanwhile
+delivered once, corrections and replies after it still reach the right message), and every message
+seen exactly once on each side."""
 
 from __future__ import annotations
 
@@ -78,6 +79,9 @@ async def test_example_config_bridges_a_muc_through_a_restart(
     muc = f"{unique('room')}@{prosody.muc_domain}"
     alice: XClient = await xclients("alice")
     await alice.join(muc, "alice")
+    # Said before the portal exists: the example's backfill_limit fills the new portal.
+    alice.xmpp.send_message(mto=JID(muc), mbody="before the portal", mtype="groupchat")
+    await alice.wait_message(lambda m: m["body"] == "before the portal")
     await admin.start_bridge()
     ann = admin.synapse.new_client("ann")
     try:
@@ -99,6 +103,8 @@ async def _scenario(admin: AdminSetup, muc: str, alice: XClient, ann: MatrixClie
     room = await ann.join(alias_of(muc))
     await alice.wait_presence(from_nick(muc, "Ann"), 30)
     ghost = ghost_of(f"{muc}/alice")
+    early = await ann.wait_for_event(room, lambda e: body(e) == "before the portal", 30)
+    assert early["sender"] == ghost
 
     # Text both ways.
     msg = alice.xmpp.make_message(mto=muc, mbody="hello matrix", mtype="groupchat")
@@ -227,6 +233,7 @@ async def _scenario(admin: AdminSetup, muc: str, alice: XClient, ann: MatrixClie
     events = await ann.messages(room, 200)
     others = [(e["sender"], body(e)) for e in events if body(e) and e["sender"] != ann.user_id]
     assert others == [
+        (ghost, "before the portal"),
         (ghost, "hello matrix"),
         (ghost, "* hello matrix!"),
         (ghost, "likewise"),

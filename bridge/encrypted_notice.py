@@ -36,6 +36,10 @@ class EncryptedNotices:
         self._last[room_id] = now
         return self._unanswered.pop(room_id, 0)
 
+    def forget(self, room_id: str) -> None:
+        """The notice could not be sent: answer the room's next encrypted event again."""
+        self._last.pop(room_id, None)
+
 
 LEAD = "This bridge cannot read encrypted messages yet"
 

@@ -6,6 +6,7 @@ dropped silently."""
 from __future__ import annotations
 
 import html
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from . import content as contentmod
@@ -145,7 +146,19 @@ class MatrixHandler:
             alias = None if portal.plumbed else self.bridge.alias_of(portal.key)
             text = encrypted_notice.for_portal(connector.display_name, alias, missed)
         # Portals without the bot (DMs opened by inviting a ghost) hear it from their ghost.
-        await self.bridge.send_notice(room_id, text)
+        sender = portal.metadata.get("notice_sender") if portal else None
+        try:
+            await self.hs.send(
+                room_id,
+                "m.room.message",
+                {"msgtype": "m.notice", "body": text},
+                txn_id=f"mimi.encrypted.{uuid.uuid4().hex}",
+                as_user=sender if isinstance(sender, str) else None,
+            )
+        except MatrixError as e:
+            self.log.warning("could not tell %s about encrypted messages: %s", room_id, e)
+            if e.errcode != "M_FORBIDDEN":  # not for lack of a member that may speak: retry
+                self.encrypted_notices.forget(room_id)
 
     # --- who speaks -------------------------------------------------------------------
 

@@ -163,3 +163,19 @@ async def test_encrypted_dm_with_a_ghost(
     await bridge.queues.drain()
     assert not [e for e in bridge.connectors["testnet"].sent if e["kind"] == "message"]  # type: ignore[attr-defined]
     await kim.close()
+
+
+def test_notice_policy() -> None:
+    from bridge.encrypted_notice import EncryptedNotices
+
+    now = [0.0]
+    notices = EncryptedNotices(interval_s=600, clock=lambda: now[0])
+    assert notices.due("!a") == 0  # a room's first encrypted event: answered
+    assert notices.due("!b") == 0  # rooms are counted apart
+    now[0] = 599
+    assert notices.due("!a") is None and notices.due("!a") is None
+    now[0] = 600
+    assert notices.due("!a") == 2  # answered again, counting the two in between
+    assert notices.due("!a") is None
+    notices.forget("!a")  # that notice could not be sent: the next event is answered
+    assert notices.due("!a") == 1

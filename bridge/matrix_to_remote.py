@@ -6,9 +6,11 @@ dropped silently."""
 from __future__ import annotations
 
 import html
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from . import content as contentmod
+from . import encrypted_notice
 from .connector import (
     Attachment,
     ConnectorError,
@@ -66,6 +68,7 @@ class MatrixHandler:
         self._typing: dict[str, set[str]] = {}
         # A profile change arrives once per room: download a new avatar once, not per portal.
         self._avatars: dict[str, bytes] = {}
+        self.encrypted_notices = encrypted_notice.EncryptedNotices()
 
     # --- entry points -----------------------------------------------------------------
 
@@ -120,10 +123,42 @@ class MatrixHandler:
             if portal:
                 await self.redaction(evt, portal, sender, content)
         elif etype == "m.room.encrypted":
-            if await self.bridge.portal_store.by_room(room_id):
-                await self.bridge.send_notice(
-                    room_id, "Encrypted messages cannot be bridged: this bridge has no E2EE."
-                )
+            await self.encrypted(room_id)
+
+    async def encrypted(self, room_id: str) -> None:
+        """An event this bridge cannot decrypt: the room is told what to do instead, at its
+        first such event and then at most once per interval (see encrypted_notice)."""
+        missed = self.encrypted_notices.due(room_id)
+        if missed is None:
+            return
+        bot = self.bridge.cfg.bot_mxid
+        portal = await self.bridge.portal_store.by_room(room_id)
+        if portal is None:
+            text = encrypted_notice.for_bot_room(bot, self.bridge.cfg.command_prefix, missed)
+        elif portal.is_direct:
+            key = portal.key
+            ghost = self.bridge.ghost_user_id(key.network, key.remote_id)
+            row = await self.bridge.ghosts.get(key.network, key.remote_id)
+            name = row.display_name if row and row.display_name else key.remote_id
+            text = encrypted_notice.for_dm(name, ghost, missed)
+        else:
+            connector = self.bridge.connector_of(portal.key.network)
+            alias = None if portal.plumbed else self.bridge.alias_of(portal.key)
+            text = encrypted_notice.for_portal(connector.display_name, alias, missed)
+        # Portals without the bot (DMs opened by inviting a ghost) hear it from their ghost.
+        sender = portal.metadata.get("notice_sender") if portal else None
+        try:
+            await self.hs.send(
+                room_id,
+                "m.room.message",
+                {"msgtype": "m.notice", "body": text},
+                txn_id=f"mimi.encrypted.{uuid.uuid4().hex}",
+                as_user=sender if isinstance(sender, str) else None,
+            )
+        except MatrixError as e:
+            self.log.warning("could not tell %s about encrypted messages: %s", room_id, e)
+            if e.errcode != "M_FORBIDDEN":  # not for lack of a member that may speak: retry
+                self.encrypted_notices.forget(room_id)
 
     # --- who speaks -------------------------------------------------------------------
 
@@ -620,7 +655,17 @@ class MatrixHandler:
         # Only a direct chat becomes the management room; other rooms may be linked later.
         if content.get("is_direct"):
             await self.bridge.users.set_management_room(sender, room_id)
-            await self.bridge.send_notice(room_id, self.bridge.commands.welcome())
+            welcome = self.bridge.commands.welcome()
+            if await self._is_encrypted(room_id):
+                welcome += encrypted_notice.welcome_warning(self.bridge.cfg.bot_mxid)
+            await self.bridge.send_notice(room_id, welcome)
+
+    async def _is_encrypted(self, room_id: str, as_user: str | None = None) -> bool:
+        try:
+            return bool(await self.hs.get_state(room_id, "m.room.encryption", as_user=as_user))
+        except MatrixError as e:
+            self.log.info("encryption state of %s not read: %s", room_id, e)
+            return False
 
     async def ghost_invited(
         self, room_id: str, sender: str, ghost: GhostKey, content: dict[str, Any]
@@ -668,14 +713,16 @@ class MatrixHandler:
         await self.bridge.portal_store.save(portal)
         await connector.portal_opened(key)
         # The bot is not in this room, so no bridge-info state: the ghost says it instead.
+        body = (
+            f"This chat is bridged to {connector.display_name} "
+            "by mimi-bridge: messages are decrypted at the bridge."
+        )
+        if await self._is_encrypted(room_id, ghost_id):
+            body += encrypted_notice.dm_warning(ghost_id)
         await self.hs.send(
             room_id,
             "m.room.message",
-            {
-                "msgtype": "m.notice",
-                "body": f"This chat is bridged to {connector.display_name} "
-                "by mimi-bridge: messages are decrypted at the bridge.",
-            },
+            {"msgtype": "m.notice", "body": body},
             txn_id=f"mimi.dm-opened.{room_id}",
             as_user=ghost_id,
         )

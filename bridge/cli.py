@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import logging.config
 import signal
@@ -26,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
         "other networks through connector plugins.",
         epilog="Exit status: 0 clean stop, 1 runtime failure, 2 configuration error.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument(
         "-c",
         "--config",
@@ -47,6 +49,14 @@ def parser() -> argparse.ArgumentParser:
         help="where -g writes the appservice registration (default: registration.yaml)",
     )
     return p
+
+
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's, once installed)."""
+    try:
+        return importlib.metadata.version("mimi-bridge")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def setup_logging(cfg: dict[str, Any]) -> None:

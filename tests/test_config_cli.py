@@ -37,6 +37,13 @@ def test_help_documents_every_option() -> None:
         assert opt in res.stdout
 
 
+def test_version() -> None:
+    res = run("--version")
+    assert res.returncode == 0, res.stderr
+    declared = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert declared and res.stdout.strip() == f"mimi-bridge {declared.group(1)}"
+
+
 def test_generate_registration(tmp_path: Path) -> None:
     cfg = example(tmp_path)
     reg_path = tmp_path / "registration.yaml"

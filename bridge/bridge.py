@@ -39,8 +39,10 @@ from .db import (
     open_database,
 )
 from .matrix.homeserver import Homeserver, MatrixError
+from .metrics import BridgeMetrics
 from .ordered_queue import OrderedQueues
 from .portals import PortalManager
+from .status import Status
 
 STOP_DRAIN_SECONDS = 15.0
 
@@ -74,6 +76,9 @@ class Bridge:
         self.replayed_events: set[str] = set()
         self.server: AppserviceServer | None = None
         self.portal_mgr = PortalManager(self)
+        self.metrics = BridgeMetrics(self.log.getChild("metrics"))
+        self.hs.observe = self.metrics.homeserver_request
+        self.status = Status(self)
         from .commands import CommandProcessor
         from .matrix_to_remote import MatrixHandler
         from .remote_to_matrix import RemoteHandler
@@ -137,10 +142,13 @@ class Bridge:
         if not self.connectors:
             self.load_connectors()
         self._db = await open_database(self.cfg.database, self.log.getChild("db"))
+        self.metrics.instrument_database(self._db)
         await self.hs.open()
         self.server = AppserviceServer(
             self.cfg.hs_token, self.transactions, self, self.log.getChild("appservice")
         )
+        self.server.on_transaction = self.metrics.transaction
+        self.status.add_routes(self.server.app)
         self.media_links.session = self.hs.session
         self.media_links.add_routes(self.server.app)
         try:
@@ -149,13 +157,16 @@ class Bridge:
             raise StartupError(
                 f"cannot listen on {self.cfg.hostname}:{self.cfg.port}: {e.strerror}"
             ) from e
+        await self._serve_metrics()
         await self._wait_for_homeserver()
+        self.status.homeserver_reached = True
         try:
             await self.hs.set_displayname(self.cfg.bot_mxid, self.cfg.bot_displayname)
         except MatrixError as e:
             self.log.warning("could not set the bot's display name: %s", e)
-        for connector in self.connectors.values():
+        for name, connector in self.connectors.items():
             await connector.start()
+            self.status.connectors_started.add(name)
         # Events recorded before a crash or stop, not processed yet.
         pending = await self.transactions.pending()
         # Only these may have been bridged already (a crash between sending and marking done).
@@ -164,6 +175,18 @@ class Bridge:
             self.log.info("processing %d events left from the last run", len(pending))
             await self.handle_pending(pending)
         self.log.info("bridge started with %s", ", ".join(self.networks) or "no networks")
+
+    async def _serve_metrics(self) -> None:
+        if not self.cfg.metrics_enabled:
+            return
+        self.metrics.sources = self.status.metric_sources()
+        host, port = self.cfg.metrics_host, self.cfg.metrics_port
+        try:
+            await self.metrics.serve(host, port)
+        except OSError as e:
+            raise StartupError(
+                f"metrics.listen: cannot listen on {host}:{port}: {e.strerror}"
+            ) from e
 
     async def _wait_for_homeserver(self) -> None:
         """Ping the homeserver through itself back to us: proves the URL and both tokens.
@@ -213,6 +236,7 @@ class Bridge:
             except Exception:
                 self.log.exception("connector %s did not stop cleanly", connector.name)
         await self.queues.close()
+        await self.metrics.close()
         await self.hs.close()
         if self._db:
             await self._db.stop()
@@ -275,7 +299,14 @@ class Bridge:
     # --- BridgeAPI ------------------------------------------------------------------
 
     async def emit(self, event: RemoteEvent) -> None:
-        self.queues.submit(("remote", event.portal), lambda: self.remote_handler.handle(event))
+        self.metrics.remote_received(event)
+        self.queues.submit(("remote", event.portal), lambda: self._remote_job(event))
+
+    async def _remote_job(self, event: RemoteEvent) -> None:
+        try:
+            await self.remote_handler.handle(event)
+        finally:
+            self.metrics.remote_finished(event)
 
     async def notify(self, user_id: str, text: str, portal: PortalKey | None = None) -> None:
         room_id = None
@@ -415,6 +446,7 @@ class Bridge:
     async def handle_pending(self, events: list[PendingEvent]) -> None:
         for pe in events:
             key = ("matrix", pe.room_id)
+            self.metrics.matrix_received(str(pe.event.get("event_id")))
             self.queues.submit(key, self._job(pe))
 
     def _job(self, pe: PendingEvent) -> Any:
@@ -423,6 +455,7 @@ class Bridge:
                 await self.matrix_handler.handle(pe.event)
             finally:
                 await self.transactions.done(pe.seq)
+                self.metrics.matrix_finished(str(pe.event.get("event_id")))
 
         return run
 

@@ -66,6 +66,10 @@ class BridgeConfig:
     public_address: str = ""
     media_link_lifetime_days: float = 30
     media_link_max_size_mb: float = 100
+    # ``metrics``: Prometheus' /metrics on a port of its own (never the appservice port).
+    metrics_enabled: bool = False
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9108
 
     @property
     def bot_mxid(self) -> str:
@@ -278,6 +282,8 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
     links.finish()
     br.finish()
 
+    metrics_enabled, metrics_host, metrics_port = _metrics(root, hostname, port)
+
     log_cfg = root.get("logging", dict, {"level": "INFO"})
     connectors_r = root.get("connectors", dict, {})
     connectors = {str(k): dict(v or {}) for k, v in connectors_r.items()}
@@ -309,7 +315,26 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         public_address=public_address,
         media_link_lifetime_days=link_days,
         media_link_max_size_mb=link_mb,
+        metrics_enabled=metrics_enabled,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
+
+
+def _metrics(root: _Reader, as_host: str, as_port: int) -> tuple[bool, str, int]:
+    m = root.section("metrics", required=False)
+    enabled = m.get("enabled", bool, False)
+    listen = m.get("listen", str, "127.0.0.1:9108")
+    m.finish()
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError("metrics.listen", f"must be host:port, not {listen!r}")
+    port = int(port_text)
+    if enabled and port == as_port:
+        # Scrapers must not reach the appservice API, nor the homeserver the metrics.
+        raise ConfigError("metrics.listen", f"port {port} is the appservice port; pick another")
+    return enabled, host, port
 
 
 def load(path: Path) -> BridgeConfig:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import content as contentmod
 from . import encrypted_notice
+from . import metrics as m
 from .connector import (
     Attachment,
     ConnectorError,
@@ -199,15 +200,22 @@ class MatrixHandler:
         try:
             return await coro
         except NotSupported as e:
+            self._failed(portal, what, m.UNSUPPORTED)
             await self.bridge.send_notice(portal.room_id, f"Your {what} was not bridged: {e}")
         except ConnectorError as e:
+            self._failed(portal, what, m.REMOTE_ERROR)
             await self.bridge.send_notice(portal.room_id, f"Your {what} was not delivered: {e}")
         except Exception:
+            self._failed(portal, what, m.INTERNAL_ERROR)
             self.log.exception("delivering a %s from %s failed", what, user_id)
             await self.bridge.send_notice(
                 portal.room_id, f"Your {what} was not delivered because of an internal error."
             )
         return None
+
+    def _failed(self, portal: Portal, what: str, reason: str) -> None:
+        if what == "message":  # the metrics count messages; other actions are told alike
+            self.bridge.metrics.failed(portal.key.network, m.MATRIX_TO_REMOTE, reason)
 
     async def _not_supported(self, portal: Portal, what: str) -> None:
         assert portal.room_id
@@ -262,6 +270,7 @@ class MatrixHandler:
         try:
             msg, mxc = contentmod.from_matrix(content)
         except contentmod.UnsupportedContent as e:
+            self._failed(portal, "message", m.UNSUPPORTED)
             await self.bridge.send_notice(portal.room_id, f"Your message was not bridged: {e}.")
             return
         if mxc:
@@ -269,12 +278,14 @@ class MatrixHandler:
                 msg.attachments[0].data = await self.hs.download(mxc)
                 msg.attachments[0].url = self.bridge.mxc_to_url(mxc, msg.attachments[0].filename)
             except MatrixError as e:
+                self._failed(portal, "message", m.MEDIA_FAILED)
                 await self.bridge.send_notice(
                     portal.room_id, f"Your file was not bridged: it could not be downloaded ({e})."
                 )
                 return
         speaker = await self.speaker(portal, sender, "message")
         if speaker is None:
+            self._failed(portal, "message", m.NOT_ALLOWED)
             return
         client, msender = speaker
         if msender.relayed:
@@ -296,6 +307,7 @@ class MatrixHandler:
         sent = await self._deliver(portal, sender, "message", client.handle_matrix_message(mm))
         if sent is None:
             return
+        self.bridge.metrics.bridged_from_matrix(portal.key.network, event_id)
         await self.bridge.messages.insert(
             MessageRow(
                 portal=portal.key,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 
@@ -12,14 +13,16 @@ from collections.abc import Awaitable, Callable, Hashable
 class OrderedQueues:
     def __init__(self, log: logging.Logger) -> None:
         self.log = log
-        self._queues: dict[Hashable, deque[Callable[[], Awaitable[None]]]] = {}
+        # Each job with the time.monotonic() it was submitted at (for the metrics).
+        self._queues: dict[Hashable, deque[tuple[float, Callable[[], Awaitable[None]]]]] = {}
         self._workers: dict[Hashable, asyncio.Task[None]] = {}
+        self._running_since: dict[Hashable, float] = {}
         self._idle = asyncio.Event()
         self._idle.set()
 
     def submit(self, key: Hashable, job: Callable[[], Awaitable[None]]) -> None:
         q = self._queues.setdefault(key, deque())
-        q.append(job)
+        q.append((time.monotonic(), job))
         self._idle.clear()
         if key not in self._workers:
             self._workers[key] = asyncio.create_task(self._run(key), name=f"queue:{key}")
@@ -34,7 +37,7 @@ class OrderedQueues:
         q = self._queues[key]
         try:
             while q:
-                job = q.popleft()
+                self._running_since[key], job = q.popleft()
                 try:
                     await job()
                 except asyncio.CancelledError:
@@ -44,10 +47,20 @@ class OrderedQueues:
                     self.log.exception("unhandled error in the queue of %s", key)
         finally:
             del self._workers[key]
+            self._running_since.pop(key, None)
             if not q:
                 del self._queues[key]
             if not self._workers:
                 self._idle.set()
+
+    def stats(self) -> dict[Hashable, tuple[int, float | None]]:
+        """Per key: jobs waiting or running, and when the oldest of them was submitted."""
+        out: dict[Hashable, tuple[int, float | None]] = {}
+        for key, q in self._queues.items():
+            running = self._running_since.get(key)
+            oldest = running if running is not None else (q[0][0] if q else None)
+            out[key] = (len(q) + (running is not None), oldest)
+        return out
 
     async def drain(self) -> None:
         """Wait until every queued job has run."""

@@ -30,6 +30,7 @@ from .connector import (
 from .db import MessageRow, Portal, ReactionRow
 from .matrix.homeserver import MatrixError
 from .matrix.txn import derive_txn_id
+from .metrics import HOMESERVER_ERROR, REMOTE_TO_MATRIX
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -85,6 +86,8 @@ class RemoteHandler:
             await handler(evt, portal)  # type: ignore[operator]
         except MatrixError as e:
             self.log.error("bridging %s to Matrix failed: %s", type(evt).__name__, e)
+            if isinstance(evt, RemoteMessage):
+                self.bridge.metrics.failed(evt.portal.network, REMOTE_TO_MATRIX, HOMESERVER_ERROR)
 
     async def portal_for(self, evt: RemoteEvent) -> Portal | None:
         portal = await self.bridge.portal_store.get(evt.portal)
@@ -245,6 +248,7 @@ class RemoteHandler:
                     body=str(content.get("body", "")),
                 )
             )
+        self.bridge.metrics.bridged_to_matrix(portal.key.network, evt)
 
     async def _attachment(self, att: Any, ghost: str) -> dict[str, Any]:
         if att.data is None:

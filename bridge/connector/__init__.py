@@ -18,6 +18,8 @@ from .base import (
 )
 from .capabilities import (
     Backfilling,
+    ConnectionReporting,
+    ConnectionState,
     ConnectorCommand,
     DirectMessaging,
     EditHandling,
@@ -32,6 +34,7 @@ from .capabilities import (
     ReactionHandling,
     ReceiptHandling,
     RedactionHandling,
+    RemoteConnection,
     RoomMetaHandling,
     ThirdPartyLookup,
     ThirdPartyProtocol,
@@ -81,6 +84,8 @@ __all__ = [
     "ChatInfo",
     "ChatMember",
     "ConfigError",
+    "ConnectionReporting",
+    "ConnectionState",
     "ConnectorCommand",
     "ConnectorError",
     "DirectMessaging",
@@ -123,6 +128,7 @@ __all__ = [
     "ReceiptHandling",
     "RedactionHandling",
     "RemoteChatInfo",
+    "RemoteConnection",
     "RemoteEdit",
     "RemoteEvent",
     "RemoteMembership",

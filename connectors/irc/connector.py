@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from bridge.connector import (
     BridgeAPI,
     ChatInfo,
+    ConnectionState,
     ConnectorCommand,
     ConnectorError,
     GhostInfo,
@@ -39,6 +40,7 @@ from bridge.connector import (
     NotSupported,
     PortalKey,
     RemoteChatInfo,
+    RemoteConnection,
     RemoteEvent,
     Sender,
     SentMessage,
@@ -710,6 +712,24 @@ class IRCConnector(NetworkConnector):
         await asyncio.gather(
             *(net.stop() for net in self.networks.values()), return_exceptions=True
         )
+
+    # ConnectionReporting: the bot's connection and every puppet's, per network.
+    _STATES: ClassVar[dict[str, ConnectionState]] = {
+        "registered": ConnectionState.CONNECTED,
+        "connecting": ConnectionState.CONNECTING,
+        "registering": ConnectionState.CONNECTING,
+        "idle": ConnectionState.DISCONNECTED,  # between a loss and the next attempt
+        "failed": ConnectionState.FAILED,
+    }
+
+    async def connection_states(self) -> list[RemoteConnection]:
+        out = []
+        for net in self.networks.values():
+            for conn in (net.bot, *(p.conn for p in net.pool.puppets.values())):
+                state = self._STATES.get(conn.state)  # "closed": stopped, not counted
+                if state is not None:
+                    out.append(RemoteConnection(net.network, state))
+        return out
 
     # --- identifiers --------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from bridge.connector import (
     NetworkClient,
     NetworkConnector,
     PortalKey,
+    RemoteConnection,
     RemoteEvent,
     RemoteMessage,
     Sender,
@@ -295,6 +296,12 @@ class XMPPConnector(NetworkConnector):
                 except Exception:
                     self.log.exception("could not start the XMPP login of %s", login.user_id)
         self._ping_task = asyncio.create_task(self.joins.self_ping_loop(), name="xmpp-self-ping")
+
+    async def connection_states(self) -> list[RemoteConnection]:
+        """ConnectionReporting: the component's stream and each login's own."""
+        streams = [self.component, *(s.identity.stream for s in self.sessions.values())]
+        states = [st.connection_state for st in streams]
+        return [RemoteConnection(NETWORK, st) for st in states if st is not None]
 
     async def stop(self) -> None:
         self.stopping = True

@@ -13,37 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from ruamel.yaml import YAML
 
-from bridge.bridge import Bridge
-from bridge.config import load as load_config
 from bridge.metrics import SERIES
-from tests.conftest import HS_TOKEN, write_config
+from tests.conftest import HS_TOKEN
 from tests.harness.ports import free_port
 from tests.harness.prometheus import PrometheusServer, start_prometheus
 from tests.harness.synapse import SynapseServer
-from tests.helpers import command, management_room, new_user, sent, until
+from tests.helpers import command, management_room, metrics_bridge, new_user, sent, until
 
 ROOT = Path(__file__).resolve().parent.parent
 M2R = '{network="testnet",direction="matrix_to_remote"}'
 R2M = '{network="testnet",direction="remote_to_matrix"}'
-
-
-def metrics_config(
-    tmp_path: Path, synapse: SynapseServer, as_port: int, metrics_port: int, name: str
-) -> Path:
-    path = write_config(
-        tmp_path / f"{name}.yaml",
-        synapse,
-        as_port,
-        f"sqlite://{tmp_path / (name + '.db')}",
-        {"testnet": {}},
-    )
-    yaml = YAML()
-    doc = yaml.load(path)
-    doc["metrics"] = {"enabled": True, "listen": f"127.0.0.1:{metrics_port}"}
-    yaml.dump(doc, path)
-    return path
 
 
 async def scraped(prom: PrometheusServer) -> None:
@@ -63,7 +43,7 @@ async def test_prometheus_sees_messages_both_ways(
     prom = await asyncio.to_thread(
         start_prometheus, tmp_path / "prometheus", [f"127.0.0.1:{metrics_port}"]
     )
-    bridge = Bridge(load_config(metrics_config(tmp_path, synapse, as_port, metrics_port, "m")))
+    bridge = await metrics_bridge(tmp_path, synapse, as_port, metrics_port, {"testnet": {}}, "m")
     try:
         await bridge.start()
         alice = new_user(synapse)
@@ -170,7 +150,7 @@ async def test_metrics_only_on_their_own_port(
     tmp_path: Path, synapse: SynapseServer, as_port: int
 ) -> None:
     metrics_port = free_port()
-    bridge = Bridge(load_config(metrics_config(tmp_path, synapse, as_port, metrics_port, "p")))
+    bridge = await metrics_bridge(tmp_path, synapse, as_port, metrics_port, {"testnet": {}}, "p")
     try:
         await bridge.start()
         async with aiohttp.ClientSession() as http:

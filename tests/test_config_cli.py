@@ -99,6 +99,17 @@ def test_generate_registration(tmp_path: Path) -> None:
             "connectors.testnet.delay_seconds: must be a number",
         ),
         ("  level: INFO", "  level: [INFO", "is not valid YAML"),
+        (
+            "  listen: 127.0.0.1:9108",
+            "  listen: localhost",
+            "metrics.listen: must be host:port, not 'localhost'",
+        ),
+        (
+            "  enabled: false\n  listen: 127.0.0.1:9108",
+            "  enabled: true\n  listen: 127.0.0.1:29333",
+            "metrics.listen: port 29333 is the appservice port",
+        ),
+        ("  enabled: false\n  listen:", "  enabled: yes please\n  listen:", "metrics.enabled"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(

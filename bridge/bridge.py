@@ -136,7 +136,9 @@ class Bridge:
     async def start(self) -> None:
         if not self.connectors:
             self.load_connectors()
-        self._db = await open_database(self.cfg.database, self.log.getChild("db"))
+        self._db = await open_database(
+            self.cfg.database, self.log.getChild("db"), self.connectors.values()
+        )
         await self.hs.open()
         self.server = AppserviceServer(
             self.cfg.hs_token, self.transactions, self, self.log.getChild("appservice")

@@ -73,6 +73,7 @@ from .events import (
     SentMessage,
 )
 from .ids import GhostKey, PortalKey, escape_localpart, unescape_localpart
+from .tables import Migration, Migrations, MigrationStep, table_exists
 
 __all__ = [
     "Attachment",
@@ -110,6 +111,9 @@ __all__ = [
     "MessageContent",
     "MessageKind",
     "MessageRef",
+    "Migration",
+    "MigrationStep",
+    "Migrations",
     "Namespace",
     "NetworkClient",
     "NetworkConnector",
@@ -141,5 +145,6 @@ __all__ = [
     "ThirdPartyProtocol",
     "TypingHandling",
     "escape_localpart",
+    "table_exists",
     "unescape_localpart",
 ]

@@ -60,6 +60,7 @@ from .groups import Groups
 from .matrix_to_deltachat import MatrixToDeltaChat
 from .rpc import Rpc, RpcDown
 from .store import Store
+from .tables import MIGRATIONS
 
 
 class DeltaChatClient(NetworkClient):
@@ -106,6 +107,7 @@ class DeltaChatClient(NetworkClient):
 
 class DeltaChatConnector(NetworkConnector):
     name = "deltachat"
+    migrations = MIGRATIONS
     display_name = "Delta Chat"
     example_config = "connectors/deltachat/config.py"
     login_help = "<address> <password>: your own Delta Chat (e-mail) account"

@@ -7,10 +7,11 @@ exits with status 2.
 
 from __future__ import annotations
 
+import copy
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +19,8 @@ from urllib.parse import urlsplit
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from yarl import URL
+
+from .config_upgrade import apply_renames, connector_warnings, example_path, suggestion
 
 PERMISSION_LEVELS = ("relay", "user", "admin")
 _LOCALPART = re.compile(r"^[a-z0-9._=\-/]+$")
@@ -66,6 +69,8 @@ class BridgeConfig:
     public_address: str = ""
     media_link_lifetime_days: float = 30
     media_link_max_size_mb: float = 100
+    # Unknown and renamed keys, one line each: logged at start-up, never a stop.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def bot_mxid(self) -> str:
@@ -114,10 +119,11 @@ class _Reader:
     """Typed access to a nested mapping that remembers which keys were read, so unknown keys
     can be reported."""
 
-    def __init__(self, data: Mapping[str, Any], prefix: str) -> None:
+    def __init__(self, data: Mapping[str, Any], prefix: str, warnings: list[str]) -> None:
         self.data = data
         self.prefix = prefix
         self.seen: set[str] = set()
+        self.warnings = warnings
 
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
@@ -140,12 +146,14 @@ class _Reader:
 
     def section(self, name: str, required: bool = True) -> _Reader:
         value = self.get(name, dict, ... if required else {})
-        return _Reader(value, self.key(name))
+        return _Reader(value, self.key(name), self.warnings)
 
     def finish(self) -> None:
+        """Every key was read: the ones left are unknown (a warning, with the nearest key)."""
         for name in self.data:
             if name not in self.seen:
-                raise ConfigError(self.key(str(name)), "unknown key")
+                hint = suggestion(str(name), self.seen)
+                self.warnings.append(f"{self.key(str(name))}: unknown key, ignored{hint}")
 
 
 def _url(r: _Reader, name: str, default: Any = ...) -> str:
@@ -210,7 +218,9 @@ def _postgres_url(value: str) -> str:
 
 
 def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
-    root = _Reader(doc, "")
+    doc = copy.deepcopy(doc)
+    warnings = apply_renames(doc)
+    root = _Reader(doc, "", warnings)
     hs = root.section("homeserver")
     hs_address = _url(hs, "address")
     domain = hs.get("domain", str)
@@ -285,6 +295,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         if section is not None and not isinstance(section, Mapping):
             raise ConfigError(f"connectors.{name}", "must be a mapping")
     root.finish()
+    warnings += _connector_warnings(doc)
     return BridgeConfig(
         path=path,
         hs_address=hs_address,
@@ -309,7 +320,18 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         public_address=public_address,
         media_link_lifetime_days=link_days,
         media_link_max_size_mb=link_mb,
+        warnings=warnings,
     )
+
+
+def _connector_warnings(doc: Mapping[str, Any]) -> list[str]:
+    try:
+        example_file = example_path()
+        text = example_file.read_text(encoding="utf-8")
+        example = YAML(typ="safe").load(text)
+    except (OSError, YAMLError):
+        return []  # no example to compare with: the connectors' own checks still run
+    return connector_warnings(doc, example, text)
 
 
 def load(path: Path) -> BridgeConfig:

@@ -67,7 +67,6 @@ def test_generate_registration(tmp_path: Path) -> None:
     ("edit", "new", "message"),
     [
         ("  domain: example.org\n", "", "homeserver.domain: missing"),
-        ("  port: 29333\n", "  port: 29333\n  colour: blue\n", "appservice.colour: unknown key"),
         ("  port: 29333", "  port: many", "appservice.port: must be an integer"),
         (
             "address: http://127.0.0.1:8008",

@@ -14,11 +14,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import asyncpg
-from mautrix.util.async_db import Database
+from mautrix.util.async_db import Database, UpgradeTable
 from yarl import URL
 
 from ..connector import NetworkConnector
 from .migrations import Component, MigrationError, upgrade
+from .resilient import ResilientPostgresDatabase
 from .schema import CORE
 
 KEY = "appservice.database"
@@ -101,12 +102,17 @@ async def open_database(
         problem = await asyncio.to_thread(_sqlite_problem, Path(target))
         if problem:
             raise DatabaseUnavailable(f"{KEY}: cannot open {target}: {problem}")
-    db = Database.create(
-        url,
-        log=log,
-        owner_name="mimi-bridge",
-        db_args={"min_size": 1, "max_size": 10} if not sqlite else {},
-    )
+    db: Database
+    if sqlite:
+        db = Database.create(url, log=log, owner_name="mimi-bridge")
+    else:  # waits for the server when it restarts (see resilient)
+        db = ResilientPostgresDatabase(
+            URL(url),
+            db_args={"min_size": 1, "max_size": 10},
+            upgrade_table=UpgradeTable(),
+            log=log,
+            owner_name="mimi-bridge",
+        )
     try:
         await db.start()
     except Exception as e:

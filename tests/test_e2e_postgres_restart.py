@@ -74,5 +74,19 @@ async def test_matrix_messages_wait_for_postgres_and_arrive_once_in_order(
                     == 1
                 )
         assert await until(lambda: bridge.db.fetchval("SELECT count(*) = 0 FROM pending_event"), 10)
+        # The remote message sent meanwhile reached Matrix and is mapped: a reply finds it.
+        bob_evt = await alice.wait_for_event(
+            room, lambda e: e["content"].get("body") == "bob while down", timeout=60
+        )
+
+        async def bob_mapped() -> Any:
+            return await bridge.db.fetchval(
+                "SELECT event_id FROM message WHERE remote_id=$1", bob_id
+            )
+
+        assert await until(bob_mapped, 30, "the mapping of bob's message") == bob_evt["event_id"]
+        await alice.reply(room, bob_evt["event_id"], "answer to bob")
+        answer = await until(lambda: [e for e in tn.sent if e.get("text") == "answer to bob"], 30)
+        assert answer[0]["reply_to"] == bob_id
     finally:
         await asyncio.to_thread(pg.stop)

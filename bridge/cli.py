@@ -72,6 +72,9 @@ def setup_logging(cfg: dict[str, Any]) -> None:
     # aiohttp's access log and mautrix's request log are noise at INFO.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("mimi.api").setLevel(logging.WARNING)
+    # asyncpg repeats a warning with a traceback for every try to reconnect while PostgreSQL
+    # is down; the bridge logs the outage itself, once (bridge/db/resilient.py).
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
 
 
 async def run(cfg: cfgmod.BridgeConfig) -> int:

@@ -165,3 +165,11 @@ def test_upgrade_config_refuses_a_broken_config(tmp_path: Path) -> None:
     ]
     assert path.read_text() == OLD.replace("  domain: example.net\n", "")
     assert not (tmp_path / "config.yaml.bak").exists()
+
+
+def test_the_example_has_no_unknown_key(tmp_path: Path) -> None:
+    """Every key the example shows in the core's sections is one the core reads (the
+    connectors' sections of the example are what their keys are checked against)."""
+    path = tmp_path / "config.yaml"
+    path.write_text((ROOT / "config.example.yaml").read_text())
+    assert cfgmod.load(path).warnings == []

@@ -260,7 +260,10 @@ class Bridge:
         return self.networks[network]
 
     def connector_of(self, network: str) -> NetworkConnector:
-        return self.networks[network][0]
+        entry = self.networks.get(network)
+        if entry is None:  # a portal of a connector no longer configured
+            raise ConnectorError(f"no connector serves the network {network!r} any more")
+        return entry[0]
 
     def ghost_user_id(self, network: str, remote_id: str) -> str:
         connector, ns = self.networks[network]

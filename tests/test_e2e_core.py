@@ -355,3 +355,24 @@ async def test_remote_message_the_homeserver_refuses_is_told_in_the_portal(
         "A message from Bob on Test Network could not be bridged: the homeserver refused it ("
     )
     await ida.close()
+
+
+async def test_portal_of_a_removed_connector_tells_its_users(
+    make_bridge: BridgeFactory, synapse: SynapseServer
+) -> None:
+    """The connector of a portal is taken out of the config: a message there is answered with
+    why it goes nowhere."""
+    first = await make_bridge()
+    ivy = new_user(synapse)
+    await ivy.set_displayname("Ivy")
+    room = await ivy.join("#testnet_=23retired:localhost")
+    await first.stop()
+    await make_bridge(connectors={})
+    await ivy.send_text(room, "anyone here?")
+    told = await ivy.wait_for_event(
+        room, lambda e: "your message was not delivered" in e["content"].get("body", ""), 30
+    )
+    assert told["content"]["body"] == (
+        "Ivy: your message was not delivered: no connector serves the network 'testnet' any more."
+    )
+    await ivy.close()

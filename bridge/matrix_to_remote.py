@@ -60,6 +60,20 @@ def _rel(content: dict[str, Any]) -> dict[str, Any]:
     return rel if isinstance(rel, dict) else {}
 
 
+# What a failure notice calls an event of each type.
+_WHAT = {
+    "m.room.message": "message",
+    "m.sticker": "sticker",
+    "m.reaction": "reaction",
+    "m.room.redaction": "deletion",
+    "m.room.member": "membership change",
+    "m.room.name": "room name change",
+    "m.room.topic": "topic change",
+    "m.room.avatar": "room avatar change",
+    "m.room.power_levels": "power level change",
+}
+
+
 class MatrixHandler:
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
@@ -88,6 +102,24 @@ class MatrixHandler:
             await self._dispatch(evt, etype, room_id, sender, content)
         except MatrixError as e:
             self.log.warning("homeserver error handling %s in %s: %s", etype, room_id, e)
+            await self.tell_failure(evt, f"the homeserver refused a request ({e})")
+        except ConnectorError as e:
+            # Raised before the delivery proper (no client, network gone...).
+            self.log.info("%s in %s not bridged: %s", etype, room_id, e)
+            await self.tell_failure(evt, str(e))
+
+    async def tell_failure(self, evt: dict[str, Any], reason: str) -> None:
+        """Tell the sender of ``evt``, in its room, that it was not bridged and why."""
+        room_id, sender = evt.get("room_id"), evt.get("sender")
+        if not (isinstance(room_id, str) and isinstance(sender, str)):
+            self.log.warning("an event without room or sender was not bridged: %s", reason)
+            return
+        what = _WHAT.get(str(evt.get("type")), "event")
+        if what == "message" and _rel(evt.get("content") or {}).get("rel_type") == "m.replace":
+            what = "edit"
+        who = self.bridge.display_name_of(sender)
+        reason = reason.rstrip(". ")
+        await self.bridge.send_notice(room_id, f"{who}: your {what} was not delivered: {reason}.")
 
     async def _dispatch(
         self, evt: dict[str, Any], etype: str, room_id: str, sender: str, content: dict[str, Any]

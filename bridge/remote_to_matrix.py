@@ -37,6 +37,15 @@ if TYPE_CHECKING:
 _MAX_BODY = 60_000  # bytes; events are limited to 64 KiB in all
 
 
+# Remote events that carry what a remote user said or did to a message: their loss is told.
+_WHAT: dict[type, str] = {
+    RemoteMessage: "message",
+    RemoteEdit: "edit",
+    RemoteRedaction: "deletion",
+    RemoteReaction: "reaction",
+}
+
+
 def _is_matrix_user(value: str) -> bool:
     return value.startswith("@") and ":" in value
 
@@ -85,6 +94,32 @@ class RemoteHandler:
             await handler(evt, portal)  # type: ignore[operator]
         except MatrixError as e:
             self.log.error("bridging %s to Matrix failed: %s", type(evt).__name__, e)
+            await self.tell_failure(evt, f"the homeserver refused it ({e})")
+
+    async def failed(self, evt: RemoteEvent, error: Exception) -> None:
+        """The queue's last resort, after an unexpected error (logged there)."""
+        await self.tell_failure(evt, "an internal error in the bridge")
+
+    async def tell_failure(self, evt: RemoteEvent, reason: str) -> None:
+        """A remote user's message that did not reach Matrix is told in its portal, so that
+        its Matrix members know something is missing; other events only leave the log."""
+        what = _WHAT.get(type(evt))
+        if what is None:
+            return
+        try:
+            portal = await self.bridge.portal_store.get(evt.portal)
+        except Exception:
+            self.log.exception("cannot look up the portal of a failed %s", what)
+            return
+        if portal is None or portal.room_id is None:
+            self.log.warning("%s from %s lost (no room): %s", what, evt.sender.remote_id, reason)
+            return
+        name = self.bridge.connector_of(evt.portal.network).display_name
+        who = evt.sender.display_name or evt.sender.remote_id
+        await self.bridge.send_notice(
+            portal.room_id,
+            f"A {what} from {who} on {name} could not be bridged: {reason.rstrip('. ')}.",
+        )
 
     async def portal_for(self, evt: RemoteEvent) -> Portal | None:
         portal = await self.bridge.portal_store.get(evt.portal)

@@ -923,6 +923,23 @@ async def test_messages_from_the_users_other_xmpp_client_show_in_matrix(
         await jo.reply(room, evt["event_id"], "replying to my phone")
         reply = await alice.wait_message(lambda m: m["body"].endswith("replying to my phone"))
         assert _attr(reply, NS_REPLY, "id") == sid(at_alice)
+        # A reaction from the phone: a marked notice replying to the message; taking the
+        # reaction back removes the notice.
+        alice.xmpp.send_message(mto=JID(muc), mbody="react to this", mtype="groupchat")
+        hers = await jo.wait_for_event(room, lambda e: body(e) == "react to this")
+        seen = await phone.wait_message(lambda m: m["body"] == "react to this")
+        react = phone.xmpp.make_message(mto=JID(muc), mtype="groupchat")
+        react["reactions"]["id"] = sid(seen)
+        react["reactions"]["values"] = ["👍"]
+        react.send()
+        note = await jo.wait_for_event(room, lambda e: body(e) == f"{label} reacted with 👍")
+        assert note["sender"] == BOT and note["content"]["msgtype"] == "m.notice"
+        assert note["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == hers["event_id"]
+        unreact = phone.xmpp.make_message(mto=JID(muc), mtype="groupchat")
+        unreact["reactions"]["id"] = sid(seen)
+        unreact["reactions"]["values"] = []
+        unreact.send()
+        await until(lambda: _redacted(jo, room, note["event_id"]), what="reaction notice removed")
         # From Matrix: once in Matrix (its reflection is recognised as the bridge's own).
         await jo.send_text(room, "from matrix")
         await alice.wait_message(lambda m: m["body"] == "from matrix")
@@ -956,6 +973,11 @@ async def test_messages_from_the_users_other_xmpp_client_show_in_matrix(
         assert dm_texts.count(f"{label}: hi alice, from my phone") == 1
         assert dm_texts.count("dm from matrix") == 1
         assert not [t for t in dm_texts if t.endswith(": dm from matrix")]
+        # A retraction from the phone deletes its message in Matrix.
+        retract = phone.xmpp.make_message(mto=JID(muc), mtype="groupchat")
+        retract["retract"]["id"] = sid(at_alice)
+        retract.send()
+        await until(lambda: _redacted(jo, room, evt["event_id"]), what="phone's retraction")
     finally:
         await phone.close()
     await jo.close()

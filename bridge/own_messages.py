@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class Voice:
     """Who sends a user's own message in a portal. ``as_user`` is None for the bot;
-    ``label`` is the prefix to mark the content with, None when the user speaks themselves."""
+    ``sender_mxid`` is the sender's user id all the same (for the id mapping); ``label`` is the
+    prefix to mark the content with, None when the user speaks themselves."""
 
     as_user: str | None
     sender_mxid: str

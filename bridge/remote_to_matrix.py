@@ -52,6 +52,11 @@ def _echo(evt: RemoteEvent) -> bool:
     return _own(evt) and not evt.sender.from_other_client
 
 
+def _other_client(evt: RemoteEvent) -> bool:
+    """What a Matrix user did from another client of their account: shown as theirs."""
+    return _own(evt) and evt.sender.from_other_client
+
+
 class RemoteHandler:
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
@@ -102,8 +107,8 @@ class RemoteHandler:
         portal = await self.bridge.portal_store.get(evt.portal)
         if portal and portal.room_id:
             return portal
-        if not isinstance(evt, RemoteMessage):
-            return None  # only a message opens a new room
+        if not isinstance(evt, RemoteMessage) or _echo(evt):
+            return None  # only a message opens a new room, and not the echo of one
         if evt.portal.receiver:
             # A direct message to a Matrix user: open the DM room for them.
             user_id = await self.bridge.portal_mgr.dm_receiver_user(evt.portal)
@@ -112,7 +117,7 @@ class RemoteHandler:
                 return None
             if self.bridge.permission_of(user_id) is None:
                 return None
-            if _own(evt):
+            if _other_client(evt):
                 # Written from the user's other client: the DM is with its addressee.
                 ghost = await self.bridge.portal_mgr.ghost(
                     evt.portal.network, evt.portal.remote_id, None
@@ -141,7 +146,7 @@ class RemoteHandler:
     async def _voice(self, evt: RemoteEvent, portal: Portal) -> Voice:
         """Who shows ``evt`` in the portal: the sender's ghost, or for what a Matrix user
         wrote from another client of their account, the user (or the bot, marked)."""
-        if evt.sender.from_other_client and evt.sender.matrix_user:
+        if _other_client(evt) and evt.sender.matrix_user:
             voice = await self.own.voice(portal, evt.sender.matrix_user)
             if portal.room_id and voice.as_user:
                 await self.hs.ensure_joined(portal.room_id, voice.as_user)
@@ -327,7 +332,7 @@ class RemoteHandler:
     async def redaction(self, evt: RemoteRedaction, portal: Portal) -> None:
         assert portal.room_id
         rows = await self._rows(portal.key, evt.target_id)
-        voice = await self._voice(evt, portal) if evt.sender.from_other_client else None
+        voice = await self._voice(evt, portal) if _other_client(evt) else None
         ghost = voice.sender_mxid if voice else await self.ghost(evt)
         for row in rows:
             # The original sender redacts their own. A moderator redacts others' messages as
@@ -417,7 +422,7 @@ class RemoteHandler:
         )
         if row is None or _echo(evt):
             return
-        if evt.sender.from_other_client:
+        if _other_client(evt):
             as_user = (await self._voice(evt, portal)).as_user
         else:
             as_user = await self.ghost(evt)

@@ -273,6 +273,12 @@ class Bridge:
         connector, ns = self.networks[key.network]
         return f"#{ns.prefix}{connector.alias_localpart(key.network, key.remote_id)}:{self.domain}"
 
+    def portal_key(self, network: str, remote_id: str) -> PortalKey | None:
+        """The key of a shared room a user named, in the connector's canonical form (``#Chan``
+        and ``#chan`` are one portal on IRC); None when the name is no room of the network."""
+        canonical = self.connector_of(network).canonical_room_id(network, remote_id)
+        return PortalKey(network, canonical) if canonical else None
+
     def _split(self, mxid: str, sigil: str) -> str | None:
         if not mxid.startswith(sigil) or ":" not in mxid:
             return None
@@ -528,7 +534,24 @@ class Bridge:
         except Exception:
             self.log.exception("opening a portal for %s failed", alias)
             return False
-        return portal is not None
+        if portal is None:
+            return False
+        shared = not (portal.plumbed or portal.is_direct)
+        if alias != self.alias_of(key) and portal.room_id and shared:
+            # Another spelling of the portal's alias (``#Chan`` for ``#chan``): the homeserver
+            # looks up the alias it asked about, so that one has to lead to the room too.
+            return await self._publish_alias(alias, portal.room_id)
+        return True
+
+    async def _publish_alias(self, alias: str, room_id: str) -> bool:
+        try:
+            await self.hs.create_alias(alias, room_id)
+        except MatrixError as e:
+            if e.status == 409 or e.errcode == "M_ROOM_IN_USE":
+                return True  # published meanwhile by a concurrent query
+            self.log.warning("could not publish %s for %s: %s", alias, room_id, e)
+            return False
+        return True
 
     async def thirdparty_protocol(self, protocol: str) -> dict[str, Any] | None:
         connector = self.connectors.get(protocol)
@@ -579,7 +602,8 @@ class Bridge:
         if isinstance(connector, ThirdPartyLookup):
             keys = await connector.thirdparty_locations(fields)
         elif fields.get("network") in self.networks and fields.get("room"):
-            keys = [PortalKey(fields["network"], fields["room"])]
+            key = self.portal_key(fields["network"], fields["room"])
+            keys = [key] if key else []
         return [
             {
                 "alias": self.alias_of(k),

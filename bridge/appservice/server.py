@@ -70,16 +70,19 @@ class AppserviceServer:
 
     def _add_routes(self) -> None:
         r = self.app.router
+        # Every path parameter is the path's last part and takes all of it: aiohttp's default
+        # pattern, ``[^{}/]+``, refuses the braces of an IRC channel's alias, and Synapse
+        # leaves the ``/`` of an alias or user id unencoded.
         for prefix in ("/_matrix/app/v1", ""):
-            r.add_put(prefix + "/transactions/{txn_id}", self.put_transaction)
-            r.add_get(prefix + "/users/{user_id}", self.get_user)
-            r.add_get(prefix + "/rooms/{alias}", self.get_room)
+            r.add_put(prefix + "/transactions/{txn_id:.+}", self.put_transaction)
+            r.add_get(prefix + "/users/{user_id:.+}", self.get_user)
+            r.add_get(prefix + "/rooms/{alias:.+}", self.get_room)
         for prefix in ("/_matrix/app/v1", "/_matrix/app/unstable"):
-            r.add_get(prefix + "/thirdparty/protocol/{protocol}", self.get_protocol)
+            r.add_get(prefix + "/thirdparty/protocol/{protocol:.+}", self.get_protocol)
             r.add_get(prefix + "/thirdparty/location", self.get_location_reverse)
-            r.add_get(prefix + "/thirdparty/location/{protocol}", self.get_location)
+            r.add_get(prefix + "/thirdparty/location/{protocol:.+}", self.get_location)
             r.add_get(prefix + "/thirdparty/user", self.get_user_reverse)
-            r.add_get(prefix + "/thirdparty/user/{protocol}", self.get_tp_user)
+            r.add_get(prefix + "/thirdparty/user/{protocol:.+}", self.get_tp_user)
         r.add_post("/_matrix/app/v1/ping", self.post_ping)
         r.add_get("/_matrix/mau/live", self.health)
 

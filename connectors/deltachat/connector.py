@@ -223,6 +223,14 @@ class DeltaChatConnector(NetworkConnector):
     def parse_alias_localpart(self, network: str, localpart: str) -> str | None:
         return ids.parse_alias_localpart(localpart, self.store.handle_of)
 
+    def canonical_room_id(self, network: str, remote_room_id: str) -> str | None:
+        handle = self.parse_alias_localpart(network, self.alias_localpart(network, remote_room_id))
+        if handle is None or handle not in self.store.grpid_of:
+            # Not a group the bridge knows (an invite link it has yet to join, say): the name
+            # as typed, which resolve_portal joins or refuses.
+            return remote_room_id
+        return handle
+
     # --- portals and ghosts ---------------------------------------------------------------
 
     async def resolve_portal(self, portal: PortalKey, user: MatrixUser | None) -> ChatInfo | None:

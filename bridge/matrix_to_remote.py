@@ -5,6 +5,7 @@ dropped silently."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 from typing import TYPE_CHECKING, Any
 
@@ -46,11 +47,16 @@ from .connector.capabilities import (
     TypingHandling,
 )
 from .connector.events import now_ms
+from .crypto import DecryptionFailed, KeyMissing
 from .db import MessageRow, Portal, ReactionRow
 from .matrix.homeserver import MatrixError
 
 if TYPE_CHECKING:
     from .bridge import Bridge
+
+# How long an encrypted event whose room key has not arrived waits for it, aside from its
+# room's queue, before its sender is told it cannot be decrypted.
+LATE_KEY_S = 30.0
 
 
 def _rel(content: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +72,7 @@ class MatrixHandler:
         self._typing: dict[str, set[str]] = {}
         # A profile change arrives once per room: download a new avatar once, not per portal.
         self._avatars: dict[str, bytes] = {}
+        self._late_keys: set[asyncio.Task[None]] = set()
 
     # --- entry points -----------------------------------------------------------------
 
@@ -79,6 +86,8 @@ class MatrixHandler:
             content = {}
         if etype == "m.room.member" and isinstance(evt.get("state_key"), str):
             self.hs.note_membership(room_id, evt["state_key"], str(content.get("membership")))
+        if self.bridge.crypto is not None and "state_key" in evt:
+            await self.bridge.crypto.note_state(evt)
         if self.bridge.is_bridge_user(sender):
             return  # our own echo
         try:
@@ -119,11 +128,71 @@ class MatrixHandler:
             portal = await self.bridge.portal_store.by_room(room_id)
             if portal:
                 await self.redaction(evt, portal, sender, content)
+        elif etype == "m.room.encrypted" and self.bridge.crypto is not None:
+            await self.encrypted(evt, room_id, sender)
         elif etype == "m.room.encrypted":
             if await self.bridge.portal_store.by_room(room_id):
                 await self.bridge.send_notice(
                     room_id, "Encrypted messages cannot be bridged: this bridge has no E2EE."
                 )
+
+    # --- encrypted events -------------------------------------------------------------
+
+    async def encrypted(self, evt: dict[str, Any], room_id: str, sender: str) -> None:
+        """Decrypt with the bot's device and handle the plain event; a late room key is
+        waited for aside, so the room's next events are not held up."""
+        crypto = self.bridge.crypto
+        assert crypto is not None
+        try:
+            plain = await crypto.decrypt(evt)
+        except KeyMissing as e:
+            task = asyncio.create_task(self._late_key(evt, room_id, sender, e))
+            self._late_keys.add(task)
+            task.add_done_callback(self._late_keys.discard)
+            return
+        except DecryptionFailed as e:
+            await self.undecryptable(room_id, sender, e)
+            return
+        await self._dispatch_plain(plain, room_id, sender)
+
+    async def _dispatch_plain(self, plain: dict[str, Any], room_id: str, sender: str) -> None:
+        etype, content = plain.get("type"), plain.get("content")
+        if etype == "m.room.encrypted" or not isinstance(etype, str):
+            return  # nested encryption is not a thing clients send
+        await self._dispatch(plain, etype, room_id, sender, content or {})
+
+    async def _late_key(
+        self, evt: dict[str, Any], room_id: str, sender: str, missing: KeyMissing
+    ) -> None:
+        crypto = self.bridge.crypto
+        if crypto is None:
+            return
+        got = await crypto.wait_for_key(missing.room_id, missing.session_id, LATE_KEY_S)
+        if not got:
+            await self.undecryptable(room_id, sender, missing)
+            return
+
+        async def run() -> None:
+            try:
+                plain = await crypto.decrypt(evt)
+            except DecryptionFailed as e:
+                await self.undecryptable(room_id, sender, e)
+                return
+            try:
+                await self._dispatch_plain(plain, room_id, sender)
+            except MatrixError as e:
+                self.log.warning("homeserver error handling a late event in %s: %s", room_id, e)
+
+        self.bridge.queues.submit(("matrix", room_id), run)
+
+    async def undecryptable(self, room_id: str, sender: str, why: DecryptionFailed) -> None:
+        """An event that stays encrypted is never dropped silently: its sender is told."""
+        self.log.info("cannot decrypt an event of %s in %s: %s", sender, room_id, why.reason)
+        await self.bridge.send_notice(
+            room_id,
+            f"{sender}: the bridge could not decrypt your message, so it was not bridged: "
+            f"{why.reason}. {why.advice[:1].upper()}{why.advice[1:]}.",
+        )
 
     # --- who speaks -------------------------------------------------------------------
 

@@ -16,7 +16,9 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from ..crypto.base import RoomCrypto
 from ..db import PendingEvent, TransactionStore
+from ..matrix.txn import transaction_extras
 
 
 class AppserviceHandler(Protocol):
@@ -61,6 +63,8 @@ class AppserviceServer:
         self.log = log
         self.app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024 * 1024)
         self._runner: web.AppRunner | None = None
+        # Set when end-to-bridge encryption is on.
+        self.crypto: RoomCrypto | None = None
         self._add_routes()
 
     def _add_routes(self) -> None:
@@ -131,6 +135,14 @@ class AppserviceServer:
         if not isinstance(ephemeral, list):
             return _error(400, "M_BAD_JSON", "'ephemeral' must be a list")
         txn_id = request.match_info["txn_id"]
+        extras = transaction_extras(body) if self.crypto is not None else None
+        if extras is not None:
+            if extras and await self.transactions.seen(txn_id):
+                return web.json_response({})
+            # Room keys arrive once, as to-device messages: stored before the transaction is
+            # acknowledged, and before its events (which may need them) are handled. A failure
+            # here answers 500, so the homeserver sends the transaction again.
+            await self.crypto.handle_extras(extras)  # type: ignore[union-attr]
         # Events of the bridge's own users (echoes of what it sent) only update what it keeps
         # in memory: handled at once, never recorded (that would double the database work of
         # every bridged message).
@@ -145,6 +157,8 @@ class AppserviceServer:
                 return web.json_response({})
             # Durably recorded: from here on a crash loses nothing, so answer now and process.
             await self.handler.handle_pending(recorded)
+        elif extras:
+            await self.transactions.record(txn_id, [])  # its to-device messages are handled
         ephemeral_dicts = [e for e in ephemeral if isinstance(e, dict)]
         if ephemeral_dicts:
             await self.handler.handle_ephemeral(ephemeral_dicts)

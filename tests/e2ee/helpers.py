@@ -1,0 +1,26 @@
+"""Steps the encryption tests share."""
+
+from __future__ import annotations
+
+from tests.e2ee.nio_user import NioUser
+
+BOT = "@mimibot:localhost"
+
+
+async def encrypted_management_room(user: NioUser) -> str:
+    room = await user.create_encrypted_room(invite=[BOT], is_direct=True)
+    await user.wait_for_body(room, "management room", sender=BOT)
+    await user.wait_member(room, BOT)
+    return room
+
+
+async def command(user: NioUser, room: str, text: str, expect: str) -> str:
+    await user.send_text(room, text)
+    evt = await user.wait_for_body(room, expect, sender=BOT)
+    return str(evt.source["content"]["body"])
+
+
+async def was_encrypted(user: NioUser, room: str, event_id: str) -> bool:
+    """What the homeserver holds: the ciphertext, not the message."""
+    assert user.raw is not None
+    return (await user.raw.get_event(room, event_id))["type"] == "m.room.encrypted"

@@ -1,0 +1,109 @@
+"""An encrypted portal: text, formatting, replies, edits and reactions cross both ways
+between a real E2EE client and the test network, and everything the bridge posts (for its
+ghosts too) is encrypted by the bot's device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nio import Event
+
+from tests.conftest import BridgeFactory
+from tests.e2ee.conftest import NioFactory
+from tests.e2ee.helpers import command, encrypted_management_room, was_encrypted
+from tests.helpers import sent, until
+
+ALIAS = "#testnet_=23general:localhost"
+BOB = "@testnet_bob:localhost"
+
+
+def _content(e: Event) -> dict[str, Any]:
+    c = e.source.get("content", {})
+    return c if isinstance(c, dict) else {}
+
+
+async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: NioFactory) -> None:
+    bridge = await make_bridge(encryption={"allow": True, "default": True})
+    alice = await nio_user()
+    mgmt = await encrypted_management_room(alice)
+    await command(alice, mgmt, "login testnet alice-remote", "Logged in")
+    await command(alice, mgmt, "join testnet #general", "Invited you")
+    room = await alice.join(ALIAS)
+    assert alice.raw is not None
+    assert await alice.raw.get_state(room, "m.room.encryption", "")
+
+    # Matrix -> remote: her encrypted text and formatted text, decrypted by the bridge.
+    mine = await alice.send_text(room, "hello remote")
+    assert await was_encrypted(alice, room, mine)
+    plain = await until(sent(bridge, "message", text="hello remote"), 45)
+    assert plain["as_"] == "alice-remote"
+    await alice.send(
+        room,
+        {
+            "msgtype": "m.text",
+            "body": "**bold**",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "<strong>bold</strong>",
+        },
+    )
+    fmt = await until(sent(bridge, "message", text="**bold**"), 45)
+    assert "<strong>bold</strong>" in fmt["html"]
+
+    # Remote -> Matrix: a ghost's message, encrypted by the bot's device, readable by her.
+    tn: Any = bridge.connectors["testnet"]
+    bob_msg = await tn.remote_message("#general", "bob", "hi from bob", html="<em>hi</em>")
+    bob_evt = await alice.wait_for_body(room, "hi from bob", sender=BOB)
+    assert await was_encrypted(alice, room, bob_evt.event_id)
+    assert "<em>hi</em>" in _content(bob_evt)["formatted_body"]
+
+    # Replies both ways.
+    await alice.send_text(
+        room,
+        "replying to bob",
+        **{"m.relates_to": {"m.in_reply_to": {"event_id": bob_evt.event_id}}},
+    )
+    rep = await until(sent(bridge, "message", text="replying to bob"), 45)
+    assert rep["reply_to"] == bob_msg
+    await tn.remote_message("#general", "bob", "bob answers", reply_to=plain["id"])
+    answer = await alice.wait_for_body(room, "bob answers", sender=BOB)
+    assert _content(answer)["m.relates_to"]["m.in_reply_to"]["event_id"] == mine
+
+    # Edits both ways.
+    await alice.send(
+        room,
+        {
+            "msgtype": "m.text",
+            "body": "* hello remote (edited)",
+            "m.new_content": {"msgtype": "m.text", "body": "hello remote (edited)"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": mine},
+        },
+    )
+    edit = await until(sent(bridge, "edit", target=plain["id"]), 45)
+    assert edit["text"] == "hello remote (edited)"
+    await tn.remote_edit("#general", "bob", bob_msg, "hi from bob, corrected")
+    bob_edit = await alice.wait_for(
+        room,
+        lambda e: _content(e).get("m.new_content", {}).get("body") == "hi from bob, corrected",
+        what="bob's edit",
+    )
+    assert await was_encrypted(alice, room, bob_edit.event_id)
+    assert _content(bob_edit)["m.relates_to"] == {
+        "rel_type": "m.replace",
+        "event_id": bob_evt.event_id,
+    }
+
+    # Reactions both ways, encrypted.
+    reaction = {
+        "m.relates_to": {"rel_type": "m.annotation", "event_id": bob_evt.event_id, "key": "👍"}
+    }
+    mine_react = await alice.send_encrypted_raw(room, "m.reaction", reaction)
+    assert await was_encrypted(alice, room, mine_react)
+    await until(sent(bridge, "reaction", target=bob_msg, key="👍"), 45)
+    await tn.remote_reaction("#general", "bob", plain["id"], "🎉")
+    bob_react = await alice.wait_for(
+        room,
+        lambda e: _content(e).get("m.relates_to", {}).get("key") == "🎉",
+        what="bob's reaction",
+    )
+    assert _content(bob_react)["m.relates_to"]["event_id"] == mine
+    assert await was_encrypted(alice, room, bob_react.event_id)

@@ -137,7 +137,9 @@ class AppserviceServer:
         txn_id = request.match_info["txn_id"]
         extras = transaction_extras(body) if self.crypto is not None else None
         if extras is not None:
-            if extras and await self.transactions.seen(txn_id):
+            # To-device messages are not idempotent (an Olm message decrypts once): a
+            # transaction already handled is not handled again.
+            if extras.to_device and await self.transactions.seen(txn_id):
                 return web.json_response({})
             # Room keys arrive once, as to-device messages: stored before the transaction is
             # acknowledged, and before its events (which may need them) are handled. A failure
@@ -157,7 +159,7 @@ class AppserviceServer:
                 return web.json_response({})
             # Durably recorded: from here on a crash loses nothing, so answer now and process.
             await self.handler.handle_pending(recorded)
-        elif extras:
+        elif extras is not None and extras.to_device:
             await self.transactions.record(txn_id, [])  # its to-device messages are handled
         ephemeral_dicts = [e for e in ephemeral if isinstance(e, dict)]
         if ephemeral_dicts:

@@ -212,7 +212,9 @@ class OlmCrypto:
             missing.append("to-device messages (msc2409_to_device_messages_enabled)")
         if not self._msc3202_seen.is_set():
             missing.append("device lists and key counts (msc3202_transaction_extensions)")
-        if missing:
+        if not missing:
+            self.log.info("the homeserver delivers to-device messages and key counts")
+        else:
             self.log.error(
                 "encrypted rooms will not work: the homeserver does not deliver %s to the"
                 " bridge; set them under experimental_features in homeserver.yaml",

@@ -293,18 +293,33 @@ class MatrixHandler:
             event_id
         ):
             return  # processed before a restart
+        file = content.get("file")
+        encrypted_file = self.bridge.crypto is not None and isinstance(file, dict)
+        if encrypted_file and isinstance(file, dict) and "url" not in content:
+            content = {**content, "url": file.get("url")}  # an encrypted room's attachment
         try:
             msg, mxc = contentmod.from_matrix(content)
         except contentmod.UnsupportedContent as e:
             await self.bridge.send_notice(portal.room_id, f"Your message was not bridged: {e}.")
             return
         if mxc:
+            att = msg.attachments[0]
             try:
-                msg.attachments[0].data = await self.hs.download(mxc)
-                msg.attachments[0].url = self.bridge.mxc_to_url(mxc, msg.attachments[0].filename)
+                att.data = await self.hs.download(mxc)
+                if encrypted_file and isinstance(file, dict) and self.bridge.crypto is not None:
+                    att.data = await self.bridge.crypto.decrypt_file(att.data, file)
+                    # Remote users open files by link, and the link serves the media repo's
+                    # copy: a copy in clear (the network gets the file in clear anyway).
+                    mxc = att.mxc = await self.hs.upload(att.data, att.mimetype, att.filename)
+                att.url = self.bridge.mxc_to_url(mxc, att.filename)
             except MatrixError as e:
                 await self.bridge.send_notice(
                     portal.room_id, f"Your file was not bridged: it could not be downloaded ({e})."
+                )
+                return
+            except DecryptionFailed as e:
+                await self.bridge.send_notice(
+                    portal.room_id, f"Your file was not bridged: {e.reason}. {e.advice}."
                 )
                 return
         speaker = await self.speaker(portal, sender, "message")

@@ -53,6 +53,13 @@ class RoomCrypto(Protocol):
     async def wait_for_key(self, room_id: str, session_id: str, limit_s: float) -> bool:
         """Whether the room key arrived within ``limit_s`` seconds (for a :class:`KeyMissing`)."""
 
+    async def encrypt_file(self, data: bytes) -> tuple[bytes, dict[str, Any]]:
+        """An attachment for an encrypted room: the ciphertext to upload and the ``file``
+        object (without its ``url``) that lets the room's members decrypt it."""
+
+    async def decrypt_file(self, data: bytes, file: dict[str, Any]) -> bytes:
+        """An encrypted attachment's content; raises :class:`DecryptionFailed`."""
+
     async def encrypt(
         self, room_id: str, event_type: str, content: dict[str, Any], as_user: str | None = None
     ) -> dict[str, Any]:

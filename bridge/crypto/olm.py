@@ -20,6 +20,7 @@ import olm
 from mautrix.api import Method, Path
 from mautrix.client import Client
 from mautrix.crypto import OlmMachine, PgCryptoStore, StateStore
+from mautrix.crypto.attachments import decrypt_attachment, encrypt_attachment
 from mautrix.errors import (
     CryptoError,
     DecryptionError,
@@ -383,6 +384,27 @@ class OlmCrypto:
         return bool(
             await self.machine.wait_for_session(RoomID(room_id), SessionID(session_id), limit_s)
         )
+
+    async def encrypt_file(self, data: bytes) -> tuple[bytes, dict[str, Any]]:
+        # AES over a whole file: off the event loop.
+        ciphertext, info = await asyncio.to_thread(encrypt_attachment, data)
+        file: dict[str, Any] = info.serialize()
+        file.pop("url", None)
+        return ciphertext, file
+
+    async def decrypt_file(self, data: bytes, file: dict[str, Any]) -> bytes:
+        key, hashes, iv = file.get("key"), file.get("hashes"), file.get("iv")
+        k = key.get("k") if isinstance(key, dict) else None
+        digest = hashes.get("sha256") if isinstance(hashes, dict) else None
+        if not (isinstance(k, str) and isinstance(digest, str) and isinstance(iv, str)):
+            raise DecryptionFailed(
+                "its decryption key is incomplete", "send the file again from a current client"
+            )
+        try:
+            plain: bytes = await asyncio.to_thread(decrypt_attachment, data, k, digest, iv)
+        except DecryptionError as e:
+            raise DecryptionFailed(f"it does not decrypt ({e})", "send the file again") from e
+        return plain
 
     async def encrypt(
         self, room_id: str, event_type: str, content: dict[str, Any], as_user: str | None = None

@@ -24,3 +24,11 @@ async def was_encrypted(user: NioUser, room: str, event_id: str) -> bool:
     """What the homeserver holds: the ciphertext, not the message."""
     assert user.raw is not None
     return (await user.raw.get_event(room, event_id))["type"] == "m.room.encrypted"
+
+
+async def encrypted_portal(user: NioUser, alias: str = "#testnet_=23general:localhost") -> str:
+    """Log in to the test network from an encrypted management room and join a portal."""
+    mgmt = await encrypted_management_room(user)
+    await command(user, mgmt, "login testnet alice-remote", "Logged in")
+    await command(user, mgmt, "join testnet #general", "Invited you")
+    return await user.join(alias)

@@ -5,11 +5,13 @@ what it sends, as Element would."""
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -18,6 +20,7 @@ from nio import (
     MegolmEvent,
     RoomCreateResponse,
     RoomSendResponse,
+    UploadResponse,
 )
 
 from tests.harness.synapse import MatrixClient, SynapseServer
@@ -151,6 +154,27 @@ class NioUser:
 
     async def send_text(self, room_id: str, body: str, **extra: Any) -> str:
         return await self.send(room_id, {"msgtype": "m.text", "body": body, **extra})
+
+    async def upload_encrypted(self, data: bytes, mimetype: str, filename: str) -> dict[str, Any]:
+        """The ``file`` object of an encrypted attachment, as clients put in the event."""
+        resp, keys = await self.client.upload(
+            io.BytesIO(data),
+            content_type=mimetype,
+            filename=filename,
+            encrypt=True,
+            filesize=len(data),
+        )
+        assert isinstance(resp, UploadResponse) and keys, resp
+        return {**keys, "url": resp.content_uri}
+
+    async def download(self, mxc: str) -> bytes:
+        """Authenticated media (the test Synapse refuses anonymous downloads)."""
+        server, _, media_id = mxc.removeprefix("mxc://").partition("/")
+        url = f"{self.synapse.url}/_matrix/client/v1/media/download/{server}/{media_id}"
+        headers = {"Authorization": f"Bearer {self.client.access_token}"}
+        async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            return await r.read()
 
     async def send_encrypted_raw(self, room_id: str, etype: str, content: dict[str, Any]) -> str:
         """Encrypt anything, reactions included (nio's room_send leaves those in clear)."""

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from mimi_testnet import TestNetClient as NetClient
 from nio import Event
+from nio.crypto.attachments import decrypt_attachment
 
+from bridge.connector import Attachment
 from tests.conftest import BridgeFactory
 from tests.e2ee.conftest import NioFactory
-from tests.e2ee.helpers import command, encrypted_management_room, was_encrypted
+from tests.e2ee.helpers import command, encrypted_management_room, encrypted_portal, was_encrypted
 from tests.helpers import sent, until
 
 ALIAS = "#testnet_=23general:localhost"
@@ -107,3 +111,48 @@ async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: 
     )
     assert _content(bob_react)["m.relates_to"]["event_id"] == mine
     assert await was_encrypted(alice, room, bob_react.event_id)
+
+
+async def test_encrypted_portal_files_both_ways(
+    make_bridge: BridgeFactory, nio_user: NioFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge = await make_bridge(encryption={"allow": True, "default": True})
+    tn: Any = bridge.connectors["testnet"]
+    received: list[bytes] = []
+    original = NetClient.handle_matrix_message
+
+    async def spy(self: Any, msg: Any) -> Any:
+        received.extend(a.data for a in msg.content.attachments)
+        return await original(self, msg)
+
+    # A spy on the test network: what reaches it, byte for byte.
+    monkeypatch.setattr(NetClient, "handle_matrix_message", spy)
+    alice = await nio_user()
+    room = await encrypted_portal(alice)
+
+    # Matrix -> remote: her encrypted file reaches the network decrypted.
+    notes = b"minutes of the meeting\n" * 50
+    file = await alice.upload_encrypted(notes, "text/plain", "notes.txt")
+    assert await alice.download(file["url"]) != notes  # the media repo holds ciphertext
+    await alice.send(room, {"msgtype": "m.file", "body": "notes.txt", "file": file})
+    await until(sent(bridge, "message", files=[("notes.txt", len(notes))]), 45)
+    assert received == [notes]
+
+    # Remote -> Matrix: a ghost's file arrives as an encrypted attachment she can open.
+    picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    await tn.remote_message(
+        "#general",
+        "bob",
+        "",
+        attachments=[Attachment("pic.png", "image/png", data=picture, size=len(picture))],
+    )
+    evt = await alice.wait_for(
+        room, lambda e: _content(e).get("msgtype") == "m.image", what="bob's picture"
+    )
+    content = _content(evt)
+    assert await was_encrypted(alice, room, evt.event_id)
+    assert "url" not in content and content["info"]["mimetype"] == "image/png"
+    cipher = await alice.download(content["file"]["url"])
+    assert cipher != picture
+    f = content["file"]
+    assert decrypt_attachment(cipher, f["key"]["k"], f["hashes"]["sha256"], f["iv"]) == picture

@@ -112,6 +112,68 @@ async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: 
     assert _content(bob_react)["m.relates_to"]["event_id"] == mine
     assert await was_encrypted(alice, room, bob_react.event_id)
 
+    # Redactions both ways (they are never encrypted): her reaction, her message, bob's.
+    await alice.client.room_redact(room, mine_react)
+    await until(sent(bridge, "unreact", target=bob_msg, key="👍"), 45)
+    await alice.client.room_redact(room, mine)
+    await until(sent(bridge, "redaction", target=plain["id"]), 45)
+    await tn.remote_redaction("#general", "bob", bob_msg)
+    await alice.wait_for(
+        room,
+        lambda e: (
+            e.source.get("type") == "m.room.redaction"
+            and e.source.get("redacts", _content(e).get("redacts")) == bob_evt.event_id
+        ),
+        what="the redaction of bob's message",
+    )
+
+
+async def test_group_session_follows_the_members(
+    make_bridge: BridgeFactory, nio_user: NioFactory
+) -> None:
+    """A Matrix user who leaves cannot read what follows (a new session, not shared with her);
+    one who joins gets the key of what follows. Ghosts coming and going change nothing."""
+    bridge = await make_bridge(encryption={"allow": True, "default": True})
+    tn: Any = bridge.connectors["testnet"]
+    alice = await nio_user()
+    room = await encrypted_portal(alice)
+    carol = await nio_user()
+    await carol.join(ALIAS)
+    await alice.wait_member(room, carol.user_id)
+
+    async def bob_says(text: str, *readers: Any) -> str:
+        await tn.remote_message("#general", "bob", text)
+        evt = None
+        for reader in readers:
+            evt = await reader.wait_for_body(room, text, sender=BOB)
+        assert evt is not None and alice.raw is not None
+        return str((await alice.raw.get_event(room, evt.event_id))["content"]["session_id"])
+
+    first = await bob_says("one", alice, carol)
+    # A ghost joining is no reason for a new session.
+    await tn.remote_message("#general", "dave", "dave is here")
+    await alice.wait_for_body(room, "dave is here")
+    assert await bob_says("still one", alice) == first
+
+    await carol.client.room_leave(room)
+    await alice.wait_for(
+        room,
+        lambda e: (
+            e.source.get("type") == "m.room.member"
+            and e.source.get("state_key") == carol.user_id
+            and _content(e).get("membership") == "leave"
+        ),
+        what="carol leaving",
+    )
+    second = await bob_says("two", alice)
+    assert second != first
+
+    erin = await nio_user()
+    await erin.join(ALIAS)
+    await alice.wait_member(room, erin.user_id)
+    third = await bob_says("three", alice, erin)
+    assert third not in (first, second)
+
 
 async def test_encrypted_portal_files_both_ways(
     make_bridge: BridgeFactory, nio_user: NioFactory, monkeypatch: pytest.MonkeyPatch

@@ -743,6 +743,12 @@ class MatrixHandler:
             await self.hs.leave(room_id, ghost_id)
             return
         await self.hs.join(room_id, ghost_id)
+        crypto = self.bridge.crypto
+        if crypto is not None and await crypto.is_encrypted(room_id, ghost_id):
+            # Only the bot has a device: clients share their room keys with it only if it is
+            # a member. The ghost brings it in.
+            await self.hs.invite(room_id, self.bridge.cfg.bot_mxid, as_user=ghost_id)
+            await self.hs.join(room_id)
         existing = await self.bridge.portal_store.get(key)
         portal = existing or Portal(key=key)
         portal.room_id = room_id

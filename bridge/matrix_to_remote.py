@@ -111,7 +111,7 @@ class MatrixHandler:
                 room_id, sender, content
             ):
                 return
-            portal = await self.bridge.portal_store.by_room(room_id)
+            portal = await self._bridged_portal(room_id, sender)
             if portal is None:
                 return
             if etype == "m.sticker":
@@ -121,11 +121,11 @@ class MatrixHandler:
             else:
                 await self.message(evt, portal, sender, content)
         elif etype == "m.reaction":
-            portal = await self.bridge.portal_store.by_room(room_id)
+            portal = await self._bridged_portal(room_id, sender)
             if portal:
                 await self.reaction(evt, portal, sender, content)
         elif etype == "m.room.redaction":
-            portal = await self.bridge.portal_store.by_room(room_id)
+            portal = await self._bridged_portal(room_id, sender)
             if portal:
                 await self.redaction(evt, portal, sender, content)
         elif etype == "m.room.encrypted" and self.bridge.crypto is not None:
@@ -135,6 +135,22 @@ class MatrixHandler:
                 await self.bridge.send_notice(
                     room_id, "Encrypted messages cannot be bridged: this bridge has no E2EE."
                 )
+
+    async def _bridged_portal(self, room_id: str, sender: str) -> Portal | None:
+        """The room's portal, unless the bridge refuses to bridge it (bridge.encryption.require
+        and the room is not encrypted: the sender is told)."""
+        portal = await self.bridge.portal_store.by_room(room_id)
+        crypto = self.bridge.crypto
+        if portal is None or crypto is None or not self.bridge.cfg.encryption.require:
+            return portal
+        if await crypto.is_encrypted(room_id):
+            return portal
+        await self.bridge.send_notice(
+            room_id,
+            f"{sender}: this bridge bridges only encrypted rooms, so nothing sent here is "
+            "bridged. Turn on encryption in the room's settings.",
+        )
+        return None
 
     # --- encrypted events -------------------------------------------------------------
 

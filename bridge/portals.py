@@ -129,7 +129,8 @@ class PortalManager:
                 body["topic"] = f"{topic}\n{note}" if topic else note
             elif topic:
                 body["topic"] = topic
-            encrypted = self.bridge.cfg.encryption.default and self.bridge.crypto is not None
+            enc = self.bridge.cfg.encryption
+            encrypted = (enc.default or enc.require) and self.bridge.crypto is not None
             if encrypted:
                 body["initial_state"].append(
                     {"type": "m.room.encryption", "state_key": "", "content": MEGOLM}

@@ -139,6 +139,11 @@ class Bridge:
         if not self.connectors:
             self.load_connectors()
         self._db = await open_database(self.cfg.database, self.log.getChild("db"))
+        # Events recorded before a crash or stop, not processed yet: read before transactions
+        # come in again (those get their own jobs; replaying them too would run them twice).
+        pending = await self.transactions.pending()
+        # Only these may have been bridged already (a crash between sending and marking done).
+        self.replayed_events = {str(pe.event.get("event_id")) for pe in pending}
         await self.hs.open()
         self.server = AppserviceServer(
             self.cfg.hs_token, self.transactions, self, self.log.getChild("appservice")
@@ -161,13 +166,10 @@ class Bridge:
             self.log.warning("could not set the bot's display name: %s", e)
         for connector in self.connectors.values():
             await connector.start()
-        # Events recorded before a crash or stop, not processed yet.
-        pending = await self.transactions.pending()
-        # Only these may have been bridged already (a crash between sending and marking done).
-        self.replayed_events = {str(pe.event.get("event_id")) for pe in pending}
         if pending:
             self.log.info("processing %d events left from the last run", len(pending))
             await self.handle_pending(pending)
+        await self.matrix_handler.resume_waiting()
         self.log.info("bridge started with %s", ", ".join(self.networks) or "no networks")
 
     def _make_crypto(self, server: AppserviceServer) -> None:
@@ -176,7 +178,9 @@ class Bridge:
         self.crypto = OlmCrypto(
             self.db, self.hs, self.credentials, self.is_bridge_user, self.log.getChild("crypto")
         )
-        server.crypto = self.crypto  # transactions wait for start() before using it
+        # From now on: what comes in or goes out before start() finishes waits for it, so
+        # nothing is sent in clear into an encrypted room meanwhile.
+        server.crypto = self.hs.crypto = self.crypto
 
     async def _start_crypto(self) -> None:
         if self.crypto is None:
@@ -187,7 +191,6 @@ class Bridge:
             await self.crypto.start()
         except CryptoStartupError as e:
             raise StartupError(str(e)) from e
-        self.hs.crypto = self.crypto
 
     async def _wait_for_homeserver(self) -> None:
         """Ping the homeserver through itself back to us: proves the URL and both tokens.
@@ -225,6 +228,7 @@ class Bridge:
             return  # never started, or stopped already
         if self.server:
             await self.server.stop()
+        self.matrix_handler.stop_waiting()
         # Events already acknowledged to the homeserver are finished before the connectors
         # go (cancelled half-way, a sent message would lose its id mapping for good).
         try:

@@ -73,6 +73,7 @@ class MatrixHandler:
         # A profile change arrives once per room: download a new avatar once, not per portal.
         self._avatars: dict[str, bytes] = {}
         self._late_keys: set[asyncio.Task[None]] = set()
+        self._waiting_ids: set[str] = set()  # events whose late key is being waited for
 
     # --- entry points -----------------------------------------------------------------
 
@@ -162,6 +163,9 @@ class MatrixHandler:
         try:
             plain = await crypto.decrypt(evt)
         except KeyMissing as e:
+            # Kept until handled: a restart while it waits handles it again.
+            await crypto.keep_waiting(evt)
+            self._waiting_ids.add(str(evt.get("event_id", "")))
             task = asyncio.create_task(self._late_key(evt, room_id, sender, e))
             self._late_keys.add(task)
             task.add_done_callback(self._late_keys.discard)
@@ -181,25 +185,59 @@ class MatrixHandler:
         self, evt: dict[str, Any], room_id: str, sender: str, missing: KeyMissing
     ) -> None:
         crypto = self.bridge.crypto
-        if crypto is None:
-            return
+        assert crypto is not None
         got = await crypto.wait_for_key(missing.room_id, missing.session_id, LATE_KEY_S)
-        if not got:
-            await self.undecryptable(room_id, sender, missing)
-            return
 
         async def run() -> None:
             try:
-                plain = await crypto.decrypt(evt)
-            except DecryptionFailed as e:
-                await self.undecryptable(room_id, sender, e)
-                return
-            try:
+                if not got:
+                    await self.undecryptable(room_id, sender, missing)
+                    return
+                try:
+                    plain = await crypto.decrypt(evt)
+                except DecryptionFailed as e:
+                    await self.undecryptable(room_id, sender, e)
+                    return
                 await self._dispatch_plain(plain, room_id, sender)
             except MatrixError as e:
                 self.log.warning("homeserver error handling a late event in %s: %s", room_id, e)
+            finally:
+                self._waiting_ids.discard(str(evt.get("event_id", "")))
+                await crypto.done_waiting(str(evt.get("event_id", "")))
 
         self.bridge.queues.submit(("matrix", room_id), run)
+
+    async def resume_waiting(self) -> None:
+        """At start: the encrypted events that were waiting for their keys at the last stop."""
+        crypto = self.bridge.crypto
+        if crypto is None:
+            return
+        for evt in await crypto.waiting():
+            room_id = evt.get("room_id")
+            if isinstance(room_id, str):
+                self.bridge.queues.submit(("matrix", room_id), self._resumed(evt))
+
+    def _resumed(self, evt: dict[str, Any]) -> Any:
+        event_id = str(evt.get("event_id", ""))
+
+        async def run() -> None:
+            crypto = self.bridge.crypto
+            assert crypto is not None
+            if event_id in self._waiting_ids:
+                return  # this run kept it (it came in again): its own wait goes on
+            # Left in the transactions' events too (a crash before they were done with), it
+            # was handled just before in this queue.
+            if event_id not in self.bridge.replayed_events:
+                await self.handle(evt)
+            if event_id not in self._waiting_ids:  # handled, not waiting again
+                await crypto.done_waiting(event_id)
+
+        return run
+
+    def stop_waiting(self) -> None:
+        """At stop: events still waiting for their keys stay recorded for the next start."""
+        for task in self._late_keys:
+            task.cancel()
 
     async def undecryptable(self, room_id: str, sender: str, why: DecryptionFailed) -> None:
         """An event that stays encrypted is never dropped silently: its sender is told."""

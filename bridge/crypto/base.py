@@ -53,6 +53,14 @@ class RoomCrypto(Protocol):
     async def wait_for_key(self, room_id: str, session_id: str, limit_s: float) -> bool:
         """Whether the room key arrived within ``limit_s`` seconds (for a :class:`KeyMissing`)."""
 
+    async def keep_waiting(self, event: dict[str, Any]) -> None:
+        """Record an event waiting for its key (:class:`KeyMissing`) until :meth:`done_waiting`:
+        :meth:`waiting` gives it back after a restart."""
+
+    async def done_waiting(self, event_id: str) -> None: ...
+
+    async def waiting(self) -> list[dict[str, Any]]: ...
+
     async def encrypt_file(self, data: bytes) -> tuple[bytes, dict[str, Any]]:
         """An attachment for an encrypted room: the ciphertext to upload and the ``file``
         object (without its ``url``) that lets the room's members decrypt it."""

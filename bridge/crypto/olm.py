@@ -53,7 +53,7 @@ from ..credentials import CredentialBox, CredentialError
 from ..matrix.homeserver import Homeserver, MatrixError
 from ..matrix.txn import TransactionExtras
 from .base import DecryptionFailed, KeyMissing
-from .store import CryptoSecrets, RoomEncryptionStore, upgrade_table
+from .store import CryptoSecrets, RoomEncryptionStore, WaitingEvents, upgrade_table
 
 # A to-device message the bot sends its own device at start-up: its arrival in a transaction
 # proves the homeserver pushes to-device messages (MSC2409) and key counts (MSC3202).
@@ -124,6 +124,7 @@ class OlmCrypto:
         self.device_name = device_name
         self.device_id = ""
         self.rooms = RoomEncryptionStore(db)
+        self._waiting = WaitingEvents(db)
         self._ready = asyncio.Event()
         self._store: PgCryptoStore | None = None
         self._machine: OlmMachine | None = None
@@ -222,6 +223,15 @@ class OlmCrypto:
                 " nor ".join(missing),
             )
 
+    async def _until_ready(self) -> None:
+        """Transactions may come in before the device is set up: their events wait for it."""
+        if self._ready.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
+        except TimeoutError as e:
+            raise RuntimeError("the bot's encryption device is not set up") from e
+
     # --- transactions ---------------------------------------------------------------------
 
     async def handle_extras(self, extras: TransactionExtras) -> None:
@@ -229,10 +239,7 @@ class OlmCrypto:
             self._msc3202_seen.set()
         if not extras:
             return
-        try:
-            await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
-        except TimeoutError as e:
-            raise RuntimeError("the bot's device is not ready; the homeserver will retry") from e
+        await self._until_ready()  # failing, the homeserver sends the transaction again
         for raw in extras.to_device:
             await self._to_device(raw)
         if extras.devices_changed or extras.devices_left:
@@ -278,13 +285,16 @@ class OlmCrypto:
     # --- room state -----------------------------------------------------------------------
 
     async def is_encrypted(self, room_id: str, as_user: str | None = None) -> bool:
+        await self._until_ready()
         known = self.rooms.known(room_id)
         if known is not None:
             return known
         try:
             content = await self.hs.get_state(room_id, "m.room.encryption", as_user=as_user)
         except MatrixError as e:
-            # Not in the room (yet): nothing can be decrypted there anyway; ask again later.
+            if e.errcode != "M_FORBIDDEN" and e.status != 403:
+                raise  # unknown: sending in clear could leak into an encrypted room
+            # Not in the room (yet): nothing can be sent or decrypted there; ask again later.
             self.log.debug("encryption state of %s not readable: %s", room_id, e)
             return False
         if content and content.get("algorithm"):
@@ -294,6 +304,7 @@ class OlmCrypto:
         return False
 
     async def note_state(self, event: dict[str, Any]) -> None:
+        await self._until_ready()
         etype, room_id = event.get("type"), event.get("room_id")
         content = event.get("content")
         if not isinstance(room_id, str) or not isinstance(content, dict):
@@ -331,6 +342,12 @@ class OlmCrypto:
         except (SerializerError, KeyError, ValueError, TypeError) as e:
             raise DecryptionFailed(
                 "it is malformed", "your client sent something the bridge cannot read"
+            ) from e
+        try:
+            await self._until_ready()
+        except RuntimeError as e:
+            raise DecryptionFailed(
+                "its encryption is not set up", "send the message again in a minute"
             ) from e
         if not isinstance(evt.content, EncryptedMegolmEventContent):
             raise DecryptionFailed(
@@ -385,6 +402,18 @@ class OlmCrypto:
             await self.machine.wait_for_session(RoomID(room_id), SessionID(session_id), limit_s)
         )
 
+    async def keep_waiting(self, event: dict[str, Any]) -> None:
+        await self._until_ready()
+        await self._waiting.keep(str(event.get("event_id", "")), event)
+
+    async def done_waiting(self, event_id: str) -> None:
+        await self._until_ready()
+        await self._waiting.done(event_id)
+
+    async def waiting(self) -> list[dict[str, Any]]:
+        await self._until_ready()
+        return await self._waiting.all()
+
     async def encrypt_file(self, data: bytes) -> tuple[bytes, dict[str, Any]]:
         # AES over a whole file: off the event loop.
         ciphertext, info = await asyncio.to_thread(encrypt_attachment, data)
@@ -409,6 +438,7 @@ class OlmCrypto:
     async def encrypt(
         self, room_id: str, event_type: str, content: dict[str, Any], as_user: str | None = None
     ) -> dict[str, Any]:
+        await self._until_ready()
         rid = RoomID(room_id)
         etype = EventType.find(event_type, EventType.Class.MESSAGE)
         async with self._room_locks[room_id]:

@@ -32,6 +32,39 @@ async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
     )
 
 
+@upgrade_table.register(description="Events waiting for their room keys")  # type: ignore[call-arg,arg-type]
+async def upgrade_v2(conn: Connection, scheme: Scheme) -> None:
+    await conn.execute(
+        """CREATE TABLE mimi_crypto_waiting (
+            event_id  TEXT PRIMARY KEY,
+            event     TEXT NOT NULL
+        )"""
+    )
+
+
+class WaitingEvents:
+    """Encrypted events whose room key has not arrived: kept until handled, so that a
+    restart while they wait handles them again."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def keep(self, event_id: str, event: dict[str, Any]) -> None:
+        await self.db.execute(
+            "INSERT INTO mimi_crypto_waiting (event_id, event) VALUES ($1, $2)"
+            " ON CONFLICT (event_id) DO NOTHING",
+            event_id,
+            json.dumps(event),
+        )
+
+    async def done(self, event_id: str) -> None:
+        await self.db.execute("DELETE FROM mimi_crypto_waiting WHERE event_id=$1", event_id)
+
+    async def all(self) -> list[dict[str, Any]]:
+        rows = await self.db.fetch("SELECT event FROM mimi_crypto_waiting")
+        return [json.loads(r["event"]) for r in rows]
+
+
 class CryptoSecrets:
     """The key that pickles (encrypts at rest) the Olm account and sessions: random, stored
     sealed with ``bridge.credentials_key`` like login credentials."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from nio.crypto.sessions import OutboundGroupSession
+
 from tests.e2ee.nio_user import NioUser
 
 BOT = "@mimibot:localhost"
@@ -32,3 +36,19 @@ async def encrypted_portal(user: NioUser, alias: str = "#testnet_=23general:loca
     await command(user, mgmt, "login testnet alice-remote", "Logged in")
     await command(user, mgmt, "join testnet #general", "Invited you")
     return await user.join(alias)
+
+
+async def unshared_ciphertext(user: NioUser, room: str, body: str) -> tuple[Any, dict[str, Any]]:
+    """Encrypt with a fresh group session whose key nobody got; the client's next message
+    starts another session (shared as usual). Returned: a copy of the session from before
+    the encryption, whose key (sharing it exports the current index) decrypts the message."""
+    olm: Any = user.client.olm
+    await user.client.joined_members(room)  # nio encrypts only for a room it knows in full
+    user.client.invalidate_outbound_session(room)
+    olm.create_outbound_group_session(room)
+    session = olm.outbound_group_sessions[room]
+    unused = OutboundGroupSession.from_pickle(session.pickle("copy"), "copy")
+    session.shared = True  # lets the client encrypt with it
+    _, payload = user.client.encrypt(room, "m.room.message", {"msgtype": "m.text", "body": body})
+    olm.outbound_group_sessions.pop(room)
+    return unused, payload

@@ -1,6 +1,7 @@
-"""A room key is delivered once: the bridge is SIGKILLed right after the homeserver got the
-acknowledgement of the transaction carrying one, and after a restart the next message
-encrypted with that key is decrypted."""
+"""Crashes lose no encrypted message. A room key is delivered once: the bridge is SIGKILLed
+right after the homeserver got the acknowledgement of the transaction carrying one, and after
+a restart the next message encrypted with that key is decrypted. And a message waiting for
+its late key when the bridge is killed is handled after the restart, once the key comes."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from pathlib import Path
 
 from tests.conftest import write_config
 from tests.e2ee.conftest import NioFactory
-from tests.e2ee.helpers import BOT, encrypted_management_room
+from tests.e2ee.helpers import BOT, encrypted_management_room, unshared_ciphertext
 from tests.harness.synapse import SynapseServer
+
+PROBED = "the homeserver delivers to-device messages"
 
 
 def _run_bridge(config: Path) -> subprocess.Popen[bytes]:
@@ -94,3 +97,47 @@ async def test_room_key_survives_sigkill_after_ack(
     log = (tmp_path / "bridge.log").read_text()
     assert code == 0, log[-3000:]
     assert "could not decrypt" not in log
+
+
+async def test_event_waiting_for_its_key_survives_sigkill(
+    tmp_path: Path, synapse: SynapseServer, as_port: int, nio_user: NioFactory
+) -> None:
+    db = tmp_path / "bridge.db"
+    config = write_config(
+        tmp_path / "bridge.yaml",
+        synapse,
+        as_port,
+        f"sqlite://{db}",
+        {"testnet": {}},
+        encryption={"allow": True},
+    )
+    proc = _run_bridge(config)
+    try:
+        alice = await nio_user()
+        room = await encrypted_management_room(alice)
+        assert alice.raw is not None
+        session, payload = await unshared_ciphertext(alice, room, "help")
+        event_id = await alice.raw.send_event(room, "m.room.encrypted", payload)
+        kept = "SELECT 1 FROM mimi_crypto_waiting WHERE event_id=?"
+        await _poll(lambda: _query(db, kept, event_id), "the event was never kept")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+        proc = _run_bridge(config)
+        # Only once to-device messages reach the new process: Synapse does not keep those it
+        # could not deliver while the appservice was down (its retries carry events only).
+        log = tmp_path / "bridge.log"
+        before = log.read_text().count(PROBED)
+        await _poll(lambda: log.read_text().count(PROBED) > before, "the bridge never came back")
+        alice.client.olm.outbound_group_sessions[room] = session  # type: ignore[union-attr]
+        await alice.client.share_group_session(room, ignore_unverified_devices=True)
+        await alice.wait_for_body(room, "login <network>", sender=BOT)
+        await _poll(lambda: not _query(db, kept, event_id), "the kept event stayed")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = -9
+    assert code == 0, (tmp_path / "bridge.log").read_text()[-3000:]

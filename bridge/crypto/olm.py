@@ -174,8 +174,9 @@ class OlmCrypto:
             await self._client.create_device_msc4190(device_id, self.device_name)
         except MatrixRequestError as e:
             raise CryptoStartupError(
-                f"the homeserver did not create the bot's device ({e}): does the registration"
-                " have io.element.msc4190: true (run mimi-bridge -g) and is it loaded?"
+                f"the homeserver did not create the bot's device ({e}): does it support"
+                " appservice device management (MSC4190; the registration from mimi-bridge -g"
+                " asks for it with io.element.msc4190: true)?"
             ) from e
         self.device_id = device_id
         await self._machine.load()

@@ -14,7 +14,7 @@ from bridge.bridge import Bridge
 from bridge.config import load as load_config
 from tests.conftest import AS_TOKEN, HS_TOKEN, BridgeFactory, write_config
 from tests.harness.ports import free_port
-from tests.harness.synapse import start_synapse
+from tests.harness.synapse import SynapseServer, start_synapse
 
 MISSING = "encrypted rooms will not work"
 
@@ -28,14 +28,8 @@ async def _line(caplog: pytest.LogCaptureFixture, text: str, limit_s: float = 20
     raise AssertionError(f"no log line with {text!r} within {limit_s} s")
 
 
-async def test_homeserver_without_the_features_is_told(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("bridge.crypto.olm.PROBE_TIMEOUT_S", 5.0)
-    caplog.set_level(logging.INFO, logger="mimi")
-    port = free_port()
-    reg = tmp_path / "registration.yaml"
-    with reg.open("w") as f:
+def _registration(path: Path, port: int) -> Path:
+    with path.open("w") as f:
         YAML().dump(
             {
                 "id": "mimi-bridge",
@@ -55,6 +49,28 @@ async def test_homeserver_without_the_features_is_told(
             },
             f,
         )
+    return path
+
+
+def _bridge(tmp_path: Path, synapse: SynapseServer, port: int) -> Bridge:
+    cfg = write_config(
+        tmp_path / "config.yaml",
+        synapse,
+        port,
+        f"sqlite://{tmp_path / 'bridge.db'}",
+        {"testnet": {}},
+        encryption={"allow": True},
+    )
+    return Bridge(load_config(cfg))
+
+
+async def test_homeserver_without_the_features_is_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bridge.crypto.olm.PROBE_TIMEOUT_S", 5.0)
+    caplog.set_level(logging.INFO, logger="mimi")
+    port = free_port()
+    reg = _registration(tmp_path / "registration.yaml", port)
     off = {
         "experimental_features": {
             "msc2409_to_device_messages_enabled": False,
@@ -64,15 +80,7 @@ async def test_homeserver_without_the_features_is_told(
     synapse = start_synapse(tmp_path / "synapse", [reg], extra_config=off)
     bridge = None
     try:
-        cfg = write_config(
-            tmp_path / "config.yaml",
-            synapse,
-            port,
-            f"sqlite://{tmp_path / 'bridge.db'}",
-            {"testnet": {}},
-            encryption={"allow": True},
-        )
-        bridge = Bridge(load_config(cfg))
+        bridge = _bridge(tmp_path, synapse, port)
         await bridge.start()
         lines = await _line(caplog, MISSING)
         assert len(lines) == 1

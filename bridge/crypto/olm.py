@@ -68,19 +68,19 @@ class CryptoStartupError(Exception):
     """The bot's device cannot be set up; the message says what to fix."""
 
 
-def _trace_logger(name: str) -> TraceLogger:
-    """mautrix's crypto logs at its TRACE level; loggers made before mautrix set its logger
-    class lack that method."""
+class _TraceAdapter(logging.LoggerAdapter[logging.Logger]):
+    def trace(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self.log(5, msg, *args, **kwargs)
+
+    def silly(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self.log(1, msg, *args, **kwargs)
+
+
+def _trace_logger(name: str) -> Any:
+    """mautrix logs at its own TRACE and SILLY levels; a logger made before mautrix set its
+    logger class lacks those methods."""
     log = logging.getLogger(name)
-    if isinstance(log, TraceLogger):
-        return log
-    manager = logging.Logger.manager
-    fresh = TraceLogger(name)
-    fresh.parent = log.parent
-    fresh.propagate = log.propagate
-    fresh.setLevel(log.level)
-    manager.loggerDict[name] = fresh
-    return fresh
+    return log if isinstance(log, TraceLogger) else _TraceAdapter(log, {})
 
 
 class _MachineState(StateStore):

@@ -69,6 +69,10 @@ class Bridge:
         self.connectors: dict[str, NetworkConnector] = {}
         # Namespace.network -> (connector, namespace)
         self.networks: dict[str, tuple[NetworkConnector, Namespace]] = {}
+        # Namespace.network -> set once its connector has started: Matrix events of a network
+        # wait for it (the homeserver pushes transactions as soon as we listen).
+        self._started: dict[str, asyncio.Event] = {}
+        self._stopping = asyncio.Event()
         self._display_names: dict[str, str] = {}
         self._db: Database | None = None
         self._stores: dict[type, Any] = {}
@@ -130,21 +134,30 @@ class Bridge:
         for name, cls in classes.items():
             connector = cls(self, sections[name])
             self.connectors[name] = connector
+            started = asyncio.Event()
             for ns in connector.namespaces():
                 if ns.network in self.networks:
                     raise StartupError(f"two connectors claim the network id {ns.network!r}")
                 self.networks[ns.network] = (connector, ns)
+                self._started[ns.network] = started
 
     async def start(self) -> None:
         if not self.connectors:
             self.load_connectors()
+        self._stopping.clear()
+        for gate in self._started.values():
+            gate.clear()
         self._db = await open_database(self.cfg.database, self.log.getChild("db"))
-        # Events recorded before a crash or stop, not processed yet: read before transactions
-        # come in again (those get their own jobs; replaying them too would run them twice).
+        await self.hs.open()
+        # Events recorded before a crash or stop, not processed yet: queued before we listen,
+        # so that the homeserver's new events of a room come after them. They run once their
+        # network's connector has started.
         pending = await self.transactions.pending()
         # Only these may have been bridged already (a crash between sending and marking done).
         self.replayed_events = {str(pe.event.get("event_id")) for pe in pending}
-        await self.hs.open()
+        if pending:
+            self.log.info("%d events left from the last run are queued", len(pending))
+            await self.handle_pending(pending)
         self.server = AppserviceServer(
             self.cfg.hs_token, self.transactions, self, self.log.getChild("appservice")
         )
@@ -166,9 +179,8 @@ class Bridge:
             self.log.warning("could not set the bot's display name: %s", e)
         for connector in self.connectors.values():
             await connector.start()
-        if pending:
-            self.log.info("processing %d events left from the last run", len(pending))
-            await self.handle_pending(pending)
+            for ns in connector.namespaces():
+                self._started[ns.network].set()
         await self.matrix_handler.resume_waiting()
         self.log.info("bridge started with %s", ", ".join(self.networks) or "no networks")
 
@@ -226,6 +238,8 @@ class Bridge:
     async def stop(self) -> None:
         if self._db is None:
             return  # never started, or stopped already
+        # Events still waiting for a connector that never started stay recorded for next time.
+        self._stopping.set()
         if self.server:
             await self.server.stop()
         self.matrix_handler.stop_waiting()
@@ -250,13 +264,37 @@ class Bridge:
             await self._db.stop()
             self._db = None
 
+    async def until_started(self, network: str | None) -> bool:
+        """Wait until the connector of ``network`` (of every network for None, or for a
+        network no connector serves) has started; False if the bridge stops first."""
+        gate = self._started.get(network) if network else None
+        gates = [gate] if gate else list(self._started.values())
+        for g in gates:
+            if g.is_set():
+                continue
+            waits = [asyncio.ensure_future(g.wait()), asyncio.ensure_future(self._stopping.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if self._stopping.is_set():
+                return False
+        return not self._stopping.is_set()
+
+    def all_started(self) -> bool:
+        return all(g.is_set() for g in self._started.values())
+
     # --- identifiers ----------------------------------------------------------------
 
     def network_of(self, network: str) -> tuple[NetworkConnector, Namespace]:
         return self.networks[network]
 
     def connector_of(self, network: str) -> NetworkConnector:
-        return self.networks[network][0]
+        entry = self.networks.get(network)
+        if entry is None:  # a portal of a connector no longer configured
+            raise ConnectorError(f"no connector serves the network {network!r} any more")
+        return entry[0]
 
     def ghost_user_id(self, network: str, remote_id: str) -> str:
         connector, ns = self.networks[network]
@@ -307,7 +345,11 @@ class Bridge:
     # --- BridgeAPI ------------------------------------------------------------------
 
     async def emit(self, event: RemoteEvent) -> None:
-        self.queues.submit(("remote", event.portal), lambda: self.remote_handler.handle(event))
+        self.queues.submit(
+            ("remote", event.portal),
+            lambda: self.remote_handler.handle(event),
+            lambda error: self.remote_handler.failed(event, error),
+        )
 
     async def notify(self, user_id: str, text: str, portal: PortalKey | None = None) -> None:
         room_id = None
@@ -358,6 +400,10 @@ class Bridge:
 
     def permission_of(self, user_id: str) -> str | None:
         return self.cfg.permission_of(user_id)
+
+    def display_name_of(self, user_id: str) -> str:
+        """The name notices address a user by: the display name seen last, else the id."""
+        return self._display_names.get(user_id, user_id)
 
     def remember_display_name(self, user_id: str, name: str | None) -> None:
         if name:
@@ -447,16 +493,32 @@ class Bridge:
     async def handle_pending(self, events: list[PendingEvent]) -> None:
         for pe in events:
             key = ("matrix", pe.room_id)
-            self.queues.submit(key, self._job(pe))
+            self.queues.submit(key, self._job(pe), self._failed(pe.event))
+
+    async def _until_room_ready(self, room_id: str) -> bool:
+        """Wait for the connector of the room's portal (of all, for other rooms: commands
+        and invites may name any network); False if the bridge stops first."""
+        if self.all_started():
+            return not self._stopping.is_set()
+        portal = await self.portal_store.by_room(room_id)
+        return await self.until_started(portal.key.network if portal else None)
 
     def _job(self, pe: PendingEvent) -> Any:
         async def run() -> None:
+            if not await self._until_room_ready(pe.room_id):
+                return  # stopping: still pending, replayed at the next start
             try:
                 await self.matrix_handler.handle(pe.event)
             finally:
                 await self.transactions.done(pe.seq)
 
         return run
+
+    def _failed(self, evt: dict[str, Any]) -> Any:
+        async def tell(error: Exception) -> None:
+            await self.matrix_handler.tell_failure(evt, "an internal error in the bridge")
+
+        return tell
 
     async def handle_ephemeral(self, events: list[dict[str, Any]]) -> None:
         for evt in events:
@@ -467,11 +529,15 @@ class Bridge:
                 await self.matrix_handler.handle_ephemeral(evt)
 
     def _ephemeral_job(self, evt: dict[str, Any]) -> Any:
-        return lambda: self.matrix_handler.handle_ephemeral(evt)
+        async def run() -> None:
+            if await self._until_room_ready(str(evt.get("room_id"))):
+                await self.matrix_handler.handle_ephemeral(evt)
+
+        return run
 
     async def query_user(self, user_id: str) -> bool:
         ghost = self.parse_ghost(user_id)
-        if ghost is None:
+        if ghost is None or not await self.until_started(ghost.network):
             return False
         connector = self.connector_of(ghost.network)
         try:
@@ -486,7 +552,7 @@ class Bridge:
 
     async def query_alias(self, alias: str) -> bool:
         key = self.parse_alias(alias)
-        if key is None:
+        if key is None or not await self.until_started(key.network):
             return False
         try:
             portal = await self.portal_mgr.open_portal(key, None, invite_user=False)

@@ -70,6 +70,7 @@ def setup_logging(cfg: dict[str, Any]) -> None:
 
 async def run(cfg: cfgmod.BridgeConfig) -> int:
     from .bridge import Bridge, StartupError
+    from .db import DatabaseUnavailable
 
     bridge = Bridge(cfg)
     stop = asyncio.Event()
@@ -88,7 +89,7 @@ async def run(cfg: cfgmod.BridgeConfig) -> int:
             starting.cancel()
         log.info("stopping")
         return EXIT_OK
-    except StartupError as e:
+    except (StartupError, DatabaseUnavailable) as e:
         log.error("cannot start: %s", e)
         return EXIT_RUNTIME
     except cfgmod.ConfigError as e:

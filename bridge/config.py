@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
+from yarl import URL
 
 PERMISSION_LEVELS = ("relay", "user", "admin")
 _LOCALPART = re.compile(r"^[a-z0-9._=\-/]+$")
@@ -171,20 +172,52 @@ def _url(r: _Reader, name: str, default: Any = ...) -> str:
 
 
 def database_url(value: str, config_dir: Path) -> str:
-    """Turn the config's database URL into what mautrix.util.async_db expects."""
-    if value.startswith(("sqlite:", "sqlite3:")):
-        rest = value.split(":", 1)[1]
-        if rest.startswith("///"):
-            path = Path(rest[2:])
-        elif rest.startswith("//"):
-            raise ValueError("SQLite URLs are sqlite:///absolute/path or sqlite:relative/path")
-        else:
-            path = config_dir / rest
-        return f"sqlite:{path}"
-    parts = urlsplit(value)
-    if parts.scheme in ("postgres", "postgresql") and parts.hostname and parts.path.strip("/"):
-        return value
-    raise ValueError("must be sqlite:///path/to/file.db or postgres://user:pass@host/db")
+    """The config's database URL in the form mautrix.util.async_db reads.
+
+    SQLite: ``sqlite:relative/path.db`` (beside the config), ``sqlite:/abs``, ``sqlite:///abs``
+    and SQLAlchemy's ``sqlite:////abs``, all absolute but the first. The path is taken
+    literally (no percent-decoding) and handed on percent-encoded, because the database layer
+    parses it as a URL: ``sqlite:///`` + an absolute path would otherwise read as a host.
+    PostgreSQL: ``postgres://`` or ``postgresql://`` URLs, passed on as written.
+    Raises ValueError saying what is wrong."""
+    scheme, colon, rest = value.partition(":")
+    scheme = scheme.lower()
+    if colon and scheme in ("sqlite", "sqlite3"):
+        return _sqlite_url(rest, config_dir)
+    if colon and scheme in ("postgres", "postgresql"):
+        return _postgres_url(value)
+    raise ValueError(
+        f"must be sqlite:path/to/file.db or postgres://user:password@host/db, not {value!r}"
+    )
+
+
+def _sqlite_url(rest: str, config_dir: Path) -> str:
+    if rest.startswith("//"):
+        authority, slash, tail = rest[2:].partition("/")
+        if authority not in ("", "localhost"):
+            raise ValueError(
+                f"a SQLite URL names no host ({authority!r}): write sqlite:///absolute/path.db"
+                " or sqlite:relative/path.db"
+            )
+        path = Path("/" + tail.lstrip("/")) if slash and tail.strip("/") else None
+    else:
+        path = config_dir / rest if rest.strip("/") else None
+    if path is None:
+        raise ValueError("names no database file: write sqlite:path/to/file.db")
+    return str(URL.build(scheme="sqlite", path=str(path)))
+
+
+def _postgres_url(value: str) -> str:
+    try:
+        url = URL(value)
+        url.port  # noqa: B018 - raises on an invalid port
+    except ValueError as e:
+        raise ValueError(f"{value.split('@')[-1]!r} is not a valid URL: {e}") from e
+    if not (url.host or url.query.get("host")):
+        raise ValueError("a PostgreSQL URL needs a host: postgres://user:password@host/db")
+    if not url.path.strip("/"):
+        raise ValueError("a PostgreSQL URL needs a database name: postgres://user@host/db")
+    return value
 
 
 def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
@@ -211,8 +244,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
     as_token = asv.get("as_token", str, GENERATE)
     hs_token = asv.get("hs_token", str, GENERATE)
     ephemeral = asv.get("ephemeral_events", bool, True)
-    default_db = f"sqlite:///{path.parent.resolve() / 'mimi-bridge.db'}"
-    db_value = asv.get("database", str, default_db)
+    db_value = asv.get("database", str, "sqlite:mimi-bridge.db")
     try:
         database = database_url(db_value, path.parent.resolve())
     except ValueError as e:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import html
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from . import content as contentmod
+from . import encrypted_notice
 from .connector import (
     Attachment,
     ConnectorError,
@@ -64,6 +66,20 @@ def _rel(content: dict[str, Any]) -> dict[str, Any]:
     return rel if isinstance(rel, dict) else {}
 
 
+# What a failure notice calls an event of each type.
+_WHAT = {
+    "m.room.message": "message",
+    "m.sticker": "sticker",
+    "m.reaction": "reaction",
+    "m.room.redaction": "deletion",
+    "m.room.member": "membership change",
+    "m.room.name": "room name change",
+    "m.room.topic": "topic change",
+    "m.room.avatar": "room avatar change",
+    "m.room.power_levels": "power level change",
+}
+
+
 class MatrixHandler:
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
@@ -74,6 +90,7 @@ class MatrixHandler:
         self._avatars: dict[str, bytes] = {}
         self._late_keys: set[asyncio.Task[None]] = set()
         self._waiting_ids: set[str] = set()  # events whose late key is being waited for
+        self.encrypted_notices = encrypted_notice.EncryptedNotices()
 
     # --- entry points -----------------------------------------------------------------
 
@@ -95,6 +112,24 @@ class MatrixHandler:
             await self._dispatch(evt, etype, room_id, sender, content)
         except MatrixError as e:
             self.log.warning("homeserver error handling %s in %s: %s", etype, room_id, e)
+            await self.tell_failure(evt, f"the homeserver refused a request ({e})")
+        except ConnectorError as e:
+            # Raised before the delivery proper (no client, network gone...).
+            self.log.info("%s in %s not bridged: %s", etype, room_id, e)
+            await self.tell_failure(evt, str(e))
+
+    async def tell_failure(self, evt: dict[str, Any], reason: str) -> None:
+        """Tell the sender of ``evt``, in its room, that it was not bridged and why."""
+        room_id, sender = evt.get("room_id"), evt.get("sender")
+        if not (isinstance(room_id, str) and isinstance(sender, str)):
+            self.log.warning("an event without room or sender was not bridged: %s", reason)
+            return
+        what = _WHAT.get(str(evt.get("type")), "event")
+        if what == "message" and _rel(evt.get("content") or {}).get("rel_type") == "m.replace":
+            what = "edit"
+        who = self.bridge.display_name_of(sender)
+        reason = reason.rstrip(". ")
+        await self.bridge.send_notice(room_id, f"{who}: your {what} was not delivered: {reason}.")
 
     async def _dispatch(
         self, evt: dict[str, Any], etype: str, room_id: str, sender: str, content: dict[str, Any]
@@ -130,12 +165,44 @@ class MatrixHandler:
             if portal:
                 await self.redaction(evt, portal, sender, content)
         elif etype == "m.room.encrypted" and self.bridge.crypto is not None:
-            await self.encrypted(evt, room_id, sender)
+            await self.decrypted(evt, room_id, sender)
         elif etype == "m.room.encrypted":
-            if await self.bridge.portal_store.by_room(room_id):
-                await self.bridge.send_notice(
-                    room_id, "Encrypted messages cannot be bridged: this bridge has no E2EE."
-                )
+            await self.encrypted(room_id)
+
+    async def encrypted(self, room_id: str) -> None:
+        """An event this bridge cannot decrypt: the room is told what to do instead, at its
+        first such event and then at most once per interval (see encrypted_notice)."""
+        missed = self.encrypted_notices.due(room_id)
+        if missed is None:
+            return
+        bot = self.bridge.cfg.bot_mxid
+        portal = await self.bridge.portal_store.by_room(room_id)
+        if portal is None:
+            text = encrypted_notice.for_bot_room(bot, self.bridge.cfg.command_prefix, missed)
+        elif portal.is_direct:
+            key = portal.key
+            ghost = self.bridge.ghost_user_id(key.network, key.remote_id)
+            row = await self.bridge.ghosts.get(key.network, key.remote_id)
+            name = row.display_name if row and row.display_name else key.remote_id
+            text = encrypted_notice.for_dm(name, ghost, missed)
+        else:
+            connector = self.bridge.connector_of(portal.key.network)
+            alias = None if portal.plumbed else self.bridge.alias_of(portal.key)
+            text = encrypted_notice.for_portal(connector.display_name, alias, missed)
+        # Portals without the bot (DMs opened by inviting a ghost) hear it from their ghost.
+        sender = portal.metadata.get("notice_sender") if portal else None
+        try:
+            await self.hs.send(
+                room_id,
+                "m.room.message",
+                {"msgtype": "m.notice", "body": text},
+                txn_id=f"mimi.encrypted.{uuid.uuid4().hex}",
+                as_user=sender if isinstance(sender, str) else None,
+            )
+        except MatrixError as e:
+            self.log.warning("could not tell %s about encrypted messages: %s", room_id, e)
+            if e.errcode != "M_FORBIDDEN":  # not for lack of a member that may speak: retry
+                self.encrypted_notices.forget(room_id)
 
     async def _bridged_portal(self, room_id: str, sender: str) -> Portal | None:
         """The room's portal, unless the bridge refuses to bridge it (bridge.encryption.require
@@ -155,7 +222,7 @@ class MatrixHandler:
 
     # --- encrypted events -------------------------------------------------------------
 
-    async def encrypted(self, evt: dict[str, Any], room_id: str, sender: str) -> None:
+    async def decrypted(self, evt: dict[str, Any], room_id: str, sender: str) -> None:
         """Decrypt with the bot's device and handle the plain event; a late room key is
         waited for aside, so the room's next events are not held up."""
         crypto = self.bridge.crypto
@@ -758,7 +825,20 @@ class MatrixHandler:
         # Only a direct chat becomes the management room; other rooms may be linked later.
         if content.get("is_direct"):
             await self.bridge.users.set_management_room(sender, room_id)
-            await self.bridge.send_notice(room_id, self.bridge.commands.welcome())
+            welcome = self.bridge.commands.welcome()
+            if await self._cannot_read(room_id):
+                welcome += encrypted_notice.welcome_warning(self.bridge.cfg.bot_mxid)
+            await self.bridge.send_notice(room_id, welcome)
+
+    async def _cannot_read(self, room_id: str, as_user: str | None = None) -> bool:
+        """Whether the room is encrypted and this bridge has no encryption to read it."""
+        if self.bridge.crypto is not None:
+            return False
+        try:
+            return bool(await self.hs.get_state(room_id, "m.room.encryption", as_user=as_user))
+        except MatrixError as e:
+            self.log.info("encryption state of %s not read: %s", room_id, e)
+            return False
 
     async def ghost_invited(
         self, room_id: str, sender: str, ghost: GhostKey, content: dict[str, Any]
@@ -812,14 +892,16 @@ class MatrixHandler:
         await self.bridge.portal_store.save(portal)
         await connector.portal_opened(key)
         # The bot is not in this room, so no bridge-info state: the ghost says it instead.
+        body = (
+            f"This chat is bridged to {connector.display_name} "
+            "by mimi-bridge: messages are decrypted at the bridge."
+        )
+        if await self._cannot_read(room_id, ghost_id):
+            body += encrypted_notice.dm_warning(ghost_id)
         await self.hs.send(
             room_id,
             "m.room.message",
-            {
-                "msgtype": "m.notice",
-                "body": f"This chat is bridged to {connector.display_name} "
-                "by mimi-bridge: messages are decrypted at the bridge.",
-            },
+            {"msgtype": "m.notice", "body": body},
             txn_id=f"mimi.dm-opened.{room_id}",
             as_user=ghost_id,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -230,3 +231,115 @@ def test_missing_section_is_a_config_error(tmp_path: Path, key: str) -> None:
     )
     assert res.returncode == 2
     assert res.stderr.strip() == f"mimi-bridge: config error: {key}: missing"
+
+
+async def _raw_request(port: int, data: bytes) -> bytes:
+    """Send bytes as they are (no client library to fix them up) and read the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(65536), 10)
+    finally:
+        writer.close()
+
+
+async def test_malformed_requests_do_not_fill_the_log(
+    make_bridge: BridgeFactory, as_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    await make_bridge()
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    bad = b"GET /_matrix/mau/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad\x01Header: \x01\x02\r\n\r\n"
+    for _ in range(5):
+        answer = await _raw_request(as_port, bad)
+        assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer[:200]
+    # Still serving.
+    status, _ = await call(f"http://127.0.0.1:{as_port}", "GET", "/_matrix/mau/live")
+    assert status == 200
+    assert "Traceback" not in caplog.text
+    assert all(r.exc_info is None for r in caplog.records), [r.getMessage() for r in caplog.records]
+    about = [r for r in caplog.records if "Error handling request" in r.getMessage()]
+    # Five bad requests, at most one line (the others are counted into the next one).
+    assert len(about) <= 1, [r.getMessage() for r in about]
+    for r in about:
+        assert "\n" not in r.getMessage() and len(r.getMessage()) < 400
+        assert r.levelno <= logging.WARNING
+
+
+def test_request_error_log_counts_what_it_leaves_out() -> None:
+    from bridge.appservice.request_log import RequestErrorLog
+
+    now = [100.0]
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            assert record.exc_info is None
+            lines.append(record.getMessage())
+
+    base = logging.getLogger("test.request_log")
+    base.setLevel(logging.DEBUG)
+    base.propagate = False
+    base.addHandler(Collect())
+    log = RequestErrorLog(base, interval_s=10, clock=lambda: now[0])
+    try:
+        raise ValueError("bad\nheader\x01")
+    except ValueError as e:
+        for _ in range(4):
+            log.exception("Error handling request from %s", "127.0.0.1", exc_info=e)
+    assert lines == ["Error handling request from 127.0.0.1: ValueError: bad header\x01"]
+    now[0] += 11
+    log.error("Error handling request from %s", "127.0.0.2")
+    assert lines[1] == (
+        "Error handling request from 127.0.0.2 (and 3 more since the last such line, not logged)"
+    )
+
+
+async def test_path_parameters_are_decoded_once(
+    make_bridge: BridgeFactory, as_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge = await make_bridge()
+    seen: list[tuple[str, Any]] = []
+
+    async def query_alias(alias: str) -> bool:
+        seen.append(("alias", alias))
+        return False
+
+    async def query_user(user_id: str) -> bool:
+        seen.append(("user", user_id))
+        return False
+
+    async def thirdparty_protocol(protocol: str) -> dict[str, Any] | None:
+        seen.append(("protocol", protocol))
+        return {}
+
+    async def thirdparty_location(protocol: str | None, fields: dict[str, str]) -> list[Any]:
+        seen.append(("location", (protocol, fields)))
+        return []
+
+    monkeypatch.setattr(bridge, "query_alias", query_alias)
+    monkeypatch.setattr(bridge, "query_user", query_user)
+    monkeypatch.setattr(bridge, "thirdparty_protocol", thirdparty_protocol)
+    monkeypatch.setattr(bridge, "thirdparty_location", thirdparty_location)
+    base = f"http://127.0.0.1:{as_port}"
+    # The alias #irc_acc_#spec%41:localhost, percent-encoded once as a homeserver sends it.
+    for path in (
+        "/_matrix/app/v1/rooms/%23irc_acc_%23spec%2541%3Alocalhost",
+        "/rooms/%23irc_acc_%23spec%2541%3Alocalhost",
+        "/_matrix/app/v1/users/%40irc_acc_a%2541%3Alocalhost",
+        "/_matrix/app/v1/thirdparty/protocol/ir%2541c",
+        "/_matrix/app/v1/thirdparty/location/ir%2541c?room=%2523a%2541",
+        "/_matrix/app/v1/thirdparty/location?alias=%23irc_acc_%23spec%2541%3Alocalhost",
+    ):
+        status, _ = await call(base, "GET", path, token=HS_TOKEN)
+        assert status in (200, 404), path
+    assert seen == [
+        ("alias", "#irc_acc_#spec%41:localhost"),
+        ("alias", "#irc_acc_#spec%41:localhost"),
+        ("user", "@irc_acc_a%41:localhost"),
+        ("protocol", "ir%41c"),
+        ("protocol", "ir%41c"),
+        ("location", ("ir%41c", {"room": "%23a%41"})),
+        ("location", (None, {"alias": "#irc_acc_#spec%41:localhost"})),
+    ]

@@ -4,6 +4,11 @@ Routes: transactions, user and room-alias queries, third-party lookups, ping, on
 ``/_matrix/app/v1`` paths and the legacy ones. Authentication follows the spec: no token is
 401, a wrong token (or a header and query parameter that disagree) is 403 ``M_FORBIDDEN``,
 compared in constant time. A transaction is acknowledged once its events are durably recorded.
+
+Path parameters come decoded from aiohttp's router and are used as they are: decoding them
+again would turn ``%2541`` (an alias's literal ``%41``) into ``A``. Requests that aiohttp
+cannot parse get their 400 from it and one rate-limited line in the log, never a traceback:
+anyone who reaches the port could otherwise fill the log.
 """
 
 from __future__ import annotations
@@ -12,13 +17,13 @@ import hmac
 import json
 import logging
 from typing import Any, Protocol
-from urllib.parse import unquote
 
 from aiohttp import web
 
 from ..crypto.base import RoomCrypto
 from ..db import PendingEvent, TransactionStore
 from ..matrix.txn import transaction_extras
+from .request_log import RequestErrorLog
 
 
 class AppserviceHandler(Protocol):
@@ -169,7 +174,7 @@ class AppserviceServer:
     async def get_user(self, request: web.Request) -> web.Response:
         if err := self._check_auth(request):
             return err
-        user_id = unquote(request.match_info["user_id"])
+        user_id = request.match_info["user_id"]
         if await self.handler.query_user(user_id):
             return web.json_response({})
         return _error(404, "M_NOT_FOUND", "No such user")
@@ -177,7 +182,7 @@ class AppserviceServer:
     async def get_room(self, request: web.Request) -> web.Response:
         if err := self._check_auth(request):
             return err
-        alias = unquote(request.match_info["alias"])
+        alias = request.match_info["alias"]
         if await self.handler.query_alias(alias):
             return web.json_response({})
         return _error(404, "M_NOT_FOUND", "No such room")
@@ -244,7 +249,9 @@ class AppserviceServer:
     # --- lifecycle ---
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, logger=RequestErrorLog(self.log.getChild("http"))
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()

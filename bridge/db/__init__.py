@@ -3,12 +3,13 @@ appservice transactions the homeserver pushed."""
 
 from .ghosts import Ghost, GhostStore
 from .messages import MessageRow, MessageStore, ReactionRow
-from .open import open_database
+from .open import DatabaseUnavailable, open_database
 from .portals import Portal, PortalStore
 from .transactions import PendingEvent, TransactionStore
 from .users import LoginRow, UserStore
 
 __all__ = [
+    "DatabaseUnavailable",
     "Ghost",
     "GhostStore",
     "LoginRow",

@@ -58,6 +58,7 @@ from .delivery import Deliveries
 from .deltachat_to_matrix import DeltaChatToMatrix
 from .groups import Groups
 from .matrix_to_deltachat import MatrixToDeltaChat
+from .own_sends import OwnSends
 from .rpc import Rpc, RpcDown
 from .store import Store
 
@@ -130,6 +131,7 @@ class DeltaChatConnector(NetworkConnector):
             self.rpc, self.calls, self.store, self.cfg, self.accounts, self.contacts, self.log
         )
         self.deliveries = Deliveries(self.rpc, bridge)
+        self.own_sends = OwnSends()
         self.groups = Groups(
             bridge,
             self.rpc,
@@ -152,6 +154,7 @@ class DeltaChatConnector(NetworkConnector):
             self.accounts,
             self.chats,
             self.deliveries,
+            self.own_sends,
             outdir,
         )
         self.incoming = DeltaChatToMatrix(
@@ -164,6 +167,7 @@ class DeltaChatConnector(NetworkConnector):
             self.chats,
             self.groups,
             self.deliveries,
+            self.own_sends,
             self.log,
         )
         self._commands = Commands(self.rpc, self.calls, self.accounts, self.groups, self.started)

@@ -138,6 +138,9 @@ class ConnectionHandler:
     def irc_disconnected(self, conn: IRCConnection, reason: str) -> None:
         pass
 
+    def irc_casemapping(self, conn: IRCConnection) -> None:
+        """The server announced a case mapping other than the one ``conn`` folded with."""
+
     def irc_nick_taken(self, conn: IRCConnection, nick: str, attempt: int) -> str | None:
         """An alternative nick during registration (None: give up on this connection)."""
         from .ids import alternative_nick
@@ -684,7 +687,7 @@ class IRCConnection(asyncio.Protocol):
                 continue
             self.isupport[key] = value
             if key == "CASEMAPPING" and value in ("ascii", "rfc1459", "strict-rfc1459"):
-                self.casemapping = value
+                self._set_casemapping(value)
             elif key == "CHANTYPES":
                 self.chantypes = value
             elif key == "PREFIX" and value.startswith("(") and ")" in value:
@@ -693,6 +696,27 @@ class IRCConnection(asyncio.Protocol):
             elif key == "NICKLEN" and value.isdigit():
                 self.params.nicklen = int(value)
         self._ignore_first = (self.chantypes + "".join(self.prefixes)).encode()
+
+    def _set_casemapping(self, mapping: str) -> None:
+        """The server's mapping: every name this connection keeps is re-folded with it (they
+        were folded with the default before the server said), then the handler is told."""
+        if mapping == self.casemapping:
+            return
+        self.casemapping = mapping
+        names = self.channel_names
+
+        def refold(canon: str) -> str:
+            # From the name as given: the old fold may have lost what the new one keeps.
+            return self.fold(names.get(canon, canon))
+
+        self.channels = {refold(c): key for c, key in self.channels.items()}
+        self.joined = {refold(c) for c in self.joined}
+        self._joins = {refold(c): waiter for c, waiter in self._joins.items()}
+        for msg in self.pending:
+            if msg.channel is not None:
+                msg.channel = self.fold(msg.target)
+        self.channel_names = {self.fold(given): given for given in names.values()}
+        self.handler.irc_casemapping(self)
 
     def _on_cap(self, line: Line) -> None:
         sub = line.param(1).upper()

@@ -12,7 +12,7 @@ Example::
             tls_verify: true            # check the server certificate and host name
             tls_ca_file: null           # extra CA bundle (PEM) for tls_verify
             password: null              # server password (PASS) for every connection
-            casemapping: rfc1459        # canonical form of nicks/channels in ids
+            casemapping: rfc1459        # the form of nicks/channels in Matrix ids (see below)
             bot:                        # the one connection that listens to channels
               nick: mimibridge
               username: mimibridge
@@ -43,6 +43,19 @@ Example::
                                         # before their ghost leaves; 0: leave at once
             channels: ["#bridge-test"]  # joined by the bot at start
             puppets: true               # false: relay through the bot only
+
+``casemapping`` is the form nicks and channels take in Matrix ids: ghost localparts
+(``@irc_libera_foo=7b1=7d``), room aliases and portal ids. It is fixed by the config, not by the
+server: at run time every comparison of nicks and channels (the listener's channel state, the
+puppets' nick index, NAMES snapshots, mentions) uses the ``CASEMAPPING`` the server announces
+in ISUPPORT, and the ids stay what they are when a server changes its mapping. ``rfc1459``
+(``[]\\~`` fold to ``{}|^``, the default) folds the most of the three, so two nicks a server
+counts as one always share a ghost; on a server that tells them apart (ngircd: ``ascii``),
+``foo[1]`` and ``foo{1}`` share one ghost too. Names go back to IRC as the bridge saw them
+spelled (``#a[b]`` for the portal ``#a{b}``; a channel it has not seen yet goes as its id).
+Changing the key renames the ghosts and aliases
+of names holding ``[]\\~`` (``ascii`` or ``strict-rfc1459`` keep ids of an install made with
+them).
 """
 
 from __future__ import annotations

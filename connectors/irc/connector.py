@@ -70,6 +70,8 @@ from .ranks import MODE_ERRORS, mode_change, mode_params
 
 log = logging.getLogger("mimi.irc")
 
+DM_NICKS = 1000  # private-message partners whose nick spelling is remembered
+
 
 class Network(ConnectionHandler):
     """Everything of one configured IRC network."""
@@ -92,6 +94,7 @@ class Network(ConnectionHandler):
             self.network,
             puppet_user=self.pool.user_of_nick,
             ghost_user_id=lambda nick: self.bridge.ghost_user_id(self.network, nick),
+            id_of=self.id_of,
             power_levels=cfg.power_levels,
             netsplit_window=cfg.netsplit_window,
         )
@@ -126,11 +129,39 @@ class Network(ConnectionHandler):
         self._emitter: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._split_timer: asyncio.TimerHandle | None = None
+        # How private-message partners spell their nicks, by remote id: the id may fold more
+        # than the server (alice{m} for alice[m] on an ascii server), and a partner who shares
+        # no channel with the bot is known nowhere else. The most recent DM_NICKS.
+        self._dm_nicks: dict[str, str] = {}
 
     # --- plumbing -----------------------------------------------------------------------------
 
-    def fold(self, name: str) -> str:
+    def id_of(self, name: str) -> str:
+        """A nick or channel name as it is known in Matrix (remote ids, ghosts, aliases):
+        folded with the configured ``casemapping``, whatever the server announces. Nicks and
+        channels are compared at run time with the server's mapping (``conn.fold``)."""
         return ids.canonical_nick(name, self.cfg.casemapping)
+
+    def irc_casemapping(self, conn: IRCConnection) -> None:
+        """The bot learnt the server's mapping: what the network keeps is re-folded with it."""
+        self.pool.set_casemapping(conn.casemapping)
+        self.translator.rekey(conn.fold)
+
+    def channel_name(self, remote_id: str) -> str:
+        """A channel's name as IRC spells it, for a portal's remote id. The id form may fold
+        more than the server (``#a{b}`` for ``#a[b]`` on an ascii server): the names the bot
+        knows are searched; an unknown channel is its remote id."""
+        bot = self.bot
+        known = bot.channel_names.get(bot.fold(remote_id))
+        if known is not None and self.id_of(known) == remote_id:
+            return known
+        state = self.translator.channels.get(bot.fold(remote_id))
+        if state is not None and self.id_of(state.name) == remote_id:
+            return state.name
+        if not ids.folded_specials(remote_id):
+            return remote_id
+        names = [*bot.channel_names.values(), *(s.name for s in self.translator.channels.values())]
+        return next((name for name in names if self.id_of(name) == remote_id), remote_id)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -167,15 +198,21 @@ class Network(ConnectionHandler):
         except Exception:
             log.exception("%s: loading logins failed", self.cfg.netid)
         await self.connector.nick_store.load(self)
-        channels = list(self.cfg.channels)
-        try:
-            channels += [p.remote_id for p in await self.bridge.portals(self.network)
-                         if not p.receiver and ids.valid_channel(p.remote_id)]  # fmt: skip
-        except Exception:
-            log.exception("%s: listing portals failed", self.cfg.netid)
-        for channel in channels:
+        for channel in self.cfg.channels:
             self.bot.channels[self.bot.fold(channel)] = None
             self.bot.channel_names[self.bot.fold(channel)] = channel
+        try:
+            portals = await self.bridge.portals(self.network)
+        except Exception:
+            log.exception("%s: listing portals failed", self.cfg.netid)
+            portals = []
+        for portal in portals:
+            if portal.receiver or not ids.valid_channel(portal.remote_id):
+                continue
+            # Spelled as in the config when it is there (the id may have lost the spelling).
+            channel = self.channel_name(portal.remote_id)
+            self.bot.channels.setdefault(self.bot.fold(channel), None)
+            self.bot.channel_names.setdefault(self.bot.fold(channel), channel)
         self.bot.start()
         if self.cfg.puppets:
             self.spawn(self._reconnect_members())
@@ -205,11 +242,12 @@ class Network(ConnectionHandler):
                 members = await self.bridge.portal_members(portal)
             except Exception:
                 continue
+            channel = self.channel_name(portal.remote_id)
             for user in members:
                 puppet = self.pool.obtain(user.user_id, user.display_name)
                 if puppet is not None:
-                    puppet.conn.channels.setdefault(puppet.conn.fold(portal.remote_id), None)
-                    puppet.conn.channel_names[puppet.conn.fold(portal.remote_id)] = portal.remote_id
+                    puppet.conn.channels.setdefault(puppet.conn.fold(channel), None)
+                    puppet.conn.channel_names[puppet.conn.fold(channel)] = channel
 
     async def stop(self) -> None:
         await self.pool.close()
@@ -268,6 +306,11 @@ class Network(ConnectionHandler):
     def _on_private(self, puppet: Puppet, line: Line) -> None:
         event = self.translator.private_message(puppet.conn, line, puppet.user_id)
         if event is not None:
+            remote_id = event.portal.remote_id
+            self._dm_nicks.pop(remote_id, None)
+            self._dm_nicks[remote_id] = line.nick
+            if len(self._dm_nicks) > DM_NICKS:
+                del self._dm_nicks[next(iter(self._dm_nicks))]
             self.emit(event)
 
     def _on_puppet_notice(self, puppet: Puppet, text: str) -> None:
@@ -286,17 +329,24 @@ class Network(ConnectionHandler):
             canon = ids.parse_ghost_localpart(local, self.cfg.casemapping)
             if canon is None:
                 return None
-            return self.translator.display_nick(canon) or canon
+            return self.display_nick(canon)
         puppet = self.pool.get(user_id)
         return puppet.conn.nick if puppet is not None else None
 
     def display_nick(self, canon: str | None) -> str | None:
+        """The nick, as IRC spells it, of a remote user id (a ghost's or a DM partner's)."""
         if not canon:
             return None
-        puppet = self.pool.by_nick.get(canon)
-        if puppet is not None:
+        puppet = self.pool.by_nick.get(self.pool.fold(canon))
+        if puppet is not None and self.id_of(puppet.conn.nick) == canon:
             return puppet.conn.nick
-        return self.translator.display_nick(canon) or canon
+        if ids.folded_specials(canon):  # the fast path may have missed the spelling
+            for puppet in self.pool.puppets.values():
+                if self.id_of(puppet.conn.nick) == canon:
+                    return puppet.conn.nick
+        return (
+            self.translator.nick_of_id(canon, self.bot.fold) or self._dm_nicks.get(canon) or canon
+        )
 
 
 class IRCClient(NetworkClient):
@@ -315,7 +365,7 @@ class IRCClient(NetworkClient):
     def _target(self, portal: PortalKey) -> str:
         if portal.receiver:
             return self.net.display_nick(portal.remote_id) or portal.remote_id
-        return self.conn.channel_names.get(self.conn.fold(portal.remote_id), portal.remote_id)
+        return self.net.channel_name(portal.remote_id)
 
     async def _prepare(self, portal: PortalKey, user_id: str) -> str:
         if self.puppet is not None:
@@ -703,25 +753,26 @@ class IRCConnector(NetworkConnector):
                             relay_allowed=False)  # fmt: skip
         if not ids.valid_channel(portal.remote_id, net.bot.chantypes):
             return None
-        canon = net.bot.fold(portal.remote_id)
+        channel = net.channel_name(portal.remote_id)
+        canon = net.bot.fold(channel)
         if net.bot.registered and canon not in net.bot.joined:
             try:
-                await net.bot.join(portal.remote_id)
+                await net.bot.join(channel)
             except ConnectionError as e:
                 raise ConnectorError(str(e)) from e
             await asyncio.sleep(0.2)  # let NAMES and TOPIC arrive
         else:
             net.bot.channels.setdefault(canon, None)
-            net.bot.channel_names.setdefault(canon, portal.remote_id)
+            net.bot.channel_names.setdefault(canon, channel)
             net.bot.start()
-        state = net.translator.channels.get(canon)
+        state = net.translator.channels.get(net.bot.fold(channel))
         members = (
             [c.sender.remote_id for c in net.translator.snapshot(net.bot, state, puppets=False)]
             if state
             else []
         )
         return ChatInfo(
-            name=state.name if state else portal.remote_id,
+            name=state.name if state else channel,
             topic=state.topic if state else None,
             members=members,
         )
@@ -730,25 +781,26 @@ class IRCConnector(NetworkConnector):
         net = self._net(network)
         if not ids.valid_nick(remote_user_id, 64):
             return None
-        return GhostInfo(display_name=net.display_nick(net.fold(remote_user_id)))
+        return GhostInfo(display_name=net.display_nick(net.id_of(remote_user_id)))
 
     async def portal_opened(self, portal: PortalKey) -> None:
         net = self._net(portal.network)
         if portal.receiver or not ids.valid_channel(portal.remote_id):
             return
+        channel = net.channel_name(portal.remote_id)
         try:
-            await net.bot.join(portal.remote_id)
+            await net.bot.join(channel)
         except ConnectionError as e:
-            log.warning("%s: bot cannot join %s: %s", net.cfg.netid, portal.remote_id, e)
+            log.warning("%s: bot cannot join %s: %s", net.cfg.netid, channel, e)
             return
         # The member list the bot saw before the room existed had nowhere to go: send it now,
         # so that the room gets the IRC users' power levels (ops, voice).
-        state = net.translator.channels.get(net.bot.fold(portal.remote_id))
+        state = net.translator.channels.get(net.bot.fold(channel))
         if state is not None and state.names_buffer is None:
             net.emit(
                 RemoteChatInfo(
                     portal=portal,
-                    sender=Sender(net.bot.fold(net.bot.nick), net.bot.nick, is_from_me=True),
+                    sender=Sender(net.id_of(net.bot.nick), net.bot.nick, is_from_me=True),
                     members=net.translator.snapshot(net.bot, state),
                 )
             )
@@ -757,9 +809,10 @@ class IRCConnector(NetworkConnector):
         net = self._net(portal.network)
         if portal.receiver:
             return
-        net.bot.part(portal.remote_id, "unbridged")
+        channel = net.channel_name(portal.remote_id)
+        net.bot.part(channel, "unbridged")
         for puppet in net.pool.puppets.values():
-            puppet.conn.part(portal.remote_id, "unbridged")
+            puppet.conn.part(channel, "unbridged")
 
     # --- who speaks ------------------------------------------------------------------------------
 
@@ -781,7 +834,7 @@ class IRCConnector(NetworkConnector):
         net = self._net(network)
         if not ids.valid_nick(remote_user_id, 64):
             raise ConnectorError(f"{remote_user_id!r} is not an IRC nick")
-        return PortalKey(net.network, net.fold(remote_user_id), receiver=user.user_id)
+        return PortalKey(net.network, net.id_of(remote_user_id), receiver=user.user_id)
 
     # --- LoginCapable -------------------------------------------------------------------------
 

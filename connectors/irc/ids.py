@@ -3,11 +3,13 @@
 * Namespace network of IRC network ``<netid>``: ``irc_<netid>``; localpart prefix
   ``irc_<netid>_``.
 * Remote user id (ghosts): the nick in canonical form, i.e. case-folded with the network's
-  case mapping (rfc1459 by default, so ``Foo[1]`` and ``foo{1}`` are one user). The ghost's
+  configured ``casemapping`` (rfc1459 by default, so ``Foo[1]`` and ``foo{1}`` are one user),
+  never with the mapping the server announces: ids stay put when a server changes it, and the
+  connector compares names at run time with the server's mapping instead. The ghost's
   display name keeps the nick as the user typed it. Localpart: ``escape_localpart`` of the
   canonical nick (``[]\\`^{}|`` become ``=xx``).
-* Remote room id (portals): the channel name, case-folded (``#python``). Alias localpart: the
-  channel name as is (``#irc_libera_#python:example.org``).
+* Remote room id (portals): the channel name, case-folded the same way (``#python``). Alias
+  localpart: the canonical channel name (``#irc_libera_#python:example.org``).
 * DM portals: remote id = the canonical nick of the IRC user, receiver = the Matrix user id
   of the puppet's owner.
 """
@@ -65,6 +67,16 @@ def canonical_nick(nick: str, casemapping: str = "rfc1459") -> str:
 
 def canonical_channel(channel: str, casemapping: str = "rfc1459") -> str:
     return casefold(channel, casemapping)
+
+
+_FOLD_TARGETS = frozenset("{}|^")
+
+
+def folded_specials(remote_id: str) -> bool:
+    """Whether a remote id holds ``{}|^``, which rfc1459 and strict-rfc1459 fold ``[]\\~`` into:
+    only then may the id hide how a server with a finer mapping spells the name. Otherwise the
+    server's fold of the id is the server's fold of the name."""
+    return not _FOLD_TARGETS.isdisjoint(remote_id)
 
 
 def ghost_localpart(nick: str, casemapping: str = "rfc1459") -> str:

@@ -45,7 +45,8 @@ from bridge.connector.ids import PortalKey
 
 from .client import IRCConnection
 from .formatting import irc_to_html
-from .protocol import Line, parse_ctcp
+from .ids import folded_specials
+from .protocol import Line, casefold, parse_ctcp
 from .ranks import rank
 
 # Words that may be nicks: runs of nick characters. URLs are matched whole so that no nick is
@@ -102,12 +103,16 @@ class IrcToMatrix:
         *,
         puppet_user: Callable[[str], str | None],
         ghost_user_id: Callable[[str], str],
+        id_of: Callable[[str], str] = casefold,
         power_levels: dict[str, int],
         netsplit_window: float = 60.0,
     ) -> None:
         self.network = network
-        self.puppet_user = puppet_user  # canonical nick -> Matrix user id of our puppet
-        self.ghost_user_id = ghost_user_id  # canonical nick -> ghost Matrix id
+        # Two folds: the server's (conn.fold) keys what this class keeps and looks up; the
+        # network's id form (id_of) names users and channels in events for the core.
+        self.puppet_user = puppet_user  # nick folded by the server -> Matrix user of a puppet
+        self.ghost_user_id = ghost_user_id  # remote user id -> ghost Matrix id
+        self.id_of = id_of  # a nick or channel as IRC spells it -> its remote id
         self.power_levels = power_levels
         self.channels: dict[str, ChannelState] = {}
         self.expected_kicks: set[tuple[str, str]] = set()  # (channel, nick) kicked from Matrix
@@ -120,14 +125,43 @@ class IrcToMatrix:
     # --- helpers -------------------------------------------------------------------------------
 
     def portal(self, conn: IRCConnection, channel: str) -> PortalKey:
-        return PortalKey(self.network, conn.fold(channel))
+        return PortalKey(self.network, self.id_of(channel))
+
+    def channel_portal(self, canon_chan: str) -> PortalKey:
+        """The portal of a channel known by its server-folded name."""
+        state = self.channels.get(canon_chan)
+        return PortalKey(self.network, self.id_of(state.name if state else canon_chan))
 
     def sender(self, conn: IRCConnection, nick: str) -> Sender:
-        canon = conn.fold(nick)
-        user = self.puppet_user(canon)
+        user = self.puppet_user(conn.fold(nick))
         if user is not None:
-            return Sender(canon, nick, is_from_me=True, matrix_user=user)
-        return Sender(canon, nick)
+            return Sender(self.id_of(nick), nick, is_from_me=True, matrix_user=user)
+        return Sender(self.id_of(nick), nick)
+
+    def rekey(self, fold: Callable[[str], str]) -> None:
+        """Re-fold what is kept with a new server mapping (announced after a (re)connect)."""
+
+        def members(old: dict[str, Member]) -> dict[str, Member]:
+            return {fold(m.nick): m for m in old.values()}
+
+        def states(old: dict[str, ChannelState]) -> dict[str, ChannelState]:
+            out = {}
+            for state in old.values():
+                state.members = members(state.members)
+                if state.names_buffer is not None:
+                    state.names_buffer = members(state.names_buffer)
+                out[fold(state.name)] = state
+            return out
+
+        self.channels = states(self.channels)
+        self._left = states(self._left)
+        self.splits = {
+            fold(held.nick): Split(
+                held.nick, held.since, held.reason, {fold(c): m for c, m in held.channels.items()}
+            )
+            for held in self.splits.values()
+        }
+        self.expected_kicks = {(fold(c), fold(n)) for c, n in self.expected_kicks}
 
     def power(self, modes: set[str]) -> int:
         return max((self.power_levels.get(m, 0) for m in modes), default=0)
@@ -158,9 +192,12 @@ class IrcToMatrix:
                 continue
             user = self.puppet_user(canon)
             if user is None:
-                out.append(ChatMember(Sender(canon, member.nick), self.level(member)))
+                sender = Sender(self.id_of(member.nick), member.nick)
+                out.append(ChatMember(sender, self.level(member)))
             elif puppets:
-                sender = Sender(canon, member.nick, is_from_me=True, matrix_user=user)
+                sender = Sender(
+                    self.id_of(member.nick), member.nick, is_from_me=True, matrix_user=user
+                )
                 out.append(ChatMember(sender, self.level(member)))
         # Users held after a netsplit QUIT are still members until their window ends (a
         # snapshot is complete: whoever it leaves out leaves the Matrix room).
@@ -169,7 +206,8 @@ class IrcToMatrix:
             was = held.channels.get(canon_chan)
             if was is not None and canon not in state.members and canon != me:
                 if self.puppet_user(canon) is None:
-                    out.append(ChatMember(Sender(canon, held.nick), self.level(was)))
+                    sender = Sender(self.id_of(held.nick), held.nick)
+                    out.append(ChatMember(sender, self.level(was)))
         return out
 
     def member(self, channel: str, canon_nick: str) -> Member | None:
@@ -180,11 +218,20 @@ class IrcToMatrix:
         member = self.member(channel, canon_nick)
         return member.modes if member is not None else None
 
-    def display_nick(self, canon: str) -> str | None:
+    def nick_of_id(self, remote_id: str, fold: Callable[[str], str]) -> str | None:
+        """The nick, as IRC spells it, of a channel member whose remote id is ``remote_id``
+        (``fold``: the server's). The id may fold more than the server does (``{m}`` for
+        ``[m]`` on an ascii server): then the members are searched."""
         for state in self.channels.values():
-            member = state.members.get(canon)
-            if member is not None:
+            member = state.members.get(fold(remote_id))
+            if member is not None and self.id_of(member.nick) == remote_id:
                 return member.nick
+        if not folded_specials(remote_id):
+            return None
+        for state in self.channels.values():
+            for member in state.members.values():
+                if self.id_of(member.nick) == remote_id:
+                    return member.nick
         return None
 
     def new_id(self, line: Line, ts: int) -> str:
@@ -207,11 +254,13 @@ class IrcToMatrix:
             if len(word) < MIN_PILL_LENGTH or "." in word or "/" in word:
                 return None
             canon = fold(word)
-            if canon not in members or canon == me:
+            member = members.get(canon)
+            if member is None or canon == me:
                 return None
             user = self.puppet_user(canon)
-            mentions.setdefault(user or canon, user or self.ghost_user_id(canon))
-            return user or self.ghost_user_id(canon)
+            remote_id = self.id_of(member.nick)
+            mentions.setdefault(user or remote_id, user or self.ghost_user_id(remote_id))
+            return user or self.ghost_user_id(remote_id)
 
         if not any([target(m.group()) for m in _WORDS.finditer(plain)]):
             return MessageContent(text=plain, html=html, kind=kind)
@@ -257,7 +306,7 @@ class IrcToMatrix:
         ts = server_time(line) or int(time.time() * 1000)
         return RemoteMessage(
             portal=portal,
-            sender=Sender(conn.fold(line.nick), line.nick),
+            sender=Sender(self.id_of(line.nick), line.nick),
             timestamp=ts,
             id=self.new_id(line, ts),
             content=self.content(conn, text, kind, channel),
@@ -269,7 +318,7 @@ class IrcToMatrix:
         """A PRIVMSG/NOTICE to a puppet: a message in the DM portal of (sender, receiver)."""
         if not line.source or "!" not in line.source:
             return None  # server notices
-        portal = PortalKey(self.network, conn.fold(line.nick), receiver=receiver)
+        portal = PortalKey(self.network, self.id_of(line.nick), receiver=receiver)
         return self.message(conn, line, portal, None)
 
     # --- the listener -------------------------------------------------------------------------
@@ -330,7 +379,7 @@ class IrcToMatrix:
         return [
             RemoteMembership(
                 portal=self.portal(conn, channel),
-                sender=Sender(canon, line.nick),
+                sender=Sender(self.id_of(line.nick), line.nick),
                 membership=Membership.JOIN,
                 timestamp=server_time(line) or int(time.time() * 1000),
             )
@@ -348,8 +397,8 @@ class IrcToMatrix:
             return []
         return [
             RemoteMembership(
-                portal=PortalKey(self.network, canon_chan),
-                sender=Sender(canon, nick),
+                portal=PortalKey(self.network, self.id_of(state.name if state else channel)),
+                sender=Sender(self.id_of(nick), nick),
                 membership=Membership.LEAVE,
                 reason=reason or None,
                 timestamp=server_time(line) or int(time.time() * 1000),
@@ -384,14 +433,16 @@ class IrcToMatrix:
         out: list[RemoteEvent] = []
         ts = int(time.time() * 1000)
         for canon, held in list(self.splits.items()):
-            if not everyone and now - held.since < self.netsplit_window:
+            # The same sum as next_split_expiry: at that instant the window has passed
+            # (now - since may round below the window).
+            if not everyone and now < held.since + self.netsplit_window:
                 continue
             del self.splits[canon]
             for canon_chan in held.channels:
                 out.append(
                     RemoteMembership(
-                        portal=PortalKey(self.network, canon_chan),
-                        sender=Sender(canon, held.nick),
+                        portal=self.channel_portal(canon_chan),
+                        sender=Sender(self.id_of(held.nick), held.nick),
                         membership=Membership.LEAVE,
                         reason=f"Quit: {held.reason} (netsplit)",
                         timestamp=ts,
@@ -460,7 +511,7 @@ class IrcToMatrix:
         old_canon, new_canon = conn.fold(old), conn.fold(new)
         out: list[RemoteEvent] = []
         is_puppet = self.puppet_user(old_canon) is not None or self.puppet_user(new_canon)
-        for canon_chan, state in self.channels.items():
+        for state in self.channels.values():
             member = state.members.pop(old_canon, None)
             if member is None:
                 continue
@@ -468,21 +519,22 @@ class IrcToMatrix:
             state.members[new_canon] = member
             if is_puppet or self._is_bot(conn, new):
                 continue
-            portal = PortalKey(self.network, canon_chan)
+            portal = PortalKey(self.network, self.id_of(state.name))
+            old_id, new_id = self.id_of(old), self.id_of(new)
             out.append(
                 RemoteProfile(
                     portal=portal,
-                    sender=Sender(old_canon, old),
+                    sender=Sender(old_id, old),
                     display_name=new,
-                    new_remote_id=new_canon if new_canon != old_canon else None,
+                    new_remote_id=new_id if new_id != old_id else None,
                 )
             )
-            if member.modes and new_canon != old_canon:
+            if member.modes and new_id != old_id:
                 # The new ghost takes the old one's place: give it the operator's power too.
                 out.append(
                     RemoteChatInfo(
                         portal=portal,
-                        sender=Sender(new_canon, new),
+                        sender=Sender(new_id, new),
                         members=self.snapshot(conn, state),
                     )
                 )
@@ -509,7 +561,7 @@ class IrcToMatrix:
         return [
             RemoteChatInfo(
                 portal=self.portal(conn, channel),
-                sender=Sender(conn.fold(line.nick or "server"), line.nick or None),
+                sender=Sender(self.id_of(line.nick or "server"), line.nick or None),
                 topic=state.topic,
             )
         ]
@@ -554,7 +606,7 @@ class IrcToMatrix:
         out: list[RemoteEvent] = [
             RemoteChatInfo(
                 portal=portal,
-                sender=Sender(conn.fold(conn.nick), conn.nick, is_from_me=True),
+                sender=Sender(self.id_of(conn.nick), conn.nick, is_from_me=True),
                 members=self.snapshot(conn, state),
             )
         ]
@@ -568,7 +620,7 @@ class IrcToMatrix:
             out.append(
                 RemoteMembership(
                     portal=portal,
-                    sender=Sender(canon, member.nick),
+                    sender=Sender(self.id_of(member.nick), member.nick),
                     membership=Membership.LEAVE,
                     reason="no longer in the channel",
                     timestamp=now,
@@ -621,13 +673,13 @@ class IrcToMatrix:
         canon = conn.fold(line.nick)
         if self.puppet_user(canon) is not None:
             return []
-        for canon_chan, state in self.channels.items():
+        for state in self.channels.values():
             if canon in state.members:
                 away = bool(line.params and line.param(0))
                 return [
                     RemotePresence(
-                        portal=PortalKey(self.network, canon_chan),
-                        sender=Sender(canon, line.nick),
+                        portal=PortalKey(self.network, self.id_of(state.name)),
+                        sender=Sender(self.id_of(line.nick), line.nick),
                         presence="unavailable" if away else "online",
                         status=line.param(0) if away else None,
                     )

@@ -126,6 +126,9 @@ class Puppet(ConnectionHandler):
     def irc_registered(self, conn: IRCConnection) -> None:
         self.pool.index_nick(self, conn.nick)
 
+    def irc_casemapping(self, conn: IRCConnection) -> None:
+        self.pool.set_casemapping(conn.casemapping)
+
     def irc_disconnected(self, conn: IRCConnection, reason: str) -> None:
         if conn.fatal:
             self.pool.on_fatal(self, conn.fatal)
@@ -174,9 +177,22 @@ class PuppetPool:
         self.on_notice = on_notice
         self.on_fatal = on_fatal
         self._idle_task: asyncio.Task[None] | None = None
+        # The server's mapping (its ISUPPORT), not the config's form of ids: the listener
+        # looks nicks up folded the server's way.
+        self.casemapping = "rfc1459"
 
     def fold(self, nick: str) -> str:
-        return casefold(nick, self.cfg.casemapping)
+        return casefold(nick, self.casemapping)
+
+    def set_casemapping(self, mapping: str) -> None:
+        """The server announced ``mapping``: the nick index is re-folded with it."""
+        if mapping == self.casemapping:
+            return
+        self.casemapping = mapping
+        by_nick = {}
+        for puppet in self.by_nick.values():
+            by_nick[self.fold(puppet.conn.nick)] = puppet
+        self.by_nick = by_nick
 
     def index_nick(self, puppet: Puppet, nick: str) -> None:
         for key, value in list(self.by_nick.items()):

@@ -122,6 +122,36 @@ class PostgresServer:
         if result.returncode != 0:
             raise RuntimeError(f"dropdb {name} failed: {result.stderr.strip()}")
 
+    def create_password_role(self, name: str, password: str, dbname: str) -> str:
+        """A login role that must give ``password`` over TCP (every other role stays on
+        ``trust``), owning a new database ``dbname``; returns its URL with the password."""
+        sql = f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'"
+        result = self._client("psql", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql)
+        if result.returncode != 0:
+            raise RuntimeError(f"creating role {name} failed: {result.stderr.strip()}")
+        result = self._client("createdb", "-O", name, "-E", "UTF8", "-T", "template0", dbname)
+        if result.returncode != 0:
+            raise RuntimeError(f"createdb {dbname} failed: {result.stderr.strip()}")
+        # pg_hba.conf is read top-down: this line wins over the trust lines for this role only.
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text(f"host all {name} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        reload = self._pg_ctl("reload")
+        if reload.returncode != 0:
+            raise RuntimeError(f"pg_ctl reload failed: {reload.stdout}")
+        # The reload is a signal: wait until a wrong password is refused.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["PGPASSWORD"] = password + "-wrong"
+        check = [str(self.bin_dir / "psql"), "-h", self.host, "-p", str(self.port)]
+        check += ["-U", name, "-d", dbname, "-w", "-c", "SELECT 1"]
+        for _ in range(100):
+            probe = subprocess.run(check, capture_output=True, text=True, env=env, timeout=30)
+            if probe.returncode != 0 and "password authentication failed" in probe.stderr:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"PostgreSQL still lets {name} in without its password")
+        return f"postgres://{name}:{password}@{self.host}:{self.port}/{dbname}"
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def _as_postgres(self, cmd: list[str]) -> list[str]:

@@ -390,19 +390,22 @@ def start_synapse(
     *,
     extra_config: dict[str, Any] | None = None,
     timeout: float = START_TIMEOUT,
+    port: int | None = None,
 ) -> SynapseServer:
     """Write a config into ``workdir``, generate a signing key, start Synapse and wait for it.
 
     ``appservice_files`` are registration files (they must exist now; Synapse reads them at
-    startup). ``extra_config`` is deep-merged over the default config. Raises RuntimeError
-    with the tail of the log if Synapse dies or does not answer within ``timeout`` seconds.
+    startup). ``extra_config`` is deep-merged over the default config. ``port`` is the client
+    API's port (default: a free one), for a bridge config written before the start. Raises
+    RuntimeError with the tail of the log if Synapse dies or does not answer within ``timeout``
+    seconds.
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     for path in appservice_files:
         if not Path(path).is_file():
             raise FileNotFoundError(f"appservice registration file {path} does not exist")
-    port = free_port()
+    port = port or free_port()
     config = default_config(workdir, server_name, port, appservice_files)
     if extra_config:
         config = _deep_merge(config, extra_config)

@@ -29,7 +29,6 @@ def net_config(server: IrcServer, **over: Any) -> dict[str, Any]:
         "connects_per_second": 200,
         "ping_interval": 30,
         "register_timeout": 5,
-        "casemapping": "ascii",
     }
     cfg.update(over)
     return {"networks": {"test": cfg}}

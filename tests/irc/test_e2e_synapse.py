@@ -24,7 +24,8 @@ import aiohttp
 import pytest
 
 from bridge.bridge import Bridge
-from bridge.connector import PortalKey
+from bridge.connector import PortalKey, escape_localpart
+from connectors.irc.protocol import casefold
 from tests.conftest import BridgeFactory
 from tests.harness.ircd import IrcServer, start_ngircd
 from tests.harness.synapse import MatrixClient, SynapseServer
@@ -57,7 +58,6 @@ def irc_connectors(
         "reconnect": {"min_delay": 0.2, "max_delay": 1.0},
         "connects_per_second": 200,
         "register_timeout": 5,
-        "casemapping": "ascii",
         "channels": channels or [],
     }
     net.update(over)
@@ -69,7 +69,9 @@ def alias(channel: str) -> str:
 
 
 def ghost(nick: str) -> str:
-    return f"@irc_test_{nick.lower()}:localhost"
+    """The ghost of an IRC nick: its localpart is the nick folded with rfc1459 (the default
+    ``casemapping``), escaped."""
+    return f"@irc_test_{escape_localpart(casefold(nick, 'rfc1459'))}:localhost"
 
 
 async def matrix_user(synapse: SynapseServer, name: str) -> MatrixClient:

@@ -310,7 +310,7 @@ async def test_display_name_change_nick_collisions() -> None:
         before = len(nick_lines())
         await client.handle_matrix_profile(change("Danielle", "#d"))  # type: ignore[attr-defined]
         assert len(nick_lines()) == before
-        assert net.pool.user_of_nick(net.fold("Danielle[m]2")) == USER.user_id
+        assert net.pool.user_of_nick(net.pool.fold("Danielle[m]2")) == USER.user_id
         server.no_brackets = True
         await client.handle_matrix_profile(change("Dee"))  # type: ignore[attr-defined]
         assert puppet.conn.nick.startswith("m") and "[" not in puppet.conn.nick

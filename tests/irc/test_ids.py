@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connectors.irc import ids
+from connectors.irc.protocol import casefold
 
 nicks = st.from_regex(r"\A[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]{0,29}\Z")
 
@@ -62,3 +63,13 @@ def test_nick_for_always_valid(display: str, local: str) -> None:
 def test_alternative_nick() -> None:
     assert ids.alternative_nick("alice[m]", 1) == "alice[m]1"
     assert len(ids.alternative_nick("x" * 30, 12, 30)) == 30
+
+
+@given(nicks)
+def test_ids_without_folded_specials_keep_the_servers_fold(nick: str) -> None:
+    # An id without {}|^ folds, under any server mapping, as the name does: no spelling to find.
+    for form in ("rfc1459", "strict-rfc1459", "ascii"):
+        remote_id = ids.canonical_nick(nick, form)
+        if not ids.folded_specials(remote_id):
+            for server in ("rfc1459", "strict-rfc1459", "ascii"):
+                assert casefold(remote_id, server) == casefold(nick, server)

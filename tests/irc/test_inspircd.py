@@ -28,7 +28,7 @@ async def test_ircv3_caps_tags_echo_away(bridge, inspircd) -> None:
     chan = "#" + unique("v3")
     alice = await RawIRC(inspircd.host, inspircd.port, unique("alice")).connect()
     await alice.join(chan)
-    conn = await start_connector(bridge, inspircd, casemapping="rfc1459")
+    conn = await start_connector(bridge, inspircd)
     try:
         net = conn.networks["test"]
         want = {"server-time", "message-tags", "echo-message", "multi-prefix", "away-notify",

@@ -27,11 +27,11 @@ def ghost(canon: str) -> str:
 class Listener:
     """The bot's connection and the translator, fed raw server lines."""
 
-    def __init__(self, nick: str = "bot") -> None:
+    def __init__(self, nick: str = "bot", puppets: dict[str, str] = PUPPETS) -> None:
         self.conn = IRCConnection(ConnParams("irc.test", 6667, nick, nick, nick))
         self.tr = IrcToMatrix(
             "irc_test",
-            puppet_user=PUPPETS.get,
+            puppet_user=puppets.get,
             ghost_user_id=ghost,
             power_levels=dict(DEFAULT_POWER),
         )
@@ -251,3 +251,27 @@ def test_netsplit_window_zero_leaves_at_once() -> None:
     irc.join("bot carol")
     (leave,) = irc.feed(":carol!c@h QUIT :irc.a.example irc.b.example")
     assert isinstance(leave, RemoteMembership) and leave.membership == Membership.LEAVE
+
+
+def test_server_mapping_for_lookups_id_form_for_events() -> None:
+    """An ascii server (ngircd) under the default id form (rfc1459): the puppet Ann[m] is known
+    by ann[m] (the server's fold, as the pool indexes it), events name users and channels in
+    the rfc1459 form; names kept before the server's announcement are re-folded."""
+    irc = Listener(puppets={"ann[m]": "@ann:example.org"})
+    irc.join("bot Dan[x] Ann[m]", "#Ch[1]")  # still the default rfc1459 fold
+    assert set(irc.tr.channels) == {"#ch{1}"}
+    irc.conn.casemapping = "ascii"
+    irc.tr.rekey(irc.conn.fold)
+    assert set(irc.tr.channels) == {"#ch[1]"}
+    assert set(irc.tr.channels["#ch[1]"].members) == {"bot", "dan[x]", "ann[m]"}
+    # The puppet's own line (its echo on the listener) is not bridged.
+    assert irc.feed(":Ann[m]!a@h PRIVMSG #Ch[1] :hello") == []
+    (msg,) = irc.feed(":Dan[x]!d@h PRIVMSG #CH[1] :ANN[M]: hi, ann{m} is someone else")
+    assert isinstance(msg, RemoteMessage)
+    assert msg.portal.remote_id == "#ch{1}"
+    assert (msg.sender.remote_id, msg.sender.display_name) == ("dan{x}", "Dan[x]")
+    assert msg.content.mentions == ["@ann:example.org"]
+    assert irc.tr.nick_of_id("dan{x}", irc.conn.fold) == "Dan[x]"
+    (leave,) = irc.feed(":DAN[X]!d@h PART #CH[1] :bye")
+    assert isinstance(leave, RemoteMembership)
+    assert leave.portal.remote_id == "#ch{1}" and leave.sender.remote_id == "dan{x}"

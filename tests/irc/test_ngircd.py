@@ -564,3 +564,56 @@ async def test_connector_error_when_join_refused(bridge, ngircd, irc_users) -> N
 
 def test_serialized_lines_are_single() -> None:
     assert serialize("PRIVMSG", "#c", "x").count(b"\r\n") == 1
+
+
+async def test_ascii_server_folds_names_its_way_ids_keep_rfc1459(bridge, ngircd, irc_users) -> None:
+    """ngircd announces CASEMAPPING=ascii, the ids' form is rfc1459 (no ``casemapping`` key):
+    what the connection kept before the announcement is re-folded, the puppet is known by its
+    nick as the server folds it, and a channel named in the rfc1459 form in Matrix is spelled
+    as IRC knows it on the way back."""
+    n = unique("")
+    chan = f"#Ch[{n}]a"
+    alice = await irc_users(unique("alice"))
+    await alice.join(chan)
+    conn = await start_connector(bridge, ngircd, channels=[chan])
+    try:
+        net = conn.networks["test"]
+        assert net.bot.casemapping == "ascii" and net.pool.casemapping == "ascii"
+        await wait_for(lambda: f"#ch[{n}]a" in net.bot.joined, what="the bot's join")
+        assert set(net.bot.channels) == {f"#ch[{n}]a"}
+        alice.send(f"NICK Al[{n}]")
+        await alice.expect(lambda ln: ln.command == "NICK", what="NICK")
+        alice.send(f"PRIVMSG {chan} :hello")
+        msg = (await wait_for(lambda: bridge.of_type(RemoteMessage), what="message"))[0]
+        portal = PortalKey(NET, f"#ch{{{n}}}a")  # the rfc1459 form
+        assert msg.portal == portal
+        assert msg.sender.remote_id == f"al{{{n}}}" and msg.sender.display_name == f"Al[{n}]"
+        client = await conn.client_for(BOB, portal)
+        await client.handle_matrix_message(message(portal, BOB.user_id, "hi Al"))
+        line = await alice.expect(lambda ln: ln.nick == "Bob[m]" and ln.param(1) == "hi Al")
+        assert line.param(0) == chan
+        assert net.pool.user_of_nick(net.bot.fold("Bob[m]")) == BOB.user_id
+        # The puppet's own line is not bridged back; a DM to the rfc1459 id reaches Al[n].
+        await asyncio.sleep(0.3)
+        assert len(bridge.of_type(RemoteMessage)) == 1
+        dm = await conn.open_dm(BOB, NET, f"AL[{n}]")
+        assert dm.remote_id == f"al{{{n}}}"
+        await client.handle_matrix_message(message(dm, BOB.user_id, "psst"))
+        line = await alice.expect(lambda ln: ln.param(1) == "psst", what="the DM")
+        assert line.param(0) == f"Al[{n}]"
+        # Someone in no channel with the bot: the answer to their DM goes to their nick as
+        # they spell it, not to the rfc1459 form of the portal's id.
+        zoe = await irc_users(f"zoe{n}")
+        zoe.send(f"NICK Zo[e]{n}")
+        await zoe.expect(lambda ln: ln.command == "NICK", what="NICK")
+        zoe.send("PRIVMSG Bob[m] :who is this?")
+        dm = await wait_for(
+            lambda: [m for m in bridge.of_type(RemoteMessage) if m.content.text == "who is this?"],
+            what="the DM from IRC",
+        )
+        assert dm[0].portal == PortalKey(NET, f"zo{{e}}{n}", receiver=BOB.user_id)
+        await client.handle_matrix_message(message(dm[0].portal, BOB.user_id, "Bob"))
+        line = await zoe.expect(lambda ln: ln.param(1) == "Bob", what="the answer")
+        assert line.param(0) == f"Zo[e]{n}"
+    finally:
+        await conn.stop()

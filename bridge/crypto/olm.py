@@ -182,10 +182,22 @@ class OlmCrypto:
         await self._machine.load()
         if not stored:
             await self._store.put_device_id(device_id)
+        account = self._machine.account
+        if account is not None and account.shared and not await self._keys_published():
+            # The device was deleted on the homeserver (and made anew just now): the same
+            # keys are published again, so the rooms' members can encrypt for it again.
+            self.log.warning("the bot's device keys were gone from the homeserver: publishing")
+            account.shared = False
         await self._machine.share_keys()
         self._ready.set()
         self.log.info("end-to-bridge encryption on: bot device %s", device_id)
         self._probe_task = asyncio.create_task(self._probe())
+
+    async def _keys_published(self) -> bool:
+        assert self._client is not None
+        bot = UserID(self.hs.bot_mxid)
+        resp = await self._client.query_keys([bot])
+        return DeviceID(self.device_id) in resp.device_keys.get(bot, {})
 
     async def stop(self) -> None:
         if self._probe_task:

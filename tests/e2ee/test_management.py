@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+from mautrix.api import Method, Path
 
 from bridge.crypto.olm import OlmCrypto
 from tests.conftest import BridgeFactory
@@ -90,3 +91,21 @@ async def test_events_before_the_device_is_ready_wait_for_it(
     await asyncio.sleep(2)
     answers = [e for r, e in alice.events if r == room and "login <network>" in str(e.source)]
     assert len(answers) == 1, f"{sent} answered {len(answers)} times"
+
+
+async def test_device_deleted_on_the_homeserver_is_published_again(
+    make_bridge: BridgeFactory, nio_user: NioFactory
+) -> None:
+    bridge = await make_bridge(encryption={"allow": True})
+    assert bridge.crypto is not None
+    device = bridge.crypto.device_id
+    # Deleted with its keys (the appservice may, without authentication steps).
+    await bridge.hs.request(Method.DELETE, Path.v3.devices[device], {})
+    await bridge.stop()
+
+    again = await make_bridge(encryption={"allow": True})
+    assert again.crypto is not None and again.crypto.device_id == device
+    bob = await nio_user()
+    room = await encrypted_management_room(bob)
+    await bob.send_text(room, "help")
+    await bob.wait_for_body(room, "login <network>", sender=BOT)

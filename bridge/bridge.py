@@ -29,6 +29,7 @@ from .connector.capabilities import ThirdPartyLookup
 from .connectors_loader import enabled_sections, load_connector_classes
 from .content import avatar_name, sniff_image
 from .credentials import CredentialBox
+from .crypto import RoomCrypto
 from .db import (
     GhostStore,
     MessageStore,
@@ -77,6 +78,7 @@ class Bridge:
         self._stores: dict[type, Any] = {}
         self.replayed_events: set[str] = set()
         self.server: AppserviceServer | None = None
+        self.crypto: RoomCrypto | None = None
         self.portal_mgr = PortalManager(self)
         from .commands import CommandProcessor
         from .matrix_to_remote import MatrixHandler
@@ -159,6 +161,8 @@ class Bridge:
         self.server = AppserviceServer(
             self.cfg.hs_token, self.transactions, self, self.log.getChild("appservice")
         )
+        if self.cfg.encryption.allow:
+            self._make_crypto(self.server)
         self.media_links.session = self.hs.session
         self.media_links.add_routes(self.server.app)
         try:
@@ -168,6 +172,7 @@ class Bridge:
                 f"cannot listen on {self.cfg.hostname}:{self.cfg.port}: {e.strerror}"
             ) from e
         await self._wait_for_homeserver()
+        await self._start_crypto()
         try:
             await self.hs.set_displayname(self.cfg.bot_mxid, self.cfg.bot_displayname)
         except MatrixError as e:
@@ -176,7 +181,28 @@ class Bridge:
             await connector.start()
             for ns in connector.namespaces():
                 self._started[ns.network].set()
+        await self.matrix_handler.resume_waiting()
         self.log.info("bridge started with %s", ", ".join(self.networks) or "no networks")
+
+    def _make_crypto(self, server: AppserviceServer) -> None:
+        from .crypto.olm import OlmCrypto
+
+        self.crypto = OlmCrypto(
+            self.db, self.hs, self.credentials, self.is_bridge_user, self.log.getChild("crypto")
+        )
+        # From now on: what comes in or goes out before start() finishes waits for it, so
+        # nothing is sent in clear into an encrypted room meanwhile.
+        server.crypto = self.hs.crypto = self.crypto
+
+    async def _start_crypto(self) -> None:
+        if self.crypto is None:
+            return
+        from .crypto.olm import CryptoStartupError
+
+        try:
+            await self.crypto.start()
+        except CryptoStartupError as e:
+            raise StartupError(str(e)) from e
 
     async def _wait_for_homeserver(self) -> None:
         """Ping the homeserver through itself back to us: proves the URL and both tokens.
@@ -216,6 +242,7 @@ class Bridge:
         self._stopping.set()
         if self.server:
             await self.server.stop()
+        self.matrix_handler.stop_waiting()
         # Events already acknowledged to the homeserver are finished before the connectors
         # go (cancelled half-way, a sent message would lose its id mapping for good).
         try:
@@ -228,6 +255,10 @@ class Bridge:
             except Exception:
                 self.log.exception("connector %s did not stop cleanly", connector.name)
         await self.queues.close()
+        if self.crypto is not None:
+            await self.crypto.stop()
+            self.crypto = None
+        self.hs.crypto = None
         await self.hs.close()
         if self._db:
             await self._db.stop()

@@ -309,6 +309,9 @@ class CommandProcessor:
             return f"{ctx.args[1]} was not found on {network}."
         if not self.bridge.hs.is_joined(room_id, self.bridge.cfg.bot_mxid):
             await self.bridge.hs.join(room_id)
+        crypto = self.bridge.crypto
+        if self.bridge.cfg.encryption.require and crypto and not await crypto.is_encrypted(room_id):
+            return "This bridge bridges only encrypted rooms: turn on encryption there first."
         portal = Portal(
             key=key,
             room_id=room_id,

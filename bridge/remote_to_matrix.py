@@ -273,7 +273,7 @@ class RemoteHandler:
         contents: list[dict[str, Any]] = []
         for att in evt.content.attachments:
             try:
-                contents.append(await self._attachment(att, voice.as_user))
+                contents.append(await self._attachment(att, voice.as_user, portal.room_id))
             except MatrixError as e:
                 self.log.warning("attachment %s not uploaded: %s", att.filename, e)
                 link = f" ({att.url})" if att.url else ""
@@ -319,11 +319,21 @@ class RemoteHandler:
                 )
             )
 
-    async def _attachment(self, att: Any, ghost: str | None) -> dict[str, Any]:
+    async def _attachment(
+        self, att: Any, ghost: str | None, room_id: str | None = None
+    ) -> dict[str, Any]:
         if att.data is None:
             if att.url:
                 return {"msgtype": "m.text", "body": f"{att.filename}: {att.url}"}
             raise MatrixError("M_INVALID_PARAM", "attachment has neither data nor url")
+        crypto = self.bridge.crypto
+        if crypto is not None and room_id and await crypto.is_encrypted(room_id, ghost):
+            # Encrypted rooms get encrypted attachments: the media repo holds ciphertext.
+            data, file = await crypto.encrypt_file(att.data)
+            mxc = await self.hs.upload(data, "application/octet-stream", att.filename, ghost)
+            content = contentmod.media_content(att, mxc)
+            content["file"] = {**file, "url": content.pop("url")}
+            return content
         mxc = await self.hs.upload(att.data, att.mimetype, att.filename, as_user=ghost)
         return contentmod.media_content(att, mxc)
 

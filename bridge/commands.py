@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .connector import ChatInfo, ConnectorError, MatrixUser, PortalKey
+from .connector import ChatInfo, ConnectorError, MatrixUser
 from .connector.capabilities import ExtraCommands, LoginCapable, Plumbing
 from .db import LoginRow, Portal
 from .matrix.homeserver import MatrixError
@@ -276,7 +276,9 @@ class CommandProcessor:
         if len(ctx.args) < 2:
             return "usage: join <network> <room>"
         network = self._network(ctx.args[0])
-        key = PortalKey(network, ctx.args[1])
+        key = self.bridge.portal_key(network, ctx.args[1])
+        if key is None:
+            return f"{ctx.args[1]} was not found on {network}."
         portal = await self.bridge.portal_mgr.open_portal(key, ctx.user.user_id, invite_user=True)
         if portal is None:
             return f"{ctx.args[1]} was not found on {network}."
@@ -291,7 +293,9 @@ class CommandProcessor:
             return "Only room admins may link a room."
         if await self.bridge.portal_store.by_room(room_id):
             return "This room is already bridged; unlink it first."
-        key = PortalKey(network, ctx.args[1])
+        key = self.bridge.portal_key(network, ctx.args[1])
+        if key is None:
+            return f"{ctx.args[1]} was not found on {network}."
         existing = await self.bridge.portal_store.get(key)
         if existing and existing.room_id:
             return f"{ctx.args[1]} is already bridged to {existing.room_id}."
@@ -305,6 +309,9 @@ class CommandProcessor:
             return f"{ctx.args[1]} was not found on {network}."
         if not self.bridge.hs.is_joined(room_id, self.bridge.cfg.bot_mxid):
             await self.bridge.hs.join(room_id)
+        crypto = self.bridge.crypto
+        if self.bridge.cfg.encryption.require and crypto and not await crypto.is_encrypted(room_id):
+            return "This bridge bridges only encrypted rooms: turn on encryption there first."
         portal = Portal(
             key=key,
             room_id=room_id,

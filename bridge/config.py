@@ -44,6 +44,16 @@ class RelayConfig:
 
 
 @dataclass(slots=True)
+class EncryptionConfig:
+    # Join and work in encrypted rooms (needs the homeserver's MSC2409/MSC3202 support).
+    allow: bool = False
+    # Portals the bridge creates are encrypted.
+    default: bool = False
+    # Refuse to bridge rooms that are not encrypted.
+    require: bool = False
+
+
+@dataclass(slots=True)
 class BridgeConfig:
     path: Path
     hs_address: str
@@ -69,6 +79,7 @@ class BridgeConfig:
     public_address: str = ""
     media_link_lifetime_days: float = 30
     media_link_max_size_mb: float = 100
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     # Unknown and renamed keys, one line each: logged at start-up, never a stop.
     warnings: list[str] = field(default_factory=list)
 
@@ -286,6 +297,16 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         if value < 0:
             raise ConfigError(f"bridge.media_links.{key}", "must be 0 (no limit) or more")
     links.finish()
+    enc_r = br.section("encryption", required=False)
+    encryption = EncryptionConfig(
+        allow=enc_r.get("allow", bool, False),
+        default=enc_r.get("default", bool, False),
+        require=enc_r.get("require", bool, False),
+    )
+    for name in ("default", "require"):
+        if getattr(encryption, name) and not encryption.allow:
+            raise ConfigError(f"bridge.encryption.{name}", "needs bridge.encryption.allow: true")
+    enc_r.finish()
     br.finish()
 
     log_cfg = root.get("logging", dict, {"level": "INFO"})
@@ -320,6 +341,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         public_address=public_address,
         media_link_lifetime_days=link_days,
         media_link_max_size_mb=link_mb,
+        encryption=encryption,
         warnings=warnings,
     )
 

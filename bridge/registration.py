@@ -35,8 +35,14 @@ def build(
         "hs_token": cfg.hs_token,
         "sender_localpart": cfg.bot_username,
         "rate_limited": False,
-        "receive_ephemeral": cfg.ephemeral_events,
-        "de.sorunome.msc2409.push_ephemeral": cfg.ephemeral_events,
+        # To-device messages (room keys) come with the ephemeral events (MSC2409).
+        "receive_ephemeral": cfg.ephemeral_events or cfg.encryption.allow,
+        "de.sorunome.msc2409.push_ephemeral": cfg.ephemeral_events or cfg.encryption.allow,
+        # End-to-bridge encryption: the bridge creates its bot's device itself (MSC4190) and
+        # gets device lists and one-time-key counts in transactions (MSC3202). Harmless while
+        # bridge.encryption.allow is off, so turning it on needs no new registration.
+        "org.matrix.msc3202": True,
+        "io.element.msc4190": True,
         "protocols": protocols,
         "namespaces": namespaces_regexes(cfg.domain, cfg.bot_username, namespaces),
     }

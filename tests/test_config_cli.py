@@ -45,6 +45,8 @@ def test_generate_registration(tmp_path: Path) -> None:
     reg = YAML().load(reg_path)
     assert reg["rate_limited"] is False and reg["receive_ephemeral"] is True
     assert reg["sender_localpart"] == "mimibot" and reg["protocols"] == ["testnet"]
+    # What end-to-bridge encryption needs from the homeserver (MSC3202, MSC4190).
+    assert reg["org.matrix.msc3202"] is True and reg["io.element.msc4190"] is True
     users = [n["regex"] for n in reg["namespaces"]["users"]]
     aliases = [n["regex"] for n in reg["namespaces"]["aliases"]]
     assert all(n["exclusive"] for n in reg["namespaces"]["users"])
@@ -84,6 +86,12 @@ def test_generate_registration(tmp_path: Path) -> None:
             "    lifetime_days: -1",
             "bridge.media_links.lifetime_days: must be 0 (no limit) or more",
         ),
+        (
+            "    default: false",
+            "    default: true",
+            "bridge.encryption.default: needs bridge.encryption.allow: true",
+        ),
+        ("    allow: false", "    allow: sure", "bridge.encryption.allow: must be true or false"),
         ("  testnet: {}", "  nosuchnet: {}", "connectors.nosuchnet: unknown connector"),
         (
             "  testnet: {}",

@@ -203,6 +203,18 @@ class NetworkConnector(ABC):
         except ValueError:
             return None
 
+    def canonical_room_id(self, network: str, remote_room_id: str) -> str | None:
+        """The remote room id the connector keeps for a room a user named (``join``,
+        ``link``, third-party lookups), or None when the name is no room id at all. The
+        core builds portal keys from user input only through this, so that ``#Chan`` and
+        ``#chan`` are one portal where the network counts them as one room.
+
+        By default the alias round trip, ``parse_alias_localpart(alias_localpart(id))``:
+        right for every connector whose alias localpart names the canonical id (escaped or
+        case-folded). Override it when an alias cannot give the id back (an invite link
+        whose alias names the group it leads to, before the bridge has joined the group)."""
+        return self.parse_alias_localpart(network, self.alias_localpart(network, remote_room_id))
+
     # --- opening portals and ghosts -----------------------------------------------------
 
     @abstractmethod

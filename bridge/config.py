@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +21,8 @@ from yarl import URL
 
 PERMISSION_LEVELS = ("relay", "user", "admin")
 _LOCALPART = re.compile(r"^[a-z0-9._=\-/]+$")
+_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+MIN_SECRET_LENGTH = 16
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 GENERATE = "generate"
 
@@ -38,6 +40,20 @@ class RelayConfig:
     # {displayname}, {user_id} and {message}; emotes use ``emote_format``.
     message_format: str = "<{displayname}> {message}"
     emote_format: str = "* {displayname} {message}"
+
+
+@dataclass(slots=True)
+class ProvisioningConfig:
+    """The provisioning API on the appservice port (docs/provisioning.yaml)."""
+
+    enabled: bool = True
+    prefix: str = "/_matrix/provision"
+    # "generate" until -g writes one: until then only OpenID tokens are accepted.
+    shared_secret: str = GENERATE
+
+    @property
+    def secret(self) -> str | None:
+        return None if self.shared_secret == GENERATE else self.shared_secret
 
 
 @dataclass(slots=True)
@@ -66,6 +82,7 @@ class BridgeConfig:
     public_address: str = ""
     media_link_lifetime_days: float = 30
     media_link_max_size_mb: float = 100
+    provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
 
     @property
     def bot_mxid(self) -> str:
@@ -278,6 +295,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
     links.finish()
     br.finish()
 
+    provisioning = _provisioning(root.section("provisioning", required=False))
     log_cfg = root.get("logging", dict, {"level": "INFO"})
     connectors_r = root.get("connectors", dict, {})
     connectors = {str(k): dict(v or {}) for k, v in connectors_r.items()}
@@ -309,7 +327,27 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         public_address=public_address,
         media_link_lifetime_days=link_days,
         media_link_max_size_mb=link_mb,
+        provisioning=provisioning,
     )
+
+
+def _provisioning(r: _Reader) -> ProvisioningConfig:
+    prefix = r.get("prefix", str, "/_matrix/provision").rstrip("/")
+    if not _PREFIX.match(prefix):
+        raise ConfigError(
+            r.key("prefix"), f"must be a URL path like /_matrix/provision, not {prefix!r}"
+        )
+    if prefix == "/_matrix/app" or prefix.startswith(("/_matrix/app/", "/_mimi/")):
+        raise ConfigError(r.key("prefix"), f"{prefix} is taken by the appservice API")
+    secret = r.get("shared_secret", str, GENERATE)
+    if secret != GENERATE and len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            r.key("shared_secret"),
+            f"must be at least {MIN_SECRET_LENGTH} characters (or generate, for -g)",
+        )
+    cfg = ProvisioningConfig(r.get("enabled", bool, True), prefix, secret)
+    r.finish()
+    return cfg
 
 
 def load(path: Path) -> BridgeConfig:

@@ -324,6 +324,14 @@ async def test_wrong_or_missing_credentials(
         got, body = await api.call("GET", "/v1/whoami", **kwargs)
         assert (got, body.get("errcode")) == (status, errcode), (kwargs, body)
         assert isinstance(body.get("error"), str) and body["error"]
+    # A page on another origin may ask first (CORS preflight, no credentials).
+    async with api.session.options(
+        api.base + "/v1/portals/join",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+    ) as resp:
+        assert resp.status == 204
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Authorization" in resp.headers["Access-Control-Allow-Headers"]
     # The right credentials, both ways.
     assert (await api.call("GET", "/v1/whoami", token=token))[0] == 200
     assert (await api.call("GET", "/v1/whoami", token=token, user_id=kai.user_id))[0] == 200
@@ -377,6 +385,7 @@ async def test_relay_user_is_refused_where_the_commands_refuse(
 
 
 async def _schemathesis(base_url: str, config: Path, *args: str) -> tuple[int, str]:
+    # Run beside the config: schemathesis keeps a cache directory where it runs.
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -403,6 +412,7 @@ async def _schemathesis(base_url: str, config: Path, *args: str) -> tuple[int, s
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        cwd=config.parent,
     )
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode(errors="replace")

@@ -39,7 +39,9 @@ async def start_bridge(
     tests' usual ones."""
     running: list[Bridge] = []
 
-    async def factory(permissions: dict[str, str] | None = None) -> Bridge:
+    async def factory(
+        permissions: dict[str, str] | None = None, provisioning: dict[str, Any] | None = None
+    ) -> Bridge:
         path = write_config(
             tmp_path / f"config-{len(running)}.yaml",
             synapse,
@@ -49,7 +51,7 @@ async def start_bridge(
         )
         yaml = YAML()
         doc = yaml.load(path)
-        doc["provisioning"] = {"shared_secret": SECRET}
+        doc["provisioning"] = provisioning or {"shared_secret": SECRET}
         if permissions is not None:
             doc["bridge"]["permissions"] = permissions
         with path.open("w") as f:
@@ -352,6 +354,25 @@ async def test_wrong_or_missing_credentials(
     )
     assert (got, body["errcode"]) == (400, "M_INVALID_PARAM")
     await kai.close()
+
+
+async def test_prefix_and_switch(start_bridge: Starter, api: Api, synapse: SynapseServer) -> None:
+    bridge = await start_bridge(provisioning={"prefix": "/provision/", "shared_secret": SECRET})
+    nia = new_user(synapse)
+    async with api.session.get(
+        api.base.replace("/_matrix/provision", "/provision") + "/v1/whoami",
+        params={"user_id": nia.user_id},
+        headers={"Authorization": f"Bearer {SECRET}"},
+    ) as resp:
+        assert resp.status == 200 and (await resp.json())["user_id"] == nia.user_id
+    async with api.session.get(api.base + "/v1/whoami") as resp:
+        assert resp.status == 404  # nothing at the default prefix any more
+    await bridge.stop()
+    await start_bridge(provisioning={"enabled": False, "shared_secret": SECRET})
+    async with api.session.get(api.base + "/v1/networks") as resp:
+        assert resp.status == 404
+        assert (await resp.json())["errcode"] == "M_UNRECOGNIZED"
+    await nia.close()
 
 
 async def test_relay_user_is_refused_where_the_commands_refuse(

@@ -12,6 +12,7 @@ from typing import Any
 from mautrix.util.async_db import Database
 
 from .appservice.media_links import MediaLinks
+from .appservice.provisioning import ProvisioningAPI
 from .appservice.server import AppserviceServer
 from .config import BridgeConfig
 from .connector import (
@@ -167,6 +168,9 @@ class Bridge:
             self._make_crypto(self.server)
         self.media_links.session = self.hs.session
         self.media_links.add_routes(self.server.app)
+        if self.cfg.provisioning.enabled:
+            api = ProvisioningAPI(self, self.cfg.provisioning, self.log.getChild("provisioning"))
+            api.add_routes(self.server.app)
         try:
             await self.server.start(self.cfg.hostname, self.cfg.port)
         except OSError as e:

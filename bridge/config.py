@@ -24,6 +24,8 @@ from .config_upgrade import apply_renames, connector_warnings, example_path, sug
 
 PERMISSION_LEVELS = ("relay", "user", "admin")
 _LOCALPART = re.compile(r"^[a-z0-9._=\-/]+$")
+_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+MIN_SECRET_LENGTH = 16
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 GENERATE = "generate"
 
@@ -51,6 +53,20 @@ class EncryptionConfig:
     default: bool = False
     # Refuse to bridge rooms that are not encrypted.
     require: bool = False
+
+
+@dataclass(slots=True)
+class ProvisioningConfig:
+    """The provisioning API on the appservice port (docs/provisioning.yaml)."""
+
+    enabled: bool = True
+    prefix: str = "/_matrix/provision"
+    # "generate" until -g writes one: until then only OpenID tokens are accepted.
+    shared_secret: str = GENERATE
+
+    @property
+    def secret(self) -> str | None:
+        return None if self.shared_secret == GENERATE else self.shared_secret
 
 
 @dataclass(slots=True)
@@ -82,6 +98,7 @@ class BridgeConfig:
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     # Unknown and renamed keys, one line each: logged at start-up, never a stop.
     warnings: list[str] = field(default_factory=list)
+    provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
 
     @property
     def bot_mxid(self) -> str:
@@ -309,6 +326,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
     enc_r.finish()
     br.finish()
 
+    provisioning = _provisioning(root.section("provisioning", required=False))
     log_cfg = root.get("logging", dict, {"level": "INFO"})
     connectors_r = root.get("connectors", dict, {})
     connectors = {str(k): dict(v or {}) for k, v in connectors_r.items()}
@@ -343,6 +361,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         media_link_max_size_mb=link_mb,
         encryption=encryption,
         warnings=warnings,
+        provisioning=provisioning,
     )
 
 
@@ -354,6 +373,25 @@ def _connector_warnings(doc: Mapping[str, Any]) -> list[str]:
     except (OSError, YAMLError):
         return []  # no example to compare with: the connectors' own checks still run
     return connector_warnings(doc, example, text)
+
+
+def _provisioning(r: _Reader) -> ProvisioningConfig:
+    prefix = r.get("prefix", str, "/_matrix/provision").rstrip("/")
+    if not _PREFIX.match(prefix):
+        raise ConfigError(
+            r.key("prefix"), f"must be a URL path like /_matrix/provision, not {prefix!r}"
+        )
+    if prefix == "/_matrix/app" or prefix.startswith(("/_matrix/app/", "/_mimi/")):
+        raise ConfigError(r.key("prefix"), f"{prefix} is taken by the appservice API")
+    secret = r.get("shared_secret", str, GENERATE)
+    if secret != GENERATE and len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            r.key("shared_secret"),
+            f"must be at least {MIN_SECRET_LENGTH} characters (or generate, for -g)",
+        )
+    cfg = ProvisioningConfig(r.get("enabled", bool, True), prefix, secret)
+    r.finish()
+    return cfg
 
 
 def load(path: Path) -> BridgeConfig:

@@ -62,6 +62,10 @@ def test_generate_registration(tmp_path: Path) -> None:
     key = YAML().load(cfg)["bridge"]["credentials_key"]
     assert run("-c", str(cfg), "-g", "-r", str(reg_path)).returncode == 0
     assert YAML().load(cfg)["bridge"]["credentials_key"] == key
+    # The provisioning secret is generated once and kept too: integrations hold it.
+    secret = YAML().load(saved)["provisioning"]["shared_secret"]
+    assert secret != "generate" and len(secret) >= 16
+    assert YAML().load(cfg)["provisioning"]["shared_secret"] == secret
     assert YAML().load(reg_path)["as_token"] != reg["as_token"]
 
 
@@ -99,6 +103,17 @@ def test_generate_registration(tmp_path: Path) -> None:
             "connectors.testnet.delay_seconds: must be a number",
         ),
         ("  level: INFO", "  level: [INFO", "is not valid YAML"),
+        (
+            "  shared_secret: generate",
+            "  shared_secret: short",
+            "provisioning.shared_secret: must be at least 16 characters",
+        ),
+        (
+            "  prefix: /_matrix/provision",
+            "  prefix: provision",
+            "provisioning.prefix: must be a URL path",
+        ),
+        ("  prefix: /_matrix/provision", "  prefix: /_matrix/app", "provisioning.prefix: "),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(

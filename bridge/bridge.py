@@ -12,6 +12,7 @@ from typing import Any
 from mautrix.util.async_db import Database
 
 from .appservice.media_links import MediaLinks
+from .appservice.provisioning import ProvisioningAPI
 from .appservice.server import AppserviceServer
 from .config import BridgeConfig
 from .connector import (
@@ -29,6 +30,7 @@ from .connector.capabilities import ThirdPartyLookup
 from .connectors_loader import enabled_sections, load_connector_classes
 from .content import avatar_name, sniff_image
 from .credentials import CredentialBox
+from .crypto import RoomCrypto
 from .db import (
     GhostStore,
     MessageStore,
@@ -39,7 +41,7 @@ from .db import (
     open_database,
 )
 from .matrix.homeserver import Homeserver, MatrixError
-from .metrics import BridgeMetrics
+from .metrics import INTERNAL_ERROR, BridgeMetrics
 from .ordered_queue import OrderedQueues
 from .portals import PortalManager
 from .status import Status
@@ -70,11 +72,16 @@ class Bridge:
         self.connectors: dict[str, NetworkConnector] = {}
         # Namespace.network -> (connector, namespace)
         self.networks: dict[str, tuple[NetworkConnector, Namespace]] = {}
+        # Namespace.network -> set once its connector has started: Matrix events of a network
+        # wait for it (the homeserver pushes transactions as soon as we listen).
+        self._started: dict[str, asyncio.Event] = {}
+        self._stopping = asyncio.Event()
         self._display_names: dict[str, str] = {}
         self._db: Database | None = None
         self._stores: dict[type, Any] = {}
         self.replayed_events: set[str] = set()
         self.server: AppserviceServer | None = None
+        self.crypto: RoomCrypto | None = None
         self.portal_mgr = PortalManager(self)
         self.metrics = BridgeMetrics(self.log.getChild("metrics"))
         self.hs.observe = self.metrics.homeserver_request
@@ -133,24 +140,46 @@ class Bridge:
         for name, cls in classes.items():
             connector = cls(self, sections[name])
             self.connectors[name] = connector
+            started = asyncio.Event()
             for ns in connector.namespaces():
                 if ns.network in self.networks:
                     raise StartupError(f"two connectors claim the network id {ns.network!r}")
                 self.networks[ns.network] = (connector, ns)
+                self._started[ns.network] = started
 
     async def start(self) -> None:
         if not self.connectors:
             self.load_connectors()
-        self._db = await open_database(self.cfg.database, self.log.getChild("db"))
+        self._stopping.clear()
+        for gate in self._started.values():
+            gate.clear()
+        self.status.reset()
+        self._db = await open_database(
+            self.cfg.database, self.log.getChild("db"), self.connectors.values()
+        )
         self.metrics.instrument_database(self._db)
         await self.hs.open()
+        # Events recorded before a crash or stop, not processed yet: queued before we listen,
+        # so that the homeserver's new events of a room come after them. They run once their
+        # network's connector has started.
+        pending = await self.transactions.pending()
+        # Only these may have been bridged already (a crash between sending and marking done).
+        self.replayed_events = {str(pe.event.get("event_id")) for pe in pending}
+        if pending:
+            self.log.info("%d events left from the last run are queued", len(pending))
+            await self.handle_pending(pending)
         self.server = AppserviceServer(
             self.cfg.hs_token, self.transactions, self, self.log.getChild("appservice")
         )
         self.server.on_transaction = self.metrics.transaction
         self.status.add_routes(self.server.app)
+        if self.cfg.encryption.allow:
+            self._make_crypto(self.server)
         self.media_links.session = self.hs.session
         self.media_links.add_routes(self.server.app)
+        if self.cfg.provisioning.enabled:
+            api = ProvisioningAPI(self, self.cfg.provisioning, self.log.getChild("provisioning"))
+            api.add_routes(self.server.app)
         try:
             await self.server.start(self.cfg.hostname, self.cfg.port)
         except OSError as e:
@@ -160,6 +189,7 @@ class Bridge:
         await self._serve_metrics()
         await self._wait_for_homeserver()
         self.status.homeserver_reached = True
+        await self._start_crypto()
         try:
             await self.hs.set_displayname(self.cfg.bot_mxid, self.cfg.bot_displayname)
         except MatrixError as e:
@@ -167,26 +197,42 @@ class Bridge:
         for name, connector in self.connectors.items():
             await connector.start()
             self.status.connectors_started.add(name)
-        # Events recorded before a crash or stop, not processed yet.
-        pending = await self.transactions.pending()
-        # Only these may have been bridged already (a crash between sending and marking done).
-        self.replayed_events = {str(pe.event.get("event_id")) for pe in pending}
-        if pending:
-            self.log.info("processing %d events left from the last run", len(pending))
-            await self.handle_pending(pending)
+            for ns in connector.namespaces():
+                self._started[ns.network].set()
+        await self.matrix_handler.resume_waiting()
         self.log.info("bridge started with %s", ", ".join(self.networks) or "no networks")
 
     async def _serve_metrics(self) -> None:
-        if not self.cfg.metrics_enabled:
+        if not self.cfg.metrics.enabled:
             return
         self.metrics.sources = self.status.metric_sources()
-        host, port = self.cfg.metrics_host, self.cfg.metrics_port
+        host, port = self.cfg.metrics.host, self.cfg.metrics.port
         try:
             await self.metrics.serve(host, port)
         except OSError as e:
             raise StartupError(
                 f"metrics.listen: cannot listen on {host}:{port}: {e.strerror}"
             ) from e
+
+    def _make_crypto(self, server: AppserviceServer) -> None:
+        from .crypto.olm import OlmCrypto
+
+        self.crypto = OlmCrypto(
+            self.db, self.hs, self.credentials, self.is_bridge_user, self.log.getChild("crypto")
+        )
+        # From now on: what comes in or goes out before start() finishes waits for it, so
+        # nothing is sent in clear into an encrypted room meanwhile.
+        server.crypto = self.hs.crypto = self.crypto
+
+    async def _start_crypto(self) -> None:
+        if self.crypto is None:
+            return
+        from .crypto.olm import CryptoStartupError
+
+        try:
+            await self.crypto.start()
+        except CryptoStartupError as e:
+            raise StartupError(str(e)) from e
 
     async def _wait_for_homeserver(self) -> None:
         """Ping the homeserver through itself back to us: proves the URL and both tokens.
@@ -222,8 +268,11 @@ class Bridge:
     async def stop(self) -> None:
         if self._db is None:
             return  # never started, or stopped already
+        # Events still waiting for a connector that never started stay recorded for next time.
+        self._stopping.set()
         if self.server:
             await self.server.stop()
+        self.matrix_handler.stop_waiting()
         # Events already acknowledged to the homeserver are finished before the connectors
         # go (cancelled half-way, a sent message would lose its id mapping for good).
         try:
@@ -236,11 +285,36 @@ class Bridge:
             except Exception:
                 self.log.exception("connector %s did not stop cleanly", connector.name)
         await self.queues.close()
+        if self.crypto is not None:
+            await self.crypto.stop()
+            self.crypto = None
+        self.hs.crypto = None
         await self.metrics.close()
         await self.hs.close()
         if self._db:
             await self._db.stop()
             self._db = None
+
+    async def until_started(self, network: str | None) -> bool:
+        """Wait until the connector of ``network`` (of every network for None, or for a
+        network no connector serves) has started; False if the bridge stops first."""
+        gate = self._started.get(network) if network else None
+        gates = [gate] if gate else list(self._started.values())
+        for g in gates:
+            if g.is_set():
+                continue
+            waits = [asyncio.ensure_future(g.wait()), asyncio.ensure_future(self._stopping.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if self._stopping.is_set():
+                return False
+        return not self._stopping.is_set()
+
+    def all_started(self) -> bool:
+        return all(g.is_set() for g in self._started.values())
 
     # --- identifiers ----------------------------------------------------------------
 
@@ -248,7 +322,10 @@ class Bridge:
         return self.networks[network]
 
     def connector_of(self, network: str) -> NetworkConnector:
-        return self.networks[network][0]
+        entry = self.networks.get(network)
+        if entry is None:  # a portal of a connector no longer configured
+            raise ConnectorError(f"no connector serves the network {network!r} any more")
+        return entry[0]
 
     def ghost_user_id(self, network: str, remote_id: str) -> str:
         connector, ns = self.networks[network]
@@ -257,6 +334,12 @@ class Bridge:
     def alias_of(self, key: PortalKey) -> str:
         connector, ns = self.networks[key.network]
         return f"#{ns.prefix}{connector.alias_localpart(key.network, key.remote_id)}:{self.domain}"
+
+    def portal_key(self, network: str, remote_id: str) -> PortalKey | None:
+        """The key of a shared room a user named, in the connector's canonical form (``#Chan``
+        and ``#chan`` are one portal on IRC); None when the name is no room of the network."""
+        canonical = self.connector_of(network).canonical_room_id(network, remote_id)
+        return PortalKey(network, canonical) if canonical else None
 
     def _split(self, mxid: str, sigil: str) -> str | None:
         if not mxid.startswith(sigil) or ":" not in mxid:
@@ -300,7 +383,11 @@ class Bridge:
 
     async def emit(self, event: RemoteEvent) -> None:
         self.metrics.remote_received(event)
-        self.queues.submit(("remote", event.portal), lambda: self._remote_job(event))
+        self.queues.submit(
+            ("remote", event.portal),
+            lambda: self._remote_job(event),
+            lambda error: self.remote_handler.failed(event, error),
+        )
 
     async def _remote_job(self, event: RemoteEvent) -> None:
         try:
@@ -357,6 +444,10 @@ class Bridge:
 
     def permission_of(self, user_id: str) -> str | None:
         return self.cfg.permission_of(user_id)
+
+    def display_name_of(self, user_id: str) -> str:
+        """The name notices address a user by: the display name seen last, else the id."""
+        return self._display_names.get(user_id, user_id)
 
     def remember_display_name(self, user_id: str, name: str | None) -> None:
         if name:
@@ -447,10 +538,20 @@ class Bridge:
         for pe in events:
             key = ("matrix", pe.room_id)
             self.metrics.matrix_received(str(pe.event.get("event_id")))
-            self.queues.submit(key, self._job(pe))
+            self.queues.submit(key, self._job(pe), self._failed(pe.event))
+
+    async def _until_room_ready(self, room_id: str) -> bool:
+        """Wait for the connector of the room's portal (of all, for other rooms: commands
+        and invites may name any network); False if the bridge stops first."""
+        if self.all_started():
+            return not self._stopping.is_set()
+        portal = await self.portal_store.by_room(room_id)
+        return await self.until_started(portal.key.network if portal else None)
 
     def _job(self, pe: PendingEvent) -> Any:
         async def run() -> None:
+            if not await self._until_room_ready(pe.room_id):
+                return  # stopping: still pending, replayed at the next start
             try:
                 await self.matrix_handler.handle(pe.event)
             finally:
@@ -458,6 +559,14 @@ class Bridge:
                 self.metrics.matrix_finished(str(pe.event.get("event_id")))
 
         return run
+
+    def _failed(self, evt: dict[str, Any]) -> Any:
+        async def tell(error: Exception) -> None:
+            await self.matrix_handler.tell_failure(
+                evt, "an internal error in the bridge", INTERNAL_ERROR
+            )
+
+        return tell
 
     async def handle_ephemeral(self, events: list[dict[str, Any]]) -> None:
         for evt in events:
@@ -468,11 +577,15 @@ class Bridge:
                 await self.matrix_handler.handle_ephemeral(evt)
 
     def _ephemeral_job(self, evt: dict[str, Any]) -> Any:
-        return lambda: self.matrix_handler.handle_ephemeral(evt)
+        async def run() -> None:
+            if await self._until_room_ready(str(evt.get("room_id"))):
+                await self.matrix_handler.handle_ephemeral(evt)
+
+        return run
 
     async def query_user(self, user_id: str) -> bool:
         ghost = self.parse_ghost(user_id)
-        if ghost is None:
+        if ghost is None or not await self.until_started(ghost.network):
             return False
         connector = self.connector_of(ghost.network)
         try:
@@ -487,14 +600,31 @@ class Bridge:
 
     async def query_alias(self, alias: str) -> bool:
         key = self.parse_alias(alias)
-        if key is None:
+        if key is None or not await self.until_started(key.network):
             return False
         try:
             portal = await self.portal_mgr.open_portal(key, None, invite_user=False)
         except Exception:
             self.log.exception("opening a portal for %s failed", alias)
             return False
-        return portal is not None
+        if portal is None:
+            return False
+        shared = not (portal.plumbed or portal.is_direct)
+        if alias != self.alias_of(key) and portal.room_id and shared:
+            # Another spelling of the portal's alias (``#Chan`` for ``#chan``): the homeserver
+            # looks up the alias it asked about, so that one has to lead to the room too.
+            return await self._publish_alias(alias, portal.room_id)
+        return True
+
+    async def _publish_alias(self, alias: str, room_id: str) -> bool:
+        try:
+            await self.hs.create_alias(alias, room_id)
+        except MatrixError as e:
+            if e.status == 409 or e.errcode == "M_ROOM_IN_USE":
+                return True  # published meanwhile by a concurrent query
+            self.log.warning("could not publish %s for %s: %s", alias, room_id, e)
+            return False
+        return True
 
     async def thirdparty_protocol(self, protocol: str) -> dict[str, Any] | None:
         connector = self.connectors.get(protocol)
@@ -545,7 +675,8 @@ class Bridge:
         if isinstance(connector, ThirdPartyLookup):
             keys = await connector.thirdparty_locations(fields)
         elif fields.get("network") in self.networks and fields.get("room"):
-            keys = [PortalKey(fields["network"], fields["room"])]
+            key = self.portal_key(fields["network"], fields["room"])
+            keys = [key] if key else []
         return [
             {
                 "alias": self.alias_of(k),

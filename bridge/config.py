@@ -7,10 +7,11 @@ exits with status 2.
 
 from __future__ import annotations
 
+import copy
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,8 +20,12 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from yarl import URL
 
+from .config_upgrade import apply_renames, connector_warnings, example_path, suggestion
+
 PERMISSION_LEVELS = ("relay", "user", "admin")
 _LOCALPART = re.compile(r"^[a-z0-9._=\-/]+$")
+_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+MIN_SECRET_LENGTH = 16
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 GENERATE = "generate"
 
@@ -38,6 +43,39 @@ class RelayConfig:
     # {displayname}, {user_id} and {message}; emotes use ``emote_format``.
     message_format: str = "<{displayname}> {message}"
     emote_format: str = "* {displayname} {message}"
+
+
+@dataclass(slots=True)
+class EncryptionConfig:
+    # Join and work in encrypted rooms (needs the homeserver's MSC2409/MSC3202 support).
+    allow: bool = False
+    # Portals the bridge creates are encrypted.
+    default: bool = False
+    # Refuse to bridge rooms that are not encrypted.
+    require: bool = False
+
+
+@dataclass(slots=True)
+class ProvisioningConfig:
+    """The provisioning API on the appservice port (docs/provisioning.yaml)."""
+
+    enabled: bool = True
+    prefix: str = "/_matrix/provision"
+    # "generate" until -g writes one: until then only OpenID tokens are accepted.
+    shared_secret: str = GENERATE
+
+    @property
+    def secret(self) -> str | None:
+        return None if self.shared_secret == GENERATE else self.shared_secret
+
+
+@dataclass(slots=True)
+class MetricsConfig:
+    """Prometheus' /metrics on a port of its own (never the appservice port)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9108
 
 
 @dataclass(slots=True)
@@ -66,10 +104,11 @@ class BridgeConfig:
     public_address: str = ""
     media_link_lifetime_days: float = 30
     media_link_max_size_mb: float = 100
-    # ``metrics``: Prometheus' /metrics on a port of its own (never the appservice port).
-    metrics_enabled: bool = False
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9108
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    # Unknown and renamed keys, one line each: logged at start-up, never a stop.
+    warnings: list[str] = field(default_factory=list)
+    provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def bot_mxid(self) -> str:
@@ -118,10 +157,11 @@ class _Reader:
     """Typed access to a nested mapping that remembers which keys were read, so unknown keys
     can be reported."""
 
-    def __init__(self, data: Mapping[str, Any], prefix: str) -> None:
+    def __init__(self, data: Mapping[str, Any], prefix: str, warnings: list[str]) -> None:
         self.data = data
         self.prefix = prefix
         self.seen: set[str] = set()
+        self.warnings = warnings
 
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
@@ -144,12 +184,14 @@ class _Reader:
 
     def section(self, name: str, required: bool = True) -> _Reader:
         value = self.get(name, dict, ... if required else {})
-        return _Reader(value, self.key(name))
+        return _Reader(value, self.key(name), self.warnings)
 
     def finish(self) -> None:
+        """Every key was read: the ones left are unknown (a warning, with the nearest key)."""
         for name in self.data:
             if name not in self.seen:
-                raise ConfigError(self.key(str(name)), "unknown key")
+                hint = suggestion(str(name), self.seen)
+                self.warnings.append(f"{self.key(str(name))}: unknown key, ignored{hint}")
 
 
 def _url(r: _Reader, name: str, default: Any = ...) -> str:
@@ -214,7 +256,9 @@ def _postgres_url(value: str) -> str:
 
 
 def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
-    root = _Reader(doc, "")
+    doc = copy.deepcopy(doc)
+    warnings = apply_renames(doc)
+    root = _Reader(doc, "", warnings)
     hs = root.section("homeserver")
     hs_address = _url(hs, "address")
     domain = hs.get("domain", str)
@@ -280,10 +324,20 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         if value < 0:
             raise ConfigError(f"bridge.media_links.{key}", "must be 0 (no limit) or more")
     links.finish()
+    enc_r = br.section("encryption", required=False)
+    encryption = EncryptionConfig(
+        allow=enc_r.get("allow", bool, False),
+        default=enc_r.get("default", bool, False),
+        require=enc_r.get("require", bool, False),
+    )
+    for name in ("default", "require"):
+        if getattr(encryption, name) and not encryption.allow:
+            raise ConfigError(f"bridge.encryption.{name}", "needs bridge.encryption.allow: true")
+    enc_r.finish()
     br.finish()
 
-    metrics_enabled, metrics_host, metrics_port = _metrics(root, hostname, port)
-
+    provisioning = _provisioning(root.section("provisioning", required=False))
+    metrics = _metrics(root.section("metrics", required=False), port)
     log_cfg = root.get("logging", dict, {"level": "INFO"})
     connectors_r = root.get("connectors", dict, {})
     connectors = {str(k): dict(v or {}) for k, v in connectors_r.items()}
@@ -291,6 +345,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         if section is not None and not isinstance(section, Mapping):
             raise ConfigError(f"connectors.{name}", "must be a mapping")
     root.finish()
+    warnings += _connector_warnings(doc)
     return BridgeConfig(
         path=path,
         hs_address=hs_address,
@@ -315,26 +370,55 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         public_address=public_address,
         media_link_lifetime_days=link_days,
         media_link_max_size_mb=link_mb,
-        metrics_enabled=metrics_enabled,
-        metrics_host=metrics_host,
-        metrics_port=metrics_port,
+        encryption=encryption,
+        warnings=warnings,
+        provisioning=provisioning,
+        metrics=metrics,
     )
 
 
-def _metrics(root: _Reader, as_host: str, as_port: int) -> tuple[bool, str, int]:
-    m = root.section("metrics", required=False)
-    enabled = m.get("enabled", bool, False)
-    listen = m.get("listen", str, "127.0.0.1:9108")
-    m.finish()
+def _connector_warnings(doc: Mapping[str, Any]) -> list[str]:
+    try:
+        example_file = example_path()
+        text = example_file.read_text(encoding="utf-8")
+        example = YAML(typ="safe").load(text)
+    except (OSError, YAMLError):
+        return []  # no example to compare with: the connectors' own checks still run
+    return connector_warnings(doc, example, text)
+
+
+def _provisioning(r: _Reader) -> ProvisioningConfig:
+    prefix = r.get("prefix", str, "/_matrix/provision").rstrip("/")
+    if not _PREFIX.match(prefix):
+        raise ConfigError(
+            r.key("prefix"), f"must be a URL path like /_matrix/provision, not {prefix!r}"
+        )
+    if prefix == "/_matrix/app" or prefix.startswith(("/_matrix/app/", "/_mimi/")):
+        raise ConfigError(r.key("prefix"), f"{prefix} is taken by the appservice API")
+    secret = r.get("shared_secret", str, GENERATE)
+    if secret != GENERATE and len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            r.key("shared_secret"),
+            f"must be at least {MIN_SECRET_LENGTH} characters (or generate, for -g)",
+        )
+    cfg = ProvisioningConfig(r.get("enabled", bool, True), prefix, secret)
+    r.finish()
+    return cfg
+
+
+def _metrics(r: _Reader, as_port: int) -> MetricsConfig:
+    enabled = r.get("enabled", bool, False)
+    listen = r.get("listen", str, "127.0.0.1:9108")
     host, sep, port_text = listen.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError("metrics.listen", f"must be host:port, not {listen!r}")
+        raise ConfigError(r.key("listen"), f"must be host:port, not {listen!r}")
     port = int(port_text)
     if enabled and port == as_port:
         # Scrapers must not reach the appservice API, nor the homeserver the metrics.
-        raise ConfigError("metrics.listen", f"port {port} is the appservice port; pick another")
-    return enabled, host, port
+        raise ConfigError(r.key("listen"), f"port {port} is the appservice port; pick another")
+    r.finish()
+    return MetricsConfig(enabled, host, port)
 
 
 def load(path: Path) -> BridgeConfig:

@@ -5,6 +5,7 @@ dropped silently."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -49,16 +50,35 @@ from .connector.capabilities import (
     TypingHandling,
 )
 from .connector.events import now_ms
+from .crypto import DecryptionFailed, KeyMissing
 from .db import MessageRow, Portal, ReactionRow
 from .matrix.homeserver import MatrixError
 
 if TYPE_CHECKING:
     from .bridge import Bridge
 
+# How long an encrypted event whose room key has not arrived waits for it, aside from its
+# room's queue, before its sender is told it cannot be decrypted.
+LATE_KEY_S = 30.0
+
 
 def _rel(content: dict[str, Any]) -> dict[str, Any]:
     rel = content.get("m.relates_to")
     return rel if isinstance(rel, dict) else {}
+
+
+# What a failure notice calls an event of each type.
+_WHAT = {
+    "m.room.message": "message",
+    "m.sticker": "sticker",
+    "m.reaction": "reaction",
+    "m.room.redaction": "deletion",
+    "m.room.member": "membership change",
+    "m.room.name": "room name change",
+    "m.room.topic": "topic change",
+    "m.room.avatar": "room avatar change",
+    "m.room.power_levels": "power level change",
+}
 
 
 class MatrixHandler:
@@ -69,6 +89,8 @@ class MatrixHandler:
         self._typing: dict[str, set[str]] = {}
         # A profile change arrives once per room: download a new avatar once, not per portal.
         self._avatars: dict[str, bytes] = {}
+        self._late_keys: set[asyncio.Task[None]] = set()
+        self._waiting_ids: set[str] = set()  # events whose late key is being waited for
         self.encrypted_notices = encrypted_notice.EncryptedNotices()
 
     # --- entry points -----------------------------------------------------------------
@@ -83,12 +105,39 @@ class MatrixHandler:
             content = {}
         if etype == "m.room.member" and isinstance(evt.get("state_key"), str):
             self.hs.note_membership(room_id, evt["state_key"], str(content.get("membership")))
+        if self.bridge.crypto is not None and "state_key" in evt:
+            await self.bridge.crypto.note_state(evt)
         if self.bridge.is_bridge_user(sender):
             return  # our own echo
         try:
             await self._dispatch(evt, etype, room_id, sender, content)
         except MatrixError as e:
             self.log.warning("homeserver error handling %s in %s: %s", etype, room_id, e)
+            await self.tell_failure(
+                evt, f"the homeserver refused a request ({e})", m.HOMESERVER_ERROR
+            )
+        except ConnectorError as e:
+            # Raised before the delivery proper (no client, network gone...).
+            self.log.info("%s in %s not bridged: %s", etype, room_id, e)
+            await self.tell_failure(evt, str(e), m.REMOTE_ERROR)
+
+    async def tell_failure(
+        self, evt: dict[str, Any], reason: str, counted_as: str | None = None
+    ) -> None:
+        """Tell the sender of ``evt``, in its room, that it was not bridged and why.
+        ``counted_as``: the metrics' reason, for a message of a portal (others are not counted)."""
+        room_id, sender = evt.get("room_id"), evt.get("sender")
+        if not (isinstance(room_id, str) and isinstance(sender, str)):
+            self.log.warning("an event without room or sender was not bridged: %s", reason)
+            return
+        what = _WHAT.get(str(evt.get("type")), "event")
+        if what == "message" and _rel(evt.get("content") or {}).get("rel_type") == "m.replace":
+            what = "edit"
+        if counted_as is not None and what in ("message", "sticker"):
+            self._count_failed(room_id, counted_as)
+        who = self.bridge.display_name_of(sender)
+        reason = reason.rstrip(". ")
+        await self.bridge.send_notice(room_id, f"{who}: your {what} was not delivered: {reason}.")
 
     async def _dispatch(
         self, evt: dict[str, Any], etype: str, room_id: str, sender: str, content: dict[str, Any]
@@ -106,23 +155,26 @@ class MatrixHandler:
                 room_id, sender, content
             ):
                 return
-            portal = await self.bridge.portal_store.by_room(room_id)
+            edit = _rel(content).get("rel_type") == "m.replace"
+            portal = await self._bridged_portal(room_id, sender, count=not edit)
             if portal is None:
                 return
             if etype == "m.sticker":
                 content = {**content, "msgtype": "m.image"}
-            if _rel(content).get("rel_type") == "m.replace":
+            if edit:
                 await self.edit(evt, portal, sender, content)
             else:
                 await self.message(evt, portal, sender, content)
         elif etype == "m.reaction":
-            portal = await self.bridge.portal_store.by_room(room_id)
+            portal = await self._bridged_portal(room_id, sender)
             if portal:
                 await self.reaction(evt, portal, sender, content)
         elif etype == "m.room.redaction":
-            portal = await self.bridge.portal_store.by_room(room_id)
+            portal = await self._bridged_portal(room_id, sender)
             if portal:
                 await self.redaction(evt, portal, sender, content)
+        elif etype == "m.room.encrypted" and self.bridge.crypto is not None:
+            await self.decrypted(evt, room_id, sender)
         elif etype == "m.room.encrypted":
             await self.encrypted(room_id)
 
@@ -160,6 +212,121 @@ class MatrixHandler:
             self.log.warning("could not tell %s about encrypted messages: %s", room_id, e)
             if e.errcode != "M_FORBIDDEN":  # not for lack of a member that may speak: retry
                 self.encrypted_notices.forget(room_id)
+
+    async def _bridged_portal(
+        self, room_id: str, sender: str, count: bool = False
+    ) -> Portal | None:
+        """The room's portal, unless the bridge refuses to bridge it (bridge.encryption.require
+        and the room is not encrypted: the sender is told; ``count``: as a failed message)."""
+        portal = await self.bridge.portal_store.by_room(room_id)
+        crypto = self.bridge.crypto
+        if portal is None or crypto is None or not self.bridge.cfg.encryption.require:
+            return portal
+        if await crypto.is_encrypted(room_id):
+            return portal
+        self._failed(portal, "message" if count else "event", m.NOT_ALLOWED)
+        await self.bridge.send_notice(
+            room_id,
+            f"{sender}: this bridge bridges only encrypted rooms, so nothing sent here is "
+            "bridged. Turn on encryption in the room's settings.",
+        )
+        return None
+
+    # --- encrypted events -------------------------------------------------------------
+
+    async def decrypted(self, evt: dict[str, Any], room_id: str, sender: str) -> None:
+        """Decrypt with the bot's device and handle the plain event; a late room key is
+        waited for aside, so the room's next events are not held up."""
+        crypto = self.bridge.crypto
+        assert crypto is not None
+        try:
+            plain = await crypto.decrypt(evt)
+        except KeyMissing as e:
+            # Kept until handled: a restart while it waits handles it again.
+            await crypto.keep_waiting(evt)
+            self._waiting_ids.add(str(evt.get("event_id", "")))
+            task = asyncio.create_task(self._late_key(evt, room_id, sender, e))
+            self._late_keys.add(task)
+            task.add_done_callback(self._late_keys.discard)
+            return
+        except DecryptionFailed as e:
+            await self.undecryptable(room_id, sender, e)
+            return
+        await self._dispatch_plain(plain, room_id, sender)
+
+    async def _dispatch_plain(self, plain: dict[str, Any], room_id: str, sender: str) -> None:
+        etype, content = plain.get("type"), plain.get("content")
+        if etype == "m.room.encrypted" or not isinstance(etype, str):
+            return  # nested encryption is not a thing clients send
+        await self._dispatch(plain, etype, room_id, sender, content or {})
+
+    async def _late_key(
+        self, evt: dict[str, Any], room_id: str, sender: str, missing: KeyMissing
+    ) -> None:
+        crypto = self.bridge.crypto
+        assert crypto is not None
+        got = await crypto.wait_for_key(missing.room_id, missing.session_id, LATE_KEY_S)
+
+        async def run() -> None:
+            try:
+                if not got:
+                    await self.undecryptable(room_id, sender, missing)
+                    return
+                try:
+                    plain = await crypto.decrypt(evt)
+                except DecryptionFailed as e:
+                    await self.undecryptable(room_id, sender, e)
+                    return
+                await self._dispatch_plain(plain, room_id, sender)
+            except MatrixError as e:
+                self.log.warning("homeserver error handling a late event in %s: %s", room_id, e)
+            finally:
+                self._waiting_ids.discard(str(evt.get("event_id", "")))
+                await crypto.done_waiting(str(evt.get("event_id", "")))
+
+        self.bridge.queues.submit(("matrix", room_id), run)
+
+    async def resume_waiting(self) -> None:
+        """At start: the encrypted events that were waiting for their keys at the last stop."""
+        crypto = self.bridge.crypto
+        if crypto is None:
+            return
+        for evt in await crypto.waiting():
+            room_id = evt.get("room_id")
+            if isinstance(room_id, str):
+                self.bridge.queues.submit(("matrix", room_id), self._resumed(evt))
+
+    def _resumed(self, evt: dict[str, Any]) -> Any:
+        event_id = str(evt.get("event_id", ""))
+
+        async def run() -> None:
+            crypto = self.bridge.crypto
+            assert crypto is not None
+            if event_id in self._waiting_ids:
+                return  # this run kept it (it came in again): its own wait goes on
+            # Left in the transactions' events too (a crash before they were done with), it
+            # was handled just before in this queue.
+            if event_id not in self.bridge.replayed_events:
+                await self.handle(evt)
+            if event_id not in self._waiting_ids:  # handled, not waiting again
+                await crypto.done_waiting(event_id)
+
+        return run
+
+    def stop_waiting(self) -> None:
+        """At stop: events still waiting for their keys stay recorded for the next start."""
+        for task in self._late_keys:
+            task.cancel()
+
+    async def undecryptable(self, room_id: str, sender: str, why: DecryptionFailed) -> None:
+        """An event that stays encrypted is never dropped silently: its sender is told."""
+        self.log.info("cannot decrypt an event of %s in %s: %s", sender, room_id, why.reason)
+        self._count_failed(room_id, m.UNDECRYPTABLE)
+        await self.bridge.send_notice(
+            room_id,
+            f"{sender}: the bridge could not decrypt your message, so it was not bridged: "
+            f"{why.reason}. {why.advice[:1].upper()}{why.advice[1:]}.",
+        )
 
     # --- who speaks -------------------------------------------------------------------
 
@@ -217,6 +384,13 @@ class MatrixHandler:
         if what == "message":  # the metrics count messages; other actions are told alike
             self.bridge.metrics.failed(portal.key.network, m.MATRIX_TO_REMOTE, reason)
 
+    def _count_failed(self, room_id: str, reason: str) -> None:
+        """Count a message that failed before it reached its portal's delivery (only rooms
+        whose portal is known: commands and other rooms are no bridged messages)."""
+        network = self.bridge.portal_store.known_network(room_id)
+        if network is not None:
+            self.bridge.metrics.failed(network, m.MATRIX_TO_REMOTE, reason)
+
     async def _not_supported(self, portal: Portal, what: str) -> None:
         assert portal.room_id
         name = self.bridge.connector_of(portal.key.network).display_name
@@ -267,6 +441,10 @@ class MatrixHandler:
             event_id
         ):
             return  # processed before a restart
+        file = content.get("file")
+        encrypted_file = self.bridge.crypto is not None and isinstance(file, dict)
+        if encrypted_file and isinstance(file, dict) and "url" not in content:
+            content = {**content, "url": file.get("url")}  # an encrypted room's attachment
         try:
             msg, mxc = contentmod.from_matrix(content)
         except contentmod.UnsupportedContent as e:
@@ -274,13 +452,25 @@ class MatrixHandler:
             await self.bridge.send_notice(portal.room_id, f"Your message was not bridged: {e}.")
             return
         if mxc:
+            att = msg.attachments[0]
             try:
-                msg.attachments[0].data = await self.hs.download(mxc)
-                msg.attachments[0].url = self.bridge.mxc_to_url(mxc, msg.attachments[0].filename)
+                att.data = await self.hs.download(mxc)
+                if encrypted_file and isinstance(file, dict) and self.bridge.crypto is not None:
+                    att.data = await self.bridge.crypto.decrypt_file(att.data, file)
+                    # Remote users open files by link, and the link serves the media repo's
+                    # copy: a copy in clear (the network gets the file in clear anyway).
+                    mxc = att.mxc = await self.hs.upload(att.data, att.mimetype, att.filename)
+                att.url = self.bridge.mxc_to_url(mxc, att.filename)
             except MatrixError as e:
                 self._failed(portal, "message", m.MEDIA_FAILED)
                 await self.bridge.send_notice(
                     portal.room_id, f"Your file was not bridged: it could not be downloaded ({e})."
+                )
+                return
+            except DecryptionFailed as e:
+                self._failed(portal, "message", m.MEDIA_FAILED)
+                await self.bridge.send_notice(
+                    portal.room_id, f"Your file was not bridged: {e.reason}. {e.advice}."
                 )
                 return
         speaker = await self.speaker(portal, sender, "message")
@@ -668,11 +858,14 @@ class MatrixHandler:
         if content.get("is_direct"):
             await self.bridge.users.set_management_room(sender, room_id)
             welcome = self.bridge.commands.welcome()
-            if await self._is_encrypted(room_id):
+            if await self._cannot_read(room_id):
                 welcome += encrypted_notice.welcome_warning(self.bridge.cfg.bot_mxid)
             await self.bridge.send_notice(room_id, welcome)
 
-    async def _is_encrypted(self, room_id: str, as_user: str | None = None) -> bool:
+    async def _cannot_read(self, room_id: str, as_user: str | None = None) -> bool:
+        """Whether the room is encrypted and this bridge has no encryption to read it."""
+        if self.bridge.crypto is not None:
+            return False
         try:
             return bool(await self.hs.get_state(room_id, "m.room.encryption", as_user=as_user))
         except MatrixError as e:
@@ -716,6 +909,12 @@ class MatrixHandler:
             await self.hs.leave(room_id, ghost_id)
             return
         await self.hs.join(room_id, ghost_id)
+        crypto = self.bridge.crypto
+        if crypto is not None and await crypto.is_encrypted(room_id, ghost_id):
+            # Only the bot has a device: clients share their room keys with it only if it is
+            # a member. The ghost brings it in.
+            await self.hs.invite(room_id, self.bridge.cfg.bot_mxid, as_user=ghost_id)
+            await self.hs.join(room_id)
         existing = await self.bridge.portal_store.get(key)
         portal = existing or Portal(key=key)
         portal.room_id = room_id
@@ -729,7 +928,7 @@ class MatrixHandler:
             f"This chat is bridged to {connector.display_name} "
             "by mimi-bridge: messages are decrypted at the bridge."
         )
-        if await self._is_encrypted(room_id, ghost_id):
+        if await self._cannot_read(room_id, ghost_id):
             body += encrypted_notice.dm_warning(ghost_id)
         await self.hs.send(
             room_id,

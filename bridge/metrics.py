@@ -54,6 +54,7 @@ NOT_ALLOWED = "not_allowed"  # no permission, or no identity to speak with
 REMOTE_ERROR = "remote_error"  # the network (or connector) refused it
 INTERNAL_ERROR = "internal_error"  # a bug: logged with its traceback
 HOMESERVER_ERROR = "homeserver_error"  # the homeserver refused or did not answer
+UNDECRYPTABLE = "undecryptable"  # an encrypted message whose room key never came
 
 
 # Queue keys -> (network, direction) labels. Matrix rooms' queues are labelled with the

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from .bridge import Bridge
 
 BRIDGE_STATE_TYPES = ("m.bridge", "uk.half-shot.bridge")
+# The room encryption of portals created encrypted (bridge.encryption.default).
+MEGOLM = {"algorithm": "m.megolm.v1.aes-sha2"}
 
 
 class PortalManager:
@@ -127,7 +129,18 @@ class PortalManager:
                 body["topic"] = f"{topic}\n{note}" if topic else note
             elif topic:
                 body["topic"] = topic
+            enc = self.bridge.cfg.encryption
+            encrypted = (enc.default or enc.require) and self.bridge.crypto is not None
+            if encrypted:
+                body["initial_state"].append(
+                    {"type": "m.room.encryption", "state_key": "", "content": MEGOLM}
+                )
             portal.room_id = await self.hs.create_room(body)
+            if encrypted and self.bridge.crypto is not None:
+                # Known at once: the bridge may send before the state event's echo arrives.
+                await self.bridge.crypto.note_state(
+                    {"type": "m.room.encryption", "room_id": portal.room_id, "content": MEGOLM}
+                )
             if alias_localpart and not info.is_direct:
                 # Published once the room is complete: Synapse publishes an alias given to
                 # createRoom before the room's join rules, and refuses whoever joins through

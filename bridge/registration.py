@@ -35,8 +35,14 @@ def build(
         "hs_token": cfg.hs_token,
         "sender_localpart": cfg.bot_username,
         "rate_limited": False,
-        "receive_ephemeral": cfg.ephemeral_events,
-        "de.sorunome.msc2409.push_ephemeral": cfg.ephemeral_events,
+        # To-device messages (room keys) come with the ephemeral events (MSC2409).
+        "receive_ephemeral": cfg.ephemeral_events or cfg.encryption.allow,
+        "de.sorunome.msc2409.push_ephemeral": cfg.ephemeral_events or cfg.encryption.allow,
+        # End-to-bridge encryption: the bridge creates its bot's device itself (MSC4190) and
+        # gets device lists and one-time-key counts in transactions (MSC3202). Harmless while
+        # bridge.encryption.allow is off, so turning it on needs no new registration.
+        "org.matrix.msc3202": True,
+        "io.element.msc4190": True,
         "protocols": protocols,
         "namespaces": namespaces_regexes(cfg.domain, cfg.bot_username, namespaces),
     }
@@ -57,6 +63,11 @@ def generate(config_path: Path, registration_path: Path) -> dict[str, Any]:
     if doc["bridge"].get("credentials_key", cfgmod.GENERATE) == cfgmod.GENERATE:
         # Kept across re-generation: it decrypts stored credentials.
         doc["bridge"]["credentials_key"] = cfgmod.new_token()
+    if "provisioning" not in doc or doc["provisioning"] is None:
+        doc["provisioning"] = {}
+    if doc["provisioning"].get("shared_secret", cfgmod.GENERATE) == cfgmod.GENERATE:
+        # Kept across re-generation: integrations hold it.
+        doc["provisioning"]["shared_secret"] = cfgmod.new_token()
     cfgmod.save_document(config_path, doc)
     cfg = cfgmod.parse(doc, config_path)
     namespaces = [ns for c in offline_connectors(cfg, classes) for ns in c.namespaces()]

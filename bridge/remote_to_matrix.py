@@ -30,7 +30,8 @@ from .connector import (
 from .db import MessageRow, Portal, ReactionRow
 from .matrix.homeserver import MatrixError
 from .matrix.txn import derive_txn_id
-from .metrics import HOMESERVER_ERROR, REMOTE_TO_MATRIX
+from .metrics import HOMESERVER_ERROR, INTERNAL_ERROR, REMOTE_TO_MATRIX
+from .own_messages import OwnVoice, Voice, mark
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -38,8 +39,32 @@ if TYPE_CHECKING:
 _MAX_BODY = 60_000  # bytes; events are limited to 64 KiB in all
 
 
+# Remote events that carry what a remote user said or did to a message: their loss is told.
+_WHAT: dict[type, str] = {
+    RemoteMessage: "message",
+    RemoteEdit: "edit",
+    RemoteRedaction: "deletion",
+    RemoteReaction: "reaction",
+}
+
+
 def _is_matrix_user(value: str) -> bool:
     return value.startswith("@") and ":" in value
+
+
+def _own(evt: RemoteEvent) -> bool:
+    """A Matrix user's own event (their puppet or logged-in account)."""
+    return evt.sender.is_from_me and evt.sender.matrix_user is not None
+
+
+def _echo(evt: RemoteEvent) -> bool:
+    """The echo of what the bridge itself sent for a Matrix user: already in Matrix."""
+    return _own(evt) and not evt.sender.from_other_client
+
+
+def _other_client(evt: RemoteEvent) -> bool:
+    """What a Matrix user did from another client of their account: shown as theirs."""
+    return _own(evt) and evt.sender.from_other_client
 
 
 class RemoteHandler:
@@ -47,6 +72,7 @@ class RemoteHandler:
         self.bridge = bridge
         self.hs = bridge.hs
         self.log = bridge.log.getChild("remote")
+        self.own = OwnVoice(bridge)
         # Message rows sent to Matrix whose INSERT is still queued: the next message of the
         # room does not wait for the database (written behind, in order, drained at stop).
         self._unsaved: dict[tuple[PortalKey, str], list[MessageRow]] = {}
@@ -86,15 +112,44 @@ class RemoteHandler:
             await handler(evt, portal)  # type: ignore[operator]
         except MatrixError as e:
             self.log.error("bridging %s to Matrix failed: %s", type(evt).__name__, e)
-            if isinstance(evt, RemoteMessage):
-                self.bridge.metrics.failed(evt.portal.network, REMOTE_TO_MATRIX, HOMESERVER_ERROR)
+            await self.tell_failure(evt, f"the homeserver refused it ({e})", HOMESERVER_ERROR)
+
+    async def failed(self, evt: RemoteEvent, error: Exception) -> None:
+        """The queue's last resort, after an unexpected error (logged there)."""
+        await self.tell_failure(evt, "an internal error in the bridge", INTERNAL_ERROR)
+
+    async def tell_failure(
+        self, evt: RemoteEvent, reason: str, counted_as: str | None = None
+    ) -> None:
+        """A remote user's message that did not reach Matrix is told in its portal, so that
+        its Matrix members know something is missing; other events only leave the log.
+        ``counted_as``: the metrics' reason, for messages (other events are not counted)."""
+        if counted_as is not None and isinstance(evt, RemoteMessage):
+            self.bridge.metrics.failed(evt.portal.network, REMOTE_TO_MATRIX, counted_as)
+        what = _WHAT.get(type(evt))
+        if what is None:
+            return
+        try:
+            portal = await self.bridge.portal_store.get(evt.portal)
+        except Exception:
+            self.log.exception("cannot look up the portal of a failed %s", what)
+            return
+        if portal is None or portal.room_id is None:
+            self.log.warning("%s from %s lost (no room): %s", what, evt.sender.remote_id, reason)
+            return
+        name = self.bridge.connector_of(evt.portal.network).display_name
+        who = evt.sender.display_name or evt.sender.remote_id
+        await self.bridge.send_notice(
+            portal.room_id,
+            f"A {what} from {who} on {name} could not be bridged: {reason.rstrip('. ')}.",
+        )
 
     async def portal_for(self, evt: RemoteEvent) -> Portal | None:
         portal = await self.bridge.portal_store.get(evt.portal)
         if portal and portal.room_id:
             return portal
-        if not isinstance(evt, RemoteMessage):
-            return None  # only a message opens a new room
+        if not isinstance(evt, RemoteMessage) or _echo(evt):
+            return None  # only a message opens a new room, and not the echo of one
         if evt.portal.receiver:
             # A direct message to a Matrix user: open the DM room for them.
             user_id = await self.bridge.portal_mgr.dm_receiver_user(evt.portal)
@@ -103,8 +158,15 @@ class RemoteHandler:
                 return None
             if self.bridge.permission_of(user_id) is None:
                 return None
-            ghost = await self.ghost(evt)
-            info = ChatInfo(name=evt.sender.display_name, is_direct=True)
+            if _other_client(evt):
+                # Written from the user's other client: the DM is with its addressee.
+                ghost = await self.bridge.portal_mgr.ghost(
+                    evt.portal.network, evt.portal.remote_id, None
+                )
+                info = ChatInfo(name=None, is_direct=True)
+            else:
+                ghost = await self.ghost(evt)
+                info = ChatInfo(name=evt.sender.display_name, is_direct=True)
             portal = await self.bridge.portal_mgr.create_room(
                 evt.portal, info, invite=[user_id, ghost]
             )
@@ -121,6 +183,17 @@ class RemoteHandler:
         if portal and portal.room_id:
             await self.hs.ensure_joined(portal.room_id, user_id)
         return user_id
+
+    async def _voice(self, evt: RemoteEvent, portal: Portal) -> Voice:
+        """Who shows ``evt`` in the portal: the sender's ghost, or for what a Matrix user
+        wrote from another client of their account, the user (or the bot, marked)."""
+        if _other_client(evt) and evt.sender.matrix_user:
+            voice = await self.own.voice(portal, evt.sender.matrix_user)
+            if portal.room_id and voice.as_user:
+                await self.hs.ensure_joined(portal.room_id, voice.as_user)
+            return voice
+        ghost = await self.ghost(evt, portal)
+        return Voice(ghost, ghost, None)
 
     def _txn(self, evt: RemoteEvent, *parts: str | int) -> str:
         k = evt.portal
@@ -176,9 +249,10 @@ class RemoteHandler:
         assert portal.room_id
         if await self._rows(portal.key, evt.id):
             return  # already bridged (a retry, or the echo of a Matrix message)
-        if evt.sender.is_from_me and evt.sender.matrix_user:
+        if _echo(evt):
             return  # sent from Matrix through the user's own puppet
-        ghost = await self.ghost(evt, portal)
+        voice = await self._voice(evt, portal)
+        ghost = voice.sender_mxid
         # Mentions are remote user ids, or Matrix user ids for Matrix users' own puppets.
         ghost_of = {
             m: m if _is_matrix_user(m) else self.bridge.ghost_user_id(portal.key.network, m)
@@ -205,7 +279,7 @@ class RemoteHandler:
         contents: list[dict[str, Any]] = []
         for att in evt.content.attachments:
             try:
-                contents.append(await self._attachment(att, ghost))
+                contents.append(await self._attachment(att, voice.as_user, portal.room_id))
             except MatrixError as e:
                 self.log.warning("attachment %s not uploaded: %s", att.filename, e)
                 link = f" ({att.url})" if att.url else ""
@@ -223,6 +297,8 @@ class RemoteHandler:
                 text.pop("format", None)
             contents.insert(0, text)
         for part, content in enumerate(contents):
+            if voice.label:
+                content = mark(content, voice.label)
             if relates:
                 content["m.relates_to"] = relates
             event_id = await self.hs.send(
@@ -230,7 +306,7 @@ class RemoteHandler:
                 "m.room.message",
                 content,
                 txn_id=self._txn(evt, evt.id, part),
-                as_user=ghost,
+                as_user=voice.as_user,
                 timestamp=evt.timestamp,
             )
             self._save(
@@ -250,11 +326,21 @@ class RemoteHandler:
             )
         self.bridge.metrics.bridged_to_matrix(portal.key.network, evt)
 
-    async def _attachment(self, att: Any, ghost: str) -> dict[str, Any]:
+    async def _attachment(
+        self, att: Any, ghost: str | None, room_id: str | None = None
+    ) -> dict[str, Any]:
         if att.data is None:
             if att.url:
                 return {"msgtype": "m.text", "body": f"{att.filename}: {att.url}"}
             raise MatrixError("M_INVALID_PARAM", "attachment has neither data nor url")
+        crypto = self.bridge.crypto
+        if crypto is not None and room_id and await crypto.is_encrypted(room_id, ghost):
+            # Encrypted rooms get encrypted attachments: the media repo holds ciphertext.
+            data, file = await crypto.encrypt_file(att.data)
+            mxc = await self.hs.upload(data, "application/octet-stream", att.filename, ghost)
+            content = contentmod.media_content(att, mxc)
+            content["file"] = {**file, "url": content.pop("url")}
+            return content
         mxc = await self.hs.upload(att.data, att.mimetype, att.filename, as_user=ghost)
         return contentmod.media_content(att, mxc)
 
@@ -264,12 +350,18 @@ class RemoteHandler:
         if not rows:
             self.log.info("edit of unknown message %s ignored", evt.target_id)
             return
+        if _echo(evt):
+            return  # the bridge made this edit for the user
         target = rows[0]
-        ghost = await self.ghost(evt, portal)
-        if target.sender_mxid != ghost:
+        voice = await self._voice(evt, portal)
+        if target.sender_mxid != voice.sender_mxid or (
+            voice.label is not None and target.sender_id != evt.sender.remote_id
+        ):
             self.log.warning("edit of %s by another sender refused", evt.target_id)
             return
         new = contentmod.text_content(evt.content)
+        if voice.label:
+            new = mark(new, voice.label)
         content = {
             **{k: v for k, v in new.items() if k != "m.mentions"},
             "body": f"* {new['body']}",
@@ -283,7 +375,7 @@ class RemoteHandler:
             "m.room.message",
             content,
             txn_id=self._txn(evt, evt.target_id, evt.id or evt.timestamp, evt.content.text),
-            as_user=ghost,
+            as_user=voice.as_user,
             timestamp=evt.timestamp,
         )
         await self.all_saved()
@@ -292,13 +384,17 @@ class RemoteHandler:
     async def redaction(self, evt: RemoteRedaction, portal: Portal) -> None:
         assert portal.room_id
         rows = await self._rows(portal.key, evt.target_id)
-        ghost = await self.ghost(evt)
+        voice = await self._voice(evt, portal) if _other_client(evt) else None
+        ghost = voice.sender_mxid if voice else await self.ghost(evt)
         for row in rows:
             # The original sender redacts their own. A moderator redacts others' messages as
             # its ghost when that ghost is in the room (so Matrix shows who did it), and
             # through the bot when the ghost lacks the power there.
             own = row.sender_mxid == ghost
-            as_user = ghost if own or self.hs.is_joined(portal.room_id, ghost) else None
+            if voice is not None:
+                as_user = voice.as_user if own else None
+            else:
+                as_user = ghost if own or self.hs.is_joined(portal.room_id, ghost) else None
             try:
                 await self.hs.redact(
                     portal.room_id,
@@ -328,21 +424,31 @@ class RemoteHandler:
             portal.key, evt.target_id, evt.sender.remote_id, evt.key
         ):
             return  # one reaction per (sender, key)
-        ghost = await self.ghost(evt, portal)
-        content = {
+        if _echo(evt):
+            return
+        voice = await self._voice(evt, portal)
+        etype = "m.reaction"
+        content: dict[str, Any] = {
             "m.relates_to": {
                 "rel_type": "m.annotation",
                 "event_id": rows[0].event_id,
                 "key": evt.key,
             }
         }
+        if voice.label:
+            # The bot's reaction would read as the bot's: a marked reply says whose it is (and
+            # is redacted when the reaction is removed).
+            etype = "m.room.message"
+            notice = {"msgtype": "m.notice", "body": f"reacted with {evt.key}"}
+            content = mark(notice, voice.label, sep=" ")
+            content["m.relates_to"] = {"m.in_reply_to": {"event_id": rows[0].event_id}}
         try:
             event_id = await self.hs.send(
                 portal.room_id,
-                "m.reaction",
+                etype,
                 content,
                 txn_id=self._txn(evt, evt.target_id, evt.sender.remote_id, evt.key),
-                as_user=ghost,
+                as_user=voice.as_user,
                 timestamp=evt.timestamp,
             )
         except MatrixError as e:
@@ -366,11 +472,14 @@ class RemoteHandler:
         row = await self.bridge.messages.reaction(
             portal.key, evt.target_id, evt.sender.remote_id, evt.key
         )
-        if row is None:
+        if row is None or _echo(evt):
             return
-        ghost = await self.ghost(evt)
+        if _other_client(evt):
+            as_user = (await self._voice(evt, portal)).as_user
+        else:
+            as_user = await self.ghost(evt)
         await self.hs.redact(
-            portal.room_id, row.event_id, as_user=ghost, txn_id=self._txn(evt, row.event_id)
+            portal.room_id, row.event_id, as_user=as_user, txn_id=self._txn(evt, row.event_id)
         )
         await self.bridge.messages.delete_reaction(row.event_id)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from mautrix.util.async_db import Database
 
 from .connector import ConnectionReporting, PortalKey
 from .metrics import MATRIX_TO_REMOTE, REMOTE_TO_MATRIX, Sources
@@ -28,6 +29,11 @@ class Status:
         self.homeserver_reached = False
         self.connectors_started: set[str] = set()
 
+    def reset(self) -> None:
+        """At each start: nothing is ready until this run has reached it again."""
+        self.homeserver_reached = False
+        self.connectors_started.clear()
+
     # --- readiness ----------------------------------------------------------------------
 
     def add_routes(self, app: web.Application) -> None:
@@ -41,7 +47,7 @@ class Status:
             out["database"] = "not opened"
         else:
             try:
-                await asyncio.wait_for(db.fetchval("SELECT 1"), DB_CHECK_TIMEOUT)
+                await asyncio.wait_for(_probe(db), DB_CHECK_TIMEOUT)
             except TimeoutError:
                 out["database"] = f"no answer within {DB_CHECK_TIMEOUT:.0f} s"
             except Exception as e:
@@ -91,3 +97,11 @@ class Status:
         if self.bridge._db is None:
             return []
         return [(row.network, row.state) for row in await self.bridge.users.logins()]
+
+
+async def _probe(db: Database) -> None:
+    """One query, tried once: on a connection of its own, because queries outside one wait
+    for PostgreSQL through an outage (bridge/db/resilient.py), and readiness must say so."""
+    conn: Any
+    async with db.acquire() as conn:
+        await conn.fetchval("SELECT 1")

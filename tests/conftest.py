@@ -61,6 +61,9 @@ def registration_file(tmp_path_factory: pytest.TempPathFactory, as_port: int) ->
         "sender_localpart": "mimibot",
         "rate_limited": False,
         "receive_ephemeral": True,
+        # End-to-bridge encryption (what mimi-bridge -g writes).
+        "org.matrix.msc3202": True,
+        "io.element.msc4190": True,
         "protocols": ["testnet", "irc", "xmpp", "deltachat"],
         "namespaces": {"users": users, "aliases": aliases, "rooms": []},
     }

@@ -343,3 +343,70 @@ async def test_path_parameters_are_decoded_once(
         ("location", ("ir%41c", {"room": "%23a%41"})),
         ("location", (None, {"alias": "#irc_acc_#spec%41:localhost"})),
     ]
+
+
+async def test_path_parameters_may_hold_braces_and_slashes(
+    make_bridge: BridgeFactory, as_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp's default placeholder refuses ``{`` and ``}`` (an IRC channel's alias may hold
+    them), and Synapse leaves the ``/`` of an alias or a user id unencoded: every path
+    parameter still reaches its handler whole, encoded or not."""
+    bridge = await make_bridge()
+    seen: list[tuple[str, str]] = []
+
+    async def query_alias(alias: str) -> bool:
+        seen.append(("alias", alias))
+        return False
+
+    async def query_user(user_id: str) -> bool:
+        seen.append(("user", user_id))
+        return False
+
+    async def thirdparty_protocol(protocol: str) -> dict[str, Any] | None:
+        seen.append(("protocol", protocol))
+        return None
+
+    monkeypatch.setattr(bridge, "query_alias", query_alias)
+    monkeypatch.setattr(bridge, "query_user", query_user)
+    monkeypatch.setattr(bridge, "thirdparty_protocol", thirdparty_protocol)
+    base = f"http://127.0.0.1:{as_port}"
+    for path in (
+        # As Synapse sends them: urllib's quote(), which encodes braces and leaves "/".
+        "/_matrix/app/v1/rooms/%23irc_acc_%23x%7By%7D%3Alocalhost",
+        "/rooms/%23irc_acc_%23x%7By%7D%3Alocalhost",
+        "/_matrix/app/v1/rooms/%23irc_acc_%23a/b%3Alocalhost",
+        "/_matrix/app/v1/rooms/%23irc_acc_%23a%2Fb%3Alocalhost",
+        "/_matrix/app/v1/users/%40irc_acc_a/%7Bb%7D%3Alocalhost",
+        "/users/%40irc_acc_a/%7Bb%7D%3Alocalhost",
+        "/_matrix/app/v1/thirdparty/protocol/a%7Bb%7D/c",
+        "/_matrix/app/unstable/thirdparty/location/a%7Bb%7D",
+        "/_matrix/app/v1/thirdparty/user/a%7Bb%7D",
+    ):
+        status, resp = await call(base, "GET", path, token=HS_TOKEN)
+        assert (status, resp["errcode"]) == (404, "M_NOT_FOUND"), (path, resp)
+    # Braces left as they are reach the handler too.
+    answer = await _raw_request(
+        as_port,
+        b"GET /_matrix/app/v1/rooms/%23irc_acc_%23x{y}%3Alocalhost HTTP/1.1\r\n"
+        + b"Host: 127.0.0.1\r\nAuthorization: Bearer "
+        + HS_TOKEN.encode()
+        + b"\r\nConnection: close\r\n\r\n",
+    )
+    assert b"M_NOT_FOUND" in answer, answer[:300]
+    # A transaction id is opaque: braces and slashes are part of it.
+    status, _ = await call(
+        base, "PUT", "/_matrix/app/v1/transactions/t%7B1%7D/2", {"events": []}, token=HS_TOKEN
+    )
+    assert status == 200
+    assert seen == [
+        ("alias", "#irc_acc_#x{y}:localhost"),
+        ("alias", "#irc_acc_#x{y}:localhost"),
+        ("alias", "#irc_acc_#a/b:localhost"),
+        ("alias", "#irc_acc_#a/b:localhost"),
+        ("user", "@irc_acc_a/{b}:localhost"),
+        ("user", "@irc_acc_a/{b}:localhost"),
+        ("protocol", "a{b}/c"),
+        ("protocol", "a{b}"),
+        ("protocol", "a{b}"),
+        ("alias", "#irc_acc_#x{y}:localhost"),
+    ]

@@ -52,6 +52,8 @@ def test_generate_registration(tmp_path: Path) -> None:
     reg = YAML().load(reg_path)
     assert reg["rate_limited"] is False and reg["receive_ephemeral"] is True
     assert reg["sender_localpart"] == "mimibot" and reg["protocols"] == ["testnet"]
+    # What end-to-bridge encryption needs from the homeserver (MSC3202, MSC4190).
+    assert reg["org.matrix.msc3202"] is True and reg["io.element.msc4190"] is True
     users = [n["regex"] for n in reg["namespaces"]["users"]]
     aliases = [n["regex"] for n in reg["namespaces"]["aliases"]]
     assert all(n["exclusive"] for n in reg["namespaces"]["users"])
@@ -67,6 +69,10 @@ def test_generate_registration(tmp_path: Path) -> None:
     key = YAML().load(cfg)["bridge"]["credentials_key"]
     assert run("-c", str(cfg), "-g", "-r", str(reg_path)).returncode == 0
     assert YAML().load(cfg)["bridge"]["credentials_key"] == key
+    # The provisioning secret is generated once and kept too: integrations hold it.
+    secret = YAML().load(saved)["provisioning"]["shared_secret"]
+    assert secret != "generate" and len(secret) >= 16
+    assert YAML().load(cfg)["provisioning"]["shared_secret"] == secret
     assert YAML().load(reg_path)["as_token"] != reg["as_token"]
 
 
@@ -74,7 +80,6 @@ def test_generate_registration(tmp_path: Path) -> None:
     ("edit", "new", "message"),
     [
         ("  domain: example.org\n", "", "homeserver.domain: missing"),
-        ("  port: 29333\n", "  port: 29333\n  colour: blue\n", "appservice.colour: unknown key"),
         ("  port: 29333", "  port: many", "appservice.port: must be an integer"),
         (
             "address: http://127.0.0.1:8008",
@@ -92,6 +97,12 @@ def test_generate_registration(tmp_path: Path) -> None:
             "    lifetime_days: -1",
             "bridge.media_links.lifetime_days: must be 0 (no limit) or more",
         ),
+        (
+            "    default: false",
+            "    default: true",
+            "bridge.encryption.default: needs bridge.encryption.allow: true",
+        ),
+        ("    allow: false", "    allow: sure", "bridge.encryption.allow: must be true or false"),
         ("  testnet: {}", "  nosuchnet: {}", "connectors.nosuchnet: unknown connector"),
         (
             "  testnet: {}",
@@ -110,6 +121,17 @@ def test_generate_registration(tmp_path: Path) -> None:
             "metrics.listen: port 29333 is the appservice port",
         ),
         ("  enabled: false\n  listen:", "  enabled: yes please\n  listen:", "metrics.enabled"),
+        (
+            "  shared_secret: generate",
+            "  shared_secret: short",
+            "provisioning.shared_secret: must be at least 16 characters",
+        ),
+        (
+            "  prefix: /_matrix/provision",
+            "  prefix: provision",
+            "provisioning.prefix: must be a URL path",
+        ),
+        ("  prefix: /_matrix/provision", "  prefix: /_matrix/app", "provisioning.prefix: "),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(

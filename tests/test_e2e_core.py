@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bridge.connector import ConnectorError, PortalKey
 from tests.conftest import BridgeFactory
 from tests.harness.synapse import SynapseServer
 from tests.helpers import command, is_member, management_room, new_user, sent, until
@@ -286,3 +287,92 @@ async def test_reply_to_a_message_whose_mapping_is_still_being_written(
 async def _level_is(client: Any, room: str, user_id: str, level: int) -> dict[str, Any] | None:
     levels = await client.get_state(room, "m.room.power_levels") or {}
     return levels if levels.get("users", {}).get(user_id) == level else None
+
+
+async def test_failure_before_delivery_is_told_to_the_sender(
+    make_bridge: BridgeFactory, synapse: SynapseServer
+) -> None:
+    """A message that fails for good before any client speaks (the network refuses to give
+    one, or the connector has a bug) is told to its sender in the portal, with the reason."""
+    bridge = await make_bridge()
+    tn: Any = bridge.connectors["testnet"]
+    gus = new_user(synapse)
+    await gus.set_displayname("Gus")
+
+    def notice_for(text: str) -> Any:
+        return lambda e: (
+            e["content"].get("msgtype") == "m.notice" and text in e["content"].get("body", "")
+        )
+
+    async def unreachable(portal: PortalKey) -> None:
+        raise ConnectorError(f"the test network cannot reach {portal.remote_id}")
+
+    async def buggy(portal: PortalKey) -> None:
+        raise RuntimeError("a bug in the test network")
+
+    room = await gus.join("#testnet_=23unreachable:localhost")
+    tn.relay_client = unreachable
+    await gus.send_text(room, "into the void")
+    told = await gus.wait_for_event(room, notice_for("was not delivered"))
+    assert told["sender"] == "@mimibot:localhost"
+    assert told["content"]["body"] == (
+        "Gus: your message was not delivered: the test network cannot reach #unreachable."
+    )
+    # An unexpected error: the queue's last resort still tells, without the traceback.
+    tn.relay_client = buggy
+    await gus.send_text(room, "into the bug")
+    told = await gus.wait_for_event(room, notice_for("an internal error"))
+    assert told["content"]["body"] == (
+        "Gus: your message was not delivered: an internal error in the bridge."
+    )
+    assert not [x for x in tn.sent if x["kind"] == "message"]
+    await gus.close()
+
+
+async def test_remote_message_the_homeserver_refuses_is_told_in_the_portal(
+    make_bridge: BridgeFactory, synapse: SynapseServer
+) -> None:
+    """A remote user's message the homeserver will not take (here: the room lets only the
+    bot speak) is not dropped in silence: the portal's Matrix members read that it is missing."""
+    bridge = await make_bridge()
+    tn: Any = bridge.connectors["testnet"]
+    ida = new_user(synapse)
+    room = await ida.join("#testnet_=23muted:localhost")
+    await tn.remote_message("#muted", "bob", "first, while bob may speak")
+    await ida.wait_for_event(
+        room, lambda e: e["content"].get("body") == "first, while bob may speak"
+    )
+    levels = await bridge.hs.get_state(room, "m.room.power_levels") or {}
+    levels["events_default"] = 100
+    await bridge.hs.send_state(room, "m.room.power_levels", levels)
+    await tn.remote_message("#muted", "bob", "refused by the homeserver")
+    told = await ida.wait_for_event(
+        room, lambda e: "could not be bridged" in e["content"].get("body", ""), 30
+    )
+    assert told["sender"] == "@mimibot:localhost"
+    assert told["content"]["msgtype"] == "m.notice"
+    assert told["content"]["body"].startswith(
+        "A message from Bob on Test Network could not be bridged: the homeserver refused it ("
+    )
+    await ida.close()
+
+
+async def test_portal_of_a_removed_connector_tells_its_users(
+    make_bridge: BridgeFactory, synapse: SynapseServer
+) -> None:
+    """The connector of a portal is taken out of the config: a message there is answered with
+    why it goes nowhere."""
+    first = await make_bridge()
+    ivy = new_user(synapse)
+    await ivy.set_displayname("Ivy")
+    room = await ivy.join("#testnet_=23retired:localhost")
+    await first.stop()
+    await make_bridge(connectors={})
+    await ivy.send_text(room, "anyone here?")
+    told = await ivy.wait_for_event(
+        room, lambda e: "your message was not delivered" in e["content"].get("body", ""), 30
+    )
+    assert told["content"]["body"] == (
+        "Ivy: your message was not delivered: no connector serves the network 'testnet' any more."
+    )
+    await ivy.close()

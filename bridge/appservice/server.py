@@ -21,7 +21,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from ..crypto.base import RoomCrypto
 from ..db import PendingEvent, TransactionStore
+from ..matrix.txn import transaction_extras
 from .request_log import RequestErrorLog
 
 
@@ -69,20 +71,25 @@ class AppserviceServer:
         self._runner: web.AppRunner | None = None
         # Called once per transaction accepted, True when it was a repeat (for metrics).
         self.on_transaction: Callable[[bool], None] = lambda replayed: None
+        # Set when end-to-bridge encryption is on.
+        self.crypto: RoomCrypto | None = None
         self._add_routes()
 
     def _add_routes(self) -> None:
         r = self.app.router
+        # Every path parameter is the path's last part and takes all of it: aiohttp's default
+        # pattern, ``[^{}/]+``, refuses the braces of an IRC channel's alias, and Synapse
+        # leaves the ``/`` of an alias or user id unencoded.
         for prefix in ("/_matrix/app/v1", ""):
-            r.add_put(prefix + "/transactions/{txn_id}", self.put_transaction)
-            r.add_get(prefix + "/users/{user_id}", self.get_user)
-            r.add_get(prefix + "/rooms/{alias}", self.get_room)
+            r.add_put(prefix + "/transactions/{txn_id:.+}", self.put_transaction)
+            r.add_get(prefix + "/users/{user_id:.+}", self.get_user)
+            r.add_get(prefix + "/rooms/{alias:.+}", self.get_room)
         for prefix in ("/_matrix/app/v1", "/_matrix/app/unstable"):
-            r.add_get(prefix + "/thirdparty/protocol/{protocol}", self.get_protocol)
+            r.add_get(prefix + "/thirdparty/protocol/{protocol:.+}", self.get_protocol)
             r.add_get(prefix + "/thirdparty/location", self.get_location_reverse)
-            r.add_get(prefix + "/thirdparty/location/{protocol}", self.get_location)
+            r.add_get(prefix + "/thirdparty/location/{protocol:.+}", self.get_location)
             r.add_get(prefix + "/thirdparty/user", self.get_user_reverse)
-            r.add_get(prefix + "/thirdparty/user/{protocol}", self.get_tp_user)
+            r.add_get(prefix + "/thirdparty/user/{protocol:.+}", self.get_tp_user)
         r.add_post("/_matrix/app/v1/ping", self.post_ping)
         r.add_get("/_matrix/mau/live", self.health)
 
@@ -139,6 +146,17 @@ class AppserviceServer:
         if not isinstance(ephemeral, list):
             return _error(400, "M_BAD_JSON", "'ephemeral' must be a list")
         txn_id = request.match_info["txn_id"]
+        extras = transaction_extras(body) if self.crypto is not None else None
+        if extras is not None:
+            # To-device messages are not idempotent (an Olm message decrypts once): a
+            # transaction already handled is not handled again.
+            if extras.to_device and await self.transactions.seen(txn_id):
+                self.on_transaction(True)
+                return web.json_response({})
+            # Room keys arrive once, as to-device messages: stored before the transaction is
+            # acknowledged, and before its events (which may need them) are handled. A failure
+            # here answers 500, so the homeserver sends the transaction again.
+            await self.crypto.handle_extras(extras)  # type: ignore[union-attr]
         # Events of the bridge's own users (echoes of what it sent) only update what it keeps
         # in memory: handled at once, never recorded (that would double the database work of
         # every bridged message).
@@ -154,6 +172,8 @@ class AppserviceServer:
                 return web.json_response({})
             # Durably recorded: from here on a crash loses nothing, so answer now and process.
             await self.handler.handle_pending(recorded)
+        elif extras is not None and extras.to_device:
+            await self.transactions.record(txn_id, [])  # its to-device messages are handled
         ephemeral_dicts = [e for e in ephemeral if isinstance(e, dict)]
         if ephemeral_dicts:
             await self.handler.handle_ephemeral(ephemeral_dicts)

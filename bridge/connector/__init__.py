@@ -76,6 +76,7 @@ from .events import (
     SentMessage,
 )
 from .ids import GhostKey, PortalKey, escape_localpart, unescape_localpart
+from .tables import Migration, Migrations, MigrationStep, table_exists
 
 __all__ = [
     "Attachment",
@@ -115,6 +116,9 @@ __all__ = [
     "MessageContent",
     "MessageKind",
     "MessageRef",
+    "Migration",
+    "MigrationStep",
+    "Migrations",
     "Namespace",
     "NetworkClient",
     "NetworkConnector",
@@ -147,5 +151,6 @@ __all__ = [
     "ThirdPartyProtocol",
     "TypingHandling",
     "escape_localpart",
+    "table_exists",
     "unescape_localpart",
 ]

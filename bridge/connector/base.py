@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 from .events import Attachment, MatrixMessage, RemoteEvent, SentMessage
 from .ids import PortalKey, escape_localpart, unescape_localpart
+from .tables import Migrations
 
 
 class ConnectorError(Exception):
@@ -151,6 +152,9 @@ class NetworkConnector(ABC):
     display_name: ClassVar[str]
     # Where the connector's config documentation lives (shown in errors and docs).
     example_config: ClassVar[str] = ""
+    # The connector's own tables in the bridge's database, as ordered migrations (see
+    # bridge.connector.tables); run at start-up before start(), versioned under ``name``.
+    migrations: ClassVar[Migrations] = ()
 
     def __init__(self, bridge: BridgeAPI, config: Mapping[str, Any]) -> None:
         self.bridge = bridge
@@ -198,6 +202,18 @@ class NetworkConnector(ABC):
             return unescape_localpart(localpart)
         except ValueError:
             return None
+
+    def canonical_room_id(self, network: str, remote_room_id: str) -> str | None:
+        """The remote room id the connector keeps for a room a user named (``join``,
+        ``link``, third-party lookups), or None when the name is no room id at all. The
+        core builds portal keys from user input only through this, so that ``#Chan`` and
+        ``#chan`` are one portal where the network counts them as one room.
+
+        By default the alias round trip, ``parse_alias_localpart(alias_localpart(id))``:
+        right for every connector whose alias localpart names the canonical id (escaped or
+        case-folded). Override it when an alias cannot give the id back (an invite link
+        whose alias names the group it leads to, before the bridge has joined the group)."""
+        return self.parse_alias_localpart(network, self.alias_localpart(network, remote_room_id))
 
     # --- opening portals and ghosts -----------------------------------------------------
 

@@ -74,11 +74,16 @@ class Sender:
 
     remote_id: str
     display_name: str | None = None
-    # The event was sent by a Matrix user's own puppet (an echo of our own message, or a message
-    # sent from another client of the same account). The core then does not post it again.
+    # The sender is a Matrix user's own puppet or logged-in account (``matrix_user``).
     is_from_me: bool = False
     # The Matrix user the puppet belongs to, when ``is_from_me``.
     matrix_user: str | None = None
+    # With ``is_from_me``: the event was sent from another client of the user's account (their
+    # phone, a desktop client), not by the bridge. The connector decides, from what it knows of
+    # its own sends (pending ids, origin-ids, the network's own-message flags); the core drops
+    # an ``is_from_me`` event without it as the echo of what the bridge sent, and shows one
+    # with it in the portal as the user's (see docs/connectors.md, "The user's other clients").
+    from_other_client: bool = False
 
 
 # --- remote -> Matrix -------------------------------------------------------------------------

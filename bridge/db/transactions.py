@@ -48,6 +48,9 @@ class TransactionStore:
                 out.append(PendingEvent(int(seq), str(evt.get("room_id", "")), evt))
             return out
 
+    async def seen(self, txn_id: str) -> bool:
+        return bool(await self.db.fetchval("SELECT 1 FROM appservice_txn WHERE txn_id=$1", txn_id))
+
     async def pending(self) -> list[PendingEvent]:
         rows = await self.db.fetch("SELECT seq, room_id, event FROM pending_event ORDER BY seq")
         return [PendingEvent(r["seq"], r["room_id"], json.loads(r["event"])) for r in rows]

@@ -21,6 +21,8 @@ from mautrix.errors import MatrixRequestError
 from mautrix.types import UserID
 from yarl import URL
 
+from ..crypto.base import RoomCrypto
+
 
 class _StateStore(MemoryStateStore, ASStateStore):
     """mautrix needs one; the bridge keeps its own caches below."""
@@ -66,6 +68,8 @@ class Homeserver:
         self._state_store = _StateStore()
         # Called after each request: (HTTP method, seconds, errcode or None); for metrics.
         self.observe: Callable[[str, float, str | None], None] = lambda m, s, e: None
+        # Set when end-to-bridge encryption is on: sends into encrypted rooms go through it.
+        self.crypto: RoomCrypto | None = None
         self._json_headers = {
             "Authorization": f"Bearer {as_token}",
             "Content-Type": "application/json",
@@ -343,6 +347,10 @@ class Homeserver:
         as_user: str | None = None,
         timestamp: int | None = None,
     ) -> str:
+        if self.crypto is not None and await self.crypto.is_encrypted(room_id, as_user):
+            # Every sender's messages, the ghosts' too, are encrypted by the bot's device.
+            content = await self.crypto.encrypt(room_id, event_type, content, as_user)
+            event_type = "m.room.encrypted"
         path = f"/_matrix/client/v3/rooms/{_q(room_id)}/send/{_q(event_type)}/{_q(txn_id)}"
         resp = await self._put_once(path, content, as_user, timestamp)
         if resp is None:  # anything but success: the general way, with its retries and errors

@@ -60,8 +60,10 @@ from .delivery import Deliveries
 from .deltachat_to_matrix import DeltaChatToMatrix
 from .groups import Groups
 from .matrix_to_deltachat import MatrixToDeltaChat
+from .own_sends import OwnSends
 from .rpc import Rpc, RpcDown, RpcError
 from .store import Store
+from .tables import MIGRATIONS
 
 
 class DeltaChatClient(NetworkClient):
@@ -108,6 +110,7 @@ class DeltaChatClient(NetworkClient):
 
 class DeltaChatConnector(NetworkConnector):
     name = "deltachat"
+    migrations = MIGRATIONS
     display_name = "Delta Chat"
     example_config = "connectors/deltachat/config.py"
     login_help = "<address> <password>: your own Delta Chat (e-mail) account"
@@ -132,6 +135,7 @@ class DeltaChatConnector(NetworkConnector):
             self.rpc, self.calls, self.store, self.cfg, self.accounts, self.contacts, self.log
         )
         self.deliveries = Deliveries(self.rpc, bridge)
+        self.own_sends = OwnSends()
         self.groups = Groups(
             bridge,
             self.rpc,
@@ -154,6 +158,7 @@ class DeltaChatConnector(NetworkConnector):
             self.accounts,
             self.chats,
             self.deliveries,
+            self.own_sends,
             outdir,
         )
         self.incoming = DeltaChatToMatrix(
@@ -166,6 +171,7 @@ class DeltaChatConnector(NetworkConnector):
             self.chats,
             self.groups,
             self.deliveries,
+            self.own_sends,
             self.log,
         )
         self._commands = Commands(self.rpc, self.calls, self.accounts, self.groups, self.started)
@@ -238,6 +244,14 @@ class DeltaChatConnector(NetworkConnector):
 
     def parse_alias_localpart(self, network: str, localpart: str) -> str | None:
         return ids.parse_alias_localpart(localpart, self.store.handle_of)
+
+    def canonical_room_id(self, network: str, remote_room_id: str) -> str | None:
+        handle = self.parse_alias_localpart(network, self.alias_localpart(network, remote_room_id))
+        if handle is None or handle not in self.store.grpid_of:
+            # Not a group the bridge knows (an invite link it has yet to join, say): the name
+            # as typed, which resolve_portal joins or refuses.
+            return remote_room_id
+        return handle
 
     # --- portals and ghosts ---------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import mimetypes
@@ -37,8 +38,9 @@ from .contacts import Contacts
 from .delivery import Deliveries
 from .formatting import to_matrix
 from .groups import Groups
-from .ids import is_special
+from .ids import SELF, is_special
 from .messages import from_person, message_id, reactions_by
+from .own_sends import OwnSends
 from .rate_limit import RateLimiter
 from .rpc import Rpc, RpcError
 from .store import MsgRecord, Store
@@ -89,6 +91,7 @@ class DeltaChatToMatrix:
         chats: Chats,
         groups: Groups,
         deliveries: Deliveries,
+        own_sends: OwnSends,
         log: logging.Logger,
     ) -> None:
         self.bridge = bridge
@@ -100,6 +103,7 @@ class DeltaChatToMatrix:
         self.chats = chats
         self.groups = groups
         self.deliveries = deliveries
+        self.own_sends = own_sends
         self.log = log
         self.limiter = RateLimiter(cfg.rate_messages, cfg.rate_seconds)
         self._reactions: dict[tuple[int, int, int], frozenset[str]] = {}
@@ -147,6 +151,9 @@ class DeltaChatToMatrix:
 
     async def _incoming(self, account: int, chat_id: int, msg_id: int) -> None:
         msg = await self.rpc.call("get_message", account, msg_id)
+        if int(msg.get("fromId", 0)) == SELF:
+            await self._from_other_device(account, chat_id, msg_id)
+            return
         if not from_person(msg):
             return
         chat = await self.rpc.call("get_full_chat_by_id", account, chat_id)
@@ -157,6 +164,9 @@ class DeltaChatToMatrix:
         portal = await self.chats.portal_of(account, chat)
         if portal is None:
             return
+        if sender.is_from_me and not await self._sent_by_bridge(sender.remote_id, mid):
+            # A Matrix user's account wrote it, and not through the bridge: their phone.
+            sender = dataclasses.replace(sender, from_other_client=True)
         if not sender.is_from_me and not self.limiter.allow(sender.remote_id):
             if len(self._dropped) > _DROPPED_MAX:
                 self._dropped.clear()
@@ -180,6 +190,38 @@ class DeltaChatToMatrix:
         await self.bridge.emit(evt)
         if chat["chatType"] == "Group":
             await self.groups.message_seen(account, chat, portal, sender)
+
+    async def _sent_by_bridge(self, addr: str, mid: str) -> bool:
+        """Whether the bridge sent the message ``mid`` from its account ``addr``."""
+        account = self.accounts.account_of_addr.get(addr.lower())
+        if account is None:
+            return False
+        await self.own_sends.settled(account, self.cfg.send_timeout)
+        return await self.store.by_mid(account, mid) is not None
+
+    async def _from_other_device(self, account: int, chat_id: int, msg_id: int) -> None:
+        """A message that appeared in a puppet account as its own, not sent by the bridge:
+        the user wrote it on another device of the account (which sends a copy to itself)."""
+        user_id = self.accounts.user_of_account.get(account)
+        if user_id is None or self.accounts.account_of_user.get(user_id) != account:
+            return
+        await self.own_sends.settled(account, self.cfg.send_timeout)
+        if await self.store.message(account, msg_id) is not None:
+            return  # the bridge's own send, recorded meanwhile
+        try:
+            msg = await self.rpc.call("get_message", account, msg_id)
+        except RpcError:
+            return
+        if int(msg.get("fromId", 0)) != SELF or msg.get("isInfo"):
+            return
+        portal = await self.chats.listening(account, chat_id)
+        if portal is None:
+            return  # not this account's to bridge (the bridge's account listens to the group)
+        sender = dataclasses.replace(
+            await self.contacts.sender(account, SELF), from_other_client=True
+        )
+        mid = await self._record(account, chat_id, msg_id, msg, sender)
+        await self.bridge.emit(await self._remote_message(account, msg, mid, portal, sender))
 
     async def _accept_if_allowed(self, account: int, chat: dict[str, Any], sender: str) -> bool:
         """Contact requests: accepted only where the policy allows."""
@@ -299,7 +341,10 @@ class DeltaChatToMatrix:
     async def _changed(self, account: int, chat_id: int, msg_id: int) -> None:
         """Edits: the core changes the message in place and sets ``isEdited``."""
         rec = await self.store.message(account, msg_id)
-        if rec is None or self.accounts.is_ours(rec.sender):
+        if rec is None:
+            await self._from_other_device(account, chat_id, msg_id)
+            return
+        if self.accounts.is_ours(rec.sender):
             return
         try:
             msg = await self.rpc.call("get_message", account, msg_id)

@@ -34,6 +34,7 @@ from .delivery import Deliveries
 from .formatting import to_deltachat
 from .ids import SELF
 from .messages import message_id, reactions_by
+from .own_sends import OwnSends
 from .rpc import Rpc, RpcDown, RpcError
 from .store import MsgRecord, Store
 
@@ -65,6 +66,7 @@ class MatrixToDeltaChat:
         accounts: Accounts,
         chats: Chats,
         deliveries: Deliveries,
+        own_sends: OwnSends,
         outdir: Path,
     ) -> None:
         self.bridge = bridge
@@ -75,11 +77,18 @@ class MatrixToDeltaChat:
         self.accounts = accounts
         self.chats = chats
         self.deliveries = deliveries
+        self.own_sends = own_sends
         self.outdir = outdir
 
     # --- messages -------------------------------------------------------------------------
 
     async def message(self, account: int, msg: MatrixMessage) -> SentMessage:
+        # In flight until recorded: the core's events about it must not read as another
+        # device's message.
+        async with self.own_sends.sending(account):
+            return await self._message(account, msg)
+
+    async def _message(self, account: int, msg: MatrixMessage) -> SentMessage:
         chat_id = await self.chats.chat_or_error(account, msg.portal)
         text = to_deltachat(msg.content)
         data: dict[str, Any] = {"text": text}

@@ -69,6 +69,7 @@ from .matrix_to_irc import (
 from .protocol import Line, UnsafeLine, ctcp, serialize
 from .puppets import Puppet, PuppetPool
 from .ranks import MODE_ERRORS, mode_change, mode_params
+from .tables import MIGRATIONS
 
 log = logging.getLogger("mimi.irc")
 
@@ -628,10 +629,7 @@ class NickStore:
         if self.db is None:
             try:
                 db = self.bridge.database()
-                await db.execute(
-                    "CREATE TABLE IF NOT EXISTS irc_puppet_nick (network TEXT NOT NULL, "
-                    "user_id TEXT NOT NULL, nick TEXT NOT NULL, PRIMARY KEY (network, user_id))"
-                )
+                await db.fetchval("SELECT 1 FROM irc_puppet_nick LIMIT 1")
                 self.db = db
             except Exception:
                 self.db = False
@@ -671,6 +669,7 @@ class IRCConnector(NetworkConnector):
     name: ClassVar[str] = "irc"
     display_name: ClassVar[str] = "IRC"
     example_config: ClassVar[str] = "connectors/irc/config.py"
+    migrations = MIGRATIONS
     login_help = "<network> password <server password> | <network> sasl <account> <password>"
 
     def __init__(self, bridge: BridgeAPI, config: Mapping[str, Any]) -> None:

@@ -85,6 +85,7 @@ from .presence_in import PresenceIn
 from .profiles import Profiles
 from .ranks import Ranks
 from .roster import Roster
+from .tables import MIGRATIONS
 
 NS_MUC = "http://jabber.org/protocol/muc"
 CAPS_NODE = "https://github.com/mimi-bridge/mimi-bridge"
@@ -164,6 +165,7 @@ class XMPPClient(NetworkClient):
 
 class XMPPConnector(NetworkConnector):
     name = "xmpp"
+    migrations = MIGRATIONS
     display_name = "XMPP"
     example_config = "connectors/xmpp/config.py"
     login_help = "<jid> <password> — use your own XMPP account instead of a bridge puppet"

@@ -47,35 +47,31 @@ class MessagesIn(Part):
     """Turns messages from the XMPP side into remote events."""
 
     async def _on_carbon_sent(self, stream: Stream, wrapper: Message) -> None:
-        """A message the logged-in user sent from another client: show it as theirs."""
+        """A message the logged-in user sent from another client: shown as theirs."""
         try:
             msg = wrapper["carbon_sent"]
         except Exception:
             return
         user_id = self.c.presence_in.user_for(stream, stream.xmpp.boundjid)
         to = inc.stanza_jid(msg, "to")
-        if user_id is None or to is None or msg.xml.attrib.get("type") == "groupchat":
+        if user_id is None or to is None or msg.xml.attrib.get("type") in ("groupchat", "error"):
             return
-        portal = PortalKey(NETWORK, to.bare, receiver=user_id)
-        content = inc.message_content(msg, self.cfg.max_message_bytes)
-        if content is None:
-            return
+        if to.domain == self.cfg.domain:
+            return  # to a Matrix user's puppet: the component receives it and bridges it
         ids = inc.message_ids(msg, None)
-        mid = (
-            ids.origin or ids.attr or inc.synthesized_id(user_id, content.text, inc.timestamp(msg))
+        key = ids.origin or ids.attr
+        if key and key in self.c.messages_out.sent:
+            # Servers carbon a message to the account's other resources, not to the one that
+            # sent it; a copy of the bridge's own message is its echo all the same.
+            return
+        remote = to.bare
+        if to.bare in self.c.rooms and to.resource:
+            remote = str(to)  # a private message to a MUC occupant
+        portal = PortalKey(NETWORK, remote, receiver=user_id)
+        sender = Sender(
+            stream.xmpp.boundjid.bare, is_from_me=True, matrix_user=user_id, from_other_client=True
         )
-        ident = self.c.sessions[user_id].identity
-        await self.c.ids.add(MessageRecord(conv_of(portal), mid, None, mid, ident.key))
-        self.c.known_dms.add(portal)
-        await self.c.emit(
-            RemoteMessage(
-                portal=portal,
-                sender=Sender(stream.xmpp.boundjid.bare, is_from_me=True, matrix_user=user_id),
-                id=mid,
-                content=content,
-                timestamp=inc.timestamp(msg),
-            )
-        )
+        await self._process(stream, msg, portal, sender, ids, to, group=False)
 
     async def on_message(self, stream: Stream, msg: Message) -> None:
         if inc.is_mam_result(msg):
@@ -215,11 +211,14 @@ class MessagesIn(Part):
                 return  # the reflection of a message the bridge sent
             if not ours.identity.login:
                 return
+            # Not sent by the bridge, from the user's own nick: another client of their
+            # account shares the occupant (servers join one account's sessions to one nick).
             sender = Sender(
                 ours.identity.jid.bare,
                 nick,
                 is_from_me=True,
                 matrix_user=ours.identity.user_id,
+                from_other_client=True,
             )
         else:
             ro = room.remote.get(nick)
@@ -307,14 +306,14 @@ class MessagesIn(Part):
         """Everything a chat or groupchat message can carry, in order of precedence."""
         conv = conv_of(portal)
         stamp = inc.timestamp(msg)
+        # A Matrix user's account also retracts what the bridge sent for them.
+        theirs = {sender.remote_id}
+        if sender.is_from_me and sender.matrix_user:
+            theirs.add(f"matrix:{sender.matrix_user}")
         retraction = inc.retraction(msg)
         if retraction is not None:
             rec = await self.c.ids.get(conv, retraction.target)
-            if (
-                rec is not None
-                and rec.sender != sender.remote_id
-                and retraction.moderated_by is None
-            ):
+            if rec is not None and rec.sender not in theirs and retraction.moderated_by is None:
                 self.log.info("ignoring a retraction by %s of a message it did not send", sender)
                 return
             await self.c.emit(
@@ -392,7 +391,7 @@ class MessagesIn(Part):
                     timestamp=stamp,
                 )
             )
-            if ok and not group and inc.receipt_request(msg) and ids.attr:
+            if ok and not group and not sender.is_from_me and inc.receipt_request(msg) and ids.attr:
                 frm = inc.stanza_jid(msg, "from")
                 if frm is not None:
                     with contextlib.suppress(NotConnected):

@@ -222,8 +222,7 @@ async def test_bracket_channel_from_config_both_ways_and_after_a_restart(
     """A channel whose name folds differently under the server's mapping and the ids' form
     (``#B[r]\\k`` is ``#b{r}|k`` in Matrix, ngircd tells them apart): listed in ``channels``,
     its portal is the IRC channel so spelled, both ways, before and after a bridge restart.
-    (Opened with ``join``: the homeserver's alias query for ``#irc_test_#b{r}|k`` does not
-    reach the bridge's appservice route, which refuses braces.)"""
+    (Opened with ``join``; test_e2e_aliases.py opens channels with braces by alias.)"""
     server: IrcServer = request.getfixturevalue(server_name)
     n = uniq("")
     chan = f"#B[r]\\k{n}"

@@ -73,3 +73,23 @@ def test_ids_without_folded_specials_keep_the_servers_fold(nick: str) -> None:
         if not ids.folded_specials(remote_id):
             for server in ("rfc1459", "strict-rfc1459", "ascii"):
                 assert casefold(remote_id, server) == casefold(nick, server)
+
+
+def test_canonical_room_id_is_the_alias_round_trip() -> None:
+    """What users type for a channel (``join``, ``link``) becomes the channel id its alias
+    names: folded with the network's ``casemapping``; None for what is no channel."""
+    from connectors.irc import IRCConnector
+
+    from .conftest import FakeBridge
+
+    nets = {
+        "rfc": {"host": "127.0.0.1", "port": 6667, "bot": {"nick": "b"}},
+        "asc": {"host": "127.0.0.1", "port": 6667, "bot": {"nick": "b"}, "casemapping": "ascii"},
+    }
+    conn = IRCConnector(FakeBridge(), {"networks": nets})
+    assert conn.canonical_room_id("irc_rfc", "#Case7") == "#case7"
+    assert conn.canonical_room_id("irc_rfc", "#X[Y]") == "#x{y}"
+    assert conn.canonical_room_id("irc_rfc", "#x{y}") == "#x{y}"
+    assert conn.canonical_room_id("irc_asc", "#X[Y]") == "#x[y]"
+    assert conn.canonical_room_id("irc_rfc", "notachannel") is None
+    assert conn.canonical_room_id("irc_rfc", "#a b") is None

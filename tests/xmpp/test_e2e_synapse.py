@@ -872,6 +872,117 @@ async def test_login_with_own_xmpp_account(
     await jo.close()
 
 
+async def test_messages_from_the_users_other_xmpp_client_show_in_matrix(
+    xmpp_bridge: Any, synapse: SynapseServer, prosody: ProsodyServer, xusers: Any
+) -> None:
+    """Jo is logged in with her own JID and also uses a phone client on it. What she writes
+    from the phone (reflected by the MUC, carbon-copied in a chat) appears once in Matrix,
+    sent by the bot and marked as hers; what she writes from Matrix appears once too."""
+    await xmpp_bridge()
+    muc = new_room(prosody)
+    alice = await xusers("alice")
+    await alice.join(muc, "alice")
+    name = unique("jo")
+    prosody.register_user(name, "jo-secret")
+    jo = await matrix_user(synapse, "Jo")
+    mgmt = await management_room(jo)
+    await command(jo, mgmt, f"login xmpp {name}@{prosody.domain} jo-secret", "Logged in as")
+    room = await jo.join(alias_of(muc))
+    await alice.wait_presence(from_nick(muc, "Jo"))
+    # Her phone: the same account, another resource, carbons on, in the MUC under her nick.
+    phone = XClient(prosody, name, password="jo-secret", plugins=("xep_0280",))
+    await phone.connect()
+    try:
+        await phone.xmpp.plugin["xep_0280"].enable(timeout=5)
+        await phone.join(muc, "Jo")
+        label = "Jo (from their XMPP account)"
+        # In the MUC: shown once, by the bot, marked in body and HTML.
+        sent = phone.xmpp.make_message(
+            mto=JID(muc), mbody="hello from my *phone*", mtype="groupchat"
+        )
+        sent["id"] = sent["origin_id"]["id"] = unique("phone")
+        sent.send()
+        evt = await jo.wait_for_event(room, lambda e: body(e).endswith("hello from my *phone*"))
+        assert evt["sender"] == BOT
+        assert body(evt) == f"{label}: hello from my *phone*"
+        assert evt["content"]["msgtype"] == "m.text"
+        assert evt["content"]["formatted_body"] == (
+            f"<strong>{label}</strong>: hello from my <strong>phone</strong>"
+        )
+        at_alice = await alice.wait_message(lambda m: m["body"] == "hello from my *phone*")
+        # A correction from the phone edits it, still marked; a Matrix reply refers to it.
+        fix = phone.xmpp.make_message(mto=JID(muc), mbody="hello from my phone!", mtype="groupchat")
+        fix["replace"]["id"] = sent["id"]
+        fix.send()
+        edit = await jo.wait_for_event(
+            room, lambda e: e["content"].get("m.relates_to", {}).get("rel_type") == "m.replace"
+        )
+        assert edit["sender"] == BOT
+        assert edit["content"]["m.relates_to"]["event_id"] == evt["event_id"]
+        assert edit["content"]["m.new_content"]["body"] == f"{label}: hello from my phone!"
+        await jo.reply(room, evt["event_id"], "replying to my phone")
+        reply = await alice.wait_message(lambda m: m["body"].endswith("replying to my phone"))
+        assert _attr(reply, NS_REPLY, "id") == sid(at_alice)
+        # A reaction from the phone: a marked notice replying to the message; taking the
+        # reaction back removes the notice.
+        alice.xmpp.send_message(mto=JID(muc), mbody="react to this", mtype="groupchat")
+        hers = await jo.wait_for_event(room, lambda e: body(e) == "react to this")
+        seen = await phone.wait_message(lambda m: m["body"] == "react to this")
+        react = phone.xmpp.make_message(mto=JID(muc), mtype="groupchat")
+        react["reactions"]["id"] = sid(seen)
+        react["reactions"]["values"] = ["👍"]
+        react.send()
+        note = await jo.wait_for_event(room, lambda e: body(e) == f"{label} reacted with 👍")
+        assert note["sender"] == BOT and note["content"]["msgtype"] == "m.notice"
+        assert note["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == hers["event_id"]
+        unreact = phone.xmpp.make_message(mto=JID(muc), mtype="groupchat")
+        unreact["reactions"]["id"] = sid(seen)
+        unreact["reactions"]["values"] = []
+        unreact.send()
+        await until(lambda: _redacted(jo, room, note["event_id"]), what="reaction notice removed")
+        # From Matrix: once in Matrix (its reflection is recognised as the bridge's own).
+        await jo.send_text(room, "from matrix")
+        await alice.wait_message(lambda m: m["body"] == "from matrix")
+        await phone.wait_message(lambda m: m["body"] == "from matrix")
+        # A chat from the phone to alice: its carbon opens Jo's DM with alice, marked.
+        phone.xmpp.send_message(mto=JID(alice.jid), mbody="hi alice, from my phone", mtype="chat")
+        await alice.wait_message(lambda m: m["body"] == "hi alice, from my phone")
+        invite = await until(lambda: _invites(jo), what="DM invite")
+        dm = next(iter(invite))
+        await jo.join(dm)
+        mine = await jo.wait_for_event(dm, lambda e: body(e).endswith("hi alice, from my phone"))
+        assert body(mine) == f"{label}: hi alice, from my phone"
+        assert mine["sender"] == BOT
+        alice.xmpp.send_message(mto=JID(name + "@" + prosody.domain), mbody="hi Jo", mtype="chat")
+        answer = await jo.wait_for_event(dm, lambda e: body(e) == "hi Jo")
+        assert answer["sender"] == ghost_of(alice.jid)
+        # From Matrix in the DM: alice gets it, the phone its carbon, Matrix shows it once.
+        await jo.send_text(dm, "dm from matrix")
+        await alice.wait_message(lambda m: m["body"] == "dm from matrix")
+        await phone.wait_message(lambda m: m.xml.find("{urn:xmpp:carbons:2}sent") is not None)
+        # A last message from the phone in each room: everything before it is in Matrix.
+        phone.xmpp.send_message(mto=JID(muc), mbody="last in the room", mtype="groupchat")
+        phone.xmpp.send_message(mto=JID(alice.jid), mbody="last in the dm", mtype="chat")
+        await jo.wait_for_event(room, lambda e: body(e) == f"{label}: last in the room")
+        await jo.wait_for_event(dm, lambda e: body(e) == f"{label}: last in the dm")
+        texts = [body(e) for e in await jo.messages(room) if e["type"] == "m.room.message"]
+        assert texts.count(f"{label}: hello from my *phone*") == 1
+        assert texts.count("from matrix") == 1
+        assert not [t for t in texts if t.endswith(": from matrix")]
+        dm_texts = [body(e) for e in await jo.messages(dm) if e["type"] == "m.room.message"]
+        assert dm_texts.count(f"{label}: hi alice, from my phone") == 1
+        assert dm_texts.count("dm from matrix") == 1
+        assert not [t for t in dm_texts if t.endswith(": dm from matrix")]
+        # A retraction from the phone deletes its message in Matrix.
+        retract = phone.xmpp.make_message(mto=JID(muc), mtype="groupchat")
+        retract["retract"]["id"] = sid(at_alice)
+        retract.send()
+        await until(lambda: _redacted(jo, room, evt["event_id"]), what="phone's retraction")
+    finally:
+        await phone.close()
+    await jo.close()
+
+
 # --- direct messages --------------------------------------------------------------------------
 
 

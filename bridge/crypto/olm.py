@@ -1,0 +1,478 @@
+""":class:`RoomCrypto` on mautrix's ``OlmMachine`` (libolm through python-olm), with its crypto
+store in the bridge's own database (SQLite or PostgreSQL, through ``mautrix.util.async_db``).
+
+Appservice push mode: the bot's device is created by the appservice (MSC4190), and what a
+syncing client would read from ``/sync`` (to-device messages, device lists, one-time-key
+counts) arrives in transactions (MSC2409, MSC3202). Only the bot has a device: ghosts'
+messages are encrypted by it, and sent as the ghost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, cast
+
+import olm
+from mautrix.api import Method, Path
+from mautrix.client import Client
+from mautrix.crypto import OlmMachine, PgCryptoStore, StateStore
+from mautrix.crypto.attachments import decrypt_attachment, encrypt_attachment
+from mautrix.errors import (
+    CryptoError,
+    DecryptionError,
+    DuplicateMessageIndex,
+    EncryptionError,
+    GroupSessionWithheldError,
+    MatrixRequestError,
+    SessionNotFound,
+    VerificationError,
+)
+from mautrix.types import (
+    JSON,
+    ASToDeviceEvent,
+    DeviceID,
+    DeviceLists,
+    DeviceOTKCount,
+    EncryptedEvent,
+    EncryptedMegolmEventContent,
+    EventType,
+    RoomEncryptionStateEventContent,
+    RoomID,
+    SerializerError,
+    SessionID,
+    UserID,
+)
+from mautrix.util.async_db import Database
+from mautrix.util.logging import TraceLogger
+
+from ..credentials import CredentialBox, CredentialError
+from ..matrix.homeserver import Homeserver, MatrixError
+from ..matrix.txn import TransactionExtras
+from .base import DecryptionFailed, KeyMissing
+from .store import CryptoSecrets, RoomEncryptionStore, WaitingEvents, upgrade_table
+
+# A to-device message the bot sends its own device at start-up: its arrival in a transaction
+# proves the homeserver pushes to-device messages (MSC2409) and key counts (MSC3202).
+PROBE_TYPE = "org.mimi-bridge.crypto_probe"
+PROBE_TIMEOUT_S = 30.0
+# How long a transaction waits for the device to be ready before the homeserver is asked to
+# retry it (it carries room keys that must not be dropped).
+READY_TIMEOUT_S = 60.0
+
+
+class CryptoStartupError(Exception):
+    """The bot's device cannot be set up; the message says what to fix."""
+
+
+class _TraceAdapter(logging.LoggerAdapter[logging.Logger]):
+    def trace(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self.log(5, msg, *args, **kwargs)
+
+    def silly(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self.log(1, msg, *args, **kwargs)
+
+
+def _trace_logger(name: str) -> Any:
+    """mautrix logs at its own TRACE and SILLY levels; a logger made before mautrix set its
+    logger class lacks those methods."""
+    log = logging.getLogger(name)
+    return log if isinstance(log, TraceLogger) else _TraceAdapter(log, {})
+
+
+class _MachineState(StateStore):
+    """What ``OlmMachine`` asks about rooms, answered from the bridge's own knowledge."""
+
+    def __init__(self, rooms: RoomEncryptionStore, joined: Callable[[str, str], bool]) -> None:
+        self.rooms = rooms
+        self.joined = joined
+
+    async def is_encrypted(self, room_id: RoomID) -> bool:
+        return self.rooms.known(room_id) is True
+
+    async def get_encryption_info(self, room_id: RoomID) -> RoomEncryptionStateEventContent | None:
+        content = self.rooms.content(room_id)
+        if content is None:
+            return None
+        info: RoomEncryptionStateEventContent = RoomEncryptionStateEventContent.deserialize(
+            cast(JSON, content)
+        )
+        return info
+
+    async def find_shared_rooms(self, user_id: UserID) -> list[RoomID]:
+        return [RoomID(r) for r in self.rooms.rooms() if self.joined(r, user_id)]
+
+
+class OlmCrypto:
+    def __init__(
+        self,
+        db: Database,
+        hs: Homeserver,
+        credentials: CredentialBox,
+        is_bridge_user: Callable[[str], bool],
+        log: logging.Logger,
+        device_name: str = "mimi-bridge",
+    ) -> None:
+        self.db = db
+        self.hs = hs
+        self.credentials = credentials
+        self.is_bridge_user = is_bridge_user
+        self.log = log
+        self.device_name = device_name
+        self.device_id = ""
+        self.rooms = RoomEncryptionStore(db)
+        self._waiting = WaitingEvents(db)
+        self._ready = asyncio.Event()
+        self._store: PgCryptoStore | None = None
+        self._machine: OlmMachine | None = None
+        self._client: Client | None = None
+        self._room_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._probe_nonce = ""
+        self._probe_seen = asyncio.Event()
+        self._msc3202_seen = asyncio.Event()
+        self._probe_task: asyncio.Task[None] | None = None
+
+    @property
+    def machine(self) -> OlmMachine:
+        assert self._machine is not None, "OlmCrypto.start() first"
+        return self._machine
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await upgrade_table.upgrade(self.db)
+        await PgCryptoStore.upgrade_table.upgrade(self.db)
+        await self.rooms.load()
+        try:
+            pickle_key = await CryptoSecrets(self.db, self.credentials).pickle_key()
+        except CredentialError as e:
+            raise CryptoStartupError(
+                "the bot's encryption keys cannot be opened: was bridge.credentials_key changed?"
+            ) from e
+        bot = UserID(self.hs.bot_mxid)
+        self._store = PgCryptoStore(bot, pickle_key, self.db)
+        self._client = Client(
+            mxid=bot,
+            base_url=self.hs.address,
+            token=self.hs.as_token,
+            client_session=self.hs.session,
+            log=_trace_logger(self.log.name + ".http"),
+        )
+        self._machine = OlmMachine(
+            self._client,
+            self._store,
+            _MachineState(self.rooms, self.hs.is_joined),
+            log=_trace_logger(self.log.name + ".olm"),
+        )
+        stored = await self._store.get_device_id()
+        device_id = stored or DeviceID("MIMI" + secrets.token_hex(5).upper())
+        try:
+            # MSC4190: the appservice creates (or re-confirms) its bot's device itself.
+            await self._client.create_device_msc4190(device_id, self.device_name)
+        except MatrixRequestError as e:
+            raise CryptoStartupError(
+                f"the homeserver did not create the bot's device ({e}): does it support"
+                " appservice device management (MSC4190; the registration from mimi-bridge -g"
+                " asks for it with io.element.msc4190: true)?"
+            ) from e
+        self.device_id = device_id
+        await self._machine.load()
+        if not stored:
+            await self._store.put_device_id(device_id)
+        account = self._machine.account
+        if account is not None and account.shared and not await self._keys_published():
+            # The device was deleted on the homeserver (and made anew just now): the same
+            # keys are published again, so the rooms' members can encrypt for it again.
+            self.log.warning("the bot's device keys were gone from the homeserver: publishing")
+            account.shared = False
+        await self._machine.share_keys()
+        self._ready.set()
+        self.log.info("end-to-bridge encryption on: bot device %s", device_id)
+        self._probe_task = asyncio.create_task(self._probe())
+
+    async def _keys_published(self) -> bool:
+        assert self._client is not None
+        bot = UserID(self.hs.bot_mxid)
+        resp = await self._client.query_keys([bot])
+        return DeviceID(self.device_id) in resp.device_keys.get(bot, {})
+
+    async def stop(self) -> None:
+        if self._probe_task:
+            self._probe_task.cancel()
+            self._probe_task = None
+
+    async def _probe(self) -> None:
+        """Say once, at start-up, if the homeserver does not deliver what encryption needs."""
+        self._probe_nonce = secrets.token_hex(8)
+        try:
+            await self.machine.client.send_to_device(
+                EventType.find(PROBE_TYPE, EventType.Class.TO_DEVICE),
+                {
+                    UserID(self.hs.bot_mxid): {
+                        DeviceID(self.device_id): {"nonce": self._probe_nonce}  # type: ignore[dict-item]
+                    }
+                },
+            )
+            await asyncio.wait_for(self._probe_seen.wait(), PROBE_TIMEOUT_S)
+        except TimeoutError:
+            pass
+        except MatrixRequestError as e:
+            self.log.warning("could not check the homeserver's encryption support: %s", e)
+            return
+        missing = []
+        if not self._probe_seen.is_set():
+            missing.append("to-device messages (msc2409_to_device_messages_enabled)")
+        if not self._msc3202_seen.is_set():
+            missing.append("device lists and key counts (msc3202_transaction_extensions)")
+        if not missing:
+            self.log.info("the homeserver delivers to-device messages and key counts")
+        else:
+            self.log.error(
+                "encrypted rooms will not work: the homeserver does not deliver %s to the"
+                " bridge; set them under experimental_features in homeserver.yaml",
+                " nor ".join(missing),
+            )
+
+    async def _until_ready(self) -> None:
+        """Transactions may come in before the device is set up: their events wait for it."""
+        if self._ready.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
+        except TimeoutError as e:
+            raise RuntimeError("the bot's encryption device is not set up") from e
+
+    # --- transactions ---------------------------------------------------------------------
+
+    async def handle_extras(self, extras: TransactionExtras) -> None:
+        if extras.has_msc3202:
+            self._msc3202_seen.set()
+        if not extras:
+            return
+        await self._until_ready()  # failing, the homeserver sends the transaction again
+        for raw in extras.to_device:
+            await self._to_device(raw)
+        if extras.devices_changed or extras.devices_left:
+            lists = DeviceLists(
+                changed=[UserID(u) for u in extras.devices_changed],
+                left=[UserID(u) for u in extras.devices_left],
+            )
+            await self.machine.handle_device_lists(lists)
+        counts = {
+            UserID(user): {
+                DeviceID(device): DeviceOTKCount.deserialize(cast(JSON, algos))
+                for device, algos in devices.items()
+                if user == self.hs.bot_mxid and device == self.device_id
+            }
+            for user, devices in extras.otk_counts.items()
+        }
+        counts = {u: d for u, d in counts.items() if d}
+        if counts:
+            await self.machine.handle_as_otk_counts(counts)
+
+    async def _to_device(self, raw: dict[str, Any]) -> None:
+        if raw.get("to_user_id") != self.hs.bot_mxid or raw.get("to_device_id") != self.device_id:
+            self.log.debug("to-device %s for another device ignored", raw.get("type"))
+            return
+        if raw.get("type") == PROBE_TYPE:
+            if (raw.get("content") or {}).get("nonce") == self._probe_nonce:
+                self._probe_seen.set()
+            return
+        try:
+            evt = cast(ASToDeviceEvent, ASToDeviceEvent.deserialize(cast(JSON, raw)))
+        except SerializerError:
+            self.log.warning(
+                "malformed to-device %s from %s ignored", raw.get("type"), raw.get("sender")
+            )
+            return
+        try:
+            await self.machine.handle_as_to_device_event(evt)
+        except (CryptoError, olm.OlmSessionError, olm.OlmAccountError) as e:
+            # Bad or replayed (a retried transaction) message: nothing to keep. Other errors
+            # (database, network) propagate, so the transaction is not acknowledged.
+            self.log.warning("to-device %s from %s not usable: %s", evt.type, evt.sender, e)
+
+    # --- room state -----------------------------------------------------------------------
+
+    async def is_encrypted(self, room_id: str, as_user: str | None = None) -> bool:
+        await self._until_ready()
+        known = self.rooms.known(room_id)
+        if known is not None:
+            return known
+        try:
+            content = await self.hs.get_state(room_id, "m.room.encryption", as_user=as_user)
+        except MatrixError as e:
+            if e.errcode != "M_FORBIDDEN" and e.status != 403:
+                raise  # unknown: sending in clear could leak into an encrypted room
+            # Not in the room (yet): nothing can be sent or decrypted there; ask again later.
+            self.log.debug("encryption state of %s not readable: %s", room_id, e)
+            return False
+        if content and content.get("algorithm"):
+            await self.rooms.mark_encrypted(room_id, content)
+            return True
+        self.rooms.mark_plain(room_id)
+        return False
+
+    async def note_state(self, event: dict[str, Any]) -> None:
+        await self._until_ready()
+        etype, room_id = event.get("type"), event.get("room_id")
+        content = event.get("content")
+        if not isinstance(room_id, str) or not isinstance(content, dict):
+            return
+        if etype == "m.room.encryption" and content.get("algorithm"):
+            await self.rooms.mark_encrypted(room_id, content)
+        elif etype == "m.room.member":
+            target = event.get("state_key")
+            if target == self.hs.bot_mxid and content.get("membership") == "invite":
+                # The invite's stripped state says whether the room is encrypted.
+                for stripped in (event.get("unsigned") or {}).get("invite_room_state") or []:
+                    c = stripped.get("content") if isinstance(stripped, dict) else None
+                    if stripped.get("type") == "m.room.encryption" and isinstance(c, dict):
+                        if c.get("algorithm"):
+                            await self.rooms.mark_encrypted(room_id, c)
+                return
+            if not isinstance(target, str) or self.is_bridge_user(target):
+                return  # ghosts have no devices: their coming and going changes no keys
+            if self.rooms.known(room_id) is not True or self._store is None:
+                return
+            prev = ((event.get("unsigned") or {}).get("prev_content") or {}).get("membership")
+            cur = content.get("membership")
+            if prev == cur or (prev, cur) in (("invite", "join"), ("ban", "leave")):
+                return
+            # Someone left: they must not read what follows. Someone came: they get a new
+            # session. Either way the next message starts one.
+            self.log.debug("%s %s -> %s in %s: new group session", target, prev, cur, room_id)
+            await self._store.remove_outbound_group_session(RoomID(room_id))
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def decrypt(self, event: dict[str, Any]) -> dict[str, Any]:
+        try:
+            evt = EncryptedEvent.deserialize(cast(JSON, event))
+        except (SerializerError, KeyError, ValueError, TypeError) as e:
+            raise DecryptionFailed(
+                "it is malformed", "your client sent something the bridge cannot read"
+            ) from e
+        try:
+            await self._until_ready()
+        except RuntimeError as e:
+            raise DecryptionFailed(
+                "its encryption is not set up", "send the message again in a minute"
+            ) from e
+        if not isinstance(evt.content, EncryptedMegolmEventContent):
+            raise DecryptionFailed(
+                "it uses an encryption the bridge does not know", "use a current Matrix client"
+            )
+        try:
+            await self.machine.decrypt_megolm_event(evt)
+        except SessionNotFound as e:
+            raise KeyMissing(evt.room_id, str(e.session_id)) from e
+        except GroupSessionWithheldError as e:
+            raise DecryptionFailed(
+                "your client withheld its key from the bridge",
+                "allow sending keys to unverified devices, or verify the bridge's device",
+            ) from e
+        except DuplicateMessageIndex as e:
+            raise DecryptionFailed(
+                "it reuses a key index (a replayed message)", "send the message again"
+            ) from e
+        except VerificationError as e:
+            raise DecryptionFailed(
+                "its key does not belong to your device", "check your devices' sessions"
+            ) from e
+        except DecryptionError as e:
+            raise DecryptionFailed(f"decryption failed ({e})", "send the message again") from e
+        return await self._plain(event, evt)
+
+    async def _plain(self, event: dict[str, Any], evt: EncryptedEvent) -> dict[str, Any]:
+        """The event as its sender wrote it. mautrix verified the sender and the message index;
+        its parsed result drops fields, so the plaintext is read again from the session."""
+        assert self._store is not None
+        content = evt.content
+        assert isinstance(content, EncryptedMegolmEventContent)
+        session = await self._store.get_group_session(evt.room_id, SessionID(content.session_id))
+        if session is None:
+            raise KeyMissing(evt.room_id, str(content.session_id))
+        try:
+            plaintext, _ = session.decrypt(content.ciphertext)
+            payload = json.loads(plaintext)
+        except (olm.OlmGroupSessionError, ValueError) as e:
+            raise DecryptionFailed("decryption failed", "send the message again") from e
+        inner = payload.get("content") if isinstance(payload, dict) else None
+        etype = payload.get("type") if isinstance(payload, dict) else None
+        if not isinstance(inner, dict) or not isinstance(etype, str):
+            raise DecryptionFailed("its decrypted payload is malformed", "send it again")
+        outer_rel = (event.get("content") or {}).get("m.relates_to")
+        if isinstance(outer_rel, dict) and "m.relates_to" not in inner:
+            inner["m.relates_to"] = outer_rel  # relations stay outside the ciphertext
+        return {**event, "type": etype, "content": inner}
+
+    async def wait_for_key(self, room_id: str, session_id: str, limit_s: float) -> bool:
+        return bool(
+            await self.machine.wait_for_session(RoomID(room_id), SessionID(session_id), limit_s)
+        )
+
+    async def keep_waiting(self, event: dict[str, Any]) -> None:
+        await self._until_ready()
+        await self._waiting.keep(str(event.get("event_id", "")), event)
+
+    async def done_waiting(self, event_id: str) -> None:
+        await self._until_ready()
+        await self._waiting.done(event_id)
+
+    async def waiting(self) -> list[dict[str, Any]]:
+        await self._until_ready()
+        return await self._waiting.all()
+
+    async def encrypt_file(self, data: bytes) -> tuple[bytes, dict[str, Any]]:
+        # AES over a whole file: off the event loop.
+        ciphertext, info = await asyncio.to_thread(encrypt_attachment, data)
+        file: dict[str, Any] = info.serialize()
+        file.pop("url", None)
+        return ciphertext, file
+
+    async def decrypt_file(self, data: bytes, file: dict[str, Any]) -> bytes:
+        key, hashes, iv = file.get("key"), file.get("hashes"), file.get("iv")
+        k = key.get("k") if isinstance(key, dict) else None
+        digest = hashes.get("sha256") if isinstance(hashes, dict) else None
+        if not (isinstance(k, str) and isinstance(digest, str) and isinstance(iv, str)):
+            raise DecryptionFailed(
+                "its decryption key is incomplete", "send the file again from a current client"
+            )
+        try:
+            plain: bytes = await asyncio.to_thread(decrypt_attachment, data, k, digest, iv)
+        except DecryptionError as e:
+            raise DecryptionFailed(f"it does not decrypt ({e})", "send the file again") from e
+        return plain
+
+    async def encrypt(
+        self, room_id: str, event_type: str, content: dict[str, Any], as_user: str | None = None
+    ) -> dict[str, Any]:
+        await self._until_ready()
+        rid = RoomID(room_id)
+        etype = EventType.find(event_type, EventType.Class.MESSAGE)
+        async with self._room_locks[room_id]:
+            try:
+                encrypted = await self.machine.encrypt_megolm_event(rid, etype, content)
+            except EncryptionError:
+                # No session yet, or it expired or was dropped when members changed.
+                users = await self._members(room_id, as_user)
+                await self.machine.share_group_session(rid, [UserID(u) for u in users])
+                encrypted = await self.machine.encrypt_megolm_event(rid, etype, content)
+        out: dict[str, Any] = encrypted.serialize()
+        return out
+
+    async def _members(self, room_id: str, as_user: str | None) -> list[str]:
+        """The Matrix users who get the room key: joined and invited, without ghosts."""
+        resp = await self.hs.request(Method.GET, Path.v3.rooms[room_id].members, as_user=as_user)
+        out = []
+        for evt in resp.get("chunk") or []:
+            user = evt.get("state_key")
+            membership = (evt.get("content") or {}).get("membership")
+            if isinstance(user, str) and membership in ("join", "invite"):
+                if not self.is_bridge_user(user):
+                    out.append(user)
+        return out

@@ -1,0 +1,54 @@
+"""Steps the encryption tests share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nio.crypto.sessions import OutboundGroupSession
+
+from tests.e2ee.nio_user import NioUser
+
+BOT = "@mimibot:localhost"
+
+
+async def encrypted_management_room(user: NioUser) -> str:
+    room = await user.create_encrypted_room(invite=[BOT], is_direct=True)
+    await user.wait_for_body(room, "management room", sender=BOT)
+    await user.wait_member(room, BOT)
+    return room
+
+
+async def command(user: NioUser, room: str, text: str, expect: str) -> str:
+    await user.send_text(room, text)
+    evt = await user.wait_for_body(room, expect, sender=BOT)
+    return str(evt.source["content"]["body"])
+
+
+async def was_encrypted(user: NioUser, room: str, event_id: str) -> bool:
+    """What the homeserver holds: the ciphertext, not the message."""
+    assert user.raw is not None
+    return (await user.raw.get_event(room, event_id))["type"] == "m.room.encrypted"
+
+
+async def encrypted_portal(user: NioUser, alias: str = "#testnet_=23general:localhost") -> str:
+    """Log in to the test network from an encrypted management room and join a portal."""
+    mgmt = await encrypted_management_room(user)
+    await command(user, mgmt, "login testnet alice-remote", "Logged in")
+    await command(user, mgmt, "join testnet #general", "Invited you")
+    return await user.join(alias)
+
+
+async def unshared_ciphertext(user: NioUser, room: str, body: str) -> tuple[Any, dict[str, Any]]:
+    """Encrypt with a fresh group session whose key nobody got; the client's next message
+    starts another session (shared as usual). Returned: a copy of the session from before
+    the encryption, whose key (sharing it exports the current index) decrypts the message."""
+    olm: Any = user.client.olm
+    await user.client.joined_members(room)  # nio encrypts only for a room it knows in full
+    user.client.invalidate_outbound_session(room)
+    olm.create_outbound_group_session(room)
+    session = olm.outbound_group_sessions[room]
+    unused = OutboundGroupSession.from_pickle(session.pickle("copy"), "copy")
+    session.shared = True  # lets the client encrypt with it
+    _, payload = user.client.encrypt(room, "m.room.message", {"msgtype": "m.text", "body": body})
+    olm.outbound_group_sessions.pop(room)
+    return unused, payload

@@ -14,12 +14,21 @@ from typing import Any
 
 import aiohttp
 
+from bridge.connector import ConnectorError, PortalKey
 from bridge.metrics import SERIES
 from tests.conftest import HS_TOKEN
 from tests.harness.ports import free_port
 from tests.harness.prometheus import PrometheusServer, start_prometheus
 from tests.harness.synapse import SynapseServer
-from tests.helpers import command, management_room, metrics_bridge, new_user, sent, until
+from tests.helpers import (
+    command,
+    management_room,
+    metrics_bridge,
+    new_user,
+    scrape,
+    sent,
+    until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 M2R = '{network="testnet",direction="matrix_to_remote"}'
@@ -163,6 +172,59 @@ async def test_metrics_only_on_their_own_port(
         declared = {line.split(" ")[2] for line in text.splitlines() if line.startswith("# TYPE")}
         # The client library adds a ``_created`` timestamp beside unlabelled counters.
         assert {n for n in declared if not n.endswith("_created")} == set(SERIES)
+    finally:
+        await bridge.stop()
+
+
+async def test_failures_told_outside_delivery_are_counted(
+    tmp_path: Path, synapse: SynapseServer, as_port: int
+) -> None:
+    """Messages that fail where the bridge tells their senders before (or instead of) the
+    delivery proper count too: the network giving no client, a bug caught by the queue, the
+    homeserver refusing a remote message."""
+    metrics_port = free_port()
+    bridge = await metrics_bridge(tmp_path, synapse, as_port, metrics_port, {"testnet": {}}, "f")
+    bridge.load_connectors()
+    tn: Any = bridge.connectors["testnet"]
+
+    async def unreachable(portal: PortalKey) -> None:
+        raise ConnectorError(f"the test network cannot reach {portal.remote_id}")
+
+    async def buggy(portal: PortalKey) -> None:
+        raise RuntimeError("a bug in the test network")
+
+    def failed(samples: dict[Any, float], direction: str, reason: str) -> float:
+        labels = (("direction", direction), ("network", "testnet"), ("reason", reason))
+        return samples.get(("mimi_messages_failed_total", labels), 0.0)
+
+    def told(text: str) -> Any:
+        return lambda e: (
+            e["content"].get("msgtype") == "m.notice" and text in e["content"].get("body", "")
+        )
+
+    try:
+        await bridge.start()
+        gus = new_user(synapse)
+        room = await gus.join("#testnet_=23failing:localhost")
+        tn.relay_client = unreachable
+        await gus.send_text(room, "into the void")
+        await gus.wait_for_event(room, told("cannot reach #failing"))
+        tn.relay_client = buggy
+        await gus.send_text(room, "into the bug")
+        await gus.wait_for_event(room, told("an internal error in the bridge"))
+
+        levels = await bridge.hs.get_state(room, "m.room.power_levels") or {}
+        levels["events_default"] = 100  # only the bot may speak: bob's message is refused
+        await bridge.hs.send_state(room, "m.room.power_levels", levels)
+        await tn.remote_message("#failing", "bob", "refused by the homeserver")
+        await gus.wait_for_event(room, told("could not be bridged"), 30)
+        await bridge.queues.drain()
+
+        samples = await scrape(metrics_port)
+        assert failed(samples, "matrix_to_remote", "remote_error") == 1
+        assert failed(samples, "matrix_to_remote", "internal_error") == 1
+        assert failed(samples, "remote_to_matrix", "homeserver_error") == 1
+        await gus.close()
     finally:
         await bridge.stop()
 

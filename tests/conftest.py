@@ -23,7 +23,7 @@ AS_TOKEN = "as-token-for-tests-0123456789"
 HS_TOKEN = "hs-token-for-tests-0123456789"
 PLUGIN_DIR = Path(__file__).parent / "plugins" / "testnet"
 # Namespaces of every connector the tests run, so one Synapse serves them all.
-PREFIXES = ["testnet_", "irc_", "xmpp_", "deltachat_"]
+PREFIXES = ["testnet_", "irc_", "xmpp_", "deltachat_", "webhook_"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,7 +61,7 @@ def registration_file(tmp_path_factory: pytest.TempPathFactory, as_port: int) ->
         "sender_localpart": "mimibot",
         "rate_limited": False,
         "receive_ephemeral": True,
-        "protocols": ["testnet", "irc", "xmpp", "deltachat"],
+        "protocols": ["testnet", "irc", "xmpp", "deltachat", "webhooks"],
         "namespaces": {"users": users, "aliases": aliases, "rooms": []},
     }
     with path.open("w") as f:

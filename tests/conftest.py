@@ -12,12 +12,15 @@ from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
-
-from bridge.bridge import Bridge
-from bridge.config import load as load_config
 from tests.harness.ports import free_port
 from tests.harness.postgres import PostgresServer, start_postgres
 from tests.harness.synapse import SynapseServer, start_synapse
+
+from bridge.bridge import Bridge
+from bridge.config import load as load_config
+
+# The connector kit (its scenarios run in tests/kit/ against the built-in connectors).
+pytest_plugins = ["bridge.testing"]
 
 AS_TOKEN = "as-token-for-tests-0123456789"
 HS_TOKEN = "hs-token-for-tests-0123456789"

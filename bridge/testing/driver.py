@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 # Network -> Matrix (the driver implements the matching remote_* method):
 #   "remote_formatting", "remote_replies", "remote_edits", "remote_reactions",
 #   "remote_redactions"
+#   "remote_large_messages"  the network can send a message over Matrix's 64 KiB event limit
 #   "relay"       a Matrix user with no identity of their own is relayed (``relayed`` True)
 CAPABILITIES = frozenset(
     {
@@ -30,6 +31,7 @@ CAPABILITIES = frozenset(
         "remote_edits",
         "remote_reactions",
         "remote_redactions",
+        "remote_large_messages",
         "relay",
     }
 )

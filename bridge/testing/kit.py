@@ -196,6 +196,16 @@ class Kit:
                 )
             await asyncio.sleep(0.1)
 
+    async def until_true(
+        self, pred: Callable[[], bool], expected: str, limit_s: float = 20.0
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit_s
+        while not pred():
+            if loop.time() >= end:
+                raise ContractError("did not get there", f"{expected} within {limit_s:.0f} s")
+            await asyncio.sleep(0.1)
+
     def count_received(self, kind: str, **match: Any) -> int:
         return sum(
             1 for e in self.driver.received(self) if e.get("kind") == kind and _matches(e, match)

@@ -30,6 +30,7 @@ class TestNetDriver:
             "remote_reactions",
             "remote_redactions",
             "relay",
+            "remote_large_messages",
         }
     )
 

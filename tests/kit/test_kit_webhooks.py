@@ -23,7 +23,7 @@ class WebhooksDriver:
     connector = "webhooks"
     network = "webhooks"
     prefix = "webhook_"
-    capabilities = frozenset({"formatting", "remote_formatting"})
+    capabilities = frozenset({"formatting", "remote_formatting", "remote_large_messages"})
 
     def __init__(self) -> None:
         self.hook_url = ""

@@ -203,16 +203,17 @@ class WebhooksConnector(NetworkConnector):
         content = MessageContent(text=incoming.text, html=incoming.html)
         group = incoming.alert_group
         previous = await self.store.alert_message(hook.id, group) if group else None
-        if group and previous:
+        # A group's notifications edit its message; only a firing after it was shown resolved
+        # is news (a repeated "resolved" edits again rather than posting).
+        if group and previous and not (previous[1] and not incoming.resolved):
             await self.bridge.emit(
-                RemoteEdit(portal=portal, sender=sender, target_id=previous, content=content)
+                RemoteEdit(portal=portal, sender=sender, target_id=previous[0], content=content)
             )
-            if incoming.resolved:
-                await self.store.forget_alert(hook.id, group)  # a new firing is a new message
-            return previous
+            await self.store.set_alert_message(hook.id, group, previous[0], incoming.resolved)
+            return previous[0]
         message_id = f"{hook.id}-{uuid.uuid4().hex}"
-        if group and not incoming.resolved:
-            await self.store.set_alert_message(hook.id, group, message_id)
+        if group:
+            await self.store.set_alert_message(hook.id, group, message_id, incoming.resolved)
         await self.bridge.emit(
             RemoteMessage(portal=portal, sender=sender, id=message_id, content=content)
         )

@@ -3,8 +3,9 @@
 * ``webhooks_hook``: each hook, the portal (``room``) it speaks in, the SHA-256 of its token
   (the token itself is shown once and never stored), and its optional outgoing URL with the
   secret that signs what is sent there.
-* ``webhooks_alert_group``: the Matrix message of each firing Alertmanager group, so that the
-  group's later notifications edit it instead of posting again.
+* ``webhooks_alert_group``: the message of each Alertmanager group and whether it shows the
+  group resolved, so that the group's later notifications edit it instead of posting again
+  (a firing after the resolution is a new message).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _SCHEMA = [
         outgoing_url TEXT, outgoing_secret TEXT, UNIQUE (room, name))""",
     """CREATE TABLE IF NOT EXISTS webhooks_alert_group (
         hook_id TEXT NOT NULL, group_key TEXT NOT NULL, message_id TEXT NOT NULL,
-        PRIMARY KEY (hook_id, group_key))""",
+        resolved BOOLEAN NOT NULL DEFAULT false, PRIMARY KEY (hook_id, group_key))""",
 ]
 
 
@@ -116,26 +117,25 @@ class Store:
 
     # --- Alertmanager groups ----------------------------------------------------------------
 
-    async def alert_message(self, hook_id: str, group_key: str) -> str | None:
+    async def alert_message(self, hook_id: str, group_key: str) -> tuple[str, bool] | None:
+        """The group's message id and whether it shows the group resolved."""
         row = await self.db.fetchrow(
-            "SELECT message_id FROM webhooks_alert_group WHERE hook_id=$1 AND group_key=$2",
+            "SELECT message_id, resolved FROM webhooks_alert_group"
+            " WHERE hook_id=$1 AND group_key=$2",
             hook_id,
             group_key,
         )
-        return str(row["message_id"]) if row else None
+        return (str(row["message_id"]), bool(row["resolved"])) if row else None
 
-    async def set_alert_message(self, hook_id: str, group_key: str, message_id: str) -> None:
+    async def set_alert_message(
+        self, hook_id: str, group_key: str, message_id: str, resolved: bool
+    ) -> None:
         await self.db.execute(
-            "INSERT INTO webhooks_alert_group (hook_id, group_key, message_id) VALUES ($1, $2, $3)"
-            " ON CONFLICT (hook_id, group_key) DO UPDATE SET message_id=excluded.message_id",
+            "INSERT INTO webhooks_alert_group (hook_id, group_key, message_id, resolved)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (hook_id, group_key)"
+            " DO UPDATE SET message_id=excluded.message_id, resolved=excluded.resolved",
             hook_id,
             group_key,
             message_id,
-        )
-
-    async def forget_alert(self, hook_id: str, group_key: str) -> None:
-        await self.db.execute(
-            "DELETE FROM webhooks_alert_group WHERE hook_id=$1 AND group_key=$2",
-            hook_id,
-            group_key,
+            resolved,
         )

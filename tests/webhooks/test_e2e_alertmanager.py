@@ -88,3 +88,50 @@ async def test_alertmanager_group_fires_then_resolves_as_an_edit(
         raise
     finally:
         am.stop()
+
+
+def _notification(status: str) -> dict[str, Any]:
+    alert = {**_alert("web1"), "status": status}
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="HighLatency"}',
+        "status": status,
+        "receiver": "mimi",
+        "commonLabels": {"alertname": "HighLatency"},
+        "alerts": [alert],
+    }
+
+
+async def test_repeated_resolution_edits_and_does_not_post(
+    hook_room_factory: HookRoomFactory,
+) -> None:
+    """Alertmanager may notify a resolved group again: the message is edited, never doubled."""
+    hr = await hook_room_factory("latency")
+    url = await hr.create_hook("am")
+    async with aiohttp.ClientSession() as s:
+        for status in ("firing", "resolved", "resolved"):
+            async with s.post(url, json=_notification(status)) as r:
+                assert r.status == 200
+        await hr.admin.wait_for_event(hr.room, lambda e: "FIRING (1): HighLatency" in body(e))
+
+        def edits(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [e for e in events if "m.relates_to" in e["content"]]
+
+        await hr.admin.wait_for_event(
+            hr.room,
+            lambda e: "RESOLVED: HighLatency" in body(e) and "m.relates_to" in e["content"],
+        )
+        await hr.bridge.queues.drain()
+        events = await _ghost_messages(hr)
+        assert len([e for e in events if "m.relates_to" not in e["content"]]) == 1
+        assert len(edits(events)) == 2
+        async with s.post(url, json=_notification("firing")) as r:
+            assert r.status == 200
+        await hr.admin.wait_for_event(
+            hr.room,
+            lambda e: (
+                "FIRING (1): HighLatency" in body(e)
+                and "m.relates_to" not in e["content"]
+                and e["event_id"] != events[0]["event_id"]
+            ),
+        )

@@ -11,6 +11,7 @@ from typing import Any
 
 from mautrix.util.async_db import Database
 
+from .appservice.connector_routes import add_connector_routes
 from .appservice.media_links import MediaLinks
 from .appservice.provisioning import ProvisioningAPI
 from .appservice.server import AppserviceServer
@@ -180,6 +181,7 @@ class Bridge:
         if self.cfg.provisioning.enabled:
             api = ProvisioningAPI(self, self.cfg.provisioning, self.log.getChild("provisioning"))
             api.add_routes(self.server.app)
+        add_connector_routes(self.server.app, self.connectors.values(), self.log.getChild("http"))
         try:
             await self.server.start(self.cfg.hostname, self.cfg.port)
         except OSError as e:
@@ -523,6 +525,10 @@ class Bridge:
     async def upload_text(self, text: str, filename: str) -> str:
         mxc = await self.hs.upload(text.encode("utf-8"), "text/plain; charset=utf-8", filename)
         return self.mxc_to_url(mxc, filename)
+
+    def public_url(self, path: str) -> str:
+        base = self.cfg.public_address or self.cfg.as_address
+        return base.rstrip("/") + "/" + path.lstrip("/")
 
     # --- appservice handler ---------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .actions import LEVELS, Refused, UserActions
 from .connector import ConnectorError, MatrixUser
-from .connector.capabilities import ExtraCommands, LoginCapable
+from .connector.capabilities import CommandRoom, ExtraCommands, LoginCapable
 from .matrix.homeserver import MatrixError
 
 if TYPE_CHECKING:
@@ -132,12 +132,26 @@ class CommandProcessor:
         if LEVELS.get(ctx.user.permission, 0) < LEVELS["user"]:
             return f"`{cmd.name}` needs the `user` permission."
         try:
+            if cmd.room_handler is not None:
+                return await cmd.room_handler(ctx.user, rest, await self._command_room(ctx))
+            if cmd.handler is None:
+                return f"`{cmd.name}` cannot be run."
             return await cmd.handler(ctx.user, rest)
         except ConnectorError as e:
             return f"{cmd.name} failed: {e}"
         except Exception:
             self.bridge.log.exception("connector command %s failed", cmd.name)
             return f"{cmd.name} failed because of an internal error."
+
+    async def _command_room(self, ctx: Ctx) -> CommandRoom:
+        """The room a connector's room command was typed in, as the connector sees it."""
+        portal = await self.bridge.portal_store.by_room(ctx.room_id)
+        return CommandRoom(
+            room_id=ctx.room_id,
+            portal=portal.key if portal else None,
+            room_admin=await self.actions.room_admin(ctx.room_id, ctx.user),
+            management=ctx.management,
+        )
 
     async def reply(self, room_id: str, text: str) -> None:
         await self.bridge.send_notice(room_id, text)

@@ -150,7 +150,7 @@ def test_ungenerated_tokens_are_a_config_error(tmp_path: Path) -> None:
     assert "appservice.as_token: not generated yet" in res.stderr
 
 
-@pytest.mark.parametrize("name", ["irc", "xmpp", "deltachat"])
+@pytest.mark.parametrize("name", ["irc", "xmpp", "deltachat", "webhooks"])
 def test_example_connector_sections_are_valid(tmp_path: Path, name: str) -> None:
     """Each connector's documented example section passes its own validation."""
     from bridge.config import load

@@ -133,6 +133,12 @@ class BridgeAPI(Protocol):
     async def upload_text(self, text: str, filename: str) -> str:
         """Upload a long text to the content repository and return a link to it."""
 
+    def public_url(self, path: str) -> str:
+        """The address the outside world reaches the bridge's ``path`` at (from
+        ``appservice.public_address``, else ``appservice.address``), for a connector's
+        ``HttpRoutes``."""
+        ...
+
 
 class NetworkClient(ABC):
     """One identity on the network: a Matrix user's puppet or the relay bot. The required

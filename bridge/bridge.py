@@ -80,6 +80,9 @@ class Bridge:
         self.server: AppserviceServer | None = None
         self.crypto: RoomCrypto | None = None
         self.portal_mgr = PortalManager(self)
+        from .double_puppet import DoublePuppets
+
+        self.double_puppets = DoublePuppets(self)
         from .commands import CommandProcessor
         from .matrix_to_remote import MatrixHandler
         from .remote_to_matrix import RemoteHandler

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .connector import ChatInfo, ConnectorError, MatrixUser
 from .connector.capabilities import ExtraCommands, LoginCapable, Plumbing
 from .db import LoginRow, Portal
+from .double_puppet import NETWORK
 from .matrix.homeserver import MatrixError
 
 if TYPE_CHECKING:
@@ -223,6 +224,10 @@ class CommandProcessor:
     async def cmd_login(self, ctx: Ctx) -> str:
         if not ctx.args:
             return "usage: login <network> ..."
+        if ctx.args[0].lower() == NETWORK:
+            if not ctx.management:
+                return "Log in only in your management room: your token would be visible here."
+            return await self.bridge.double_puppets.login(ctx.user.user_id, ctx.args[1:])
         connector = self.bridge.connectors.get(ctx.args[0])
         if connector is None and ctx.args[0] in self.bridge.networks:
             connector = self.bridge.connector_of(ctx.args[0])
@@ -248,6 +253,8 @@ class CommandProcessor:
     async def cmd_logout(self, ctx: Ctx) -> str:
         if not ctx.args:
             return "usage: logout <network> [login]"
+        if ctx.args[0].lower() == NETWORK:
+            return await self.bridge.double_puppets.logout(ctx.user.user_id)
         connector = self.bridge.connectors.get(ctx.args[0])
         if connector is None:
             return f"unknown network {ctx.args[0]!r}"

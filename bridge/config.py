@@ -51,6 +51,15 @@ class EncryptionConfig:
 
 
 @dataclass(slots=True)
+class DoublePuppetConfig:
+    # The token of the second registration (users of this homeserver, non-exclusive, no url):
+    # the bridge acts as local users with it. None: off; "generate": -g writes it.
+    as_token: str | None = None
+    # Users (of any homeserver) may give the bridge their own access token: ``login matrix``.
+    allow_login: bool = True
+
+
+@dataclass(slots=True)
 class BridgeConfig:
     path: Path
     hs_address: str
@@ -77,6 +86,7 @@ class BridgeConfig:
     media_link_lifetime_days: float = 30
     media_link_max_size_mb: float = 100
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    double_puppet: DoublePuppetConfig = field(default_factory=DoublePuppetConfig)
 
     @property
     def bot_mxid(self) -> str:
@@ -297,6 +307,12 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         if getattr(encryption, name) and not encryption.allow:
             raise ConfigError(f"bridge.encryption.{name}", "needs bridge.encryption.allow: true")
     enc_r.finish()
+    dp_r = br.section("double_puppet", required=False)
+    double_puppet = DoublePuppetConfig(
+        as_token=dp_r.get("as_token", str, None) or None,
+        allow_login=dp_r.get("allow_login", bool, True),
+    )
+    dp_r.finish()
     br.finish()
 
     log_cfg = root.get("logging", dict, {"level": "INFO"})
@@ -331,6 +347,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         media_link_lifetime_days=link_days,
         media_link_max_size_mb=link_mb,
         encryption=encryption,
+        double_puppet=double_puppet,
     )
 
 
@@ -344,6 +361,7 @@ def require_tokens(cfg: BridgeConfig) -> None:
         ("appservice.as_token", cfg.as_token),
         ("appservice.hs_token", cfg.hs_token),
         ("bridge.credentials_key", cfg.credentials_key),
+        ("bridge.double_puppet.as_token", cfg.double_puppet.as_token),
     ):
         if value == GENERATE:
             raise ConfigError(

@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"Wrote {args.registration} (protocols: {', '.join(reg['protocols']) or 'none'})."
                 f" Tokens were stored in {args.config}."
             )
+            if cfgmod.load(args.config).double_puppet.as_token:
+                from .registration import double_puppet_path
+
+                print(f"Wrote {double_puppet_path(args.registration)} (double puppeting).")
             return EXIT_OK
         cfg = cfgmod.load(args.config)
         from .connectors_loader import load_connector_classes

@@ -74,6 +74,34 @@ class DoublePuppets:
             return user_id
         return None
 
+    async def refused(self, user_id: str) -> bool:
+        """The homeserver no longer takes the token the bridge acts as ``user_id`` with (the
+        token was logged out, the second registration is gone): from now on the user's events
+        are marked by the bot again, and the user (or the admin, in the log) is told. True when
+        the bridge was acting as them, so the event can be shown again that way."""
+        hs = self.bridge.hs
+        if not hs.is_puppet(user_id):
+            return False
+        hs.drop_puppet(user_id)
+        self._known[user_id] = False
+        rows = await self.bridge.users.logins(user_id=user_id, network=NETWORK)
+        for row in rows:
+            await self.bridge.users.delete_login(row.network, row.login_id)
+        if rows:
+            await self.bridge.notify(
+                user_id,
+                "Your Matrix access token no longer works (was it logged out?): the bridge "
+                "forgot it, and what you write from your other clients is shown by the bot, "
+                "marked as yours. `login matrix <access token>` gives it a new one.",
+            )
+        else:
+            self.log.error(
+                "the homeserver refuses bridge.double_puppet.as_token for %s: is the "
+                "double-puppet registration loaded? Shown by the bot instead",
+                user_id,
+            )
+        return True
+
     # --- echoes -------------------------------------------------------------------------
 
     @staticmethod

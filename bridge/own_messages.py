@@ -39,6 +39,11 @@ class OwnVoice:
         (double puppeting: see :mod:`bridge.double_puppet`)."""
         return await self.bridge.double_puppets.puppet(user_id, room_id)
 
+    async def refused(self, user_id: str) -> bool:
+        """The homeserver refused the bridge's access as ``user_id``: True when it had it
+        (it no longer does)."""
+        return await self.bridge.double_puppets.refused(user_id)
+
     async def voice(self, portal: Portal, user_id: str) -> Voice:
         puppet = await self.puppet(user_id, portal.room_id)
         if puppet is not None:

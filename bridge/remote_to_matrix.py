@@ -110,6 +110,10 @@ class RemoteHandler:
                 return
             await handler(evt, portal)  # type: ignore[operator]
         except MatrixError as e:
+            user = evt.sender.matrix_user if _other_client(evt) else None
+            if e.errcode == "M_UNKNOWN_TOKEN" and user and await self.own.refused(user):
+                await self.handle(evt)  # once more, by the bot
+                return
             self.log.error("bridging %s to Matrix failed: %s", type(evt).__name__, e)
             await self.tell_failure(evt, f"the homeserver refused it ({e})")
 

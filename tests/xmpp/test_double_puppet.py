@@ -169,6 +169,24 @@ async def test_login_matrix_lets_the_bridge_speak_as_the_user_with_their_token(
         again = await jo.wait_for_event(room, lambda e: body(e).endswith("after logout"))
         assert again["sender"] == "@mimibot:localhost"
         assert body(again) == f"{label}: after logout"
+        # A token made for the bridge, then logged out on the homeserver: the bridge forgets
+        # it, tells Jo, and shows the message by the bot all the same.
+        localpart = jo.user_id[1:].split(":")[0]
+        token = await asyncio.to_thread(synapse.login, localpart, f"{localpart}-password")
+        await command(jo, mgmt, f"login matrix {token}", "Logged in to Matrix")
+        _groupchat(phone, muc, "with the bridge's token")
+        evt = await jo.wait_for_event(room, lambda e: body(e).endswith("with the bridge's token"))
+        assert evt["sender"] == jo.user_id
+        revoked = MatrixClient(synapse.url, token, jo.user_id)
+        status, _ = await revoked.request("POST", "/_matrix/client/v3/logout", {})
+        assert status == 200
+        await revoked.close()
+        _groupchat(phone, muc, "after the token was revoked")
+        late = await jo.wait_for_event(room, lambda e: body(e).endswith("token was revoked"))
+        assert late["sender"] == "@mimibot:localhost"
+        assert body(late) == f"{label}: after the token was revoked"
+        await jo.wait_for_event(mgmt, lambda e: "no longer works" in body(e))
+        await command(jo, mgmt, "logout matrix", "You have no Matrix login")
         await other.close()
     finally:
         await phone.close()

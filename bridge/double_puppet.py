@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from .db import LoginRow
-from .matrix.homeserver import PUPPET_SOURCE
+from .matrix.homeserver import PUPPET_SOURCE, MatrixError
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -68,7 +68,13 @@ class DoublePuppets:
         hs = self.bridge.hs
         if hs.is_joined(room_id, user_id):
             return user_id
-        member = await hs.get_state(room_id, "m.room.member", user_id)
+        try:
+            # Asked as the user: the bot is not in every portal (DMs opened by inviting a ghost).
+            member = await hs.get_state(room_id, "m.room.member", user_id, as_user=user_id)
+        except MatrixError as e:
+            if e.errcode != "M_FORBIDDEN":
+                raise
+            return None  # not in the room
         if member and member.get("membership") == "join":
             hs.note_membership(room_id, user_id, "join")
             return user_id

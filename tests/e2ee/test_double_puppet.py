@@ -10,7 +10,7 @@ from typing import Any
 from bridge.connector import MessageContent, PortalKey, RemoteEdit, RemoteMessage, Sender
 from tests.conftest import DOUBLE_PUPPET_TOKEN, BridgeFactory
 from tests.e2ee.conftest import NioFactory
-from tests.e2ee.helpers import encrypted_portal, was_encrypted
+from tests.e2ee.helpers import command, encrypted_management_room, was_encrypted
 from tests.helpers import sent, until
 
 
@@ -22,11 +22,15 @@ async def test_the_other_clients_message_is_encrypted_and_the_users(
         double_puppet={"as_token": DOUBLE_PUPPET_TOKEN},
     )
     alice = await nio_user()
-    room = await encrypted_portal(alice)
+    # A room of its own: portal aliases outlive the bridges of other tests in the session.
+    mgmt = await encrypted_management_room(alice)
+    await command(alice, mgmt, "login testnet alice-remote", "Logged in")
+    await command(alice, mgmt, "join testnet #double-puppet-e2ee", "Invited you")
+    room = await alice.join("#testnet_=23double-puppet-e2ee:localhost")
     theirs = Sender(
         "alice-remote", "Alice", is_from_me=True, matrix_user=alice.user_id, from_other_client=True
     )
-    key = PortalKey("testnet", "#general")
+    key = PortalKey("testnet", "#double-puppet-e2ee")
     await bridge.emit(
         RemoteMessage(
             portal=key, sender=theirs, id="other-1", content=MessageContent(text="from my phone")

@@ -199,6 +199,11 @@ class CommandProcessor:
             if isinstance(connector, ExtraCommands):
                 for c in connector.commands():
                     lines.append(f"- `{connector.name} {c.name} {c.args}`: {c.help}")
+        if self.bridge.cfg.double_puppet.allow_login and LEVELS[ctx.user.permission] >= 2:
+            lines.append(
+                "- `login matrix <access token> [homeserver address]`: what you write from "
+                "your other clients shows as yours (`logout matrix` to stop)"
+            )
         lines.append("Networks: " + (", ".join(sorted(self.bridge.networks)) or "none"))
         return "\n".join(lines)
 

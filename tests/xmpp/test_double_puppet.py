@@ -149,6 +149,7 @@ async def test_login_matrix_lets_the_bridge_speak_as_the_user_with_their_token(
         marked = await jo.wait_for_event(room, lambda e: body(e).endswith("before the token"))
         assert marked["sender"] == "@mimibot:localhost"
         assert body(marked) == f"{label}: before the token"
+        await command(jo, mgmt, "help", "`login matrix <access token> [homeserver address]`")
         # Someone else's token, or none that works, is refused and nothing is stored.
         other = await matrix_user(synapse, "Other")
         await command(jo, mgmt, f"login matrix {other.token}", "not yours")

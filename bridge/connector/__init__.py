@@ -18,6 +18,8 @@ from .base import (
 )
 from .capabilities import (
     Backfilling,
+    ConnectionReporting,
+    ConnectionState,
     ConnectorCommand,
     DirectMessaging,
     EditHandling,
@@ -32,6 +34,7 @@ from .capabilities import (
     ReactionHandling,
     ReceiptHandling,
     RedactionHandling,
+    RemoteConnection,
     RoomMetaHandling,
     ThirdPartyLookup,
     ThirdPartyProtocol,
@@ -73,6 +76,7 @@ from .events import (
     SentMessage,
 )
 from .ids import GhostKey, PortalKey, escape_localpart, unescape_localpart
+from .tables import Migration, Migrations, MigrationStep, table_exists
 
 __all__ = [
     "Attachment",
@@ -81,6 +85,8 @@ __all__ = [
     "ChatInfo",
     "ChatMember",
     "ConfigError",
+    "ConnectionReporting",
+    "ConnectionState",
     "ConnectorCommand",
     "ConnectorError",
     "DirectMessaging",
@@ -110,6 +116,9 @@ __all__ = [
     "MessageContent",
     "MessageKind",
     "MessageRef",
+    "Migration",
+    "MigrationStep",
+    "Migrations",
     "Namespace",
     "NetworkClient",
     "NetworkConnector",
@@ -123,6 +132,7 @@ __all__ = [
     "ReceiptHandling",
     "RedactionHandling",
     "RemoteChatInfo",
+    "RemoteConnection",
     "RemoteEdit",
     "RemoteEvent",
     "RemoteMembership",
@@ -141,5 +151,6 @@ __all__ = [
     "ThirdPartyProtocol",
     "TypingHandling",
     "escape_localpart",
+    "table_exists",
     "unescape_localpart",
 ]

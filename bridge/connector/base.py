@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 from .events import Attachment, MatrixMessage, RemoteEvent, SentMessage
 from .ids import PortalKey, escape_localpart, unescape_localpart
+from .tables import Migrations
 
 
 class ConnectorError(Exception):
@@ -151,6 +152,9 @@ class NetworkConnector(ABC):
     display_name: ClassVar[str]
     # Where the connector's config documentation lives (shown in errors and docs).
     example_config: ClassVar[str] = ""
+    # The connector's own tables in the bridge's database, as ordered migrations (see
+    # bridge.connector.tables); run at start-up before start(), versioned under ``name``.
+    migrations: ClassVar[Migrations] = ()
 
     def __init__(self, bridge: BridgeAPI, config: Mapping[str, Any]) -> None:
         self.bridge = bridge

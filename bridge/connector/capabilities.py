@@ -6,11 +6,13 @@ Client capabilities (on :class:`~bridge.connector.base.NetworkClient`):
 edits, redactions, reactions, typing, read receipts, membership, power levels, room
 metadata, profile (display name and avatar), presence.
 Connector capabilities (on :class:`~bridge.connector.base.NetworkConnector`): login, logout,
-direct messages, plumbing (link), backfill, third-party lookups, extra commands.
+direct messages, plumbing (link), backfill, third-party lookups, extra commands, connection
+states (for the bridge's metrics).
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -172,3 +174,26 @@ class ConnectorCommand:
 class ExtraCommands(Protocol):
     def commands(self) -> list[ConnectorCommand]:
         """Commands users type as ``<network> <command> ...`` in the management room."""
+
+
+class ConnectionState(enum.StrEnum):
+    CONNECTED = "connected"  # up and usable
+    CONNECTING = "connecting"  # a first attempt, or reconnecting after a loss
+    DISCONNECTED = "disconnected"  # down, waiting before the next attempt
+    FAILED = "failed"  # given up (refused credentials, banned...): needs an admin or user
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConnection:
+    """One connection to a network: a bot's, a component's, a puppet's or a login's."""
+
+    network: str  # ``Namespace.network``
+    state: ConnectionState
+
+
+@runtime_checkable
+class ConnectionReporting(Protocol):
+    async def connection_states(self) -> list[RemoteConnection]:
+        """Every connection the connector holds now (stopped ones left out). Called when the
+        bridge's metrics are scraped: answer quickly (from memory, or a local call with a short
+        timeout)."""

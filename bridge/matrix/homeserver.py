@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -68,6 +70,8 @@ class Homeserver:
         self._registered: set[str] = set()
         self._joined: set[tuple[str, str]] = set()
         self._state_store = _StateStore()
+        # Called after each request: (HTTP method, seconds, errcode or None); for metrics.
+        self.observe: Callable[[str, float, str | None], None] = lambda m, s, e: None
         # Matrix users the bridge acts as (double puppeting): user id -> (token, whether it is
         # an appservice token that needs ?user_id= or the user's own access token, the
         # address of the user's homeserver).
@@ -150,6 +154,7 @@ class Homeserver:
         query: dict[str, Any] | None = None,
         retries: int | None = None,
     ) -> dict[str, Any]:
+        t0, errcode = time.monotonic(), None
         try:
             return await self._as(as_user).request(
                 method,
@@ -160,7 +165,14 @@ class Homeserver:
                 retry_count=retries,
             )
         except MatrixRequestError as e:
-            raise _wrap(e) from e
+            err = _wrap(e)
+            errcode = err.errcode
+            raise err from e
+        except Exception:
+            errcode = "connection_error"
+            raise
+        finally:
+            self.observe(str(method), time.monotonic() - t0, errcode)
 
     # --- server and appservice ----------------------------------------------------------
 
@@ -398,6 +410,7 @@ class Homeserver:
         headers, params = self._auth(as_user)
         if timestamp is not None and (not self.is_puppet(as_user) or "user_id" in params):
             params["ts"] = str(timestamp)
+        t0, errcode = time.monotonic(), None
         try:
             async with self.session.put(
                 URL(self._base(as_user) + path, encoded=True),
@@ -406,10 +419,14 @@ class Homeserver:
                 headers={**self._json_headers, **headers},
             ) as resp:
                 if not 200 <= resp.status < 300:
+                    errcode = f"http_{resp.status}"
                     return None
                 body = await resp.json()
         except (aiohttp.ClientError, ValueError, TimeoutError):
+            errcode = "connection_error"
             return None
+        finally:
+            self.observe("PUT", time.monotonic() - t0, errcode)
         return body if isinstance(body, dict) and "event_id" in body else None
 
     async def send_state(

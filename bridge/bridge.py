@@ -87,6 +87,9 @@ class Bridge:
         self.metrics = BridgeMetrics(self.log.getChild("metrics"))
         self.hs.observe = self.metrics.homeserver_request
         self.status = Status(self)
+        from .double_puppet import DoublePuppets
+
+        self.double_puppets = DoublePuppets(self)
         from .commands import CommandProcessor
         from .matrix_to_remote import MatrixHandler
         from .remote_to_matrix import RemoteHandler

@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"Wrote {args.registration} (protocols: {', '.join(reg['protocols']) or 'none'})."
                 f" Tokens were stored in {args.config}."
             )
+            if cfgmod.load(args.config).double_puppet.as_token:
+                from .registration import double_puppet_path
+
+                print(f"Wrote {double_puppet_path(args.registration)} (double puppeting).")
             return EXIT_OK
         if args.upgrade_config:
             from .config_upgrade import upgrade_file

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .actions import LEVELS, Refused, UserActions
 from .connector import ConnectorError, MatrixUser
 from .connector.capabilities import CommandRoom, ExtraCommands, LoginCapable
+from .double_puppet import NETWORK
 from .matrix.homeserver import MatrixError
 
 if TYPE_CHECKING:
@@ -182,6 +183,11 @@ class CommandProcessor:
             if isinstance(connector, ExtraCommands):
                 for c in connector.commands():
                     lines.append(f"- `{connector.name} {c.name} {c.args}`: {c.help}")
+        if self.bridge.cfg.double_puppet.allow_login and LEVELS[ctx.user.permission] >= 2:
+            lines.append(
+                "- `login matrix <access token> [homeserver address]`: what you write from "
+                "your other clients shows as yours (`logout matrix` to stop)"
+            )
         lines.append("Networks: " + (", ".join(sorted(self.bridge.networks)) or "none"))
         return "\n".join(lines)
 
@@ -206,6 +212,10 @@ class CommandProcessor:
     async def cmd_login(self, ctx: Ctx) -> str:
         if not ctx.args:
             return "usage: login <network> ..."
+        if ctx.args[0].lower() == NETWORK:
+            if not ctx.management:
+                return "Log in only in your management room: your token would be visible here."
+            return await self.bridge.double_puppets.login(ctx.user.user_id, ctx.args[1:])
         connector = self.actions.login_connector(ctx.args[0])
         if not ctx.management:
             return "Log in only in your management room: your credentials would be visible here."
@@ -215,6 +225,8 @@ class CommandProcessor:
     async def cmd_logout(self, ctx: Ctx) -> str:
         if not ctx.args:
             return "usage: logout <network> [login]"
+        if ctx.args[0].lower() == NETWORK:
+            return await self.bridge.double_puppets.logout(ctx.user.user_id)
         connector = self.actions.connector_named(ctx.args[0])
         await self.actions.logout(ctx.user, connector, ctx.args[1] if len(ctx.args) > 1 else None)
         return f"Logged out of {connector.display_name}."

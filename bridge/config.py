@@ -79,6 +79,15 @@ class MetricsConfig:
 
 
 @dataclass(slots=True)
+class DoublePuppetConfig:
+    # The token of the second registration (users of this homeserver, non-exclusive, no url):
+    # the bridge acts as local users with it. None: off; "generate": -g writes it.
+    as_token: str | None = None
+    # Users (of any homeserver) may give the bridge their own access token: ``login matrix``.
+    allow_login: bool = True
+
+
+@dataclass(slots=True)
 class BridgeConfig:
     path: Path
     hs_address: str
@@ -109,6 +118,7 @@ class BridgeConfig:
     warnings: list[str] = field(default_factory=list)
     provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    double_puppet: DoublePuppetConfig = field(default_factory=DoublePuppetConfig)
 
     @property
     def bot_mxid(self) -> str:
@@ -334,6 +344,12 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         if getattr(encryption, name) and not encryption.allow:
             raise ConfigError(f"bridge.encryption.{name}", "needs bridge.encryption.allow: true")
     enc_r.finish()
+    dp_r = br.section("double_puppet", required=False)
+    double_puppet = DoublePuppetConfig(
+        as_token=dp_r.get("as_token", str, None) or None,
+        allow_login=dp_r.get("allow_login", bool, True),
+    )
+    dp_r.finish()
     br.finish()
 
     provisioning = _provisioning(root.section("provisioning", required=False))
@@ -374,6 +390,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         warnings=warnings,
         provisioning=provisioning,
         metrics=metrics,
+        double_puppet=double_puppet,
     )
 
 
@@ -431,6 +448,7 @@ def require_tokens(cfg: BridgeConfig) -> None:
         ("appservice.as_token", cfg.as_token),
         ("appservice.hs_token", cfg.hs_token),
         ("bridge.credentials_key", cfg.credentials_key),
+        ("bridge.double_puppet.as_token", cfg.double_puppet.as_token),
     ):
         if value == GENERATE:
             raise ConfigError(

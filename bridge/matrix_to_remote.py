@@ -142,6 +142,8 @@ class MatrixHandler:
     async def _dispatch(
         self, evt: dict[str, Any], etype: str, room_id: str, sender: str, content: dict[str, Any]
     ) -> None:
+        if self.bridge.double_puppets.is_echo(content):
+            return  # sent by the bridge as this user, from their other client
         if "state_key" in evt:
             if etype == "m.room.member":
                 await self.membership(evt, room_id, sender, content)
@@ -975,6 +977,8 @@ class MatrixHandler:
         before = self._typing.get(room_id, set())
         self._typing[room_id] = now
         for user_id in now ^ before:
+            if self.bridge.double_puppets.typing_echo(room_id, user_id, user_id in now):
+                continue
             client = await self._quiet_client(portal, user_id)
             if isinstance(client, TypingHandling):
                 user = await self.bridge.matrix_user(user_id)
@@ -1000,6 +1004,8 @@ class MatrixHandler:
                 continue
             for user_id in readers:
                 if self.bridge.is_bridge_user(user_id):
+                    continue
+                if self.bridge.double_puppets.receipt_echo(room_id, user_id, event_id):
                     continue
                 client = await self._quiet_client(portal, user_id)
                 if isinstance(client, ReceiptHandling):

@@ -34,14 +34,18 @@ class OwnVoice:
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
 
-    async def puppet(self, user_id: str) -> str | None:
-        """The Matrix user id the bridge can send as for ``user_id``, or None. The bridge holds
-        no Matrix user's access yet (double puppeting), so it never can."""
-        del user_id
-        return None
+    async def puppet(self, user_id: str, room_id: str | None) -> str | None:
+        """The Matrix user id the bridge can send as for ``user_id`` in ``room_id``, or None
+        (double puppeting: see :mod:`bridge.double_puppet`)."""
+        return await self.bridge.double_puppets.puppet(user_id, room_id)
+
+    async def refused(self, user_id: str) -> bool:
+        """The homeserver refused the bridge's access as ``user_id``: True when it had it
+        (it no longer does)."""
+        return await self.bridge.double_puppets.refused(user_id)
 
     async def voice(self, portal: Portal, user_id: str) -> Voice:
-        puppet = await self.puppet(user_id)
+        puppet = await self.puppet(user_id, portal.room_id)
         if puppet is not None:
             return Voice(puppet, puppet, None)
         sender = portal.metadata.get("notice_sender")

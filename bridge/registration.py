@@ -48,6 +48,32 @@ def build(
     }
 
 
+def build_double_puppet(cfg: cfgmod.BridgeConfig) -> dict[str, Any]:
+    """The second registration: the bridge may act as any user of its homeserver, who stay
+    theirs (non-exclusive), and the homeserver pushes it nothing (no url), so the broad
+    namespace does not bring the bridge every room's events."""
+    assert cfg.double_puppet.as_token
+    return {
+        "id": f"{cfg.appservice_id}-double-puppet",
+        "url": None,
+        "as_token": cfg.double_puppet.as_token,
+        "hs_token": cfgmod.new_token(),
+        "sender_localpart": f"{cfg.bot_username}-double-puppet",
+        "rate_limited": False,
+        "namespaces": {
+            "users": [{"exclusive": False, "regex": f"@.*:{re.escape(cfg.domain)}"}],
+            "aliases": [],
+            "rooms": [],
+        },
+    }
+
+
+def double_puppet_path(registration_path: Path) -> Path:
+    return registration_path.with_name(
+        f"{registration_path.stem}-double-puppet{registration_path.suffix or '.yaml'}"
+    )
+
+
 def generate(config_path: Path, registration_path: Path) -> dict[str, Any]:
     """Fresh tokens into the config (comments kept), then the registration from it."""
     from .connectors_loader import load_connector_classes, offline_connectors
@@ -68,6 +94,9 @@ def generate(config_path: Path, registration_path: Path) -> dict[str, Any]:
     if doc["provisioning"].get("shared_secret", cfgmod.GENERATE) == cfgmod.GENERATE:
         # Kept across re-generation: integrations hold it.
         doc["provisioning"]["shared_secret"] = cfgmod.new_token()
+    puppets = doc["bridge"].get("double_puppet")
+    if cfg.double_puppet.as_token and puppets is not None:
+        puppets["as_token"] = cfgmod.new_token()
     cfgmod.save_document(config_path, doc)
     cfg = cfgmod.parse(doc, config_path)
     namespaces = [ns for c in offline_connectors(cfg, classes) for ns in c.namespaces()]
@@ -76,4 +105,7 @@ def generate(config_path: Path, registration_path: Path) -> dict[str, Any]:
     y.default_flow_style = False
     with registration_path.open("w", encoding="utf-8") as f:
         y.dump(reg, f)
+    if cfg.double_puppet.as_token:
+        with double_puppet_path(registration_path).open("w", encoding="utf-8") as f:
+            y.dump(build_double_puppet(cfg), f)
     return reg

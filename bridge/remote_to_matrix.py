@@ -111,6 +111,10 @@ class RemoteHandler:
                 return
             await handler(evt, portal)  # type: ignore[operator]
         except MatrixError as e:
+            user = evt.sender.matrix_user if _other_client(evt) else None
+            if e.errcode == "M_UNKNOWN_TOKEN" and user and await self.own.refused(user):
+                await self.handle(evt)  # once more, by the bot
+                return
             self.log.error("bridging %s to Matrix failed: %s", type(evt).__name__, e)
             await self.tell_failure(evt, f"the homeserver refused it ({e})", HOMESERVER_ERROR)
 
@@ -522,18 +526,34 @@ class RemoteHandler:
     async def typing(self, evt: RemoteTyping, portal: Portal) -> None:
         assert portal.room_id
         if evt.sender.is_from_me:
+            # From the user's other client: theirs where the bridge can act as them.
+            puppet = await self._own_puppet(evt, portal)
+            if puppet is not None:
+                self.bridge.double_puppets.sent_typing(portal.room_id, puppet, evt.typing)
+                await self.hs.typing(portal.room_id, puppet, evt.typing, evt.timeout_ms)
             return
         ghost = await self.ghost(evt, portal)
         await self.hs.typing(portal.room_id, ghost, evt.typing, evt.timeout_ms)
 
     async def receipt(self, evt: RemoteReceipt, portal: Portal) -> None:
         assert portal.room_id
-        if evt.sender.is_from_me:
+        puppet = await self._own_puppet(evt, portal) if evt.sender.is_from_me else None
+        if evt.sender.is_from_me and puppet is None:
             return
         rows = await self._rows(portal.key, evt.target_id)
-        if rows:
+        if rows and puppet is not None:
+            self.bridge.double_puppets.sent_receipt(portal.room_id, puppet, rows[-1].event_id)
+            await self.hs.receipt(portal.room_id, rows[-1].event_id, puppet)
+        elif rows:
             ghost = await self.ghost(evt, portal)
             await self.hs.receipt(portal.room_id, rows[-1].event_id, ghost)
+
+    async def _own_puppet(self, evt: RemoteEvent, portal: Portal) -> str | None:
+        """For what a Matrix user did on another client: the user, when the bridge can act
+        as them in the portal."""
+        if not _other_client(evt) or evt.sender.matrix_user is None:
+            return None
+        return await self.own.puppet(evt.sender.matrix_user, portal.room_id)
 
     async def chat_info(self, evt: RemoteChatInfo, portal: Portal) -> None:
         assert portal.room_id

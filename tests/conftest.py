@@ -24,6 +24,9 @@ pytest_plugins = ["bridge.testing"]
 
 AS_TOKEN = "as-token-for-tests-0123456789"
 HS_TOKEN = "hs-token-for-tests-0123456789"
+# The second registration's token (double puppeting of local users): tests that want it pass
+# double_puppet={"as_token": DOUBLE_PUPPET_TOKEN} to make_bridge.
+DOUBLE_PUPPET_TOKEN = "double-puppet-token-for-tests-0123456789"
 PLUGIN_DIR = Path(__file__).parent / "plugins" / "testnet"
 # Namespaces of every connector the tests run, so one Synapse serves them all.
 PREFIXES = ["testnet_", "irc_", "xmpp_", "deltachat_", "webhook_"]
@@ -76,10 +79,36 @@ def registration_file(tmp_path_factory: pytest.TempPathFactory, as_port: int) ->
 
 
 @pytest.fixture(scope="session")
+def double_puppet_registration(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What mimi-bridge -g writes with bridge.double_puppet.as_token set."""
+    path = tmp_path_factory.mktemp("registration") / "registration-double-puppet.yaml"
+    reg = {
+        "id": "mimi-bridge-double-puppet",
+        "url": None,
+        "as_token": DOUBLE_PUPPET_TOKEN,
+        "hs_token": "double-puppet-hs-token-for-tests-0123456789",
+        "sender_localpart": "mimibot-double-puppet",
+        "rate_limited": False,
+        "namespaces": {
+            "users": [{"exclusive": False, "regex": "@.*:localhost"}],
+            "aliases": [],
+            "rooms": [],
+        },
+    }
+    with path.open("w") as f:
+        YAML().dump(reg, f)
+    return path
+
+
+@pytest.fixture(scope="session")
 def synapse(
-    tmp_path_factory: pytest.TempPathFactory, registration_file: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    registration_file: Path,
+    double_puppet_registration: Path,
 ) -> Iterator[SynapseServer]:
-    server = start_synapse(tmp_path_factory.mktemp("synapse"), [registration_file])
+    server = start_synapse(
+        tmp_path_factory.mktemp("synapse"), [registration_file, double_puppet_registration]
+    )
     yield server
     server.stop()
 

@@ -76,6 +76,37 @@ def test_generate_registration(tmp_path: Path) -> None:
     assert YAML().load(reg_path)["as_token"] != reg["as_token"]
 
 
+def test_generate_the_double_puppet_registration(tmp_path: Path) -> None:
+    """With bridge.double_puppet.as_token: generate, -g also writes the second registration:
+    every local user, non-exclusive, no url (the homeserver pushes nothing through it)."""
+    reg_path = tmp_path / "registration.yaml"
+    dp_path = tmp_path / "registration-double-puppet.yaml"
+    cfg = example(tmp_path)
+    assert run("-c", str(cfg), "-g", "-r", str(reg_path)).returncode == 0
+    assert not dp_path.exists()  # off in the example
+    cfg = example(tmp_path, "    as_token:\n", "    as_token: generate\n")
+    res = run("-c", str(cfg), "-g", "-r", str(reg_path))
+    assert res.returncode == 0, res.stderr
+    assert str(dp_path) in res.stdout
+    main, dp = YAML().load(reg_path), YAML().load(dp_path)
+    token = YAML().load(cfg)["bridge"]["double_puppet"]["as_token"]
+    assert dp["as_token"] == token != "generate" and token != main["as_token"]
+    assert dp["url"] is None and dp["rate_limited"] is False
+    assert dp["id"] == "mimi-bridge-double-puppet" and dp["id"] != main["id"]
+    assert dp["sender_localpart"] != main["sender_localpart"]
+    assert dp["namespaces"]["users"] == [{"exclusive": False, "regex": r"@.*:example\.org"}]
+    assert not dp["namespaces"]["aliases"] and not dp["namespaces"]["rooms"]
+    # The bridge's own registration is unchanged by it: it receives what it did before.
+    assert all(n["exclusive"] for n in main["namespaces"]["users"])
+    assert not [
+        n for n in main["namespaces"]["users"] if re.fullmatch(n["regex"], "@ann:example.org")
+    ]
+    # Not generated yet is a config error, like the other tokens.
+    cfg.write_text(cfg.read_text().replace(token, "generate"))
+    res = run("-c", str(cfg))
+    assert res.returncode == 2 and "bridge.double_puppet.as_token" in res.stderr
+
+
 @pytest.mark.parametrize(
     ("edit", "new", "message"),
     [

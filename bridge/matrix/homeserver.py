@@ -23,6 +23,10 @@ from yarl import URL
 
 from ..crypto.base import RoomCrypto
 
+# Marks what the bridge sends as a Matrix user themselves (double puppeting): when the event
+# comes back from the homeserver it is known as the bridge's, not the user's, and not bridged.
+PUPPET_SOURCE = "org.mimi.source"
+
 
 class _StateStore(MemoryStateStore, ASStateStore):
     """mautrix needs one; the bridge keeps its own caches below."""
@@ -68,6 +72,10 @@ class Homeserver:
         self._state_store = _StateStore()
         # Called after each request: (HTTP method, seconds, errcode or None); for metrics.
         self.observe: Callable[[str, float, str | None], None] = lambda m, s, e: None
+        # Matrix users the bridge acts as (double puppeting): user id -> (token, whether it is
+        # an appservice token that needs ?user_id= or the user's own access token, the
+        # address of the user's homeserver).
+        self._puppets: dict[str, tuple[str, bool, str]] = {}
         # Set when end-to-bridge encryption is on: sends into encrypted rooms go through it.
         self.crypto: RoomCrypto | None = None
         self._json_headers = {
@@ -101,10 +109,38 @@ class Homeserver:
         assert self._session is not None, "Homeserver.open() first"
         return self._session
 
+    def set_puppet(
+        self, user_id: str, token: str, *, as_token: bool, address: str | None = None
+    ) -> None:
+        """Requests ``as_user=user_id`` go with ``token`` from now on (double puppeting), to
+        ``address`` (the user's homeserver; default: the bridge's)."""
+        self._puppets[user_id] = (token, as_token, (address or self.address).rstrip("/"))
+
+    def _base(self, user: str | None) -> str:
+        puppet = self._puppets.get(user) if user else None
+        return puppet[2] if puppet else self.address.rstrip("/")
+
+    def drop_puppet(self, user_id: str) -> None:
+        self._puppets.pop(user_id, None)
+
+    def is_puppet(self, user_id: str | None) -> bool:
+        return user_id is not None and user_id in self._puppets
+
+    def _auth(self, user: str | None) -> tuple[dict[str, str], dict[str, str]]:
+        """Headers and query parameters of a raw request as ``user``."""
+        puppet = self._puppets.get(user) if user else None
+        if puppet is None:
+            return {"Authorization": f"Bearer {self.as_token}"}, {"user_id": user or self.bot_mxid}
+        token, as_token, _ = puppet
+        return {"Authorization": f"Bearer {token}"}, ({"user_id": str(user)} if as_token else {})
+
     def _as(self, user: str | None) -> AppServiceAPI:
         assert self._api is not None, "Homeserver.open() first"
         if user is None or user == self.bot_mxid:
             return self._api
+        puppet = self._puppets.get(user)
+        if puppet is not None:
+            return self._api.real_user(UserID(user), puppet[0], URL(puppet[2]), as_token=puppet[1])
         return self._api.user(UserID(user))
 
     async def request(
@@ -155,7 +191,7 @@ class Homeserver:
     # --- users --------------------------------------------------------------------------
 
     async def ensure_registered(self, user_id: str) -> None:
-        if user_id in self._registered or user_id == self.bot_mxid:
+        if user_id in self._registered or user_id == self.bot_mxid or user_id in self._puppets:
             return
         localpart = user_id[1:].split(":", 1)[0]
         try:
@@ -347,6 +383,8 @@ class Homeserver:
         as_user: str | None = None,
         timestamp: int | None = None,
     ) -> str:
+        if self.is_puppet(as_user):
+            content = {**content, PUPPET_SOURCE: "remote"}
         if self.crypto is not None and await self.crypto.is_encrypted(room_id, as_user):
             # Every sender's messages, the ghosts' too, are encrypted by the bot's device.
             content = await self.crypto.encrypt(room_id, event_type, content, as_user)
@@ -369,16 +407,16 @@ class Homeserver:
         """One PUT straight through aiohttp (the bridged messages' path: mautrix's request
         formats a log line of the whole content even when debug logging is off). None when the
         answer is not a 2xx JSON object; PUTs with a transaction id may be repeated."""
-        params = {"user_id": as_user or self.bot_mxid}
-        if timestamp is not None:
+        headers, params = self._auth(as_user)
+        if timestamp is not None and (not self.is_puppet(as_user) or "user_id" in params):
             params["ts"] = str(timestamp)
         t0, errcode = time.monotonic(), None
         try:
             async with self.session.put(
-                URL(self.address.rstrip("/") + path, encoded=True),
+                URL(self._base(as_user) + path, encoded=True),
                 data=json.dumps(content),
                 params=params,
-                headers=self._json_headers,
+                headers={**self._json_headers, **headers},
             ) as resp:
                 if not 200 <= resp.status < 300:
                     errcode = f"http_{resp.status}"
@@ -416,7 +454,9 @@ class Homeserver:
         as_user: str | None = None,
         reason: str | None = None,
     ) -> str:
-        body = {"reason": reason} if reason else {}
+        body: dict[str, Any] = {"reason": reason} if reason else {}
+        if self.is_puppet(as_user):
+            body[PUPPET_SOURCE] = "remote"
         resp = await self.request(
             Method.PUT, Path.v3.rooms[room_id].redact[event_id][txn_id], body, as_user=as_user
         )
@@ -446,13 +486,15 @@ class Homeserver:
     async def upload(
         self, data: bytes, mimetype: str, filename: str, as_user: str | None = None
     ) -> str:
-        url = f"{self.address}/_matrix/media/v3/upload?filename={quote(filename)}"
-        params = {"user_id": as_user} if as_user else {}
+        url = f"{self._base(as_user)}/_matrix/media/v3/upload?filename={quote(filename)}"
+        headers, params = self._auth(as_user)
+        if not as_user:
+            params = {}
         async with self.session.post(
             url,
             data=data,
             params=params,
-            headers={"Authorization": f"Bearer {self.as_token}", "Content-Type": mimetype},
+            headers={**headers, "Content-Type": mimetype},
         ) as resp:
             body = await resp.json(content_type=None)
             if resp.status != 200:

@@ -168,9 +168,10 @@ class DCBridge:
         self.password = f"{local}-pw"
         self.bridge: Bridge | None = None
 
-    async def start(self, **extra: Any) -> Bridge:
+    async def start(self, bridge: dict[str, Any] | None = None, **extra: Any) -> Bridge:
+        """``extra`` goes to the connector's config, ``bridge`` to the bridge section."""
         cfg = dc_config(self.stack, self.workdir, self.address, self.password, **extra)
-        self.bridge = await self.make_bridge(connectors={"deltachat": cfg})
+        self.bridge = await self.make_bridge(connectors={"deltachat": cfg}, **(bridge or {}))
         return self.bridge
 
     @property

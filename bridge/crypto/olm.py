@@ -53,6 +53,7 @@ from ..credentials import CredentialBox, CredentialError
 from ..matrix.homeserver import Homeserver, MatrixError
 from ..matrix.txn import TransactionExtras
 from .base import DecryptionFailed, KeyMissing
+from .cross_signing import cross_sign_bot
 from .store import CryptoSecrets, RoomEncryptionStore, WaitingEvents, upgrade_table
 
 # A to-device message the bot sends its own device at start-up: its arrival in a transaction
@@ -146,8 +147,9 @@ class OlmCrypto:
         await upgrade_table.upgrade(self.db)
         await PgCryptoStore.upgrade_table.upgrade(self.db)
         await self.rooms.load()
+        secrets_store = CryptoSecrets(self.db, self.credentials)
         try:
-            pickle_key = await CryptoSecrets(self.db, self.credentials).pickle_key()
+            pickle_key = await secrets_store.pickle_key()
         except CredentialError as e:
             raise CryptoStartupError(
                 "the bot's encryption keys cannot be opened: was bridge.credentials_key changed?"
@@ -189,6 +191,7 @@ class OlmCrypto:
             self.log.warning("the bot's device keys were gone from the homeserver: publishing")
             account.shared = False
         await self._machine.share_keys()
+        await cross_sign_bot(self._machine, secrets_store, bot, device_id, self.log)
         self._ready.set()
         self.log.info("end-to-bridge encryption on: bot device %s", device_id)
         self._probe_task = asyncio.create_task(self._probe())

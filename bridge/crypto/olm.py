@@ -77,6 +77,25 @@ class _TraceAdapter(logging.LoggerAdapter[logging.Logger]):
         self.log(1, msg, *args, **kwargs)
 
 
+class _TrustNoise(logging.Filter):
+    """mautrix warns, at every message from a user without cross-signing keys, that it found
+    none. The bridge does not act on trust levels: those lines are debug."""
+
+    NOISE = ("Didn't find cross-signing key", "isn't cross-signed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and any(n in str(record.msg) for n in self.NOISE):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _quiet_trust(name: str) -> None:
+    log = logging.getLogger(name)
+    if not any(isinstance(f, _TrustNoise) for f in log.filters):
+        log.addFilter(_TrustNoise())
+
+
 def _trace_logger(name: str) -> Any:
     """mautrix logs at its own TRACE and SILLY levels; a logger made before mautrix set its
     logger class lacks those methods."""
@@ -169,6 +188,7 @@ class OlmCrypto:
             _MachineState(self.rooms, self.hs.is_joined),
             log=_trace_logger(self.log.name + ".olm"),
         )
+        _quiet_trust(self.log.name + ".olm")
         stored = await self._store.get_device_id()
         device_id = stored or DeviceID("MIMI" + secrets.token_hex(5).upper())
         try:

@@ -19,7 +19,8 @@ from vodozemac import Ed25519PublicKey, Ed25519Signature
 
 from tests.conftest import BridgeFactory
 from tests.e2ee.conftest import NioFactory
-from tests.e2ee.helpers import BOT
+from tests.e2ee.helpers import BOT, encrypted_management_room
+from tests.helpers import until
 
 
 def _verify(obj: dict[str, Any], key: str) -> bool:
@@ -126,3 +127,27 @@ async def test_a_fresh_database_gets_a_new_identity(
     assert other.crypto is not None
     new_master, signed = await _bot_identity(nio_user, other.crypto.device_id)
     assert signed and new_master != old_master
+
+
+async def test_senders_without_cross_signing_cause_no_warnings(
+    make_bridge: BridgeFactory, nio_user: NioFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Trust levels are not acted on: a user without cross-signing keys (as most test
+    clients) is no warning at each message, only a debug line."""
+    caplog.set_level(logging.DEBUG, logger="mimi.crypto")
+    await make_bridge(encryption={"allow": True})
+    alice = await nio_user()
+    room = await encrypted_management_room(alice)
+    for _ in range(2):
+        await alice.send_text(room, "help")
+    await until(
+        lambda: len([e for r, e in alice.events if "login <network>" in str(e.source)]) == 2,
+        45,
+    )
+    about = [
+        r
+        for r in caplog.records
+        if "cross-sign" in r.getMessage() and alice.user_id in r.getMessage()
+    ]
+    assert about, "mautrix said nothing of her keys: the check below proves nothing"
+    assert all(r.levelno == logging.DEBUG for r in about), [r.getMessage() for r in about]

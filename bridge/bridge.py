@@ -11,7 +11,9 @@ from typing import Any
 
 from mautrix.util.async_db import Database
 
+from .appservice.connector_routes import add_connector_routes
 from .appservice.media_links import MediaLinks
+from .appservice.provisioning import ProvisioningAPI
 from .appservice.server import AppserviceServer
 from .config import BridgeConfig
 from .connector import (
@@ -40,8 +42,10 @@ from .db import (
     open_database,
 )
 from .matrix.homeserver import Homeserver, MatrixError
+from .metrics import INTERNAL_ERROR, BridgeMetrics
 from .ordered_queue import OrderedQueues
 from .portals import PortalManager
+from .status import Status
 
 STOP_DRAIN_SECONDS = 15.0
 
@@ -80,6 +84,9 @@ class Bridge:
         self.server: AppserviceServer | None = None
         self.crypto: RoomCrypto | None = None
         self.portal_mgr = PortalManager(self)
+        self.metrics = BridgeMetrics(self.log.getChild("metrics"))
+        self.hs.observe = self.metrics.homeserver_request
+        self.status = Status(self)
         from .commands import CommandProcessor
         from .matrix_to_remote import MatrixHandler
         from .remote_to_matrix import RemoteHandler
@@ -147,7 +154,11 @@ class Bridge:
         self._stopping.clear()
         for gate in self._started.values():
             gate.clear()
-        self._db = await open_database(self.cfg.database, self.log.getChild("db"))
+        self.status.reset()
+        self._db = await open_database(
+            self.cfg.database, self.log.getChild("db"), self.connectors.values()
+        )
+        self.metrics.instrument_database(self._db)
         await self.hs.open()
         # Events recorded before a crash or stop, not processed yet: queued before we listen,
         # so that the homeserver's new events of a room come after them. They run once their
@@ -161,28 +172,49 @@ class Bridge:
         self.server = AppserviceServer(
             self.cfg.hs_token, self.transactions, self, self.log.getChild("appservice")
         )
+        self.server.on_transaction = self.metrics.transaction
+        self.status.add_routes(self.server.app)
         if self.cfg.encryption.allow:
             self._make_crypto(self.server)
         self.media_links.session = self.hs.session
         self.media_links.add_routes(self.server.app)
+        if self.cfg.provisioning.enabled:
+            api = ProvisioningAPI(self, self.cfg.provisioning, self.log.getChild("provisioning"))
+            api.add_routes(self.server.app)
+        add_connector_routes(self.server.app, self.connectors.values(), self.log.getChild("http"))
         try:
             await self.server.start(self.cfg.hostname, self.cfg.port)
         except OSError as e:
             raise StartupError(
                 f"cannot listen on {self.cfg.hostname}:{self.cfg.port}: {e.strerror}"
             ) from e
+        await self._serve_metrics()
         await self._wait_for_homeserver()
+        self.status.homeserver_reached = True
         await self._start_crypto()
         try:
             await self.hs.set_displayname(self.cfg.bot_mxid, self.cfg.bot_displayname)
         except MatrixError as e:
             self.log.warning("could not set the bot's display name: %s", e)
-        for connector in self.connectors.values():
+        for name, connector in self.connectors.items():
             await connector.start()
+            self.status.connectors_started.add(name)
             for ns in connector.namespaces():
                 self._started[ns.network].set()
         await self.matrix_handler.resume_waiting()
         self.log.info("bridge started with %s", ", ".join(self.networks) or "no networks")
+
+    async def _serve_metrics(self) -> None:
+        if not self.cfg.metrics.enabled:
+            return
+        self.metrics.sources = self.status.metric_sources()
+        host, port = self.cfg.metrics.host, self.cfg.metrics.port
+        try:
+            await self.metrics.serve(host, port)
+        except OSError as e:
+            raise StartupError(
+                f"metrics.listen: cannot listen on {host}:{port}: {e.strerror}"
+            ) from e
 
     def _make_crypto(self, server: AppserviceServer) -> None:
         from .crypto.olm import OlmCrypto
@@ -259,6 +291,7 @@ class Bridge:
             await self.crypto.stop()
             self.crypto = None
         self.hs.crypto = None
+        await self.metrics.close()
         await self.hs.close()
         if self._db:
             await self._db.stop()
@@ -351,11 +384,18 @@ class Bridge:
     # --- BridgeAPI ------------------------------------------------------------------
 
     async def emit(self, event: RemoteEvent) -> None:
+        self.metrics.remote_received(event)
         self.queues.submit(
             ("remote", event.portal),
-            lambda: self.remote_handler.handle(event),
+            lambda: self._remote_job(event),
             lambda error: self.remote_handler.failed(event, error),
         )
+
+    async def _remote_job(self, event: RemoteEvent) -> None:
+        try:
+            await self.remote_handler.handle(event)
+        finally:
+            self.metrics.remote_finished(event)
 
     async def notify(self, user_id: str, text: str, portal: PortalKey | None = None) -> None:
         room_id = None
@@ -486,6 +526,10 @@ class Bridge:
         mxc = await self.hs.upload(text.encode("utf-8"), "text/plain; charset=utf-8", filename)
         return self.mxc_to_url(mxc, filename)
 
+    def public_url(self, path: str) -> str:
+        base = self.cfg.public_address or self.cfg.as_address
+        return base.rstrip("/") + "/" + path.lstrip("/")
+
     # --- appservice handler ---------------------------------------------------------
 
     def is_own_event(self, event: dict[str, Any]) -> bool:
@@ -499,6 +543,7 @@ class Bridge:
     async def handle_pending(self, events: list[PendingEvent]) -> None:
         for pe in events:
             key = ("matrix", pe.room_id)
+            self.metrics.matrix_received(str(pe.event.get("event_id")))
             self.queues.submit(key, self._job(pe), self._failed(pe.event))
 
     async def _until_room_ready(self, room_id: str) -> bool:
@@ -517,12 +562,15 @@ class Bridge:
                 await self.matrix_handler.handle(pe.event)
             finally:
                 await self.transactions.done(pe.seq)
+                self.metrics.matrix_finished(str(pe.event.get("event_id")))
 
         return run
 
     def _failed(self, evt: dict[str, Any]) -> Any:
         async def tell(error: Exception) -> None:
-            await self.matrix_handler.tell_failure(evt, "an internal error in the bridge")
+            await self.matrix_handler.tell_failure(
+                evt, "an internal error in the bridge", INTERNAL_ERROR
+            )
 
         return tell
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import logging.config
 import signal
@@ -26,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
         "other networks through connector plugins.",
         epilog="Exit status: 0 clean stop, 1 runtime failure, 2 configuration error.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument(
         "-c",
         "--config",
@@ -47,12 +49,26 @@ def parser() -> argparse.ArgumentParser:
         help="where -g writes the appservice registration (default: registration.yaml)",
     )
     p.add_argument(
+        "--upgrade-config",
+        action="store_true",
+        help="rewrite the config in this release's layout and comments, keeping its values"
+        " (the old file is kept as <config>.bak)",
+    )
+    p.add_argument(
         "--show-recovery-key",
         action="store_true",
         help="print the recovery key of the bot's cross-signing keys (stored encrypted in the"
         " bridge's database) and exit",
     )
     return p
+
+
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's, once installed)."""
+    try:
+        return importlib.metadata.version("mimi-bridge")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def setup_logging(cfg: dict[str, Any]) -> None:
@@ -72,6 +88,9 @@ def setup_logging(cfg: dict[str, Any]) -> None:
     # aiohttp's access log and mautrix's request log are noise at INFO.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("mimi.api").setLevel(logging.WARNING)
+    # asyncpg repeats a warning with a traceback for every try to reconnect while PostgreSQL
+    # is down; the bridge logs the outage itself, once (bridge/db/resilient.py).
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
 
 
 async def run(cfg: cfgmod.BridgeConfig) -> int:
@@ -148,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
                 f" Tokens were stored in {args.config}."
             )
             return EXIT_OK
+        if args.upgrade_config:
+            from .config_upgrade import upgrade_file
+
+            for warning in upgrade_file(args.config):
+                print(f"mimi-bridge: {warning}", file=sys.stderr)
+            print(f"Rewrote {args.config} (the old file is {args.config}.bak).")
+            return EXIT_OK
         cfg = cfgmod.load(args.config)
         if args.show_recovery_key:
             return asyncio.run(show_recovery_key(cfg))
@@ -162,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mimi-bridge: {e}", file=sys.stderr)
         return EXIT_RUNTIME
     setup_logging(cfg.logging)
+    for warning in cfg.warnings:
+        logging.getLogger("mimi.config").warning("%s", warning)
     return asyncio.run(run(cfg))
 
 

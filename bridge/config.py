@@ -7,6 +7,7 @@ exits with status 2.
 
 from __future__ import annotations
 
+import copy
 import re
 import secrets
 from collections.abc import Mapping
@@ -19,8 +20,12 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from yarl import URL
 
+from .config_upgrade import apply_renames, connector_warnings, example_path, suggestion
+
 PERMISSION_LEVELS = ("relay", "user", "admin")
 _LOCALPART = re.compile(r"^[a-z0-9._=\-/]+$")
+_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+MIN_SECRET_LENGTH = 16
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 GENERATE = "generate"
 
@@ -51,6 +56,29 @@ class EncryptionConfig:
 
 
 @dataclass(slots=True)
+class ProvisioningConfig:
+    """The provisioning API on the appservice port (docs/provisioning.yaml)."""
+
+    enabled: bool = True
+    prefix: str = "/_matrix/provision"
+    # "generate" until -g writes one: until then only OpenID tokens are accepted.
+    shared_secret: str = GENERATE
+
+    @property
+    def secret(self) -> str | None:
+        return None if self.shared_secret == GENERATE else self.shared_secret
+
+
+@dataclass(slots=True)
+class MetricsConfig:
+    """Prometheus' /metrics on a port of its own (never the appservice port)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+
+@dataclass(slots=True)
 class BridgeConfig:
     path: Path
     hs_address: str
@@ -77,6 +105,10 @@ class BridgeConfig:
     media_link_lifetime_days: float = 30
     media_link_max_size_mb: float = 100
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    # Unknown and renamed keys, one line each: logged at start-up, never a stop.
+    warnings: list[str] = field(default_factory=list)
+    provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def bot_mxid(self) -> str:
@@ -125,10 +157,11 @@ class _Reader:
     """Typed access to a nested mapping that remembers which keys were read, so unknown keys
     can be reported."""
 
-    def __init__(self, data: Mapping[str, Any], prefix: str) -> None:
+    def __init__(self, data: Mapping[str, Any], prefix: str, warnings: list[str]) -> None:
         self.data = data
         self.prefix = prefix
         self.seen: set[str] = set()
+        self.warnings = warnings
 
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
@@ -151,12 +184,14 @@ class _Reader:
 
     def section(self, name: str, required: bool = True) -> _Reader:
         value = self.get(name, dict, ... if required else {})
-        return _Reader(value, self.key(name))
+        return _Reader(value, self.key(name), self.warnings)
 
     def finish(self) -> None:
+        """Every key was read: the ones left are unknown (a warning, with the nearest key)."""
         for name in self.data:
             if name not in self.seen:
-                raise ConfigError(self.key(str(name)), "unknown key")
+                hint = suggestion(str(name), self.seen)
+                self.warnings.append(f"{self.key(str(name))}: unknown key, ignored{hint}")
 
 
 def _url(r: _Reader, name: str, default: Any = ...) -> str:
@@ -221,7 +256,9 @@ def _postgres_url(value: str) -> str:
 
 
 def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
-    root = _Reader(doc, "")
+    doc = copy.deepcopy(doc)
+    warnings = apply_renames(doc)
+    root = _Reader(doc, "", warnings)
     hs = root.section("homeserver")
     hs_address = _url(hs, "address")
     domain = hs.get("domain", str)
@@ -299,6 +336,8 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
     enc_r.finish()
     br.finish()
 
+    provisioning = _provisioning(root.section("provisioning", required=False))
+    metrics = _metrics(root.section("metrics", required=False), port)
     log_cfg = root.get("logging", dict, {"level": "INFO"})
     connectors_r = root.get("connectors", dict, {})
     connectors = {str(k): dict(v or {}) for k, v in connectors_r.items()}
@@ -306,6 +345,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         if section is not None and not isinstance(section, Mapping):
             raise ConfigError(f"connectors.{name}", "must be a mapping")
     root.finish()
+    warnings += _connector_warnings(doc)
     return BridgeConfig(
         path=path,
         hs_address=hs_address,
@@ -331,7 +371,54 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         media_link_lifetime_days=link_days,
         media_link_max_size_mb=link_mb,
         encryption=encryption,
+        warnings=warnings,
+        provisioning=provisioning,
+        metrics=metrics,
     )
+
+
+def _connector_warnings(doc: Mapping[str, Any]) -> list[str]:
+    try:
+        example_file = example_path()
+        text = example_file.read_text(encoding="utf-8")
+        example = YAML(typ="safe").load(text)
+    except (OSError, YAMLError):
+        return []  # no example to compare with: the connectors' own checks still run
+    return connector_warnings(doc, example, text)
+
+
+def _provisioning(r: _Reader) -> ProvisioningConfig:
+    prefix = r.get("prefix", str, "/_matrix/provision").rstrip("/")
+    if not _PREFIX.match(prefix):
+        raise ConfigError(
+            r.key("prefix"), f"must be a URL path like /_matrix/provision, not {prefix!r}"
+        )
+    if prefix == "/_matrix/app" or prefix.startswith(("/_matrix/app/", "/_mimi/")):
+        raise ConfigError(r.key("prefix"), f"{prefix} is taken by the appservice API")
+    secret = r.get("shared_secret", str, GENERATE)
+    if secret != GENERATE and len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            r.key("shared_secret"),
+            f"must be at least {MIN_SECRET_LENGTH} characters (or generate, for -g)",
+        )
+    cfg = ProvisioningConfig(r.get("enabled", bool, True), prefix, secret)
+    r.finish()
+    return cfg
+
+
+def _metrics(r: _Reader, as_port: int) -> MetricsConfig:
+    enabled = r.get("enabled", bool, False)
+    listen = r.get("listen", str, "127.0.0.1:9108")
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(r.key("listen"), f"must be host:port, not {listen!r}")
+    port = int(port_text)
+    if enabled and port == as_port:
+        # Scrapers must not reach the appservice API, nor the homeserver the metrics.
+        raise ConfigError(r.key("listen"), f"port {port} is the appservice port; pick another")
+    r.finish()
+    return MetricsConfig(enabled, host, port)
 
 
 def load(path: Path) -> BridgeConfig:

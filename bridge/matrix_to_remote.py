@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import content as contentmod
 from . import encrypted_notice
+from . import metrics as m
 from .connector import (
     Attachment,
     ConnectorError,
@@ -113,14 +114,19 @@ class MatrixHandler:
             await self._dispatch(evt, etype, room_id, sender, content)
         except MatrixError as e:
             self.log.warning("homeserver error handling %s in %s: %s", etype, room_id, e)
-            await self.tell_failure(evt, f"the homeserver refused a request ({e})")
+            await self.tell_failure(
+                evt, f"the homeserver refused a request ({e})", m.HOMESERVER_ERROR
+            )
         except ConnectorError as e:
             # Raised before the delivery proper (no client, network gone...).
             self.log.info("%s in %s not bridged: %s", etype, room_id, e)
-            await self.tell_failure(evt, str(e))
+            await self.tell_failure(evt, str(e), m.REMOTE_ERROR)
 
-    async def tell_failure(self, evt: dict[str, Any], reason: str) -> None:
-        """Tell the sender of ``evt``, in its room, that it was not bridged and why."""
+    async def tell_failure(
+        self, evt: dict[str, Any], reason: str, counted_as: str | None = None
+    ) -> None:
+        """Tell the sender of ``evt``, in its room, that it was not bridged and why.
+        ``counted_as``: the metrics' reason, for a message of a portal (others are not counted)."""
         room_id, sender = evt.get("room_id"), evt.get("sender")
         if not (isinstance(room_id, str) and isinstance(sender, str)):
             self.log.warning("an event without room or sender was not bridged: %s", reason)
@@ -128,6 +134,8 @@ class MatrixHandler:
         what = _WHAT.get(str(evt.get("type")), "event")
         if what == "message" and _rel(evt.get("content") or {}).get("rel_type") == "m.replace":
             what = "edit"
+        if counted_as is not None and what in ("message", "sticker"):
+            self._count_failed(room_id, counted_as)
         who = self.bridge.display_name_of(sender)
         reason = reason.rstrip(". ")
         await self.bridge.send_notice(room_id, f"{who}: your {what} was not delivered: {reason}.")
@@ -148,12 +156,13 @@ class MatrixHandler:
                 room_id, sender, content
             ):
                 return
-            portal = await self._bridged_portal(room_id, sender)
+            edit = _rel(content).get("rel_type") == "m.replace"
+            portal = await self._bridged_portal(room_id, sender, count=not edit)
             if portal is None:
                 return
             if etype == "m.sticker":
                 content = {**content, "msgtype": "m.image"}
-            if _rel(content).get("rel_type") == "m.replace":
+            if edit:
                 await self.edit(evt, portal, sender, content)
             else:
                 await self.message(evt, portal, sender, content)
@@ -205,15 +214,18 @@ class MatrixHandler:
             if e.errcode != "M_FORBIDDEN":  # not for lack of a member that may speak: retry
                 self.encrypted_notices.forget(room_id)
 
-    async def _bridged_portal(self, room_id: str, sender: str) -> Portal | None:
+    async def _bridged_portal(
+        self, room_id: str, sender: str, count: bool = False
+    ) -> Portal | None:
         """The room's portal, unless the bridge refuses to bridge it (bridge.encryption.require
-        and the room is not encrypted: the sender is told)."""
+        and the room is not encrypted: the sender is told; ``count``: as a failed message)."""
         portal = await self.bridge.portal_store.by_room(room_id)
         crypto = self.bridge.crypto
         if portal is None or crypto is None or not self.bridge.cfg.encryption.require:
             return portal
         if await crypto.is_encrypted(room_id):
             return portal
+        self._failed(portal, "message" if count else "event", m.NOT_ALLOWED)
         await self.bridge.send_notice(
             room_id,
             f"{sender}: this bridge bridges only encrypted rooms, so nothing sent here is "
@@ -310,6 +322,7 @@ class MatrixHandler:
     async def undecryptable(self, room_id: str, sender: str, why: DecryptionFailed) -> None:
         """An event that stays encrypted is never dropped silently: its sender is told."""
         self.log.info("cannot decrypt an event of %s in %s: %s", sender, room_id, why.reason)
+        self._count_failed(room_id, m.UNDECRYPTABLE)
         await self.bridge.send_notice(
             room_id,
             f"{sender}: the bridge could not decrypt your message, so it was not bridged: "
@@ -355,15 +368,29 @@ class MatrixHandler:
         try:
             return await coro
         except NotSupported as e:
+            self._failed(portal, what, m.UNSUPPORTED)
             await self.bridge.send_notice(portal.room_id, f"Your {what} was not bridged: {e}")
         except ConnectorError as e:
+            self._failed(portal, what, m.REMOTE_ERROR)
             await self.bridge.send_notice(portal.room_id, f"Your {what} was not delivered: {e}")
         except Exception:
+            self._failed(portal, what, m.INTERNAL_ERROR)
             self.log.exception("delivering a %s from %s failed", what, user_id)
             await self.bridge.send_notice(
                 portal.room_id, f"Your {what} was not delivered because of an internal error."
             )
         return None
+
+    def _failed(self, portal: Portal, what: str, reason: str) -> None:
+        if what == "message":  # the metrics count messages; other actions are told alike
+            self.bridge.metrics.failed(portal.key.network, m.MATRIX_TO_REMOTE, reason)
+
+    def _count_failed(self, room_id: str, reason: str) -> None:
+        """Count a message that failed before it reached its portal's delivery (only rooms
+        whose portal is known: commands and other rooms are no bridged messages)."""
+        network = self.bridge.portal_store.known_network(room_id)
+        if network is not None:
+            self.bridge.metrics.failed(network, m.MATRIX_TO_REMOTE, reason)
 
     async def _not_supported(self, portal: Portal, what: str) -> None:
         assert portal.room_id
@@ -422,6 +449,7 @@ class MatrixHandler:
         try:
             msg, mxc = contentmod.from_matrix(content)
         except contentmod.UnsupportedContent as e:
+            self._failed(portal, "message", m.UNSUPPORTED)
             await self.bridge.send_notice(portal.room_id, f"Your message was not bridged: {e}.")
             return
         if mxc:
@@ -435,17 +463,20 @@ class MatrixHandler:
                     mxc = att.mxc = await self.hs.upload(att.data, att.mimetype, att.filename)
                 att.url = self.bridge.mxc_to_url(mxc, att.filename)
             except MatrixError as e:
+                self._failed(portal, "message", m.MEDIA_FAILED)
                 await self.bridge.send_notice(
                     portal.room_id, f"Your file was not bridged: it could not be downloaded ({e})."
                 )
                 return
             except DecryptionFailed as e:
+                self._failed(portal, "message", m.MEDIA_FAILED)
                 await self.bridge.send_notice(
                     portal.room_id, f"Your file was not bridged: {e.reason}. {e.advice}."
                 )
                 return
         speaker = await self.speaker(portal, sender, "message")
         if speaker is None:
+            self._failed(portal, "message", m.NOT_ALLOWED)
             return
         client, msender = speaker
         if msender.relayed:
@@ -467,6 +498,7 @@ class MatrixHandler:
         sent = await self._deliver(portal, sender, "message", client.handle_matrix_message(mm))
         if sent is None:
             return
+        self.bridge.metrics.bridged_from_matrix(portal.key.network, event_id)
         await self.bridge.messages.insert(
             MessageRow(
                 portal=portal.key,

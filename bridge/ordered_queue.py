@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 
@@ -16,8 +17,10 @@ OnFailure = Callable[[Exception], Awaitable[None]]
 class OrderedQueues:
     def __init__(self, log: logging.Logger) -> None:
         self.log = log
-        self._queues: dict[Hashable, deque[tuple[Job, OnFailure | None]]] = {}
+        # Each job with the time.monotonic() it was submitted at (for the metrics).
+        self._queues: dict[Hashable, deque[tuple[float, Job, OnFailure | None]]] = {}
         self._workers: dict[Hashable, asyncio.Task[None]] = {}
+        self._running_since: dict[Hashable, float] = {}
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -25,7 +28,7 @@ class OrderedQueues:
         """Queue ``job`` behind the others of ``key``. ``on_failure`` is awaited with the
         error if the job raises: the job's user must hear of it, not only the log."""
         q = self._queues.setdefault(key, deque())
-        q.append((job, on_failure))
+        q.append((time.monotonic(), job, on_failure))
         self._idle.clear()
         if key not in self._workers:
             self._workers[key] = asyncio.create_task(self._run(key), name=f"queue:{key}")
@@ -40,7 +43,7 @@ class OrderedQueues:
         q = self._queues[key]
         try:
             while q:
-                job, on_failure = q.popleft()
+                self._running_since[key], job, on_failure = q.popleft()
                 try:
                     await job()
                 except asyncio.CancelledError:
@@ -52,10 +55,20 @@ class OrderedQueues:
                     await self._tell(key, on_failure, e)
         finally:
             del self._workers[key]
+            self._running_since.pop(key, None)
             if not q:
                 del self._queues[key]
             if not self._workers:
                 self._idle.set()
+
+    def stats(self) -> dict[Hashable, tuple[int, float | None]]:
+        """Per key: jobs waiting or running, and when the oldest of them was submitted."""
+        out: dict[Hashable, tuple[int, float | None]] = {}
+        for key, q in self._queues.items():
+            running = self._running_since.get(key)
+            oldest = running if running is not None else (q[0][0] if q else None)
+            out[key] = (len(q) + (running is not None), oldest)
+        return out
 
     async def _tell(self, key: Hashable, on_failure: OnFailure | None, error: Exception) -> None:
         if on_failure is None:

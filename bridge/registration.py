@@ -63,6 +63,11 @@ def generate(config_path: Path, registration_path: Path) -> dict[str, Any]:
     if doc["bridge"].get("credentials_key", cfgmod.GENERATE) == cfgmod.GENERATE:
         # Kept across re-generation: it decrypts stored credentials.
         doc["bridge"]["credentials_key"] = cfgmod.new_token()
+    if "provisioning" not in doc or doc["provisioning"] is None:
+        doc["provisioning"] = {}
+    if doc["provisioning"].get("shared_secret", cfgmod.GENERATE) == cfgmod.GENERATE:
+        # Kept across re-generation: integrations hold it.
+        doc["provisioning"]["shared_secret"] = cfgmod.new_token()
     cfgmod.save_document(config_path, doc)
     cfg = cfgmod.parse(doc, config_path)
     namespaces = [ns for c in offline_connectors(cfg, classes) for ns in c.namespaces()]

@@ -30,6 +30,7 @@ from .connector import (
 from .db import MessageRow, Portal, ReactionRow
 from .matrix.homeserver import MatrixError
 from .matrix.txn import derive_txn_id
+from .metrics import HOMESERVER_ERROR, INTERNAL_ERROR, REMOTE_TO_MATRIX
 from .own_messages import OwnVoice, Voice, mark
 
 if TYPE_CHECKING:
@@ -111,15 +112,20 @@ class RemoteHandler:
             await handler(evt, portal)  # type: ignore[operator]
         except MatrixError as e:
             self.log.error("bridging %s to Matrix failed: %s", type(evt).__name__, e)
-            await self.tell_failure(evt, f"the homeserver refused it ({e})")
+            await self.tell_failure(evt, f"the homeserver refused it ({e})", HOMESERVER_ERROR)
 
     async def failed(self, evt: RemoteEvent, error: Exception) -> None:
         """The queue's last resort, after an unexpected error (logged there)."""
-        await self.tell_failure(evt, "an internal error in the bridge")
+        await self.tell_failure(evt, "an internal error in the bridge", INTERNAL_ERROR)
 
-    async def tell_failure(self, evt: RemoteEvent, reason: str) -> None:
+    async def tell_failure(
+        self, evt: RemoteEvent, reason: str, counted_as: str | None = None
+    ) -> None:
         """A remote user's message that did not reach Matrix is told in its portal, so that
-        its Matrix members know something is missing; other events only leave the log."""
+        its Matrix members know something is missing; other events only leave the log.
+        ``counted_as``: the metrics' reason, for messages (other events are not counted)."""
+        if counted_as is not None and isinstance(evt, RemoteMessage):
+            self.bridge.metrics.failed(evt.portal.network, REMOTE_TO_MATRIX, counted_as)
         what = _WHAT.get(type(evt))
         if what is None:
             return
@@ -318,6 +324,7 @@ class RemoteHandler:
                     body=str(content.get("body", "")),
                 )
             )
+        self.bridge.metrics.bridged_to_matrix(portal.key.network, evt)
 
     async def _attachment(
         self, att: Any, ghost: str | None, room_id: str | None = None

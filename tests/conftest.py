@@ -19,11 +19,14 @@ from tests.harness.ports import free_port
 from tests.harness.postgres import PostgresServer, start_postgres
 from tests.harness.synapse import SynapseServer, start_synapse
 
+# The connector kit (its scenarios run in tests/kit/ against the built-in connectors).
+pytest_plugins = ["bridge.testing"]
+
 AS_TOKEN = "as-token-for-tests-0123456789"
 HS_TOKEN = "hs-token-for-tests-0123456789"
 PLUGIN_DIR = Path(__file__).parent / "plugins" / "testnet"
 # Namespaces of every connector the tests run, so one Synapse serves them all.
-PREFIXES = ["testnet_", "irc_", "xmpp_", "deltachat_"]
+PREFIXES = ["testnet_", "irc_", "xmpp_", "deltachat_", "webhook_"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -64,7 +67,7 @@ def registration_file(tmp_path_factory: pytest.TempPathFactory, as_port: int) ->
         # End-to-bridge encryption (what mimi-bridge -g writes).
         "org.matrix.msc3202": True,
         "io.element.msc4190": True,
-        "protocols": ["testnet", "irc", "xmpp", "deltachat"],
+        "protocols": ["testnet", "irc", "xmpp", "deltachat", "webhooks"],
         "namespaces": {"users": users, "aliases": aliases, "rooms": []},
     }
     with path.open("w") as f:

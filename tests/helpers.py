@@ -6,9 +6,15 @@ import asyncio
 import inspect
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+from ruamel.yaml import YAML
+
 from bridge.bridge import Bridge
+from bridge.config import load as load_config
 from tests.harness.synapse import MatrixClient, SynapseServer
 
 _users = itertools.count(1)
@@ -62,3 +68,43 @@ def new_user(synapse: SynapseServer, prefix: str = "user") -> MatrixClient:
 
 async def is_member(client: MatrixClient, room: str, user: str) -> bool:
     return user in await client.joined_members(room)
+
+
+async def metrics_bridge(
+    tmp_path: Path,
+    synapse: SynapseServer,
+    as_port: int,
+    metrics_port: int,
+    connectors: dict[str, Any],
+    name: str = "metrics",
+) -> Bridge:
+    """A bridge (not started) whose config enables ``metrics`` on ``metrics_port``."""
+    from tests.conftest import write_config
+
+    path = write_config(
+        tmp_path / f"{name}.yaml",
+        synapse,
+        as_port,
+        f"sqlite://{tmp_path / (name + '.db')}",
+        connectors,
+    )
+    yaml = YAML()
+    doc = yaml.load(path)
+    doc["metrics"] = {"enabled": True, "listen": f"127.0.0.1:{metrics_port}"}
+    yaml.dump(doc, path)
+    return Bridge(load_config(path))
+
+
+async def scrape(metrics_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The bridge's /metrics as (series name, sorted labels) -> value."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp,
+    ):
+        assert resp.status == 200
+        text = await resp.text()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

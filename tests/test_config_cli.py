@@ -37,6 +37,13 @@ def test_help_documents_every_option() -> None:
         assert opt in res.stdout
 
 
+def test_version() -> None:
+    res = run("--version")
+    assert res.returncode == 0, res.stderr
+    declared = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert declared and res.stdout.strip() == f"mimi-bridge {declared.group(1)}"
+
+
 def test_generate_registration(tmp_path: Path) -> None:
     cfg = example(tmp_path)
     reg_path = tmp_path / "registration.yaml"
@@ -62,6 +69,10 @@ def test_generate_registration(tmp_path: Path) -> None:
     key = YAML().load(cfg)["bridge"]["credentials_key"]
     assert run("-c", str(cfg), "-g", "-r", str(reg_path)).returncode == 0
     assert YAML().load(cfg)["bridge"]["credentials_key"] == key
+    # The provisioning secret is generated once and kept too: integrations hold it.
+    secret = YAML().load(saved)["provisioning"]["shared_secret"]
+    assert secret != "generate" and len(secret) >= 16
+    assert YAML().load(cfg)["provisioning"]["shared_secret"] == secret
     assert YAML().load(reg_path)["as_token"] != reg["as_token"]
 
 
@@ -69,7 +80,6 @@ def test_generate_registration(tmp_path: Path) -> None:
     ("edit", "new", "message"),
     [
         ("  domain: example.org\n", "", "homeserver.domain: missing"),
-        ("  port: 29333\n", "  port: 29333\n  colour: blue\n", "appservice.colour: unknown key"),
         ("  port: 29333", "  port: many", "appservice.port: must be an integer"),
         (
             "address: http://127.0.0.1:8008",
@@ -100,6 +110,28 @@ def test_generate_registration(tmp_path: Path) -> None:
             "connectors.testnet.delay_seconds: must be a number",
         ),
         ("  level: INFO", "  level: [INFO", "is not valid YAML"),
+        (
+            "  listen: 127.0.0.1:9108",
+            "  listen: localhost",
+            "metrics.listen: must be host:port, not 'localhost'",
+        ),
+        (
+            "  enabled: false\n  listen: 127.0.0.1:9108",
+            "  enabled: true\n  listen: 127.0.0.1:29333",
+            "metrics.listen: port 29333 is the appservice port",
+        ),
+        ("  enabled: false\n  listen:", "  enabled: yes please\n  listen:", "metrics.enabled"),
+        (
+            "  shared_secret: generate",
+            "  shared_secret: short",
+            "provisioning.shared_secret: must be at least 16 characters",
+        ),
+        (
+            "  prefix: /_matrix/provision",
+            "  prefix: provision",
+            "provisioning.prefix: must be a URL path",
+        ),
+        ("  prefix: /_matrix/provision", "  prefix: /_matrix/app", "provisioning.prefix: "),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(
@@ -118,7 +150,7 @@ def test_ungenerated_tokens_are_a_config_error(tmp_path: Path) -> None:
     assert "appservice.as_token: not generated yet" in res.stderr
 
 
-@pytest.mark.parametrize("name", ["irc", "xmpp", "deltachat"])
+@pytest.mark.parametrize("name", ["irc", "xmpp", "deltachat", "webhooks"])
 def test_example_connector_sections_are_valid(tmp_path: Path, name: str) -> None:
     """Each connector's documented example section passes its own validation."""
     from bridge.config import load

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -68,6 +69,8 @@ class AppserviceServer:
         self.log = log
         self.app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024 * 1024)
         self._runner: web.AppRunner | None = None
+        # Called once per transaction accepted, True when it was a repeat (for metrics).
+        self.on_transaction: Callable[[bool], None] = lambda replayed: None
         # Set when end-to-bridge encryption is on.
         self.crypto: RoomCrypto | None = None
         self._add_routes()
@@ -148,6 +151,7 @@ class AppserviceServer:
             # To-device messages are not idempotent (an Olm message decrypts once): a
             # transaction already handled is not handled again.
             if extras.to_device and await self.transactions.seen(txn_id):
+                self.on_transaction(True)
                 return web.json_response({})
             # Room keys arrive once, as to-device messages: stored before the transaction is
             # acknowledged, and before its events (which may need them) are handled. A failure
@@ -164,6 +168,7 @@ class AppserviceServer:
             recorded = await self.transactions.record(txn_id, events)
             if recorded is None:
                 self.log.debug("transaction %s already received", txn_id)
+                self.on_transaction(True)
                 return web.json_response({})
             # Durably recorded: from here on a crash loses nothing, so answer now and process.
             await self.handler.handle_pending(recorded)
@@ -172,6 +177,7 @@ class AppserviceServer:
         ephemeral_dicts = [e for e in ephemeral if isinstance(e, dict)]
         if ephemeral_dicts:
             await self.handler.handle_ephemeral(ephemeral_dicts)
+        self.on_transaction(False)
         return web.json_response({})
 
     async def get_user(self, request: web.Request) -> web.Response:

@@ -18,10 +18,17 @@ from .base import (
 )
 from .capabilities import (
     Backfilling,
+    CommandRoom,
+    ConnectionReporting,
+    ConnectionState,
     ConnectorCommand,
     DirectMessaging,
     EditHandling,
     ExtraCommands,
+    HttpRequest,
+    HttpResponse,
+    HttpRoute,
+    HttpRoutes,
     LoginCapable,
     LoginResult,
     MembershipHandling,
@@ -32,6 +39,7 @@ from .capabilities import (
     ReactionHandling,
     ReceiptHandling,
     RedactionHandling,
+    RemoteConnection,
     RoomMetaHandling,
     ThirdPartyLookup,
     ThirdPartyProtocol,
@@ -73,6 +81,7 @@ from .events import (
     SentMessage,
 )
 from .ids import GhostKey, PortalKey, escape_localpart, unescape_localpart
+from .tables import Migration, Migrations, MigrationStep, table_exists
 
 __all__ = [
     "Attachment",
@@ -80,7 +89,10 @@ __all__ = [
     "BridgeAPI",
     "ChatInfo",
     "ChatMember",
+    "CommandRoom",
     "ConfigError",
+    "ConnectionReporting",
+    "ConnectionState",
     "ConnectorCommand",
     "ConnectorError",
     "DirectMessaging",
@@ -88,6 +100,10 @@ __all__ = [
     "ExtraCommands",
     "GhostInfo",
     "GhostKey",
+    "HttpRequest",
+    "HttpResponse",
+    "HttpRoute",
+    "HttpRoutes",
     "Login",
     "LoginCapable",
     "LoginResult",
@@ -110,6 +126,9 @@ __all__ = [
     "MessageContent",
     "MessageKind",
     "MessageRef",
+    "Migration",
+    "MigrationStep",
+    "Migrations",
     "Namespace",
     "NetworkClient",
     "NetworkConnector",
@@ -123,6 +142,7 @@ __all__ = [
     "ReceiptHandling",
     "RedactionHandling",
     "RemoteChatInfo",
+    "RemoteConnection",
     "RemoteEdit",
     "RemoteEvent",
     "RemoteMembership",
@@ -141,5 +161,6 @@ __all__ = [
     "ThirdPartyProtocol",
     "TypingHandling",
     "escape_localpart",
+    "table_exists",
     "unescape_localpart",
 ]

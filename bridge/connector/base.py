@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 from .events import Attachment, MatrixMessage, RemoteEvent, SentMessage
 from .ids import PortalKey, escape_localpart, unescape_localpart
+from .tables import Migrations
 
 
 class ConnectorError(Exception):
@@ -132,6 +133,12 @@ class BridgeAPI(Protocol):
     async def upload_text(self, text: str, filename: str) -> str:
         """Upload a long text to the content repository and return a link to it."""
 
+    def public_url(self, path: str) -> str:
+        """The address the outside world reaches the bridge's ``path`` at (from
+        ``appservice.public_address``, else ``appservice.address``), for a connector's
+        ``HttpRoutes``."""
+        ...
+
 
 class NetworkClient(ABC):
     """One identity on the network: a Matrix user's puppet or the relay bot. The required
@@ -151,6 +158,9 @@ class NetworkConnector(ABC):
     display_name: ClassVar[str]
     # Where the connector's config documentation lives (shown in errors and docs).
     example_config: ClassVar[str] = ""
+    # The connector's own tables in the bridge's database, as ordered migrations (see
+    # bridge.connector.tables); run at start-up before start(), versioned under ``name``.
+    migrations: ClassVar[Migrations] = ()
 
     def __init__(self, bridge: BridgeAPI, config: Mapping[str, Any]) -> None:
         self.bridge = bridge

@@ -6,13 +6,16 @@ Client capabilities (on :class:`~bridge.connector.base.NetworkClient`):
 edits, redactions, reactions, typing, read receipts, membership, power levels, room
 metadata, profile (display name and avatar), presence.
 Connector capabilities (on :class:`~bridge.connector.base.NetworkConnector`): login, logout,
-direct messages, plumbing (link), backfill, third-party lookups, extra commands.
+direct messages, plumbing (link), backfill, third-party lookups, extra commands (optionally
+run in a room, with that room's context), HTTP routes on the bridge's own port, connection
+states (for the bridge's metrics).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import enum
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from .base import ChatInfo, Login, MatrixUser
@@ -159,16 +162,106 @@ class ThirdPartyLookup(Protocol):
 CommandHandler = Callable[[MatrixUser, list[str]], Awaitable[str]]
 
 
+@dataclass(frozen=True, slots=True)
+class CommandRoom:
+    """Where a room command was given: the Matrix room, the portal bridged to it (None when
+    the room is not a portal of this connector), and whether the user may change the room's
+    state (a bridge admin, the room's creator, or power enough for state events)."""
+
+    room_id: str
+    portal: PortalKey | None
+    room_admin: bool
+    management: bool
+
+
+RoomCommandHandler = Callable[[MatrixUser, list[str], CommandRoom], Awaitable[str]]
+
+
 @dataclass(slots=True)
 class ConnectorCommand:
+    """A command of the connector. ``handler`` gets the user and the words after the command;
+    a command that needs the room it was typed in sets ``room_handler`` instead (``handler``
+    is then not called)."""
+
     name: str
     help: str
-    handler: CommandHandler
+    handler: CommandHandler | None = None
     admin_only: bool = False
     args: str = ""
+    room_handler: RoomCommandHandler | None = None
 
 
 @runtime_checkable
 class ExtraCommands(Protocol):
     def commands(self) -> list[ConnectorCommand]:
         """Commands users type as ``<network> <command> ...`` in the management room."""
+
+
+class ConnectionState(enum.StrEnum):
+    CONNECTED = "connected"  # up and usable
+    CONNECTING = "connecting"  # a first attempt, or reconnecting after a loss
+    DISCONNECTED = "disconnected"  # down, waiting before the next attempt
+    FAILED = "failed"  # given up (refused credentials, banned...): needs an admin or user
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConnection:
+    """One connection to a network: a bot's, a component's, a puppet's or a login's."""
+
+    network: str  # ``Namespace.network``
+    state: ConnectionState
+
+
+@runtime_checkable
+class ConnectionReporting(Protocol):
+    async def connection_states(self) -> list[RemoteConnection]:
+        """Every connection the connector holds now (stopped ones left out). Called when the
+        bridge's metrics are scraped: answer quickly (from memory, or a local call with a short
+        timeout)."""
+
+
+# --- HTTP routes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """A request to one of a connector's routes. ``headers`` has lower-case names; ``body`` is
+    whole (the core refuses bodies over the route's ``max_body`` with 413 before calling)."""
+
+    method: str
+    path_params: Mapping[str, str]
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+    remote: str | None = None
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    """A JSON answer (``body`` is serialised by the core)."""
+
+    status: int
+    body: object = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+
+@dataclass(slots=True)
+class HttpRoute:
+    """``path`` is relative to ``/_mimi/<connector name>/`` and may hold ``{param}`` parts."""
+
+    method: str
+    path: str
+    handler: HttpHandler
+    max_body: int = 64 * 1024
+
+
+@runtime_checkable
+class HttpRoutes(Protocol):
+    def http_routes(self) -> list[HttpRoute]:
+        """Routes the bridge serves on its own port under ``/_mimi/<connector name>/``.
+        Asked once, before :meth:`NetworkConnector.start`: handlers must answer (503, say)
+        until the connector is ready. The public base of the URLs is
+        ``BridgeAPI.public_url``."""

@@ -15,6 +15,7 @@ BUILTIN: dict[str, str] = {
     "irc": "connectors.irc:IRCConnector",
     "xmpp": "connectors.xmpp:XMPPConnector",
     "deltachat": "connectors.deltachat:DeltaChatConnector",
+    "webhooks": "connectors.webhooks:WebhooksConnector",
 }
 
 

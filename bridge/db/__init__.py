@@ -3,7 +3,7 @@ appservice transactions the homeserver pushed."""
 
 from .ghosts import Ghost, GhostStore
 from .messages import MessageRow, MessageStore, ReactionRow
-from .open import DatabaseUnavailable, open_database
+from .open import DatabaseUnavailable, connector_tables, open_database
 from .portals import Portal, PortalStore
 from .transactions import PendingEvent, TransactionStore
 from .users import LoginRow, UserStore
@@ -21,5 +21,6 @@ __all__ = [
     "ReactionRow",
     "TransactionStore",
     "UserStore",
+    "connector_tables",
     "open_database",
 ]

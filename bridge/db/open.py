@@ -10,13 +10,17 @@ import contextlib
 import logging
 import os
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
 
 import asyncpg
-from mautrix.util.async_db import Database
+from mautrix.util.async_db import Database, UpgradeTable
 from yarl import URL
 
-from .schema import upgrade_table
+from ..connector import NetworkConnector
+from .migrations import Component, MigrationError, upgrade
+from .resilient import ResilientPostgresDatabase
+from .schema import CORE
 
 KEY = "appservice.database"
 
@@ -77,24 +81,49 @@ def _cause(e: BaseException) -> str:
     return " ".join(text.split()) or type(e).__name__
 
 
-async def open_database(url: str, log: logging.Logger | None = None) -> Database:
+def connector_tables(
+    connectors: Iterable[NetworkConnector | type[NetworkConnector]],
+) -> list[Component]:
+    """The tables of the connectors that declare some, each under its name."""
+    return [Component(c.name, c.migrations) for c in connectors if c.migrations]
+
+
+async def open_database(
+    url: str,
+    log: logging.Logger | None = None,
+    connectors: Iterable[NetworkConnector | type[NetworkConnector]] = (),
+) -> Database:
+    """Open the database and bring the core's and the given connectors' tables to this
+    release's versions."""
+    log = log or logging.getLogger("mimi.db")
     target = describe(url)
     sqlite = url.startswith("sqlite")
     if sqlite:
         problem = await asyncio.to_thread(_sqlite_problem, Path(target))
         if problem:
             raise DatabaseUnavailable(f"{KEY}: cannot open {target}: {problem}")
-    db = Database.create(
-        url,
-        upgrade_table=upgrade_table,
-        log=log or logging.getLogger("mimi.db"),
-        owner_name="mimi-bridge",
-        db_args={"min_size": 1, "max_size": 10} if not sqlite else {},
-    )
+    db: Database
+    if sqlite:
+        db = Database.create(url, log=log, owner_name="mimi-bridge")
+    else:  # waits for the server when it restarts (see resilient)
+        db = ResilientPostgresDatabase(
+            URL(url),
+            db_args={"min_size": 1, "max_size": 10},
+            upgrade_table=UpgradeTable(),
+            log=log,
+            owner_name="mimi-bridge",
+        )
     try:
         await db.start()
     except Exception as e:
         with contextlib.suppress(Exception):  # the first error is the one to report
             await db.stop()
         raise DatabaseUnavailable(f"{KEY}: cannot open {target}: {_cause(e)}") from e
+    try:
+        await upgrade(db, [CORE, *connector_tables(connectors)], log)
+    except Exception as e:
+        with contextlib.suppress(Exception):
+            await db.stop()
+        cause = str(e) if isinstance(e, MigrationError) else _cause(e)
+        raise DatabaseUnavailable(f"{KEY}: {target}: {cause}") from e
     return db

@@ -69,6 +69,11 @@ class PortalStore:
         if old is not None and old.room_id and self._rooms.get(old.room_id) == key:
             del self._rooms[old.room_id]
 
+    def known_network(self, room_id: str) -> str | None:
+        """The network of a room's portal if it is in memory (for metrics: no query)."""
+        key = self._rooms.get(room_id)
+        return key.network if key is not None else None
+
     async def get(self, key: PortalKey) -> Portal | None:
         cached = self._cache.get(key)
         if cached is not None:

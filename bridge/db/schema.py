@@ -1,16 +1,16 @@
-"""The core's tables and their versioned upgrades. Connectors keep their own tables with their
-own ``UpgradeTable`` (version table ``<connector>_version``) in the same database."""
+"""The core's tables and their migrations (component ``core`` in ``schema_versions``).
+Connectors declare their own tables the same way (``NetworkConnector.migrations``)."""
 
 from __future__ import annotations
 
-from mautrix.util.async_db import Connection, Scheme, UpgradeTable
+from typing import Any
 
-upgrade_table = UpgradeTable(version_table_name="mimi_version", database_name="mimi-bridge")
+from ..connector.tables import table_exists
+from .migrations import Component
 
 
-@upgrade_table.register(description="Initial schema")  # type: ignore[call-arg,arg-type]
-async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
-    serial = "BIGSERIAL PRIMARY KEY" if scheme != Scheme.SQLITE else "INTEGER PRIMARY KEY"
+async def _v1_initial(conn: Any, dialect: str) -> None:
+    serial = "INTEGER PRIMARY KEY" if dialect == "sqlite" else "BIGSERIAL PRIMARY KEY"
     await conn.execute(
         """CREATE TABLE portal (
             network     TEXT NOT NULL,
@@ -106,3 +106,14 @@ async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
             event    TEXT NOT NULL
         )"""
     )
+
+
+async def _legacy_version(conn: Any, dialect: str) -> int:
+    """Releases before ``schema_versions`` kept the core's version in ``mimi_version`` (a
+    single row); that table is left as it is."""
+    if not await table_exists(conn, dialect, "mimi_version"):
+        return 0
+    return int(await conn.fetchval("SELECT max(version) FROM mimi_version") or 0)
+
+
+CORE = Component("core", [_v1_initial], legacy_version=_legacy_version)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -64,6 +66,8 @@ class Homeserver:
         self._registered: set[str] = set()
         self._joined: set[tuple[str, str]] = set()
         self._state_store = _StateStore()
+        # Called after each request: (HTTP method, seconds, errcode or None); for metrics.
+        self.observe: Callable[[str, float, str | None], None] = lambda m, s, e: None
         # Set when end-to-bridge encryption is on: sends into encrypted rooms go through it.
         self.crypto: RoomCrypto | None = None
         self._json_headers = {
@@ -114,6 +118,7 @@ class Homeserver:
         query: dict[str, Any] | None = None,
         retries: int | None = None,
     ) -> dict[str, Any]:
+        t0, errcode = time.monotonic(), None
         try:
             return await self._as(as_user).request(
                 method,
@@ -124,7 +129,14 @@ class Homeserver:
                 retry_count=retries,
             )
         except MatrixRequestError as e:
-            raise _wrap(e) from e
+            err = _wrap(e)
+            errcode = err.errcode
+            raise err from e
+        except Exception:
+            errcode = "connection_error"
+            raise
+        finally:
+            self.observe(str(method), time.monotonic() - t0, errcode)
 
     # --- server and appservice ----------------------------------------------------------
 
@@ -360,6 +372,7 @@ class Homeserver:
         params = {"user_id": as_user or self.bot_mxid}
         if timestamp is not None:
             params["ts"] = str(timestamp)
+        t0, errcode = time.monotonic(), None
         try:
             async with self.session.put(
                 URL(self.address.rstrip("/") + path, encoded=True),
@@ -368,10 +381,14 @@ class Homeserver:
                 headers=self._json_headers,
             ) as resp:
                 if not 200 <= resp.status < 300:
+                    errcode = f"http_{resp.status}"
                     return None
                 body = await resp.json()
         except (aiohttp.ClientError, ValueError, TimeoutError):
+            errcode = "connection_error"
             return None
+        finally:
+            self.observe("PUT", time.monotonic() - t0, errcode)
         return body if isinstance(body, dict) and "event_id" in body else None
 
     async def send_state(

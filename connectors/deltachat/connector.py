@@ -24,6 +24,7 @@ from typing import Any
 
 from bridge.connector import (
     ChatInfo,
+    ConnectionState,
     ConnectorCommand,
     ConnectorError,
     GhostInfo,
@@ -42,6 +43,7 @@ from bridge.connector import (
     NetworkClient,
     NetworkConnector,
     PortalKey,
+    RemoteConnection,
     RemoteMessage,
     SentMessage,
     escape_localpart,
@@ -59,8 +61,9 @@ from .deltachat_to_matrix import DeltaChatToMatrix
 from .groups import Groups
 from .matrix_to_deltachat import MatrixToDeltaChat
 from .own_sends import OwnSends
-from .rpc import Rpc, RpcDown
+from .rpc import Rpc, RpcDown, RpcError
 from .store import Store
+from .tables import MIGRATIONS
 
 
 class DeltaChatClient(NetworkClient):
@@ -107,6 +110,7 @@ class DeltaChatClient(NetworkClient):
 
 class DeltaChatConnector(NetworkConnector):
     name = "deltachat"
+    migrations = MIGRATIONS
     display_name = "Delta Chat"
     example_config = "connectors/deltachat/config.py"
     login_help = "<address> <password>: your own Delta Chat (e-mail) account"
@@ -194,6 +198,24 @@ class DeltaChatConnector(NetworkConnector):
         for t in list(self._tasks):
             t.cancel()
         await self.rpc.close()
+
+    async def connection_states(self) -> list[RemoteConnection]:
+        """ConnectionReporting: each account's IMAP/SMTP connectivity, as the core reports it
+        (>= 3000 connected or fetching, >= 2000 connecting, below: not connected)."""
+        out = []
+        for acc in list(self.accounts.addr_of_account):
+            try:
+                level = int(await asyncio.wait_for(self.rpc.call("get_connectivity", acc), 2))
+            except (RpcError, RpcDown, TimeoutError, ValueError, TypeError):
+                level = 0  # the core is down or does not know it: not connected
+            if level >= 3000:
+                state = ConnectionState.CONNECTED
+            elif level >= 2000:
+                state = ConnectionState.CONNECTING
+            else:
+                state = ConnectionState.DISCONNECTED
+            out.append(RemoteConnection(ids.NETWORK, state))
+        return out
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)

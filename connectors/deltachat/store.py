@@ -16,22 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS deltachat_message (
-        account INTEGER NOT NULL, msg_id INTEGER NOT NULL, mid TEXT NOT NULL,
-        chat_id INTEGER NOT NULL, sender TEXT NOT NULL, body TEXT,
-        PRIMARY KEY (account, msg_id))""",
-    "CREATE INDEX IF NOT EXISTS deltachat_message_mid ON deltachat_message (account, mid)",
-    """CREATE TABLE IF NOT EXISTS deltachat_group (
-        handle TEXT PRIMARY KEY, grpid TEXT NOT NULL UNIQUE)""",
-    """CREATE TABLE IF NOT EXISTS deltachat_dm_owner (
-        contact TEXT PRIMARY KEY, user_id TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS deltachat_reaction (
-        account INTEGER NOT NULL, msg_id INTEGER NOT NULL, user_id TEXT NOT NULL,
-        emoji TEXT NOT NULL, at BIGINT NOT NULL,
-        PRIMARY KEY (account, msg_id, user_id, emoji))""",
-]
-
 
 @dataclass(slots=True)
 class MsgRecord:
@@ -51,8 +35,6 @@ class Store:
 
     async def setup(self, db: Any) -> None:
         self.db = db
-        for q in _SCHEMA:
-            await self.db.execute(q)
         for row in await self.db.fetch("SELECT handle, grpid FROM deltachat_group"):
             self.handle_of[row["grpid"]] = row["handle"]
             self.grpid_of[row["handle"]] = row["grpid"]

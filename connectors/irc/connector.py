@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from bridge.connector import (
     BridgeAPI,
     ChatInfo,
+    ConnectionState,
     ConnectorCommand,
     ConnectorError,
     GhostInfo,
@@ -39,6 +40,7 @@ from bridge.connector import (
     NotSupported,
     PortalKey,
     RemoteChatInfo,
+    RemoteConnection,
     RemoteEvent,
     Sender,
     SentMessage,
@@ -67,6 +69,7 @@ from .matrix_to_irc import (
 from .protocol import Line, UnsafeLine, ctcp, serialize
 from .puppets import Puppet, PuppetPool
 from .ranks import MODE_ERRORS, mode_change, mode_params
+from .tables import MIGRATIONS
 
 log = logging.getLogger("mimi.irc")
 
@@ -626,10 +629,7 @@ class NickStore:
         if self.db is None:
             try:
                 db = self.bridge.database()
-                await db.execute(
-                    "CREATE TABLE IF NOT EXISTS irc_puppet_nick (network TEXT NOT NULL, "
-                    "user_id TEXT NOT NULL, nick TEXT NOT NULL, PRIMARY KEY (network, user_id))"
-                )
+                await db.fetchval("SELECT 1 FROM irc_puppet_nick LIMIT 1")
                 self.db = db
             except Exception:
                 self.db = False
@@ -669,6 +669,7 @@ class IRCConnector(NetworkConnector):
     name: ClassVar[str] = "irc"
     display_name: ClassVar[str] = "IRC"
     example_config: ClassVar[str] = "connectors/irc/config.py"
+    migrations = MIGRATIONS
     login_help = "<network> password <server password> | <network> sasl <account> <password>"
 
     def __init__(self, bridge: BridgeAPI, config: Mapping[str, Any]) -> None:
@@ -710,6 +711,24 @@ class IRCConnector(NetworkConnector):
         await asyncio.gather(
             *(net.stop() for net in self.networks.values()), return_exceptions=True
         )
+
+    # ConnectionReporting: the bot's connection and every puppet's, per network.
+    _STATES: ClassVar[dict[str, ConnectionState]] = {
+        "registered": ConnectionState.CONNECTED,
+        "connecting": ConnectionState.CONNECTING,
+        "registering": ConnectionState.CONNECTING,
+        "idle": ConnectionState.DISCONNECTED,  # between a loss and the next attempt
+        "failed": ConnectionState.FAILED,
+    }
+
+    async def connection_states(self) -> list[RemoteConnection]:
+        out = []
+        for net in self.networks.values():
+            for conn in (net.bot, *(p.conn for p in net.pool.puppets.values())):
+                state = self._STATES.get(conn.state)  # "closed": stopped, not counted
+                if state is not None:
+                    out.append(RemoteConnection(net.network, state))
+        return out
 
     # --- identifiers --------------------------------------------------------------------------
 

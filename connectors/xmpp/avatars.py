@@ -109,10 +109,6 @@ def sniff(data: bytes) -> str:
     return "application/octet-stream"
 
 
-_SCHEMA = """CREATE TABLE IF NOT EXISTS xmpp_avatar (
-    user_id TEXT PRIMARY KEY, mimetype TEXT NOT NULL, data TEXT NOT NULL)"""
-
-
 class AvatarStore:
     """Matrix users' avatars: memory in front of the table ``xmpp_avatar`` (base64 text, so
     that SQLite and PostgreSQL store it alike). ``get`` answers None when the user has no
@@ -127,7 +123,7 @@ class AvatarStore:
         if self.db is None:
             return
         try:
-            await self.db.execute(_SCHEMA)
+            await self.db.fetchval("SELECT 1 FROM xmpp_avatar LIMIT 1")
         except Exception as e:
             log.warning("avatars: no database table (%s); kept in memory only", e)
             self.db = None

@@ -29,6 +29,8 @@ from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from bridge.connector import ConnectionState
+
 from .config import XMPPConfig
 
 # Plugins for the stanza interfaces and protocol handling the bridge uses.
@@ -669,6 +671,16 @@ class Stream:
     def _on_stream_error(self, err: Any) -> None:
         with contextlib.suppress(Exception):
             self.last_error = f"stream error: {err['condition']} {err['text']}".strip()
+
+    @property
+    def connection_state(self) -> ConnectionState | None:
+        """For the bridge's metrics; None once stopped."""
+        if self._stopping:
+            return None
+        if self.ready.is_set():
+            return ConnectionState.CONNECTED
+        # Not up: waiting to retry after a failure, or at a first attempt.
+        return ConnectionState.DISCONNECTED if self.last_error else ConnectionState.CONNECTING
 
     # --- control ------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from bridge.connector import (
     NetworkClient,
     NetworkConnector,
     PortalKey,
+    RemoteConnection,
     RemoteEvent,
     RemoteMessage,
     Sender,
@@ -84,6 +85,7 @@ from .presence_in import PresenceIn
 from .profiles import Profiles
 from .ranks import Ranks
 from .roster import Roster
+from .tables import MIGRATIONS
 
 NS_MUC = "http://jabber.org/protocol/muc"
 CAPS_NODE = "https://github.com/mimi-bridge/mimi-bridge"
@@ -163,6 +165,7 @@ class XMPPClient(NetworkClient):
 
 class XMPPConnector(NetworkConnector):
     name = "xmpp"
+    migrations = MIGRATIONS
     display_name = "XMPP"
     example_config = "connectors/xmpp/config.py"
     login_help = "<jid> <password> — use your own XMPP account instead of a bridge puppet"
@@ -295,6 +298,12 @@ class XMPPConnector(NetworkConnector):
                 except Exception:
                     self.log.exception("could not start the XMPP login of %s", login.user_id)
         self._ping_task = asyncio.create_task(self.joins.self_ping_loop(), name="xmpp-self-ping")
+
+    async def connection_states(self) -> list[RemoteConnection]:
+        """ConnectionReporting: the component's stream and each login's own."""
+        streams = [self.component, *(s.identity.stream for s in self.sessions.values())]
+        states = [st.connection_state for st in streams]
+        return [RemoteConnection(NETWORK, st) for st in states if st is not None]
 
     async def stop(self) -> None:
         self.stopping = True

@@ -37,17 +37,6 @@ class MessageRecord:
     body: str | None = None
 
 
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS xmpp_message (
-        conv TEXT NOT NULL, xid TEXT NOT NULL, canonical TEXT NOT NULL,
-        stanza_id TEXT, origin_id TEXT, sender TEXT NOT NULL,
-        PRIMARY KEY (conv, xid))""",
-    """CREATE TABLE IF NOT EXISTS xmpp_reaction (
-        conv TEXT NOT NULL, sender TEXT NOT NULL, target TEXT NOT NULL, keys TEXT NOT NULL,
-        PRIMARY KEY (conv, sender, target))""",
-]
-
-
 _INSERT_MESSAGE = (
     "INSERT INTO xmpp_message (conv, xid, canonical, stanza_id, origin_id, sender)"
     " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (conv, xid) DO UPDATE SET"
@@ -96,8 +85,7 @@ class IdStore:
         if self.db is None:
             return
         try:
-            for q in _SCHEMA:
-                await self.db.execute(q)
+            await self.db.fetchval("SELECT 1 FROM xmpp_message LIMIT 1")
         except Exception as e:
             log.warning("id store: no database tables (%s); ids are kept in memory only", e)
             self.db = None

@@ -62,10 +62,6 @@ ROSTER_TYPES = frozenset(
 )
 MAX_CONTACTS = 2000  # per puppet
 
-_SCHEMA = """CREATE TABLE IF NOT EXISTS xmpp_roster (
-    puppet TEXT NOT NULL, contact TEXT NOT NULL, sub_from INTEGER NOT NULL,
-    sub_to INTEGER NOT NULL, pending_out INTEGER NOT NULL, asked INTEGER NOT NULL,
-    PRIMARY KEY (puppet, contact))"""
 _UPSERT = (
     "INSERT INTO xmpp_roster (puppet, contact, sub_from, sub_to, pending_out, asked)"
     " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (puppet, contact) DO UPDATE SET"
@@ -109,11 +105,10 @@ class Roster:
     # --- storage --------------------------------------------------------------------------
 
     async def setup(self) -> None:
-        """Create the table and load every puppet's roster."""
+        """Load every puppet's roster."""
         if self.db is None:
             return
         try:
-            await self.db.execute(_SCHEMA)
             rows = await self.db.fetch(
                 "SELECT puppet, contact, sub_from, sub_to, pending_out, asked FROM xmpp_roster"
             )

@@ -33,11 +33,12 @@ from .synapse import SynapseServer, start_synapse
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
-#: Keys ``-g`` writes into the config (the tokens and the credentials key).
+#: Keys ``-g`` writes into the config (the tokens, the credentials key, the provisioning secret).
 GENERATED = {
     ("appservice", "as_token"),
     ("appservice", "hs_token"),
     ("bridge", "credentials_key"),
+    ("provisioning", "shared_secret"),
 }
 KeyPath = tuple[str, ...]
 

@@ -60,7 +60,7 @@ async def start_connector(prosody: ProsodyServer) -> AsyncIterator[Starter]:
 
 @pytest.fixture
 async def sqlite_db(tmp_path: Path) -> AsyncIterator[Any]:
-    db = await open_database(f"sqlite:{tmp_path / 'bridge.db'}")
+    db = await open_database(f"sqlite:{tmp_path / 'bridge.db'}", connectors=[XMPPConnector])
     yield db
     await db.stop()
 
@@ -123,7 +123,7 @@ async def row_count(db: Any) -> int:
 async def test_subscription_both_ways_survives_a_restart(
     prosody: ProsodyServer, xclients: Any, start_connector: Starter, database_url: str
 ) -> None:
-    db = await open_database(database_url)
+    db = await open_database(database_url, connectors=[XMPPConnector])
     try:
         bridge = FakeBridge(db=db)
         bridge.user(ERIN, "Erin")

@@ -16,6 +16,7 @@ from bridge.connector import (
     Attachment,
     ChatInfo,
     ConfigError,
+    ConnectionState,
     ConnectorError,
     GhostInfo,
     Login,
@@ -37,6 +38,7 @@ from bridge.connector import (
     NetworkClient,
     NetworkConnector,
     PortalKey,
+    RemoteConnection,
     RemoteEdit,
     RemoteMessage,
     RemotePresence,
@@ -177,6 +179,7 @@ class TestNetConnector(NetworkConnector):
         self._clients: dict[str, TestNetClient] = {}
         self.login_help = "<remote name>"
         self.opened: list[PortalKey] = []
+        self.connected = False
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> None:
@@ -198,9 +201,16 @@ class TestNetConnector(NetworkConnector):
 
     async def start(self) -> None:
         self.opened = list(await self.bridge.portals(NETWORK))
+        self.connected = True
 
     async def stop(self) -> None:
-        pass
+        self.connected = False
+
+    # ConnectionReporting: one connection, up between start and stop.
+    async def connection_states(self) -> list[RemoteConnection]:
+        if not self.connected:
+            return []
+        return [RemoteConnection(NETWORK, ConnectionState.CONNECTED)]
 
     def namespaces(self) -> list[Namespace]:
         return [Namespace(NETWORK, "testnet_", "Test Network")]

@@ -2,10 +2,10 @@
 
 :func:`start_synapse` runs ``python -m synapse.app.homeserver`` (Synapse is a test extra, so
 it is installed in the same environment as the tests) with a generated config: SQLite, one
-HTTP listener on a free 127.0.0.1 port, no federation, every ``rc_*`` rate limit effectively
-off, presence on, URL previews off, authenticated media on, the appservice
-encryption extensions (MSC2409 to-device, MSC3202) on. Users are registered through the
-shared-secret admin API (synchronously, with urllib, so plain fixtures can call it).
+HTTP listener on a free 127.0.0.1 port (client API and OpenID userinfo), no federation, every
+``rc_*`` rate limit effectively off, presence on, URL previews off, authenticated media on, the
+appservice encryption extensions (MSC2409 to-device, MSC3202) on. Users are registered through
+the shared-secret admin API (synchronously, with urllib, so plain fixtures can call it).
 
 :class:`MatrixClient` is an aiohttp client for tests acting as a human Matrix user.
 """
@@ -347,7 +347,8 @@ def default_config(
                 "type": "http",
                 "tls": False,
                 "x_forwarded": False,
-                "resources": [{"names": ["client"], "compress": False}],
+                # openid: the bridge's provisioning API checks users' OpenID tokens here.
+                "resources": [{"names": ["client", "openid"], "compress": False}],
             }
         ],
         "database": {"name": "sqlite3", "args": {"database": str(workdir / "homeserver.db")}},

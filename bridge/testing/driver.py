@@ -1,0 +1,86 @@
+"""What a connector's author writes for the kit: a :class:`Driver` for their network."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .kit import Kit
+
+# What a connector may declare. Matrix -> network:
+#   "formatting"  Matrix HTML reaches the network (the received entry has "html")
+#   "replies"     a Matrix reply reaches the network as a reply ("reply_to" = remote id)
+#   "edits", "reactions", "redactions"  the client has the capability; undeclared, the kit
+#                 checks that the room gets the core's "cannot carry" notice instead
+# Network -> Matrix (the driver implements the matching remote_* method):
+#   "remote_formatting", "remote_replies", "remote_edits", "remote_reactions",
+#   "remote_redactions"
+#   "remote_large_messages"  the network can send a message over Matrix's 64 KiB event limit
+#   "relay"       a Matrix user with no identity of their own is relayed (``relayed`` True)
+CAPABILITIES = frozenset(
+    {
+        "formatting",
+        "replies",
+        "edits",
+        "reactions",
+        "redactions",
+        "remote_formatting",
+        "remote_replies",
+        "remote_edits",
+        "remote_reactions",
+        "remote_redactions",
+        "remote_large_messages",
+        "relay",
+    }
+)
+
+
+class Driver(Protocol):
+    """The remote side of a network, as the kit drives it.
+
+    ``received`` lists what the network got from the bridge, oldest first, as dicts with
+    ``kind`` ("message", "edit", "reaction", "redaction") and, as the kind has them, ``text``,
+    ``html``, ``id`` (the remote id the connector returned), ``target`` (remote id acted on),
+    ``key`` (reaction), ``reply_to`` and ``relayed``.
+    """
+
+    connector: str  # the config section / connector name
+    network: str  # Namespace.network of the instance under test
+    prefix: str  # its Namespace.prefix (ghosts and aliases)
+    capabilities: frozenset[str]
+
+    def room_for(self, tag: str) -> str:
+        """A remote room id, new for each scenario (``tag`` is unique), that opens a portal by
+        alias and by ``join``. The scenario's room is ``kit.room``."""
+        ...
+
+    def config(self, workdir: Path) -> Mapping[str, Any]:
+        """The connector's config section."""
+        ...
+
+    async def start(self, kit: Kit) -> None:
+        """Start the remote side (a server, a receiver), before the bridge starts."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    async def portal_ready(self, kit: Kit, room_id: str) -> None:
+        """The Matrix room ``room_id`` is now the portal of ``kit.room`` (make the network
+        listen, create a hook...). The kit's user there is a room admin."""
+        ...
+
+    async def remote_message(
+        self, kit: Kit, text: str, html: str | None = None, reply_to: str | None = None
+    ) -> str | None:
+        """A remote user sends a message to ``kit.room``; its remote id when known."""
+        ...
+
+    async def remote_edit(self, kit: Kit, target: str, text: str) -> None: ...
+
+    async def remote_reaction(self, kit: Kit, target: str, key: str) -> None: ...
+
+    async def remote_redaction(self, kit: Kit, target: str) -> None: ...
+
+    def received(self, kit: Kit) -> list[dict[str, Any]]: ...

@@ -1,0 +1,253 @@
+"""The kit's running parts: a Synapse for one test module (:class:`KitEnv`) and, per test, a
+bridge with the connector under test and a Matrix user (:class:`Kit`)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from ruamel.yaml import YAML
+
+from bridge.bridge import Bridge
+from bridge.config import load as load_config
+from bridge.connector import PortalKey
+
+from .driver import Driver
+from .ports import free_port
+from .synapse import MatrixClient, SynapseServer, start_synapse
+
+AS_TOKEN = "kit-as-token-0123456789"
+HS_TOKEN = "kit-hs-token-0123456789"
+BOT = "mimibot"
+Event = dict[str, Any]
+
+
+class ContractError(AssertionError):
+    """A scenario failed: what the connector did, and what the contract expected."""
+
+    def __init__(self, did: str, expected: str) -> None:
+        super().__init__(f"the connector {did}; the contract expects {expected}")
+
+
+def body(evt: Event) -> str:
+    return str(evt.get("content", {}).get("body", ""))
+
+
+def write_registration(path: Path, as_port: int, driver: Driver) -> Path:
+    reg = {
+        "id": "mimi-bridge",
+        "url": f"http://127.0.0.1:{as_port}",
+        "as_token": AS_TOKEN,
+        "hs_token": HS_TOKEN,
+        "sender_localpart": BOT,
+        "rate_limited": False,
+        "receive_ephemeral": True,
+        "protocols": [driver.connector],
+        "namespaces": {
+            "users": [
+                {"exclusive": True, "regex": f"@{BOT}:localhost"},
+                {"exclusive": True, "regex": f"@{driver.prefix}.*:localhost"},
+            ],
+            "aliases": [{"exclusive": True, "regex": f"#{driver.prefix}.*:localhost"}],
+            "rooms": [],
+        },
+    }
+    with path.open("w") as f:
+        YAML().dump(reg, f)
+    return path
+
+
+@dataclass
+class KitEnv:
+    synapse: SynapseServer
+    as_port: int
+    users: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    @classmethod
+    def start(cls, workdir: Path, driver: Driver) -> KitEnv:
+        as_port = free_port()
+        reg = write_registration(workdir / "registration.yaml", as_port, driver)
+        return cls(start_synapse(workdir / "synapse", [reg]), as_port)
+
+
+class Kit:
+    """One scenario's bridge and Matrix user. ``user`` is a bridge admin, so also an admin of
+    every room it is in."""
+
+    def __init__(self, env: KitEnv, driver: Driver, workdir: Path) -> None:
+        self.env = env
+        self.synapse = env.synapse
+        self.driver = driver
+        self.workdir = workdir
+        self.bridge: Bridge | None = None
+        self.user: MatrixClient = env.synapse.new_client(f"kit{next(env.users)}")
+        self._configs = itertools.count()
+        # A room of its own: a portal of an earlier scenario's bridge keeps its alias.
+        self.room = driver.room_for(uuid.uuid4().hex[:10])
+
+    # --- the bridge ---------------------------------------------------------------------
+
+    def _write_config(self) -> Path:
+        cfg = {
+            "homeserver": {"address": self.synapse.url, "domain": "localhost"},
+            "appservice": {
+                "address": f"http://127.0.0.1:{self.env.as_port}",
+                "hostname": "127.0.0.1",
+                "port": self.env.as_port,
+                "id": "mimi-bridge",
+                "bot_username": BOT,
+                "as_token": AS_TOKEN,
+                "hs_token": HS_TOKEN,
+                "database": f"sqlite://{self.workdir / 'bridge.db'}",
+            },
+            "bridge": {
+                "permissions": {"*": "relay", "localhost": "admin"},
+                "credentials_key": "kit-credentials-key",
+            },
+            "logging": {"level": "DEBUG"},
+            "connectors": {self.driver.connector: dict(self.driver.config(self.workdir))},
+        }
+        path = self.workdir / f"config-{next(self._configs)}.yaml"
+        with path.open("w") as f:
+            YAML().dump(cfg, f)
+        return path
+
+    async def start_bridge(self) -> Bridge:
+        self.bridge = Bridge(load_config(self._write_config()))
+        await self.bridge.start()
+        return self.bridge
+
+    async def stop_bridge(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.stop()
+            self.bridge = None
+
+    async def restart_bridge(self) -> Bridge:
+        await self.stop_bridge()
+        return await self.start_bridge()
+
+    def running(self) -> Bridge:
+        assert self.bridge is not None, "the kit's bridge is not running"
+        return self.bridge
+
+    # --- rooms --------------------------------------------------------------------------
+
+    def alias(self) -> str:
+        return self.running().alias_of(PortalKey(self.driver.network, self.room))
+
+    async def open_portal(self) -> str:
+        """Join the portal of the driver's room by its alias; the driver is told."""
+        room_id = await self.user.join(self.alias())
+        await self.driver.portal_ready(self, room_id)
+        return room_id
+
+    async def management_room(self) -> str:
+        bot = f"@{BOT}:localhost"
+        room = await self.user.create_room(invite=[bot], is_direct=True)
+        await self.wait_event(
+            room, lambda e: "management room" in body(e), "the bot's welcome in a management room"
+        )
+        return room
+
+    async def command(self, room: str, text: str, expect: str) -> str:
+        await self.user.send_text(room, text)
+        evt = await self.wait_event(
+            room,
+            lambda e: e["sender"] == f"@{BOT}:localhost" and expect in body(e),
+            f"the bot's answer to {text!r} containing {expect!r}",
+        )
+        return body(evt)
+
+    # --- waiting, with what happened in the error -----------------------------------------
+
+    async def wait_event(
+        self, room: str, pred: Callable[[Event], bool], expected: str, limit_s: float = 20.0
+    ) -> Event:
+        try:
+            return await self.user.wait_for_event(room, pred, timeout=limit_s)
+        except TimeoutError as e:
+            raise ContractError(
+                f"put no such event in the room ({e})", f"{expected} within {limit_s:.0f} s"
+            ) from None
+
+    async def wait_received(
+        self, kind: str, expected: str, limit_s: float = 20.0, **match: Any
+    ) -> dict[str, Any]:
+        """The first thing the network received of ``kind`` whose fields match (``text`` is
+        matched as a substring: relayed messages carry the sender's name)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit_s
+        while True:
+            for entry in self.driver.received(self):
+                if entry.get("kind") == kind and _matches(entry, match):
+                    return entry
+            if loop.time() >= end:
+                got = json.dumps(self.driver.received(self)[-8:], default=str)
+                raise ContractError(
+                    f"delivered only this to the network (last 8): {got}",
+                    f"{expected} within {limit_s:.0f} s",
+                )
+            await asyncio.sleep(0.1)
+
+    async def until_true(
+        self, pred: Callable[[], bool], expected: str, limit_s: float = 20.0
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit_s
+        while not pred():
+            if loop.time() >= end:
+                raise ContractError("did not get there", f"{expected} within {limit_s:.0f} s")
+            await asyncio.sleep(0.1)
+
+    def count_received(self, kind: str, **match: Any) -> int:
+        return sum(
+            1 for e in self.driver.received(self) if e.get("kind") == kind and _matches(e, match)
+        )
+
+    async def settle(self) -> None:
+        """Let queued work finish (remote deliveries and Matrix sends)."""
+        await self.running().queues.drain()
+        await asyncio.sleep(0.5)
+
+    # --- straight to the appservice API, as a homeserver would ------------------------------
+
+    async def put_transaction(self, txn_id: str, events: list[Event]) -> int:
+        url = f"http://127.0.0.1:{self.env.as_port}/_matrix/app/v1/transactions/{txn_id}"
+        headers = {"Authorization": f"Bearer {HS_TOKEN}"}
+        async with (
+            aiohttp.ClientSession() as s,
+            s.put(url, json={"events": events}, headers=headers) as resp,
+        ):
+            return resp.status
+
+    def fake_event(self, room_id: str, content: dict[str, Any]) -> Event:
+        return {
+            "type": "m.room.message",
+            "room_id": room_id,
+            "sender": self.user.user_id,
+            "event_id": f"$kit-{uuid.uuid4().hex}",
+            "origin_server_ts": 1_700_000_000_000,
+            "content": content,
+        }
+
+    async def close(self) -> None:
+        await self.stop_bridge()
+        await self.user.close()
+
+
+def _matches(entry: dict[str, Any], match: dict[str, Any]) -> bool:
+    for key, want in match.items():
+        got = entry.get(key)
+        if key == "text":
+            if not (isinstance(got, str) and want in got):
+                return False
+        elif got != want:
+            return False
+    return True

@@ -1,0 +1,324 @@
+"""The standard scenarios. A connector's test module subclasses :class:`ConnectorScenarios`
+and provides a module-scoped ``mimi_driver`` fixture; each scenario runs against a real
+Synapse and the bridge with the connector. Scenarios that need a remote feature the driver
+does not declare are skipped with that reason; a Matrix feature the connector does not
+declare must give the core's "cannot carry" notice, which is checked instead."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import pytest
+
+from .kit import BOT, ContractError, Event, Kit, body
+
+CANNOT_CARRY = "cannot carry"
+
+
+def _tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def _from_ghost(kit: Kit, text: str) -> Any:
+    prefix = f"@{kit.driver.prefix}"
+    return lambda e: e["sender"].startswith(prefix) and text in body(e)
+
+
+def _needs(kit: Kit, capability: str) -> None:
+    if capability not in kit.driver.capabilities:
+        pytest.skip(f"{kit.driver.connector} does not declare {capability!r}")
+
+
+async def _remote_in_matrix(kit: Kit, room: str, text: str, **kw: Any) -> tuple[str | None, Event]:
+    rid = await kit.driver.remote_message(kit, text, **kw)
+    evt = await kit.wait_event(
+        room, _from_ghost(kit, text), f"a ghost's message {text!r} after a remote message"
+    )
+    return rid, evt
+
+
+async def _cannot_carry(kit: Kit, room: str, what: str) -> None:
+    """The core's notice: "<network> cannot carry ..." when the client lacks the capability,
+    "Your ... was not bridged: <why>" when the connector raised NotSupported."""
+    await kit.wait_event(
+        room,
+        lambda e: (
+            e["sender"] == f"@{BOT}:localhost"
+            and (CANNOT_CARRY in body(e) or "was not bridged:" in body(e))
+        ),
+        f"a 'cannot carry' notice for the {what} (the connector does not declare it)",
+    )
+
+
+class ConnectorScenarios:
+    """Subclass me in a test module that defines the ``mimi_driver`` fixture."""
+
+    # --- opening portals ---------------------------------------------------------------
+
+    async def test_portal_by_alias(self, kit: Kit) -> None:
+        room = await kit.open_portal()
+        state = await kit.user.get_state(
+            room, "m.bridge", f"mimi-bridge/{kit.driver.network}/{kit.room}"
+        )
+        if not state or state.get("protocol", {}).get("id") != kit.driver.connector:
+            raise ContractError(
+                f"opened {room} with bridge info {state!r}",
+                f"m.bridge naming the protocol {kit.driver.connector!r}",
+            )
+
+    async def test_portal_by_command(self, kit: Kit) -> None:
+        mgmt = await kit.management_room()
+        reply = await kit.command(mgmt, f"join {kit.driver.network} {kit.room}", "Invited you")
+        room = await kit.user.join(kit.alias())
+        if room not in reply:
+            raise ContractError(f"answered {reply!r}", f"an invitation to the portal {room}")
+
+    # --- messages -----------------------------------------------------------------------
+
+    async def test_text_both_ways(self, kit: Kit) -> None:
+        room = await kit.open_portal()
+        tag = _tag()
+        await kit.user.send_text(room, f"to the network {tag}")
+        await kit.wait_received("message", f"a message with 'to the network {tag}'", text=tag)
+        await _remote_in_matrix(kit, room, f"from the network {tag}")
+
+    async def test_formatting_both_ways(self, kit: Kit) -> None:
+        room = await kit.open_portal()
+        tag = _tag()
+        await kit.user.send_event(
+            room,
+            "m.room.message",
+            {
+                "msgtype": "m.text",
+                "body": f"**bold** {tag}",
+                "format": "org.matrix.custom.html",
+                "formatted_body": f"<strong>bold</strong> {tag}",
+            },
+        )
+        got = await kit.wait_received("message", f"the formatted message {tag}", text=tag)
+        if "formatting" in kit.driver.capabilities and "<strong>bold</strong>" not in str(
+            got.get("html")
+        ):
+            raise ContractError(f"delivered {got!r}", "the Matrix HTML (<strong>bold</strong>)")
+        if "remote_formatting" in kit.driver.capabilities:
+            text = f"remote bold {tag}"
+            _, evt = await _remote_in_matrix(
+                kit, room, text, html=f"<strong>remote bold</strong> {tag}"
+            )
+            if not re.search(
+                r"<(b|strong)>remote bold</\1>", evt["content"].get("formatted_body", "")
+            ):
+                raise ContractError(f"posted {evt['content']!r}", "the remote formatting as HTML")
+
+    async def test_replies(self, kit: Kit) -> None:
+        if not {"replies", "remote_replies"} & kit.driver.capabilities:
+            pytest.skip(f"{kit.driver.connector} declares no replies")
+        room = await kit.open_portal()
+        tag = _tag()
+        if "replies" in kit.driver.capabilities:
+            rid, evt = await _remote_in_matrix(kit, room, f"reply to me {tag}")
+            await kit.user.reply(room, evt["event_id"], f"my reply {tag}")
+            got = await kit.wait_received("message", "the Matrix reply", text=f"my reply {tag}")
+            if rid is not None and got.get("reply_to") != rid:
+                raise ContractError(f"delivered {got!r}", f"a reply to the remote id {rid!r}")
+        if "remote_replies" in kit.driver.capabilities:
+            await kit.user.send_text(room, f"answer this {tag}")
+            mine = await kit.wait_received(
+                "message", "the Matrix message", text=f"answer this {tag}"
+            )
+            own = await kit.wait_event(room, lambda e: body(e) == f"answer this {tag}", "own event")
+            _, evt = await _remote_in_matrix(kit, room, f"remote answer {tag}", reply_to=mine["id"])
+            target = evt["content"].get("m.relates_to", {}).get("m.in_reply_to", {})
+            if target.get("event_id") != own["event_id"]:
+                raise ContractError(
+                    f"posted the remote reply with relation {target!r}",
+                    f"m.in_reply_to {own['event_id']}",
+                )
+
+    async def test_edits(self, kit: Kit) -> None:
+        room = await kit.open_portal()
+        tag = _tag()
+        await kit.user.send_text(room, f"before edit {tag}")
+        sent = await kit.wait_received("message", "the message to edit", text=tag)
+        own = await kit.wait_event(room, lambda e: body(e) == f"before edit {tag}", "own event")
+        await kit.user.edit(room, own["event_id"], f"after edit {tag}")
+        if "edits" in kit.driver.capabilities:
+            await kit.wait_received(
+                "edit", f"an edit of {sent.get('id')!r}", target=sent.get("id"), text="after edit"
+            )
+        else:
+            await _cannot_carry(kit, room, "edit")
+        if "remote_edits" in kit.driver.capabilities:
+            rid, evt = await _remote_in_matrix(kit, room, f"remote before {tag}")
+            assert rid is not None, "the driver must return the remote id of its messages"
+            await kit.driver.remote_edit(kit, rid, f"remote after {tag}")
+            await kit.wait_event(
+                room,
+                lambda e: (
+                    e["content"].get("m.relates_to", {}).get("event_id") == evt["event_id"]
+                    and e["content"]["m.relates_to"].get("rel_type") == "m.replace"
+                ),
+                f"an m.replace of {evt['event_id']}",
+            )
+
+    async def test_reactions(self, kit: Kit) -> None:
+        room = await kit.open_portal()
+        tag = _tag()
+        rid, evt = await _remote_in_matrix(kit, room, f"react to me {tag}")
+        await kit.user.react(room, evt["event_id"], "👍")
+        if "reactions" in kit.driver.capabilities:
+            await kit.wait_received("reaction", "the Matrix reaction", key="👍", target=rid)
+        else:
+            await _cannot_carry(kit, room, "reaction")
+        if "remote_reactions" in kit.driver.capabilities:
+            assert rid is not None, "the driver must return the remote id of its messages"
+            await kit.driver.remote_reaction(kit, rid, "🎉")
+            await kit.wait_event(
+                room,
+                lambda e: (
+                    e["type"] == "m.reaction"
+                    and e["content"].get("m.relates_to", {}).get("key") == "🎉"
+                ),
+                "the remote reaction as m.reaction",
+            )
+
+    async def test_redactions(self, kit: Kit) -> None:
+        room = await kit.open_portal()
+        tag = _tag()
+        await kit.user.send_text(room, f"delete me {tag}")
+        sent = await kit.wait_received("message", "the message to delete", text=tag)
+        own = await kit.wait_event(room, lambda e: body(e) == f"delete me {tag}", "own event")
+        await kit.user.redact(room, own["event_id"])
+        if "redactions" in kit.driver.capabilities:
+            await kit.wait_received("redaction", "the Matrix redaction", target=sent.get("id"))
+        else:
+            await _cannot_carry(kit, room, "redaction")
+        if "remote_redactions" in kit.driver.capabilities:
+            rid, evt = await _remote_in_matrix(kit, room, f"remote delete {tag}")
+            assert rid is not None
+            await kit.driver.remote_redaction(kit, rid)
+            await kit.wait_event(
+                room,
+                lambda e: (
+                    e["type"] == "m.room.redaction"
+                    and evt["event_id"] in (e.get("redacts"), e["content"].get("redacts"))
+                ),
+                f"a redaction of {evt['event_id']}",
+            )
+
+    async def test_relay(self, kit: Kit) -> None:
+        _needs(kit, "relay")
+        room = await kit.open_portal()
+        tag = _tag()
+        await kit.user.send_text(room, f"relay me {tag}")
+        got = await kit.wait_received("message", "the relayed message", text=tag)
+        if got.get("relayed") is not True:
+            raise ContractError(f"delivered {got!r}", "a relayed message (relayed: true)")
+
+    # --- robustness ---------------------------------------------------------------------
+
+    async def test_restart_keeps_mapping(self, kit: Kit) -> None:
+        room = await kit.open_portal()
+        tag = _tag()
+        rid, first = await _remote_in_matrix(kit, room, f"before restart {tag}")
+        await kit.settle()
+        await kit.restart_bridge()
+        _, second = await _remote_in_matrix(kit, room, f"after restart {tag}")
+        events = await kit.user.messages(room, limit=100)
+        copies = [e for e in events if body(e) == f"before restart {tag}"]
+        if len(copies) != 1:
+            raise ContractError(f"posted the first message {len(copies)} times", "exactly once")
+        if "remote_edits" in kit.driver.capabilities and rid is not None:
+            await kit.driver.remote_edit(kit, rid, f"edited after restart {tag}")
+            await kit.wait_event(
+                room,
+                lambda e: e["content"].get("m.relates_to", {}).get("event_id") == first["event_id"],
+                "the edit of a message from before the restart to find its event",
+            )
+        await kit.user.send_text(room, f"matrix after restart {tag}")
+        await kit.wait_received(
+            "message", "a message after the restart", text=f"matrix after restart {tag}"
+        )
+        assert second["room_id"] == room
+
+    async def test_replayed_transaction(self, kit: Kit) -> None:
+        room = await kit.open_portal()
+        tag = _tag()
+        evt = kit.fake_event(room, {"msgtype": "m.text", "body": f"replayed {tag}"})
+        for _ in range(2):
+            status = await kit.put_transaction(f"kit-{tag}", [evt])
+            if status != 200:
+                raise ContractError(f"answered the transaction with {status}", "200")
+        await kit.wait_received("message", "the transaction's message", text=f"replayed {tag}")
+        await kit.settle()
+        n = kit.count_received("message", text=f"replayed {tag}")
+        if n != 1:
+            raise ContractError(f"delivered a replayed event {n} times", "exactly once")
+
+    async def test_malformed_events(self, kit: Kit) -> None:
+        room = await kit.open_portal()
+        tag = _tag()
+        bad = [
+            kit.fake_event(room, {"msgtype": "m.text", "body": 42}),
+            kit.fake_event(room, {"body": f"no msgtype {tag}"}),
+            kit.fake_event(room, {"msgtype": "m.text"}),
+            {**kit.fake_event(room, {"msgtype": "m.text", "body": "x"}), "room_id": 7},
+            kit.fake_event("!unknown:localhost", {"msgtype": "m.text", "body": f"nowhere {tag}"}),
+            kit.fake_event(
+                room,
+                {
+                    "msgtype": "m.text",
+                    "body": f"reply to nothing {tag}",
+                    "m.relates_to": {"m.in_reply_to": {"event_id": "$unknown"}},
+                },
+            ),
+        ]
+        status = await kit.put_transaction(f"kit-bad-{tag}", bad)
+        if status != 200:
+            raise ContractError(f"answered {status} to malformed events", "200 (and no crash)")
+        await kit.user.send_text(room, f"still alive {tag}")
+        await kit.wait_received(
+            "message", "a good message after malformed ones", text=f"still alive {tag}"
+        )
+        for text in (f"no msgtype {tag}", f"nowhere {tag}"):
+            if kit.count_received("message", text=text):
+                raise ContractError(f"delivered the malformed event {text!r}", "nothing")
+
+    async def test_unknown_remote_ids(self, kit: Kit) -> None:
+        if not {"remote_edits", "remote_reactions", "remote_redactions"} & kit.driver.capabilities:
+            pytest.skip(f"{kit.driver.connector} sends no remote edits, reactions or deletions")
+        room = await kit.open_portal()
+        tag = _tag()
+        before = len(await kit.user.messages(room, limit=100))
+        caps = kit.driver.capabilities
+        if "remote_edits" in caps:
+            await kit.driver.remote_edit(kit, f"kit-unknown-{tag}", "edit of nothing")
+        if "remote_reactions" in caps:
+            await kit.driver.remote_reaction(kit, f"kit-unknown-{tag}", "👀")
+        if "remote_redactions" in caps:
+            await kit.driver.remote_redaction(kit, f"kit-unknown-{tag}")
+        await _remote_in_matrix(kit, room, f"after unknown ids {tag}")
+        events = (await kit.user.messages(room, limit=100))[before:]
+        stray = [e for e in events if e["type"] in ("m.reaction", "m.room.redaction")]
+        stray += [e for e in events if "edit of nothing" in str(e.get("content"))]
+        if stray:
+            raise ContractError(f"posted {stray!r} for unknown remote ids", "nothing")
+
+    async def test_remote_message_too_large(self, kit: Kit) -> None:
+        _needs(kit, "remote_large_messages")
+        room = await kit.open_portal()
+        tag = _tag()
+        text = f"huge {tag} " + "x" * 70_000
+        await kit.driver.remote_message(kit, text)
+        evt = await kit.wait_event(
+            room, _from_ghost(kit, f"huge {tag}"), "the oversized remote message, shortened"
+        )
+        size = len(body(evt).encode())
+        tail = body(evt)[-200:].lower()
+        if size > 65_000 or not ("…" in tail or "cut" in tail or "truncat" in tail):
+            raise ContractError(
+                f"posted a body of {size} bytes ending {body(evt)[-10:]!r}",
+                "a body under Matrix's 64 KiB limit that says it was cut ('…', 'cut')",
+            )

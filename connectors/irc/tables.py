@@ -1,0 +1,15 @@
+"""The IRC connector's tables in the bridge's database, as migrations (history: a released
+migration is never changed; a change to the tables is a new one at the end).
+
+Version 1 is the schema of the releases that created the table themselves: ``IF NOT EXISTS``
+lets it adopt it as it is."""
+
+from __future__ import annotations
+
+from bridge.connector import Migrations
+
+MIGRATIONS: Migrations = [
+    # 1: custom nicks of Matrix users' puppets (``irc nick``).
+    "CREATE TABLE IF NOT EXISTS irc_puppet_nick (network TEXT NOT NULL, "
+    "user_id TEXT NOT NULL, nick TEXT NOT NULL, PRIMARY KEY (network, user_id))",
+]

@@ -1,0 +1,120 @@
+"""``webhook create|list|rotate|delete|outgoing``, typed in the room the hook speaks in (room
+admins and bridge admins only). Tokens are shown once, at creation and rotation."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable
+
+from bridge.connector import CommandRoom, ConnectorCommand, ConnectorError, MatrixUser
+
+from .store import Hook, Store, token_hash
+
+NETWORK = "webhooks"
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+USAGE = (
+    "usage: webhook create [name] | webhook list | webhook rotate <name> | "
+    "webhook delete <name> | webhook outgoing <name> <url|off>"
+)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class HookCommands:
+    def __init__(self, store: Store, url_of: Callable[[str], str]) -> None:
+        self.store = store
+        self.url_of = url_of  # token -> the hook's public URL
+
+    def commands(self) -> list[ConnectorCommand]:
+        return [
+            ConnectorCommand(
+                "webhook",
+                "manage this room's webhooks: create, list, rotate, delete, outgoing",
+                args="create [name] | list | rotate <name> | delete <name>"
+                " | outgoing <name> <url|off>",
+                room_handler=self.run,
+            )
+        ]
+
+    async def run(self, user: MatrixUser, args: list[str], room: CommandRoom) -> str:
+        if room.portal is None or room.portal.network != NETWORK:
+            raise ConnectorError(
+                "this room is not a webhooks room yet: bridge it first with"
+                " `link webhooks <name>` (in the room), or join `#webhook_<name>` on this server"
+            )
+        if not room.room_admin:
+            raise ConnectorError("only room admins may manage this room's webhooks")
+        if not args:
+            return USAGE
+        verb, rest = args[0].lower(), args[1:]
+        channel = room.portal.remote_id
+        if verb == "create":
+            return await self.create(user, channel, rest[0] if rest else None)
+        if verb == "list":
+            return await self.list(channel)
+        if verb in ("rotate", "delete", "outgoing") and rest:
+            hook = await self.store.by_name(channel, rest[0])
+            if hook is None:
+                raise ConnectorError(f"this room has no webhook {rest[0]!r}")
+            if verb == "rotate":
+                token = new_token()
+                await self.store.set_token(hook.id, token)
+                return f"New URL of {hook.name!r} (the old one stops working): {self.url_of(token)}"
+            if verb == "delete":
+                await self.store.delete(hook.id)
+                return f"Deleted the webhook {hook.name!r}; its URL answers 404 from now on."
+            if len(rest) == 2:
+                return await self.outgoing(hook, rest[1])
+        return USAGE
+
+    async def create(self, user: MatrixUser, channel: str, name: str | None) -> str:
+        existing = {h.name for h in await self.store.in_room(channel)}
+        if name is None:
+            name = next(
+                f"hook{n}" if n > 1 else "hook"
+                for n in range(1, 10_000)
+                if (f"hook{n}" if n > 1 else "hook") not in existing
+            )
+        if not _NAME.match(name):
+            raise ConnectorError("a webhook name is 1 to 64 letters, digits, '.', '_' or '-'")
+        if name in existing:
+            raise ConnectorError(f"this room already has a webhook {name!r}")
+        token = new_token()
+        hook = Hook(
+            id="h" + secrets.token_hex(6),
+            room=channel,
+            name=name,
+            token_hash=token_hash(token),
+            created_by=user.user_id,
+        )
+        await self.store.add(hook)
+        return (
+            f"Created the webhook {name!r}. POST to this secret URL (keep it private; it is"
+            f" shown only now): {self.url_of(token)}"
+        )
+
+    async def list(self, channel: str) -> str:
+        hooks = await self.store.in_room(channel)
+        if not hooks:
+            return "This room has no webhooks."
+        lines = ["Webhooks of this room (URLs are secret and not shown again):"]
+        for h in hooks:
+            out = f", posts messages to {h.outgoing_url}" if h.outgoing_url else ""
+            lines.append(f"- {h.name} (created by {h.created_by}{out})")
+        return "\n".join(lines)
+
+    async def outgoing(self, hook: Hook, url: str) -> str:
+        if url.lower() == "off":
+            await self.store.set_outgoing(hook.id, None, None)
+            return f"The webhook {hook.name!r} no longer posts this room's messages."
+        if not url.startswith(("http://", "https://")):
+            raise ConnectorError("the outgoing URL must start with http:// or https://")
+        secret = secrets.token_hex(16)
+        await self.store.set_outgoing(hook.id, url, secret)
+        return (
+            f"The webhook {hook.name!r} now posts this room's messages to {url}, signed with"
+            f" HMAC-SHA256 in X-Mimi-Signature; the secret (shown only now) is {secret}"
+        )

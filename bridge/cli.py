@@ -54,6 +54,12 @@ def parser() -> argparse.ArgumentParser:
         help="rewrite the config in this release's layout and comments, keeping its values"
         " (the old file is kept as <config>.bak)",
     )
+    p.add_argument(
+        "--show-recovery-key",
+        action="store_true",
+        help="print the recovery key of the bot's cross-signing keys (stored encrypted in the"
+        " bridge's database) and exit",
+    )
     return p
 
 
@@ -121,6 +127,34 @@ async def run(cfg: cfgmod.BridgeConfig) -> int:
         await bridge.stop()
 
 
+async def show_recovery_key(cfg: cfgmod.BridgeConfig) -> int:
+    from .credentials import CredentialError
+    from .crypto.cross_signing import read_recovery_key
+    from .db import DatabaseUnavailable
+
+    try:
+        key = await read_recovery_key(cfg.database, cfg.credentials_key)
+    except DatabaseUnavailable as e:
+        print(f"mimi-bridge: cannot read the recovery key: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except CredentialError:
+        print(
+            "mimi-bridge: the stored recovery key cannot be opened: was"
+            " bridge.credentials_key changed?",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+    if key is None:
+        print(
+            "mimi-bridge: no recovery key is stored: the bot's device is cross-signed at the"
+            " first start with bridge.encryption.allow: true",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+    print(key)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -145,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Rewrote {args.config} (the old file is {args.config}.bak).")
             return EXIT_OK
         cfg = cfgmod.load(args.config)
+        if args.show_recovery_key:
+            return asyncio.run(show_recovery_key(cfg))
         from .connectors_loader import load_connector_classes
 
         load_connector_classes(cfg)

@@ -51,6 +51,7 @@ from .connector.capabilities import (
 )
 from .connector.events import now_ms
 from .crypto import DecryptionFailed, KeyMissing
+from .crypto.early import early_notice, encrypted_before_join
 from .db import MessageRow, Portal, ReactionRow
 from .matrix.homeserver import MatrixError
 
@@ -856,6 +857,9 @@ class MatrixHandler:
             await self.hs.leave(room_id, reason="You may not use this bridge.")
             return
         await self.hs.join(room_id)
+        crypto = self.bridge.crypto
+        encrypted = crypto is not None and await crypto.is_encrypted(room_id)
+        early = await self._sent_before_join(room_id) if encrypted else []
         # Only a direct chat becomes the management room; other rooms may be linked later.
         if content.get("is_direct"):
             await self.bridge.users.set_management_room(sender, room_id)
@@ -863,6 +867,7 @@ class MatrixHandler:
             if await self._cannot_read(room_id):
                 welcome += encrypted_notice.welcome_warning(self.bridge.cfg.bot_mxid)
             await self.bridge.send_notice(room_id, welcome)
+        await self.early_messages(room_id, early)
 
     async def _cannot_read(self, room_id: str, as_user: str | None = None) -> bool:
         """Whether the room is encrypted and this bridge has no encryption to read it."""
@@ -917,6 +922,9 @@ class MatrixHandler:
             # a member. The ghost brings it in.
             await self.hs.invite(room_id, self.bridge.cfg.bot_mxid, as_user=ghost_id)
             await self.hs.join(room_id)
+            early = await self._sent_before_join(room_id)
+        else:
+            early = []
         existing = await self.bridge.portal_store.get(key)
         portal = existing or Portal(key=key)
         portal.room_id = room_id
@@ -939,8 +947,34 @@ class MatrixHandler:
             txn_id=f"mimi.dm-opened.{room_id}",
             as_user=ghost_id,
         )
+        await self.early_messages(room_id, early)
         if existing is None or existing.room_id is None:
             await self.bridge.portal_mgr.backfill(key, connector)
+
+    async def _sent_before_join(self, room_id: str) -> list[dict[str, Any]]:
+        try:
+            return await encrypted_before_join(self.hs, room_id, self.bridge.is_bridge_user)
+        except MatrixError as e:
+            self.log.warning("history of %s before the bot joined not read: %s", room_id, e)
+            return []
+
+    async def early_messages(self, room_id: str, events: list[dict[str, Any]]) -> None:
+        """Encrypted messages sent before the bot joined (see crypto.early): bridged if they
+        can be decrypted after all, else their senders are told."""
+        crypto = self.bridge.crypto
+        lost: dict[str, int] = {}
+        for evt in events:
+            sender = str(evt.get("sender"))
+            if crypto is None or await self.bridge.messages.by_event(str(evt.get("event_id"))):
+                continue
+            try:
+                plain = await crypto.decrypt(evt)
+            except DecryptionFailed:
+                lost[sender] = lost.get(sender, 0) + 1
+                continue
+            await self._dispatch_plain(plain, room_id, sender)
+        for sender, n in lost.items():
+            await self.bridge.send_notice(room_id, early_notice(sender, n))
 
     # --- ephemeral --------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ from ..credentials import CredentialBox, CredentialError
 from ..matrix.homeserver import Homeserver, MatrixError
 from ..matrix.txn import TransactionExtras
 from .base import DecryptionFailed, KeyMissing
+from .cross_signing import cross_sign_bot
 from .store import CryptoSecrets, RoomEncryptionStore, WaitingEvents, upgrade_table
 
 # A to-device message the bot sends its own device at start-up: its arrival in a transaction
@@ -74,6 +75,25 @@ class _TraceAdapter(logging.LoggerAdapter[logging.Logger]):
 
     def silly(self, msg: Any, *args: Any, **kwargs: Any) -> None:
         self.log(1, msg, *args, **kwargs)
+
+
+class _TrustNoise(logging.Filter):
+    """mautrix warns, at every message from a user without cross-signing keys, that it found
+    none. The bridge does not act on trust levels: those lines are debug."""
+
+    NOISE = ("Didn't find cross-signing key", "isn't cross-signed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and any(n in str(record.msg) for n in self.NOISE):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _quiet_trust(name: str) -> None:
+    log = logging.getLogger(name)
+    if not any(isinstance(f, _TrustNoise) for f in log.filters):
+        log.addFilter(_TrustNoise())
 
 
 def _trace_logger(name: str) -> Any:
@@ -146,8 +166,9 @@ class OlmCrypto:
         await upgrade_table.upgrade(self.db)
         await PgCryptoStore.upgrade_table.upgrade(self.db)
         await self.rooms.load()
+        secrets_store = CryptoSecrets(self.db, self.credentials)
         try:
-            pickle_key = await CryptoSecrets(self.db, self.credentials).pickle_key()
+            pickle_key = await secrets_store.pickle_key()
         except CredentialError as e:
             raise CryptoStartupError(
                 "the bot's encryption keys cannot be opened: was bridge.credentials_key changed?"
@@ -167,6 +188,7 @@ class OlmCrypto:
             _MachineState(self.rooms, self.hs.is_joined),
             log=_trace_logger(self.log.name + ".olm"),
         )
+        _quiet_trust(self.log.name + ".olm")
         stored = await self._store.get_device_id()
         device_id = stored or DeviceID("MIMI" + secrets.token_hex(5).upper())
         try:
@@ -189,6 +211,7 @@ class OlmCrypto:
             self.log.warning("the bot's device keys were gone from the homeserver: publishing")
             account.shared = False
         await self._machine.share_keys()
+        await cross_sign_bot(self._machine, secrets_store, bot, device_id, self.log)
         self._ready.set()
         self.log.info("end-to-bridge encryption on: bot device %s", device_id)
         self._probe_task = asyncio.create_task(self._probe())

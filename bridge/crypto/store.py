@@ -1,5 +1,6 @@
 """The bridge's own encryption tables, beside mautrix's ``crypto_*`` tables in the same
-database: the sealed pickle key of the bot's Olm account, and which rooms are encrypted."""
+database: the sealed pickle key of the bot's Olm account and recovery key of its
+cross-signing keys, and which rooms are encrypted."""
 
 from __future__ import annotations
 
@@ -66,25 +67,39 @@ class WaitingEvents:
 
 
 class CryptoSecrets:
-    """The key that pickles (encrypts at rest) the Olm account and sessions: random, stored
-    sealed with ``bridge.credentials_key`` like login credentials."""
+    """Secrets of the bot's device, stored sealed with ``bridge.credentials_key`` like login
+    credentials: the key that pickles (encrypts at rest) the Olm account and sessions, and
+    the recovery key of the bot's cross-signing keys."""
 
     def __init__(self, db: Database, box: CredentialBox) -> None:
         self.db = db
         self.box = box
 
-    async def pickle_key(self) -> str:
-        sealed = await self.db.fetchval(
-            "SELECT value FROM mimi_crypto_secret WHERE name='pickle_key'"
-        )
-        if isinstance(sealed, str):
-            return str(self.box.open(sealed)["key"])  # CredentialError if the key changed
-        key = secrets.token_urlsafe(32)
+    async def get(self, name: str) -> str | None:
+        """The secret, or None if there is none; CredentialError if the key changed."""
+        sealed = await self.db.fetchval("SELECT value FROM mimi_crypto_secret WHERE name=$1", name)
+        return str(self.box.open(sealed)["key"]) if isinstance(sealed, str) else None
+
+    async def put(self, name: str, value: str) -> None:
         await self.db.execute(
-            "INSERT INTO mimi_crypto_secret (name, value) VALUES ('pickle_key', $1)",
-            self.box.seal({"key": key}),
+            "INSERT INTO mimi_crypto_secret (name, value) VALUES ($1, $2)"
+            " ON CONFLICT (name) DO UPDATE SET value=excluded.value",
+            name,
+            self.box.seal({"key": value}),
         )
+
+    async def pickle_key(self) -> str:
+        key = await self.get("pickle_key")
+        if key is None:
+            key = secrets.token_urlsafe(32)
+            await self.put("pickle_key", key)
         return key
+
+    async def recovery_key(self) -> str | None:
+        return await self.get("recovery_key")
+
+    async def put_recovery_key(self, key: str) -> None:
+        await self.put("recovery_key", key)
 
 
 class RoomEncryptionStore:

@@ -135,7 +135,12 @@ class NioUser:
         )
         assert isinstance(resp, RoomCreateResponse), resp
         await self.wait_room(resp.room_id)
-        return resp.room_id
+        # Until then nio would send in clear.
+        for _ in range(300):
+            if self.client.rooms[resp.room_id].encrypted:
+                return resp.room_id
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{self.user_id} never saw {resp.room_id} encrypted")
 
     async def join(self, room: str) -> str:
         resp = await self.client.join(room)

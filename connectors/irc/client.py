@@ -18,12 +18,14 @@ import base64
 import itertools
 import logging
 import random
+import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
+from .identd import IdentTable
 from .ids import CHANTYPES_DEFAULT
 from .protocol import (
     JOIN_ERRORS,
@@ -113,6 +115,8 @@ class ConnParams:
     ping_timeout: float = 180.0
     register_timeout: float = 30.0
     nicklen: int = 30
+    bind_address: str | None = None  # local address the connection leaves from
+    ident: IdentTable | None = None  # where the ident server finds this connection's USER
 
 
 @dataclass(slots=True)
@@ -231,6 +235,7 @@ class IRCConnection(asyncio.Protocol):
         self._nick_waiter: _Waiter | None = None
         self._barriers: deque[_Barrier] = deque()
         self._barrier_seq = itertools.count(1)
+        self._ident_key: tuple[int, str, int] | None = None
         self._set_me(params.nick)
 
     # --- public API --------------------------------------------------------------------------
@@ -445,16 +450,7 @@ class IRCConnection(asyncio.Protocol):
             self.stats.connects += 1
             try:
                 self._lost = loop.create_future()
-                await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda: self,
-                        p.host,
-                        p.port,
-                        ssl=p.ssl,
-                        server_hostname=p.host if p.ssl else None,
-                    ),
-                    p.register_timeout,
-                )
+                await asyncio.wait_for(self._open(loop), p.register_timeout)
                 assert self._ready is not None
                 await asyncio.wait_for(
                     _first(self._ready.wait(), asyncio.shield(self._lost)), p.register_timeout
@@ -487,6 +483,70 @@ class IRCConnection(asyncio.Protocol):
             )
             await asyncio.sleep(delay)
 
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Connect the socket, tell the ident table, then start TLS and the protocol.
+
+        The socket is known to the ident table before the TLS handshake: servers look up ident
+        as soon as the TCP connection is accepted.
+        """
+        p = self.params
+        infos = await loop.getaddrinfo(p.host, p.port, type=socket.SOCK_STREAM)
+        if p.bind_address:
+            binds = await loop.getaddrinfo(p.bind_address, 0, type=socket.SOCK_STREAM)
+            families = {b[0] for b in binds}
+            infos = [i for i in infos if i[0] in families] or infos
+        else:
+            binds = []
+        error: OSError = OSError(f"no address for {p.host}")
+        for family, kind, proto, _, addr in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                for b in binds:
+                    if b[0] == family:
+                        sock.bind(b[4])
+                        break
+                await loop.sock_connect(sock, addr)
+            except OSError as e:
+                sock.close()
+                error = e
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            key = self._ident_add(sock)
+            try:
+                await loop.create_connection(
+                    lambda: self,
+                    sock=sock,
+                    ssl=p.ssl,
+                    server_hostname=p.host if p.ssl else None,
+                )
+            except BaseException:
+                self._ident_remove(key)
+                sock.close()
+                raise
+            return
+        raise error
+
+    def _ident_add(self, sock: socket.socket) -> tuple[int, str, int] | None:
+        if self.params.ident is None:
+            return None
+        try:
+            local, remote = sock.getsockname(), sock.getpeername()
+        except OSError:
+            return None
+        key = (int(local[1]), str(remote[0]), int(remote[1]))
+        self.params.ident.add(*key, self.params.username)
+        self._ident_key = key
+        return key
+
+    def _ident_remove(self, key: tuple[int, str, int] | None) -> None:
+        if key is not None and self.params.ident is not None:
+            self.params.ident.remove(*key)
+        if key == self._ident_key:
+            self._ident_key = None
+
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -515,6 +575,7 @@ class IRCConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         was_registered = self.state == "registered"
+        self._ident_remove(self._ident_key)
         self.transport = None
         self._cancel_timers(keep_expiry=True)
         if self._lost is not None and not self._lost.done():

@@ -43,6 +43,17 @@ Example::
                                         # before their ghost leaves; 0: leave at once
             channels: ["#bridge-test"]  # joined by the bot at start
             puppets: true               # false: relay through the bot only
+            bind_address: null          # local address to connect from (default: any)
+        identd:                         # built-in ident server (RFC 1413), shared by networks
+          enabled: false
+          listen: "::"                  # "::" takes IPv4 too; or 0.0.0.0, or one address
+          port: 113                     # servers ask port 113; binding it needs root or
+                                        # CAP_NET_BIND_SERVICE
+
+``identd`` answers the ident lookups IRC servers make when a connection arrives: the puppet's
+own username (``username_template``; the bot's ``bot.username``) for the port pair of a
+connection the bridge holds to the querying server, ``NO-USER`` for every other pair. Servers
+show users without an ident answer with a ``~`` before their username.
 
 ``casemapping`` is the form nicks and channels take in Matrix ids: ghost localparts
 (``@irc_libera_foo=7b1=7d``), room aliases and portal ids. It is fixed by the config, not by the
@@ -120,6 +131,7 @@ class NetworkConfig:
     channels: list[str] = field(default_factory=list)
     puppets: bool = True
     display_name: str = ""
+    bind_address: str | None = None
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -257,7 +269,30 @@ def parse_network(netid: str, section: Any) -> NetworkConfig:
         channels=list(channels),
         puppets=_bool(section, "puppets", True, p),
         display_name=_str(section, "display_name", "", p) or netid,
+        bind_address=_str(section, "bind_address", None, p) or None,
     )
+
+
+@dataclass(slots=True)
+class IdentdConfig:
+    enabled: bool = False
+    listen: str = "::"
+    port: int = 113
+
+
+def parse_identd(section: Any) -> IdentdConfig:
+    p = "identd."
+    if section is None:
+        return IdentdConfig()
+    if not isinstance(section, Mapping):
+        raise ConfigError("identd", "must be a mapping")
+    port = _num(section, "port", 113, p, 0, True)
+    if port > 65535:
+        raise ConfigError(p + "port", "must be at most 65535")
+    listen = _str(section, "listen", "::", p)
+    if not listen:
+        raise ConfigError(p + "listen", "must be an address")
+    return IdentdConfig(enabled=_bool(section, "enabled", False, p), listen=listen, port=port)
 
 
 def parse_config(config: Mapping[str, Any]) -> dict[str, NetworkConfig]:
@@ -271,3 +306,4 @@ def parse_config(config: Mapping[str, Any]) -> dict[str, NetworkConfig]:
 
 def validate_config(config: Mapping[str, Any]) -> None:
     parse_config(config)
+    parse_identd(config.get("identd"))

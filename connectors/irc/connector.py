@@ -56,7 +56,8 @@ from .client import (
     IRCConnection,
     NotConnected,
 )
-from .config import NetworkConfig, parse_config
+from .config import NetworkConfig, parse_config, parse_identd
+from .identd import IdentServer, IdentTable
 from .irc_to_matrix import IrcToMatrix
 from .matrix_to_irc import (
     Outgoing,
@@ -92,6 +93,7 @@ class Network(ConnectionHandler):
             on_private=self._on_private,
             on_notice=self._on_puppet_notice,
             on_fatal=self._on_puppet_fatal,
+            ident=connector.ident_table,
         )
         self.translator = IrcToMatrix(
             self.network,
@@ -121,6 +123,8 @@ class Network(ConnectionHandler):
                 ping_interval=cfg.ping_interval,
                 ping_timeout=cfg.ping_timeout,
                 register_timeout=cfg.register_timeout,
+                bind_address=cfg.bind_address,
+                ident=connector.ident_table,
             ),
             self,
             pacer=self.pacer,
@@ -675,12 +679,17 @@ class IRCConnector(NetworkConnector):
     def __init__(self, bridge: BridgeAPI, config: Mapping[str, Any]) -> None:
         super().__init__(bridge, config)
         self.configs = parse_config(config)
+        self.identd_config = parse_identd(config.get("identd"))
+        # One table for every network: the ident server cannot tell networks apart by port.
+        self.ident_table = IdentTable() if self.identd_config.enabled else None
+        self.identd: IdentServer | None = None
         self.networks: dict[str, Network] = {}
         self.nick_store = NickStore(bridge)
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> None:
         parse_config(config)
+        parse_identd(config.get("identd"))
 
     def _net(self, network: str) -> Network:
         netid = ids.netid_of(network)
@@ -702,6 +711,16 @@ class IRCConnector(NetworkConnector):
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        idc = self.identd_config
+        if self.ident_table is not None and self.identd is None:
+            server = IdentServer(self.ident_table, idc.listen, idc.port)
+            try:
+                await server.start()
+            except OSError as e:
+                # IRC works without ident (users show as ~user): say why, and go on.
+                log.error("identd cannot listen on %s port %d: %s", idc.listen, idc.port, e)
+            else:
+                self.identd = server
         for netid, cfg in self.configs.items():
             if netid not in self.networks:
                 self.networks[netid] = Network(self, cfg)
@@ -711,6 +730,9 @@ class IRCConnector(NetworkConnector):
         await asyncio.gather(
             *(net.stop() for net in self.networks.values()), return_exceptions=True
         )
+        server, self.identd = self.identd, None
+        if server is not None:
+            await server.stop()
 
     # ConnectionReporting: the bot's connection and every puppet's, per network.
     _STATES: ClassVar[dict[str, ConnectionState]] = {

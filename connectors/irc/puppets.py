@@ -24,6 +24,7 @@ from .client import (
     NotConnected,
 )
 from .config import NetworkConfig
+from .identd import IdentTable
 from .ids import alternative_nick, fallback_nick, nick_for
 from .protocol import Line, casefold
 
@@ -66,6 +67,8 @@ class Puppet(ConnectionHandler):
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_timeout,
             register_timeout=cfg.register_timeout,
+            bind_address=cfg.bind_address,
+            ident=pool.ident,
         )
         self.conn = IRCConnection(
             params, self, pacer=pool.pacer, listen_channels=False, name=f"{cfg.netid}/{nick}"
@@ -166,9 +169,11 @@ class PuppetPool:
         on_private: Callable[[Puppet, Line], None],
         on_notice: Callable[[Puppet, str], None],
         on_fatal: Callable[[Puppet, str], None],
+        ident: IdentTable | None = None,
     ) -> None:
         self.cfg = cfg
         self.pacer = pacer
+        self.ident = ident
         self.puppets: dict[str, Puppet] = {}
         self.by_nick: dict[str, Puppet] = {}
         self.credentials: dict[str, dict[str, Any]] = {}

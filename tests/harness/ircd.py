@@ -141,7 +141,8 @@ INSPIRCD_CONF = """\
 <bind address="127.0.0.1" port="{port}" type="clients">
 <connect name="main" allow="*" maxchans="1000" timeout="60" pingfreq="120" hardsendq="1M"
          softsendq="64k" recvq="64k" threshold="1000" commandrate="100000" fakelag="off"
-         localmax="100000" globalmax="100000" useident="no" limit="100000" resolvehostnames="no">
+         localmax="100000" globalmax="100000" useident="{useident}" limit="100000"
+         resolvehostnames="no">
 <performance nouserdns="yes" netbuffersize="10240" somaxconn="1024" softlimit="20000">
 <options defaultmodes="nt" maxtargets="20">
 <security hidesplits="no" announceinvites="dynamic">
@@ -166,16 +167,24 @@ INSPIRCD_CONF = """\
 <module name="uhnames">
 """
 
+# Ident lookups (on port 113 of each client's address: InspIRCd 3 has no setting for the port).
+INSPIRCD_IDENT = """\
+<module name="ident">
+<ident timeout="5" prefixunqueried="no">
+"""
 
-def start_inspircd(workdir: Path | str, port: int | None = None) -> IrcServer:
-    """Start InspIRCd 3 with its IRCv3 modules on 127.0.0.1."""
+
+def start_inspircd(workdir: Path | str, port: int | None = None, ident: bool = False) -> IrcServer:
+    """Start InspIRCd 3 with its IRCv3 modules on 127.0.0.1; ``ident``: look up each client's
+    ident (users without an answer show as ``~user``)."""
     binary = _need("inspircd", "inspircd")
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     (workdir / "motd.txt").write_text("bridge test server\n")
     conf = workdir / "inspircd.conf"
-    conf.write_text(INSPIRCD_CONF.format(port=port, workdir=workdir))
+    text = INSPIRCD_CONF.format(port=port, workdir=workdir, useident="yes" if ident else "no")
+    conf.write_text(text + (INSPIRCD_IDENT if ident else ""))
     argv = [binary, "--nofork", "--config", str(conf)]
     if os.geteuid() == 0:
         argv.append("--runasroot")

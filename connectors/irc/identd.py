@@ -115,9 +115,10 @@ class IdentServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._client, self.host, self.port, limit=MAX_LINE + 2
-        )
+        # asyncio makes IPv6 sockets v6-only: "::" (any address) becomes every address of
+        # both families, so IPv4 servers reach it too.
+        host = None if self.host in ("::", "") else self.host
+        self._server = await asyncio.start_server(self._client, host, self.port, limit=MAX_LINE + 2)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         log.info("identd listening on %s port %d", self.host, self.port)

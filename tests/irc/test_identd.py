@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from bridge.connector import MatrixUser, PortalKey
 from bridge.connector.base import ConfigError
 from connectors.irc import IRCConnector
-from connectors.irc.config import parse_identd
+from connectors.irc.config import parse_identd, parse_network
 from connectors.irc.identd import (
     BadQuery,
     IdentServer,
@@ -27,6 +27,7 @@ from connectors.irc.identd import (
     parse_query,
 )
 from tests.harness.ircd import IrcServer, start_inspircd
+from tests.harness.ports import free_port
 
 from .conftest import RawIRC, wait_for
 from .helpers import NET, message, net_config, unique
@@ -87,6 +88,14 @@ def test_identd_config() -> None:
     for bad in ({"port": 70000}, {"enabled": "yes"}, {"listen": ""}, [1]):
         with pytest.raises(ConfigError):
             parse_identd(bad)
+    with pytest.raises(ConfigError, match="identd"):
+        IRCConnector.validate_config({"networks": {"a": {"host": "h"}}, "identd": {"port": -1}})
+    net = parse_network("a", {"host": "h", "bind_address": "127.0.0.5"})
+    assert (
+        net.bind_address == "127.0.0.5" and parse_network("a", {"host": "h"}).bind_address is None
+    )
+    with pytest.raises(ConfigError, match="bind_address"):
+        parse_network("a", {"host": "h", "bind_address": 5})
 
 
 # --- hostile clients against the running server ---------------------------------------------
@@ -155,6 +164,19 @@ async def test_hostile_clients_leave_it_answering(caplog: pytest.LogCaptureFixtu
     finally:
         await server.stop()
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info]
+
+
+async def test_listen_any_takes_ipv4() -> None:
+    table = IdentTable()
+    table.add(40002, "127.0.0.1", 6667, "dave")
+    server = IdentServer(table, "::", free_port())
+    await server.start()
+    try:
+        reply = await _ask(server.port, b"40002 , 6667\r\n", "127.0.0.1")
+        assert reply == b"40002 , 6667 : USERID : UNIX : dave\r\n"
+        assert (await _ask(server.port, b"40002 , 6667\r\n", "::1")).endswith(b"NO-USER\r\n")
+    finally:
+        await server.stop()
 
 
 # --- end to end: InspIRCd looks up the bridge's connections ---------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from bridge.connector import MatrixUser, PortalKey
 from bridge.connector.base import ConfigError
 from connectors.irc import IRCConnector
+from connectors.irc.client import ConnParams, IRCConnection
 from connectors.irc.config import parse_identd, parse_network
 from connectors.irc.identd import (
     BadQuery,
@@ -177,6 +179,41 @@ async def test_listen_any_takes_ipv4() -> None:
         assert (await _ask(server.port, b"40002 , 6667\r\n", "::1")).endswith(b"NO-USER\r\n")
     finally:
         await server.stop()
+
+
+async def test_connection_known_before_tls_handshake() -> None:
+    """Servers ask ident as soon as TCP is accepted, while TLS is still being negotiated."""
+    table = IdentTable()
+    found: list[str | None] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Never answers the TLS ClientHello: the handshake cannot finish.
+        peer_host, peer_port = writer.get_extra_info("peername")[:2]
+        here = writer.get_extra_info("sockname")[1]
+        for _ in range(100):
+            if table.lookup(peer_port, peer_host, here) is not None:
+                break
+            await asyncio.sleep(0.02)
+        found.append(table.lookup(peer_port, peer_host, here))
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    params = ConnParams(
+        "127.0.0.1", port, "tlsnick", "tlsuser", "", ssl=ssl.create_default_context()
+    )
+    params.ident, params.register_timeout, params.reconnect_min = table, 5, 30
+    conn = IRCConnection(params)
+    try:
+        conn.start()
+        await wait_for(lambda: found, 5, "the server's accept")
+        assert found == ["tlsuser"]
+        await wait_for(lambda: not table.entries, 5, "the entry removed after the failed handshake")
+    finally:
+        await conn.quit()
+        server.close()
+        await server.wait_closed()
+    assert not table.entries
 
 
 # --- end to end: InspIRCd looks up the bridge's connections ---------------------------------

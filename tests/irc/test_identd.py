@@ -216,6 +216,27 @@ async def test_connection_known_before_tls_handshake() -> None:
     assert not table.entries
 
 
+async def test_identd_port_taken_is_logged_not_fatal(
+    bridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    taken = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = taken.sockets[0].getsockname()[1]
+    config = {
+        "networks": {"test": {"host": "127.0.0.1", "port": free_port()}},
+        "identd": {"enabled": True, "listen": "127.0.0.1", "port": port},
+    }
+    conn = IRCConnector(bridge, config)
+    try:
+        await conn.start()
+        assert conn.identd is None and "test" in conn.networks
+        assert f"identd cannot listen on 127.0.0.1 port {port}" in caplog.text
+        assert not [r for r in caplog.records if r.exc_info]
+    finally:
+        await conn.stop()
+        taken.close()
+        await taken.wait_closed()
+
+
 # --- end to end: InspIRCd looks up the bridge's connections ---------------------------------
 
 

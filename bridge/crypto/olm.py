@@ -401,7 +401,13 @@ class OlmCrypto:
         if not isinstance(room_id, str) or not isinstance(content, dict):
             return
         if etype == "m.room.encryption" and content.get("algorithm"):
+            before = self.rooms.content(room_id)
             await self.rooms.mark_encrypted(room_id, content)
+            if before is not None and before != content and self._store is not None:
+                # New settings (rotation period): the session made under the old ones ends;
+                # mautrix reads the room's settings when it makes the next.
+                self.log.debug("encryption settings of %s changed: new group session", room_id)
+                await self._store.remove_outbound_group_session(RoomID(room_id))
         elif etype == "m.room.member":
             target = event.get("state_key")
             if target == self.hs.bot_mxid and content.get("membership") == "invite":

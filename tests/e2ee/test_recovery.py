@@ -73,3 +73,46 @@ async def test_lost_crypto_store_gets_a_new_device(
     assert alice.raw is not None
     raw = await alice.raw.get_event(room, answer.event_id)
     assert raw["type"] == "m.room.encrypted" and raw["content"]["device_id"] == new
+
+
+async def test_account_not_matching_its_published_device_gets_a_new_device(
+    make_bridge: BridgeFactory,
+    nio_user: NioFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A restored store whose Olm account is not the one whose keys the homeserver publishes
+    for its device (here: the account of another install, under the first one's device)."""
+    first = await make_bridge(encryption={"allow": True})
+    assert first.crypto is not None
+    device = first.crypto.device_id
+    await first.stop()
+    other_db = tmp_path / "other.db"
+    other = await make_bridge(database=f"sqlite://{other_db}", encryption={"allow": True})
+    await other.stop()
+    with sqlite3.connect(other_db) as src:
+        account = src.execute("SELECT account, shared FROM crypto_account").fetchone()
+        pickle_key = src.execute(
+            "SELECT value FROM mimi_crypto_secret WHERE name='pickle_key'"
+        ).fetchone()
+    with sqlite3.connect(tmp_path / "bridge.db") as dst:
+        dst.execute("UPDATE crypto_account SET account=?, shared=?", account)
+        dst.execute("UPDATE mimi_crypto_secret SET value=? WHERE name='pickle_key'", pickle_key)
+
+    caplog.set_level(logging.INFO)
+    again = await make_bridge(encryption={"allow": True})
+    assert again.crypto is not None
+    new = again.crypto.device_id
+    assert new != device
+    lines = [r.getMessage() for r in caplog.records if "were lost" in r.getMessage()]
+    assert len(lines) == 1 and device in lines[0] and new in lines[0], lines
+    devices = await again.hs.request(Method.GET, MxPath.v3.devices)
+    assert device not in {d["device_id"] for d in devices["devices"]}
+
+    bob = await nio_user()
+    room = await encrypted_management_room(bob)
+    await bob.send_text(room, "help")
+    answer = await bob.wait_for_body(room, "login <network>", sender=BOT)
+    assert bob.raw is not None
+    raw = await bob.raw.get_event(room, answer.event_id)
+    assert raw["content"]["device_id"] == new

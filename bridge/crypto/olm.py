@@ -63,6 +63,8 @@ PROBE_TIMEOUT_S = 30.0
 # How long a transaction waits for the device to be ready before the homeserver is asked to
 # retry it (it carries room keys that must not be dropped).
 READY_TIMEOUT_S = 60.0
+# The bridge's own record of the bot's device, kept apart from the crypto store.
+DEVICE_SECRET = "device_id"
 
 
 class CryptoStartupError(Exception):
@@ -182,6 +184,15 @@ class OlmCrypto:
             client_session=self.hs.session,
             log=_trace_logger(self.log.name + ".http"),
         )
+        self._client.api.as_user_id = bot
+        stored = await self._store.get_device_id()
+        lost = await self._lost_device(secrets_store, stored)
+        if lost and stored:
+            # The account does not hold the keys published for its device: it cannot use them.
+            await self._store.delete()
+            self._store = PgCryptoStore(bot, pickle_key, self.db)
+            stored = None
+        device_id = stored or DeviceID("MIMI" + secrets.token_hex(5).upper())
         self._machine = OlmMachine(
             self._client,
             self._store,
@@ -189,8 +200,6 @@ class OlmCrypto:
             log=_trace_logger(self.log.name + ".olm"),
         )
         _quiet_trust(self.log.name + ".olm")
-        stored = await self._store.get_device_id()
-        device_id = stored or DeviceID("MIMI" + secrets.token_hex(5).upper())
         try:
             # MSC4190: the appservice creates (or re-confirms) its bot's device itself.
             await self._client.create_device_msc4190(device_id, self.device_name)
@@ -204,6 +213,10 @@ class OlmCrypto:
         await self._machine.load()
         if not stored:
             await self._store.put_device_id(device_id)
+        if await secrets_store.get(DEVICE_SECRET) != device_id:
+            await secrets_store.put(DEVICE_SECRET, device_id)
+        if lost:
+            await self._replace_device(lost, device_id)
         account = self._machine.account
         if account is not None and account.shared and not await self._keys_published():
             # The device was deleted on the homeserver (and made anew just now): the same
@@ -215,6 +228,48 @@ class OlmCrypto:
         self._ready.set()
         self.log.info("end-to-bridge encryption on: bot device %s", device_id)
         self._probe_task = asyncio.create_task(self._probe())
+
+    async def _lost_device(self, secrets_store: CryptoSecrets, stored: str | None) -> str:
+        """The device whose keys the crypto store no longer holds, or "": the store was
+        wiped or restored from a backup while the homeserver kept the device."""
+        assert self._store is not None
+        if not stored:
+            # The bridge's own record of the device outlives mautrix's tables.
+            return await secrets_store.get(DEVICE_SECRET) or ""
+        account = await self._store.get_account()
+        if account is None or not account.shared:
+            return ""
+        published = await self._published_keys(stored)
+        if published is None:
+            return ""  # deleted on the homeserver: the same keys are published again below
+        ours = {
+            f"curve25519:{stored}": account.identity_key,
+            f"ed25519:{stored}": account.signing_key,
+        }
+        return "" if all(published.get(k) == v for k, v in ours.items()) else stored
+
+    async def _published_keys(self, device_id: str) -> dict[str, str] | None:
+        assert self._client is not None
+        bot = UserID(self.hs.bot_mxid)
+        resp = await self._client.query_keys({bot: [DeviceID(device_id)]})
+        device = resp.device_keys.get(bot, {}).get(DeviceID(device_id))
+        return None if device is None else {str(k): str(v) for k, v in device.keys.items()}
+
+    async def _replace_device(self, old: str, new: str) -> None:
+        """Delete the device whose keys were lost, so clients stop encrypting for it."""
+        try:
+            await self.hs.request(Method.DELETE, Path.v3.devices[old], {})
+            gone = "was deleted from the homeserver"
+        except MatrixError as e:
+            gone = f"could not be deleted ({e}): delete it among the bot's sessions"
+        self.log.warning(
+            "the bot's encryption keys for device %s were lost (crypto store wiped or restored"
+            " from an old backup): the bot now uses a new device, %s, and the old one %s;"
+            " messages encrypted for the old device cannot be decrypted",
+            old,
+            new,
+            gone,
+        )
 
     async def _keys_published(self) -> bool:
         assert self._client is not None
@@ -346,7 +401,13 @@ class OlmCrypto:
         if not isinstance(room_id, str) or not isinstance(content, dict):
             return
         if etype == "m.room.encryption" and content.get("algorithm"):
+            before = self.rooms.content(room_id)
             await self.rooms.mark_encrypted(room_id, content)
+            if before is not None and before != content and self._store is not None:
+                # New settings (rotation period): the session made under the old ones ends;
+                # mautrix reads the room's settings when it makes the next.
+                self.log.debug("encryption settings of %s changed: new group session", room_id)
+                await self._store.remove_outbound_group_session(RoomID(room_id))
         elif etype == "m.room.member":
             target = event.get("state_key")
             if target == self.hs.bot_mxid and content.get("membership") == "invite":

@@ -14,10 +14,17 @@ from nio.crypto.attachments import decrypt_attachment
 from bridge.connector import Attachment
 from tests.conftest import BridgeFactory
 from tests.e2ee.conftest import NioFactory
-from tests.e2ee.helpers import command, encrypted_management_room, encrypted_portal, was_encrypted
+from tests.e2ee.helpers import (
+    command,
+    encrypted_management_room,
+    encrypted_portal,
+    portal_alias,
+    was_encrypted,
+)
 from tests.helpers import sent, until
 
-ALIAS = "#testnet_=23general:localhost"
+# Each test a room of its own: portal aliases outlive the bridges of other tests in the session.
+BOTH_WAYS, MEMBERS, FILES = "#e2ee-both-ways", "#e2ee-members", "#e2ee-files"
 BOB = "@testnet_bob:localhost"
 
 
@@ -31,8 +38,8 @@ async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: 
     alice = await nio_user()
     mgmt = await encrypted_management_room(alice)
     await command(alice, mgmt, "login testnet alice-remote", "Logged in")
-    await command(alice, mgmt, "join testnet #general", "Invited you")
-    room = await alice.join(ALIAS)
+    await command(alice, mgmt, f"join testnet {BOTH_WAYS}", "Invited you")
+    room = await alice.join(portal_alias(BOTH_WAYS))
     assert alice.raw is not None
     assert await alice.raw.get_state(room, "m.room.encryption", "")
 
@@ -55,7 +62,7 @@ async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: 
 
     # Remote -> Matrix: a ghost's message, encrypted by the bot's device, readable by her.
     tn: Any = bridge.connectors["testnet"]
-    bob_msg = await tn.remote_message("#general", "bob", "hi from bob", html="<em>hi</em>")
+    bob_msg = await tn.remote_message(BOTH_WAYS, "bob", "hi from bob", html="<em>hi</em>")
     bob_evt = await alice.wait_for_body(room, "hi from bob", sender=BOB)
     assert await was_encrypted(alice, room, bob_evt.event_id)
     assert "<em>hi</em>" in _content(bob_evt)["formatted_body"]
@@ -68,7 +75,7 @@ async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: 
     )
     rep = await until(sent(bridge, "message", text="replying to bob"), 45)
     assert rep["reply_to"] == bob_msg
-    await tn.remote_message("#general", "bob", "bob answers", reply_to=plain["id"])
+    await tn.remote_message(BOTH_WAYS, "bob", "bob answers", reply_to=plain["id"])
     answer = await alice.wait_for_body(room, "bob answers", sender=BOB)
     assert _content(answer)["m.relates_to"]["m.in_reply_to"]["event_id"] == mine
 
@@ -84,7 +91,7 @@ async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: 
     )
     edit = await until(sent(bridge, "edit", target=plain["id"]), 45)
     assert edit["text"] == "hello remote (edited)"
-    await tn.remote_edit("#general", "bob", bob_msg, "hi from bob, corrected")
+    await tn.remote_edit(BOTH_WAYS, "bob", bob_msg, "hi from bob, corrected")
     bob_edit = await alice.wait_for(
         room,
         lambda e: _content(e).get("m.new_content", {}).get("body") == "hi from bob, corrected",
@@ -103,7 +110,7 @@ async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: 
     mine_react = await alice.send_encrypted_raw(room, "m.reaction", reaction)
     assert await was_encrypted(alice, room, mine_react)
     await until(sent(bridge, "reaction", target=bob_msg, key="👍"), 45)
-    await tn.remote_reaction("#general", "bob", plain["id"], "🎉")
+    await tn.remote_reaction(BOTH_WAYS, "bob", plain["id"], "🎉")
     bob_react = await alice.wait_for(
         room,
         lambda e: _content(e).get("m.relates_to", {}).get("key") == "🎉",
@@ -117,7 +124,7 @@ async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: 
     await until(sent(bridge, "unreact", target=bob_msg, key="👍"), 45)
     await alice.client.room_redact(room, mine)
     await until(sent(bridge, "redaction", target=plain["id"]), 45)
-    await tn.remote_redaction("#general", "bob", bob_msg)
+    await tn.remote_redaction(BOTH_WAYS, "bob", bob_msg)
     await alice.wait_for(
         room,
         lambda e: (
@@ -136,13 +143,13 @@ async def test_group_session_follows_the_members(
     bridge = await make_bridge(encryption={"allow": True, "default": True})
     tn: Any = bridge.connectors["testnet"]
     alice = await nio_user()
-    room = await encrypted_portal(alice)
+    room = await encrypted_portal(alice, MEMBERS)
     carol = await nio_user()
-    await carol.join(ALIAS)
+    await carol.join(portal_alias(MEMBERS))
     await alice.wait_member(room, carol.user_id)
 
     async def bob_says(text: str, *readers: Any) -> str:
-        await tn.remote_message("#general", "bob", text)
+        await tn.remote_message(MEMBERS, "bob", text)
         evt = None
         for reader in readers:
             evt = await reader.wait_for_body(room, text, sender=BOB)
@@ -151,7 +158,7 @@ async def test_group_session_follows_the_members(
 
     first = await bob_says("one", alice, carol)
     # A ghost joining is no reason for a new session.
-    await tn.remote_message("#general", "dave", "dave is here")
+    await tn.remote_message(MEMBERS, "dave", "dave is here")
     await alice.wait_for_body(room, "dave is here")
     assert await bob_says("still one", alice) == first
 
@@ -169,7 +176,7 @@ async def test_group_session_follows_the_members(
     assert second != first
 
     erin = await nio_user()
-    await erin.join(ALIAS)
+    await erin.join(portal_alias(MEMBERS))
     await alice.wait_member(room, erin.user_id)
     third = await bob_says("three", alice, erin)
     assert third not in (first, second)
@@ -190,7 +197,7 @@ async def test_encrypted_portal_files_both_ways(
     # A spy on the test network: what reaches it, byte for byte.
     monkeypatch.setattr(NetClient, "handle_matrix_message", spy)
     alice = await nio_user()
-    room = await encrypted_portal(alice)
+    room = await encrypted_portal(alice, FILES)
 
     # Matrix -> remote: her encrypted file reaches the network decrypted.
     notes = b"minutes of the meeting\n" * 50
@@ -203,7 +210,7 @@ async def test_encrypted_portal_files_both_ways(
     # Remote -> Matrix: a ghost's file arrives as an encrypted attachment she can open.
     picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
     await tn.remote_message(
-        "#general",
+        FILES,
         "bob",
         "",
         attachments=[Attachment("pic.png", "image/png", data=picture, size=len(picture))],

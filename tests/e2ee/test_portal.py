@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from mautrix.crypto import InboundGroupSession
 from mimi_testnet import TestNetClient as NetClient
 from nio import Event
 from nio.crypto.attachments import decrypt_attachment
@@ -25,6 +26,7 @@ from tests.helpers import sent, until
 
 # Each test a room of its own: portal aliases outlive the bridges of other tests in the session.
 BOTH_WAYS, MEMBERS, FILES = "#e2ee-both-ways", "#e2ee-members", "#e2ee-files"
+ONCE = "#e2ee-decrypt-once"
 BOB = "@testnet_bob:localhost"
 
 
@@ -225,3 +227,43 @@ async def test_encrypted_portal_files_both_ways(
     assert cipher != picture
     f = content["file"]
     assert decrypt_attachment(cipher, f["key"]["k"], f["hashes"]["sha256"], f["iv"]) == picture
+
+
+async def test_each_encrypted_message_is_decrypted_once(
+    make_bridge: BridgeFactory, nio_user: NioFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bridge's Megolm decryptions, counted by ciphertext: one per message, formatted
+    text and edits arriving whole all the same."""
+    bridge = await make_bridge(encryption={"allow": True, "default": True})
+    decrypted: list[str] = []
+    original = InboundGroupSession.decrypt
+
+    def counting(self: Any, ciphertext: str, *args: Any) -> Any:
+        decrypted.append(ciphertext)
+        return original(self, ciphertext, *args)
+
+    # Only the bridge's sessions are mautrix's (the client's are nio's).
+    monkeypatch.setattr(InboundGroupSession, "decrypt", counting)
+    alice = await nio_user()
+    room = await encrypted_portal(alice, ONCE)
+    assert alice.raw is not None
+    html = {"format": "org.matrix.custom.html", "formatted_body": "<em>once</em>"}
+    first = await alice.send(room, {"msgtype": "m.text", "body": "once", **html})
+    plain = await until(sent(bridge, "message", text="once"), 45)
+    assert "<em>once</em>" in plain["html"]
+    new = {"msgtype": "m.text", "body": "once more", "format": html["format"]}
+    new["formatted_body"] = "<em>once more</em>"
+    edit = await alice.send(
+        room,
+        {
+            "msgtype": "m.text",
+            "body": "* once more",
+            "m.new_content": new,
+            "m.relates_to": {"rel_type": "m.replace", "event_id": first},
+        },
+    )
+    edited = await until(sent(bridge, "edit", target=plain["id"]), 45)
+    assert edited["text"] == "once more"
+    for event_id in (first, edit):
+        ciphertext = (await alice.raw.get_event(room, event_id))["content"]["ciphertext"]
+        assert decrypted.count(ciphertext) == 1, event_id

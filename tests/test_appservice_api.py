@@ -139,6 +139,44 @@ async def test_replayed_transaction_is_processed_once(
     await gina.close()
 
 
+async def test_event_redelivered_in_a_new_transaction_is_bridged_once(
+    make_bridge: BridgeFactory, synapse: SynapseServer, as_port: int
+) -> None:
+    """A homeserver that timed out waiting may put an event into a new transaction."""
+    bridge = await make_bridge()
+    hana = synapse.new_client("hana")
+    await hana.set_displayname("Hana")
+    room = await hana.join("#testnet_=23redeliver:localhost")
+    evt = {
+        "type": "m.room.message",
+        "room_id": room,
+        "sender": hana.user_id,
+        "event_id": "$redelivered-event",
+        "origin_server_ts": 1,
+        "content": {"msgtype": "m.text", "body": "once only"},
+    }
+    base = f"http://127.0.0.1:{as_port}"
+    put = "/_matrix/app/v1/transactions/"
+    for txn in ("redeliver-1", "redeliver-2"):
+        status, _ = await call(base, "PUT", put + txn, {"events": [evt]}, token=HS_TOKEN)
+        assert status == 200
+    await bridge.queues.drain()
+    tn: Any = bridge.connectors["testnet"]
+    assert [e["text"] for e in tn.sent if e["kind"] == "message"] == ["<Hana> once only"]
+    # After a restart, in a third transaction beside a new event: only the new one is bridged.
+    await bridge.stop()
+    bridge2 = await make_bridge()
+    fresh = {**evt, "event_id": "$fresh-event", "content": {"msgtype": "m.text", "body": "new"}}
+    status, _ = await call(
+        base, "PUT", put + "redeliver-3", {"events": [evt, fresh]}, token=HS_TOKEN
+    )
+    assert status == 200
+    await bridge2.queues.drain()
+    tn2: Any = bridge2.connectors["testnet"]
+    assert [e["text"] for e in tn2.sent if e["kind"] == "message"] == ["<Hana> new"]
+    await hana.close()
+
+
 def _run_bridge(config: Path) -> subprocess.Popen[bytes]:
     # Output to a file: an unread pipe fills up and blocks the bridge's logging.
     log = (config.parent / f"{config.stem}.log").open("ab")

@@ -75,3 +75,32 @@ async def test_transactions_durable_and_idempotent(database_url: str) -> None:
         assert [p.event["n"] for p in await txns.pending()] == [2]
     finally:
         await db.stop()
+
+
+async def test_an_event_redelivered_in_another_transaction_is_recorded_once(
+    database_url: str,
+) -> None:
+    db = await open_database(database_url)
+    try:
+        txns = TransactionStore(db)
+        evt = {"room_id": "!a:x", "type": "m.room.message", "event_id": "$once"}
+        first = await txns.record("ta", [evt])
+        assert first is not None and [p.event["event_id"] for p in first] == ["$once"]
+        # Still pending: another transaction with it brings nothing new.
+        assert await txns.record("tb", [evt, {**evt, "event_id": "$other"}]) is not None
+        assert [p.event["event_id"] for p in await txns.pending()] == ["$once", "$other"]
+        for p in await txns.pending():
+            await txns.done(p.seq)
+    finally:
+        await db.stop()
+    # After a restart, handled already: still recorded once.
+    db = await open_database(database_url)
+    try:
+        txns = TransactionStore(db)
+        assert await txns.record("tc", [evt]) == []
+        assert await txns.pending() == []
+        # Forgotten once old: the table stays bounded.
+        await txns.prune(-1000)
+        assert await db.fetchval("SELECT count(*) FROM received_event") == 0
+    finally:
+        await db.stop()

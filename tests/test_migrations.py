@@ -17,6 +17,7 @@ from mautrix.util.async_db import Database
 
 from bridge.connector import PortalKey
 from bridge.db import DatabaseUnavailable, MessageStore, PortalStore, UserStore, open_database
+from bridge.db.transactions import TransactionStore
 from connectors.deltachat.connector import DeltaChatConnector
 from connectors.irc.connector import IRCConnector
 from connectors.xmpp.connector import XMPPConnector
@@ -107,7 +108,7 @@ async def test_old_database_is_upgraded_without_losing_a_row(
     db = await open_database(url, connectors=CONNECTORS)
     try:
         versions = dict(await db.fetch("SELECT component, version FROM schema_versions"))
-        assert versions == {"core": 1, "irc": 1, "xmpp": 1, "deltachat": 1}
+        assert versions == {"core": 2, "irc": 1, "xmpp": 1, "deltachat": 1}
         assert await _rows(db) == before
         # And through the stores, as the bridge reads them.
         portals = {p.key.network: p for p in await PortalStore(db).all()}
@@ -121,6 +122,11 @@ async def test_old_database_is_upgraded_without_losing_a_row(
             "$2b-ircdm",
         ]
         assert await UserStore(db).is_management_room("!mgmt:example.org") == "@alice:example.org"
+        # Version 2: the events left pending are remembered, so a redelivery is not handled.
+        pending = [p for p in await TransactionStore(db).pending() if p.event.get("event_id")]
+        assert pending, "the fixture has pending events with ids"
+        remembered = {r["event_id"] for r in await db.fetch("SELECT event_id FROM received_event")}
+        assert {p.event["event_id"] for p in pending} <= remembered
     finally:
         await db.stop()
     # Opened again: nothing to do, nothing changed.
@@ -128,7 +134,7 @@ async def test_old_database_is_upgraded_without_losing_a_row(
     try:
         assert await _rows(db) == before
         versions = dict(await db.fetch("SELECT component, version FROM schema_versions"))
-        assert versions == {"core": 1, "irc": 1, "xmpp": 1, "deltachat": 1}
+        assert versions == {"core": 2, "irc": 1, "xmpp": 1, "deltachat": 1}
     finally:
         await db.stop()
 
@@ -149,7 +155,7 @@ async def test_fresh_database_gets_every_table_at_its_version(database_url: str)
     db = await open_database(database_url, connectors=CONNECTORS)
     try:
         versions = dict(await db.fetch("SELECT component, version FROM schema_versions"))
-        assert versions == {"core": 1, "irc": 1, "xmpp": 1, "deltachat": 1}
+        assert versions == {"core": 2, "irc": 1, "xmpp": 1, "deltachat": 1}
         for t in V0_TABLES:
             assert await db.fetchval(f"SELECT count(*) FROM {t}") == 0
     finally:

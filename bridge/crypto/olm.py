@@ -54,6 +54,7 @@ from ..matrix.homeserver import Homeserver, MatrixError
 from ..matrix.txn import TransactionExtras
 from .base import DecryptionFailed, KeyMissing
 from .cross_signing import cross_sign_bot
+from .plaintext_store import PlaintextKeepingStore
 from .store import CryptoSecrets, RoomEncryptionStore, WaitingEvents, upgrade_table
 
 # A to-device message the bot sends its own device at start-up: its arrival in a transaction
@@ -148,7 +149,7 @@ class OlmCrypto:
         self.rooms = RoomEncryptionStore(db)
         self._waiting = WaitingEvents(db)
         self._ready = asyncio.Event()
-        self._store: PgCryptoStore | None = None
+        self._store: PlaintextKeepingStore | None = None
         self._machine: OlmMachine | None = None
         self._client: Client | None = None
         self._room_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -176,7 +177,7 @@ class OlmCrypto:
                 "the bot's encryption keys cannot be opened: was bridge.credentials_key changed?"
             ) from e
         bot = UserID(self.hs.bot_mxid)
-        self._store = PgCryptoStore(bot, pickle_key, self.db)
+        self._store = PlaintextKeepingStore(bot, pickle_key, self.db)
         self._client = Client(
             mxid=bot,
             base_url=self.hs.address,
@@ -450,8 +451,11 @@ class OlmCrypto:
             raise DecryptionFailed(
                 "it uses an encryption the bridge does not know", "use a current Matrix client"
             )
+        assert self._store is not None
+        self._store.expect(evt.content.ciphertext)
         try:
             await self.machine.decrypt_megolm_event(evt)
+            plaintext = self._store.take(evt.content.ciphertext)
         except SessionNotFound as e:
             raise KeyMissing(evt.room_id, str(e.session_id)) from e
         except GroupSessionWithheldError as e:
@@ -469,11 +473,14 @@ class OlmCrypto:
             ) from e
         except DecryptionError as e:
             raise DecryptionFailed(f"decryption failed ({e})", "send the message again") from e
-        return await self._plain(event, evt)
+        finally:
+            self._store.take(evt.content.ciphertext)
+        if plaintext is None:
+            # The same ciphertext decrypted twice at once: the other decryption took it.
+            plaintext = await self._decrypt_again(evt)
+        return self._plain(event, plaintext)
 
-    async def _plain(self, event: dict[str, Any], evt: EncryptedEvent) -> dict[str, Any]:
-        """The event as its sender wrote it. mautrix verified the sender and the message index;
-        its parsed result drops fields, so the plaintext is read again from the session."""
+    async def _decrypt_again(self, evt: EncryptedEvent) -> str:
         assert self._store is not None
         content = evt.content
         assert isinstance(content, EncryptedMegolmEventContent)
@@ -482,8 +489,16 @@ class OlmCrypto:
             raise KeyMissing(evt.room_id, str(content.session_id))
         try:
             plaintext, _ = session.decrypt(content.ciphertext)
+        except olm.OlmGroupSessionError as e:
+            raise DecryptionFailed("decryption failed", "send the message again") from e
+        return str(plaintext)
+
+    def _plain(self, event: dict[str, Any], plaintext: str) -> dict[str, Any]:
+        """The event as its sender wrote it (mautrix verified the sender and the message
+        index; its parsed result drops fields, so the payload is read from the plaintext)."""
+        try:
             payload = json.loads(plaintext)
-        except (olm.OlmGroupSessionError, ValueError) as e:
+        except ValueError as e:
             raise DecryptionFailed("decryption failed", "send the message again") from e
         inner = payload.get("content") if isinstance(payload, dict) else None
         etype = payload.get("type") if isinstance(payload, dict) else None

@@ -3,6 +3,8 @@ Connectors declare their own tables the same way (``NetworkConnector.migrations`
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 from ..connector.tables import table_exists
@@ -108,6 +110,30 @@ async def _v1_initial(conn: Any, dialect: str) -> None:
     )
 
 
+async def _v2_received_events(conn: Any, dialect: str) -> None:
+    """The ids of the events recorded lately, so that an event delivered again in another
+    transaction is handled once. The events still pending are its first rows."""
+    await conn.execute(
+        """CREATE TABLE received_event (
+            event_id     TEXT PRIMARY KEY,
+            received_at  BIGINT NOT NULL
+        )"""
+    )
+    now = int(time.time() * 1000)
+    for row in await conn.fetch("SELECT event FROM pending_event"):
+        try:
+            event_id = json.loads(row["event"]).get("event_id")
+        except (ValueError, AttributeError):
+            continue  # not an event object: nothing to remember it by
+        if isinstance(event_id, str) and event_id:
+            await conn.execute(
+                "INSERT INTO received_event (event_id, received_at) VALUES ($1, $2)"
+                " ON CONFLICT (event_id) DO NOTHING",
+                event_id,
+                now,
+            )
+
+
 async def _legacy_version(conn: Any, dialect: str) -> int:
     """Releases before ``schema_versions`` kept the core's version in ``mimi_version`` (a
     single row); that table is left as it is."""
@@ -116,4 +142,4 @@ async def _legacy_version(conn: Any, dialect: str) -> int:
     return int(await conn.fetchval("SELECT max(version) FROM mimi_version") or 0)
 
 
-CORE = Component("core", [_v1_initial], legacy_version=_legacy_version)
+CORE = Component("core", [_v1_initial, _v2_received_events], legacy_version=_legacy_version)

@@ -30,12 +30,18 @@ async def was_encrypted(user: NioUser, room: str, event_id: str) -> bool:
     return (await user.raw.get_event(room, event_id))["type"] == "m.room.encrypted"
 
 
-async def encrypted_portal(user: NioUser, alias: str = "#testnet_=23general:localhost") -> str:
-    """Log in to the test network from an encrypted management room and join a portal."""
+def portal_alias(channel: str) -> str:
+    """The Matrix alias of a test network channel (``#name``)."""
+    return f"#testnet_=23{channel.removeprefix('#')}:localhost"
+
+
+async def encrypted_portal(user: NioUser, channel: str) -> str:
+    """Log in to the test network from an encrypted management room and join a portal.
+    Each test its own ``channel``: aliases outlive the bridges of other tests in the session."""
     mgmt = await encrypted_management_room(user)
     await command(user, mgmt, "login testnet alice-remote", "Logged in")
-    await command(user, mgmt, "join testnet #general", "Invited you")
-    return await user.join(alias)
+    await command(user, mgmt, f"join testnet {channel}", "Invited you")
+    return await user.join(portal_alias(channel))
 
 
 async def unshared_ciphertext(user: NioUser, room: str, body: str) -> tuple[Any, dict[str, Any]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from mautrix.crypto import InboundGroupSession
 from mimi_testnet import TestNetClient as NetClient
 from nio import Event
 from nio.crypto.attachments import decrypt_attachment
@@ -14,10 +15,18 @@ from nio.crypto.attachments import decrypt_attachment
 from bridge.connector import Attachment
 from tests.conftest import BridgeFactory
 from tests.e2ee.conftest import NioFactory
-from tests.e2ee.helpers import command, encrypted_management_room, encrypted_portal, was_encrypted
+from tests.e2ee.helpers import (
+    command,
+    encrypted_management_room,
+    encrypted_portal,
+    portal_alias,
+    was_encrypted,
+)
 from tests.helpers import sent, until
 
-ALIAS = "#testnet_=23general:localhost"
+# Each test a room of its own: portal aliases outlive the bridges of other tests in the session.
+BOTH_WAYS, MEMBERS, FILES = "#e2ee-both-ways", "#e2ee-members", "#e2ee-files"
+ONCE = "#e2ee-decrypt-once"
 BOB = "@testnet_bob:localhost"
 
 
@@ -31,8 +40,8 @@ async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: 
     alice = await nio_user()
     mgmt = await encrypted_management_room(alice)
     await command(alice, mgmt, "login testnet alice-remote", "Logged in")
-    await command(alice, mgmt, "join testnet #general", "Invited you")
-    room = await alice.join(ALIAS)
+    await command(alice, mgmt, f"join testnet {BOTH_WAYS}", "Invited you")
+    room = await alice.join(portal_alias(BOTH_WAYS))
     assert alice.raw is not None
     assert await alice.raw.get_state(room, "m.room.encryption", "")
 
@@ -55,7 +64,7 @@ async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: 
 
     # Remote -> Matrix: a ghost's message, encrypted by the bot's device, readable by her.
     tn: Any = bridge.connectors["testnet"]
-    bob_msg = await tn.remote_message("#general", "bob", "hi from bob", html="<em>hi</em>")
+    bob_msg = await tn.remote_message(BOTH_WAYS, "bob", "hi from bob", html="<em>hi</em>")
     bob_evt = await alice.wait_for_body(room, "hi from bob", sender=BOB)
     assert await was_encrypted(alice, room, bob_evt.event_id)
     assert "<em>hi</em>" in _content(bob_evt)["formatted_body"]
@@ -68,7 +77,7 @@ async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: 
     )
     rep = await until(sent(bridge, "message", text="replying to bob"), 45)
     assert rep["reply_to"] == bob_msg
-    await tn.remote_message("#general", "bob", "bob answers", reply_to=plain["id"])
+    await tn.remote_message(BOTH_WAYS, "bob", "bob answers", reply_to=plain["id"])
     answer = await alice.wait_for_body(room, "bob answers", sender=BOB)
     assert _content(answer)["m.relates_to"]["m.in_reply_to"]["event_id"] == mine
 
@@ -84,7 +93,7 @@ async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: 
     )
     edit = await until(sent(bridge, "edit", target=plain["id"]), 45)
     assert edit["text"] == "hello remote (edited)"
-    await tn.remote_edit("#general", "bob", bob_msg, "hi from bob, corrected")
+    await tn.remote_edit(BOTH_WAYS, "bob", bob_msg, "hi from bob, corrected")
     bob_edit = await alice.wait_for(
         room,
         lambda e: _content(e).get("m.new_content", {}).get("body") == "hi from bob, corrected",
@@ -103,7 +112,7 @@ async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: 
     mine_react = await alice.send_encrypted_raw(room, "m.reaction", reaction)
     assert await was_encrypted(alice, room, mine_react)
     await until(sent(bridge, "reaction", target=bob_msg, key="👍"), 45)
-    await tn.remote_reaction("#general", "bob", plain["id"], "🎉")
+    await tn.remote_reaction(BOTH_WAYS, "bob", plain["id"], "🎉")
     bob_react = await alice.wait_for(
         room,
         lambda e: _content(e).get("m.relates_to", {}).get("key") == "🎉",
@@ -117,7 +126,7 @@ async def test_encrypted_portal_both_ways(make_bridge: BridgeFactory, nio_user: 
     await until(sent(bridge, "unreact", target=bob_msg, key="👍"), 45)
     await alice.client.room_redact(room, mine)
     await until(sent(bridge, "redaction", target=plain["id"]), 45)
-    await tn.remote_redaction("#general", "bob", bob_msg)
+    await tn.remote_redaction(BOTH_WAYS, "bob", bob_msg)
     await alice.wait_for(
         room,
         lambda e: (
@@ -136,13 +145,13 @@ async def test_group_session_follows_the_members(
     bridge = await make_bridge(encryption={"allow": True, "default": True})
     tn: Any = bridge.connectors["testnet"]
     alice = await nio_user()
-    room = await encrypted_portal(alice)
+    room = await encrypted_portal(alice, MEMBERS)
     carol = await nio_user()
-    await carol.join(ALIAS)
+    await carol.join(portal_alias(MEMBERS))
     await alice.wait_member(room, carol.user_id)
 
     async def bob_says(text: str, *readers: Any) -> str:
-        await tn.remote_message("#general", "bob", text)
+        await tn.remote_message(MEMBERS, "bob", text)
         evt = None
         for reader in readers:
             evt = await reader.wait_for_body(room, text, sender=BOB)
@@ -151,7 +160,7 @@ async def test_group_session_follows_the_members(
 
     first = await bob_says("one", alice, carol)
     # A ghost joining is no reason for a new session.
-    await tn.remote_message("#general", "dave", "dave is here")
+    await tn.remote_message(MEMBERS, "dave", "dave is here")
     await alice.wait_for_body(room, "dave is here")
     assert await bob_says("still one", alice) == first
 
@@ -169,7 +178,7 @@ async def test_group_session_follows_the_members(
     assert second != first
 
     erin = await nio_user()
-    await erin.join(ALIAS)
+    await erin.join(portal_alias(MEMBERS))
     await alice.wait_member(room, erin.user_id)
     third = await bob_says("three", alice, erin)
     assert third not in (first, second)
@@ -190,7 +199,7 @@ async def test_encrypted_portal_files_both_ways(
     # A spy on the test network: what reaches it, byte for byte.
     monkeypatch.setattr(NetClient, "handle_matrix_message", spy)
     alice = await nio_user()
-    room = await encrypted_portal(alice)
+    room = await encrypted_portal(alice, FILES)
 
     # Matrix -> remote: her encrypted file reaches the network decrypted.
     notes = b"minutes of the meeting\n" * 50
@@ -203,7 +212,7 @@ async def test_encrypted_portal_files_both_ways(
     # Remote -> Matrix: a ghost's file arrives as an encrypted attachment she can open.
     picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
     await tn.remote_message(
-        "#general",
+        FILES,
         "bob",
         "",
         attachments=[Attachment("pic.png", "image/png", data=picture, size=len(picture))],
@@ -218,3 +227,43 @@ async def test_encrypted_portal_files_both_ways(
     assert cipher != picture
     f = content["file"]
     assert decrypt_attachment(cipher, f["key"]["k"], f["hashes"]["sha256"], f["iv"]) == picture
+
+
+async def test_each_encrypted_message_is_decrypted_once(
+    make_bridge: BridgeFactory, nio_user: NioFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bridge's Megolm decryptions, counted by ciphertext: one per message, formatted
+    text and edits arriving whole all the same."""
+    bridge = await make_bridge(encryption={"allow": True, "default": True})
+    decrypted: list[str] = []
+    original = InboundGroupSession.decrypt
+
+    def counting(self: Any, ciphertext: str, *args: Any) -> Any:
+        decrypted.append(ciphertext)
+        return original(self, ciphertext, *args)
+
+    # Only the bridge's sessions are mautrix's (the client's are nio's).
+    monkeypatch.setattr(InboundGroupSession, "decrypt", counting)
+    alice = await nio_user()
+    room = await encrypted_portal(alice, ONCE)
+    assert alice.raw is not None
+    html = {"format": "org.matrix.custom.html", "formatted_body": "<em>once</em>"}
+    first = await alice.send(room, {"msgtype": "m.text", "body": "once", **html})
+    plain = await until(sent(bridge, "message", text="once"), 45)
+    assert "<em>once</em>" in plain["html"]
+    new = {"msgtype": "m.text", "body": "once more", "format": html["format"]}
+    new["formatted_body"] = "<em>once more</em>"
+    edit = await alice.send(
+        room,
+        {
+            "msgtype": "m.text",
+            "body": "* once more",
+            "m.new_content": new,
+            "m.relates_to": {"rel_type": "m.replace", "event_id": first},
+        },
+    )
+    edited = await until(sent(bridge, "edit", target=plain["id"]), 45)
+    assert edited["text"] == "once more"
+    for event_id in (first, edit):
+        ciphertext = (await alice.raw.get_event(room, event_id))["content"]["ciphertext"]
+        assert decrypted.count(ciphertext) == 1, event_id

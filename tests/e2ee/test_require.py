@@ -50,7 +50,7 @@ async def test_unencrypted_rooms_are_refused(
 async def test_new_portals_are_encrypted(make_bridge: BridgeFactory, nio_user: NioFactory) -> None:
     bridge = await make_bridge(encryption=ENC)
     alice = await nio_user()
-    room = await encrypted_portal(alice)
+    room = await encrypted_portal(alice, "#e2ee-required")
     assert alice.raw is not None
     assert await alice.raw.get_state(room, "m.room.encryption", "")
     await alice.send_text(room, "secret")

@@ -191,7 +191,7 @@ class OlmCrypto:
         if lost and stored:
             # The account does not hold the keys published for its device: it cannot use them.
             await self._store.delete()
-            self._store = PgCryptoStore(bot, pickle_key, self.db)
+            self._store = PlaintextKeepingStore(bot, pickle_key, self.db)
             stored = None
         device_id = stored or DeviceID("MIMI" + secrets.token_hex(5).upper())
         self._machine = OlmMachine(

@@ -18,12 +18,12 @@ async def test_ghost_messages_rotate_on_the_rooms_settings(
 ) -> None:
     bridge = await make_bridge(encryption={"allow": True, "default": True})
     alice = await nio_user()
-    room = await encrypted_portal(alice)
+    room = await encrypted_portal(alice, "#e2ee-rotation")
     assert alice.raw is not None
     tn: Any = bridge.connectors["testnet"]
 
     async def session_of(text: str) -> str:
-        await tn.remote_message("#general", "bob", text)
+        await tn.remote_message("#e2ee-rotation", "bob", text)
         evt = await alice.wait_for_body(room, text, sender=BOB)
         assert alice.raw is not None
         raw = await alice.raw.get_event(room, evt.event_id)

@@ -88,6 +88,9 @@ class Kit:
         self.workdir = workdir
         self.bridge: Bridge | None = None
         self.user: MatrixClient = env.synapse.new_client(f"kit{next(env.users)}")
+        # A second user with only the "relay" permission, registered when a scenario asks.
+        self._relay_localpart = f"kitrelay{next(env.users)}"
+        self._relay_user: MatrixClient | None = None
         self._configs = itertools.count()
         # A room of its own: a portal of an earlier scenario's bridge keeps its alias.
         self.room = driver.room_for(uuid.uuid4().hex[:10])
@@ -108,7 +111,11 @@ class Kit:
                 "database": f"sqlite://{self.workdir / 'bridge.db'}",
             },
             "bridge": {
-                "permissions": {"*": "relay", "localhost": "admin"},
+                "permissions": {
+                    "*": "relay",
+                    "localhost": "admin",
+                    f"@{self._relay_localpart}:localhost": "relay",
+                },
                 "credentials_key": "kit-credentials-key",
             },
             "logging": {"level": "DEBUG"},
@@ -136,6 +143,14 @@ class Kit:
     def running(self) -> Bridge:
         assert self.bridge is not None, "the kit's bridge is not running"
         return self.bridge
+
+    async def relay_user(self) -> MatrixClient:
+        """A Matrix user the bridge only relays (permission "relay")."""
+        if self._relay_user is None:
+            self._relay_user = await asyncio.to_thread(
+                self.synapse.new_client, self._relay_localpart
+            )
+        return self._relay_user
 
     # --- rooms --------------------------------------------------------------------------
 
@@ -240,6 +255,8 @@ class Kit:
     async def close(self) -> None:
         await self.stop_bridge()
         await self.user.close()
+        if self._relay_user is not None:
+            await self._relay_user.close()
 
 
 def _matches(entry: dict[str, Any], match: dict[str, Any]) -> bool:

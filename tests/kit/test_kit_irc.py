@@ -1,6 +1,7 @@
 """The connector kit's standard scenarios against the IRC connector and a real ngircd. Edits
 and reactions are configured off (IRC has neither: the kit checks the notice); redactions are
-refused by the connector. A remote user is a plain IRC client in each scenario's channel."""
+refused by the connector; a relay-only Matrix user speaks through the bridge's bot. A remote
+user is a plain IRC client in each scenario's channel."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class IrcDriver:
     connector = "irc"
     network = "irc_test"
     prefix = "irc_test_"
-    capabilities = frozenset({"formatting", "remote_formatting"})
+    capabilities = frozenset({"formatting", "remote_formatting", "relay"})
 
     def __init__(self, server: IrcServer) -> None:
         self.server = server
@@ -110,5 +111,5 @@ def mimi_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IrcDriver]
     server.stop()
 
 
-class TestIrc(ConnectorScenarios):
+class TestIrc(ConnectorScenarios, driver=IrcDriver):
     pass

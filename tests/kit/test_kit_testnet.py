@@ -80,5 +80,5 @@ def mimi_driver() -> TestNetDriver:
     return TestNetDriver()
 
 
-class TestTestNet(ConnectorScenarios):
+class TestTestNet(ConnectorScenarios, driver=TestNetDriver):
     pass

@@ -100,5 +100,5 @@ def mimi_driver() -> WebhooksDriver:
     return WebhooksDriver()
 
 
-class TestWebhooks(ConnectorScenarios):
+class TestWebhooks(ConnectorScenarios, driver=WebhooksDriver):
     pass

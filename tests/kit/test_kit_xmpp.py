@@ -171,5 +171,5 @@ def mimi_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppDriver
     server.stop()
 
 
-class TestXmpp(ConnectorScenarios):
+class TestXmpp(ConnectorScenarios, driver=XmppDriver):
     pass

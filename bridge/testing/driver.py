@@ -61,7 +61,14 @@ class Driver(Protocol):
         ...
 
     async def start(self, kit: Kit) -> None:
-        """Start the remote side (a server, a receiver), before the bridge starts."""
+        """Start the remote side (a server, a receiver), before the bridge starts. A network
+        whose rooms get their ids only when created (a Delta Chat group's invite link) creates
+        the scenario's room here and sets ``kit.room``."""
+        ...
+
+    async def prepare_room(self, kit: Kit) -> None:
+        """Before the portal of ``kit.room`` is opened by alias: where the bridge must first
+        be a member to know the room (Delta Chat), get it in. Most networks: nothing."""
         ...
 
     async def stop(self) -> None: ...

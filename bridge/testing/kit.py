@@ -159,6 +159,7 @@ class Kit:
 
     async def open_portal(self) -> str:
         """Join the portal of the driver's room by its alias; the driver is told."""
+        await self.driver.prepare_room(self)
         room_id = await self.user.join(self.alias())
         await self.driver.portal_ready(self, room_id)
         return room_id

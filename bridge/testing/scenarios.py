@@ -141,9 +141,17 @@ class ConnectorScenarios:
         ):
             raise ContractError(f"delivered {got!r}", "the Matrix HTML (<strong>bold</strong>)")
         if "remote_formatting" in kit.driver.capabilities:
-            text = f"remote bold {tag}"
-            _, evt = await _remote_in_matrix(
-                kit, room, text, html=f"<strong>remote bold</strong> {tag}"
+            html = f"<strong>remote bold</strong> {tag}"
+            await kit.driver.remote_message(kit, f"remote bold {tag}", html=html)
+            # The body is the plain fallback, which may keep the network's markup (**bold**).
+            evt = await kit.wait_event(
+                room,
+                lambda e: (
+                    e["sender"].startswith(f"@{kit.driver.prefix}")
+                    and tag in body(e)
+                    and "remote bold" in body(e)
+                ),
+                f"a ghost's formatted message 'remote bold {tag}'",
             )
             if not re.search(
                 r"<(b|strong)>remote bold</\1>", evt["content"].get("formatted_body", "")

@@ -56,6 +56,9 @@ class IrcDriver:
             await self.remy.close()
             self.remy = None
 
+    async def prepare_room(self, kit: Kit) -> None:
+        pass
+
     async def portal_ready(self, kit: Kit, room_id: str) -> None:
         self.remy = await RawIRC(self.server.host, self.server.port, f"remy{next(_n)}").connect()
         await self.remy.join(kit.room)

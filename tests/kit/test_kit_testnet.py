@@ -46,6 +46,9 @@ class TestNetDriver:
     async def stop(self) -> None:
         pass
 
+    async def prepare_room(self, kit: Kit) -> None:
+        pass
+
     async def portal_ready(self, kit: Kit, room_id: str) -> None:
         pass
 

@@ -64,6 +64,9 @@ class WebhooksDriver:
         if self._runner:
             await self._runner.cleanup()
 
+    async def prepare_room(self, kit: Kit) -> None:
+        pass
+
     async def portal_ready(self, kit: Kit, room_id: str) -> None:
         reply = await kit.command(room_id, "!mimi webhook create kit", "Created the webhook")
         m = URL.search(reply)

@@ -70,6 +70,9 @@ class XmppDriver:
             await self.alice.close()
             self.alice = None
 
+    async def prepare_room(self, kit: Kit) -> None:
+        pass
+
     async def portal_ready(self, kit: Kit, room_id: str) -> None:
         pass
 

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 #   "remote_redactions"
 #   "remote_large_messages"  the network can send a message over Matrix's 64 KiB event limit
 #   "relay"       a Matrix user with no identity of their own is relayed (``relayed`` True)
+#   "media"       a Matrix image reaches the network as a file (the received message has
+#                 ``file``, its file name there)
+#   "remote_media"  the driver's ``remote_image`` sends an image the room gets as m.image
 CAPABILITIES = frozenset(
     {
         "formatting",
@@ -33,6 +36,8 @@ CAPABILITIES = frozenset(
         "remote_redactions",
         "remote_large_messages",
         "relay",
+        "media",
+        "remote_media",
     }
 )
 
@@ -43,7 +48,8 @@ class Driver(Protocol):
     ``received`` lists what the network got from the bridge, oldest first, as dicts with
     ``kind`` ("message", "edit", "reaction", "redaction") and, as the kind has them, ``text``,
     ``html``, ``id`` (the remote id the connector returned), ``target`` (remote id acted on),
-    ``key`` (reaction), ``reply_to`` and ``relayed``.
+    ``key`` (reaction), ``reply_to``, ``relayed`` and ``file`` (the name of a file it carried,
+    as the network names it).
     """
 
     connector: str  # the config section / connector name
@@ -89,5 +95,9 @@ class Driver(Protocol):
     async def remote_reaction(self, kit: Kit, target: str, key: str) -> None: ...
 
     async def remote_redaction(self, kit: Kit, target: str) -> None: ...
+
+    async def remote_image(self, kit: Kit, data: bytes, filename: str) -> str | None:
+        """A remote user sends the PNG image ``data`` named ``filename``."""
+        ...
 
     def received(self, kit: Kit) -> list[dict[str, Any]]: ...

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from .kit import BOT, ContractError, Event, Kit, body
+from .kit import BOT, ContractError, Event, Kit, body, png
 
 CANNOT_CARRY = "cannot carry"
 
@@ -277,6 +277,46 @@ class ConnectorScenarios:
         await kit.settle()
         if kit.count_received("message", text=tag):
             raise ContractError("delivered a relay user's message", "nothing (no relay)")
+
+    # --- media -----------------------------------------------------------------------------
+
+    @requires("media")
+    async def test_media(self, kit: Kit) -> None:
+        """A Matrix image reaches the network as a file."""
+        room = await kit.open_portal()
+        tag = _tag()
+        data, name = png(), f"kit-{tag}.png"
+        mxc = await kit.upload(data, "image/png", name)
+        info = {"mimetype": "image/png", "size": len(data), "w": 16, "h": 16}
+        await kit.user.send_event(
+            room, "m.room.message", {"msgtype": "m.image", "body": name, "url": mxc, "info": info}
+        )
+        # Some networks name images themselves (Delta Chat: image_<date>.png); the room is
+        # the scenario's own, so any file in it is this one.
+        await kit.wait_received(
+            "message", f"the Matrix image {name} as a file", file=lambda f: bool(f)
+        )
+
+    @requires("remote_media")
+    async def test_remote_media(self, kit: Kit) -> None:
+        """A remote image reaches the room as an m.image whose content is an image."""
+        room = await kit.open_portal()
+        tag = _tag()
+        await kit.driver.remote_image(kit, png(rgb=(200, 30, 30)), f"remote-{tag}.png")
+        evt = await kit.wait_event(
+            room,
+            lambda e: (
+                e["sender"].startswith(f"@{kit.driver.prefix}")
+                and e["content"].get("msgtype") == "m.image"
+            ),
+            "a ghost's m.image after a remote image",
+        )
+        url = evt["content"].get("url")
+        if not isinstance(url, str) or not url.startswith("mxc://"):
+            raise ContractError(f"posted the image with url {url!r}", "an mxc:// URI")
+        got = await kit.download(url)
+        if not got.startswith((b"\x89PNG", b"\xff\xd8\xff", b"RIFF")):
+            raise ContractError(f"posted {len(got)} bytes starting {got[:8]!r}", "an image")
 
     # --- robustness ---------------------------------------------------------------------
 

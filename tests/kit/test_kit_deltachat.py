@@ -47,6 +47,8 @@ class DeltaChatDriver:
             "remote_reactions",
             "remote_redactions",
             "relay",
+            "media",
+            "remote_media",
         }
     )
 
@@ -128,6 +130,13 @@ class DeltaChatDriver:
     async def remote_redaction(self, kit: Kit, target: str) -> None:
         await self._a().call("delete_messages_for_all", [self._local(target)])
 
+    async def remote_image(self, kit: Kit, data: bytes, filename: str) -> str | None:
+        assert self._workdir is not None
+        path = self._workdir / filename
+        await asyncio.to_thread(path.write_bytes, data)
+        extra = {"file": str(path), "filename": filename, "viewtype": "Image"}
+        return str(await self._a().send(self.group, "", **extra))
+
     def received(self, kit: Kit) -> list[dict[str, Any]]:
         return list(self.got)
 
@@ -159,6 +168,7 @@ class DeltaChatDriver:
                     "html": bold if bold != text else None,
                     "reply_to": str(quote["messageId"]) if quote.get("messageId") else None,
                     "relayed": bool(_RELAYED.match(text)),
+                    "file": msg.get("fileName"),
                 }
             )
         elif kind == "MsgsChanged" and msg_id in self._texts:

@@ -88,6 +88,9 @@ class IrcDriver:
     async def remote_redaction(self, kit: Kit, target: str) -> None:
         raise NotImplementedError("IRC has no deletions")
 
+    async def remote_image(self, kit: Kit, data: bytes, filename: str) -> str | None:
+        raise NotImplementedError("not declared: remote_media")
+
     def received(self, kit: Kit) -> list[dict[str, Any]]:
         if self.remy is None:
             return []

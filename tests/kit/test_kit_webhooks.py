@@ -94,6 +94,9 @@ class WebhooksDriver:
     async def remote_redaction(self, kit: Kit, target: str) -> None:
         raise NotImplementedError
 
+    async def remote_image(self, kit: Kit, data: bytes, filename: str) -> str | None:
+        raise NotImplementedError("not declared: remote_media")
+
     def received(self, kit: Kit) -> list[dict[str, Any]]:
         return list(self.got)
 

@@ -123,6 +123,9 @@ class XmppDriver:
         rt["retract"]["id"] = target
         rt.send()
 
+    async def remote_image(self, kit: Kit, data: bytes, filename: str) -> str | None:
+        raise NotImplementedError("not declared: remote_media")
+
     def received(self, kit: Kit) -> list[dict[str, Any]]:
         if self.alice is None:
             return []

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 #   "media"       a Matrix image reaches the network as a file (the received message has
 #                 ``file``, its file name there)
 #   "remote_media"  the driver's ``remote_image`` sends an image the room gets as m.image
+#   "membership"  a Matrix user joining and leaving the portal shows on the network (received
+#                 entries of kind "membership" with ``membership`` "join"/"leave" and ``who``,
+#                 the name the network shows, which contains the user's localpart)
 CAPABILITIES = frozenset(
     {
         "formatting",
@@ -38,6 +41,7 @@ CAPABILITIES = frozenset(
         "relay",
         "media",
         "remote_media",
+        "membership",
     }
 )
 
@@ -46,10 +50,10 @@ class Driver(Protocol):
     """The remote side of a network, as the kit drives it.
 
     ``received`` lists what the network got from the bridge, oldest first, as dicts with
-    ``kind`` ("message", "edit", "reaction", "redaction") and, as the kind has them, ``text``,
-    ``html``, ``id`` (the remote id the connector returned), ``target`` (remote id acted on),
-    ``key`` (reaction), ``reply_to``, ``relayed`` and ``file`` (the name of a file it carried,
-    as the network names it).
+    ``kind`` ("message", "edit", "reaction", "redaction", "membership") and, as the kind has
+    them, ``text``, ``html``, ``id`` (the remote id the connector returned), ``target`` (remote
+    id acted on), ``key`` (reaction), ``reply_to``, ``relayed``, ``file`` (the name of a file
+    it carried, as the network names it), ``membership`` and ``who``.
     """
 
     connector: str  # the config section / connector name

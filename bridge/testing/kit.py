@@ -93,6 +93,8 @@ class Kit:
         # A second user with only the "relay" permission, registered when a scenario asks.
         self._relay_localpart = f"kitrelay{next(env.users)}"
         self._relay_user: MatrixClient | None = None
+        self._members = itertools.count(1)
+        self._others: list[MatrixClient] = []
         self._configs = itertools.count()
         # A room of its own: a portal of an earlier scenario's bridge keeps its alias.
         self.room = driver.room_for(uuid.uuid4().hex[:10])
@@ -153,6 +155,13 @@ class Kit:
                 self.synapse.new_client, self._relay_localpart
             )
         return self._relay_user
+
+    async def other_user(self) -> MatrixClient:
+        """A further Matrix user of the bridge's server (so a bridge admin), new each call."""
+        localpart = f"{self.user.user_id[1:].split(':')[0]}m{next(self._members)}"
+        client = await asyncio.to_thread(self.synapse.new_client, localpart)
+        self._others.append(client)
+        return client
 
     # --- rooms --------------------------------------------------------------------------
 
@@ -288,6 +297,8 @@ class Kit:
         await self.user.close()
         if self._relay_user is not None:
             await self._relay_user.close()
+        for other in self._others:
+            await other.close()
 
 
 def png(width: int = 16, height: int = 16, rgb: tuple[int, int, int] = (30, 120, 200)) -> bytes:

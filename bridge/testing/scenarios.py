@@ -318,6 +318,24 @@ class ConnectorScenarios:
         if not got.startswith((b"\x89PNG", b"\xff\xd8\xff", b"RIFF")):
             raise ContractError(f"posted {len(got)} bytes starting {got[:8]!r}", "an image")
 
+    # --- membership ----------------------------------------------------------------------
+
+    @requires("membership")
+    async def test_membership(self, kit: Kit) -> None:
+        """A Matrix user who joins the portal appears on the network, and goes on leaving."""
+        room = await kit.open_portal()
+        member = await kit.other_user()
+        localpart = member.user_id[1:].split(":")[0]
+
+        def named(who: Any) -> bool:
+            return isinstance(who, str) and localpart in who.lower()
+
+        await kit.running().hs.invite(room, member.user_id)
+        await member.join(room)
+        await kit.wait_received("membership", f"{localpart} joining", membership="join", who=named)
+        await member.leave(room)
+        await kit.wait_received("membership", f"{localpart} leaving", membership="leave", who=named)
+
     # --- robustness ---------------------------------------------------------------------
 
     async def test_restart_keeps_mapping(self, kit: Kit) -> None:

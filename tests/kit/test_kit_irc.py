@@ -25,7 +25,7 @@ class IrcDriver:
     connector = "irc"
     network = "irc_test"
     prefix = "irc_test_"
-    capabilities = frozenset({"formatting", "remote_formatting", "relay"})
+    capabilities = frozenset({"formatting", "remote_formatting", "relay", "membership"})
 
     def __init__(self, server: IrcServer) -> None:
         self.server = server
@@ -94,8 +94,17 @@ class IrcDriver:
     def received(self, kit: Kit) -> list[dict[str, Any]]:
         if self.remy is None:
             return []
-        out = []
-        for line in self.remy.messages(kit.room):
+        out: list[dict[str, Any]] = []
+        for line in self.remy.lines:
+            if line.command in ("JOIN", "PART", "QUIT") and line.nick != self.remy.nick:
+                if line.command == "QUIT" or line.param(0).lower() == kit.room.lower():
+                    kind = "join" if line.command == "JOIN" else "leave"
+                    out.append({"kind": "membership", "membership": kind, "who": line.nick})
+                continue
+            if line.command not in ("PRIVMSG", "NOTICE"):
+                continue
+            if line.param(0).lower() != kit.room.lower():
+                continue
             raw = line.param(1)
             bold = re.sub(r"\x02(.*?)\x02", r"<strong>\1</strong>", raw)
             out.append(

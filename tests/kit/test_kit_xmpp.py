@@ -47,6 +47,7 @@ class XmppDriver:
             "remote_reactions",
             "remote_redactions",
             "remote_large_messages",
+            "membership",
         }
     )
 
@@ -143,6 +144,11 @@ class XmppDriver:
             return sid_of.get(ident) or ident
 
         out: list[dict[str, Any]] = []
+        for p in self.alice.presences:
+            who = str(p["from"])
+            if who.startswith(kit.room + "/") and who != mine:
+                kind = "leave" if p["type"] == "unavailable" else "join"
+                out.append({"kind": "membership", "membership": kind, "who": who.split("/", 1)[1]})
         for m in msgs:
             reactions, retract = m.xml.find(NS_REACTIONS), m.xml.find(NS_RETRACT)
             replace, reply = m.xml.find(NS_REPLACE), m.xml.find(NS_REPLY)

@@ -10,7 +10,7 @@ Write a :class:`Driver` for your network, then in a test module::
     def mimi_driver():
         return MyNetDriver()
 
-    class TestMyNet(ConnectorScenarios):
+    class TestMyNet(ConnectorScenarios, driver=MyNetDriver):
         pass
 
 The plugin provides the ``kit`` fixture (a running bridge and a Matrix user, see

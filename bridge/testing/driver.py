@@ -19,6 +19,12 @@ if TYPE_CHECKING:
 #   "remote_redactions"
 #   "remote_large_messages"  the network can send a message over Matrix's 64 KiB event limit
 #   "relay"       a Matrix user with no identity of their own is relayed (``relayed`` True)
+#   "media"       a Matrix image reaches the network as a file (the received message has
+#                 ``file``, its file name there)
+#   "remote_media"  the driver's ``remote_image`` sends an image the room gets as m.image
+#   "membership"  a Matrix user joining and leaving the portal shows on the network (received
+#                 entries of kind "membership" with ``membership`` "join"/"leave" and ``who``,
+#                 the name the network shows, which contains the user's localpart)
 CAPABILITIES = frozenset(
     {
         "formatting",
@@ -33,6 +39,9 @@ CAPABILITIES = frozenset(
         "remote_redactions",
         "remote_large_messages",
         "relay",
+        "media",
+        "remote_media",
+        "membership",
     }
 )
 
@@ -41,9 +50,10 @@ class Driver(Protocol):
     """The remote side of a network, as the kit drives it.
 
     ``received`` lists what the network got from the bridge, oldest first, as dicts with
-    ``kind`` ("message", "edit", "reaction", "redaction") and, as the kind has them, ``text``,
-    ``html``, ``id`` (the remote id the connector returned), ``target`` (remote id acted on),
-    ``key`` (reaction), ``reply_to`` and ``relayed``.
+    ``kind`` ("message", "edit", "reaction", "redaction", "membership") and, as the kind has
+    them, ``text``, ``html``, ``id`` (the remote id the connector returned), ``target`` (remote
+    id acted on), ``key`` (reaction), ``reply_to``, ``relayed``, ``file`` (the name of a file
+    it carried, as the network names it), ``membership`` and ``who``.
     """
 
     connector: str  # the config section / connector name
@@ -61,7 +71,14 @@ class Driver(Protocol):
         ...
 
     async def start(self, kit: Kit) -> None:
-        """Start the remote side (a server, a receiver), before the bridge starts."""
+        """Start the remote side (a server, a receiver), before the bridge starts. A network
+        whose rooms get their ids only when created (a Delta Chat group's invite link) creates
+        the scenario's room here and sets ``kit.room``."""
+        ...
+
+    async def prepare_room(self, kit: Kit) -> None:
+        """Before the portal of ``kit.room`` is opened by alias: where the bridge must first
+        be a member to know the room (Delta Chat), get it in. Most networks: nothing."""
         ...
 
     async def stop(self) -> None: ...
@@ -82,5 +99,9 @@ class Driver(Protocol):
     async def remote_reaction(self, kit: Kit, target: str, key: str) -> None: ...
 
     async def remote_redaction(self, kit: Kit, target: str) -> None: ...
+
+    async def remote_image(self, kit: Kit, data: bytes, filename: str) -> str | None:
+        """A remote user sends the PNG image ``data`` named ``filename``."""
+        ...
 
     def received(self, kit: Kit) -> list[dict[str, Any]]: ...

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import struct
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +90,11 @@ class Kit:
         self.workdir = workdir
         self.bridge: Bridge | None = None
         self.user: MatrixClient = env.synapse.new_client(f"kit{next(env.users)}")
+        # A second user with only the "relay" permission, registered when a scenario asks.
+        self._relay_localpart = f"kitrelay{next(env.users)}"
+        self._relay_user: MatrixClient | None = None
+        self._members = itertools.count(1)
+        self._others: list[MatrixClient] = []
         self._configs = itertools.count()
         # A room of its own: a portal of an earlier scenario's bridge keeps its alias.
         self.room = driver.room_for(uuid.uuid4().hex[:10])
@@ -108,7 +115,11 @@ class Kit:
                 "database": f"sqlite://{self.workdir / 'bridge.db'}",
             },
             "bridge": {
-                "permissions": {"*": "relay", "localhost": "admin"},
+                "permissions": {
+                    "*": "relay",
+                    "localhost": "admin",
+                    f"@{self._relay_localpart}:localhost": "relay",
+                },
                 "credentials_key": "kit-credentials-key",
             },
             "logging": {"level": "DEBUG"},
@@ -137,6 +148,21 @@ class Kit:
         assert self.bridge is not None, "the kit's bridge is not running"
         return self.bridge
 
+    async def relay_user(self) -> MatrixClient:
+        """A Matrix user the bridge only relays (permission "relay")."""
+        if self._relay_user is None:
+            self._relay_user = await asyncio.to_thread(
+                self.synapse.new_client, self._relay_localpart
+            )
+        return self._relay_user
+
+    async def other_user(self) -> MatrixClient:
+        """A further Matrix user of the bridge's server (so a bridge admin), new each call."""
+        localpart = f"{self.user.user_id[1:].split(':')[0]}m{next(self._members)}"
+        client = await asyncio.to_thread(self.synapse.new_client, localpart)
+        self._others.append(client)
+        return client
+
     # --- rooms --------------------------------------------------------------------------
 
     def alias(self) -> str:
@@ -144,6 +170,7 @@ class Kit:
 
     async def open_portal(self) -> str:
         """Join the portal of the driver's room by its alias; the driver is told."""
+        await self.driver.prepare_room(self)
         room_id = await self.user.join(self.alias())
         await self.driver.portal_ready(self, room_id)
         return room_id
@@ -181,7 +208,8 @@ class Kit:
         self, kind: str, expected: str, limit_s: float = 20.0, **match: Any
     ) -> dict[str, Any]:
         """The first thing the network received of ``kind`` whose fields match (``text`` is
-        matched as a substring: relayed messages carry the sender's name)."""
+        matched as a substring: relayed messages carry the sender's name; a callable is a test
+        of the field)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + limit_s
         while True:
@@ -216,6 +244,33 @@ class Kit:
         await self.running().queues.drain()
         await asyncio.sleep(0.5)
 
+    # --- media ---------------------------------------------------------------------------
+
+    async def upload(self, data: bytes, mimetype: str, filename: str) -> str:
+        """Upload as the kit's user; the mxc URI."""
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"{self.synapse.url}/_matrix/media/v3/upload",
+                params={"filename": filename},
+                data=data,
+                headers={"Authorization": f"Bearer {self.user.token}", "Content-Type": mimetype},
+            ) as resp,
+        ):
+            return str((await resp.json())["content_uri"])
+
+    async def download(self, mxc: str) -> bytes:
+        """Fetch an mxc URI with authenticated media, as the kit's user."""
+        server, media_id = mxc.removeprefix("mxc://").split("/", 1)
+        url = f"{self.synapse.url}/_matrix/client/v1/media/download/{server}/{media_id}"
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(url, headers={"Authorization": f"Bearer {self.user.token}"}) as resp,
+        ):
+            if resp.status != 200:
+                raise ContractError(f"posted {mxc}, which downloads with {resp.status}", "200")
+            return await resp.read()
+
     # --- straight to the appservice API, as a homeserver would ------------------------------
 
     async def put_transaction(self, txn_id: str, events: list[Event]) -> int:
@@ -240,12 +295,36 @@ class Kit:
     async def close(self) -> None:
         await self.stop_bridge()
         await self.user.close()
+        if self._relay_user is not None:
+            await self._relay_user.close()
+        for other in self._others:
+            await other.close()
+
+
+def png(width: int = 16, height: int = 16, rgb: tuple[int, int, int] = (30, 120, 200)) -> bytes:
+    """A small valid PNG image."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        tagged = kind + data
+        return struct.pack(">I", len(data)) + tagged + struct.pack(">I", zlib.crc32(tagged))
+
+    raw = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _matches(entry: dict[str, Any], match: dict[str, Any]) -> bool:
     for key, want in match.items():
         got = entry.get(key)
-        if key == "text":
+        if callable(want):
+            if not want(got):
+                return False
+        elif key == "text":
             if not (isinstance(got, str) and want in got):
                 return False
         elif got != want:

@@ -1,6 +1,7 @@
 """The connector kit's standard scenarios against the IRC connector and a real ngircd. Edits
 and reactions are configured off (IRC has neither: the kit checks the notice); redactions are
-refused by the connector. A remote user is a plain IRC client in each scenario's channel."""
+refused by the connector; a relay-only Matrix user speaks through the bridge's bot. A remote
+user is a plain IRC client in each scenario's channel."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class IrcDriver:
     connector = "irc"
     network = "irc_test"
     prefix = "irc_test_"
-    capabilities = frozenset({"formatting", "remote_formatting"})
+    capabilities = frozenset({"formatting", "remote_formatting", "relay", "membership"})
 
     def __init__(self, server: IrcServer) -> None:
         self.server = server
@@ -55,6 +56,9 @@ class IrcDriver:
             await self.remy.close()
             self.remy = None
 
+    async def prepare_room(self, kit: Kit) -> None:
+        pass
+
     async def portal_ready(self, kit: Kit, room_id: str) -> None:
         self.remy = await RawIRC(self.server.host, self.server.port, f"remy{next(_n)}").connect()
         await self.remy.join(kit.room)
@@ -84,11 +88,23 @@ class IrcDriver:
     async def remote_redaction(self, kit: Kit, target: str) -> None:
         raise NotImplementedError("IRC has no deletions")
 
+    async def remote_image(self, kit: Kit, data: bytes, filename: str) -> str | None:
+        raise NotImplementedError("not declared: remote_media")
+
     def received(self, kit: Kit) -> list[dict[str, Any]]:
         if self.remy is None:
             return []
-        out = []
-        for line in self.remy.messages(kit.room):
+        out: list[dict[str, Any]] = []
+        for line in self.remy.lines:
+            if line.command in ("JOIN", "PART", "QUIT") and line.nick != self.remy.nick:
+                if line.command == "QUIT" or line.param(0).lower() == kit.room.lower():
+                    kind = "join" if line.command == "JOIN" else "leave"
+                    out.append({"kind": "membership", "membership": kind, "who": line.nick})
+                continue
+            if line.command not in ("PRIVMSG", "NOTICE"):
+                continue
+            if line.param(0).lower() != kit.room.lower():
+                continue
             raw = line.param(1)
             bold = re.sub(r"\x02(.*?)\x02", r"<strong>\1</strong>", raw)
             out.append(
@@ -110,5 +126,5 @@ def mimi_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IrcDriver]
     server.stop()
 
 
-class TestIrc(ConnectorScenarios):
+class TestIrc(ConnectorScenarios, driver=IrcDriver):
     pass

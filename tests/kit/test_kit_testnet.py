@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge.connector import PortalKey
+from bridge.connector import Attachment, PortalKey
 from bridge.testing import ConnectorScenarios, Kit
 
 
@@ -31,6 +31,8 @@ class TestNetDriver:
             "remote_redactions",
             "relay",
             "remote_large_messages",
+            "media",
+            "remote_media",
         }
     )
 
@@ -44,6 +46,9 @@ class TestNetDriver:
         pass
 
     async def stop(self) -> None:
+        pass
+
+    async def prepare_room(self, kit: Kit) -> None:
         pass
 
     async def portal_ready(self, kit: Kit, room_id: str) -> None:
@@ -68,11 +73,19 @@ class TestNetDriver:
     async def remote_redaction(self, kit: Kit, target: str) -> None:
         await self._tn(kit).remote_redaction(kit.room, "remy", target)
 
+    async def remote_image(self, kit: Kit, data: bytes, filename: str) -> str | None:
+        image = Attachment(filename, "image/png", data=data, size=len(data))
+        return str(await self._tn(kit).remote_message(kit.room, "remy", "", attachments=[image]))
+
     def received(self, kit: Kit) -> list[dict[str, Any]]:
         if kit.bridge is None:
             return []
         key = PortalKey(self.network, kit.room)
-        return [e for e in self._tn(kit).sent if e.get("room") == key.remote_id]
+        return [
+            {**e, "file": e["files"][0][0]} if e.get("files") else e
+            for e in self._tn(kit).sent
+            if e.get("room") == key.remote_id
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -80,5 +93,5 @@ def mimi_driver() -> TestNetDriver:
     return TestNetDriver()
 
 
-class TestTestNet(ConnectorScenarios):
+class TestTestNet(ConnectorScenarios, driver=TestNetDriver):
     pass

@@ -64,6 +64,9 @@ class WebhooksDriver:
         if self._runner:
             await self._runner.cleanup()
 
+    async def prepare_room(self, kit: Kit) -> None:
+        pass
+
     async def portal_ready(self, kit: Kit, room_id: str) -> None:
         reply = await kit.command(room_id, "!mimi webhook create kit", "Created the webhook")
         m = URL.search(reply)
@@ -91,6 +94,9 @@ class WebhooksDriver:
     async def remote_redaction(self, kit: Kit, target: str) -> None:
         raise NotImplementedError
 
+    async def remote_image(self, kit: Kit, data: bytes, filename: str) -> str | None:
+        raise NotImplementedError("not declared: remote_media")
+
     def received(self, kit: Kit) -> list[dict[str, Any]]:
         return list(self.got)
 
@@ -100,5 +106,5 @@ def mimi_driver() -> WebhooksDriver:
     return WebhooksDriver()
 
 
-class TestWebhooks(ConnectorScenarios):
+class TestWebhooks(ConnectorScenarios, driver=WebhooksDriver):
     pass

@@ -47,6 +47,7 @@ class XmppDriver:
             "remote_reactions",
             "remote_redactions",
             "remote_large_messages",
+            "membership",
         }
     )
 
@@ -69,6 +70,9 @@ class XmppDriver:
         if self.alice is not None:
             await self.alice.close()
             self.alice = None
+
+    async def prepare_room(self, kit: Kit) -> None:
+        pass
 
     async def portal_ready(self, kit: Kit, room_id: str) -> None:
         pass
@@ -120,6 +124,9 @@ class XmppDriver:
         rt["retract"]["id"] = target
         rt.send()
 
+    async def remote_image(self, kit: Kit, data: bytes, filename: str) -> str | None:
+        raise NotImplementedError("not declared: remote_media")
+
     def received(self, kit: Kit) -> list[dict[str, Any]]:
         if self.alice is None:
             return []
@@ -137,6 +144,11 @@ class XmppDriver:
             return sid_of.get(ident) or ident
 
         out: list[dict[str, Any]] = []
+        for p in self.alice.presences:
+            who = str(p["from"])
+            if who.startswith(kit.room + "/") and who != mine:
+                kind = "leave" if p["type"] == "unavailable" else "join"
+                out.append({"kind": "membership", "membership": kind, "who": who.split("/", 1)[1]})
         for m in msgs:
             reactions, retract = m.xml.find(NS_REACTIONS), m.xml.find(NS_RETRACT)
             replace, reply = m.xml.find(NS_REPLACE), m.xml.find(NS_REPLY)
@@ -171,5 +183,5 @@ def mimi_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XmppDriver
     server.stop()
 
 
-class TestXmpp(ConnectorScenarios):
+class TestXmpp(ConnectorScenarios, driver=XmppDriver):
     pass

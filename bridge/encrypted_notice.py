@@ -41,7 +41,7 @@ class EncryptedNotices:
         self._last.pop(room_id, None)
 
 
-LEAD = "This bridge cannot read encrypted messages yet"
+LEAD = "This bridge cannot read encrypted messages (its admin has not turned encryption on)"
 
 
 def _missed(n: int) -> str:
@@ -79,13 +79,15 @@ def for_dm(name: str, ghost: str, missed: int) -> str:
 
 def welcome_warning(bot: str) -> str:
     return (
-        " This room is encrypted, and this bridge cannot read encrypted messages yet: to send "
-        f"commands, create a room without encryption and invite {bot}."
+        " This room is encrypted, and this bridge cannot read encrypted messages (its admin"
+        " has not turned encryption on): to send commands, create a room without encryption"
+        f" and invite {bot}."
     )
 
 
 def dm_warning(ghost: str) -> str:
     return (
-        " But this chat is encrypted, and this bridge cannot read encrypted messages yet: "
-        f"create a room without encryption and invite {ghost} instead."
+        " But this chat is encrypted, and this bridge cannot read encrypted messages (its admin"
+        " has not turned encryption on): create a room without encryption and invite"
+        f" {ghost} instead."
     )

@@ -15,6 +15,7 @@ from ruamel.yaml import YAML
 
 from bridge.bridge import Bridge
 from bridge.config import load as load_config
+from tests.harness.nats import NatsServer, start_nats
 from tests.harness.ports import free_port
 from tests.harness.postgres import PostgresServer, start_postgres
 from tests.harness.synapse import SynapseServer, start_synapse
@@ -116,6 +117,15 @@ def synapse(
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     server = start_postgres(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A JetStream nats-server of the test's own (it starts in well under a second), so a
+    test may restart or kill it."""
+    server = start_nats(tmp_path / "nats")
     yield server
     server.stop()
 

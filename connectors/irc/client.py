@@ -123,9 +123,11 @@ class ConnectPacer:
         if self._wake is not None:
             self._wake.set()
 
-    @property
-    def waiting(self) -> int:
-        return sum(not f.done() for q in (self._free, self._gated) for _, _, f in q)
+    def close(self) -> None:
+        """Stop granting (the connections are gone)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
     def _pick(self) -> asyncio.Future[None] | None:
         for queue in (self._free, self._gated):

@@ -277,6 +277,7 @@ class Network(ConnectionHandler):
     async def stop(self) -> None:
         await self.pool.close()
         await self.bot.quit("bridge shutting down")
+        self.pacer.close()
         if self._split_timer is not None:
             self._split_timer.cancel()
             self._split_timer = None

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from .identd import IdentTable
 from .ids import CHANTYPES_DEFAULT
@@ -86,6 +87,15 @@ def _set_freebind(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
     except OSError:
         pass  # not Linux: the address must be on an interface
+
+
+async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[Any]:
+    """getaddrinfo; an address literal without the thread pool (no lookup, so it cannot
+    block), which also keeps paced connects in the order the pacer granted them."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
 class ConnectPacer:
@@ -568,9 +578,9 @@ class IRCConnection(asyncio.Protocol):
         as soon as the TCP connection is accepted.
         """
         p = self.params
-        infos = await loop.getaddrinfo(p.host, p.port, type=socket.SOCK_STREAM)
+        infos = await _resolve(loop, p.host, p.port)
         if p.bind_address:
-            binds = await loop.getaddrinfo(p.bind_address, 0, type=socket.SOCK_STREAM)
+            binds = await _resolve(loop, p.bind_address, 0)
             families = {b[0] for b in binds}
             infos = [i for i in infos if i[0] in families]
             if not infos:

@@ -25,8 +25,8 @@ from .test_e2e_synapse import _crash, alias, irc_connectors, joined, matrix_user
 
 USERS = 20
 RATE = 5
-REGISTERED = re.compile(r'^\[\d+:\d+\s+(\d+)\] User "([^!"]+)!.*" registered')
-ACCEPTED = re.compile(r"^\[\d+:\d+\s+(\d+)\] Accepted connection")
+REGISTERED = re.compile(r'^\[\d+:\d+\s+\d+\] User "([^!"]+)!.*" registered \(connection (\d+)\)')
+ACCEPTED = re.compile(r"^\[\d+:\d+\s+(\d+)\] Accepted connection (\d+) ")
 
 
 @pytest.fixture
@@ -72,17 +72,35 @@ def log_text(server: IrcServer) -> str:
     return (server.workdir / "ngircd.log").read_text(errors="replace")
 
 
-async def registrations(server: IrcServer, mark: int, count: int) -> tuple[list[str], list[int]]:
-    """The nicks registered after offset ``mark`` of the log, in order (waiting for
-    ``count``), and the second of each connection accepted meanwhile."""
+class Seen:
+    """What ngircd's log says after an offset: the nicks in the order their connections were
+    accepted (the bridge's order; registrations may finish out of it when the server is
+    busy), the nicks in the order they registered, and the second of each accept."""
 
-    def parse() -> tuple[list[str], list[int]] | None:
-        lines = log_text(server)[mark:].splitlines()
-        nicks = [m.group(2) for m in map(REGISTERED.match, lines) if m]
-        accepted = [int(m.group(1)) for m in map(ACCEPTED.match, lines) if m]
-        return (nicks, accepted) if len(nicks) >= count else None
+    def __init__(self, text: str) -> None:
+        self.accepted: list[str] = []
+        self.registered: list[str] = []
+        self.seconds: list[int] = []
+        conns: list[str] = []  # connection numbers in accept order, then their nicks
+        for line in text.splitlines():
+            if m := ACCEPTED.match(line):
+                self.seconds.append(int(m.group(1)))
+                conns.append(m.group(2))
+            elif m := REGISTERED.match(line):
+                self.registered.append(m.group(1))
+                i = len(conns) - 1 - conns[::-1].index(m.group(2))  # its latest accept
+                conns[i] = "=" + m.group(1)
+        self.accepted = [c[1:] for c in conns if c.startswith("=")]
 
-    found: tuple[list[str], list[int]] = await wait_for(parse, 90, f"{count} registrations")
+
+async def registrations(server: IrcServer, mark: int, count: int) -> Seen:
+    """ngircd's log after offset ``mark``, once ``count`` users have registered."""
+
+    def parse() -> Seen | None:
+        seen = Seen(log_text(server)[mark:])
+        return seen if len(seen.registered) >= count else None
+
+    found: Seen = await wait_for(parse, 90, f"{count} registrations")
     return found
 
 
@@ -145,9 +163,10 @@ async def test_reconnects_bot_first_then_most_recently_active(
         mark = len(log_text(ircd))
         connects.times.clear()
         bridge = await make_bridge(connectors=cfg)
-        order, accepted = await registrations(ircd, mark, len(expected))
-        assert order == expected
-        check_pace(accepted, connects.times, len(expected))
+        seen = await registrations(ircd, mark, len(expected))
+        assert seen.accepted == expected
+        assert seen.registered[0] == bot
+        check_pace(seen.seconds, connects.times, len(expected))
 
         # The server crashes and comes back: the bot first again, then the same order.
         net = bridge.connectors["irc"].networks["test"]  # type: ignore[attr-defined]
@@ -158,8 +177,9 @@ async def test_reconnects_bot_first_then_most_recently_active(
         mark = len(log_text(ircd))
         connects.times.clear()
         await asyncio.to_thread(ircd.restart)
-        order, accepted = await registrations(ircd, mark, len(expected))
-        assert order == expected
-        check_pace(accepted, connects.times, len(expected))
+        seen = await registrations(ircd, mark, len(expected))
+        assert seen.accepted == expected
+        assert seen.registered[0] == bot
+        check_pace(seen.seconds, connects.times, len(expected))
     finally:
         await observer.close()

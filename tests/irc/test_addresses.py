@@ -13,6 +13,7 @@ from connectors.irc.client import ConnectPacer
 from connectors.irc.config import parse_network
 
 from .conftest import wait_for
+from .helpers import start_connector
 
 PREFIX = parse_prefix("2001:db8:1::/64")
 
@@ -100,3 +101,22 @@ async def test_pacer_skips_cancelled_waiters() -> None:
     tasks[1].cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert order == [0, 2, 3]
+
+
+async def test_a_puppet_never_leaves_from_another_address(bridge, ngircd) -> None:
+    # ngircd listens on 127.0.0.1 only: a puppet of a bind_prefix has no way there and
+    # says so, instead of connecting from the host's default address.
+    conn = await start_connector(
+        bridge, ngircd, bind_prefix="2001:db8:1::/64", reconnect={"min_delay": 5, "max_delay": 5}
+    )
+    try:
+        puppet = conn.networks["test"].pool.obtain("@bob:example.org", "Bob")
+        assert puppet is not None
+        await wait_for(lambda: puppet.conn.stats.last_error, 15, "the failed attempt")
+        assert puppet.conn.stats.last_error == (
+            f"{ngircd.host} has no IPv6 address to reach from "
+            f"{user_address(PREFIX, '@bob:example.org')}"
+        )
+        assert not puppet.conn.registered
+    finally:
+        await conn.stop()

@@ -9,7 +9,13 @@ Starts ngircd (tests/harness/ircd.py), then in two fresh subprocesses:
 Prints, for each: seconds until all are joined, RSS growth per connection (KiB); then the
 ratios puppets/baseline. Targets: < 10 s and < 50 KiB per connection.
 
-    /tmp/venv/bin/python bench/irc_connections.py [-n 1000]
+Then ``reconnect``: N puppets whose users sent messages in a shuffled order come back, paced
+at ``--rate`` (``connects_per_second``), after a restart of the connector (the order read
+back from its store) and after ngircd is killed and started again. Prints the curve
+(connections up against seconds), the effective rate and whether ngircd saw the bot first
+and then the puppets most recently active first (its log gives the order of registration).
+
+    /tmp/venv/bin/python bench/irc_connections.py [-n 1000] [--only join|reconnect] [--rate 50]
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import asyncio
 import json
 import logging
 import os
+import random
+import re
 import resource
 import subprocess
 import sys
@@ -127,6 +135,164 @@ async def run_puppets(host: str, port: int, n: int) -> dict[str, float]:
     }
 
 
+class MemoryDatabase:
+    """The two queries of the connector's activity store, in memory (shared by the two
+    connector instances of a restart); every other table is missing."""
+
+    def __init__(self) -> None:
+        self.activity: dict[tuple[str, str], int] = {}
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        if "irc_puppet_activity" not in query:
+            raise RuntimeError("no such table")
+        return None
+
+    async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
+        return [
+            {"user_id": user, "last_message": when}
+            for (net, user), when in self.activity.items()
+            if net == args[0]
+        ]
+
+    async def execute(self, query: str, *args: Any) -> None:
+        net, user, when = args
+        self.activity[(net, user)] = max(when, self.activity.get((net, user), 0))
+
+
+class ReconnectBridge(StubBridge):
+    def __init__(self, n: int) -> None:
+        from bridge.connector import MatrixUser, PortalKey
+
+        self.db = MemoryDatabase()
+        self.portal = PortalKey("irc_bench", CHANNEL)
+        self.users = [MatrixUser(f"@user{i}:bench.local", f"User{i}", "user") for i in range(n)]
+
+    async def portals(self, network: str) -> list[Any]:
+        return [self.portal]
+
+    async def portal_members(self, portal: Any) -> list[Any]:
+        return list(self.users)
+
+    def database(self) -> Any:
+        return self.db
+
+
+REGISTERED = re.compile(r'^\[\d+:\d+\s+\d+\] User "([^!"]+)!.*" registered \(connection (\d+)\)')
+ACCEPTED = re.compile(r"^\[\d+:\d+\s+\d+\] Accepted connection (\d+) ")
+
+
+async def curve(net: Any, n: int, t0: float, limit: float) -> list[tuple[float, int]]:
+    """(seconds since t0, connections registered) every 0.1 s until all n + bot are up."""
+    points: list[tuple[float, int]] = []
+    while True:
+        up = net.bot.registered + sum(p.conn.registered for p in net.pool.puppets.values())
+        now = time.monotonic() - t0
+        if not points or points[-1][1] != up:
+            points.append((now, up))
+        if up == n + 1 or now > limit:
+            return points
+        await asyncio.sleep(0.1)
+
+
+def log_order(logfile: Path, mark: int) -> dict[str, list[str]]:
+    """The nicks in the order ngircd accepted their connections (the bridge's doing) and in
+    the order it finished registering them (its own pace under load)."""
+    accepted: list[str] = []  # connection numbers, then nicks
+    registered: list[str] = []
+    for line in logfile.read_text(errors="replace")[mark:].splitlines():
+        if m := ACCEPTED.match(line):
+            accepted.append(m.group(1))
+        elif m := REGISTERED.match(line):
+            registered.append(m.group(1))
+            # the latest accept of that connection number is this user's
+            i = len(accepted) - 1 - accepted[::-1].index(m.group(2))
+            accepted[i] = "nick:" + m.group(1)
+    nicks = [a[5:] for a in accepted if a.startswith("nick:")]
+    return {"accepted": nicks, "registered": registered}
+
+
+def order_report(seen: dict[str, list[str]], expected: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    place = {nick: i for i, nick in enumerate(expected)}
+    for key, nicks in seen.items():
+        # How far each connection landed from its place: neighbours swapped by the jitter
+        # between the pacer's grant and the connect (a thread-pool getaddrinfo) move by a few.
+        moved = [abs(i - place.get(nick, -len(expected))) for i, nick in enumerate(nicks)]
+        out[key] = {
+            "ok": nicks == expected,
+            "count": len(nicks),
+            "bot_first": bool(nicks) and nicks[0] == expected[0],
+            "misplaced": sum(1 for d in moved if d),
+            "max_shift": max(moved, default=0),
+        }
+    return out
+
+
+async def run_reconnect(n: int, rate: float, workdir: str) -> dict[str, Any]:
+    from connectors.irc import IRCConnector
+    from tests.harness.ircd import start_ngircd
+
+    server = start_ngircd(Path(workdir) / "reconnect")
+    logfile = server.workdir / "ngircd.log"
+    cfg = {
+        "networks": {
+            "bench": {
+                "host": server.host,
+                "port": server.port,
+                "connects_per_second": rate,
+                "max_connections": n + 10,
+                "reconnect": {"min_delay": 1, "max_delay": 4},
+                "channels": [CHANNEL],
+                "bot": {"nick": "benchbot"},
+            }
+        }
+    }
+    bridge = ReconnectBridge(n)
+    results: dict[str, Any] = {}
+    try:
+        connector = IRCConnector(bridge, cfg)  # type: ignore[arg-type]
+        await connector.start()  # brings every member's puppet up, paced
+        net = connector.networks["bench"]
+        await curve(net, n, time.monotonic(), 120 + n / rate)
+        # The users spoke in a shuffled order: the last to speak must come back first.
+        speakers = list(bridge.users)
+        random.Random(15).shuffle(speakers)
+        base = time.time() - n
+        for i, user in enumerate(speakers):
+            net.pool.activity[user.user_id] = base + i
+            await connector.activity_store.save("bench", user.user_id, base + i)
+        puppet_nicks = {u.user_id: net.pool.get(u.user_id).conn.nick for u in bridge.users}
+        expected = ["benchbot"] + [puppet_nicks[u.user_id] for u in reversed(speakers)]
+
+        await connector.stop()
+        mark = len(logfile.read_text(errors="replace"))
+        connector = IRCConnector(bridge, cfg)  # type: ignore[arg-type]
+        t0 = time.monotonic()
+        await connector.start()
+        net = connector.networks["bench"]
+        results["restart"] = await curve(net, n, t0, 120 + 2 * n / rate)
+        await asyncio.sleep(0.5)
+        results["restart_order"] = order_report(log_order(logfile, mark), expected)
+
+        proc = server.proc
+        assert proc is not None
+        proc.kill()
+        proc.wait(5)
+        server.proc = None
+        while net.bot.registered:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        mark = len(logfile.read_text(errors="replace"))
+        await asyncio.to_thread(server.restart, 2.0)
+        t0 = time.monotonic()
+        results["outage"] = await curve(net, n, t0, 120 + 2 * n / rate)
+        await asyncio.sleep(0.5)
+        results["outage_order"] = order_report(log_order(logfile, mark), expected)
+        await connector.stop()
+    finally:
+        server.stop()
+    return results
+
+
 async def run_baseline(host: str, port: int, n: int) -> dict[str, float]:
     before = rss_kib()
     start = time.monotonic()
@@ -178,24 +344,80 @@ async def run_baseline(host: str, port: int, n: int) -> dict[str, float]:
     return {"seconds": elapsed, "kib_per_conn": (after - before) / n, "failed": failed}
 
 
-def child(mode: str, host: str, port: int, n: int) -> None:
+def child(mode: str, host: str, port: int, n: int, rate: float, workdir: str) -> None:
     raise_fd_limit()
     logging.basicConfig(level=logging.WARNING)
+    if mode == "reconnect":
+        print(json.dumps(asyncio.run(run_reconnect(n, rate, workdir))))
+        return
     fn = run_puppets if mode == "puppets" else run_baseline
     print(json.dumps(asyncio.run(fn(host, port, n))))
+
+
+def print_curve(title: str, points: list[tuple[float, int]], n: int, rate: float) -> None:
+    print(f"  {title}: connections up (of {n + 1}) against seconds")
+    marks = sorted({1, 2, 5, 10, 20, 30, 60, 120, 300} | {int(points[-1][0]) + 1})
+    for mark in marks:
+        if mark > points[-1][0] + 1:
+            break
+        up = max((c for t, c in points if t <= mark), default=0)
+        print(f"    {mark:>4} s: {up:>5}")
+    first = next((t for t, c in points if c >= 1), 0.0)
+    end, up = points[-1]
+    span = max(end - first, 1e-3)
+    print(f"    bot up after {first:.1f} s; all {up} up after {end:.1f} s; "
+          f"{(up - 1) / span:.1f} connections/s after the bot (configured {rate:g})")  # fmt: skip
+
+
+def run_reconnect_child(n: int, rate: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="irc-bench-") as tmp:
+        argv = [sys.executable, __file__, "--child", "reconnect", "-n", str(n)]
+        argv += ["--rate", str(rate), "--workdir", tmp]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=600 + 4 * n / rate)
+    if out.returncode != 0:
+        print(out.stderr, file=sys.stderr)
+        raise SystemExit("reconnect run failed")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    if os.environ.get("BENCH_JSON"):
+        Path(os.environ["BENCH_JSON"]).write_text(json.dumps(r))  # the raw figures, kept
+    print(f"{n} puppets reconnecting at connects_per_second={rate:g} on ngircd (loopback)")
+    for phase, title in (
+        ("restart", "after a bridge restart"),
+        ("outage", "after an ngircd crash"),
+    ):
+        print_curve(title, r[phase], n, rate)
+        for key, what in (("accepted", "connections accepted"), ("registered", "registrations")):
+            o = r[f"{phase}_order"][key]
+            ok = "bot first, then most recently active first"
+            if not o["ok"]:
+                ok = (
+                    f"{'bot first' if o['bot_first'] else 'bot NOT first'}; {o['misplaced']} "
+                    f"of {o['count']} off their place, by at most {o['max_shift']}"
+                )
+            print(f"    order of {what} (ngircd log): {ok}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=1000)
-    parser.add_argument("--child", choices=["puppets", "baseline"])
+    parser.add_argument("--child", choices=["puppets", "baseline", "reconnect"])
+    parser.add_argument("--only", choices=["join", "reconnect"])
+    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--workdir", default="")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.host, args.port, args.n)
+        child(args.child, args.host, args.port, args.n, args.rate, args.workdir)
         return
     raise_fd_limit()
+    if args.only != "reconnect":
+        run_join(args.n)
+    if args.only != "join":
+        run_reconnect_child(args.n, args.rate)
+
+
+def run_join(n: int) -> None:
     from tests.harness.ircd import start_ngircd
 
     results: dict[str, dict[str, float]] = {}
@@ -214,7 +436,7 @@ def main() -> None:
                         "--port",
                         str(server.port),
                         "-n",
-                        str(args.n),
+                        str(n),
                     ],
                     capture_output=True,
                     text=True,
@@ -227,7 +449,6 @@ def main() -> None:
             finally:
                 server.stop()
     p, b = results["puppets"], results["baseline"]
-    n = args.n
     print(f"{n} connections joined to one channel on ngircd (loopback)")
     print(f"  baseline (raw asyncio NICK/USER/JOIN): {b['seconds']:.2f} s, "
           f"{b['kib_per_conn']:.1f} KiB/conn")  # fmt: skip

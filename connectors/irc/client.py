@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import heapq
 import itertools
 import logging
 import random
@@ -24,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from .identd import IdentTable
 from .ids import CHANTYPES_DEFAULT
@@ -77,21 +79,99 @@ class CommandRefused(Exception):
         self.code = code
 
 
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux; IPv6 sockets honour it too
+
+
+def _set_freebind(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+    except OSError:
+        pass  # not Linux: the address must be on an interface
+
+
+async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[Any]:
+    """getaddrinfo; an address literal without the thread pool (no lookup, so it cannot
+    block), which also keeps paced connects in the order the pacer granted them."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
 class ConnectPacer:
-    """At most ``rate`` connection attempts per second among the connections sharing it."""
+    """At most ``rate`` connection attempts per second among the connections sharing it, the
+    waiting one of lowest rank first.
 
-    def __init__(self, rate: float) -> None:
+    After a restart or an outage everything waits at once: the bot (rank -inf, not gated)
+    goes first, then the puppets, most recently active first. Gated waiters (puppets) wait
+    until ``gate()`` is true (the bot is back), so they queue up in rank order meanwhile
+    instead of racing in on their own timers; :meth:`poke` says the gate may have opened.
+    """
+
+    def __init__(self, rate: float, gate: Callable[[], bool] | None = None) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.gate = gate
         self._next = 0.0
+        self._seq = itertools.count()
+        self._free: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._gated: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
 
-    async def wait(self) -> None:
-        if not self.interval:
-            return
-        now = asyncio.get_running_loop().time()
-        slot = max(now, self._next)
-        self._next = slot + self.interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+    async def wait(self, rank: float = 0.0, gated: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._gated if gated else self._free, (rank, next(self._seq), future))
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._grant_loop())
+        await future  # a cancelled waiter is skipped by the grant loop
+
+    def poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def close(self) -> None:
+        """Stop granting (the connections are gone)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def _pick(self) -> asyncio.Future[None] | None:
+        for queue in (self._free, self._gated):
+            while queue and queue[0][2].done():
+                heapq.heappop(queue)
+        gate_open = self.gate is None or self.gate()
+        candidates = [q for q in (self._free, self._gated if gate_open else []) if q]
+        if not candidates:
+            return None
+        return heapq.heappop(min(candidates, key=lambda q: q[0][:2]))[2]
+
+    async def _grant_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wake is not None
+        while self._free or self._gated:
+            now = loop.time()
+            if self._next > now:
+                # Waiters arriving meanwhile are ranked before the slot is given.
+                await asyncio.sleep(self._next - now)
+                continue
+            self._wake.clear()
+            future = self._pick()
+            if future is None:
+                if not (self._free or self._gated):
+                    break
+                # Only gated waiters, gate closed: poke() or a new waiter wakes us; the
+                # timeout catches a gate that opened without a poke (the bot failed for good).
+                try:
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                continue
+            future.set_result(None)
+            self._next = loop.time() + self.interval
 
 
 @dataclass(slots=True)
@@ -116,6 +196,9 @@ class ConnParams:
     register_timeout: float = 30.0
     nicklen: int = 30
     bind_address: str | None = None  # local address the connection leaves from
+    # Bind even when the address is not on an interface: an address of a prefix routed to
+    # this host (``ip -6 route add local <prefix> dev lo``) is bindable only so.
+    freebind: bool = False
     ident: IdentTable | None = None  # where the ident server finds this connection's USER
 
 
@@ -150,6 +233,10 @@ class ConnectionHandler:
         from .ids import alternative_nick
 
         return alternative_nick(conn.params.nick, attempt, conn.params.nicklen)
+
+    def irc_connect_rank(self, conn: IRCConnection) -> tuple[float, bool]:
+        """Where ``conn`` queues at the pacer: (rank, lower first; gated: waits for the gate)."""
+        return 0.0, False
 
 
 @dataclass(slots=True)
@@ -443,11 +530,12 @@ class IRCConnection(asyncio.Protocol):
         p = self.params
         while self.state not in ("closed", "registered"):
             if self.pacer is not None:
-                await self.pacer.wait()
+                await self.pacer.wait(*self.handler.irc_connect_rank(self))
             if self.state == "closed":
                 return
             self.state = "connecting"
             self.stats.connects += 1
+            log.debug("%s: connecting (attempt %d)", self.name, self.stats.connects)
             try:
                 self._lost = loop.create_future()
                 await asyncio.wait_for(self._open(loop), p.register_timeout)
@@ -490,11 +578,15 @@ class IRCConnection(asyncio.Protocol):
         as soon as the TCP connection is accepted.
         """
         p = self.params
-        infos = await loop.getaddrinfo(p.host, p.port, type=socket.SOCK_STREAM)
+        infos = await _resolve(loop, p.host, p.port)
         if p.bind_address:
-            binds = await loop.getaddrinfo(p.bind_address, 0, type=socket.SOCK_STREAM)
+            binds = await _resolve(loop, p.bind_address, 0)
             families = {b[0] for b in binds}
-            infos = [i for i in infos if i[0] in families] or infos
+            infos = [i for i in infos if i[0] in families]
+            if not infos:
+                # Leaving from another address than the configured one would be worse.
+                version = "IPv6" if socket.AF_INET6 in families else "IPv4"
+                raise OSError(f"{p.host} has no {version} address to reach from {p.bind_address}")
         else:
             binds = []
         error: OSError = OSError(f"no address for {p.host}")
@@ -504,7 +596,12 @@ class IRCConnection(asyncio.Protocol):
                 sock.setblocking(False)
                 for b in binds:
                     if b[0] == family:
-                        sock.bind(b[4])
+                        if p.freebind:
+                            _set_freebind(sock)
+                        try:
+                            sock.bind(b[4])
+                        except OSError as e:
+                            raise OSError(e.errno, f"cannot bind {p.bind_address}: {e}") from e
                         break
                 await loop.sock_connect(sock, addr)
             except OSError as e:

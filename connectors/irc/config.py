@@ -43,7 +43,11 @@ Example::
                                         # before their ghost leaves; 0: leave at once
             channels: ["#bridge-test"]  # joined by the bot at start
             puppets: true               # false: relay through the bot only
-            bind_address: null          # local address to connect from (default: any)
+            bind_address: null          # local address to connect from (default: any);
+                                        # with bind_prefix: the bot's only
+            bind_prefix: null           # IPv6 prefix, e.g. 2001:db8:1::/64: each Matrix
+                                        # user's puppet connects from its own address in it
+            bind_key: null              # secret keying the address hash (default: fixed)
         identd:                         # built-in ident server (RFC 1413), shared by networks
           enabled: false
           listen: "::"                  # "::" takes IPv4 too; or 0.0.0.0, or one address
@@ -54,6 +58,23 @@ Example::
 own username (``username_template``; the bot's ``bot.username``) for the port pair of a
 connection the bridge holds to the querying server, ``NO-USER`` for every other pair. Servers
 show users without an ident answer with a ``~`` before their username.
+
+``bind_prefix`` gives every puppet a source address of its own, so a network sees (and can
+ban, allow or rate-limit) each Matrix user apart: the host bits are a keyed hash (BLAKE2b)
+of the Matrix user id, the same after restarts and upgrades. The bot connects from
+``bind_address`` (IPv4 or IPv6; default: any). The host must be able to send from every
+address of the prefix and receive on them: route it to the host
+(``ip -6 route add local 2001:db8:1::/64 dev lo``, besides the upstream route); the bridge
+binds with ``IP_FREEBIND``, so no address needs configuring one by one. The server must have
+an IPv6 address; a puppet never falls back to another source address. ``bind_key`` (any
+string) keys the hash so that nobody can tell which Matrix user an address is by hashing
+ids; changing it gives every user a new address.
+
+``connects_per_second`` paces every (re)connect of the network, the bot's included: after a
+bridge restart or when the server comes back after an outage the bot connects first, then
+the puppets, most recently active first (the last message each user sent through the bridge,
+kept in the bridge's database so a restart knows it), one every 1/``connects_per_second``
+seconds. Puppets wait for the bot to be back before they reconnect.
 
 ``casemapping`` is the form nicks and channels take in Matrix ids: ghost localparts
 (``@irc_libera_foo=7b1=7d``), room aliases and portal ids. It is fixed by the config, not by the
@@ -71,6 +92,7 @@ them).
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -78,6 +100,7 @@ from typing import Any
 
 from bridge.connector.base import ConfigError
 
+from .addresses import parse_prefix
 from .ids import valid_channel, valid_netid, valid_nick
 
 POLICIES = {
@@ -132,6 +155,8 @@ class NetworkConfig:
     puppets: bool = True
     display_name: str = ""
     bind_address: str | None = None
+    bind_prefix: ipaddress.IPv6Network | None = None
+    bind_key: str = ""
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -236,6 +261,20 @@ def parse_network(netid: str, section: Any) -> NetworkConfig:
     if rmax < rmin:
         raise ConfigError(p + "reconnect.max_delay", "must be at least min_delay")
     ca = _str(section, "tls_ca_file", None, p)
+    prefix_text = _str(section, "bind_prefix", None, p)
+    prefix = None
+    if prefix_text:
+        try:
+            prefix = parse_prefix(prefix_text)
+        except ValueError as e:
+            raise ConfigError(p + "bind_prefix", str(e)) from None
+    bind_address = _str(section, "bind_address", None, p) or None
+    if bind_address:
+        try:
+            ipaddress.ip_address(bind_address)
+        except ValueError:
+            msg = f"{bind_address!r} is not an IP address"
+            raise ConfigError(p + "bind_address", msg) from None
     return NetworkConfig(
         netid=netid,
         host=host,
@@ -269,7 +308,9 @@ def parse_network(netid: str, section: Any) -> NetworkConfig:
         channels=list(channels),
         puppets=_bool(section, "puppets", True, p),
         display_name=_str(section, "display_name", "", p) or netid,
-        bind_address=_str(section, "bind_address", None, p) or None,
+        bind_address=bind_address,
+        bind_prefix=prefix,
+        bind_key=_str(section, "bind_key", "", p) or "",
     )
 
 

@@ -48,6 +48,7 @@ from bridge.connector import (
 from bridge.connector.ids import escape_localpart
 
 from . import ids
+from .activity import ActivityStore
 from .client import (
     CommandRefused,
     ConnectionHandler,
@@ -86,7 +87,10 @@ class Network(ConnectionHandler):
         self.cfg = cfg
         self.network = ids.network_of(cfg.netid)
         self.prefix = self.network + "_"
-        self.pacer = ConnectPacer(cfg.connects_per_second)
+        # Puppets reconnect once the bot is back (or gave up for good): it goes first.
+        self.pacer = ConnectPacer(
+            cfg.connects_per_second, gate=lambda: self.bot.state in ("registered", "failed")
+        )
         self.pool = PuppetPool(
             cfg,
             self.pacer,
@@ -149,6 +153,12 @@ class Network(ConnectionHandler):
         channels are compared at run time with the server's mapping (``conn.fold``)."""
         return ids.canonical_nick(name, self.cfg.casemapping)
 
+    def irc_connect_rank(self, conn: IRCConnection) -> tuple[float, bool]:
+        return float("-inf"), False  # the bot before every puppet
+
+    def irc_registered(self, conn: IRCConnection) -> None:
+        self.pacer.poke()  # the puppets waiting for the bot may go
+
     def irc_casemapping(self, conn: IRCConnection) -> None:
         """The bot learnt the server's mapping: what the network keeps is re-folded with it."""
         self.pool.set_casemapping(conn.casemapping)
@@ -205,6 +215,7 @@ class Network(ConnectionHandler):
         except Exception:
             log.exception("%s: loading logins failed", self.cfg.netid)
         await self.connector.nick_store.load(self)
+        self.pool.activity.update(await self.connector.activity_store.load(self.cfg.netid))
         for channel in self.cfg.channels:
             self.bot.channels[self.bot.fold(channel)] = None
             self.bot.channel_names[self.bot.fold(channel)] = channel
@@ -237,11 +248,13 @@ class Network(ConnectionHandler):
         return list(found.values())
 
     async def _reconnect_members(self) -> None:
-        """Bring back the puppets of portal members after a restart, paced by the pacer."""
+        """Bring back the puppets of portal members after a restart, the users who sent a
+        message most recently first, paced by the pacer (after the bot)."""
         try:
             portals = await self.bridge.portals(self.network)
         except Exception:
             return
+        wanted: dict[str, tuple[MatrixUser, list[str]]] = {}
         for portal in portals:
             if portal.receiver:
                 continue
@@ -251,14 +264,20 @@ class Network(ConnectionHandler):
                 continue
             channel = self.channel_name(portal.remote_id)
             for user in members:
-                puppet = self.pool.obtain(user.user_id, user.display_name)
-                if puppet is not None:
+                wanted.setdefault(user.user_id, (user, []))[1].append(channel)
+        activity = self.pool.activity
+        order = sorted(wanted.values(), key=lambda uc: -activity.get(uc[0].user_id, 0.0))
+        for user, channels in order:
+            puppet = self.pool.obtain(user.user_id, user.display_name)
+            if puppet is not None:
+                for channel in channels:
                     puppet.conn.channels.setdefault(puppet.conn.fold(channel), None)
                     puppet.conn.channel_names[puppet.conn.fold(channel)] = channel
 
     async def stop(self) -> None:
         await self.pool.close()
         await self.bot.quit("bridge shutting down")
+        self.pacer.close()
         if self._split_timer is not None:
             self._split_timer.cancel()
             self._split_timer = None
@@ -441,7 +460,14 @@ class IRCClient(NetworkClient):
 
     # --- NetworkClient ------------------------------------------------------------------------
 
+    def _sent_message(self) -> None:
+        if self.puppet is not None:
+            when = self.puppet.sent_message()
+            store = self.net.connector.activity_store
+            self.net.spawn(store.save(self.net.cfg.netid, self.puppet.user_id, when))
+
     async def handle_matrix_message(self, msg: MatrixMessage) -> SentMessage:
+        self._sent_message()
         target = await self._prepare(msg.portal, msg.sender.user_id)
         text = content_to_irc(msg.content, self.net.nick_of_user)
         prefix = ""
@@ -459,6 +485,7 @@ class IRCClient(NetworkClient):
     async def handle_matrix_edit(self, edit: MatrixEdit) -> SentMessage | None:
         if self.net.cfg.edits == "off":
             raise NotSupported("Edits are not sent to IRC; the IRC side still sees the original.")
+        self._sent_message()
         target = await self._prepare(edit.portal, edit.sender.user_id)
         text = content_to_irc(edit.content, self.net.nick_of_user)
         prefix = "* " if self.puppet is not None else f"<{edit.sender.display_name}> * "
@@ -685,6 +712,7 @@ class IRCConnector(NetworkConnector):
         self.identd: IdentServer | None = None
         self.networks: dict[str, Network] = {}
         self.nick_store = NickStore(bridge)
+        self.activity_store = ActivityStore(bridge)
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> None:

@@ -4,7 +4,9 @@ puppet quits), idle disconnect, and the index nick -> puppet the listener uses t
 its own puppets.
 
 Every connection of a network shares one :class:`ConnectPacer`, so a bridge restart or a
-netsplit reconnects at most ``connects_per_second`` puppets per second.
+netsplit reconnects at most ``connects_per_second`` puppets per second, after the bot, the
+users who sent a message most recently first. With ``bind_prefix`` each puppet connects from
+its user's own address (:mod:`.addresses`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .addresses import user_address
 from .client import (
     ConnectionHandler,
     ConnectPacer,
@@ -40,6 +43,9 @@ class Puppet(ConnectionHandler):
         self.user_id = user_id
         self.display_name = display_name
         self.last_active = time.monotonic()
+        # Wall-clock time of the user's last message through the bridge (0: none known):
+        # the most recent reconnect first after a restart or an outage.
+        self.last_message = pool.activity.get(user_id, 0.0)
         self.custom_nick: str | None = None
         cfg = pool.cfg
         creds = pool.credentials.get(user_id, {})
@@ -67,7 +73,10 @@ class Puppet(ConnectionHandler):
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_timeout,
             register_timeout=cfg.register_timeout,
-            bind_address=cfg.bind_address,
+            bind_address=user_address(cfg.bind_prefix, user_id, cfg.bind_key)
+            if cfg.bind_prefix is not None
+            else cfg.bind_address,
+            freebind=cfg.bind_prefix is not None,
             ident=pool.ident,
         )
         self.conn = IRCConnection(
@@ -76,6 +85,12 @@ class Puppet(ConnectionHandler):
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
+
+    def sent_message(self) -> float:
+        """The user sent a message through the bridge now; returns the time to keep."""
+        self.touch()
+        self.last_message = self.pool.activity[self.user_id] = time.time()
+        return self.last_message
 
     def set_nick(self, nick: str) -> None:
         self.conn.params.nick = nick
@@ -129,6 +144,9 @@ class Puppet(ConnectionHandler):
     def irc_registered(self, conn: IRCConnection) -> None:
         self.pool.index_nick(self, conn.nick)
 
+    def irc_connect_rank(self, conn: IRCConnection) -> tuple[float, bool]:
+        return -self.last_message, True  # after the bot, most recently active first
+
     def irc_casemapping(self, conn: IRCConnection) -> None:
         self.pool.set_casemapping(conn.casemapping)
 
@@ -178,6 +196,7 @@ class PuppetPool:
         self.by_nick: dict[str, Puppet] = {}
         self.credentials: dict[str, dict[str, Any]] = {}
         self.custom_nicks: dict[str, str] = {}
+        self.activity: dict[str, float] = {}  # user id -> time of their last message
         self.on_private = on_private
         self.on_notice = on_notice
         self.on_fatal = on_fatal

@@ -12,4 +12,8 @@ MIGRATIONS: Migrations = [
     # 1: custom nicks of Matrix users' puppets (``irc nick``).
     "CREATE TABLE IF NOT EXISTS irc_puppet_nick (network TEXT NOT NULL, "
     "user_id TEXT NOT NULL, nick TEXT NOT NULL, PRIMARY KEY (network, user_id))",
+    # 2: when each Matrix user last sent a message through a network (milliseconds since the
+    # epoch): reconnects after a restart go most recent first.
+    "CREATE TABLE irc_puppet_activity (network TEXT NOT NULL, user_id TEXT NOT NULL, "
+    "last_message BIGINT NOT NULL, PRIMARY KEY (network, user_id))",
 ]

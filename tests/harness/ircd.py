@@ -93,7 +93,7 @@ NGIRCD_CONF = """\
 [Global]
 \tName = irc.test.local
 \tInfo = mimi-bridge test ircd
-\tListen = 127.0.0.1
+\tListen = {listen}
 \tPorts = {port}
 \tMotdPhrase = "bridge test server"
 [Limits]
@@ -114,8 +114,11 @@ NGIRCD_CONF = """\
 """
 
 
-def start_ngircd(workdir: Path | str, port: int | None = None, penalty: int = 0) -> IrcServer:
-    """Start ngircd on 127.0.0.1. ``penalty=-1`` keeps ngircd's own flood throttling."""
+def start_ngircd(
+    workdir: Path | str, port: int | None = None, penalty: int = 0, listen: str = "127.0.0.1"
+) -> IrcServer:
+    """Start ngircd on 127.0.0.1 (or the comma-separated ``listen`` addresses, the first one
+    being ``host``). ``penalty=-1`` keeps ngircd's own flood throttling."""
     binary = _need("ngircd", "ngircd")
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -124,12 +127,13 @@ def start_ngircd(workdir: Path | str, port: int | None = None, penalty: int = 0)
     os.chmod(workdir, 0o755)
     port = port or free_port()
     conf = workdir / "ngircd.conf"
-    conf.write_text(NGIRCD_CONF.format(port=port, confd=confd, penalty=penalty))
+    conf.write_text(NGIRCD_CONF.format(port=port, confd=confd, penalty=penalty, listen=listen))
     os.chmod(conf, 0o644)
     check = subprocess.run([binary, "-t", "-f", str(conf)], capture_output=True)
     if check.returncode != 0:
         raise RuntimeError(f"ngircd rejected its config: {check.stdout[-500:]!r}")
-    server = IrcServer("127.0.0.1", port, [binary, "-n", "-f", str(conf)], workdir, "ngircd")
+    host = listen.split(",")[0].strip()
+    server = IrcServer(host, port, [binary, "-n", "-f", str(conf)], workdir, "ngircd")
     server._spawn()
     return server
 

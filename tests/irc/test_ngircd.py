@@ -504,10 +504,11 @@ async def test_reconnect_after_restart_delivers_queued(bridge, tmp_path) -> None
         server.stop()
         await wait_for(lambda: not puppet.conn.registered, 5, "disconnect")
         await client.handle_matrix_message(message(portal, BOB.user_id, "sent while down"))
-        # Restart right after a failed attempt, so that alice is in the channel before the
-        # puppet's next attempt (seconds away) delivers the queued line.
-        failed = puppet.conn._attempt
-        await wait_for(lambda: puppet.conn._attempt > failed, 10, "a failed reconnect")
+        # Restart right after a failed attempt of the bot, so that alice is in the channel
+        # before its next attempt (seconds away; the puppet follows the bot) and the puppet's
+        # delivery of the queued line.
+        failed = net.bot._attempt
+        await wait_for(lambda: net.bot._attempt > failed, 10, "a failed reconnect")
         await asyncio.to_thread(server.restart)
         alice = await RawIRC(server.host, server.port, unique("alice")).connect()
         await alice.join(chan)

@@ -106,11 +106,17 @@ class ConnectPacer:
     goes first, then the puppets, most recently active first. Gated waiters (puppets) wait
     until ``gate()`` is true (the bot is back), so they queue up in rank order meanwhile
     instead of racing in on their own timers; :meth:`poke` says the gate may have opened.
+    A gate closed for ``gate_timeout`` seconds while puppets wait lets them go anyway: a bot
+    that cannot get back (its nick held, a ban on it alone) does not keep every user off.
     """
 
-    def __init__(self, rate: float, gate: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self, rate: float, gate: Callable[[], bool] | None = None, gate_timeout: float = 60.0
+    ) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.gate = gate
+        self.gate_timeout = gate_timeout
+        self._closed_since: float | None = None  # when gated waiters first met a closed gate
         self._next = 0.0
         self._seq = itertools.count()
         self._free: list[tuple[float, int, asyncio.Future[None]]] = []
@@ -144,6 +150,13 @@ class ConnectPacer:
             while queue and queue[0][2].done():
                 heapq.heappop(queue)
         gate_open = self.gate is None or self.gate()
+        if gate_open or not self._gated:
+            self._closed_since = None
+        else:
+            now = asyncio.get_running_loop().time()
+            if self._closed_since is None:
+                self._closed_since = now
+            gate_open = now - self._closed_since >= self.gate_timeout
         candidates = [q for q in (self._free, self._gated if gate_open else []) if q]
         if not candidates:
             return None
@@ -164,7 +177,8 @@ class ConnectPacer:
                 if not (self._free or self._gated):
                     break
                 # Only gated waiters, gate closed: poke() or a new waiter wakes us; the
-                # timeout catches a gate that opened without a poke (the bot failed for good).
+                # timeout catches a gate that opened without a poke (the bot failed for good)
+                # and the gate's own time limit.
                 try:
                     await asyncio.wait_for(self._wake.wait(), 1.0)
                 except TimeoutError:

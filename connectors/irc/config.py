@@ -74,7 +74,8 @@ ids; changing it gives every user a new address.
 bridge restart or when the server comes back after an outage the bot connects first, then
 the puppets, most recently active first (the last message each user sent through the bridge,
 kept in the bridge's database so a restart knows it), one every 1/``connects_per_second``
-seconds. Puppets wait for the bot to be back before they reconnect.
+seconds. Puppets wait for the bot to be back before they reconnect (at most a minute: a bot
+that cannot get back does not keep the users off).
 
 ``casemapping`` is the form nicks and channels take in Matrix ids: ghost localparts
 (``@irc_libera_foo=7b1=7d``), room aliases and portal ids. It is fixed by the config, not by the

@@ -86,6 +86,15 @@ async def test_pacer_grants_by_rank_gated_after_the_gate() -> None:
     assert order == ["bot", "p4", "p3", "p2", "p1", "p0"]
 
 
+async def test_pacer_lets_puppets_go_when_the_bot_stays_away() -> None:
+    pacer = ConnectPacer(50, gate=lambda: False, gate_timeout=1.5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(pacer.wait(0.0, gated=True), 10)
+    assert loop.time() - started >= 1.5  # held while the gate's time ran
+    pacer.close()
+
+
 async def test_pacer_skips_cancelled_waiters() -> None:
     pacer = ConnectPacer(20)
     order: list[int] = []

@@ -17,8 +17,14 @@ Example::
               nick: mimibridge
               username: mimibridge
               realname: Matrix bridge
-              sasl_account: null
+              sasl_account: null        # the bot's services account (see auth)
               sasl_password: null
+            auth: sasl                  # how accounts log in: sasl (SASL PLAIN, or EXTERNAL
+                                        # with a client certificate) | nickserv (IDENTIFY
+                                        # after connecting, for networks without SASL)
+            nickserv_nick: NickServ     # who IDENTIFY goes to (auth: nickserv), CERT ADD too
+            nickserv_identify: "IDENTIFY {account} {password}"  # what IDENTIFY says;
+                                        # OFTC: "IDENTIFY {password} {account}"
             nick_template: "{displayname}[m]"   # also {localpart}
             username_template: "{localpart}"
             realname_template: "{user_id}"
@@ -54,6 +60,15 @@ Example::
 own username (``username_template``; the bot's ``bot.username``) for the port pair of a
 connection the bridge holds to the querying server, ``NO-USER`` for every other pair. Servers
 show users without an ident answer with a ``~`` before their username.
+
+Users log in with ``login irc <network> sasl <account> <password>`` (``nickserv`` is the same
+word for networks with ``auth: nickserv``), or with ``login irc <network> certfp <account>
+<password>``: the bridge makes a client certificate for the user (kept encrypted with the other
+credentials), logs in once with the password, adds the certificate's fingerprint to the account
+(``NickServ CERT ADD``) and from then on connects with the certificate (SASL EXTERNAL, or the
+services' own certificate check with ``auth: nickserv``) without storing the password. It needs
+``tls: true``. ``irc autocmd <network> add msg <nick> <text>`` and ``add mode <+modes>`` are
+sent after each connect (up to 10; no passwords: they are refused, use ``login``).
 
 ``casemapping`` is the form nicks and channels take in Matrix ids: ghost localparts
 (``@irc_libera_foo=7b1=7d``), room aliases and portal ids. It is fixed by the config, not by the
@@ -132,6 +147,9 @@ class NetworkConfig:
     puppets: bool = True
     display_name: str = ""
     bind_address: str | None = None
+    auth: str = "sasl"
+    nickserv_nick: str = "NickServ"
+    nickserv_identify: str = "IDENTIFY {account} {password}"
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -236,6 +254,19 @@ def parse_network(netid: str, section: Any) -> NetworkConfig:
     if rmax < rmin:
         raise ConfigError(p + "reconnect.max_delay", "must be at least min_delay")
     ca = _str(section, "tls_ca_file", None, p)
+    auth = _str(section, "auth", "sasl", p)
+    if auth not in ("sasl", "nickserv"):
+        raise ConfigError(p + "auth", "must be sasl or nickserv")
+    nickserv_nick = _str(section, "nickserv_nick", "NickServ", p)
+    if not valid_nick(nickserv_nick or "", 64):
+        raise ConfigError(p + "nickserv_nick", "is not a valid IRC nick")
+    identify = _str(section, "nickserv_identify", "IDENTIFY {account} {password}", p)
+    try:
+        filled = identify.format(account="a", password="p")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(p + "nickserv_identify", "may hold {account} and {password}") from e
+    if "{password}" not in identify or not filled.strip():
+        raise ConfigError(p + "nickserv_identify", "must contain {password}")
     return NetworkConfig(
         netid=netid,
         host=host,
@@ -270,6 +301,9 @@ def parse_network(netid: str, section: Any) -> NetworkConfig:
         puppets=_bool(section, "puppets", True, p),
         display_name=_str(section, "display_name", "", p) or netid,
         bind_address=_str(section, "bind_address", None, p) or None,
+        auth=auth,
+        nickserv_nick=nickserv_nick,
+        nickserv_identify=identify,
     )
 
 

@@ -12,4 +12,7 @@ MIGRATIONS: Migrations = [
     # 1: custom nicks of Matrix users' puppets (``irc nick``).
     "CREATE TABLE IF NOT EXISTS irc_puppet_nick (network TEXT NOT NULL, "
     "user_id TEXT NOT NULL, nick TEXT NOT NULL, PRIMARY KEY (network, user_id))",
+    # 2: auto-commands after connect (``irc autocmd``), a JSON list per user and network.
+    "CREATE TABLE irc_autocmd (network TEXT NOT NULL, user_id TEXT NOT NULL, "
+    "commands TEXT NOT NULL, PRIMARY KEY (network, user_id))",
 ]

@@ -236,8 +236,8 @@ class IRCConnection(asyncio.Protocol):
         # What failed: sasl (refused login) | mechanism (not offered) | password (PASS)
         self.fatal_kind = ""
         self.account: str | None = None  # the services account (900), None when not logged in
-        # IDENTIFY: "" | sent | done | refused. Refused stays until start(): the same password
-        # is not sent again at each reconnect.
+        # IDENTIFY: "" | sent | done | refused. Refused stays until new credentials come
+        # (forget_refusal): the same password is not sent again at each reconnect.
         self.identify_state = ""
         self.identify_answered = asyncio.Event()  # set when IDENTIFY is no longer "sent"
         self._line_waiters: list[tuple[Callable[[Line], bool], asyncio.Future[Line]]] = []
@@ -286,8 +286,6 @@ class IRCConnection(asyncio.Protocol):
             self.state = "idle"
         self.fatal = None
         self.fatal_kind = ""
-        if self.identify_state == "refused":
-            self.identify_state = ""
         if self._ready is None:
             self._ready = asyncio.Event()
         elif not self.registered:
@@ -442,6 +440,11 @@ class IRCConnection(asyncio.Protocol):
         """Wait until every line the server sent this connection before it reads a PING now
         queued has been handled (a PING and its PONG, through flood control)."""
         await self._barrier(None, frozenset(), frozenset(), timeout)
+
+    def forget_refusal(self) -> None:
+        """New credentials: IDENTIFY is tried again."""
+        if self.identify_state == "refused":
+            self.identify_state = ""
 
     def expect_line(self, pred: Callable[[Line], bool]) -> asyncio.Future[Line]:
         """A future of the next line from the server for which ``pred`` is true (registered

@@ -272,6 +272,7 @@ class PuppetPool:
             return None
         await puppet.conn.quit("reconnecting")
         self.apply_credentials(user_id, puppet.conn.params)
+        puppet.conn.forget_refusal()
         puppet.conn.start()
         return puppet
 

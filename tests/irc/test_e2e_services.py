@@ -16,15 +16,17 @@ the tests fail with that hint.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from bridge.bridge import Bridge
-from connectors.irc.certs import fingerprint
 from connectors.irc.connector import IRCConnector
 from connectors.irc.puppets import Puppet
 from tests.conftest import BridgeFactory
@@ -35,6 +37,12 @@ from .conftest import RawIRC, wait_for
 
 BOT = "@mimibot:localhost"
 _n = itertools.count(1)
+
+
+def sha256_fingerprint(cert_pem: str) -> str:
+    """What InspIRCd (hash="sha256") tells services: the SHA-256 of the DER certificate."""
+    der = x509.load_pem_x509_certificate(cert_pem.encode()).public_bytes(Encoding.DER)
+    return hashlib.sha256(der).hexdigest()
 
 
 def uniq(prefix: str) -> str:
@@ -289,7 +297,8 @@ async def test_certfp_login_then_restart_uses_external_without_password(
         lambda ln: ln in owner.lines[mark:] and "end of" in ln.param(1).lower(), what="CERT LIST"
     )
     listed = " ".join(ln.param(1) for ln in owner.lines[mark:] if ln.command == "NOTICE")
-    fp = fingerprint(creds["cert"])
+    fp = sha256_fingerprint(creds["cert"])
+    assert fp in reply  # the login told the user which fingerprint it added
     assert fp in listed
     watcher = await raw("watch")
     await in_portal(bea, watcher, bridge)

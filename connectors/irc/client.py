@@ -239,6 +239,7 @@ class IRCConnection(asyncio.Protocol):
         # IDENTIFY: "" | sent | done | refused. Refused stays until new credentials come
         # (forget_refusal): the same password is not sent again at each reconnect.
         self.identify_state = ""
+        self.identify_error = ""  # NickServ's answer refusing IDENTIFY
         self.identify_answered = asyncio.Event()  # set when IDENTIFY is no longer "sent"
         self._line_waiters: list[tuple[Callable[[Line], bool], asyncio.Future[Line]]] = []
         self._buf = b""
@@ -844,8 +845,9 @@ class IRCConnection(asyncio.Protocol):
             self.identify_answered.set()
         elif any(w in low for w in IDENTIFY_REFUSED):
             self.identify_state = "refused"
+            self.identify_error = strip_formatting(text)
             self.identify_answered.set()
-            self.handler.irc_identify_failed(self, strip_formatting(text))
+            self.handler.irc_identify_failed(self, self.identify_error)
 
     def _on_isupport(self, line: Line) -> None:
         for token in line.params[1:-1]:

@@ -999,7 +999,7 @@ class IRCConnector(NetworkConnector):
         if puppet is None:
             raise ConnectorError("The bridge has no free IRC connection right now.")
 
-        async def restore(reason: str) -> None:
+        async def restore(reason: str, refused: bool = False) -> None:
             if old is None:
                 pool.credentials.pop(user.user_id, None)
             else:
@@ -1009,7 +1009,8 @@ class IRCConnector(NetworkConnector):
             else:
                 pool.client_contexts[user.user_id] = old_ctx
             await pool.remove(user.user_id, "login failed")
-            advice = net.advice(puppet.conn) if puppet.conn.fatal_kind else ""
+            # What to do, when the credentials were the trouble (not a network error).
+            advice = net.advice(puppet.conn) if puppet.conn.fatal_kind or refused else ""
             raise ConnectorError(
                 f"Login to {net.cfg.display_name} failed: {reason}"
                 + (f". {advice}" if advice else "")
@@ -1028,7 +1029,7 @@ class IRCConnector(NetworkConnector):
                 except TimeoutError:
                     pass  # services may be slow or silent: the login stands
                 if conn.identify_state == "refused":
-                    await restore("NickServ refused the account or password")
+                    await restore(f"NickServ refused the login: {conn.identify_error}", True)
             return puppet
         finally:
             puppet.quiet = False

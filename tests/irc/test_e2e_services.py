@@ -6,8 +6,9 @@ password changed on the services side told once in the management room after a b
 and not retried), ``login irc <net> certfp`` (a client certificate, NickServ CERT ADD after one
 password login; after a restart the connection logs in with SASL EXTERNAL and no password is
 stored; a certificate removed from the account is told once), NickServ IDENTIFY on a network
-with ``auth: nickserv``, and ``irc autocmd``. The ircd's WHOIS (330) says which account a
-puppet is logged into.
+with ``auth: nickserv`` (a refusal told once, the connection kept), ``irc autocmd``, the bot's
+own account both ways, and a login while services are down. The ircd's WHOIS (330) says which
+account a connection is logged into.
 
 InspIRCd and Atheme come from Debian (``apt-get install inspircd atheme-services``); missing,
 the tests fail with that hint.
@@ -209,7 +210,10 @@ async def test_sasl_plain_login_wrong_password_and_changed_password(
     make_bridge: BridgeFactory, services: ServicesNet, raw: Raw, matrix: Callable[..., Any]
 ) -> None:
     account = await register(services, "right-pw-1")
+    bot_account = await register(services, "bot-pw-1")
     cfg = connectors(services)
+    bot = cfg["irc"]["networks"]["test"]["bot"]
+    bot.update(sasl_account=bot_account, sasl_password="bot-pw-1")
     bridge = await make_bridge(connectors=cfg)
     ann = await matrix("Ann")
     mgmt = await management_room(ann)
@@ -226,6 +230,8 @@ async def test_sasl_plain_login_wrong_password_and_changed_password(
     puppet = puppet_of(bridge, ann.user_id)
     assert puppet is not None and "sasl" in puppet.conn.caps
     assert await whois_account(watcher, puppet.conn.nick) == account
+    # The bot logs in with the config's account.
+    assert await whois_account(watcher, bot["nick"]) == bot_account
     await in_portal(ann, watcher, bridge)
     # The account's password changes on the services' side; the bridge restarts.
     owner = await raw.as_account(account, "right-pw-1")
@@ -344,11 +350,16 @@ async def test_nickserv_identify_without_sasl_and_autocmds(
     make_bridge: BridgeFactory, services: ServicesNet, raw: Raw, matrix: Callable[..., Any]
 ) -> None:
     account = await register(services, "ns-pw-1")
-    bridge = await make_bridge(connectors=connectors(services, auth="nickserv"))
+    bot_account = await register(services, "ns-bot-pw")
+    cfg = connectors(services, auth="nickserv")
+    bot = cfg["irc"]["networks"]["test"]["bot"]
+    bot.update(sasl_account=bot_account, sasl_password="ns-bot-pw")
+    bridge = await make_bridge(connectors=cfg)
     dee = await matrix("Dee")
     mgmt = await management_room(dee)
     reply = await command(dee, mgmt, f"login irc test nickserv {account} wrong", "failed")
-    assert "NickServ refused" in reply
+    assert "NickServ refused the login: Invalid password" in reply
+    assert "login irc test nickserv <account> <password>" in reply
     assert not [r for r in await bridge.users.logins(network="irc") if r.user_id == dee.user_id]
     await command(dee, mgmt, f"login irc test nickserv {account} ns-pw-1", "Connected to test")
     puppet = puppet_of(bridge, dee.user_id)
@@ -356,6 +367,11 @@ async def test_nickserv_identify_without_sasl_and_autocmds(
     assert "sasl" not in puppet.conn.caps  # the server offers SASL; the network says nickserv
     watcher = await raw("carol")
     assert await whois_account(watcher, puppet.conn.nick) == account
+    # The bot identifies with the config's account the same way.
+    bot_conn = irc_of(bridge).networks["test"].bot
+    await wait_for(lambda: bot_conn.account == bot_account, 30, "the bot's IDENTIFY")
+    assert "sasl" not in bot_conn.caps
+    assert await whois_account(watcher, bot["nick"]) == bot_account
     # Auto-commands: a message to a nick is allowed, passwords and other commands are not.
     await command(
         dee, mgmt, f"irc autocmd test add msg {watcher.nick} hello from autocmd", "Saved: 1"
@@ -386,3 +402,46 @@ async def test_nickserv_identify_without_sasl_and_autocmds(
     assert await whois_account(watcher, conn.nick) == account
     await command(dee, mgmt, "irc autocmd test del 1", "Saved: 1")
     await command(dee, mgmt, "irc autocmd test clear", "Saved: 0")
+    # The password changes on the services' side: the next connection is told, once, and
+    # stays up without the account.
+    owner = await raw.as_account(account, "ns-pw-1")
+    owner.send("PRIVMSG NickServ :SET PASSWORD ns-pw-2")
+    await owner.expect(lambda ln: "has been changed" in ln.param(1), what="SET PASSWORD")
+    before = await seen(dee, mgmt)
+    await command(dee, mgmt, "irc reconnect test", "Reconnecting")
+    await dee.wait_for_event(
+        mgmt,
+        lambda e: e["event_id"] not in before and "did not log you in" in e["content"]["body"],
+        timeout=60,
+    )
+    puppet = puppet_of(bridge, dee.user_id)
+    assert puppet is not None and puppet.conn.registered and puppet.conn.account is None
+    await asyncio.sleep(2)
+    told = [
+        b for b in await bot_notices(dee, mgmt, "did not log you in") if "Invalid password" in b
+    ]
+    assert len(told) == 1
+    assert "login irc test nickserv <account> <password>" in told[0]
+    assert await whois_account(watcher, puppet.conn.nick) is None
+
+
+# --- services down ----------------------------------------------------------------------------
+
+
+async def test_services_down_login_told_what_to_do(
+    make_bridge: BridgeFactory, services: ServicesNet, matrix: Callable[..., Any]
+) -> None:
+    account = await register(services, "down-pw-1")
+    bridge = await make_bridge(connectors=connectors(services))
+    fay = await matrix("Fay")
+    mgmt = await management_room(fay)
+    await asyncio.to_thread(services.stop_atheme)
+    try:
+        # Without services the ircd offers no SASL: said at once, nothing stored.
+        reply = await command(fay, mgmt, f"login irc test sasl {account} down-pw-1", "failed")
+        assert "does not offer SASL PLAIN" in reply
+        assert "services may be down" in reply and "irc reconnect test" in reply
+        assert not [r for r in await bridge.users.logins(network="irc") if r.user_id == fay.user_id]
+    finally:
+        await asyncio.to_thread(services.start_atheme)
+    await command(fay, mgmt, f"login irc test sasl {account} down-pw-1", "Connected to test")

@@ -223,6 +223,9 @@ async def test_sasl_plain_login_wrong_password_and_changed_password(
     assert f"login irc test sasl {account}" not in reply  # the advice shows no secrets
     assert "login irc test sasl <account> <password>" in reply
     assert "Traceback" not in reply
+    # An account the services do not know: the same.
+    reply = await command(ann, mgmt, "login irc test sasl nosuchacct any-pw", "failed")
+    assert "SASL authentication failed" in reply and "Check the account name" in reply
     assert not [r for r in await bridge.users.logins(network="irc") if r.user_id == ann.user_id]
     # The right one: connected and logged into the account (the ircd says so).
     await command(ann, mgmt, f"login irc test sasl {account} right-pw-1", "Connected to test")
@@ -247,8 +250,9 @@ async def test_sasl_plain_login_wrong_password_and_changed_password(
     conn = await wait_for(lambda: puppet_of(bridge, ann.user_id), 30, "the puppet")
     await asyncio.sleep(3)  # reconnects would come every 0.2-1 s
     assert conn.conn.state == "failed" and conn.conn.stats.connects == 1
-    told = await bot_notices(ann, mgmt, "SASL authentication failed")
-    assert len(told) == 2  # the login command's answer, then the one after the restart
+    told = await bot_notices(ann, mgmt, "Your connection to test failed")
+    assert len(told) == 1  # the login commands' answers said it before, not this way
+    assert "SASL authentication failed (PLAIN)" in told[0]
     assert "Check the account name and password" in told[-1]
     assert "login irc test sasl <account> <password>" in told[-1]
     # Logging in with the new password brings the puppet back.
@@ -360,6 +364,8 @@ async def test_nickserv_identify_without_sasl_and_autocmds(
     reply = await command(dee, mgmt, f"login irc test nickserv {account} wrong", "failed")
     assert "NickServ refused the login: Invalid password" in reply
     assert "login irc test nickserv <account> <password>" in reply
+    reply = await command(dee, mgmt, "login irc test nickserv nosuchacct pw", "failed")
+    assert "NickServ refused the login" in reply and "not a registered" in reply
     assert not [r for r in await bridge.users.logins(network="irc") if r.user_id == dee.user_id]
     await command(dee, mgmt, f"login irc test nickserv {account} ns-pw-1", "Connected to test")
     puppet = puppet_of(bridge, dee.user_id)

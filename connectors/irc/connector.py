@@ -1116,14 +1116,30 @@ class IRCConnector(NetworkConnector):
             raise ConnectorError(
                 f"{services} added the certificate, but logging in with it failed: {e}"
             ) from e
+        conn = puppet.conn
+        if conn.account is None:
+            # Without SASL the services log the connection in when they see the certificate,
+            # a moment after registration (900).
+            logged_in = conn.expect_line(lambda line: line.command == "900")
+            try:
+                await asyncio.wait_for(logged_in, 15)
+            except TimeoutError:
+                pass
+        if conn.account is None:
+            how = (
+                f"the services have not said yet that the certificate logged you in as "
+                f"{account} (irc status shows it once they do)"
+            )
+        else:
+            how = f"logged in as {conn.account} with a client certificate"
         return LoginResult(
             login_id=f"{cfg.netid}/{user.user_id}",
             credentials=final,
             remote_name=account,
             message=(
-                f"Connected to {cfg.display_name} as {puppet.conn.nick}, logged in as "
-                f"{account} with a client certificate (SHA-256 fingerprint {fp}). Your "
-                "password is not stored: later connections use the certificate."
+                f"Connected to {cfg.display_name} as {conn.nick}, {how} (SHA-256 "
+                f"fingerprint {fp}). Your password is not stored: later connections use the "
+                "certificate."
             ),
         )
 

@@ -173,7 +173,8 @@ async def matrix(synapse: SynapseServer) -> AsyncIterator[Callable[..., Any]]:
     made: list[MatrixClient] = []
 
     async def make(prefix: str) -> MatrixClient:
-        client = await matrix_user(synapse, uniq(prefix))
+        # Synapse is shared by the session: names of this module's own.
+        client = await matrix_user(synapse, uniq(prefix + "Svc"))
         made.append(client)
         return client
 
@@ -333,6 +334,30 @@ async def test_certfp_login_then_restart_uses_external_without_password(
     assert puppet.conn.state == "failed" and puppet.conn.stats.connects == 1
     told = await bot_notices(bea, mgmt, "did not accept your client certificate")
     assert len(told) == 1 and "login irc test certfp <account> <password>" in told[0]
+
+
+async def test_certfp_on_a_network_without_sasl(
+    make_bridge: BridgeFactory, services: ServicesNet, raw: Raw, matrix: Callable[..., Any]
+) -> None:
+    """``auth: nickserv``: IDENTIFY once, CERT ADD, then the services log the certificate in."""
+    account = await register(services, "cert-pw-3")
+    bridge = await make_bridge(connectors=connectors(services, tls=True, auth="nickserv"))
+    gus = await matrix("Gus")
+    mgmt = await management_room(gus)
+    reply = await command(
+        gus, mgmt, f"login irc test certfp {account} cert-pw-3", "Your password is not stored"
+    )
+    assert f"logged in as {account} with a client certificate" in reply
+    rows = [r for r in await bridge.users.logins(network="irc") if r.user_id == gus.user_id]
+    creds = bridge.credentials.open(rows[0].credentials)
+    assert "sasl_password" not in creds and "sasl_mechanism" not in creds and "cert" in creds
+    puppet = puppet_of(bridge, gus.user_id)
+    assert puppet is not None and "sasl" not in puppet.conn.caps
+    assert puppet.conn.identify_state == ""  # no password to IDENTIFY with
+    watcher = await raw("watch")
+    assert await whois_account(watcher, puppet.conn.nick) == account
+    status = await command(gus, mgmt, "irc status", "test:")
+    assert f"logged in as {account}" in status
 
 
 async def test_certfp_needs_tls(

@@ -409,7 +409,8 @@ class ServicesNet:
                 with socket.create_connection((self.host, self.port), timeout=5) as s:
                     s.sendall(b"CAP LS 302\r\n")
                     last = b""
-                    while b"\n" not in last:
+                    # Up to the last line of the list (not "LS * :", which says more follow).
+                    while not (b" LS :" in last and last.endswith(b"\n")):
                         chunk = s.recv(4096)
                         if not chunk:
                             break

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -281,8 +282,13 @@ async def until_notice(user: MatrixClient, room: str, text: str, before: set[str
 
 
 async def test_certfp_login_then_restart_uses_external_without_password(
-    make_bridge: BridgeFactory, services: ServicesNet, raw: Raw, matrix: Callable[..., Any]
+    make_bridge: BridgeFactory,
+    services: ServicesNet,
+    raw: Raw,
+    matrix: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     account = await register(services, "cert-pw-1")
     cfg = connectors(services, tls=True)
     bridge = await make_bridge(connectors=cfg)
@@ -336,6 +342,14 @@ async def test_certfp_login_then_restart_uses_external_without_password(
     assert puppet.conn.state == "failed" and puppet.conn.stats.connects == 1
     told = await bot_notices(bea, mgmt, "did not accept your client certificate")
     assert len(told) == 1 and "login irc test certfp <account> <password>" in told[0]
+    # Neither the password nor the key reached the bridge's log.
+    leaks = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("mimi")
+        and ("cert-pw-1" in r.getMessage() or "PRIVATE KEY" in r.getMessage())
+    ]
+    assert not leaks, leaks[0]
 
 
 async def test_certfp_on_a_network_without_sasl(

@@ -1,6 +1,8 @@
 """One IRC connection on plain asyncio (a ``Protocol``, no task while connected).
 
-It does: IRCv3 capability negotiation (``CAP LS 302``), SASL PLAIN, registration with
+It does: IRCv3 capability negotiation (``CAP LS 302``), SASL PLAIN and EXTERNAL (a client
+certificate in ``ssl``), NickServ IDENTIFY after registration (``auth="nickserv"``), the
+user's auto-commands after connect, registration with
 nick-collision fallback, ISUPPORT, keep-alive pings, flood control (a token bucket per
 connection), a queue for messages sent while disconnected (delivered after reconnect, or
 reported failed after ``queue_timeout``), reconnects with exponential backoff and jitter
@@ -27,6 +29,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from .formatting import strip_formatting
 from .identd import IdentTable
 from .ids import CHANTYPES_DEFAULT
 from .protocol import (
@@ -43,6 +46,12 @@ from .protocol import (
 )
 
 log = logging.getLogger("mimi.irc.client")
+
+# NickServ's answers to IDENTIFY (Atheme, Anope, OFTC's services), lower case.
+IDENTIFIED = ("you are now identified", "successfully identified", "password accepted")
+IDENTIFY_REFUSED = ("invalid password", "incorrect password", "password incorrect",
+                    "is not registered", "not a registered", "identify failed",
+                    "authentication failed", "no such account", "wrong password")  # fmt: skip
 
 WANTED_CAPS = frozenset(
     {
@@ -199,6 +208,12 @@ class ConnParams:
     password: str | None = None
     sasl_account: str | None = None
     sasl_password: str | None = None
+    sasl_mechanism: str = "PLAIN"  # EXTERNAL: the client certificate in ``ssl`` logs in
+    auth: str = "sasl"  # sasl | nickserv (IDENTIFY after registration, for servers without)
+    nickserv: str = "NickServ"
+    identify_template: str = "IDENTIFY {account} {password}"
+    # Sent after every registration (and IDENTIFY): ("msg", target, text) | ("mode", modes).
+    after_connect: list[tuple[str, ...]] = field(default_factory=list)
     caps: frozenset[str] = WANTED_CAPS
     flood_burst: int = 4
     flood_rate: float = 1.0
@@ -238,6 +253,13 @@ class ConnectionHandler:
 
     def irc_disconnected(self, conn: IRCConnection, reason: str) -> None:
         pass
+
+    def irc_failed(self, conn: IRCConnection, reason: str) -> None:
+        """Connecting failed for a reason reconnecting cannot fix (``conn.fatal``, with
+        ``conn.fatal_kind``); the connection stays down until started again."""
+
+    def irc_identify_failed(self, conn: IRCConnection, reason: str) -> None:
+        """NickServ refused IDENTIFY (``auth="nickserv"``); the connection stays up."""
 
     def irc_casemapping(self, conn: IRCConnection) -> None:
         """The server announced a case mapping other than the one ``conn`` folded with."""
@@ -312,6 +334,15 @@ class IRCConnection(asyncio.Protocol):
         self.pending: deque[Pending] = deque()
         self.stats = ConnStats()
         self.fatal: str | None = None  # set when reconnecting cannot help (bad credentials)
+        # What failed: sasl (refused login) | mechanism (not offered) | password (PASS)
+        self.fatal_kind = ""
+        self.account: str | None = None  # the services account (900), None when not logged in
+        # IDENTIFY: "" | sent | done | refused. Refused stays until new credentials come
+        # (forget_refusal): the same password is not sent again at each reconnect.
+        self.identify_state = ""
+        self.identify_error = ""  # NickServ's answer refusing IDENTIFY
+        self.identify_answered = asyncio.Event()  # set when IDENTIFY is no longer "sent"
+        self._line_waiters: list[tuple[Callable[[Line], bool], asyncio.Future[Line]]] = []
         self._buf = b""
         self._overflow = False
         self._me = b""
@@ -356,6 +387,7 @@ class IRCConnection(asyncio.Protocol):
         if self.state == "closed":
             self.state = "idle"
         self.fatal = None
+        self.fatal_kind = ""
         if self._ready is None:
             self._ready = asyncio.Event()
         elif not self.registered:
@@ -511,6 +543,20 @@ class IRCConnection(asyncio.Protocol):
         queued has been handled (a PING and its PONG, through flood control)."""
         await self._barrier(None, frozenset(), frozenset(), timeout)
 
+    def forget_refusal(self) -> None:
+        """New credentials: IDENTIFY is tried again."""
+        if self.identify_state == "refused":
+            self.identify_state = ""
+
+    def expect_line(self, pred: Callable[[Line], bool]) -> asyncio.Future[Line]:
+        """A future of the next line from the server for which ``pred`` is true (registered
+        now, before the command it answers is sent); cancel it to stop waiting."""
+        future: asyncio.Future[Line] = asyncio.get_running_loop().create_future()
+        entry = (pred, future)
+        self._line_waiters.append(entry)
+        future.add_done_callback(lambda _: self._line_waiters.remove(entry))
+        return future
+
     async def _barrier(
         self,
         data: bytes | None,
@@ -573,6 +619,8 @@ class IRCConnection(asyncio.Protocol):
                     if self._ready is not None:
                         self._ready.set()  # wake wait_registered(): it reports the failure
                 self._fail_pending(self.fatal or "the IRC connection was closed")
+                if self.fatal and self.state == "failed":
+                    self.handler.irc_failed(self, self.fatal)
                 return
             self.state = "idle"
             delay = self._backoff()
@@ -670,6 +718,9 @@ class IRCConnection(asyncio.Protocol):
         self._ls_caps = {}
         self._cap_pending = 0
         self._sasl_state = ""
+        self.account = None
+        if self.identify_state != "refused":
+            self.identify_state = ""
         self._nick_attempt = 0
         self.joined = set()
         self._out.clear()
@@ -789,6 +840,10 @@ class IRCConnection(asyncio.Protocol):
             return
         if self._barriers and self._barrier_line(line):
             return
+        if self._line_waiters:
+            for pred, future in list(self._line_waiters):
+                if not future.done() and pred(line):
+                    future.set_result(line)
         cmd = line.command
         handler = _BUILTIN.get(cmd)
         if handler is not None:
@@ -846,10 +901,64 @@ class IRCConnection(asyncio.Protocol):
         if self._ready is not None:
             self._ready.set()
         log.debug("%s: registered as %s", self.name, self.nick)
+        self._identify()
+        self._auto_commands()
         self.handler.irc_registered(self)
         for canon, key in list(self.channels.items()):
             self._send_join(self.channel_names.get(canon, canon), key)
         self._flush_pending()
+
+    def _identify(self) -> None:
+        """NickServ IDENTIFY (``auth="nickserv"``), before anything else is sent."""
+        p = self.params
+        if p.auth != "nickserv" or not (p.sasl_account and p.sasl_password):
+            return
+        if self.identify_state == "refused":
+            return
+        text = p.identify_template.format(account=p.sasl_account, password=p.sasl_password)
+        try:
+            self._write(serialize("PRIVMSG", p.nickserv, text))
+        except ValueError:
+            self.identify_state = "refused"
+            self.handler.irc_identify_failed(self, "the account or password cannot be sent")
+            return
+        self.identify_state = "sent"
+        self.identify_answered.clear()
+
+    def _auto_commands(self) -> None:
+        for cmd in self.params.after_connect:
+            try:
+                if cmd[0] == "msg" and len(cmd) == 3:
+                    self._enqueue(serialize("PRIVMSG", cmd[1], cmd[2]), None)
+                elif cmd[0] == "mode" and len(cmd) == 2:
+                    self._enqueue(serialize("MODE", self.nick, cmd[1]), None)
+            except ValueError:
+                log.warning("%s: an auto-command cannot be sent", self.name)
+
+    def _on_logged_in(self, line: Line) -> None:
+        self.account = line.param(2) or None
+        if self.identify_state == "sent":
+            self.identify_state = "done"
+            self.identify_answered.set()
+
+    def _on_logged_out(self, line: Line) -> None:
+        self.account = None
+
+    def _on_notice(self, line: Line) -> None:
+        """NickServ's answer to IDENTIFY: the refusals of common services, word for word
+        enough to tell them from the greeting lines services send around them."""
+        if self.identify_state != "sent" or self.fold(line.nick) != self.fold(self.params.nickserv):
+            return
+        text = line.param(-1)
+        low = strip_formatting(text).lower()
+        if any(w in low for w in IDENTIFIED):
+            self.identify_state = "done"
+            self.identify_answered.set()
+        elif any(w in low for w in IDENTIFY_REFUSED):
+            self.identify_state = "refused"
+            self.identify_error = strip_formatting(text)
+            self.identify_answered.set()
+            self.handler.irc_identify_failed(self, self.identify_error)
 
     def _on_isupport(self, line: Line) -> None:
         for token in line.params[1:-1]:
@@ -900,12 +1009,13 @@ class IRCConnection(asyncio.Protocol):
             if more or self.registered:
                 return
             want = {c for c in self.params.caps if c in self._ls_caps}
-            if self.params.sasl_account:
+            if self._sasl_wanted():
+                mech = self.params.sasl_mechanism
                 mechs = self._ls_caps.get("sasl")
-                if "sasl" in self._ls_caps and (not mechs or "PLAIN" in mechs.split(",")):
+                if "sasl" in self._ls_caps and (not mechs or mech in mechs.split(",")):
                     want.add("sasl")
                 else:
-                    self._auth_failed("the server does not offer SASL PLAIN")
+                    self._auth_failed(f"the server does not offer SASL {mech}", "mechanism")
                     return
             if want:
                 self._cap_pending = 1
@@ -925,15 +1035,15 @@ class IRCConnection(asyncio.Protocol):
                 for c in caps:
                     self._cap_pending += 1
                     self._write(serialize("CAP", "REQ", c))
-            elif "sasl" in caps and self.params.sasl_account:
-                self._auth_failed("the server refused SASL")
+            elif "sasl" in caps and self._sasl_wanted():
+                self._auth_failed("the server refused SASL", "mechanism")
                 return
             self._cap_pending -= 1
             if self.registered or self._cap_pending > 0:
                 return
-            if "sasl" in self.caps and self.params.sasl_account and not self._sasl_state:
+            if "sasl" in self.caps and self._sasl_wanted() and not self._sasl_state:
                 self._sasl_state = "started"
-                self._write(b"AUTHENTICATE PLAIN\r\n")
+                self._write(serialize("AUTHENTICATE", self.params.sasl_mechanism))
             elif not self._sasl_state:
                 self._write(b"CAP END\r\n")
         elif sub == "NEW":
@@ -949,6 +1059,11 @@ class IRCConnection(asyncio.Protocol):
         if self._sasl_state != "started" or line.param(0) != "+":
             return
         p = self.params
+        if p.sasl_mechanism == "EXTERNAL":
+            # The certificate speaks; an empty authorization identity: its account.
+            self._write(b"AUTHENTICATE +\r\n")
+            self._sasl_state = "sent"
+            return
         account = p.sasl_account or ""
         blob = f"{account}\0{account}\0{p.sasl_password or ''}".encode()
         payload = base64.b64encode(blob).decode()
@@ -963,11 +1078,27 @@ class IRCConnection(asyncio.Protocol):
             self._sasl_state = "done"
             if not self.registered:
                 self._write(b"CAP END\r\n")
-        elif line.command in ("904", "905", "906", "908", "902") and not self.registered:
-            self._auth_failed("SASL authentication failed: " + line.param(-1))
+        elif line.command in ("904", "905", "906", "902") and not self.registered:
+            mech = self.params.sasl_mechanism
+            why = "aborted" if line.command == "906" else "failed"
+            self._auth_failed(f"SASL authentication {why} ({mech}): " + line.param(-1), "sasl")
+        elif line.command == "908" and not self.registered:
+            # The mechanisms the server has (before its 904): ours is not one of them.
+            mechs = line.param(1)
+            self._auth_failed(
+                f"the server does not offer SASL {self.params.sasl_mechanism} (only {mechs})",
+                "mechanism",
+            )
 
-    def _auth_failed(self, reason: str) -> None:
+    def _sasl_wanted(self) -> bool:
+        p = self.params
+        return p.auth == "sasl" and (bool(p.sasl_account) or p.sasl_mechanism == "EXTERNAL")
+
+    def _auth_failed(self, reason: str, kind: str) -> None:
+        if self.fatal:
+            return  # the first reason counts (908 comes before its 904)
         self.fatal = reason
+        self.fatal_kind = kind
         self.stats.last_error = reason
         log.warning("%s: %s", self.name, reason)
         self._write(b"QUIT\r\n")
@@ -981,9 +1112,11 @@ class IRCConnection(asyncio.Protocol):
             # Servers without numeric 464 (ngircd: "Access denied: Bad password?"): retrying
             # with the same password cannot help.
             self.fatal = "the server refused the password: " + line.param(-1)
+            self.fatal_kind = "password"
 
     def _on_password_mismatch(self, line: Line) -> None:
         self.fatal = "the server refused the password: " + line.param(-1)
+        self.fatal_kind = "password"
         self.stats.last_error = self.fatal
 
     def _on_nick_error(self, line: Line) -> None:
@@ -1224,5 +1357,8 @@ _BUILTIN: dict[str, Callable[[IRCConnection, Line], None]] = {
     "KICK": IRCConnection._on_kick,
     "NICK": IRCConnection._on_nick,
     "396": IRCConnection._on_hosthidden,
+    "900": IRCConnection._on_logged_in,
+    "901": IRCConnection._on_logged_out,
+    "NOTICE": IRCConnection._on_notice,
     "CHGHOST": IRCConnection._on_chghost,
 }

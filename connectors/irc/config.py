@@ -17,8 +17,14 @@ Example::
               nick: mimibridge
               username: mimibridge
               realname: Matrix bridge
-              sasl_account: null
+              sasl_account: null        # the bot's services account (see auth)
               sasl_password: null
+            auth: sasl                  # how accounts log in: sasl (SASL PLAIN, or EXTERNAL
+                                        # with a client certificate) | nickserv (IDENTIFY
+                                        # after connecting, for networks without SASL)
+            nickserv_nick: NickServ     # who IDENTIFY goes to (auth: nickserv), CERT ADD too
+            nickserv_identify: "IDENTIFY {account} {password}"  # what IDENTIFY says;
+                                        # OFTC: "IDENTIFY {password} {account}"
             nick_template: "{displayname}[m]"   # also {localpart}
             username_template: "{localpart}"
             realname_template: "{user_id}"
@@ -76,6 +82,15 @@ the puppets, most recently active first (the last message each user sent through
 kept in the bridge's database so a restart knows it), one every 1/``connects_per_second``
 seconds. Puppets wait for the bot to be back before they reconnect (at most a minute: a bot
 that cannot get back does not keep the users off).
+
+Users log in with ``login irc <network> sasl <account> <password>`` (``nickserv`` is the same
+word for networks with ``auth: nickserv``), or with ``login irc <network> certfp <account>
+<password>``: the bridge makes a client certificate for the user (kept encrypted with the other
+credentials), logs in once with the password, adds the certificate's fingerprint to the account
+(``NickServ CERT ADD``) and from then on connects with the certificate (SASL EXTERNAL, or the
+services' own certificate check with ``auth: nickserv``) without storing the password. It needs
+``tls: true``. ``irc autocmd <network> add msg <nick> <text>`` and ``add mode <+modes>`` are
+sent after each connect (up to 10; no passwords: they are refused, use ``login``).
 
 ``casemapping`` is the form nicks and channels take in Matrix ids: ghost localparts
 (``@irc_libera_foo=7b1=7d``), room aliases and portal ids. It is fixed by the config, not by the
@@ -158,6 +173,9 @@ class NetworkConfig:
     bind_address: str | None = None
     bind_prefix: ipaddress.IPv6Network | None = None
     bind_key: str = ""
+    auth: str = "sasl"
+    nickserv_nick: str = "NickServ"
+    nickserv_identify: str = "IDENTIFY {account} {password}"
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -276,6 +294,19 @@ def parse_network(netid: str, section: Any) -> NetworkConfig:
         except ValueError:
             msg = f"{bind_address!r} is not an IP address"
             raise ConfigError(p + "bind_address", msg) from None
+    auth = _str(section, "auth", "sasl", p)
+    if auth not in ("sasl", "nickserv"):
+        raise ConfigError(p + "auth", "must be sasl or nickserv")
+    nickserv_nick = _str(section, "nickserv_nick", "NickServ", p)
+    if not valid_nick(nickserv_nick or "", 64):
+        raise ConfigError(p + "nickserv_nick", "is not a valid IRC nick")
+    identify = _str(section, "nickserv_identify", "IDENTIFY {account} {password}", p)
+    try:
+        filled = identify.format(account="a", password="p")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(p + "nickserv_identify", "may hold {account} and {password}") from e
+    if "{password}" not in identify or not filled.strip():
+        raise ConfigError(p + "nickserv_identify", "must contain {password}")
     return NetworkConfig(
         netid=netid,
         host=host,
@@ -312,6 +343,9 @@ def parse_network(netid: str, section: Any) -> NetworkConfig:
         bind_address=bind_address,
         bind_prefix=prefix,
         bind_key=_str(section, "bind_key", "", p) or "",
+        auth=auth,
+        nickserv_nick=nickserv_nick,
+        nickserv_identify=identify,
     )
 
 

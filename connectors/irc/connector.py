@@ -49,6 +49,8 @@ from bridge.connector.ids import escape_localpart
 
 from . import ids
 from .activity import ActivityStore
+from .autocmds import MAX_COMMANDS, AutoCmdError, AutoCmdStore, parse_autocmd, show_autocmd
+from .certs import CertificateError, client_context, fingerprint, make_certificate
 from .client import (
     CommandRefused,
     ConnectionHandler,
@@ -58,6 +60,7 @@ from .client import (
     NotConnected,
 )
 from .config import NetworkConfig, parse_config, parse_identd
+from .formatting import strip_formatting
 from .identd import IdentServer, IdentTable
 from .irc_to_matrix import IrcToMatrix
 from .matrix_to_irc import (
@@ -129,6 +132,9 @@ class Network(ConnectionHandler):
                 register_timeout=cfg.register_timeout,
                 bind_address=cfg.bind_address,
                 ident=connector.ident_table,
+                auth=cfg.auth,
+                nickserv=cfg.nickserv_nick,
+                identify_template=cfg.nickserv_identify,
             ),
             self,
             pacer=self.pacer,
@@ -158,6 +164,13 @@ class Network(ConnectionHandler):
 
     def irc_registered(self, conn: IRCConnection) -> None:
         self.pacer.poke()  # the puppets waiting for the bot may go
+
+    def irc_failed(self, conn: IRCConnection, reason: str) -> None:
+        log.error("%s: the bot cannot connect: %s (fix bot.sasl_account/sasl_password or the "
+                  "password in the config)", self.cfg.netid, reason)  # fmt: skip
+
+    def irc_identify_failed(self, conn: IRCConnection, reason: str) -> None:
+        log.error("%s: NickServ refused the bot's IDENTIFY: %s", self.cfg.netid, reason)
 
     def irc_casemapping(self, conn: IRCConnection) -> None:
         """The bot learnt the server's mapping: what the network keeps is re-folded with it."""
@@ -214,8 +227,10 @@ class Network(ConnectionHandler):
                 self.pool.credentials[login.user_id] = dict(login.credentials)
         except Exception:
             log.exception("%s: loading logins failed", self.cfg.netid)
+        await self._load_certificates()
         await self.connector.nick_store.load(self)
         self.pool.activity.update(await self.connector.activity_store.load(self.cfg.netid))
+        await self.connector.autocmd_store.load(self)
         for channel in self.cfg.channels:
             self.bot.channels[self.bot.fold(channel)] = None
             self.bot.channel_names[self.bot.fold(channel)] = channel
@@ -234,6 +249,24 @@ class Network(ConnectionHandler):
         self.bot.start()
         if self.cfg.puppets:
             self.spawn(self._reconnect_members())
+
+    async def _load_certificates(self) -> None:
+        """TLS contexts for the certfp logins, before any puppet connects."""
+        for user_id, creds in self.pool.credentials.items():
+            cert, key = creds.get("cert"), creds.get("key")
+            if not (isinstance(cert, str) and isinstance(key, str)):
+                continue
+            try:
+                self.pool.client_contexts[user_id] = await client_context(
+                    self.cfg.ssl_context, cert, key
+                )
+            except CertificateError as e:
+                log.error("%s: certificate of %s: %s", self.cfg.netid, user_id, e)
+                self.notify(
+                    user_id,
+                    f"Your client certificate for {self.cfg.display_name} cannot be used ({e}). "
+                    f"Log in again: login irc {self.cfg.netid} certfp <account> <password>",
+                )
 
     async def _logins(self) -> list[Login]:
         found: dict[str, Login] = {}
@@ -343,7 +376,39 @@ class Network(ConnectionHandler):
         self.notify(puppet.user_id, text)
 
     def _on_puppet_fatal(self, puppet: Puppet, reason: str) -> None:
-        self.notify(puppet.user_id, f"Your connection to {self.cfg.display_name} failed: {reason}")
+        conn = puppet.conn
+        advice = self.advice(conn)
+        if conn.registered:  # NickServ refused IDENTIFY; the connection stays
+            text = (
+                f"NickServ on {self.cfg.display_name} did not log you in: {reason}. "
+                "You stay connected without your account; the password is not tried again "
+                f"until you log in again. {advice}"
+            )
+        else:
+            text = f"Your connection to {self.cfg.display_name} failed: {reason}. {advice}"
+        self.notify(puppet.user_id, text)
+
+    def advice(self, conn: IRCConnection) -> str:
+        """What the user can do about a failed login, as a command to type."""
+        net, p = self.cfg.netid, conn.params
+        way = "sasl" if self.cfg.auth == "sasl" else "nickserv"
+        if conn.fatal_kind == "password":
+            return f"Log in again with the right server password: login irc {net} password <pw>"
+        if conn.fatal_kind == "mechanism":
+            return (
+                f"The network's services may be down: try again later with `irc reconnect {net}`,"
+                f" or log in another way: login irc {net} {way} <account> <password>"
+            )
+        if p.sasl_mechanism == "EXTERNAL":
+            return (
+                "The services did not accept your client certificate (was it removed from the "
+                f"account, or the account dropped?). Log in again: login irc {net} certfp "
+                "<account> <password>"
+            )
+        return (
+            "Check the account name and password (a wrong password or an unknown account), "
+            f"then log in again: login irc {net} {way} <account> <password>"
+        )
 
     # --- helpers for clients --------------------------------------------------------------------
 
@@ -701,7 +766,10 @@ class IRCConnector(NetworkConnector):
     display_name: ClassVar[str] = "IRC"
     example_config: ClassVar[str] = "connectors/irc/config.py"
     migrations = MIGRATIONS
-    login_help = "<network> password <server password> | <network> sasl <account> <password>"
+    login_help = (
+        "<network> password <server password> | <network> sasl <account> <password> | "
+        "<network> nickserv <account> <password> | <network> certfp <account> <password>"
+    )
 
     def __init__(self, bridge: BridgeAPI, config: Mapping[str, Any]) -> None:
         super().__init__(bridge, config)
@@ -713,6 +781,7 @@ class IRCConnector(NetworkConnector):
         self.networks: dict[str, Network] = {}
         self.nick_store = NickStore(bridge)
         self.activity_store = ActivityStore(bridge)
+        self.autocmd_store = AutoCmdStore(bridge)
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> None:
@@ -913,30 +982,15 @@ class IRCConnector(NetworkConnector):
         if len(rest) == 2 and rest[0].lower() in ("password", "pass"):
             creds["password"] = rest[1]
             remote_name = ""
-        elif len(rest) == 3 and rest[0].lower() == "sasl":
+        elif len(rest) == 3 and rest[0].lower() in ("sasl", "nickserv"):
             creds["sasl_account"] = rest[1]
             creds["sasl_password"] = rest[2]
             remote_name = rest[1]
+        elif len(rest) == 3 and rest[0].lower() == "certfp":
+            return await self._login_certfp(net, user, rest[1], rest[2])
         else:
             raise ConnectorError("Usage: login irc " + self.login_help)
-        old = net.pool.credentials.get(user.user_id)
-        net.pool.credentials[user.user_id] = dict(creds)
-        puppet = net.pool.get(user.user_id)
-        if puppet is None:
-            puppet = net.pool.obtain(user.user_id, user.display_name)
-        else:
-            await net.pool.restart(user.user_id)
-        if puppet is None:
-            raise ConnectorError("The bridge has no free IRC connection right now.")
-        try:
-            await puppet.conn.connect()
-        except NotConnected as e:
-            if old is None:
-                net.pool.credentials.pop(user.user_id, None)
-            else:
-                net.pool.credentials[user.user_id] = old
-            await net.pool.remove(user.user_id, "login failed")
-            raise ConnectorError(f"Login to {net.cfg.display_name} failed: {e}") from e
+        puppet = await self._connect_with(net, user, creds, None)
         return LoginResult(
             # One login per Matrix user and IRC network (the core keys logins by connector
             # name and login id). DM portals use the Matrix user id as receiver.
@@ -946,12 +1000,188 @@ class IRCConnector(NetworkConnector):
             message=f"Connected to {net.cfg.display_name} as {puppet.conn.nick}.",
         )
 
+    async def _connect_with(
+        self,
+        net: Network,
+        user: MatrixUser,
+        creds: dict[str, object],
+        context: Any,
+    ) -> Puppet:
+        """(Re)connect the user's puppet with ``creds`` (and the certificate's TLS context);
+        on failure the previous login is back in place and ``ConnectorError`` says why."""
+        pool = net.pool
+        old, old_ctx = pool.credentials.get(user.user_id), pool.client_contexts.get(user.user_id)
+        pool.credentials[user.user_id] = dict(creds)
+        if context is not None:
+            pool.client_contexts[user.user_id] = context
+        else:
+            pool.client_contexts.pop(user.user_id, None)
+        puppet = pool.get(user.user_id)
+        if puppet is None:
+            puppet = pool.obtain(user.user_id, user.display_name)
+            if puppet is not None:
+                puppet.quiet = True
+        else:
+            puppet.quiet = True
+            await pool.restart(user.user_id)
+        if puppet is None:
+            raise ConnectorError("The bridge has no free IRC connection right now.")
+
+        async def restore(reason: str, refused: bool = False) -> None:
+            if old is None:
+                pool.credentials.pop(user.user_id, None)
+            else:
+                pool.credentials[user.user_id] = old
+            if old_ctx is None:
+                pool.client_contexts.pop(user.user_id, None)
+            else:
+                pool.client_contexts[user.user_id] = old_ctx
+            await pool.remove(user.user_id, "login failed")
+            # What to do, when the credentials were the trouble (not a network error).
+            advice = net.advice(puppet.conn) if puppet.conn.fatal_kind or refused else ""
+            raise ConnectorError(
+                f"Login to {net.cfg.display_name} failed: {reason}"
+                + (f". {advice}" if advice else "")
+            )
+
+        try:
+            try:
+                await puppet.conn.connect()
+            except NotConnected as e:
+                await restore(str(e))
+            conn = puppet.conn
+            if conn.params.auth == "nickserv" and conn.identify_state == "sent":
+                # The answer to IDENTIFY decides: a refused password is not stored.
+                try:
+                    await asyncio.wait_for(conn.identify_answered.wait(), 20)
+                except TimeoutError:
+                    pass  # services may be slow or silent: the login stands
+                if conn.identify_state == "refused":
+                    await restore(f"NickServ refused the login: {conn.identify_error}", True)
+            return puppet
+        finally:
+            puppet.quiet = False
+
+    async def _login_certfp(
+        self, net: Network, user: MatrixUser, account: str, password: str
+    ) -> LoginResult:
+        """Log in once with the password over TLS with a new client certificate, add the
+        certificate to the account (NickServ CERT ADD), then connect with the certificate
+        alone (SASL EXTERNAL); only the certificate is stored."""
+        cfg = net.cfg
+        if not cfg.tls:
+            raise ConnectorError(
+                f"certfp needs TLS to {cfg.display_name}: the bridge's admin must set tls: true "
+                "for the network; until then use login irc "
+                f"{cfg.netid} {'sasl' if cfg.auth == 'sasl' else 'nickserv'} <account> <password>"
+            )
+        pool, uid = net.pool, user.user_id
+        before, before_ctx = pool.credentials.get(uid), pool.client_contexts.get(uid)
+
+        async def forget() -> None:
+            """Back to the login the user had before (the password is not kept)."""
+            await pool.remove(uid, "login failed")
+            if before is None:
+                pool.credentials.pop(uid, None)
+            else:
+                pool.credentials[uid] = before
+            if before_ctx is None:
+                pool.client_contexts.pop(uid, None)
+            else:
+                pool.client_contexts[uid] = before_ctx
+
+        cert, key = await asyncio.to_thread(make_certificate, f"{account} via Matrix")
+        try:
+            context = await client_context(cfg.ssl_context, cert, key)
+        except CertificateError as e:
+            raise ConnectorError(str(e)) from e
+        first: dict[str, object] = {
+            "network": cfg.netid,
+            "sasl_account": account,
+            "sasl_password": password,
+        }
+        puppet = await self._connect_with(net, user, first, context)
+        conn = puppet.conn
+        fp = fingerprint(cert)
+        services = cfg.nickserv_nick
+
+        def answer(line: Line) -> bool:
+            return line.command == "NOTICE" and conn.fold(line.nick) == conn.fold(services)
+
+        waiting = conn.expect_line(answer)
+        try:
+            # Without a fingerprint: the services take the one the server saw on this
+            # connection, in the server's own hash.
+            conn.send("PRIVMSG", services, "CERT ADD")
+            reply = strip_formatting((await asyncio.wait_for(waiting, 20)).param(-1))
+        except (TimeoutError, NotConnected, ValueError) as e:
+            waiting.cancel()
+            await forget()
+            why = "no answer" if isinstance(e, TimeoutError) else str(e)
+            raise ConnectorError(
+                f"{services} did not take the certificate ({why}); nothing was stored. Try "
+                f"again, or log in with login irc {cfg.netid} sasl <account> <password>"
+            ) from e
+        low = reply.lower()
+        if not ("added" in low or "already" in low) or "not " in low:
+            await forget()
+            raise ConnectorError(
+                f"{services} did not add the certificate: {reply}. Nothing was stored."
+            )
+        final: dict[str, object] = {
+            "network": cfg.netid,
+            "sasl_account": account,
+            "cert": cert,
+            "key": key,
+        }
+        if cfg.auth == "sasl":
+            final["sasl_mechanism"] = "EXTERNAL"
+        try:
+            # Once more, with the certificate alone: a login that works is what is stored.
+            puppet = await self._connect_with(net, user, final, context)
+        except ConnectorError as e:
+            await forget()
+            raise ConnectorError(
+                f"{services} added the certificate, but logging in with it failed: {e}"
+            ) from e
+        conn = puppet.conn
+        if conn.account is None:
+            # Without SASL the services log the connection in when they see the certificate,
+            # a moment after registration (900).
+            logged_in = conn.expect_line(lambda line: line.command == "900")
+            try:
+                await asyncio.wait_for(logged_in, 15)
+            except TimeoutError:
+                pass
+        if conn.account is None:
+            how = (
+                f"the services have not said yet that the certificate logged you in as "
+                f"{account} (irc status shows it once they do)"
+            )
+        else:
+            how = f"logged in as {conn.account} with a client certificate"
+        return LoginResult(
+            login_id=f"{cfg.netid}/{user.user_id}",
+            credentials=final,
+            remote_name=account,
+            message=(
+                f"Connected to {cfg.display_name} as {conn.nick}, {how} (SHA-256 "
+                f"fingerprint {fp}). Your password is not stored: later connections use the "
+                "certificate."
+            ),
+        )
+
     async def logout(self, login: Login) -> None:
         netid = str(login.credentials.get("network") or ids.netid_of(login.network) or "")
         net = self.networks.get(netid)
         if net is None:
             return
         net.pool.credentials.pop(login.user_id, None)
+        net.pool.client_contexts.pop(login.user_id, None)
+        try:
+            await self.autocmd_store.save(net, login.user_id, [])  # they belong to the login
+        except Exception:
+            log.exception("%s: forgetting auto-commands failed", netid)
         await net.pool.restart(login.user_id)
 
     # --- ExtraCommands ------------------------------------------------------------------------
@@ -972,7 +1202,52 @@ class IRCConnector(NetworkConnector):
                 "reconnect", "Reconnect your IRC connection", self._cmd_reconnect, args="[network]"
             ),
             ConnectorCommand("status", "Show your IRC connections", self._cmd_status),
+            ConnectorCommand(
+                "autocmd",
+                "Commands your connection sends after connecting: msg <nick> <text>, mode <+modes>",
+                self._cmd_autocmd,
+                args="[network] add <command> | list | del <number> | clear",
+            ),
         ]
+
+    async def _cmd_autocmd(self, user: MatrixUser, args: list[str]) -> str:
+        net, rest = self._net_arg(args)
+        cmds = list(net.pool.autocmds.get(user.user_id, ()))
+        name = net.cfg.display_name
+        sub = rest[0].lower() if rest else "list"
+        if sub == "list":
+            if not cmds:
+                return f"No auto-commands on {name}."
+            lines = [f"{i}. {show_autocmd(c)}" for i, c in enumerate(cmds, 1)]
+            return f"Auto-commands on {name}, sent after each connect:\n" + "\n".join(lines)
+        if sub == "add":
+            if len(cmds) >= MAX_COMMANDS:
+                return f"You have {MAX_COMMANDS} auto-commands on {name}, the most there may be."
+            try:
+                cmd = parse_autocmd(rest[1:], net.cfg.nickserv_nick)
+            except AutoCmdError as e:
+                return f"Not added: {e}."
+            cmds.append(cmd)
+        elif sub in ("del", "delete", "remove"):
+            if len(rest) != 2 or not rest[1].isdigit() or not 1 <= int(rest[1]) <= len(cmds):
+                return f"Usage: irc autocmd {net.cfg.netid} del <number> (see irc autocmd list)"
+            cmds.pop(int(rest[1]) - 1)
+        elif sub == "clear":
+            cmds = []
+        else:
+            return "Usage: irc autocmd [network] add <command> | list | del <number> | clear"
+        try:
+            await self.autocmd_store.save(net, user.user_id, cmds)
+        except Exception:
+            log.exception("%s: saving auto-commands failed", net.cfg.netid)
+            return "The auto-commands could not be saved; nothing changed. Try again later."
+        puppet = net.pool.get(user.user_id)
+        if puppet is not None:
+            puppet.conn.params.after_connect = list(cmds)
+        return (
+            f"Saved: {len(cmds)} auto-command(s) on {name}, sent from your next connection on "
+            f"(irc reconnect {net.cfg.netid} to apply them now)."
+        )
 
     async def _cmd_nick(self, user: MatrixUser, args: list[str]) -> str:
         net, rest = self._net_arg(args)
@@ -1028,5 +1303,6 @@ class IRCConnector(NetworkConnector):
             else:
                 c = puppet.conn
                 chans = ", ".join(sorted(c.channel_names.values())) or "no channels"
-                lines.append(f"{netid}: {c.state} as {c.nick} ({chans})")
+                account = f", logged in as {c.account}" if c.account else ""
+                lines.append(f"{netid}: {c.state} as {c.nick}{account} ({chans})")
         return "\n".join(lines)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,8 +48,9 @@ class Puppet(ConnectionHandler):
         # the most recent reconnect first after a restart or an outage.
         self.last_message = pool.activity.get(user_id, 0.0)
         self.custom_nick: str | None = None
+        # A login in progress reports failures itself (the command's answer): no notice.
+        self.quiet = False
         cfg = pool.cfg
-        creds = pool.credentials.get(user_id, {})
         localpart = user_id[1:].split(":", 1)[0]
         username = nick_for(cfg.username_template, localpart, user_id, 10).lower()
         nick = nick_for(cfg.nick_template, display_name, user_id, 30)
@@ -62,9 +64,6 @@ class Puppet(ConnectionHandler):
             realname=cfg.realname_template.format(
                 user_id=user_id, displayname=display_name, localpart=localpart
             ),
-            password=creds.get("password") or cfg.password,
-            sasl_account=creds.get("sasl_account"),
-            sasl_password=creds.get("sasl_password"),
             flood_burst=cfg.flood_burst,
             flood_rate=cfg.flood_rate,
             reconnect_min=cfg.reconnect_min,
@@ -78,7 +77,11 @@ class Puppet(ConnectionHandler):
             else cfg.bind_address,
             freebind=cfg.bind_prefix is not None,
             ident=pool.ident,
+            auth=cfg.auth,
+            nickserv=cfg.nickserv_nick,
+            identify_template=cfg.nickserv_identify,
         )
+        pool.apply_credentials(user_id, params)
         self.conn = IRCConnection(
             params, self, pacer=pool.pacer, listen_channels=False, name=f"{cfg.netid}/{nick}"
         )
@@ -151,8 +154,16 @@ class Puppet(ConnectionHandler):
         self.pool.set_casemapping(conn.casemapping)
 
     def irc_disconnected(self, conn: IRCConnection, reason: str) -> None:
-        if conn.fatal:
+        if conn.fatal and not self.quiet:
             self.pool.on_fatal(self, conn.fatal)
+
+    def irc_failed(self, conn: IRCConnection, reason: str) -> None:
+        if not self.quiet:
+            self.pool.on_fatal(self, reason)
+
+    def irc_identify_failed(self, conn: IRCConnection, reason: str) -> None:
+        if not self.quiet:
+            self.pool.on_fatal(self, reason)
 
     def irc_nick_taken(self, conn: IRCConnection, nick: str, attempt: int) -> str | None:
         if attempt > 10:
@@ -195,6 +206,9 @@ class PuppetPool:
         self.puppets: dict[str, Puppet] = {}
         self.by_nick: dict[str, Puppet] = {}
         self.credentials: dict[str, dict[str, Any]] = {}
+        # TLS contexts presenting the client certificate of a certfp login, by user id.
+        self.client_contexts: dict[str, ssl.SSLContext] = {}
+        self.autocmds: dict[str, list[tuple[str, ...]]] = {}
         self.custom_nicks: dict[str, str] = {}
         self.activity: dict[str, float] = {}  # user id -> time of their last message
         self.on_private = on_private
@@ -275,14 +289,21 @@ class PuppetPool:
         puppet = self.puppets.get(user_id)
         if puppet is None:
             return None
-        creds = self.credentials.get(user_id, {})
         await puppet.conn.quit("reconnecting")
-        p = puppet.conn.params
+        self.apply_credentials(user_id, puppet.conn.params)
+        puppet.conn.forget_refusal()
+        puppet.conn.start()
+        return puppet
+
+    def apply_credentials(self, user_id: str, p: ConnParams) -> None:
+        """The user's login (password, account, certificate) and auto-commands on ``p``."""
+        creds = self.credentials.get(user_id, {})
         p.password = creds.get("password") or self.cfg.password
         p.sasl_account = creds.get("sasl_account")
         p.sasl_password = creds.get("sasl_password")
-        puppet.conn.start()
-        return puppet
+        p.sasl_mechanism = str(creds.get("sasl_mechanism") or "PLAIN")
+        p.ssl = self.client_contexts.get(user_id) or self.cfg.ssl_context()
+        p.after_connect = list(self.autocmds.get(user_id, ()))
 
     def _ensure_idle_task(self) -> None:
         if self.cfg.idle_timeout > 0 and (self._idle_task is None or self._idle_task.done()):

@@ -16,4 +16,7 @@ MIGRATIONS: Migrations = [
     # epoch): reconnects after a restart go most recent first.
     "CREATE TABLE irc_puppet_activity (network TEXT NOT NULL, user_id TEXT NOT NULL, "
     "last_message BIGINT NOT NULL, PRIMARY KEY (network, user_id))",
+    # 3: auto-commands after connect (``irc autocmd``), a JSON list per user and network.
+    "CREATE TABLE irc_autocmd (network TEXT NOT NULL, user_id TEXT NOT NULL, "
+    "commands TEXT NOT NULL, PRIMARY KEY (network, user_id))",
 ]

@@ -18,6 +18,8 @@ def test_defaults() -> None:
     assert cfg.line_limit == 3 and cfg.edits == "prefix" and cfg.reactions == "action"
     assert cfg.power_levels["o"] == 50 and cfg.power_levels["v"] == 10
     assert cfg.ssl_context() is not None
+    assert cfg.auth == "sasl" and cfg.nickserv_nick == "NickServ"
+    assert cfg.nickserv_identify == "IDENTIFY {account} {password}"
 
 
 @pytest.mark.parametrize(
@@ -37,6 +39,16 @@ def test_defaults() -> None:
         (
             {"networks": {"a": {"host": "x", "bot": {"sasl_account": "u"}}}},
             "networks.a.bot.sasl_password",
+        ),
+        ({"networks": {"a": {"host": "x", "auth": "pam"}}}, "networks.a.auth"),
+        ({"networks": {"a": {"host": "x", "nickserv_nick": "#ns"}}}, "networks.a.nickserv_nick"),
+        (
+            {"networks": {"a": {"host": "x", "nickserv_identify": "IDENTIFY {account}"}}},
+            "networks.a.nickserv_identify",
+        ),
+        (
+            {"networks": {"a": {"host": "x", "nickserv_identify": "ID {pw} {password}"}}},
+            "networks.a.nickserv_identify",
         ),
         (
             {"networks": {"a": {"host": "x", "reconnect": {"min_delay": 5, "max_delay": 1}}}},

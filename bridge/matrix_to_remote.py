@@ -268,7 +268,7 @@ class MatrixHandler:
     ) -> None:
         crypto = self.bridge.crypto
         assert crypto is not None
-        got = await crypto.wait_for_key(missing.room_id, missing.session_id, LATE_KEY_S)
+        got = await crypto.wait_for_key(missing, LATE_KEY_S)
 
         async def run() -> None:
             try:

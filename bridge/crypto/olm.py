@@ -34,12 +34,15 @@ from mautrix.errors import (
 from mautrix.types import (
     JSON,
     ASToDeviceEvent,
+    DecryptedOlmEvent,
     DeviceID,
     DeviceLists,
     DeviceOTKCount,
     EncryptedEvent,
     EncryptedMegolmEventContent,
     EventType,
+    ForwardedRoomKeyEventContent,
+    IdentityKey,
     RoomEncryptionStateEventContent,
     RoomID,
     SerializerError,
@@ -66,6 +69,8 @@ PROBE_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 60.0
 # The bridge's own record of the bot's device, kept apart from the crypto store.
 DEVICE_SECRET = "device_id"
+# How long a missing room key may be on its way before the sender's devices are asked for it.
+REQUEST_AFTER_S = 3.0
 
 
 class CryptoStartupError(Exception):
@@ -129,6 +134,41 @@ class _MachineState(StateStore):
         return [RoomID(r) for r in self.rooms.rooms() if self.joined(r, user_id)]
 
 
+class _Machine(OlmMachine):
+    """An ``OlmMachine`` that takes a forwarded room key only when the bridge asked for it,
+    from the user it asked, for the room and session key it asked about."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # session id -> (room, user asked, session's sender key), and how many wait for it.
+        self.asked: dict[str, tuple[str, str, str]] = {}
+        self.askers: dict[str, int] = defaultdict(int)
+
+    async def _receive_forwarded_room_key(self, evt: DecryptedOlmEvent) -> None:
+        key = evt.content
+        if not isinstance(key, ForwardedRoomKeyEventContent):
+            return
+        expected = self.asked.get(str(key.session_id))
+        if (
+            expected is None
+            or expected[:2] != (str(key.room_id), str(evt.sender))
+            or (expected[2] and expected[2] != str(key.sender_key))
+        ):
+            self.log.debug(f"Ignoring a room key {evt.sender} forwarded unasked")
+            return
+        await super()._receive_forwarded_room_key(evt)
+
+    def ask(self, session_id: str, room_id: str, user: str, sender_key: str) -> None:
+        self.asked[session_id] = (room_id, user, sender_key)
+        self.askers[session_id] += 1
+
+    def done_asking(self, session_id: str) -> None:
+        self.askers[session_id] -= 1
+        if self.askers[session_id] <= 0:
+            self.askers.pop(session_id, None)
+            self.asked.pop(session_id, None)
+
+
 class OlmCrypto:
     def __init__(
         self,
@@ -150,7 +190,7 @@ class OlmCrypto:
         self._waiting = WaitingEvents(db)
         self._ready = asyncio.Event()
         self._store: PlaintextKeepingStore | None = None
-        self._machine: OlmMachine | None = None
+        self._machine: _Machine | None = None
         self._client: Client | None = None
         self._room_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._probe_nonce = ""
@@ -159,7 +199,7 @@ class OlmCrypto:
         self._probe_task: asyncio.Task[None] | None = None
 
     @property
-    def machine(self) -> OlmMachine:
+    def machine(self) -> _Machine:
         assert self._machine is not None, "OlmCrypto.start() first"
         return self._machine
 
@@ -194,7 +234,7 @@ class OlmCrypto:
             self._store = PlaintextKeepingStore(bot, pickle_key, self.db)
             stored = None
         device_id = stored or DeviceID("MIMI" + secrets.token_hex(5).upper())
-        self._machine = OlmMachine(
+        self._machine = _Machine(
             self._client,
             self._store,
             _MachineState(self.rooms, self.hs.is_joined),
@@ -457,7 +497,9 @@ class OlmCrypto:
             await self.machine.decrypt_megolm_event(evt)
             plaintext = self._store.take(evt.content.ciphertext)
         except SessionNotFound as e:
-            raise KeyMissing(evt.room_id, str(e.session_id)) from e
+            raise KeyMissing(
+                evt.room_id, str(e.session_id), evt.sender, str(evt.content.sender_key or "")
+            ) from e
         except GroupSessionWithheldError as e:
             raise DecryptionFailed(
                 "your client withheld its key from the bridge",
@@ -486,7 +528,9 @@ class OlmCrypto:
         assert isinstance(content, EncryptedMegolmEventContent)
         session = await self._store.get_group_session(evt.room_id, SessionID(content.session_id))
         if session is None:
-            raise KeyMissing(evt.room_id, str(content.session_id))
+            raise KeyMissing(
+                evt.room_id, str(content.session_id), evt.sender, str(content.sender_key or "")
+            )
         try:
             plaintext, _ = session.decrypt(content.ciphertext)
         except olm.OlmGroupSessionError as e:
@@ -509,10 +553,39 @@ class OlmCrypto:
             inner["m.relates_to"] = outer_rel  # relations stay outside the ciphertext
         return {**event, "type": etype, "content": inner}
 
-    async def wait_for_key(self, room_id: str, session_id: str, limit_s: float) -> bool:
-        return bool(
-            await self.machine.wait_for_session(RoomID(room_id), SessionID(session_id), limit_s)
-        )
+    async def wait_for_key(self, missing: KeyMissing, limit_s: float) -> bool:
+        room, session = RoomID(missing.room_id), SessionID(missing.session_id)
+        first = min(REQUEST_AFTER_S, limit_s)
+        if await self.machine.wait_for_session(room, session, first):
+            return True
+        rest = max(limit_s - first, 0.0)
+        sender = missing.sender
+        if not sender or self.is_bridge_user(sender):
+            return bool(await self.machine.wait_for_session(room, session, rest))
+        machine = self.machine
+        machine.ask(session, room, sender, missing.sender_key)
+        try:
+            # Sent to all the sender's devices; the answer comes as a forwarded room key,
+            # which wakes the wait. Whom it reached is not waited on: no cancellation.
+            await machine.request_room_key(
+                room,
+                IdentityKey(missing.sender_key),
+                session,
+                {UserID(sender): [DeviceID("*")]},
+                timeout=0,
+            )
+            self.log.info(
+                "asked the devices of %s for the missing key of session %s in %s",
+                sender,
+                session,
+                room,
+            )
+        except MatrixRequestError as e:
+            self.log.warning("could not ask %s for a missing room key: %s", sender, e)
+        try:
+            return bool(await machine.wait_for_session(room, session, rest))
+        finally:
+            machine.done_asking(session)
 
     async def keep_waiting(self, event: dict[str, Any]) -> None:
         await self._until_ready()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nio import RoomKeyRequest, ToDeviceError
 from nio.crypto.sessions import OutboundGroupSession
 
 from tests.e2ee.nio_user import NioUser
@@ -58,3 +59,35 @@ async def unshared_ciphertext(user: NioUser, room: str, body: str) -> tuple[Any,
     _, payload = user.client.encrypt(room, "m.room.message", {"msgtype": "m.text", "body": body})
     olm.outbound_group_sessions.pop(room)
     return unused, payload
+
+
+async def forward_key(user: NioUser, room: str, session_id: str, to: str, device_id: str) -> None:
+    """Forward the user's own room key ``session_id`` to another user's device, over the
+    Olm session her client has with it (matrix-nio forwards keys only to its user's own
+    devices by itself)."""
+    olm: Any = user.client.olm
+    own_key = olm.account.identity_keys["curve25519"]
+    group_session = olm.inbound_group_store.get(room, own_key, session_id)
+    assert group_session is not None, "the session is not the user's own"
+    device = olm.device_store[to][device_id]
+    session = olm.session_store.get(device.curve25519)
+    assert session is not None, f"no Olm session with {to}/{device_id}"
+    message = olm._encrypt_forwarding_key(room, group_session, session, device)
+    resp = await user.client.to_device(message)
+    assert not isinstance(resp, ToDeviceError), resp
+
+
+def key_requests(user: NioUser) -> list[RoomKeyRequest]:
+    """The room key requests the user's client receives from then on (matrix-nio handles
+    them without telling its application, and ignores other users')."""
+    olm: Any = user.client.olm
+    seen: list[RoomKeyRequest] = []
+    handle = olm._handle_key_requests
+
+    def record(event: Any) -> None:
+        if isinstance(event, RoomKeyRequest):
+            seen.append(event)
+        handle(event)
+
+    olm._handle_key_requests = record
+    return seen

@@ -21,6 +21,7 @@ from mautrix.api import Method, Path
 from mautrix.client import Client
 from mautrix.crypto import OlmMachine, PgCryptoStore, StateStore
 from mautrix.crypto.attachments import decrypt_attachment, encrypt_attachment
+from mautrix.crypto.key_share import RejectKeyShare
 from mautrix.errors import (
     CryptoError,
     DecryptionError,
@@ -36,6 +37,7 @@ from mautrix.types import (
     ASToDeviceEvent,
     DecryptedOlmEvent,
     DeviceID,
+    DeviceIdentity,
     DeviceLists,
     DeviceOTKCount,
     EncryptedEvent,
@@ -43,10 +45,13 @@ from mautrix.types import (
     EventType,
     ForwardedRoomKeyEventContent,
     IdentityKey,
+    RequestedKeyInfo,
     RoomEncryptionStateEventContent,
     RoomID,
+    RoomKeyWithheldCode,
     SerializerError,
     SessionID,
+    TrustState,
     UserID,
 )
 from mautrix.util.async_db import Database
@@ -241,6 +246,7 @@ class OlmCrypto:
             log=_trace_logger(self.log.name + ".olm"),
         )
         _quiet_trust(self.log.name + ".olm")
+        self._machine.allow_key_share = self._allow_key_share
         try:
             # MSC4190: the appservice creates (or re-confirms) its bot's device itself.
             await self._client.create_device_msc4190(device_id, self.device_name)
@@ -311,6 +317,60 @@ class OlmCrypto:
             new,
             gone,
         )
+
+    async def _allow_key_share(self, device: DeviceIdentity, request: RequestedKeyInfo) -> bool:
+        """A Matrix user's device (a new one, typically) asks for the key of a group session:
+        forwarded when the bot made the session (what the bridge posted, never another
+        user's messages), the user is in the room now, and the room shows its history to its
+        members. Refusals are answered with ``m.room_key.withheld``."""
+        machine = self.machine
+        user, room = str(device.user_id), str(request.room_id)
+        if user == self.hs.bot_mxid:
+            return await machine.default_allow_key_share(device, request)
+        if self.is_bridge_user(user):
+            raise RejectKeyShare(f"Ignoring a key request from bridge user {user}")
+        if device.trust == TrustState.BLACKLISTED:
+            raise RejectKeyShare(
+                f"Rejecting a key request from blacklisted device {user}/{device.device_id}",
+                RoomKeyWithheldCode.BLACKLISTED,
+                "This device is blacklisted",
+            )
+        session = await machine.crypto_store.get_group_session(request.room_id, request.session_id)
+        account = machine.account
+        if session is None or account is None or session.sender_key != account.identity_key:
+            raise RejectKeyShare(
+                f"Not forwarding session {request.session_id}: not the bridge's own",
+                RoomKeyWithheldCode.UNAVAILABLE,
+                "The bridge forwards only the keys of what it sent",
+            )
+        try:
+            member = await self.hs.get_state(room, "m.room.member", user)
+            history = await self.hs.get_state(room, "m.room.history_visibility")
+        except MatrixError as e:
+            raise RejectKeyShare(
+                f"Not forwarding a key of {room}: {e}", RoomKeyWithheldCode.UNAVAILABLE
+            ) from e
+        if (member or {}).get("membership") != "join":
+            raise RejectKeyShare(
+                f"Not forwarding a key of {room} to {user}: not in the room",
+                RoomKeyWithheldCode.UNAUTHORIZED,
+                "You are not in the room",
+            )
+        if (history or {}).get("history_visibility", "shared") not in ("shared", "world_readable"):
+            # Whether the user was in the room when the session was used is not known here.
+            raise RejectKeyShare(
+                f"Not forwarding a key of {room}: its history is for members of the time",
+                RoomKeyWithheldCode.UNAUTHORIZED,
+                "The room's history is visible only to who was a member at the time",
+            )
+        self.log.info(
+            "forwarding the key of session %s in %s to %s/%s",
+            request.session_id,
+            room,
+            user,
+            device.device_id,
+        )
+        return True
 
     async def _keys_published(self) -> bool:
         assert self._client is not None

@@ -91,3 +91,17 @@ def key_requests(user: NioUser) -> list[RoomKeyRequest]:
 
     olm._handle_key_requests = record
     return seen
+
+
+def accept_forwarded_keys(user: NioUser, sender: str) -> None:
+    """Let the user's client take the room keys it asked ``sender`` for (matrix-nio takes
+    forwarded keys only from its user's own verified devices)."""
+    olm: Any = user.client.olm
+    check = olm._should_accept_forward
+
+    def accept(from_user: str, sender_key: str, event: Any) -> bool:
+        if from_user == sender and event.session_id in olm.outgoing_key_requests:
+            return True
+        return bool(check(from_user, sender_key, event))
+
+    olm._should_accept_forward = accept

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import pytest
 from mautrix.types import RoomID, SessionID
+from nio import EncryptionError, MegolmEvent, ToDeviceError, UnknownToDeviceEvent
 
 from bridge.crypto.olm import OlmCrypto
 from tests.conftest import BridgeFactory
 from tests.e2ee.conftest import NioFactory
 from tests.e2ee.helpers import (
     BOT,
+    accept_forwarded_keys,
     encrypted_management_room,
     forward_key,
     key_requests,
     unshared_ciphertext,
     was_encrypted,
 )
+from tests.e2ee.nio_user import NioUser
 from tests.helpers import until
 
 
@@ -104,3 +107,52 @@ async def test_unasked_forwarded_key_is_not_taken(
     store = bridge.crypto.machine.crypto_store
     assert not await store.has_group_session(RoomID(room), SessionID(session.id))
     assert not [e for r, e in alice.events if "login <network>" in str(e.source)]
+
+
+def _readable(user: NioUser, event: MegolmEvent) -> bool:
+    try:
+        user.client.decrypt_event(event)
+    except EncryptionError:
+        return False
+    return True
+
+
+async def test_own_new_device_gets_the_bridges_keys(
+    make_bridge: BridgeFactory, nio_user: NioFactory
+) -> None:
+    """A user's new device asks the bot for the key of what the bridge said before it
+    existed, and gets it; someone not in the room asks too and is refused."""
+    bridge = await make_bridge(encryption={"allow": True})
+    assert bridge.crypto is not None
+    alice = await nio_user()
+    room = await encrypted_management_room(alice)
+    await alice.send_text(room, "ping")
+    pong = await alice.wait_for_body(room, "Pong.", sender=BOT)
+    assert alice.raw is not None
+    raw = await alice.raw.get_event(room, pong.event_id)
+    old = MegolmEvent.from_dict(raw)
+    assert isinstance(old, MegolmEvent), raw
+
+    phone = await nio_user(device_of=alice)
+    assert phone.client.device_id != alice.client.device_id
+    assert not _readable(phone, old)
+    accept_forwarded_keys(phone, BOT)
+    ask = old.as_key_request(BOT, phone.client.device_id, device_id=bridge.crypto.device_id)
+    assert not isinstance(await phone.client.to_device(ask), ToDeviceError)
+    await until(lambda: _readable(phone, old), 45, "the bot's key forwarded to her new device")
+
+    bob = await nio_user()
+    withheld: list[UnknownToDeviceEvent] = []
+
+    async def on_to_device(event: UnknownToDeviceEvent) -> None:
+        if event.type == "m.room_key.withheld":
+            withheld.append(event)
+
+    bob.client.add_to_device_callback(on_to_device, UnknownToDeviceEvent)  # type: ignore[arg-type]
+    accept_forwarded_keys(bob, BOT)
+    ask = old.as_key_request(BOT, bob.client.device_id, device_id=bridge.crypto.device_id)
+    assert not isinstance(await bob.client.to_device(ask), ToDeviceError)
+    refusal = await until(lambda: withheld[0] if withheld else None, 45, "a withheld answer")
+    assert refusal.source["content"]["code"] == "m.unauthorised"
+    assert refusal.source["content"]["session_id"] == old.session_id
+    assert not _readable(bob, old)

@@ -102,3 +102,19 @@ async def test_old_portals_are_encrypted_at_start(
     assert await was_encrypted(alice, room, evt.event_id)
     await alice.send_text(room, "mine too")
     await until(sent(bridge, "message", text="mine too"), 45)
+
+
+async def test_unencrypted_message_in_an_encrypted_portal_is_refused(
+    make_bridge: BridgeFactory, nio_user: NioFactory
+) -> None:
+    bridge = await make_bridge(encryption=ENC)
+    alice = await nio_user()
+    room = await encrypted_portal(alice, "#e2ee-plain-in-encrypted")
+    assert alice.raw is not None
+    await alice.raw.send_text(room, "in clear")
+    told = await alice.wait_for_body(room, "sent unencrypted", sender=BOT)
+    assert alice.user_id in told.source["content"]["body"]
+    assert await was_encrypted(alice, room, told.event_id)
+    await alice.send_text(room, "encrypted after")
+    await until(sent(bridge, "message", text="encrypted after"), 45)
+    assert not sent(bridge, "message", text="in clear")()

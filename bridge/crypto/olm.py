@@ -145,7 +145,8 @@ class _Machine(OlmMachine):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # session id -> (room, user asked, session's sender key), and how many wait for it.
+        # session id -> (room, user asked, session's sender key), and how many events wait
+        # for it (what is kept of a session goes when none does).
         self.asked: dict[str, tuple[str, str, str]] = {}
         self.askers: dict[str, int] = defaultdict(int)
 
@@ -163,9 +164,11 @@ class _Machine(OlmMachine):
             return
         await super()._receive_forwarded_room_key(evt)
 
+    def waiting_for(self, session_id: str) -> None:
+        self.askers[session_id] += 1
+
     def ask(self, session_id: str, room_id: str, user: str, sender_key: str) -> None:
         self.asked[session_id] = (room_id, user, sender_key)
-        self.askers[session_id] += 1
 
     def done_asking(self, session_id: str) -> None:
         self.askers[session_id] -= 1
@@ -615,15 +618,32 @@ class OlmCrypto:
 
     async def wait_for_key(self, missing: KeyMissing, limit_s: float) -> bool:
         room, session = RoomID(missing.room_id), SessionID(missing.session_id)
-        first = min(REQUEST_AFTER_S, limit_s)
-        if await self.machine.wait_for_session(room, session, first):
-            return True
-        rest = max(limit_s - first, 0.0)
-        sender = missing.sender
-        if not sender or self.is_bridge_user(sender):
-            return bool(await self.machine.wait_for_session(room, session, rest))
         machine = self.machine
-        machine.ask(session, room, sender, missing.sender_key)
+        sender = missing.sender
+        asking = bool(sender) and not self.is_bridge_user(sender)
+        request: asyncio.Task[None] | None = None
+        if asking:
+            machine.waiting_for(session)
+            request = asyncio.create_task(self._request_key(missing))
+        try:
+            # One wait from the event's arrival: the events waiting for a key wake in the
+            # order they came when it arrives, and are bridged in that order.
+            return bool(await machine.wait_for_session(room, session, limit_s))
+        finally:
+            if request is not None:
+                request.cancel()
+            if asking:
+                machine.done_asking(session)
+
+    async def _request_key(self, missing: KeyMissing) -> None:
+        """Ask the sender's devices for a key still missing a few seconds on (once for all
+        the events waiting for it)."""
+        await asyncio.sleep(REQUEST_AFTER_S)
+        machine = self.machine
+        room, session = RoomID(missing.room_id), SessionID(missing.session_id)
+        if session in machine.asked or await machine.crypto_store.has_group_session(room, session):
+            return
+        machine.ask(session, room, missing.sender, missing.sender_key)
         try:
             # Sent to all the sender's devices; the answer comes as a forwarded room key,
             # which wakes the wait. Whom it reached is not waited on: no cancellation.
@@ -631,21 +651,18 @@ class OlmCrypto:
                 room,
                 IdentityKey(missing.sender_key),
                 session,
-                {UserID(sender): [DeviceID("*")]},
+                {UserID(missing.sender): [DeviceID("*")]},
                 timeout=0,
             )
-            self.log.info(
-                "asked the devices of %s for the missing key of session %s in %s",
-                sender,
-                session,
-                room,
-            )
         except MatrixRequestError as e:
-            self.log.warning("could not ask %s for a missing room key: %s", sender, e)
-        try:
-            return bool(await machine.wait_for_session(room, session, rest))
-        finally:
-            machine.done_asking(session)
+            self.log.warning("could not ask %s for a missing room key: %s", missing.sender, e)
+            return
+        self.log.info(
+            "asked the devices of %s for the missing key of session %s in %s",
+            missing.sender,
+            session,
+            room,
+        )
 
     async def keep_waiting(self, event: dict[str, Any]) -> None:
         await self._until_ready()

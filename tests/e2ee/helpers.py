@@ -49,6 +49,14 @@ async def unshared_ciphertext(user: NioUser, room: str, body: str) -> tuple[Any,
     """Encrypt with a fresh group session whose key nobody got; the client's next message
     starts another session (shared as usual). Returned: a copy of the session from before
     the encryption, whose key (sharing it exports the current index) decrypts the message."""
+    unused, payloads = await unshared_ciphertexts(user, room, [body])
+    return unused, payloads[0]
+
+
+async def unshared_ciphertexts(
+    user: NioUser, room: str, bodies: list[str]
+) -> tuple[Any, list[dict[str, Any]]]:
+    """:func:`unshared_ciphertext` for several messages, all in the one unshared session."""
     olm: Any = user.client.olm
     await user.client.joined_members(room)  # nio encrypts only for a room it knows in full
     user.client.invalidate_outbound_session(room)
@@ -56,9 +64,12 @@ async def unshared_ciphertext(user: NioUser, room: str, body: str) -> tuple[Any,
     session = olm.outbound_group_sessions[room]
     unused = OutboundGroupSession.from_pickle(session.pickle("copy"), "copy")
     session.shared = True  # lets the client encrypt with it
-    _, payload = user.client.encrypt(room, "m.room.message", {"msgtype": "m.text", "body": body})
+    payloads = []
+    for body in bodies:
+        content = {"msgtype": "m.text", "body": body}
+        payloads.append(user.client.encrypt(room, "m.room.message", content)[1])
     olm.outbound_group_sessions.pop(room)
-    return unused, payload
+    return unused, payloads
 
 
 async def forward_key(user: NioUser, room: str, session_id: str, to: str, device_id: str) -> None:

@@ -17,6 +17,7 @@ from tests.e2ee.helpers import (
     forward_key,
     key_requests,
     unshared_ciphertext,
+    unshared_ciphertexts,
     was_encrypted,
 )
 from tests.e2ee.nio_user import NioUser
@@ -75,14 +76,28 @@ async def test_missing_key_is_requested_from_the_sender(
     room = await encrypted_management_room(alice)
     assert alice.raw is not None
     requests = key_requests(alice)
-    session, payload = await unshared_ciphertext(alice, room, "help")
-    await alice.raw.send_event(room, "m.room.encrypted", payload)
+    # Two messages in the one session whose key the bridge never got, one in between that
+    # decrypts at once.
+    session, payloads = await unshared_ciphertexts(alice, room, ["help", "list"])
+    await alice.raw.send_event(room, "m.room.encrypted", payloads[0])
+    await alice.send_text(room, "ping")
+    await alice.raw.send_event(room, "m.room.encrypted", payloads[1])
+    await alice.wait_for_body(room, "Pong.", sender=BOT)
     asked = await until(lambda: next((r for r in requests if r.session_id == session.id), None), 45)
     assert asked.sender == BOT and asked.room_id == room
+    assert len([r for r in requests if r.session_id == session.id]) == 1, requests
     assert not [e for r, e in alice.events if "login <network>" in str(e.source)]
 
     await forward_key(alice, room, session.id, BOT, asked.requesting_device_id)
-    await alice.wait_for_body(room, "login <network>", sender=BOT)
+    # Both are bridged late, in the order they were sent.
+    await alice.wait_for_body(room, "Logins: none", sender=BOT)
+    answers = [
+        str(e.source["content"].get("body", ""))
+        for r, e in alice.events
+        if r == room and e.sender == BOT and e.source.get("type") == "m.room.message"
+    ]
+    late = [a for a in answers if "login <network>" in a or a.startswith("Logins:")]
+    assert len(late) == 2 and "login <network>" in late[0], answers
 
 
 async def test_unasked_forwarded_key_is_not_taken(

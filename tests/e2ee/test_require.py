@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bridge.crypto.olm import OlmCrypto
 from tests.conftest import BridgeFactory
 from tests.e2ee.conftest import NioFactory
 from tests.e2ee.helpers import BOT, encrypted_portal, was_encrypted
@@ -64,6 +65,20 @@ async def test_unencrypted_rooms_are_refused(
     await command(ivy, mgmt, "ping", "Pong.")
     bodies = [_body(e) for e in await ivy.messages(old)]
     assert len([b for b in bodies if "nothing is bridged" in b]) == 1, bodies
+    # Encryption turned on by her (an admin there): remote messages reach the room again,
+    # encrypted.
+    await ivy.send_state(old, "m.room.encryption", "", {"algorithm": "m.megolm.v1.aes-sha2"})
+    crypto = bridge.crypto
+    assert isinstance(crypto, OlmCrypto)
+    await until(lambda: crypto.rooms.known(old) is True, 45)  # its state event came in
+    tn = bridge.connectors["testnet"]
+    await tn.remote_message("#old", "bob", "from remote 3")  # type: ignore[attr-defined]
+    came = await ivy.wait_for_event(
+        old,
+        lambda e: e["type"] == "m.room.encrypted" and e["sender"] == "@testnet_bob:localhost",
+        45,
+    )
+    assert came["content"]["algorithm"] == "m.megolm.v1.aes-sha2"
 
     room = await ivy.create_room(invite=[BOT], power_level_content_override={"users": {BOT: 100}})
     await until(lambda: bridge.hs.is_joined(room, BOT))

@@ -5,7 +5,7 @@ nothing in either direction, and its room is told so once, with what to do."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .db.portals import Portal
 from .matrix.homeserver import MatrixError
@@ -19,6 +19,22 @@ if TYPE_CHECKING:
 TOLD = "plain_refused_told"
 # Portals upgraded at once at start-up (each is two small requests).
 PARALLEL = 8
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _level(levels: dict[str, Any], user: str) -> int:
+    users = levels.get("users")
+    default = _int(levels.get("users_default"), 0)
+    return _int(users.get(user), default) if isinstance(users, dict) else default
+
+
+def _needed(levels: dict[str, Any], event_type: str) -> int:
+    events = levels.get("events")
+    default = _int(levels.get("state_default"), 50)
+    return _int(events.get(event_type), default) if isinstance(events, dict) else default
 
 
 class EncryptionRequirement:
@@ -84,6 +100,15 @@ class EncryptionRequirement:
         )
         self.log.info("encryption turned on in %s (%s)", portal.room_id, portal.key.remote_id)
         return True
+
+    async def levels_changed(self, portal: Portal, levels: dict[str, Any]) -> None:
+        """The room's power levels changed: a portal left unencrypted where the bot may now
+        turn encryption on gets it."""
+        if not self.on or portal.room_id is None or await self._encrypted(portal):
+            return
+        speaker = self._speaker(portal) or self.bridge.cfg.bot_mxid
+        if _level(levels, speaker) >= _needed(levels, "m.room.encryption"):
+            await self._upgrade(portal)
 
     async def allows(self, portal: Portal, message: bool) -> bool:
         """Whether a remote event may be bridged into the portal's room; if not, the room

@@ -716,6 +716,7 @@ class MatrixHandler:
         portal = await self.bridge.portal_store.by_room(room_id)
         if portal is None:
             return
+        await self.bridge.encryption_required.levels_changed(portal, content)
         prev = (evt.get("unsigned") or {}).get("prev_content")
         if not isinstance(prev, dict):
             return  # the room's first levels: nothing changed

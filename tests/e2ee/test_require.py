@@ -133,3 +133,27 @@ async def test_unencrypted_message_in_an_encrypted_portal_is_refused(
     await alice.send_text(room, "encrypted after")
     await until(sent(bridge, "message", text="encrypted after"), 45)
     assert not sent(bridge, "message", text="in clear")()
+
+
+async def test_refused_portal_is_encrypted_once_the_bot_may(
+    make_bridge: BridgeFactory, synapse: SynapseServer
+) -> None:
+    bridge = await make_bridge(encryption={"allow": True})
+    ivy = new_user(synapse)
+    mgmt = await management_room(ivy)
+    await command(ivy, mgmt, "login testnet ivy-remote", "Logged in")
+    room = await ivy.create_room(invite=[BOT], power_level_content_override={"users": {BOT: 50}})
+    await until(lambda: bridge.hs.is_joined(room, BOT))
+    await ivy.send_text(room, "!mimi link testnet #raised")
+    await ivy.wait_for_event(room, lambda e: _body(e).startswith("Linked"))
+    await bridge.stop()
+
+    await make_bridge(encryption=ENC)
+    await ivy.wait_for_event(room, lambda e: "nothing is bridged" in _body(e), 45)
+    levels = await ivy.get_state(room, "m.room.power_levels", "")
+    assert levels is not None
+    levels["users"][BOT] = 100
+    await ivy.send_state(room, "m.room.power_levels", "", levels)
+    turned = await ivy.wait_for_event(room, lambda e: e["type"] == "m.room.encryption", 45)
+    assert turned["sender"] == BOT
+    await ivy.close()

@@ -41,6 +41,7 @@ from .db import (
     UserStore,
     open_database,
 )
+from .encryption_required import EncryptionRequirement
 from .matrix.homeserver import Homeserver, MatrixError
 from .metrics import INTERNAL_ERROR, BridgeMetrics
 from .ordered_queue import OrderedQueues
@@ -95,6 +96,7 @@ class Bridge:
         from .remote_to_matrix import RemoteHandler
 
         self.matrix_handler = MatrixHandler(self)
+        self.encryption_required = EncryptionRequirement(self)
         self.remote_handler = RemoteHandler(self)
         self.commands = CommandProcessor(self)
 
@@ -199,6 +201,7 @@ class Bridge:
             await self.hs.set_displayname(self.cfg.bot_mxid, self.cfg.bot_displayname)
         except MatrixError as e:
             self.log.warning("could not set the bot's display name: %s", e)
+        await self.encryption_required.at_start()
         for name, connector in self.connectors.items():
             await connector.start()
             self.status.connectors_started.add(name)

@@ -141,7 +141,13 @@ class MatrixHandler:
         await self.bridge.send_notice(room_id, f"{who}: your {what} was not delivered: {reason}.")
 
     async def _dispatch(
-        self, evt: dict[str, Any], etype: str, room_id: str, sender: str, content: dict[str, Any]
+        self,
+        evt: dict[str, Any],
+        etype: str,
+        room_id: str,
+        sender: str,
+        content: dict[str, Any],
+        decrypted: bool = False,
     ) -> None:
         if self.bridge.double_puppets.is_echo(content):
             return  # sent by the bridge as this user, from their other client
@@ -159,7 +165,9 @@ class MatrixHandler:
             ):
                 return
             edit = _rel(content).get("rel_type") == "m.replace"
-            portal = await self._bridged_portal(room_id, sender, count=not edit)
+            portal = await self._bridged_portal(
+                room_id, sender, count=not edit, plain=not decrypted
+            )
             if portal is None:
                 return
             if etype == "m.sticker":
@@ -169,7 +177,7 @@ class MatrixHandler:
             else:
                 await self.message(evt, portal, sender, content)
         elif etype == "m.reaction":
-            portal = await self._bridged_portal(room_id, sender)
+            portal = await self._bridged_portal(room_id, sender, plain=not decrypted)
             if portal:
                 await self.reaction(evt, portal, sender, content)
         elif etype == "m.room.redaction":
@@ -217,16 +225,26 @@ class MatrixHandler:
                 self.encrypted_notices.forget(room_id)
 
     async def _bridged_portal(
-        self, room_id: str, sender: str, count: bool = False
+        self, room_id: str, sender: str, count: bool = False, plain: bool = False
     ) -> Portal | None:
         """The room's portal, unless the bridge refuses to bridge it (bridge.encryption.require
-        and the room is not encrypted: the sender is told; ``count``: as a failed message)."""
+        and the room, or with ``plain`` the event, is not encrypted: the sender is told;
+        ``count``: as a failed message)."""
         portal = await self.bridge.portal_store.by_room(room_id)
         crypto = self.bridge.crypto
         if portal is None or crypto is None or not self.bridge.cfg.encryption.require:
             return portal
         if await crypto.is_encrypted(room_id):
-            return portal
+            if not plain:
+                return portal
+            # A client (or bot) that does not encrypt, in an encrypted room.
+            self._failed(portal, "message" if count else "event", m.NOT_ALLOWED)
+            await self.bridge.send_notice(
+                room_id,
+                f"{sender}: this bridge bridges only encrypted messages, and yours was sent"
+                " unencrypted, so it was not bridged. Send it from a client that encrypts.",
+            )
+            return None
         self._failed(portal, "message" if count else "event", m.NOT_ALLOWED)
         await self.bridge.send_notice(
             room_id,
@@ -261,14 +279,14 @@ class MatrixHandler:
         etype, content = plain.get("type"), plain.get("content")
         if etype == "m.room.encrypted" or not isinstance(etype, str):
             return  # nested encryption is not a thing clients send
-        await self._dispatch(plain, etype, room_id, sender, content or {})
+        await self._dispatch(plain, etype, room_id, sender, content or {}, decrypted=True)
 
     async def _late_key(
         self, evt: dict[str, Any], room_id: str, sender: str, missing: KeyMissing
     ) -> None:
         crypto = self.bridge.crypto
         assert crypto is not None
-        got = await crypto.wait_for_key(missing.room_id, missing.session_id, LATE_KEY_S)
+        got = await crypto.wait_for_key(missing, LATE_KEY_S)
 
         async def run() -> None:
             try:
@@ -698,6 +716,7 @@ class MatrixHandler:
         portal = await self.bridge.portal_store.by_room(room_id)
         if portal is None:
             return
+        await self.bridge.encryption_required.levels_changed(portal, content)
         prev = (evt.get("unsigned") or {}).get("prev_content")
         if not isinstance(prev, dict):
             return  # the room's first levels: nothing changed

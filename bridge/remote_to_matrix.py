@@ -95,6 +95,10 @@ class RemoteHandler:
             portal = await self.portal_for(evt)
             if portal is None or portal.room_id is None:
                 return
+            if not await self.bridge.encryption_required.allows(
+                portal, isinstance(evt, RemoteMessage)
+            ):
+                return
             handler = {
                 RemoteMessage: self.message,
                 RemoteEdit: self.edit,

@@ -20,7 +20,9 @@ class DecryptionFailed(Exception):
 class KeyMissing(DecryptionFailed):
     """The room key of an event has not arrived (yet)."""
 
-    def __init__(self, room_id: str, session_id: str) -> None:
+    def __init__(
+        self, room_id: str, session_id: str, sender: str = "", sender_key: str = ""
+    ) -> None:
         super().__init__(
             "the bridge has not received the key to decrypt it",
             "your client may not have shared its keys with the bridge's device yet; "
@@ -28,6 +30,9 @@ class KeyMissing(DecryptionFailed):
         )
         self.room_id = room_id
         self.session_id = session_id
+        # Whom to ask for the key: the sender's devices, and the session's Curve25519 key.
+        self.sender = sender
+        self.sender_key = sender_key
 
 
 class RoomCrypto(Protocol):
@@ -50,8 +55,9 @@ class RoomCrypto(Protocol):
     async def decrypt(self, event: dict[str, Any]) -> dict[str, Any]:
         """The plain event of an ``m.room.encrypted`` one; raises :class:`DecryptionFailed`."""
 
-    async def wait_for_key(self, room_id: str, session_id: str, limit_s: float) -> bool:
-        """Whether the room key arrived within ``limit_s`` seconds (for a :class:`KeyMissing`)."""
+    async def wait_for_key(self, missing: KeyMissing, limit_s: float) -> bool:
+        """Whether the room key arrived within ``limit_s`` seconds; not there after a few
+        seconds, it is asked of the sender's devices (a key they forward counts)."""
 
     async def keep_waiting(self, event: dict[str, Any]) -> None:
         """Record an event waiting for its key (:class:`KeyMissing`) until :meth:`done_waiting`:

@@ -21,6 +21,7 @@ from mautrix.api import Method, Path
 from mautrix.client import Client
 from mautrix.crypto import OlmMachine, PgCryptoStore, StateStore
 from mautrix.crypto.attachments import decrypt_attachment, encrypt_attachment
+from mautrix.crypto.key_share import RejectKeyShare
 from mautrix.errors import (
     CryptoError,
     DecryptionError,
@@ -34,16 +35,23 @@ from mautrix.errors import (
 from mautrix.types import (
     JSON,
     ASToDeviceEvent,
+    DecryptedOlmEvent,
     DeviceID,
+    DeviceIdentity,
     DeviceLists,
     DeviceOTKCount,
     EncryptedEvent,
     EncryptedMegolmEventContent,
     EventType,
+    ForwardedRoomKeyEventContent,
+    IdentityKey,
+    RequestedKeyInfo,
     RoomEncryptionStateEventContent,
     RoomID,
+    RoomKeyWithheldCode,
     SerializerError,
     SessionID,
+    TrustState,
     UserID,
 )
 from mautrix.util.async_db import Database
@@ -66,6 +74,8 @@ PROBE_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 60.0
 # The bridge's own record of the bot's device, kept apart from the crypto store.
 DEVICE_SECRET = "device_id"
+# How long a missing room key may be on its way before the sender's devices are asked for it.
+REQUEST_AFTER_S = 3.0
 
 
 class CryptoStartupError(Exception):
@@ -129,6 +139,44 @@ class _MachineState(StateStore):
         return [RoomID(r) for r in self.rooms.rooms() if self.joined(r, user_id)]
 
 
+class _Machine(OlmMachine):
+    """An ``OlmMachine`` that takes a forwarded room key only when the bridge asked for it,
+    from the user it asked, for the room and session key it asked about."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # session id -> (room, user asked, session's sender key), and how many events wait
+        # for it (what is kept of a session goes when none does).
+        self.asked: dict[str, tuple[str, str, str]] = {}
+        self.askers: dict[str, int] = defaultdict(int)
+
+    async def _receive_forwarded_room_key(self, evt: DecryptedOlmEvent) -> None:
+        key = evt.content
+        if not isinstance(key, ForwardedRoomKeyEventContent):
+            return
+        expected = self.asked.get(str(key.session_id))
+        if (
+            expected is None
+            or expected[:2] != (str(key.room_id), str(evt.sender))
+            or (expected[2] and expected[2] != str(key.sender_key))
+        ):
+            self.log.debug(f"Ignoring a room key {evt.sender} forwarded unasked")
+            return
+        await super()._receive_forwarded_room_key(evt)
+
+    def waiting_for(self, session_id: str) -> None:
+        self.askers[session_id] += 1
+
+    def ask(self, session_id: str, room_id: str, user: str, sender_key: str) -> None:
+        self.asked[session_id] = (room_id, user, sender_key)
+
+    def done_asking(self, session_id: str) -> None:
+        self.askers[session_id] -= 1
+        if self.askers[session_id] <= 0:
+            self.askers.pop(session_id, None)
+            self.asked.pop(session_id, None)
+
+
 class OlmCrypto:
     def __init__(
         self,
@@ -150,7 +198,7 @@ class OlmCrypto:
         self._waiting = WaitingEvents(db)
         self._ready = asyncio.Event()
         self._store: PlaintextKeepingStore | None = None
-        self._machine: OlmMachine | None = None
+        self._machine: _Machine | None = None
         self._client: Client | None = None
         self._room_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._probe_nonce = ""
@@ -159,7 +207,7 @@ class OlmCrypto:
         self._probe_task: asyncio.Task[None] | None = None
 
     @property
-    def machine(self) -> OlmMachine:
+    def machine(self) -> _Machine:
         assert self._machine is not None, "OlmCrypto.start() first"
         return self._machine
 
@@ -194,13 +242,14 @@ class OlmCrypto:
             self._store = PlaintextKeepingStore(bot, pickle_key, self.db)
             stored = None
         device_id = stored or DeviceID("MIMI" + secrets.token_hex(5).upper())
-        self._machine = OlmMachine(
+        self._machine = _Machine(
             self._client,
             self._store,
             _MachineState(self.rooms, self.hs.is_joined),
             log=_trace_logger(self.log.name + ".olm"),
         )
         _quiet_trust(self.log.name + ".olm")
+        self._machine.allow_key_share = self._allow_key_share
         try:
             # MSC4190: the appservice creates (or re-confirms) its bot's device itself.
             await self._client.create_device_msc4190(device_id, self.device_name)
@@ -271,6 +320,60 @@ class OlmCrypto:
             new,
             gone,
         )
+
+    async def _allow_key_share(self, device: DeviceIdentity, request: RequestedKeyInfo) -> bool:
+        """A Matrix user's device (a new one, typically) asks for the key of a group session:
+        forwarded when the bot made the session (what the bridge posted, never another
+        user's messages), the user is in the room now, and the room shows its history to its
+        members. Refusals are answered with ``m.room_key.withheld``."""
+        machine = self.machine
+        user, room = str(device.user_id), str(request.room_id)
+        if user == self.hs.bot_mxid:
+            return await machine.default_allow_key_share(device, request)
+        if self.is_bridge_user(user):
+            raise RejectKeyShare(f"Ignoring a key request from bridge user {user}")
+        if device.trust == TrustState.BLACKLISTED:
+            raise RejectKeyShare(
+                f"Rejecting a key request from blacklisted device {user}/{device.device_id}",
+                RoomKeyWithheldCode.BLACKLISTED,
+                "This device is blacklisted",
+            )
+        session = await machine.crypto_store.get_group_session(request.room_id, request.session_id)
+        account = machine.account
+        if session is None or account is None or session.sender_key != account.identity_key:
+            raise RejectKeyShare(
+                f"Not forwarding session {request.session_id}: not the bridge's own",
+                RoomKeyWithheldCode.UNAVAILABLE,
+                "The bridge forwards only the keys of what it sent",
+            )
+        try:
+            member = await self.hs.get_state(room, "m.room.member", user)
+            history = await self.hs.get_state(room, "m.room.history_visibility")
+        except MatrixError as e:
+            raise RejectKeyShare(
+                f"Not forwarding a key of {room}: {e}", RoomKeyWithheldCode.UNAVAILABLE
+            ) from e
+        if (member or {}).get("membership") != "join":
+            raise RejectKeyShare(
+                f"Not forwarding a key of {room} to {user}: not in the room",
+                RoomKeyWithheldCode.UNAUTHORIZED,
+                "You are not in the room",
+            )
+        if (history or {}).get("history_visibility", "shared") not in ("shared", "world_readable"):
+            # Whether the user was in the room when the session was used is not known here.
+            raise RejectKeyShare(
+                f"Not forwarding a key of {room}: its history is for members of the time",
+                RoomKeyWithheldCode.UNAUTHORIZED,
+                "The room's history is visible only to who was a member at the time",
+            )
+        self.log.info(
+            "forwarding the key of session %s in %s to %s/%s",
+            request.session_id,
+            room,
+            user,
+            device.device_id,
+        )
+        return True
 
     async def _keys_published(self) -> bool:
         assert self._client is not None
@@ -457,7 +560,9 @@ class OlmCrypto:
             await self.machine.decrypt_megolm_event(evt)
             plaintext = self._store.take(evt.content.ciphertext)
         except SessionNotFound as e:
-            raise KeyMissing(evt.room_id, str(e.session_id)) from e
+            raise KeyMissing(
+                evt.room_id, str(e.session_id), evt.sender, str(evt.content.sender_key or "")
+            ) from e
         except GroupSessionWithheldError as e:
             raise DecryptionFailed(
                 "your client withheld its key from the bridge",
@@ -486,7 +591,9 @@ class OlmCrypto:
         assert isinstance(content, EncryptedMegolmEventContent)
         session = await self._store.get_group_session(evt.room_id, SessionID(content.session_id))
         if session is None:
-            raise KeyMissing(evt.room_id, str(content.session_id))
+            raise KeyMissing(
+                evt.room_id, str(content.session_id), evt.sender, str(content.sender_key or "")
+            )
         try:
             plaintext, _ = session.decrypt(content.ciphertext)
         except olm.OlmGroupSessionError as e:
@@ -509,9 +616,52 @@ class OlmCrypto:
             inner["m.relates_to"] = outer_rel  # relations stay outside the ciphertext
         return {**event, "type": etype, "content": inner}
 
-    async def wait_for_key(self, room_id: str, session_id: str, limit_s: float) -> bool:
-        return bool(
-            await self.machine.wait_for_session(RoomID(room_id), SessionID(session_id), limit_s)
+    async def wait_for_key(self, missing: KeyMissing, limit_s: float) -> bool:
+        room, session = RoomID(missing.room_id), SessionID(missing.session_id)
+        machine = self.machine
+        sender = missing.sender
+        asking = bool(sender) and not self.is_bridge_user(sender)
+        request: asyncio.Task[None] | None = None
+        if asking:
+            machine.waiting_for(session)
+            request = asyncio.create_task(self._request_key(missing))
+        try:
+            # One wait from the event's arrival: the events waiting for a key wake in the
+            # order they came when it arrives, and are bridged in that order.
+            return bool(await machine.wait_for_session(room, session, limit_s))
+        finally:
+            if request is not None:
+                request.cancel()
+            if asking:
+                machine.done_asking(session)
+
+    async def _request_key(self, missing: KeyMissing) -> None:
+        """Ask the sender's devices for a key still missing a few seconds on (once for all
+        the events waiting for it)."""
+        await asyncio.sleep(REQUEST_AFTER_S)
+        machine = self.machine
+        room, session = RoomID(missing.room_id), SessionID(missing.session_id)
+        if session in machine.asked or await machine.crypto_store.has_group_session(room, session):
+            return
+        machine.ask(session, room, missing.sender, missing.sender_key)
+        try:
+            # Sent to all the sender's devices; the answer comes as a forwarded room key,
+            # which wakes the wait. Whom it reached is not waited on: no cancellation.
+            await machine.request_room_key(
+                room,
+                IdentityKey(missing.sender_key),
+                session,
+                {UserID(missing.sender): [DeviceID("*")]},
+                timeout=0,
+            )
+        except MatrixRequestError as e:
+            self.log.warning("could not ask %s for a missing room key: %s", missing.sender, e)
+            return
+        self.log.info(
+            "asked the devices of %s for the missing key of session %s in %s",
+            missing.sender,
+            session,
+            room,
         )
 
     async def keep_waiting(self, event: dict[str, Any]) -> None:

@@ -105,6 +105,7 @@ class Network(ConnectionHandler):
         self.translator = IrcToMatrix(
             self.network,
             puppet_user=self.pool.user_of_nick,
+            account_user=self.pool.user_of_account,
             ghost_user_id=lambda nick: self.bridge.ghost_user_id(self.network, nick),
             id_of=self.id_of,
             power_levels=cfg.power_levels,

@@ -103,6 +103,7 @@ class IrcToMatrix:
         *,
         puppet_user: Callable[[str], str | None],
         ghost_user_id: Callable[[str], str],
+        account_user: Callable[[str], str | None] = lambda account: None,
         id_of: Callable[[str], str] = casefold,
         power_levels: dict[str, int],
         netsplit_window: float = 60.0,
@@ -111,6 +112,7 @@ class IrcToMatrix:
         # Two folds: the server's (conn.fold) keys what this class keeps and looks up; the
         # network's id form (id_of) names users and channels in events for the core.
         self.puppet_user = puppet_user  # nick folded by the server -> Matrix user of a puppet
+        self.account_user = account_user  # services account -> Matrix user logged into it
         self.ghost_user_id = ghost_user_id  # remote user id -> ghost Matrix id
         self.id_of = id_of  # a nick or channel as IRC spells it -> its remote id
         self.power_levels = power_levels
@@ -347,7 +349,21 @@ class IrcToMatrix:
             return []
         channel = conn.fold(target)
         msg = self.message(conn, line, self.portal(conn, target), channel)
-        return [msg] if msg is not None else []
+        if msg is None:
+            return []
+        account = line.tags.get("account")
+        user = self.account_user(account) if account else None
+        if user is not None:
+            # Another client logged into the services account of a Matrix user's puppet (the
+            # server vouches for the tag): the user's own IRC client, shown as the user.
+            msg.sender = Sender(
+                self.id_of(line.nick),
+                line.nick,
+                is_from_me=True,
+                matrix_user=user,
+                from_other_client=True,
+            )
+        return [msg]
 
     _on_NOTICE = _on_PRIVMSG
 

@@ -50,6 +50,8 @@ class Puppet(ConnectionHandler):
         self.custom_nick: str | None = None
         # A login in progress reports failures itself (the command's answer): no notice.
         self.quiet = False
+        # The services account the server says this connection is logged into (900).
+        self.account: str | None = None
         cfg = pool.cfg
         localpart = user_id[1:].split(":", 1)[0]
         username = nick_for(cfg.username_template, localpart, user_id, 10).lower()
@@ -154,6 +156,7 @@ class Puppet(ConnectionHandler):
         self.pool.set_casemapping(conn.casemapping)
 
     def irc_disconnected(self, conn: IRCConnection, reason: str) -> None:
+        self.account = None
         if conn.fatal and not self.quiet:
             self.pool.on_fatal(self, conn.fatal)
 
@@ -172,6 +175,10 @@ class Puppet(ConnectionHandler):
 
     def irc_line(self, conn: IRCConnection, line: Line) -> None:
         cmd = line.command
+        if cmd == "900" and len(line.params) >= 3:  # RPL_LOGGEDIN <nick> <mask> <account>
+            self.account = line.param(2)
+        elif cmd == "901":  # RPL_LOGGEDOUT
+            self.account = None
         if cmd in ("PRIVMSG", "NOTICE"):
             if len(line.params) < 2 or not line.params[1]:
                 return  # broken line
@@ -241,6 +248,15 @@ class PuppetPool:
     def user_of_nick(self, canon_nick: str) -> str | None:
         puppet = self.by_nick.get(canon_nick)
         return puppet.user_id if puppet is not None else None
+
+    def user_of_account(self, account: str) -> str | None:
+        """The Matrix user whose puppet is logged into services ``account`` (an IRCv3
+        ``account`` tag): another connection on it is that user's own IRC client."""
+        wanted = self.fold(account)
+        for puppet in self.puppets.values():
+            if puppet.account is not None and self.fold(puppet.account) == wanted:
+                return puppet.user_id
+        return None
 
     def get(self, user_id: str) -> Puppet | None:
         return self.puppets.get(user_id)

@@ -11,15 +11,16 @@ import pytest
 from tests.e2ee.nio_user import NioUser
 from tests.harness.synapse import SynapseServer
 
-NioFactory = Callable[[], Awaitable[NioUser]]
+NioFactory = Callable[..., Awaitable[NioUser]]
 
 
 @pytest.fixture
 async def nio_user(synapse: SynapseServer, tmp_path: Path) -> AsyncIterator[NioFactory]:
     users: list[NioUser] = []
 
-    async def factory() -> NioUser:
-        user = NioUser(synapse, tmp_path / f"nio-{len(users)}")
+    async def factory(device_of: NioUser | None = None) -> NioUser:
+        """A new user with an E2EE client, or a new device of ``device_of``."""
+        user = NioUser(synapse, tmp_path / f"nio-{len(users)}", device_of=device_of)
         users.append(user)
         await user.start()
         return user

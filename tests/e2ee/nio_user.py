@@ -30,10 +30,21 @@ MEGOLM = {"algorithm": "m.megolm.v1.aes-sha2"}
 
 
 class NioUser:
-    def __init__(self, synapse: SynapseServer, store: Path, prefix: str = "crypt") -> None:
-        self.localpart = f"{prefix}{next(_users)}"
-        self.password = f"{self.localpart}-password"
-        self.user_id = synapse.register_user(self.localpart, self.password)
+    def __init__(
+        self,
+        synapse: SynapseServer,
+        store: Path,
+        prefix: str = "crypt",
+        device_of: NioUser | None = None,
+    ) -> None:
+        """A new user, or with ``device_of`` a new device (client) of that user."""
+        if device_of is not None:
+            self.localpart, self.password = device_of.localpart, device_of.password
+            self.user_id = device_of.user_id
+        else:
+            self.localpart = f"{prefix}{next(_users)}"
+            self.password = f"{self.localpart}-password"
+            self.user_id = synapse.register_user(self.localpart, self.password)
         self.synapse = synapse
         store.mkdir(parents=True, exist_ok=True)
         self.client = AsyncClient(

@@ -67,6 +67,16 @@ async def test_lost_crypto_store_gets_a_new_device(
         return any(d.device_id == new for d in devices)
 
     await until(knows_new_device, 45)
+    # No stale device left: the homeserver publishes no keys for the old one, and her
+    # client no longer counts it among the bot's devices (nothing is encrypted for it).
+    assert alice.raw is not None
+    queried = await alice.raw.call(
+        "POST", "/_matrix/client/v3/keys/query", {"device_keys": {BOT: []}}
+    )
+    published = set(queried["device_keys"].get(BOT, {}))
+    assert new in published and old not in published, published
+    active = {d.device_id for d in alice.client.device_store.active_user_devices(BOT)}
+    assert old not in active, active
     sent = await alice.send_text(room, "help")
     assert await was_encrypted(alice, room, sent)
     answer = await alice.wait_for_body(room, "login <network>", sender=BOT)

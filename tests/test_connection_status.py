@@ -9,8 +9,8 @@ from typing import Any
 from bridge.connection_status import FLAP_LIMIT, ConnectionStatus, LoginStatus, duration
 from bridge.connector import ConnectionChange, ConnectionState
 from tests.conftest import BridgeFactory
-from tests.harness.synapse import MatrixClient, SynapseServer
-from tests.helpers import command, management_room, new_user
+from tests.harness.synapse import SynapseServer
+from tests.helpers import ask, command, management_room, new_user, notices
 
 C, G, D, F = (
     ConnectionState.CONNECTED,
@@ -124,31 +124,6 @@ def test_durations_read_well() -> None:
 
 
 # --- through the bridge ----------------------------------------------------------------------
-
-
-async def ask(user: MatrixClient, room: str, text: str, expect: str) -> str:
-    """A command's reply: the bot's first notice after it that says ``expect``."""
-    seen = {e["event_id"] for e in await user.messages(room, limit=100)}
-    await user.send_text(room, text)
-    evt = await user.wait_for_event(
-        room,
-        lambda e: (
-            e["event_id"] not in seen
-            and e["sender"] == "@mimibot:localhost"
-            and expect in e["content"].get("body", "")
-        ),
-        timeout=30,
-    )
-    return str(evt["content"]["body"])
-
-
-async def notices(user: MatrixClient, room: str, text: str) -> list[str]:
-    events = await user.messages(room)
-    return [
-        str(e["content"]["body"])
-        for e in events
-        if e.get("sender") == "@mimibot:localhost" and text in e["content"].get("body", "")
-    ]
 
 
 async def test_the_management_room_hears_once_and_list_shows_since(

@@ -142,6 +142,9 @@ class ConnectionHandler:
     def irc_disconnected(self, conn: IRCConnection, reason: str) -> None:
         pass
 
+    def irc_state(self, conn: IRCConnection, old: str, new: str) -> None:
+        """``conn.state`` changed (``fatal`` and ``stats.last_error`` say why it went down)."""
+
     def irc_casemapping(self, conn: IRCConnection) -> None:
         """The server announced a case mapping other than the one ``conn`` folded with."""
 
@@ -199,7 +202,7 @@ class IRCConnection(asyncio.Protocol):
         self.nick = params.nick
         self.user = ""
         self.host: str | None = None
-        self.state = "idle"  # idle | connecting | registering | registered | closed | failed
+        self._state = "idle"  # idle | connecting | registering | registered | closed | failed
         self.caps: set[str] = set()
         self.isupport: dict[str, str] = {}
         self.casemapping = "rfc1459"
@@ -239,6 +242,16 @@ class IRCConnection(asyncio.Protocol):
         self._set_me(params.nick)
 
     # --- public API --------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, new: str) -> None:
+        old, self._state = self._state, new
+        if old != new:
+            self.handler.irc_state(self, old, new)
 
     @property
     def registered(self) -> bool:

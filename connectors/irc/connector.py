@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from bridge.connector import (
     BridgeAPI,
     ChatInfo,
+    ConnectionChange,
     ConnectionState,
     ConnectorCommand,
     ConnectorError,
@@ -92,7 +93,7 @@ class Network(ConnectionHandler):
             self.pacer,
             on_private=self._on_private,
             on_notice=self._on_puppet_notice,
-            on_fatal=self._on_puppet_fatal,
+            on_state=self._on_puppet_state,
             ident=connector.ident_table,
         )
         self.translator = IrcToMatrix(
@@ -140,6 +141,8 @@ class Network(ConnectionHandler):
         # than the server (alice{m} for alice[m] on an ascii server), and a partner who shares
         # no channel with the bot is known nowhere else. The most recent DM_NICKS.
         self._dm_nicks: dict[str, str] = {}
+        # Users whose ``login`` is connecting: its failure is the command's answer.
+        self.logging_in: set[str] = set()
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -323,8 +326,32 @@ class Network(ConnectionHandler):
     def _on_puppet_notice(self, puppet: Puppet, text: str) -> None:
         self.notify(puppet.user_id, text)
 
-    def _on_puppet_fatal(self, puppet: Puppet, reason: str) -> None:
-        self.notify(puppet.user_id, f"Your connection to {self.cfg.display_name} failed: {reason}")
+    def login_id(self, user_id: str) -> str:
+        """The id of a user's login on this network; the puppet's connection goes by it too."""
+        return f"{self.cfg.netid}/{user_id}"
+
+    def _on_puppet_state(self, puppet: Puppet, old: str, new: str) -> None:
+        """Every state change of a puppet's connection, for the core to tell the user."""
+        if new == "idle" and old not in ("connecting", "registering", "registered"):
+            return  # (re)started after a quit: nothing was lost
+        if puppet.user_id in self.logging_in and new != "registered":
+            return  # the login command answers for this attempt
+        conn = puppet.conn
+        state = self.connector._STATES.get(new)  # "closed": on purpose, forgotten
+        reason = ""
+        if new in ("idle", "failed"):
+            reason = conn.fatal or conn.stats.last_error or ""
+        self.bridge.connection_changed(
+            ConnectionChange(
+                puppet.user_id,
+                self.network,
+                self.login_id(puppet.user_id),
+                state,
+                reason,
+                auth_failed=new == "failed" and bool(conn.fatal),
+                remote_name=conn.nick,
+            )
+        )
 
     # --- helpers for clients --------------------------------------------------------------------
 
@@ -900,6 +927,7 @@ class IRCConnector(NetworkConnector):
             await net.pool.restart(user.user_id)
         if puppet is None:
             raise ConnectorError("The bridge has no free IRC connection right now.")
+        net.logging_in.add(user.user_id)
         try:
             await puppet.conn.connect()
         except NotConnected as e:
@@ -909,10 +937,12 @@ class IRCConnector(NetworkConnector):
                 net.pool.credentials[user.user_id] = old
             await net.pool.remove(user.user_id, "login failed")
             raise ConnectorError(f"Login to {net.cfg.display_name} failed: {e}") from e
+        finally:
+            net.logging_in.discard(user.user_id)
         return LoginResult(
             # One login per Matrix user and IRC network (the core keys logins by connector
             # name and login id). DM portals use the Matrix user id as receiver.
-            login_id=f"{net.cfg.netid}/{user.user_id}",
+            login_id=net.login_id(user.user_id),
             credentials=creds,
             remote_name=remote_name or puppet.conn.nick,
             message=f"Connected to {net.cfg.display_name} as {puppet.conn.nick}.",

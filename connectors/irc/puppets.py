@@ -132,9 +132,8 @@ class Puppet(ConnectionHandler):
     def irc_casemapping(self, conn: IRCConnection) -> None:
         self.pool.set_casemapping(conn.casemapping)
 
-    def irc_disconnected(self, conn: IRCConnection, reason: str) -> None:
-        if conn.fatal:
-            self.pool.on_fatal(self, conn.fatal)
+    def irc_state(self, conn: IRCConnection, old: str, new: str) -> None:
+        self.pool.on_state(self, old, new)
 
     def irc_nick_taken(self, conn: IRCConnection, nick: str, attempt: int) -> str | None:
         if attempt > 10:
@@ -168,7 +167,7 @@ class PuppetPool:
         *,
         on_private: Callable[[Puppet, Line], None],
         on_notice: Callable[[Puppet, str], None],
-        on_fatal: Callable[[Puppet, str], None],
+        on_state: Callable[[Puppet, str, str], None] | None = None,
         ident: IdentTable | None = None,
     ) -> None:
         self.cfg = cfg
@@ -180,7 +179,7 @@ class PuppetPool:
         self.custom_nicks: dict[str, str] = {}
         self.on_private = on_private
         self.on_notice = on_notice
-        self.on_fatal = on_fatal
+        self.on_state = on_state or (lambda puppet, old, new: None)
         self._idle_task: asyncio.Task[None] | None = None
         # The server's mapping (its ISUPPORT), not the config's form of ids: the listener
         # looks nicks up folded the server's way.

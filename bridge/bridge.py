@@ -440,7 +440,7 @@ class Bridge:
         entry = self.networks.get(st.network)
         connector = entry[0] if entry else None
         if isinstance(connector, LoginCapable):
-            return f"Log in again: `login {connector.name} {connector.login_help}`."
+            return f"Log in again: `login {connector.name} ...` (`help` shows how)."
         return "Ask the bridge admin to check the credentials."
 
     async def send_notice(self, room_id: str, text: str) -> None:

@@ -176,5 +176,5 @@ async def test_the_management_room_hears_once_and_list_shows_since(
     failed = await notices(ann, mgmt, "as ann-remote failed:")
     assert failed == [
         "Your connection to Test Network as ann-remote failed: authentication failed: bad "
-        "token. Log in again: `login testnet <remote name>`."
+        "token. Log in again: `login testnet ...` (`help` shows how)."
     ]

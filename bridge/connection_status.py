@@ -107,7 +107,9 @@ class ConnectionStatus:
         tell: Tell,
         describe_login: Callable[[LoginStatus], str],
         relogin_hint: Callable[[LoginStatus], str],
+        quiet_seconds: float = QUIET_SECONDS,
     ) -> None:
+        self._quiet = quiet_seconds
         self._tell = tell
         self._describe = describe_login
         self._hint = relogin_hint
@@ -193,12 +195,12 @@ class ConnectionStatus:
         while st.notices and st.notices[0] < now - FLAP_WINDOW:
             st.notices.popleft()
         if len(st.notices) >= FLAP_LIMIT:
-            st.quiet_until = now + QUIET_SECONDS
-            self._after_quiet((st.user_id, st.network, st.login_id), QUIET_SECONDS)
+            st.quiet_until = now + self._quiet
+            self._after_quiet((st.user_id, st.network, st.login_id), self._quiet)
             return (
                 f"{name} keeps dropping ({len(st.notices) + 1} times in "
                 f"{duration(FLAP_WINDOW)}). I will not mention it again for "
-                f"{duration(QUIET_SECONDS)}; `ping` shows its state."
+                f"{duration(self._quiet)}; `ping` shows its state."
             )
         st.told = "down"
         st.notices.append(now)

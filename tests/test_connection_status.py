@@ -10,7 +10,7 @@ from bridge.connection_status import FLAP_LIMIT, ConnectionStatus, LoginStatus, 
 from bridge.connector import ConnectionChange, ConnectionState
 from tests.conftest import BridgeFactory
 from tests.harness.synapse import SynapseServer
-from tests.helpers import ask, command, management_room, new_user, notices
+from tests.helpers import ask, command, management_room, new_user, notices, until
 
 C, G, D, F = (
     ConnectionState.CONNECTED,
@@ -21,7 +21,7 @@ C, G, D, F = (
 T0 = 1_800_000_000.0
 
 
-def tracker() -> tuple[ConnectionStatus, list[str]]:
+def tracker(quiet: float = 600.0) -> tuple[ConnectionStatus, list[str]]:
     told: list[str] = []
 
     def name(st: LoginStatus) -> str:
@@ -30,7 +30,7 @@ def tracker() -> tuple[ConnectionStatus, list[str]]:
     def hint(st: LoginStatus) -> str:
         return f"Log in again: `login {st.network} ...`."
 
-    return ConnectionStatus(lambda user, text: told.append(text), name, hint), told
+    return ConnectionStatus(lambda user, text: told.append(text), name, hint, quiet), told
 
 
 def change(state: ConnectionState | None, at: float, reason: str = "", **kw: Any) -> Any:
@@ -101,6 +101,22 @@ async def test_a_flapping_connection_is_told_once_then_quiet() -> None:
         "again for 10 min; `ping` shows its state."
     ]
     assert len(told) == 2 * FLAP_LIMIT + 1
+    status.close()
+
+
+async def test_after_the_quiet_period_one_notice_says_where_it_stands() -> None:
+    status, told = tracker(quiet=0.2)
+    status.update(change(C, 0))
+    for n in range(FLAP_LIMIT + 1):  # the changes' clock runs with the timer's here
+        status.update(change(D, 0.02 * n + 0.01))
+        status.update(change(C, 0.02 * n + 0.02))
+    status.update(change(D, 0.1, "connection reset"))  # quiet: not told now
+    assert len(told) == 2 * FLAP_LIMIT + 1
+    await until(lambda: len(told) > 2 * FLAP_LIMIT + 1, 10, "the end of the quiet period")
+    assert told[-1].startswith("Your connection to net is disconnected since ")
+    assert told[-1].endswith(": connection reset.")
+    status.update(change(C, 300))  # the recovery after it is told again
+    assert told[-1] == "Your connection to net is back (after 4 min)."
     status.close()
 
 

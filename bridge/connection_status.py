@@ -229,6 +229,8 @@ class ConnectionStatus:
         self._tell(user_id, text)
 
     def close(self) -> None:
+        """The bridge stops: its connections end with it."""
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self._status.clear()

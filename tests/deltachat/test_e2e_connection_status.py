@@ -46,10 +46,10 @@ async def test_the_mail_server_going_away_is_told_once_and_its_return_once(
     )
     await ask(cy, mgmt, "ping", f"deltachat/{address}: connected since")
     lost = await notices(cy, mgmt, "was lost")
-    assert lost == [
-        f"Your connection to Delta Chat as {address} was lost: the mail server is not "
-        "reachable. Reconnecting; I will tell you when it is back."
-    ]
+    # (with the core's reason when it saw the server unreachable before it began reconnecting)
+    assert len(lost) == 1, lost
+    assert lost[0].startswith(f"Your connection to Delta Chat as {address} was lost")
+    assert lost[0].endswith("Reconnecting; I will tell you when it is back.")
     assert len(await notices(cy, mgmt, "is back (after ")) == 1
     assert await notices(cy, mgmt, "cannot connect") == []  # logging in is no outage
     await cy.close()

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from .connection_status import LoginStatus
 from .connector import ChatInfo, ConnectorError, MatrixUser, NetworkConnector, PortalKey
 from .connector.capabilities import LoginCapable, LoginResult, Plumbing
 from .db import LoginRow, Portal
@@ -38,6 +39,35 @@ class Linked:
     portal: Portal
     # Said to the user after the link: what the bot could not do (set the bridge info).
     note: str = ""
+
+
+@dataclass(slots=True)
+class LoginView:
+    """A login or a connection of the user, as ``list``, ``ping`` and the provisioning API
+    show it: a stored login (``network`` names its connector) with its connection's state
+    when the connector reported one, or a connection without a stored login (an automatic
+    puppet: ``network`` names the network)."""
+
+    network: str
+    login_id: str
+    remote_name: str
+    stored_state: str  # the login row's state; "" for a connection without one
+    connection: LoginStatus | None
+
+    @property
+    def state(self) -> str:
+        if self.connection is not None:
+            return str(self.connection.state)
+        return self.stored_state
+
+    @property
+    def since(self) -> float | None:
+        return self.connection.since if self.connection is not None else None
+
+    def describe(self) -> str:
+        if self.connection is not None:
+            return self.connection.describe()
+        return self.stored_state  # a connector that reports no connections
 
 
 def allowed(user: MatrixUser, level: str) -> bool:
@@ -106,6 +136,23 @@ class UserActions:
 
     async def logins(self, user: MatrixUser) -> list[LoginRow]:
         return await self.bridge.users.logins(user_id=user.user_id)
+
+    async def login_views(self, user: MatrixUser) -> list[LoginView]:
+        """The user's logins with their connections' states, then the connections that
+        belong to no stored login (automatic puppets)."""
+        out: list[LoginView] = []
+        matched: set[tuple[str, str]] = set()
+        for row in await self.logins(user):
+            connector = self.bridge.connectors.get(row.network)
+            nets = {ns.network for ns in connector.namespaces()} if connector else {row.network}
+            st = self.bridge.connections.find(user.user_id, row.login_id, nets)
+            if st is not None:
+                matched.add((st.network, st.login_id))
+            out.append(LoginView(row.network, row.login_id, row.remote_name, row.state, st))
+        for st in self.bridge.connections.of_user(user.user_id):
+            if (st.network, st.login_id) not in matched:
+                out.append(LoginView(st.network, st.login_id, st.remote_name, "", st))
+        return out
 
     async def portals(self, user: MatrixUser) -> list[Portal]:
         """Portals whose room the user is joined to."""

@@ -16,8 +16,10 @@ from .appservice.media_links import MediaLinks
 from .appservice.provisioning import ProvisioningAPI
 from .appservice.server import AppserviceServer
 from .config import BridgeConfig
+from .connection_status import ConnectionStatus, LoginStatus
 from .connector import (
     Attachment,
+    ConnectionChange,
     ConnectorError,
     GhostKey,
     Login,
@@ -27,7 +29,7 @@ from .connector import (
     PortalKey,
     RemoteEvent,
 )
-from .connector.capabilities import ThirdPartyLookup
+from .connector.capabilities import LoginCapable, ThirdPartyLookup
 from .connectors_loader import enabled_sections, load_connector_classes
 from .content import avatar_name, sniff_image
 from .credentials import CredentialBox
@@ -88,6 +90,9 @@ class Bridge:
         self.metrics = BridgeMetrics(self.log.getChild("metrics"))
         self.hs.observe = self.metrics.homeserver_request
         self.status = Status(self)
+        self.connections = ConnectionStatus(
+            self._tell_connection, self._connection_name, self._relogin_hint
+        )
         from .double_puppet import DoublePuppets
 
         self.double_puppets = DoublePuppets(self)
@@ -293,6 +298,7 @@ class Bridge:
             except Exception:
                 self.log.exception("connector %s did not stop cleanly", connector.name)
         await self.queues.close()
+        self.connections.close()
         if self.crypto is not None:
             await self.crypto.stop()
             self.crypto = None
@@ -414,6 +420,31 @@ class Bridge:
             self.log.warning("cannot tell %s (no room): %s", user_id, text)
             return
         await self.send_notice(room_id, text)
+
+    def connection_changed(self, change: ConnectionChange) -> None:
+        self.connections.update(change)
+
+    def _tell_connection(self, user_id: str, text: str) -> None:
+        if self._stopping.is_set():
+            return  # the bridge closing its connections is no news to the user
+        self.queues.submit(("notice", user_id), lambda: self.notify(user_id, text))
+
+    def _connection_name(self, st: LoginStatus) -> str:
+        entry = self.networks.get(st.network)
+        if entry is None:
+            where = st.network
+        elif st.network == entry[0].name:
+            where = entry[0].display_name  # the connector's only network
+        else:
+            where = entry[1].description
+        return f"Your connection to {where}" + (f" as {st.remote_name}" if st.remote_name else "")
+
+    def _relogin_hint(self, st: LoginStatus) -> str:
+        entry = self.networks.get(st.network)
+        connector = entry[0] if entry else None
+        if isinstance(connector, LoginCapable):
+            return f"Log in again: `login {connector.name} ...` (`help` shows how)."
+        return "Ask the bridge admin to check the credentials."
 
     async def send_notice(self, room_id: str, text: str) -> None:
         # DMs opened by inviting a ghost do not hold the bot: their ghost speaks instead.

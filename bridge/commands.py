@@ -195,17 +195,19 @@ class CommandProcessor:
         t0 = time.monotonic()
         await self.bridge.hs.versions()
         ms = (time.monotonic() - t0) * 1000
-        logins = await self.bridge.users.logins(user_id=ctx.user.user_id)
-        state = ", ".join(f"{r.network}/{r.login_id}: {r.state}" for r in logins) or "no logins"
-        return f"Pong. Homeserver answered in {ms:.0f} ms. Logins: {state}."
+        views = await self.actions.login_views(ctx.user)
+        state = "; ".join(f"{v.network}/{v.login_id}: {v.describe()}" for v in views)
+        return f"Pong. Homeserver answered in {ms:.0f} ms. Logins: {state or 'no logins'}."
 
     async def cmd_list(self, ctx: Ctx) -> str:
-        logins = await self.actions.logins(ctx.user)
-        lines = [
-            "Logins: "
-            + (", ".join(f"{r.network} {r.remote_name or r.login_id}" for r in logins) or "none")
-        ]
-        for p in await self.actions.portals(ctx.user):
+        views = await self.actions.login_views(ctx.user)
+        lines = ["Logins:" if views else "Logins: none"]
+        for v in views:
+            lines.append(f"- {v.network} {v.remote_name or v.login_id}: {v.describe()}")
+        portals = await self.actions.portals(ctx.user)
+        if portals:
+            lines.append("Portals:")
+        for p in portals:
             lines.append(f"- {p.key.network} {p.key.remote_id}: {p.room_id}")
         return "\n".join(lines)
 

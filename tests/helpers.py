@@ -62,6 +62,32 @@ async def command(user: MatrixClient, room: str, text: str, expect: str) -> str:
     return str(evt["content"]["body"])
 
 
+async def ask(user: MatrixClient, room: str, text: str, expect: str) -> str:
+    """A command's reply: the bot's first notice after it that says ``expect``."""
+    seen = {e["event_id"] for e in await user.messages(room, limit=100)}
+    await user.send_text(room, text)
+    evt = await user.wait_for_event(
+        room,
+        lambda e: (
+            e["event_id"] not in seen
+            and e["sender"] == "@mimibot:localhost"
+            and expect in e["content"].get("body", "")
+        ),
+        timeout=30,
+    )
+    return str(evt["content"]["body"])
+
+
+async def notices(user: MatrixClient, room: str, text: str) -> list[str]:
+    """The bot's messages in the room's recent timeline that say ``text``, oldest first."""
+    events = await user.messages(room, limit=100)
+    return [
+        str(e["content"]["body"])
+        for e in events
+        if e.get("sender") == "@mimibot:localhost" and text in e["content"].get("body", "")
+    ]
+
+
 def new_user(synapse: SynapseServer, prefix: str = "user") -> MatrixClient:
     return synapse.new_client(f"{prefix}{next(_users)}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from ruamel.yaml import YAML
 
 from bridge.bridge import Bridge
 from bridge.config import load as load_config
+from bridge.connector import ConnectionState
 from tests.conftest import write_config
 from tests.harness.synapse import MatrixClient, SynapseServer
 from tests.helpers import command, management_room, new_user, until
@@ -190,6 +192,27 @@ async def test_login_and_logout_through_the_api(
     assert err["error"] == "You have no Test Network login."
     await ann.close()
     await other.close()
+
+
+async def test_logins_show_their_connection_state_and_since(
+    start_bridge: Starter, api: Api, synapse: SynapseServer
+) -> None:
+    bridge = await start_bridge()
+    testnet: Any = bridge.connectors["testnet"]
+    bob = new_user(synapse)
+    mgmt = await management_room(bob)
+    await command(bob, mgmt, "login testnet bob-remote", "Logged in")
+    status, body = await api.call("GET", "/v1/logins", user_id=bob.user_id)
+    assert status == 200, body
+    [login] = body["logins"]
+    assert (login["login_id"], login["state"], login["reason"]) == ("bob-remote", "connected", None)
+    before = time.time()
+    testnet.set_connection(bob.user_id, "bob-remote", ConnectionState.DISCONNECTED, "reset")
+    status, body = await api.call("GET", "/v1/logins", user_id=bob.user_id)
+    [login] = body["logins"]
+    assert (login["state"], login["reason"]) == ("disconnected", "reset")
+    assert before - 1 <= login["since"] / 1000 <= time.time() + 1
+    await bob.close()
 
 
 async def test_join_a_portal_with_an_openid_token(

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..actions import Refused, UserActions, allowed
+from ..actions import LoginView, Refused, UserActions, allowed
 from ..config import ProvisioningConfig
 from ..connector import ConnectorError, MatrixUser, NetworkConnector
 from ..connector.capabilities import (
@@ -39,7 +39,7 @@ from ..connector.capabilities import (
     Plumbing,
     ThirdPartyLookup,
 )
-from ..db import LoginRow, Portal
+from ..db import Portal
 from ..matrix.homeserver import MatrixError
 from .openid import OpenIDVerifier, TokenUnknown, VerifierUnavailable
 
@@ -326,13 +326,19 @@ class ProvisioningAPI:
         }
 
     @staticmethod
-    def _login(row: LoginRow) -> dict[str, Any]:
-        return {
-            "network": row.network,
-            "login_id": row.login_id,
-            "remote_name": row.remote_name,
-            "state": row.state,
+    def _login(view: LoginView, connection: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "network": view.network,
+            "login_id": view.login_id,
+            "remote_name": view.remote_name,
+            "state": view.state,
         }
+        if connection:
+            st = view.connection
+            # Unix time in milliseconds the connection came up, went down or failed.
+            out["since"] = int(st.since * 1000) if st is not None else None
+            out["reason"] = (st.reason or None) if st is not None else None
+        return out
 
     def _network_info(self, connector: NetworkConnector, network: str, desc: str) -> dict[str, Any]:
         caps = [name for name, proto in CAPABILITIES.items() if isinstance(connector, proto)]
@@ -359,7 +365,7 @@ class ProvisioningAPI:
         }
 
     async def logins(self, call: Call) -> dict[str, Any]:
-        return {"logins": [self._login(r) for r in await self.actions.logins(call.user)]}
+        return {"logins": [self._login(v) for v in await self.actions.login_views(call.user)]}
 
     async def login_start(self, call: Call) -> dict[str, Any]:
         connector = self.actions.login_connector(_required(call.body, "network"))
@@ -392,9 +398,10 @@ class ProvisioningAPI:
             # The flow stays open: the user may correct the arguments.
             raise ApiError(400, "M_INVALID_PARAM", str(e)) from e
         self.flows.finish(flow)
-        row = LoginRow(connector.name, result.login_id, call.user.user_id, "", result.remote_name)
+        # The login as stored; its connection's state is for ``GET /logins``.
+        view = LoginView(connector.name, result.login_id, result.remote_name, "ok", None)
         return {
-            "login": self._login(row),
+            "login": self._login(view, connection=False),
             "message": result.message
             or f"Logged in to {connector.display_name} as {result.login_id}.",
         }

@@ -19,6 +19,7 @@ from .base import (
 from .capabilities import (
     Backfilling,
     CommandRoom,
+    ConnectionChange,
     ConnectionReporting,
     ConnectionState,
     ConnectorCommand,
@@ -91,6 +92,7 @@ __all__ = [
     "ChatMember",
     "CommandRoom",
     "ConfigError",
+    "ConnectionChange",
     "ConnectionReporting",
     "ConnectionState",
     "ConnectorCommand",

@@ -13,11 +13,14 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .events import Attachment, MatrixMessage, RemoteEvent, SentMessage
 from .ids import PortalKey, escape_localpart, unescape_localpart
 from .tables import Migrations
+
+if TYPE_CHECKING:
+    from .capabilities import ConnectionChange
 
 
 class ConnectorError(Exception):
@@ -101,6 +104,12 @@ class BridgeAPI(Protocol):
     async def notify(self, user_id: str, text: str, portal: PortalKey | None = None) -> None:
         """Tell a Matrix user something: in the portal room when given, else the management
         room. For every failure the user must hear about (never drop silently)."""
+
+    def connection_changed(self, change: ConnectionChange) -> None:
+        """A Matrix user's own connection (puppet or login) changed state. Call it at every
+        change, each retry included; it never blocks (protocol callbacks may call it). The
+        core keeps the state for ``list``, ``ping`` and the provisioning API and tells the
+        user in the management room once per drop, failure and recovery."""
 
     async def matrix_user(self, user_id: str) -> MatrixUser:
         """The Matrix user's current display name and permission. Raises

@@ -8,12 +8,14 @@ metadata, profile (display name and avatar), presence.
 Connector capabilities (on :class:`~bridge.connector.base.NetworkConnector`): login, logout,
 direct messages, plumbing (link), backfill, third-party lookups, extra commands (optionally
 run in a room, with that room's context), HTTP routes on the bridge's own port, connection
-states (for the bridge's metrics).
+states (for the bridge's metrics). A user's own connection changes are pushed instead, with
+``BridgeAPI.connection_changed`` and a :class:`ConnectionChange`.
 """
 
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -210,6 +212,31 @@ class RemoteConnection:
 
     network: str  # ``Namespace.network``
     state: ConnectionState
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionChange:
+    """A Matrix user's own connection changed state: their puppet's or their login's. Given
+    to ``BridgeAPI.connection_changed`` at every change, retries included: the core keeps
+    each login's state and since when, and tells the user once per outage, not per retry.
+
+    ``login_id`` is the stored login's id where the connection belongs to one (so the core
+    can show it next to the login), else any id stable for this user and network.
+    ``state`` None means the connection was closed on purpose (logout, idle, shutdown): the
+    core forgets it without a word. ``reason`` is for the user ("authentication failed:
+    ..."); ``auth_failed`` says that logging in again is what helps; ``advice``, when given,
+    says what to do in the connector's own words (the command to type) instead of the core's
+    general hint. ``at`` is a Unix time."""
+
+    user_id: str
+    network: str  # ``Namespace.network``
+    login_id: str
+    state: ConnectionState | None
+    reason: str = ""
+    auth_failed: bool = False
+    remote_name: str = ""  # how the user is known there (a nick, a JID, an address)
+    advice: str = ""
+    at: float = field(default_factory=time.time)
 
 
 @runtime_checkable

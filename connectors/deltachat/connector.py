@@ -55,6 +55,7 @@ from .calls import CoreCalls
 from .chats import Chats
 from .commands import Commands
 from .config import DeltaChatConfig, parse_config, valid_address
+from .connectivity import Connectivity
 from .contacts import Contacts
 from .delivery import Deliveries
 from .deltachat_to_matrix import DeltaChatToMatrix
@@ -130,6 +131,7 @@ class DeltaChatConnector(NetworkConnector):
         self.store = Store()
         self.calls = CoreCalls(self.rpc, self.cfg.send_timeout)
         self.accounts = Accounts(self.rpc, self.cfg, bridge, self.store, self.log)
+        self.connectivity = Connectivity(self.rpc, self.accounts, bridge, self.log)
         self.contacts = Contacts(self.rpc, self.accounts)
         self.chats = Chats(
             self.rpc, self.calls, self.store, self.cfg, self.accounts, self.contacts, self.log
@@ -223,6 +225,7 @@ class DeltaChatConnector(NetworkConnector):
         task.add_done_callback(self._tasks.discard)
 
     async def _on_event(self, account: int, event: dict[str, Any]) -> None:
+        await self.connectivity.on_event(account, event)
         await self.incoming.on_event(account, event)
 
     async def _on_core_restart(self) -> None:
@@ -301,7 +304,9 @@ class DeltaChatConnector(NetworkConnector):
         return await self.accounts.login(user, args)
 
     async def logout(self, login: Login) -> None:
+        account = self.accounts.account_of_user.get(login.user_id)
         await self.accounts.logout(login)
+        self.connectivity.forget(login.user_id, login.login_id, account)
 
     async def open_dm(self, user: MatrixUser, network: str, remote_user_id: str) -> PortalKey:
         return await self.chats.open_dm(user.user_id, remote_user_id)

@@ -261,6 +261,9 @@ class ConnectionHandler:
     def irc_identify_failed(self, conn: IRCConnection, reason: str) -> None:
         """NickServ refused IDENTIFY (``auth="nickserv"``); the connection stays up."""
 
+    def irc_state(self, conn: IRCConnection, old: str, new: str) -> None:
+        """``conn.state`` changed (``fatal`` and ``stats.last_error`` say why it went down)."""
+
     def irc_casemapping(self, conn: IRCConnection) -> None:
         """The server announced a case mapping other than the one ``conn`` folded with."""
 
@@ -322,7 +325,7 @@ class IRCConnection(asyncio.Protocol):
         self.nick = params.nick
         self.user = ""
         self.host: str | None = None
-        self.state = "idle"  # idle | connecting | registering | registered | closed | failed
+        self._state = "idle"  # idle | connecting | registering | registered | closed | failed
         self.caps: set[str] = set()
         self.isupport: dict[str, str] = {}
         self.casemapping = "rfc1459"
@@ -371,6 +374,16 @@ class IRCConnection(asyncio.Protocol):
         self._set_me(params.nick)
 
     # --- public API --------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, new: str) -> None:
+        old, self._state = self._state, new
+        if old != new:
+            self.handler.irc_state(self, old, new)
 
     @property
     def registered(self) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from bridge.connector import (
     BridgeAPI,
     ChatInfo,
+    ConnectionChange,
     ConnectionState,
     ConnectorCommand,
     ConnectorError,
@@ -99,7 +100,7 @@ class Network(ConnectionHandler):
             self.pacer,
             on_private=self._on_private,
             on_notice=self._on_puppet_notice,
-            on_fatal=self._on_puppet_fatal,
+            on_state=self._on_puppet_state,
             ident=connector.ident_table,
         )
         self.translator = IrcToMatrix(
@@ -151,6 +152,8 @@ class Network(ConnectionHandler):
         # than the server (alice{m} for alice[m] on an ascii server), and a partner who shares
         # no channel with the bot is known nowhere else. The most recent DM_NICKS.
         self._dm_nicks: dict[str, str] = {}
+        # Users whose ``login`` is connecting: its failure is the command's answer.
+        self.logging_in: set[str] = set()
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -379,15 +382,15 @@ class Network(ConnectionHandler):
     def _on_puppet_fatal(self, puppet: Puppet, reason: str) -> None:
         conn = puppet.conn
         advice = self.advice(conn)
-        if conn.registered:  # NickServ refused IDENTIFY; the connection stays
-            text = (
-                f"NickServ on {self.cfg.display_name} did not log you in: {reason}. "
-                "You stay connected without your account; the password is not tried again "
-                f"until you log in again. {advice}"
-            )
-        else:
-            text = f"Your connection to {self.cfg.display_name} failed: {reason}. {advice}"
-        self.notify(puppet.user_id, text)
+        if not conn.registered:
+            return  # a connection that failed is a state change: _on_puppet_state tells it
+        # NickServ refused IDENTIFY; the connection stays up (no state change says so).
+        self.notify(
+            puppet.user_id,
+            f"NickServ on {self.cfg.display_name} did not log you in: {reason}. "
+            "You stay connected without your account; the password is not tried again "
+            f"until you log in again. {advice}",
+        )
 
     def advice(self, conn: IRCConnection) -> str:
         """What the user can do about a failed login, as a command to type."""
@@ -409,6 +412,35 @@ class Network(ConnectionHandler):
         return (
             "Check the account name and password (a wrong password or an unknown account), "
             f"then log in again: login irc {net} {way} <account> <password>"
+
+    def login_id(self, user_id: str) -> str:
+        """The id of a user's login on this network; the puppet's connection goes by it too."""
+        return f"{self.cfg.netid}/{user_id}"
+
+    def _on_puppet_state(self, puppet: Puppet, old: str, new: str) -> None:
+        """Every state change of a puppet's connection, for the core to tell the user."""
+        if new == "idle" and old not in ("connecting", "registering", "registered"):
+            return  # (re)started after a quit: nothing was lost
+        if puppet.user_id in self.logging_in and new != "registered":
+            return  # the login command answers for this attempt
+        conn = puppet.conn
+        state = self.connector._STATES.get(new)  # "closed": on purpose, forgotten
+        reason = advice = ""
+        if new in ("idle", "failed"):
+            reason = conn.fatal or conn.stats.last_error or ""
+        if new == "failed" and conn.fatal:
+            advice = self.advice(conn)
+        self.bridge.connection_changed(
+            ConnectionChange(
+                puppet.user_id,
+                self.network,
+                self.login_id(puppet.user_id),
+                state,
+                reason,
+                auth_failed=new == "failed" and bool(conn.fatal),
+                remote_name=conn.nick,
+                advice=advice,
+            )
         )
 
     # --- helpers for clients --------------------------------------------------------------------
@@ -995,7 +1027,7 @@ class IRCConnector(NetworkConnector):
         return LoginResult(
             # One login per Matrix user and IRC network (the core keys logins by connector
             # name and login id). DM portals use the Matrix user id as receiver.
-            login_id=f"{net.cfg.netid}/{user.user_id}",
+            login_id=net.login_id(user.user_id),
             credentials=creds,
             remote_name=remote_name or puppet.conn.nick,
             message=f"Connected to {net.cfg.display_name} as {puppet.conn.nick}.",
@@ -1017,6 +1049,8 @@ class IRCConnector(NetworkConnector):
             pool.client_contexts[user.user_id] = context
         else:
             pool.client_contexts.pop(user.user_id, None)
+        # While the command is logging in, its answer says what went wrong: no notices.
+        net.logging_in.add(user.user_id)
         puppet = pool.get(user.user_id)
         if puppet is None:
             puppet = pool.obtain(user.user_id, user.display_name)
@@ -1026,6 +1060,7 @@ class IRCConnector(NetworkConnector):
             puppet.quiet = True
             await pool.restart(user.user_id)
         if puppet is None:
+            net.logging_in.discard(user.user_id)
             raise ConnectorError("The bridge has no free IRC connection right now.")
 
         async def restore(reason: str, refused: bool = False) -> None:
@@ -1062,6 +1097,7 @@ class IRCConnector(NetworkConnector):
             return puppet
         finally:
             puppet.quiet = False
+            net.logging_in.discard(user.user_id)
 
     async def _login_certfp(
         self, net: Network, user: MatrixUser, account: str, password: str

@@ -160,6 +160,9 @@ class Puppet(ConnectionHandler):
         if conn.fatal and not self.quiet:
             self.pool.on_fatal(self, conn.fatal)
 
+    def irc_state(self, conn: IRCConnection, old: str, new: str) -> None:
+        self.pool.on_state(self, old, new)
+
     def irc_failed(self, conn: IRCConnection, reason: str) -> None:
         if not self.quiet:
             self.pool.on_fatal(self, reason)
@@ -204,7 +207,7 @@ class PuppetPool:
         *,
         on_private: Callable[[Puppet, Line], None],
         on_notice: Callable[[Puppet, str], None],
-        on_fatal: Callable[[Puppet, str], None],
+        on_state: Callable[[Puppet, str, str], None] | None = None,
         ident: IdentTable | None = None,
     ) -> None:
         self.cfg = cfg
@@ -220,7 +223,7 @@ class PuppetPool:
         self.activity: dict[str, float] = {}  # user id -> time of their last message
         self.on_private = on_private
         self.on_notice = on_notice
-        self.on_fatal = on_fatal
+        self.on_state = on_state or (lambda puppet, old, new: None)
         self._idle_task: asyncio.Task[None] | None = None
         # The server's mapping (its ISUPPORT), not the config's form of ids: the listener
         # looks nicks up folded the server's way.

@@ -606,6 +606,9 @@ def make_client(cfg: XMPPConfig, jid: str, password: str) -> ClientXMPP:
 
 
 Handler = Callable[[], Awaitable[None]]
+# A stream's new state, why it is down ("" when up) and whether the server refused the
+# credentials; None once stopped.
+StateHandler = Callable[[ConnectionState | None, str, bool], None]
 
 
 class Stream:
@@ -635,7 +638,11 @@ class Stream:
         self.on_ready: list[Handler] = []
         self.on_lost: list[Handler] = []
         self.connects = 0
+        self.attempts = 0
         self.last_error: str | None = None
+        self.on_state: StateHandler | None = None
+        self._reported: ConnectionState | None = None
+        self._auth_failed = False
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
@@ -666,6 +673,7 @@ class Stream:
 
     def _on_failed_auth(self, _event: Any) -> None:
         self.last_error = "authentication failed"
+        self._auth_failed = True
         self._failed.set()
 
     def _on_stream_error(self, err: Any) -> None:
@@ -682,6 +690,17 @@ class Stream:
         # Not up: waiting to retry after a failure, or at a first attempt.
         return ConnectionState.DISCONNECTED if self.last_error else ConnectionState.CONNECTING
 
+    def _report(self, state: ConnectionState | None) -> None:
+        """Tell ``on_state`` of a change (retries that fail alike are one state)."""
+        if state == self._reported or self.on_state is None:
+            return
+        self._reported = state
+        reason = "" if state in (ConnectionState.CONNECTED, None) else (self.last_error or "")
+        auth = state == ConnectionState.FAILED
+        if auth:
+            reason = "the server refused the password (authentication failed)"
+        self.on_state(state, reason, auth)
+
     # --- control ------------------------------------------------------------------------
 
     async def connect_once(self) -> bool:
@@ -689,6 +708,10 @@ class Stream:
         self._started.clear()
         self._failed.clear()
         self._lost.clear()
+        self._auth_failed = False
+        self.attempts += 1
+        if self._reported != ConnectionState.FAILED:
+            self._report(ConnectionState.CONNECTING)  # a retry after a refusal stays failed
         self.xmpp.connect(self.host, self.port) if self.host else self.xmpp.connect()
         started = asyncio.ensure_future(self._started.wait())
         failed = asyncio.ensure_future(self._failed.wait())
@@ -707,6 +730,7 @@ class Stream:
             self.xmpp.abort()
         if self.last_error is None:
             self.last_error = "timed out"
+        self._report(ConnectionState.FAILED if self._auth_failed else ConnectionState.DISCONNECTED)
         return False
 
     def start(self, first_attempt_done: bool = False) -> None:
@@ -742,12 +766,14 @@ class Stream:
             delay = self.min_delay
             self.log.info("%s: session up (connection #%d)", self.name, self.connects)
             self.ready.set()
+            self._report(ConnectionState.CONNECTED)
             await self._run_callbacks(self.on_ready)
             await self._lost.wait()
             self.ready.clear()
             connected = False
             if self._stopping:
                 break
+            self._report(ConnectionState.DISCONNECTED)
             self.log.warning("%s: connection lost (%s)", self.name, self.last_error)
             await self._run_callbacks(self.on_lost)
             await asyncio.sleep(self.min_delay)
@@ -763,6 +789,7 @@ class Stream:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._report(None)
         self.xmpp.cancel_connection_attempt()
         if self.ready.is_set() or self.xmpp.transport is not None:
             with contextlib.suppress(Exception):

@@ -28,6 +28,8 @@ from bridge.connector import (
     BridgeAPI,
     ChatInfo,
     ConfigError,
+    ConnectionChange,
+    ConnectionState,
     ConnectorError,
     GhostInfo,
     Login,
@@ -551,11 +553,21 @@ class XMPPConnector(NetworkConnector):
             max_delay=self.cfg.reconnect_max_delay,
             log=self.log,
         )
+        bare = JID(jid).bare
+
+        def on_state(state: ConnectionState | None, reason: str, auth_failed: bool) -> None:
+            self.bridge.connection_changed(
+                ConnectionChange(user_id, NETWORK, login_id, state, reason, auth_failed, bare)
+            )
+
+        if not check:
+            stream.on_state = on_state  # else the login command answers for the first attempt
         ok = await stream.connect_once()
         if not ok and check:
             with contextlib.suppress(Exception):
                 await stream.stop()
             raise ConnectorError(f"Could not log in as {jid}: {stream.last_error or 'no answer'}.")
+        stream.on_state = on_state
         identity = Identity(user_id, stream, None, login=True)
         old = self.sessions.pop(user_id, None)
         if old is not None:

@@ -75,6 +75,9 @@ class _Bridge:
     async def notify(self, user_id: str, text: str, portal: Any = None) -> None:
         self.told.append((user_id, text, portal))
 
+    def connection_changed(self, change: Any) -> None:
+        pass  # the delivery tests do not look at connections
+
 
 async def test_a_failure_before_the_send_is_recorded_is_still_told() -> None:
     """The refusal at RCPT TO can come before ``send_msg``'s caller has recorded the message."""

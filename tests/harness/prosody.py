@@ -249,6 +249,21 @@ class ProsodyServer:
             raise RuntimeError(f"prosodyctl register failed: {res.stdout!r} {res.stderr!r}")
         return f"{name}@{self.domain}"
 
+    def set_password(self, name: str, password: str) -> None:
+        """Give ``name@domain`` a new password (the account is made again with it; clients
+        logged in stay connected until they reconnect)."""
+        cmd = ["prosodyctl", "--config", str(self.base / "prosody.cfg.lua")]
+        res = subprocess.run(
+            [*cmd, "deluser", f"{name}@{self.domain}"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+            **self._popen_user(),  # type: ignore[call-overload]
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"prosodyctl deluser failed: {res.stdout!r} {res.stderr!r}")
+        self.register_user(name, password)
+
     def console_log(self) -> str:
         try:
             return (self.base / "console.log").read_text(errors="replace")

@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from bridge.connector import Login, MatrixUser, PortalKey, RemoteEvent, escape_localpart
+from bridge.connector import (
+    ConnectionChange,
+    Login,
+    MatrixUser,
+    PortalKey,
+    RemoteEvent,
+    escape_localpart,
+)
 from connectors.irc.protocol import Line, parse_line
 from tests.harness.ircd import IrcServer, start_ngircd
 
@@ -33,12 +40,16 @@ class FakeBridge:
         self.members: dict[PortalKey, list[MatrixUser]] = {}
         self.login_list: list[Login] = []
         self.upload_fails = False
+        self.connection_changes: list[ConnectionChange] = []
 
     async def emit(self, event: RemoteEvent) -> None:
         self.events.append(event)
 
     async def notify(self, user_id: str, text: str, portal: PortalKey | None = None) -> None:
         self.notices.append((user_id, text, portal))
+
+    def connection_changed(self, change: ConnectionChange) -> None:
+        self.connection_changes.append(change)
 
     async def matrix_user(self, user_id: str) -> MatrixUser:
         return self.users.get(user_id) or MatrixUser(user_id, user_id[1:].split(":")[0], "user")

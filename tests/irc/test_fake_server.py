@@ -11,8 +11,11 @@ import logging
 import pytest
 
 from bridge.connector import (
+    ConnectionChange,
+    ConnectionState,
     ConnectorError,
     GhostKey,
+    Login,
     MatrixPowerLevel,
     MatrixSender,
     MatrixUser,
@@ -191,6 +194,43 @@ async def test_sasl_failure_is_reported_and_not_retried() -> None:
         await asyncio.sleep(1.0)
         assert server.connections == before + 1  # no reconnect storm with bad credentials
         assert conn.networks["fake"].pool.get(USER.user_id) is None
+    finally:
+        await conn.stop()
+        await server.stop()
+
+
+async def test_a_refused_stored_sasl_login_is_reported_once_as_an_auth_failure() -> None:
+    """A stored login whose SASL password the server now refuses: the puppet's connection is
+    reported failed once, as an authentication failure, for the login's id; a refusal during
+    ``login`` itself is the command's answer and is not reported."""
+    server = await FakeIRCd(sasl_ok=("dana", "right")).start()
+    bridge = FakeBridge()
+    creds = {"network": "fake", "sasl_account": "dana", "sasl_password": "old"}
+    bridge.login_list = [Login("irc", f"fake/{USER.user_id}", USER.user_id, creds)]
+    conn = IRCConnector(bridge, config(server.port))
+    await conn.start()
+    try:
+        await wait_for(lambda: conn.networks["fake"].bot.registered)
+        await conn.client_for(USER, PortalKey("irc_fake", "#room"))
+
+        def failed() -> list[ConnectionChange]:
+            return [c for c in bridge.connection_changes if c.state == ConnectionState.FAILED]
+
+        await wait_for(failed, 10, "the refusal reported")
+        await asyncio.sleep(1.0)  # (reconnect delays are 0.2-0.5 s: a retry would show)
+        [change] = failed()
+        assert (change.user_id, change.network, change.login_id) == (
+            USER.user_id,
+            "irc_fake",
+            f"fake/{USER.user_id}",
+        )
+        assert change.auth_failed and "SASL authentication failed" in change.reason
+        *attempt, last = [c.state for c in bridge.connection_changes]
+        assert set(attempt) == {ConnectionState.CONNECTING} and last == ConnectionState.FAILED
+        bridge.connection_changes.clear()
+        with pytest.raises(ConnectorError, match="SASL authentication failed"):
+            await conn.login(USER, ["fake", "sasl", "dana", "wrong"])
+        assert failed() == []
     finally:
         await conn.stop()
         await server.stop()

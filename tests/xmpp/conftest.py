@@ -15,7 +15,14 @@ from slixmpp import ClientXMPP
 from slixmpp.stanza import Message
 from slixmpp.xmlstream import ET
 
-from bridge.connector import Attachment, Login, MatrixUser, PortalKey, RemoteEvent
+from bridge.connector import (
+    Attachment,
+    ConnectionChange,
+    Login,
+    MatrixUser,
+    PortalKey,
+    RemoteEvent,
+)
 from connectors.xmpp import XMPPConnector
 from tests.harness.prosody import ProsodyServer, start_prosody
 
@@ -43,6 +50,7 @@ class FakeBridge:
     portal_list: list[PortalKey] = field(default_factory=list)
     members: dict[PortalKey, list[MatrixUser]] = field(default_factory=dict)
     login_list: list[Login] = field(default_factory=list)
+    connection_changes: list[ConnectionChange] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
     db: Any = None  # a database from bridge.db.open_database, for the connector's tables
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -58,6 +66,10 @@ class FakeBridge:
 
     async def notify(self, user_id: str, text: str, portal: PortalKey | None = None) -> None:
         self.notices.append((user_id, text, portal))
+        self._changed.set()
+
+    def connection_changed(self, change: ConnectionChange) -> None:
+        self.connection_changes.append(change)
         self._changed.set()
 
     async def matrix_user(self, user_id: str) -> MatrixUser:

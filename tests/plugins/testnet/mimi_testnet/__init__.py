@@ -16,6 +16,7 @@ from bridge.connector import (
     Attachment,
     ChatInfo,
     ConfigError,
+    ConnectionChange,
     ConnectionState,
     ConnectorError,
     GhostInfo,
@@ -203,6 +204,21 @@ class TestNetConnector(NetworkConnector):
     async def start(self) -> None:
         self.opened = list(await self.bridge.portals(NETWORK))
         self.connected = True
+        for login in await self.bridge.logins(self.name):
+            self.set_connection(login.user_id, login.login_id, ConnectionState.CONNECTED)
+
+    def set_connection(
+        self,
+        user_id: str,
+        login_id: str,
+        state: ConnectionState | None,
+        reason: str = "",
+        auth_failed: bool = False,
+    ) -> None:
+        """A login's connection changes state (tests drive it; logins start connected)."""
+        self.bridge.connection_changed(
+            ConnectionChange(user_id, NETWORK, login_id, state, reason, auth_failed, login_id)
+        )
 
     async def stop(self) -> None:
         self.connected = False
@@ -243,10 +259,12 @@ class TestNetConnector(NetworkConnector):
     async def login(self, user: MatrixUser, args: list[str]) -> LoginResult:
         if len(args) != 1:
             raise ConnectorError("usage: login testnet <remote name>")
+        self.set_connection(user.user_id, args[0], ConnectionState.CONNECTED)
         return LoginResult(login_id=args[0], credentials={"name": args[0]}, remote_name=args[0])
 
     async def logout(self, login: Login) -> None:
         self._clients.pop(str(login.credentials.get("name")), None)
+        self.set_connection(login.user_id, login.login_id, None)
 
     # Backfilling: "#history" has three old messages.
     async def fetch_history(self, portal: PortalKey, limit: int) -> list[RemoteMessage]:

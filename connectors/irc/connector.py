@@ -101,6 +101,7 @@ class Network(ConnectionHandler):
             on_private=self._on_private,
             on_notice=self._on_puppet_notice,
             on_state=self._on_puppet_state,
+            on_identify_failed=self._on_identify_failed,
             ident=connector.ident_table,
         )
         self.translator = IrcToMatrix(
@@ -379,12 +380,9 @@ class Network(ConnectionHandler):
     def _on_puppet_notice(self, puppet: Puppet, text: str) -> None:
         self.notify(puppet.user_id, text)
 
-    def _on_puppet_fatal(self, puppet: Puppet, reason: str) -> None:
-        conn = puppet.conn
-        advice = self.advice(conn)
-        if not conn.registered:
-            return  # a connection that failed is a state change: _on_puppet_state tells it
-        # NickServ refused IDENTIFY; the connection stays up (no state change says so).
+    def _on_identify_failed(self, puppet: Puppet, reason: str) -> None:
+        """NickServ refused IDENTIFY; the connection stays up (no state change says so)."""
+        advice = self.advice(puppet.conn)
         self.notify(
             puppet.user_id,
             f"NickServ on {self.cfg.display_name} did not log you in: {reason}. "
@@ -412,6 +410,7 @@ class Network(ConnectionHandler):
         return (
             "Check the account name and password (a wrong password or an unknown account), "
             f"then log in again: login irc {net} {way} <account> <password>"
+        )
 
     def login_id(self, user_id: str) -> str:
         """The id of a user's login on this network; the puppet's connection goes by it too."""

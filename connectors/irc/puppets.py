@@ -157,19 +157,15 @@ class Puppet(ConnectionHandler):
 
     def irc_disconnected(self, conn: IRCConnection, reason: str) -> None:
         self.account = None
-        if conn.fatal and not self.quiet:
-            self.pool.on_fatal(self, conn.fatal)
 
     def irc_state(self, conn: IRCConnection, old: str, new: str) -> None:
+        # Drops, refused logins and recoveries reach the user as state changes.
         self.pool.on_state(self, old, new)
 
-    def irc_failed(self, conn: IRCConnection, reason: str) -> None:
-        if not self.quiet:
-            self.pool.on_fatal(self, reason)
-
     def irc_identify_failed(self, conn: IRCConnection, reason: str) -> None:
+        # The connection stays up without the account: no state change says it.
         if not self.quiet:
-            self.pool.on_fatal(self, reason)
+            self.pool.on_identify_failed(self, reason)
 
     def irc_nick_taken(self, conn: IRCConnection, nick: str, attempt: int) -> str | None:
         if attempt > 10:
@@ -208,6 +204,7 @@ class PuppetPool:
         on_private: Callable[[Puppet, Line], None],
         on_notice: Callable[[Puppet, str], None],
         on_state: Callable[[Puppet, str, str], None] | None = None,
+        on_identify_failed: Callable[[Puppet, str], None] | None = None,
         ident: IdentTable | None = None,
     ) -> None:
         self.cfg = cfg
@@ -224,6 +221,7 @@ class PuppetPool:
         self.on_private = on_private
         self.on_notice = on_notice
         self.on_state = on_state or (lambda puppet, old, new: None)
+        self.on_identify_failed = on_identify_failed or (lambda puppet, reason: None)
         self._idle_task: asyncio.Task[None] | None = None
         # The server's mapping (its ISUPPORT), not the config's form of ids: the listener
         # looks nicks up folded the server's way.

@@ -252,7 +252,7 @@ async def test_sasl_plain_login_wrong_password_and_changed_password(
     conn = await wait_for(lambda: puppet_of(bridge, ann.user_id), 30, "the puppet")
     await asyncio.sleep(3)  # reconnects would come every 0.2-1 s
     assert conn.conn.state == "failed" and conn.conn.stats.connects == 1
-    told = await bot_notices(ann, mgmt, "Your connection to test failed")
+    told = [b for b in await bot_notices(ann, mgmt, "Your connection to") if " failed: SASL" in b]
     assert len(told) == 1  # the login commands' answers said it before, not this way
     assert "SASL authentication failed (PLAIN)" in told[0]
     assert "Check the account name and password" in told[-1]

@@ -44,11 +44,24 @@ Example::
             channels: ["#bridge-test"]  # joined by the bot at start
             puppets: true               # false: relay through the bot only
             bind_address: null          # local address to connect from (default: any)
+            exclude:                    # channels (shell patterns) kept from being bridged
+              - {channel: "#ops*", mode: never}     # never: not by anyone
+              - {channel: "#staff", mode: admins}   # admins: by bridge admins only
+            link_request_timeout: 300   # seconds channel operators have to answer a link
         identd:                         # built-in ident server (RFC 1413), shared by networks
           enabled: false
           listen: "::"                  # "::" takes IPv4 too; or 0.0.0.0, or one address
           port: 113                     # servers ask port 113; binding it needs root or
                                         # CAP_NET_BIND_SERVICE
+
+``link`` (bridging an existing Matrix room to a channel) needs the channel's consent: the
+requesting user's own IRC connection is a channel operator there (+o, +a or +q), or a channel
+operator answers the bot's private request (``yes`` or ``no``, with the channel when several
+requests wait) within ``link_request_timeout``. ``exclude`` applies to ``join``, aliases and
+``link`` alike; an excluded channel already bridged is no longer joined.
+
+Channels with a key (+k) are joined with ``join irc <network> #channel <key>``; the key is
+stored encrypted like login credentials, for rejoins after a restart.
 
 ``identd`` answers the ident lookups IRC servers make when a connection arrives: the puppet's
 own username (``username_template``; the bot's ``bot.username``) for the port pair of a
@@ -86,6 +99,13 @@ POLICIES = {
     "reactions": ("action", "off"),
 }
 DEFAULT_POWER = {"q": 50, "a": 50, "o": 50, "h": 25, "v": 10}
+EXCLUDE_MODES = ("never", "admins")
+
+
+@dataclass(frozen=True, slots=True)
+class ExcludeRule:
+    channel: str  # a shell pattern (fnmatch), compared case-folded
+    mode: str  # never | admins
 
 
 @dataclass(slots=True)
@@ -132,6 +152,9 @@ class NetworkConfig:
     puppets: bool = True
     display_name: str = ""
     bind_address: str | None = None
+    exclude: list[ExcludeRule] = field(default_factory=list)
+    link_request_timeout: float = 300.0
+    publish: bool = False
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -236,6 +259,7 @@ def parse_network(netid: str, section: Any) -> NetworkConfig:
     if rmax < rmin:
         raise ConfigError(p + "reconnect.max_delay", "must be at least min_delay")
     ca = _str(section, "tls_ca_file", None, p)
+    exclude = _exclude(section.get("exclude"), p + "exclude")
     return NetworkConfig(
         netid=netid,
         host=host,
@@ -270,7 +294,31 @@ def parse_network(netid: str, section: Any) -> NetworkConfig:
         puppets=_bool(section, "puppets", True, p),
         display_name=_str(section, "display_name", "", p) or netid,
         bind_address=_str(section, "bind_address", None, p) or None,
+        exclude=exclude,
+        link_request_timeout=_num(section, "link_request_timeout", 300.0, p, 1, False),
+        publish=_bool(section, "publish", False, p),
     )
+
+
+def _exclude(value: Any, path: str) -> list[ExcludeRule]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(path, "must be a list of {channel: <pattern>, mode: never|admins}")
+    rules = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, str):  # a bare pattern: never
+            entry = {"channel": entry}
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{path}[{i}]", "must be {channel: <pattern>, mode: never|admins}")
+        channel = entry.get("channel")
+        if not isinstance(channel, str) or not channel:
+            raise ConfigError(f"{path}[{i}].channel", "must be a channel name or pattern")
+        mode = entry.get("mode", "never")
+        if mode not in EXCLUDE_MODES:
+            raise ConfigError(f"{path}[{i}].mode", "must be never or admins")
+        rules.append(ExcludeRule(channel, str(mode)))
+    return rules
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ from bridge.connector import (
     ConnectorCommand,
     ConnectorError,
     GhostInfo,
+    LinkRequest,
     Login,
     LoginResult,
     MatrixEdit,
@@ -57,6 +58,7 @@ from .client import (
     NotConnected,
 )
 from .config import NetworkConfig, parse_config, parse_identd
+from .consent import OP_MODES, ConsentDesk, exclusion, refusal
 from .identd import IdentServer, IdentTable
 from .irc_to_matrix import IrcToMatrix
 from .matrix_to_irc import (
@@ -140,6 +142,7 @@ class Network(ConnectionHandler):
         # than the server (alice{m} for alice[m] on an ascii server), and a partner who shares
         # no channel with the bot is known nowhere else. The most recent DM_NICKS.
         self._dm_nicks: dict[str, str] = {}
+        self.consent = ConsentDesk()
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -169,6 +172,29 @@ class Network(ConnectionHandler):
             return remote_id
         names = [*bot.channel_names.values(), *(s.name for s in self.translator.channels.values())]
         return next((name for name in names if self.id_of(name) == remote_id), remote_id)
+
+    def key_of(self, channel: str) -> str | None:
+        return self.connector.keys.get(PortalKey(self.network, self.id_of(channel)))
+
+    def excluded(self, channel: str, user: MatrixUser | None) -> str | None:
+        """Why ``user`` may not bridge the channel (``exclude``), or None."""
+        return refusal(exclusion(self.cfg.exclude, self.bot.fold, channel), channel, user)
+
+    def operators(self, channel: str) -> list[str]:
+        """Nicks of the channel's operators the bot sees, but the bridge's own."""
+        state = self.translator.channels.get(self.bot.fold(channel))
+        if state is None:
+            return []
+        me = self.bot.fold(self.bot.nick)
+        return [
+            m.nick
+            for canon, m in state.members.items()
+            if m.modes & OP_MODES and canon != me and self.pool.user_of_nick(canon) is None
+        ]
+
+    def is_operator(self, channel: str, nick: str) -> bool:
+        modes = self.translator.member_modes(self.bot.fold(channel), self.bot.fold(nick))
+        return bool(modes and modes & OP_MODES)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -206,7 +232,7 @@ class Network(ConnectionHandler):
             log.exception("%s: loading logins failed", self.cfg.netid)
         await self.connector.nick_store.load(self)
         for channel in self.cfg.channels:
-            self.bot.channels[self.bot.fold(channel)] = None
+            self.bot.channels[self.bot.fold(channel)] = self.key_of(channel)
             self.bot.channel_names[self.bot.fold(channel)] = channel
         try:
             portals = await self.bridge.portals(self.network)
@@ -218,7 +244,11 @@ class Network(ConnectionHandler):
                 continue
             # Spelled as in the config when it is there (the id may have lost the spelling).
             channel = self.channel_name(portal.remote_id)
-            self.bot.channels.setdefault(self.bot.fold(channel), None)
+            rule = exclusion(self.cfg.exclude, self.bot.fold, channel)
+            if rule is not None and rule.mode == "never":
+                log.warning("%s: %s is excluded: not rejoined", self.cfg.netid, channel)
+                continue
+            self.bot.channels.setdefault(self.bot.fold(channel), self.key_of(channel))
             self.bot.channel_names.setdefault(self.bot.fold(channel), channel)
         self.bot.start()
         if self.cfg.puppets:
@@ -253,7 +283,7 @@ class Network(ConnectionHandler):
             for user in members:
                 puppet = self.pool.obtain(user.user_id, user.display_name)
                 if puppet is not None:
-                    puppet.conn.channels.setdefault(puppet.conn.fold(channel), None)
+                    puppet.conn.channels.setdefault(puppet.conn.fold(channel), self.key_of(channel))
                     puppet.conn.channel_names[puppet.conn.fold(channel)] = channel
 
     async def stop(self) -> None:
@@ -273,6 +303,12 @@ class Network(ConnectionHandler):
     # --- bot: listener ------------------------------------------------------------------------
 
     def irc_line(self, conn: IRCConnection, line: Line) -> None:
+        if (
+            line.command == "PRIVMSG"
+            and line.nick
+            and conn.fold(line.param(0)) == conn.fold(conn.nick)
+        ):
+            self._private_to_bot(conn, line)
         try:
             events = self.translator.handle(conn, line)
         except Exception:
@@ -303,10 +339,22 @@ class Network(ConnectionHandler):
             self.emit(event)
         self._arm_split_timer()
 
+    def _private_to_bot(self, conn: IRCConnection, line: Line) -> None:
+        """An operator answering a link request (``yes`` / ``no [#channel]``)."""
+        nick = line.nick
+        reply = self.consent.answer(
+            nick,
+            line.param(1),
+            conn.fold,
+            lambda channel: self.is_operator(channel, nick),
+        )
+        if reply is not None:
+            conn.send("NOTICE", nick, reply)
+
     async def _rejoin_later(self, channel: str) -> None:
         await asyncio.sleep(5)
         try:
-            await self.bot.join(channel)
+            await self.bot.join(channel, self.key_of(channel))
         except Exception as e:
             log.warning("%s: rejoining %s failed: %s", self.cfg.netid, channel, e)
 
@@ -389,7 +437,7 @@ class IRCClient(NetworkClient):
             await conn.wait_registered(min(10.0, conn.params.register_timeout))
         if not portal.receiver and conn.registered:
             try:
-                await conn.join(target)
+                await conn.join(target, self.net.key_of(target))
             except ConnectionError as e:
                 raise ConnectorError(str(e)) from e
         return target
@@ -496,11 +544,11 @@ class IRCClient(NetworkClient):
                 self.puppet.touch()
                 if conn.registered:
                     try:
-                        await conn.join(channel)
+                        await conn.join(channel, self.net.key_of(channel))
                     except ConnectionError as e:
                         raise ConnectorError(str(e)) from e
                 else:
-                    conn.channels.setdefault(conn.fold(channel), None)
+                    conn.channels.setdefault(conn.fold(channel), self.net.key_of(channel))
                     conn.channel_names[conn.fold(channel)] = channel
                     conn.start()
             elif change.membership in (Membership.LEAVE, Membership.KICK, Membership.BAN):
@@ -685,6 +733,8 @@ class IRCConnector(NetworkConnector):
         self.identd: IdentServer | None = None
         self.networks: dict[str, Network] = {}
         self.nick_store = NickStore(bridge)
+        # Channel keys (+k) given with ``join``, by portal; the core keeps them sealed.
+        self.keys: dict[PortalKey, str] = {}
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> None:
@@ -795,15 +845,21 @@ class IRCConnector(NetworkConnector):
         if not ids.valid_channel(portal.remote_id, net.bot.chantypes):
             return None
         channel = net.channel_name(portal.remote_id)
+        why = net.excluded(channel, user)
+        if why is not None:
+            if user is None:  # an alias: the homeserver only hears "no such room"
+                log.info("%s: %s not opened: %s", net.cfg.netid, channel, why)
+                return None
+            raise ConnectorError(why)
         canon = net.bot.fold(channel)
         if net.bot.registered and canon not in net.bot.joined:
             try:
-                await net.bot.join(channel)
+                await net.bot.join(channel, net.key_of(channel))
             except ConnectionError as e:
                 raise ConnectorError(str(e)) from e
             await asyncio.sleep(0.2)  # let NAMES and TOPIC arrive
         else:
-            net.bot.channels.setdefault(canon, None)
+            net.bot.channels.setdefault(canon, net.key_of(channel))
             net.bot.channel_names.setdefault(canon, channel)
             net.bot.start()
         state = net.translator.channels.get(net.bot.fold(channel))
@@ -830,7 +886,7 @@ class IRCConnector(NetworkConnector):
             return
         channel = net.channel_name(portal.remote_id)
         try:
-            await net.bot.join(channel)
+            await net.bot.join(channel, net.key_of(channel))
         except ConnectionError as e:
             log.warning("%s: bot cannot join %s: %s", net.cfg.netid, channel, e)
             return
@@ -854,6 +910,114 @@ class IRCConnector(NetworkConnector):
         net.bot.part(channel, "unbridged")
         for puppet in net.pool.puppets.values():
             puppet.conn.part(channel, "unbridged")
+
+    # --- LinkConsent and RoomKeys -----------------------------------------------------------
+
+    def set_room_key(self, portal: PortalKey, key: str | None) -> None:
+        # Called before start() too, with the keys the core kept.
+        if key:
+            self.keys[portal] = key
+        else:
+            self.keys.pop(portal, None)
+        net = self.networks.get(ids.netid_of(portal.network) or "")
+        if net is None:
+            return
+        channel = net.channel_name(portal.remote_id)
+        for conn in (net.bot, *(p.conn for p in net.pool.puppets.values())):
+            if conn.fold(channel) in conn.channels:
+                conn.channels[conn.fold(channel)] = key or None
+
+    async def request_link(self, request: LinkRequest) -> ChatInfo | None:
+        """The channel consents when the user's own connection is one of its operators, or
+        when an operator answers the bot's private request in time."""
+        portal, user = request.portal, request.user
+        net = self._net(portal.network)
+        if portal.receiver:
+            raise ConnectorError("IRC private chats cannot be linked to a room")
+        if not ids.valid_channel(portal.remote_id, net.bot.chantypes):
+            return None
+        channel = net.channel_name(portal.remote_id)
+        why = net.excluded(channel, user)
+        if why is not None:
+            raise ConnectorError(why)
+        if not await net.bot.wait_registered(min(15.0, net.cfg.register_timeout)):
+            raise ConnectorError(f"the bridge is not connected to {net.cfg.display_name} now")
+        puppet_nick, joined_for_check = await self._join_own_puppet(net, user, channel)
+        try:
+            info = await self.resolve_portal(portal, user)
+            if info is None:
+                return None
+            try:
+                await net.bot.sync()  # the channel's member list is in
+            except (ConnectionError, NotConnected, TimeoutError) as e:
+                raise ConnectorError(f"IRC did not answer: {e}") from e
+            if puppet_nick is not None and net.is_operator(channel, puppet_nick):
+                joined_for_check = None
+                return info
+            await self._ask_operators(net, request, channel)
+            joined_for_check = None
+            return info
+        finally:
+            if joined_for_check is not None:
+                joined_for_check.part(channel, "")
+
+    async def _join_own_puppet(
+        self, net: Network, user: MatrixUser, channel: str
+    ) -> tuple[str | None, IRCConnection | None]:
+        """The user's own connection in the channel, to see whether it is an operator there:
+        (its nick, the connection when it joined only for this). Before the bot: a channel
+        nobody is in yet is its creator's, the user's."""
+        if not net.cfg.puppets:
+            return None, None
+        puppet = net.pool.obtain(user.user_id, user.display_name)
+        if puppet is None:
+            return None, None
+        conn = puppet.conn
+        conn.start()
+        if not await conn.wait_registered(min(15.0, net.cfg.register_timeout)):
+            return None, None
+        was_in = conn.fold(channel) in conn.joined
+        try:
+            await conn.join(channel, net.key_of(channel))
+        except ConnectionError:
+            return None, None
+        return conn.nick, None if was_in else conn
+
+    async def _ask_operators(self, net: Network, request: LinkRequest, channel: str) -> None:
+        ops = net.operators(channel)
+        if not ops:
+            raise ConnectorError(
+                f"you are not a channel operator in {channel} on IRC, and no operator is "
+                "there to ask"
+            )
+        timeout = net.cfg.link_request_timeout
+        label = " ".join(request.room_label.split())
+        who = " ".join(request.user.user_id.split())
+        ask = net.consent.open(net.bot.fold(channel), channel)
+        for nick in ops:
+            net.bot.send(
+                "NOTICE",
+                nick,
+                f"{who} asks to bridge {channel} with the Matrix room {label}. Answer me "
+                f"`yes {channel}` or `no {channel}` within {timeout:.0f} seconds.",
+            )
+        try:
+            await request.tell(
+                f"You are not a channel operator in {channel} on IRC: asked its operators "
+                f"({', '.join(ops)}) to agree; waiting up to {timeout:.0f} seconds for an "
+                "answer."
+            )
+        except Exception as e:  # the answer still counts: the user hears the outcome
+            log.warning("%s: telling of the link request failed: %s", net.cfg.netid, e)
+        answer = await net.consent.wait(ask, timeout)
+        if answer is None:
+            raise ConnectorError(
+                f"no operator of {channel} answered within {timeout:.0f} seconds, so the "
+                "room stays unbridged"
+            )
+        agreed, nick = answer
+        if not agreed:
+            raise ConnectorError(f"{nick}, an operator of {channel}, said no")
 
     # --- who speaks ------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from .base import (
     NotSupported,
 )
 from .capabilities import (
+    AccessHandling,
     Backfilling,
     CommandRoom,
     ConnectionReporting,
@@ -51,6 +52,7 @@ from .capabilities import (
 from .events import (
     Attachment,
     ChatMember,
+    MatrixAccess,
     MatrixEdit,
     MatrixEvent,
     MatrixMembership,
@@ -68,6 +70,7 @@ from .events import (
     MessageContent,
     MessageKind,
     MessageRef,
+    RemoteAccess,
     RemoteChatInfo,
     RemoteEdit,
     RemoteEvent,
@@ -87,6 +90,7 @@ from .ids import GhostKey, PortalKey, escape_localpart, unescape_localpart
 from .tables import Migration, Migrations, MigrationStep, table_exists
 
 __all__ = [
+    "AccessHandling",
     "Attachment",
     "Backfilling",
     "BridgeAPI",
@@ -112,6 +116,7 @@ __all__ = [
     "Login",
     "LoginCapable",
     "LoginResult",
+    "MatrixAccess",
     "MatrixEdit",
     "MatrixEvent",
     "MatrixMembership",
@@ -146,6 +151,7 @@ __all__ = [
     "ReactionHandling",
     "ReceiptHandling",
     "RedactionHandling",
+    "RemoteAccess",
     "RemoteChatInfo",
     "RemoteConnection",
     "RemoteEdit",

@@ -4,7 +4,7 @@ carry, tells them in the room instead of dropping it.
 
 Client capabilities (on :class:`~bridge.connector.base.NetworkClient`):
 edits, redactions, reactions, typing, read receipts, membership, power levels, room
-metadata, profile (display name and avatar), presence.
+metadata, join rules (access), profile (display name and avatar), presence.
 Connector capabilities (on :class:`~bridge.connector.base.NetworkConnector`): login, logout,
 direct messages, plumbing (link, or a link the network's side consents to), room keys,
 backfill, third-party lookups, extra commands (optionally
@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 
 from .base import ChatInfo, Login, MatrixUser
 from .events import (
+    MatrixAccess,
     MatrixEdit,
     MatrixMembership,
     MatrixPowerLevel,
@@ -83,6 +84,13 @@ class PowerLevelHandling(Protocol):
 @runtime_checkable
 class RoomMetaHandling(Protocol):
     async def handle_matrix_room_meta(self, change: MatrixRoomMeta) -> None: ...
+
+
+@runtime_checkable
+class AccessHandling(Protocol):
+    """A portal's join rule becomes the conversation's (IRC +i), or the room hears why not."""
+
+    async def handle_matrix_access(self, change: MatrixAccess) -> None: ...
 
 
 @runtime_checkable

@@ -48,6 +48,8 @@ Example::
               - {channel: "#ops*", mode: never}     # never: not by anyone
               - {channel: "#staff", mode: admins}   # admins: by bridge admins only
             link_request_timeout: 300   # seconds channel operators have to answer a link
+            publish: false              # list portal rooms in the room directory (never
+                                        # those of +s, +p or +k channels)
         identd:                         # built-in ident server (RFC 1413), shared by networks
           enabled: false
           listen: "::"                  # "::" takes IPv4 too; or 0.0.0.0, or one address
@@ -59,6 +61,12 @@ requesting user's own IRC connection is a channel operator there (+o, +a or +q),
 operator answers the bot's private request (``yes`` or ``no``, with the channel when several
 requests wait) within ``link_request_timeout``. ``exclude`` applies to ``join``, aliases and
 ``link`` alike; an excluded channel already bridged is no longer joined.
+
+Channel modes show in the portal room: +i makes its join rule invite, +m raises the level
+posting needs to voice's (``power_levels.v``), and +s, +p or +k keep it out of the room directory
+(``publish``) and +s, +p out of third-party lookups. A room admin's change of the join rule is
++i or -i on IRC, set by their own connection or the bot, whichever is a channel operator; the
+room is told when neither is.
 
 Channels with a key (+k) are joined with ``join irc <network> #channel <key>``; the key is
 stored encrypted like login credentials, for rejoins after a restart.

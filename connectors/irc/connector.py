@@ -23,6 +23,7 @@ from bridge.connector import (
     LinkRequest,
     Login,
     LoginResult,
+    MatrixAccess,
     MatrixEdit,
     MatrixMembership,
     MatrixMessage,
@@ -45,6 +46,7 @@ from bridge.connector import (
     RemoteEvent,
     Sender,
     SentMessage,
+    ThirdPartyProtocol,
 )
 from bridge.connector.ids import escape_localpart
 
@@ -104,6 +106,7 @@ class Network(ConnectionHandler):
             id_of=self.id_of,
             power_levels=cfg.power_levels,
             netsplit_window=cfg.netsplit_window,
+            publish=cfg.publish,
         )
         bot = cfg.bot
         self.bot = IRCConnection(
@@ -309,6 +312,8 @@ class Network(ConnectionHandler):
             and conn.fold(line.param(0)) == conn.fold(conn.nick)
         ):
             self._private_to_bot(conn, line)
+        elif line.command == "JOIN" and conn.fold(line.nick) == conn.fold(conn.nick):
+            conn.send("MODE", line.param(0))  # +i, +m, +s... for the portal's room
         try:
             events = self.translator.handle(conn, line)
         except Exception:
@@ -649,6 +654,43 @@ class IRCClient(NetworkClient):
                 "the IRC connection dropped before the mode change was confirmed"
             ) from e
 
+    async def handle_matrix_access(self, change: MatrixAccess) -> None:
+        """A join rule becomes +i or -i, set by the Matrix user's own connection when it is
+        a channel operator, else by the bot when it is one."""
+        if change.portal.receiver:
+            raise NotSupported("IRC private chats have no join rules.")
+        net = self.net
+        if self.puppet is not None:
+            channel = await self._prepare(change.portal, change.sender.user_id)
+        else:
+            channel = self._target(change.portal)
+        state = net.translator.channels.get(net.bot.fold(channel))
+        if state is not None and state.modes is not None:
+            if ("i" in state.modes) == change.invite_only:
+                return  # already so on IRC (this may be the echo of a +i from IRC)
+        mode = "+i" if change.invite_only else "-i"
+        conns = [self.conn] if self.puppet is not None else []
+        conns.append(net.bot)
+        for conn in conns:
+            if conn.registered and net.is_operator(channel, conn.nick):
+                await self._channel_mode(conn, channel, mode)
+                return
+        now = "open to anyone" if change.invite_only else "invite-only"
+        raise NotSupported(
+            f"{channel} stays {now} on IRC: neither your IRC connection nor the bridge's "
+            f"bot is a channel operator there, so the bridge cannot set {mode}"
+        )
+
+    async def _channel_mode(self, conn: IRCConnection, channel: str, mode: str) -> None:
+        try:
+            await conn.command("MODE", channel, mode, errors=MODE_ERRORS)
+        except CommandRefused as e:
+            raise ConnectorError(f"IRC refused {mode} on {channel} ({e})") from e
+        except TimeoutError as e:
+            raise ConnectorError("IRC did not answer the mode change") from e
+        except (ConnectionError, NotConnected) as e:
+            raise ConnectorError("the IRC connection dropped before the mode change") from e
+
     async def handle_matrix_profile(self, change: MatrixProfile) -> None:
         """A new display name becomes the puppet's nick (IRC has no avatars). The core calls
         this once per portal the change shows in: the second call finds the nick wanted."""
@@ -901,6 +943,9 @@ class IRCConnector(NetworkConnector):
                     members=net.translator.snapshot(net.bot, state),
                 )
             )
+        access = net.translator.access(net.bot, state) if state is not None else None
+        if access is not None:  # the modes came before the room existed
+            net.emit(access)
 
     async def portal_closed(self, portal: PortalKey) -> None:
         net = self._net(portal.network)
@@ -910,6 +955,44 @@ class IRCConnector(NetworkConnector):
         net.bot.part(channel, "unbridged")
         for puppet in net.pool.puppets.values():
             puppet.conn.part(channel, "unbridged")
+
+    # --- ThirdPartyLookup ------------------------------------------------------------------------
+
+    def thirdparty_protocol(self) -> ThirdPartyProtocol:
+        return ThirdPartyProtocol(
+            user_fields=["network", "user"],
+            location_fields=["network", "room"],
+            field_types={
+                "network": {"regexp": ".+", "placeholder": "network id (irc_libera)"},
+                "user": {"regexp": ".+", "placeholder": "nick"},
+                "room": {"regexp": "[#&+!].+", "placeholder": "#channel"},
+            },
+        )
+
+    async def thirdparty_locations(self, fields: dict[str, str]) -> list[PortalKey]:
+        """A channel, unless it is secret or private (+s, +p) as far as the bot can tell:
+        those are never shown to someone looking around."""
+        network, room = fields.get("network", ""), fields.get("room", "")
+        net = self.networks.get(ids.netid_of(network) or "")
+        if net is None or not ids.valid_channel(room, net.bot.chantypes):
+            return []
+        canon = self.canonical_room_id(network, room)
+        if canon is None:
+            return []
+        channel = net.channel_name(canon)
+        if net.excluded(channel, None) is not None:
+            return []
+        state = net.translator.channels.get(net.bot.fold(channel))
+        if state is not None and state.modes is not None and state.modes & {"s", "p"}:
+            return []
+        return [PortalKey(net.network, canon)]
+
+    async def thirdparty_users(self, fields: dict[str, str]) -> list[tuple[str, str]]:
+        network, nick = fields.get("network", ""), fields.get("user", "")
+        net = self.networks.get(ids.netid_of(network) or "")
+        if net is None or not ids.valid_nick(nick, 64):
+            return []
+        return [(net.network, net.id_of(nick))]
 
     # --- LinkConsent and RoomKeys -----------------------------------------------------------
 

@@ -19,15 +19,18 @@ from .test_e2e_synapse import (
     BOT,
     NET,
     IrcUsers,
+    _levels_with,
     alias,
     body_is,
     command,
     ghost,
+    give_power,
     in_room,
     irc_connectors,
     joined,
     management_room,
     matrix_user,
+    portal_with_users,
     said,
     uniq,
     until,
@@ -277,3 +280,144 @@ async def test_keyed_channel_join_and_rejoin_after_restart(
     await kim.wait_for_event(room, body_is("after the restart"), timeout=60)
     await kim.send_text(room, "still keyed")
     await carol.expect(said(puppet, "still keyed"), timeout=30)
+
+
+# --- channel modes in Matrix -------------------------------------------------------------------
+
+
+async def _visibility(user: MatrixClient, room: str) -> str:
+    status, body = await user.request("GET", f"/_matrix/client/v3/directory/list/room/{room}")
+    assert status == 200, body
+    return str(body.get("visibility"))
+
+
+async def _listed(user: MatrixClient, room: str) -> bool:
+    status, body = await user.request("GET", "/_matrix/client/v3/publicRooms")
+    assert status == 200, body
+    return room in [r["room_id"] for r in body.get("chunk", [])]
+
+
+async def _lookup(user: MatrixClient, channel: str) -> list[Any]:
+    status, body = await user.request(
+        "GET",
+        "/_matrix/client/v3/thirdparty/location/irc",
+        params={"network": NET, "room": channel},
+    )
+    assert status == 200, body
+    return list(body)
+
+
+async def test_secret_private_and_keyed_channels_are_never_listed(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    """With ``publish``, portals are in the room directory, but never those of +s, +p or +k
+    channels; +s and +p channels are not found by third-party lookups either."""
+    shown, secret = "#" + uniq("shown"), "#" + uniq("secret")
+    carol = await irc(ngircd, "carol")
+    await carol.join(shown)
+    await carol.join(secret)
+    carol.send(f"MODE {secret} +s")
+    await carol.expect(lambda ln: ln.command == "MODE" and ln.param(1) == "+s")
+    bridge = await make_bridge(connectors=irc_connectors(ngircd, publish=True))
+    ann = await matrix("Ann")
+    shown_room = await ann.join(alias(shown))
+    secret_room = await ann.join(alias(secret))
+
+    async def listed_as(key: str, value: bool) -> bool:
+        portal = await bridge.portal_store.get(PortalKey(NET, key))
+        return portal is not None and portal.metadata.get("listed") is value
+
+    await until(lambda: listed_as(shown, True), 30)
+    await until(lambda: listed_as(secret, False), 30)
+    assert await _visibility(ann, shown_room) == "public"
+    assert await _visibility(ann, secret_room) == "private"
+    assert await _listed(ann, shown_room) and not await _listed(ann, secret_room)
+    found = await _lookup(ann, shown)
+    assert [f["alias"] for f in found] == [alias(shown)]
+    assert await _lookup(ann, secret) == []
+    # A channel turning secret leaves the directory and the lookups; +k the directory. (ngircd
+    # has no +p, which counts as +s.)
+    for mode in ("+s", "+k key1"):
+        carol.send(f"MODE {shown} {mode}")
+
+        async def hidden() -> bool:
+            return await _visibility(ann, shown_room) == "private"
+
+        await until(hidden, 30)
+        if mode != "+k key1":
+            assert await _lookup(ann, shown) == []
+        carol.send(f"MODE {shown} -{mode[1:].split()[0]}" + (" key1" if "k" in mode else ""))
+
+        async def shown_again() -> bool:
+            return await _visibility(ann, shown_room) == "public"
+
+        await until(shown_again, 30)
+        assert [f["alias"] for f in await _lookup(ann, shown)] == [alias(shown)]
+
+
+async def test_invite_only_and_moderated_both_ways(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    """+i is the invite join rule, +m raises the level posting needs to voice's; a room
+    admin's join rule change is +i / -i from their puppet when it is an operator, and told in
+    the room when neither it nor the bot is one."""
+    bridge, chan, carol, ann, room, puppet = await portal_with_users(
+        make_bridge, ngircd, irc, matrix
+    )
+
+    async def join_rule() -> str:
+        return str((await ann.get_state(room, "m.room.join_rules") or {}).get("join_rule"))
+
+    async def posting_level() -> int:
+        levels = await ann.get_state(room, "m.room.power_levels") or {}
+        return int(levels.get("events_default") or 0)
+
+    async def rule_is(rule: str) -> bool:
+        return await join_rule() == rule
+
+    async def posting_is(level: int) -> bool:
+        return await posting_level() == level
+
+    assert await join_rule() == "public"
+    carol.send(f"MODE {chan} +i")
+    await until(lambda: rule_is("invite"), 30)
+    carol.send(f"MODE {chan} +m")
+    await until(lambda: posting_is(10), 30)
+    dave = await irc(ngircd, "dave")
+    carol.send(f"INVITE {dave.nick} {chan}")
+    await dave.expect(lambda ln: ln.command == "INVITE", what="the invite")
+    await dave.join(chan)
+    carol.send(f"MODE {chan} +v {dave.nick}")
+    levels = await until(lambda: _levels_with(ann, room, ghost(dave.nick)), 30)
+    assert levels["users"][ghost(dave.nick)] == 10 == levels["events_default"]
+    carol.send(f"MODE {chan} -m-i")
+    await until(lambda: posting_is(0), 30)
+    await until(lambda: rule_is("public"), 30)
+
+    # From Matrix: Ann has power in the room and her puppet is a channel operator.
+    await give_power(bridge, room, ann.user_id, 100)
+    carol.send(f"MODE {chan} +o {puppet}")
+    await carol.expect(lambda ln: ln.command == "MODE" and ln.param(-1) == puppet)
+    dave.send(f"PRIVMSG {chan} :opped")
+    await ann.wait_for_event(room, body_is("opped"))
+    mark = len(carol.lines)
+    await ann.send_state(room, "m.room.join_rules", "", {"join_rule": "invite"})
+    plus_i = await carol.expect(
+        lambda ln: ln in carol.lines[mark:] and ln.command == "MODE" and ln.params[1:] == ["+i"],
+        what="+i",
+        timeout=30,
+    )
+    assert plus_i.nick == puppet
+    # Not an operator any more: the room hears that the channel stays invite-only.
+    carol.send(f"MODE {chan} -o {puppet}")
+    await carol.expect(lambda ln: ln.command == "MODE" and ln.params[1:] == ["-o", puppet])
+    dave.send(f"PRIVMSG {chan} :deopped")
+    await ann.wait_for_event(room, body_is("deopped"))
+    await ann.send_state(room, "m.room.join_rules", "", {"join_rule": "public"})
+    notice = await ann.wait_for_event(room, bot_said("stays invite-only"), timeout=30)
+    assert notice["content"]["body"] == (
+        f"Your join rule change was not bridged: {chan} stays invite-only on IRC: neither "
+        "your IRC connection nor the bridge's bot is a channel operator there, so the bridge "
+        "cannot set -i"
+    )
+    assert not [ln for ln in carol.lines[mark:] if ln.command == "MODE" and ln.params[1:] == ["-i"]]

@@ -90,12 +90,12 @@ async def test_link_refused_without_consent(
     gus = await matrix("Gus")
     room = await own_room(gus, "gus's room")
     await gus.send_text(room, f"!mimi link irc_test {chan}")
-    asked = await gus.wait_for_event(room, bot_said("asked its operators"))
+    asked = await gus.wait_for_event(room, bot_said("asked its operators"), timeout=60)
     assert carol.nick in asked["content"]["body"]
-    request = await carol.expect(bot_notice(bot_nick, chan), what="the bot's request")
+    request = await carol.expect(bot_notice(bot_nick, chan), what="the bot's request", timeout=60)
     assert request.param(0) == carol.nick and gus.user_id in request.param(1)
     carol.send(f"PRIVMSG {bot_nick} :no {chan}")
-    refused = await gus.wait_for_event(room, bot_said("said no"))
+    refused = await gus.wait_for_event(room, bot_said("said no"), timeout=60)
     assert refused["content"]["body"] == (
         f"link failed: {carol.nick}, an operator of {chan}, said no"
     )
@@ -135,7 +135,7 @@ async def test_link_accepted_by_an_operator_on_irc(
     gus = await matrix("Gus")
     room = await own_room(gus, "gus's room")
     await gus.send_text(room, f"!mimi link irc_test {chan}")
-    request = await carol.expect(bot_notice(bot_nick, chan), what="the bot's request")
+    request = await carol.expect(bot_notice(bot_nick, chan), what="the bot's request", timeout=60)
     assert "gus's room" in request.param(1)
     assert not [ln for ln in dave.lines if bot_notice(bot_nick, chan)(ln)]
     dave.send(f"PRIVMSG {bot_nick} :yes {chan}")
@@ -172,10 +172,10 @@ async def test_link_by_a_channel_operator_needs_no_answer(
     bridge = await make_bridge(connectors=cfg, permissions={**USERS, ivy.user_id: "admin"})
     jon_room = await own_room(jon, "jon's room")
     await jon.send_text(jon_room, f"!mimi link irc_test {chan}")
-    await jon.wait_for_event(jon_room, bot_said("asked its operators"))
-    await carol.expect(bot_notice(bot_nick, chan), what="the request for Jon")
+    await jon.wait_for_event(jon_room, bot_said("asked its operators"), timeout=60)
+    await carol.expect(bot_notice(bot_nick, chan), what="the request for Jon", timeout=60)
     carol.send(f"PRIVMSG {bot_nick} :no")
-    await jon.wait_for_event(jon_room, bot_said("said no"))
+    await jon.wait_for_event(jon_room, bot_said("said no"), timeout=60)
     # Ivy's puppet is in the channel and carol makes it an operator.
     mgmt = await management_room(ivy)
     await command(ivy, mgmt, f"irc raw JOIN {chan}", "Sent")
@@ -227,7 +227,7 @@ async def test_exclude_never_and_admins(
         raise AssertionError("the alias of an excluded channel opened a room")
     room = await own_room(ivy, "ivy's room")
     await ivy.send_text(room, f"!mimi link irc_test {never}")
-    await ivy.wait_for_event(room, bot_said("may not be bridged"))
+    await ivy.wait_for_event(room, bot_said("may not be bridged"), timeout=60)
     # admins: a bridge admin may, a user may not.
     reply = await command(jon, jmgmt, f"join irc_test {admins}", "only bridge admins")
     assert reply == f"join failed: only bridge admins may bridge {admins}"

@@ -550,10 +550,10 @@ async def test_matrix_kick_and_ban_need_ops(
     # carol, the channel's operator, agrees to the link when the bot asks her.
     await gus.send_text(room, f"!mimi link irc_test {chan}")
     bot_nick = cfg["irc"]["networks"]["test"]["bot"]["nick"]
-    await carol.expect(lambda ln: ln.command == "NOTICE" and ln.nick == bot_nick)
+    await carol.expect(lambda ln: ln.command == "NOTICE" and ln.nick == bot_nick, timeout=60)
     carol.send(f"PRIVMSG {bot_nick} :yes")
     await gus.wait_for_event(
-        room, lambda e: e["sender"] == BOT and "Linked" in e["content"].get("body", "")
+        room, lambda e: e["sender"] == BOT and "Linked" in e["content"].get("body", ""), 60
     )
     await gus.send_text(room, "hi all")
     puppet = f"{(await gus.get_profile(gus.user_id))['displayname']}[m]"

@@ -9,12 +9,20 @@ the lookup failing (commands show it after "<command> failed:")."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from .connection_status import LoginStatus
 from .connector import ChatInfo, ConnectorError, MatrixUser, NetworkConnector, PortalKey
-from .connector.capabilities import LoginCapable, LoginResult, Plumbing
+from .connector.capabilities import (
+    LinkConsent,
+    LinkRequest,
+    LoginCapable,
+    LoginResult,
+    Plumbing,
+    RoomKeys,
+)
 from .db import LoginRow, Portal
 from .matrix.homeserver import MatrixError
 
@@ -205,27 +213,73 @@ class UserActions:
 
     # --- portals ----------------------------------------------------------------------
 
-    async def join(self, user: MatrixUser, network: str, remote_id: str) -> Portal:
-        """Open the portal (if needed) and invite the user to its room."""
+    async def join(
+        self, user: MatrixUser, network: str, remote_id: str, room_key: str | None = None
+    ) -> Portal:
+        """Open the portal (if needed) and invite the user to its room. ``room_key``: the
+        key (password) the conversation takes, kept sealed for the connector's rejoins."""
         key = self._portal_key(network, remote_id)
-        portal = await self.bridge.portal_mgr.open_portal(key, user.user_id, invite_user=True)
+        connector = self.bridge.connector_of(network)
+        if room_key is not None:
+            if not isinstance(connector, RoomKeys):
+                raise Refused(f"{connector.display_name} rooms take no key.", "invalid")
+            connector.set_room_key(key, room_key)
+        try:
+            portal = await self.bridge.portal_mgr.open_portal(key, user.user_id, invite_user=True)
+        except BaseException:
+            if room_key is not None and isinstance(connector, RoomKeys):
+                await self.restore_room_key(connector, key)
+            raise
         if portal is None:
             raise Refused(f"{remote_id} was not found on {network}.", "not_found")
+        if room_key is not None:
+            portal.metadata["room_key"] = self.bridge.credentials.seal({"key": room_key})
+            await self.bridge.portal_store.save(portal)
         return portal
 
-    async def link(self, user: MatrixUser, network: str, remote_id: str, room_id: str) -> Linked:
-        """Bridge an existing Matrix room the user administers to a remote conversation."""
+    async def restore_room_key(self, connector: RoomKeys, key: PortalKey) -> None:
+        """The stored key again, after a key the user gave did not open the room."""
+        portal = await self.bridge.portal_store.get(key)
+        connector.set_room_key(key, self.room_key_of(portal) if portal else None)
+
+    def room_key_of(self, portal: Portal) -> str | None:
+        sealed = portal.metadata.get("room_key")
+        if not isinstance(sealed, str):
+            return None
+        try:
+            value = self.bridge.credentials.open(sealed).get("key")
+        except Exception:
+            self.bridge.log.warning("the stored key of %s cannot be decrypted", portal.key)
+            return None
+        return value if isinstance(value, str) else None
+
+    async def link(
+        self,
+        user: MatrixUser,
+        network: str,
+        remote_id: str,
+        room_id: str,
+        tell: Callable[[str], Awaitable[None]] | None = None,
+    ) -> Linked:
+        """Bridge an existing Matrix room the user administers to a remote conversation.
+        ``tell`` says something to the user meanwhile (the network's side was asked)."""
         if not await self.room_admin(room_id, user):
             raise Refused("Only room admins may link a room.")
-        if await self.bridge.portal_store.by_room(room_id):
-            raise Refused("This room is already bridged; unlink it first.", "conflict")
-        key = self._portal_key(network, remote_id)
-        existing = await self.bridge.portal_store.get(key)
-        if existing and existing.room_id:
-            raise Refused(f"{remote_id} is already bridged to {existing.room_id}.", "conflict")
+        key = await self._free_to_link(network, remote_id, room_id)
         connector = self.bridge.connector_of(network)
         info: ChatInfo | None
-        if isinstance(connector, Plumbing):
+        if isinstance(connector, LinkConsent):
+            request = LinkRequest(
+                user=user,
+                portal=key,
+                room_id=room_id,
+                room_label=await self._room_label(room_id),
+                tell=tell or self._tell(room_id),
+            )
+            info = await connector.request_link(request)
+            # Someone may have bridged either side while the network's side was asked.
+            await self._free_to_link(network, remote_id, room_id)
+        elif isinstance(connector, Plumbing):
             info = await connector.link(user, key)
         else:
             info = await connector.resolve_portal(key, user)
@@ -259,6 +313,33 @@ class UserActions:
             )
         await connector.portal_opened(key)
         return Linked(portal, note)
+
+    async def _free_to_link(self, network: str, remote_id: str, room_id: str) -> PortalKey:
+        if await self.bridge.portal_store.by_room(room_id):
+            raise Refused("This room is already bridged; unlink it first.", "conflict")
+        key = self._portal_key(network, remote_id)
+        existing = await self.bridge.portal_store.get(key)
+        if existing and existing.room_id:
+            raise Refused(f"{remote_id} is already bridged to {existing.room_id}.", "conflict")
+        return key
+
+    async def _room_label(self, room_id: str) -> str:
+        """How the room is named to the network's side: its alias, else its name."""
+        for etype, field in (("m.room.canonical_alias", "alias"), ("m.room.name", "name")):
+            try:
+                state = await self.bridge.hs.get_state(room_id, etype) or {}
+            except MatrixError:
+                continue
+            value = state.get(field)
+            if isinstance(value, str) and value.strip():
+                return f"{value.strip()} ({room_id})" if field == "name" else value
+        return room_id
+
+    def _tell(self, room_id: str) -> Callable[[str], Awaitable[None]]:
+        async def tell(text: str) -> None:
+            await self.bridge.send_notice(room_id, text)
+
+        return tell
 
     def _portal_key(self, network: str, name: str) -> PortalKey:
         """The connector's canonical key for a room name a user typed."""

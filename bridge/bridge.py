@@ -29,7 +29,7 @@ from .connector import (
     PortalKey,
     RemoteEvent,
 )
-from .connector.capabilities import LoginCapable, ThirdPartyLookup
+from .connector.capabilities import LoginCapable, RoomKeys, ThirdPartyLookup
 from .connectors_loader import enabled_sections, load_connector_classes
 from .content import avatar_name, sniff_image
 from .credentials import CredentialBox
@@ -207,6 +207,7 @@ class Bridge:
         except MatrixError as e:
             self.log.warning("could not set the bot's display name: %s", e)
         await self.encryption_required.at_start()
+        await self._hand_room_keys()
         for name, connector in self.connectors.items():
             await connector.start()
             self.status.connectors_started.add(name)
@@ -214,6 +215,18 @@ class Bridge:
                 self._started[ns.network].set()
         await self.matrix_handler.resume_waiting()
         self.log.info("bridge started with %s", ", ".join(self.networks) or "no networks")
+
+    async def _hand_room_keys(self) -> None:
+        """Keys of portals joined with one (``join <network> <room> <key>``), for rejoins."""
+        if not any(isinstance(c, RoomKeys) for c in self.connectors.values()):
+            return
+        for portal in await self.portal_store.all():
+            if "room_key" not in portal.metadata or portal.key.network not in self.networks:
+                continue
+            connector = self.connector_of(portal.key.network)
+            key = self.commands.actions.room_key_of(portal)
+            if isinstance(connector, RoomKeys) and key is not None:
+                connector.set_room_key(portal.key, key)
 
     async def _serve_metrics(self) -> None:
         if not self.cfg.metrics.enabled:
@@ -286,6 +299,7 @@ class Bridge:
         if self.server:
             await self.server.stop()
         self.matrix_handler.stop_waiting()
+        await self.commands.close()
         # Events already acknowledged to the homeserver are finished before the connectors
         # go (cancelled half-way, a sent message would lose its id mapping for good).
         try:

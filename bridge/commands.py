@@ -3,6 +3,7 @@ anywhere with the command prefix (``!mimi link ...``)."""
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import time
 from collections.abc import Awaitable, Callable
@@ -48,7 +49,11 @@ class CommandProcessor:
             "list": Command(self.cmd_list, "list", "your logins and the portals you are in"),
             "login": Command(self.cmd_login, "login <network> ...", "log in to a network"),
             "logout": Command(self.cmd_logout, "logout <network> [login]", "forget a login"),
-            "join": Command(self.cmd_join, "join <network> <room>", "open a portal and join it"),
+            "join": Command(
+                self.cmd_join,
+                "join <network> <room> [key]",
+                "open a portal and join it (with the room's key, if it has one)",
+            ),
             "link": Command(
                 self.cmd_link,
                 "link <network> <room> [matrix room]",
@@ -58,6 +63,14 @@ class CommandProcessor:
                 self.cmd_unlink, "unlink [matrix room]", "stop bridging a room (room admins only)"
             ),
         }
+        # Commands finishing aside (a link waiting for the network's consent), so that the
+        # room's later events are not held up meanwhile.
+        self._aside: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        for task in list(self._aside):
+            task.cancel()
+        await asyncio.gather(*self._aside, return_exceptions=True)
 
     def welcome(self) -> str:
         return (
@@ -88,7 +101,8 @@ class CommandProcessor:
             return True
         user = await self.bridge.matrix_user(sender)
         reply = await self.run(Ctx(room_id, user, words[1:], management), words[0].lower())
-        await self.reply(room_id, reply)
+        if reply:  # empty: the command answers when it finishes aside
+            await self.reply(room_id, reply)
         return True
 
     async def run(self, ctx: Ctx, name: str) -> str:
@@ -97,8 +111,12 @@ class CommandProcessor:
             return await self.connector_command(ctx, name)
         if LEVELS[ctx.user.permission] < LEVELS[cmd.level]:
             return f"`{name}` needs the `{cmd.level}` permission; you have `{ctx.user.permission}`."
+        return await self._guarded(name, cmd.handler(ctx))
+
+    async def _guarded(self, name: str, work: Awaitable[str]) -> str:
+        """What a command says, its failures included (never a traceback)."""
         try:
-            return await cmd.handler(ctx)
+            return await work
         except Refused as e:
             return str(e)
         except ConnectorError as e:
@@ -233,21 +251,51 @@ class CommandProcessor:
         await self.actions.logout(ctx.user, connector, ctx.args[1] if len(ctx.args) > 1 else None)
         return f"Logged out of {connector.display_name}."
 
+    def _network_args(self, args: list[str]) -> tuple[str, list[str]]:
+        """``<network> rest`` where the network is an id (``irc_libera``), a connector with
+        one network (``irc``), or a connector and one of its networks (``irc libera``)."""
+        connector = self.bridge.connectors.get(args[0])
+        if connector is not None and len(args) > 2:
+            for ns in connector.namespaces():
+                if ns.network in (args[1], f"{connector.name}_{args[1]}"):
+                    return ns.network, args[2:]
+        return self.actions.network_id(args[0]), args[1:]
+
     async def cmd_join(self, ctx: Ctx) -> str:
         if len(ctx.args) < 2:
-            return "usage: join <network> <room>"
-        network = self.actions.network_id(ctx.args[0])
-        portal = await self.actions.join(ctx.user, network, ctx.args[1])
+            return "usage: join <network> <room> [key]"
+        network, rest = self._network_args(ctx.args)
+        if not rest or len(rest) > 2:
+            return "usage: join <network> <room> [key]"
+        key = rest[1] if len(rest) > 1 else None
+        portal = await self.actions.join(ctx.user, network, rest[0], key)
         return f"Invited you to {self.bridge.alias_of(portal.key)} ({portal.room_id})."
 
     async def cmd_link(self, ctx: Ctx) -> str:
         if len(ctx.args) < 2:
             return "usage: link <network> <room> [matrix room]"
-        network = self.actions.network_id(ctx.args[0])
-        room_id = await self._target_room(ctx, ctx.args[2] if len(ctx.args) > 2 else None)
-        linked = await self.actions.link(ctx.user, network, ctx.args[1], room_id)
-        note = f" {linked.note}" if linked.note else ""
-        return f"Linked {room_id} with {ctx.args[1]} on {network}.{note}"
+        network, rest = self._network_args(ctx.args)
+        if not rest or len(rest) > 2:
+            return "usage: link <network> <room> [matrix room]"
+        room_id = await self._target_room(ctx, rest[1] if len(rest) > 1 else None)
+        remote_id = rest[0]
+
+        async def tell(text: str) -> None:
+            await self.reply(ctx.room_id, text)
+
+        async def link() -> str:
+            linked = await self.actions.link(ctx.user, network, remote_id, room_id, tell)
+            note = f" {linked.note}" if linked.note else ""
+            return f"Linked {room_id} with {remote_id} on {network}.{note}"
+
+        async def aside() -> None:
+            await tell(await self._guarded("link", link()))
+
+        # The network's side may take minutes to answer: the room's queue goes on meanwhile.
+        task = asyncio.get_running_loop().create_task(aside())
+        self._aside.add(task)
+        task.add_done_callback(self._aside.discard)
+        return ""
 
     async def cmd_unlink(self, ctx: Ctx) -> str:
         room_id = await self._target_room(ctx, ctx.args[0] if ctx.args else None)

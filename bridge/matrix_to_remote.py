@@ -17,6 +17,7 @@ from .connector import (
     Attachment,
     ConnectorError,
     GhostKey,
+    MatrixAccess,
     MatrixEdit,
     MatrixMembership,
     MatrixMessage,
@@ -37,6 +38,7 @@ from .connector import (
     NotSupported,
 )
 from .connector.capabilities import (
+    AccessHandling,
     DirectMessaging,
     EditHandling,
     MembershipHandling,
@@ -79,6 +81,7 @@ _WHAT = {
     "m.room.topic": "topic change",
     "m.room.avatar": "room avatar change",
     "m.room.power_levels": "power level change",
+    "m.room.join_rules": "join rule change",
 }
 
 
@@ -158,6 +161,8 @@ class MatrixHandler:
                 await self.room_meta(evt, etype, room_id, sender, content)
             elif etype == "m.room.power_levels":
                 await self.power_levels(evt, room_id, sender, content)
+            elif etype == "m.room.join_rules":
+                await self.join_rules(evt, room_id, sender, content)
             return
         if etype in ("m.room.message", "m.sticker"):
             if etype == "m.room.message" and await self.bridge.commands.maybe_handle(
@@ -707,6 +712,32 @@ class MatrixHandler:
                 mxc=url,
             )
         await self._deliver(portal, sender, "room change", client.handle_matrix_room_meta(change))
+
+    async def join_rules(
+        self, evt: dict[str, Any], room_id: str, sender: str, content: dict[str, Any]
+    ) -> None:
+        """Invite-only or not: what a network can say of who may join."""
+        portal = await self.bridge.portal_store.by_room(room_id)
+        if portal is None or portal.is_direct:
+            return
+        prev = (evt.get("unsigned") or {}).get("prev_content") or {}
+        invite_only = content.get("join_rule") in ("invite", "knock")
+        if "join_rule" in prev and (prev.get("join_rule") in ("invite", "knock")) == invite_only:
+            return  # e.g. public to restricted: nothing a network tells apart
+        speaker = await self.speaker(portal, sender, "join rule change")
+        if speaker is None:
+            return
+        client, msender = speaker
+        if not isinstance(client, AccessHandling):
+            await self._not_supported(portal, "join rules")
+            return
+        change = MatrixAccess(
+            portal=portal.key,
+            sender=msender,
+            event_id=str(evt["event_id"]),
+            invite_only=invite_only,
+        )
+        await self._deliver(portal, sender, "join rule change", client.handle_matrix_access(change))
 
     async def power_levels(
         self, evt: dict[str, Any], room_id: str, sender: str, content: dict[str, Any]

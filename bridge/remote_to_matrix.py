@@ -14,6 +14,7 @@ from .connector import (
     ChatMember,
     Membership,
     PortalKey,
+    RemoteAccess,
     RemoteChatInfo,
     RemoteEdit,
     RemoteEvent,
@@ -109,6 +110,7 @@ class RemoteHandler:
                 RemoteTyping: self.typing,
                 RemoteReceipt: self.receipt,
                 RemoteChatInfo: self.chat_info,
+                RemoteAccess: self.access,
             }.get(type(evt))
             if handler is None:
                 self.log.warning("unknown remote event type %s", type(evt).__name__)
@@ -577,6 +579,54 @@ class RemoteHandler:
             await self.bridge.portal_store.save(portal)
         if evt.members is not None:
             await self._members(evt.members, portal)
+
+    async def access(self, evt: RemoteAccess, portal: Portal) -> None:
+        """Join rule, the level posting needs and the directory listing, each written only
+        when it differs (the bot's own changes are never bridged back). What the bot may not
+        change is told in the room."""
+        assert portal.room_id
+        room = portal.room_id
+        name = self.bridge.connector_of(portal.key.network).display_name
+        if evt.invite_only is not None and not portal.is_direct:
+            rules = await self.hs.get_state(room, "m.room.join_rules") or {}
+            wanted = "invite" if evt.invite_only else "public"
+            if rules.get("join_rule") != wanted:
+                await self._or_tell(
+                    room,
+                    self.hs.send_state(room, "m.room.join_rules", {"join_rule": wanted}),
+                    f"On {name} only invited users may join now"
+                    if evt.invite_only
+                    else f"On {name} anyone may join now",
+                    "join rule",
+                )
+        if evt.post_level is not None:
+            levels = await self.hs.get_state(room, "m.room.power_levels") or {}
+            if int(levels.get("events_default") or 0) != evt.post_level:
+                await self._or_tell(
+                    room,
+                    self.hs.send_state(
+                        room, "m.room.power_levels", {**levels, "events_default": evt.post_level}
+                    ),
+                    f"On {name} posting needs power level {evt.post_level} now",
+                    "power levels",
+                )
+        if evt.listed is not None and not portal.is_direct:
+            if portal.metadata.get("listed") != evt.listed:
+                await self.hs.set_listed(room, evt.listed)
+                portal.metadata["listed"] = evt.listed
+                await self.bridge.portal_store.save(portal)
+
+    async def _or_tell(self, room: str, change: Any, what: str, thing: str) -> None:
+        try:
+            await change
+        except MatrixError as e:
+            if e.errcode != "M_FORBIDDEN":
+                raise
+            await self.bridge.send_notice(
+                room,
+                f"{what}, but the bridge's bot may not change this room's {thing}: give it "
+                "power level 100 so that the room follows.",
+            )
 
     async def _members(self, members: list[ChatMember], portal: Portal) -> None:
         """A full member snapshot: ghosts join with their power, ghosts no longer listed

@@ -17,6 +17,7 @@ from .base import (
     NotSupported,
 )
 from .capabilities import (
+    AccessHandling,
     Backfilling,
     CommandRoom,
     ConnectionChange,
@@ -30,6 +31,8 @@ from .capabilities import (
     HttpResponse,
     HttpRoute,
     HttpRoutes,
+    LinkConsent,
+    LinkRequest,
     LoginCapable,
     LoginResult,
     MembershipHandling,
@@ -41,6 +44,7 @@ from .capabilities import (
     ReceiptHandling,
     RedactionHandling,
     RemoteConnection,
+    RoomKeys,
     RoomMetaHandling,
     ThirdPartyLookup,
     ThirdPartyProtocol,
@@ -49,6 +53,7 @@ from .capabilities import (
 from .events import (
     Attachment,
     ChatMember,
+    MatrixAccess,
     MatrixEdit,
     MatrixEvent,
     MatrixMembership,
@@ -66,6 +71,7 @@ from .events import (
     MessageContent,
     MessageKind,
     MessageRef,
+    RemoteAccess,
     RemoteChatInfo,
     RemoteEdit,
     RemoteEvent,
@@ -85,6 +91,7 @@ from .ids import GhostKey, PortalKey, escape_localpart, unescape_localpart
 from .tables import Migration, Migrations, MigrationStep, table_exists
 
 __all__ = [
+    "AccessHandling",
     "Attachment",
     "Backfilling",
     "BridgeAPI",
@@ -106,9 +113,12 @@ __all__ = [
     "HttpResponse",
     "HttpRoute",
     "HttpRoutes",
+    "LinkConsent",
+    "LinkRequest",
     "Login",
     "LoginCapable",
     "LoginResult",
+    "MatrixAccess",
     "MatrixEdit",
     "MatrixEvent",
     "MatrixMembership",
@@ -143,6 +153,7 @@ __all__ = [
     "ReactionHandling",
     "ReceiptHandling",
     "RedactionHandling",
+    "RemoteAccess",
     "RemoteChatInfo",
     "RemoteConnection",
     "RemoteEdit",
@@ -156,6 +167,7 @@ __all__ = [
     "RemoteReceipt",
     "RemoteRedaction",
     "RemoteTyping",
+    "RoomKeys",
     "RoomMetaHandling",
     "Sender",
     "SentMessage",

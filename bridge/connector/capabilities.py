@@ -4,9 +4,10 @@ carry, tells them in the room instead of dropping it.
 
 Client capabilities (on :class:`~bridge.connector.base.NetworkClient`):
 edits, redactions, reactions, typing, read receipts, membership, power levels, room
-metadata, profile (display name and avatar), presence.
+metadata, join rules (access), profile (display name and avatar), presence.
 Connector capabilities (on :class:`~bridge.connector.base.NetworkConnector`): login, logout,
-direct messages, plumbing (link), backfill, third-party lookups, extra commands (optionally
+direct messages, plumbing (link, or a link the network's side consents to), room keys,
+backfill, third-party lookups, extra commands (optionally
 run in a room, with that room's context), HTTP routes on the bridge's own port, connection
 states (for the bridge's metrics). A user's own connection changes are pushed instead, with
 ``BridgeAPI.connection_changed`` and a :class:`ConnectionChange`.
@@ -22,6 +23,7 @@ from typing import Protocol, runtime_checkable
 
 from .base import ChatInfo, Login, MatrixUser
 from .events import (
+    MatrixAccess,
     MatrixEdit,
     MatrixMembership,
     MatrixPowerLevel,
@@ -87,6 +89,13 @@ class RoomMetaHandling(Protocol):
 
 
 @runtime_checkable
+class AccessHandling(Protocol):
+    """A portal's join rule becomes the conversation's (IRC +i), or the room hears why not."""
+
+    async def handle_matrix_access(self, change: MatrixAccess) -> None: ...
+
+
+@runtime_checkable
 class ProfileHandling(Protocol):
     """Follow a puppeted Matrix user's display name and avatar (IRC NICK, an XMPP occupant's
     nick and vCard avatar...). Called once per portal the change is seen in, so make it
@@ -133,6 +142,44 @@ class Plumbing(Protocol):
     async def link(self, user: MatrixUser, portal: PortalKey) -> ChatInfo:
         """Check that ``user`` may bridge an existing room to ``portal`` (raise
         ``ConnectorError`` otherwise)."""
+
+
+TellRoom = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRequest:
+    """A Matrix room admin asks to bridge ``room_id`` to ``portal``. ``room_label`` names the
+    room for whoever is asked on the network (its alias or name); ``tell`` says something in
+    the Matrix room the request came from, at once (that the network's side was asked)."""
+
+    user: MatrixUser
+    portal: PortalKey
+    room_id: str
+    room_label: str
+    tell: TellRoom
+
+
+@runtime_checkable
+class LinkConsent(Protocol):
+    """Links that need the network's side to agree (an IRC channel operator): a connector
+    with this capability decides every link; one without it allows links as ``Plumbing``
+    (or ``resolve_portal``) says."""
+
+    async def request_link(self, request: LinkRequest) -> ChatInfo | None:
+        """Return the conversation's info once its side agreed (may take as long as someone
+        takes to answer, within the connector's bound), None when there is no such
+        conversation; raise ``ConnectorError`` saying why when the link is refused."""
+
+
+@runtime_checkable
+class RoomKeys(Protocol):
+    """Conversations that take a key (password) to join: an IRC channel's +k. The core
+    keeps each portal's key sealed like login credentials and gives it back before
+    ``start`` after a restart."""
+
+    def set_room_key(self, portal: PortalKey, key: str | None) -> None:
+        """Join ``portal`` with ``key`` from now on (None: without a key)."""
 
 
 @runtime_checkable

@@ -180,6 +180,17 @@ class RemoteChatInfo(RemoteEvent):
 
 
 @dataclass(slots=True, kw_only=True)
+class RemoteAccess(RemoteEvent):
+    """Who may join, post and find a conversation (``None``: unchanged): invite only (IRC
+    +i), the power level posting needs (IRC +m: voice's), listed in the room directory
+    (never for secret, private or keyed channels)."""
+
+    invite_only: bool | None = None
+    post_level: int | None = None
+    listed: bool | None = None
+
+
+@dataclass(slots=True, kw_only=True)
 class RemoteProfile(RemoteEvent):
     """A remote user's display name or avatar changed (network-wide, e.g. an IRC NICK).
     ``new_remote_id`` is set when the user's id itself changed."""
@@ -316,6 +327,13 @@ class MatrixRoomMeta(MatrixEvent):
     name: str | None = None
     topic: str | None = None
     avatar: Attachment | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class MatrixAccess(MatrixEvent):
+    """A portal's join rule changed: ``invite_only`` when only invited users may join."""
+
+    invite_only: bool
 
 
 @dataclass(frozen=True, slots=True)

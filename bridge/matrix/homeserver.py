@@ -259,6 +259,13 @@ class Homeserver:
             raise
         return str(resp["room_id"])
 
+    async def set_listed(self, room_id: str, listed: bool) -> None:
+        """Show the room in the homeserver's room directory, or take it out."""
+        visibility = "public" if listed else "private"
+        await self.request(
+            Method.PUT, Path.v3.directory.list.room[room_id], {"visibility": visibility}
+        )
+
     async def create_alias(self, alias: str, room_id: str) -> None:
         await self.request(Method.PUT, Path.v3.directory.room[alias], {"room_id": room_id})
 

@@ -54,11 +54,32 @@ Example::
             bind_prefix: null           # IPv6 prefix, e.g. 2001:db8:1::/64: each Matrix
                                         # user's puppet connects from its own address in it
             bind_key: null              # secret keying the address hash (default: fixed)
+            exclude:                    # channels (shell patterns) kept from being bridged
+              - {channel: "#ops*", mode: never}     # never: not by anyone
+              - {channel: "#staff", mode: admins}   # admins: by bridge admins only
+            link_request_timeout: 300   # seconds channel operators have to answer a link
+            publish: false              # list portal rooms in the room directory (never
+                                        # those of +s, +p or +k channels)
         identd:                         # built-in ident server (RFC 1413), shared by networks
           enabled: false
           listen: "::"                  # "::" takes IPv4 too; or 0.0.0.0, or one address
           port: 113                     # servers ask port 113; binding it needs root or
                                         # CAP_NET_BIND_SERVICE
+
+``link`` (bridging an existing Matrix room to a channel) needs the channel's consent: the
+requesting user's own IRC connection is a channel operator there (+o, +a or +q), or a channel
+operator answers the bot's private request (``yes`` or ``no``, with the channel when several
+requests wait) within ``link_request_timeout``. ``exclude`` applies to ``join``, aliases and
+``link`` alike; an excluded channel already bridged is no longer joined.
+
+Channel modes show in the portal room: +i makes its join rule invite, +m raises the level
+posting needs to voice's (``power_levels.v``), and +s, +p or +k keep it out of the room directory
+(``publish``) and +s, +p out of third-party lookups. A room admin's change of the join rule is
++i or -i on IRC, set by their own connection or the bot, whichever is a channel operator; the
+room is told when neither is.
+
+Channels with a key (+k) are joined with ``join irc <network> #channel <key>``; the key is
+stored encrypted like login credentials, for rejoins after a restart.
 
 ``identd`` answers the ident lookups IRC servers make when a connection arrives: the puppet's
 own username (``username_template``; the bot's ``bot.username``) for the port pair of a
@@ -125,6 +146,13 @@ POLICIES = {
     "reactions": ("action", "off"),
 }
 DEFAULT_POWER = {"q": 50, "a": 50, "o": 50, "h": 25, "v": 10}
+EXCLUDE_MODES = ("never", "admins")
+
+
+@dataclass(frozen=True, slots=True)
+class ExcludeRule:
+    channel: str  # a shell pattern (fnmatch), compared case-folded
+    mode: str  # never | admins
 
 
 @dataclass(slots=True)
@@ -176,6 +204,9 @@ class NetworkConfig:
     auth: str = "sasl"
     nickserv_nick: str = "NickServ"
     nickserv_identify: str = "IDENTIFY {account} {password}"
+    exclude: list[ExcludeRule] = field(default_factory=list)
+    link_request_timeout: float = 300.0
+    publish: bool = False
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -307,6 +338,7 @@ def parse_network(netid: str, section: Any) -> NetworkConfig:
         raise ConfigError(p + "nickserv_identify", "may hold {account} and {password}") from e
     if "{password}" not in identify or not filled.strip():
         raise ConfigError(p + "nickserv_identify", "must contain {password}")
+    exclude = _exclude(section.get("exclude"), p + "exclude")
     return NetworkConfig(
         netid=netid,
         host=host,
@@ -346,7 +378,31 @@ def parse_network(netid: str, section: Any) -> NetworkConfig:
         auth=auth,
         nickserv_nick=nickserv_nick,
         nickserv_identify=identify,
+        exclude=exclude,
+        link_request_timeout=_num(section, "link_request_timeout", 300.0, p, 1, False),
+        publish=_bool(section, "publish", False, p),
     )
+
+
+def _exclude(value: Any, path: str) -> list[ExcludeRule]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(path, "must be a list of {channel: <pattern>, mode: never|admins}")
+    rules = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, str):  # a bare pattern: never
+            entry = {"channel": entry}
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{path}[{i}]", "must be {channel: <pattern>, mode: never|admins}")
+        channel = entry.get("channel")
+        if not isinstance(channel, str) or not channel:
+            raise ConfigError(f"{path}[{i}].channel", "must be a channel name or pattern")
+        mode = entry.get("mode", "never")
+        if mode not in EXCLUDE_MODES:
+            raise ConfigError(f"{path}[{i}].mode", "must be never or admins")
+        rules.append(ExcludeRule(channel, str(mode)))
+    return rules
 
 
 @dataclass(slots=True)

@@ -21,8 +21,10 @@ from bridge.connector import (
     ConnectorCommand,
     ConnectorError,
     GhostInfo,
+    LinkRequest,
     Login,
     LoginResult,
+    MatrixAccess,
     MatrixEdit,
     MatrixMembership,
     MatrixMessage,
@@ -45,6 +47,7 @@ from bridge.connector import (
     RemoteEvent,
     Sender,
     SentMessage,
+    ThirdPartyProtocol,
 )
 from bridge.connector.ids import escape_localpart
 
@@ -61,6 +64,7 @@ from .client import (
     NotConnected,
 )
 from .config import NetworkConfig, parse_config, parse_identd
+from .consent import OP_MODES, ConsentDesk, exclusion, refusal
 from .formatting import strip_formatting
 from .identd import IdentServer, IdentTable
 from .irc_to_matrix import IrcToMatrix
@@ -112,6 +116,7 @@ class Network(ConnectionHandler):
             id_of=self.id_of,
             power_levels=cfg.power_levels,
             netsplit_window=cfg.netsplit_window,
+            publish=cfg.publish,
         )
         bot = cfg.bot
         self.bot = IRCConnection(
@@ -155,6 +160,7 @@ class Network(ConnectionHandler):
         self._dm_nicks: dict[str, str] = {}
         # Users whose ``login`` is connecting: its failure is the command's answer.
         self.logging_in: set[str] = set()
+        self.consent = ConsentDesk()
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -198,6 +204,29 @@ class Network(ConnectionHandler):
         names = [*bot.channel_names.values(), *(s.name for s in self.translator.channels.values())]
         return next((name for name in names if self.id_of(name) == remote_id), remote_id)
 
+    def key_of(self, channel: str) -> str | None:
+        return self.connector.keys.get(PortalKey(self.network, self.id_of(channel)))
+
+    def excluded(self, channel: str, user: MatrixUser | None) -> str | None:
+        """Why ``user`` may not bridge the channel (``exclude``), or None."""
+        return refusal(exclusion(self.cfg.exclude, self.bot.fold, channel), channel, user)
+
+    def operators(self, channel: str) -> list[str]:
+        """Nicks of the channel's operators the bot sees, but the bridge's own."""
+        state = self.translator.channels.get(self.bot.fold(channel))
+        if state is None:
+            return []
+        me = self.bot.fold(self.bot.nick)
+        return [
+            m.nick
+            for canon, m in state.members.items()
+            if m.modes & OP_MODES and canon != me and self.pool.user_of_nick(canon) is None
+        ]
+
+    def is_operator(self, channel: str, nick: str) -> bool:
+        modes = self.translator.member_modes(self.bot.fold(channel), self.bot.fold(nick))
+        return bool(modes and modes & OP_MODES)
+
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -237,7 +266,7 @@ class Network(ConnectionHandler):
         self.pool.activity.update(await self.connector.activity_store.load(self.cfg.netid))
         await self.connector.autocmd_store.load(self)
         for channel in self.cfg.channels:
-            self.bot.channels[self.bot.fold(channel)] = None
+            self.bot.channels[self.bot.fold(channel)] = self.key_of(channel)
             self.bot.channel_names[self.bot.fold(channel)] = channel
         try:
             portals = await self.bridge.portals(self.network)
@@ -249,7 +278,11 @@ class Network(ConnectionHandler):
                 continue
             # Spelled as in the config when it is there (the id may have lost the spelling).
             channel = self.channel_name(portal.remote_id)
-            self.bot.channels.setdefault(self.bot.fold(channel), None)
+            rule = exclusion(self.cfg.exclude, self.bot.fold, channel)
+            if rule is not None and rule.mode == "never":
+                log.warning("%s: %s is excluded: not rejoined", self.cfg.netid, channel)
+                continue
+            self.bot.channels.setdefault(self.bot.fold(channel), self.key_of(channel))
             self.bot.channel_names.setdefault(self.bot.fold(channel), channel)
         self.bot.start()
         if self.cfg.puppets:
@@ -309,7 +342,7 @@ class Network(ConnectionHandler):
             puppet = self.pool.obtain(user.user_id, user.display_name)
             if puppet is not None:
                 for channel in channels:
-                    puppet.conn.channels.setdefault(puppet.conn.fold(channel), None)
+                    puppet.conn.channels.setdefault(puppet.conn.fold(channel), self.key_of(channel))
                     puppet.conn.channel_names[puppet.conn.fold(channel)] = channel
 
     async def stop(self) -> None:
@@ -330,6 +363,14 @@ class Network(ConnectionHandler):
     # --- bot: listener ------------------------------------------------------------------------
 
     def irc_line(self, conn: IRCConnection, line: Line) -> None:
+        if (
+            line.command == "PRIVMSG"
+            and line.nick
+            and conn.fold(line.param(0)) == conn.fold(conn.nick)
+        ):
+            self._private_to_bot(conn, line)
+        elif line.command == "JOIN" and conn.fold(line.nick) == conn.fold(conn.nick):
+            conn.send("MODE", line.param(0))  # +i, +m, +s... for the portal's room
         try:
             events = self.translator.handle(conn, line)
         except Exception:
@@ -360,10 +401,22 @@ class Network(ConnectionHandler):
             self.emit(event)
         self._arm_split_timer()
 
+    def _private_to_bot(self, conn: IRCConnection, line: Line) -> None:
+        """An operator answering a link request (``yes`` / ``no [#channel]``)."""
+        nick = line.nick
+        reply = self.consent.answer(
+            nick,
+            line.param(1),
+            conn.fold,
+            lambda channel: self.is_operator(channel, nick),
+        )
+        if reply is not None:
+            conn.send("NOTICE", nick, reply)
+
     async def _rejoin_later(self, channel: str) -> None:
         await asyncio.sleep(5)
         try:
-            await self.bot.join(channel)
+            await self.bot.join(channel, self.key_of(channel))
         except Exception as e:
             log.warning("%s: rejoining %s failed: %s", self.cfg.netid, channel, e)
 
@@ -505,7 +558,7 @@ class IRCClient(NetworkClient):
             await conn.wait_registered(min(10.0, conn.params.register_timeout))
         if not portal.receiver and conn.registered:
             try:
-                await conn.join(target)
+                await conn.join(target, self.net.key_of(target))
             except ConnectionError as e:
                 raise ConnectorError(str(e)) from e
         return target
@@ -620,11 +673,11 @@ class IRCClient(NetworkClient):
                 self.puppet.touch()
                 if conn.registered:
                     try:
-                        await conn.join(channel)
+                        await conn.join(channel, self.net.key_of(channel))
                     except ConnectionError as e:
                         raise ConnectorError(str(e)) from e
                 else:
-                    conn.channels.setdefault(conn.fold(channel), None)
+                    conn.channels.setdefault(conn.fold(channel), self.net.key_of(channel))
                     conn.channel_names[conn.fold(channel)] = channel
                     conn.start()
             elif change.membership in (Membership.LEAVE, Membership.KICK, Membership.BAN):
@@ -725,6 +778,43 @@ class IRCClient(NetworkClient):
                 "the IRC connection dropped before the mode change was confirmed"
             ) from e
 
+    async def handle_matrix_access(self, change: MatrixAccess) -> None:
+        """A join rule becomes +i or -i, set by the Matrix user's own connection when it is
+        a channel operator, else by the bot when it is one."""
+        if change.portal.receiver:
+            raise NotSupported("IRC private chats have no join rules.")
+        net = self.net
+        if self.puppet is not None:
+            channel = await self._prepare(change.portal, change.sender.user_id)
+        else:
+            channel = self._target(change.portal)
+        state = net.translator.channels.get(net.bot.fold(channel))
+        if state is not None and state.modes is not None:
+            if ("i" in state.modes) == change.invite_only:
+                return  # already so on IRC (this may be the echo of a +i from IRC)
+        mode = "+i" if change.invite_only else "-i"
+        conns = [self.conn] if self.puppet is not None else []
+        conns.append(net.bot)
+        for conn in conns:
+            if conn.registered and net.is_operator(channel, conn.nick):
+                await self._channel_mode(conn, channel, mode)
+                return
+        now = "open to anyone" if change.invite_only else "invite-only"
+        raise NotSupported(
+            f"{channel} stays {now} on IRC: neither your IRC connection nor the bridge's "
+            f"bot is a channel operator there, so the bridge cannot set {mode}"
+        )
+
+    async def _channel_mode(self, conn: IRCConnection, channel: str, mode: str) -> None:
+        try:
+            await conn.command("MODE", channel, mode, errors=MODE_ERRORS)
+        except CommandRefused as e:
+            raise ConnectorError(f"IRC refused {mode} on {channel} ({e})") from e
+        except TimeoutError as e:
+            raise ConnectorError("IRC did not answer the mode change") from e
+        except (ConnectionError, NotConnected) as e:
+            raise ConnectorError("the IRC connection dropped before the mode change") from e
+
     async def handle_matrix_profile(self, change: MatrixProfile) -> None:
         """A new display name becomes the puppet's nick (IRC has no avatars). The core calls
         this once per portal the change shows in: the second call finds the nick wanted."""
@@ -814,6 +904,8 @@ class IRCConnector(NetworkConnector):
         self.nick_store = NickStore(bridge)
         self.activity_store = ActivityStore(bridge)
         self.autocmd_store = AutoCmdStore(bridge)
+        # Channel keys (+k) given with ``join``, by portal; the core keeps them sealed.
+        self.keys: dict[PortalKey, str] = {}
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> None:
@@ -924,15 +1016,21 @@ class IRCConnector(NetworkConnector):
         if not ids.valid_channel(portal.remote_id, net.bot.chantypes):
             return None
         channel = net.channel_name(portal.remote_id)
+        why = net.excluded(channel, user)
+        if why is not None:
+            if user is None:  # an alias: the homeserver only hears "no such room"
+                log.info("%s: %s not opened: %s", net.cfg.netid, channel, why)
+                return None
+            raise ConnectorError(why)
         canon = net.bot.fold(channel)
         if net.bot.registered and canon not in net.bot.joined:
             try:
-                await net.bot.join(channel)
+                await net.bot.join(channel, net.key_of(channel))
             except ConnectionError as e:
                 raise ConnectorError(str(e)) from e
             await asyncio.sleep(0.2)  # let NAMES and TOPIC arrive
         else:
-            net.bot.channels.setdefault(canon, None)
+            net.bot.channels.setdefault(canon, net.key_of(channel))
             net.bot.channel_names.setdefault(canon, channel)
             net.bot.start()
         state = net.translator.channels.get(net.bot.fold(channel))
@@ -959,7 +1057,7 @@ class IRCConnector(NetworkConnector):
             return
         channel = net.channel_name(portal.remote_id)
         try:
-            await net.bot.join(channel)
+            await net.bot.join(channel, net.key_of(channel))
         except ConnectionError as e:
             log.warning("%s: bot cannot join %s: %s", net.cfg.netid, channel, e)
             return
@@ -974,6 +1072,9 @@ class IRCConnector(NetworkConnector):
                     members=net.translator.snapshot(net.bot, state),
                 )
             )
+        access = net.translator.access(net.bot, state) if state is not None else None
+        if access is not None:  # the modes came before the room existed
+            net.emit(access)
 
     async def portal_closed(self, portal: PortalKey) -> None:
         net = self._net(portal.network)
@@ -983,6 +1084,152 @@ class IRCConnector(NetworkConnector):
         net.bot.part(channel, "unbridged")
         for puppet in net.pool.puppets.values():
             puppet.conn.part(channel, "unbridged")
+
+    # --- ThirdPartyLookup ------------------------------------------------------------------------
+
+    def thirdparty_protocol(self) -> ThirdPartyProtocol:
+        return ThirdPartyProtocol(
+            user_fields=["network", "user"],
+            location_fields=["network", "room"],
+            field_types={
+                "network": {"regexp": ".+", "placeholder": "network id (irc_libera)"},
+                "user": {"regexp": ".+", "placeholder": "nick"},
+                "room": {"regexp": "[#&+!].+", "placeholder": "#channel"},
+            },
+        )
+
+    async def thirdparty_locations(self, fields: dict[str, str]) -> list[PortalKey]:
+        """A channel, unless it is secret or private (+s, +p) as far as the bot can tell:
+        those are never shown to someone looking around."""
+        network, room = fields.get("network", ""), fields.get("room", "")
+        net = self.networks.get(ids.netid_of(network) or "")
+        if net is None or not ids.valid_channel(room, net.bot.chantypes):
+            return []
+        canon = self.canonical_room_id(network, room)
+        if canon is None:
+            return []
+        channel = net.channel_name(canon)
+        if net.excluded(channel, None) is not None:
+            return []
+        state = net.translator.channels.get(net.bot.fold(channel))
+        if state is not None and state.modes is not None and state.modes & {"s", "p"}:
+            return []
+        return [PortalKey(net.network, canon)]
+
+    async def thirdparty_users(self, fields: dict[str, str]) -> list[tuple[str, str]]:
+        network, nick = fields.get("network", ""), fields.get("user", "")
+        net = self.networks.get(ids.netid_of(network) or "")
+        if net is None or not ids.valid_nick(nick, 64):
+            return []
+        return [(net.network, net.id_of(nick))]
+
+    # --- LinkConsent and RoomKeys -----------------------------------------------------------
+
+    def set_room_key(self, portal: PortalKey, key: str | None) -> None:
+        # Called before start() too, with the keys the core kept.
+        if key:
+            self.keys[portal] = key
+        else:
+            self.keys.pop(portal, None)
+        net = self.networks.get(ids.netid_of(portal.network) or "")
+        if net is None:
+            return
+        channel = net.channel_name(portal.remote_id)
+        for conn in (net.bot, *(p.conn for p in net.pool.puppets.values())):
+            if conn.fold(channel) in conn.channels:
+                conn.channels[conn.fold(channel)] = key or None
+
+    async def request_link(self, request: LinkRequest) -> ChatInfo | None:
+        """The channel consents when the user's own connection is one of its operators, or
+        when an operator answers the bot's private request in time."""
+        portal, user = request.portal, request.user
+        net = self._net(portal.network)
+        if portal.receiver:
+            raise ConnectorError("IRC private chats cannot be linked to a room")
+        if not ids.valid_channel(portal.remote_id, net.bot.chantypes):
+            return None
+        channel = net.channel_name(portal.remote_id)
+        why = net.excluded(channel, user)
+        if why is not None:
+            raise ConnectorError(why)
+        if not await net.bot.wait_registered(min(15.0, net.cfg.register_timeout)):
+            raise ConnectorError(f"the bridge is not connected to {net.cfg.display_name} now")
+        puppet_nick, joined_for_check = await self._join_own_puppet(net, user, channel)
+        try:
+            info = await self.resolve_portal(portal, user)
+            if info is None:
+                return None
+            try:
+                await net.bot.sync()  # the channel's member list is in
+            except (ConnectionError, NotConnected, TimeoutError) as e:
+                raise ConnectorError(f"IRC did not answer: {e}") from e
+            if puppet_nick is not None and net.is_operator(channel, puppet_nick):
+                joined_for_check = None
+                return info
+            await self._ask_operators(net, request, channel)
+            joined_for_check = None
+            return info
+        finally:
+            if joined_for_check is not None:
+                joined_for_check.part(channel, "")
+
+    async def _join_own_puppet(
+        self, net: Network, user: MatrixUser, channel: str
+    ) -> tuple[str | None, IRCConnection | None]:
+        """The user's own connection in the channel, to see whether it is an operator there:
+        (its nick, the connection when it joined only for this). Before the bot: a channel
+        nobody is in yet is its creator's, the user's."""
+        if not net.cfg.puppets:
+            return None, None
+        puppet = net.pool.obtain(user.user_id, user.display_name)
+        if puppet is None:
+            return None, None
+        conn = puppet.conn
+        conn.start()
+        if not await conn.wait_registered(min(15.0, net.cfg.register_timeout)):
+            return None, None
+        was_in = conn.fold(channel) in conn.joined
+        try:
+            await conn.join(channel, net.key_of(channel))
+        except ConnectionError:
+            return None, None
+        return conn.nick, None if was_in else conn
+
+    async def _ask_operators(self, net: Network, request: LinkRequest, channel: str) -> None:
+        ops = net.operators(channel)
+        if not ops:
+            raise ConnectorError(
+                f"you are not a channel operator in {channel} on IRC, and no operator is "
+                "there to ask"
+            )
+        timeout = net.cfg.link_request_timeout
+        label = " ".join(request.room_label.split())
+        who = " ".join(request.user.user_id.split())
+        ask = net.consent.open(net.bot.fold(channel), channel)
+        for nick in ops:
+            net.bot.send(
+                "NOTICE",
+                nick,
+                f"{who} asks to bridge {channel} with the Matrix room {label}. Answer me "
+                f"`yes {channel}` or `no {channel}` within {timeout:.0f} seconds.",
+            )
+        try:
+            await request.tell(
+                f"You are not a channel operator in {channel} on IRC: asked its operators "
+                f"({', '.join(ops)}) to agree; waiting up to {timeout:.0f} seconds for an "
+                "answer."
+            )
+        except Exception as e:  # the answer still counts: the user hears the outcome
+            log.warning("%s: telling of the link request failed: %s", net.cfg.netid, e)
+        answer = await net.consent.wait(ask, timeout)
+        if answer is None:
+            raise ConnectorError(
+                f"no operator of {channel} answered within {timeout:.0f} seconds, so the "
+                "room stays unbridged"
+            )
+        agreed, nick = answer
+        if not agreed:
+            raise ConnectorError(f"{nick}, an operator of {channel}, said no")
 
     # --- who speaks ------------------------------------------------------------------------------
 

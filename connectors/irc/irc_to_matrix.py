@@ -33,6 +33,7 @@ from bridge.connector.events import (
     Membership,
     MessageContent,
     MessageKind,
+    RemoteAccess,
     RemoteChatInfo,
     RemoteEvent,
     RemoteMembership,
@@ -84,6 +85,13 @@ class ChannelState:
     topic: str | None = None
     members: dict[str, Member] = field(default_factory=dict)
     names_buffer: dict[str, Member] | None = None
+    # The channel modes Matrix can express (ACCESS_MODES), once the server told them.
+    modes: set[str] | None = None
+
+
+# +i: invite join rule; +m: posting needs voice; +s, +p, +k: never in the room directory.
+ACCESS_MODES = frozenset("imspk")
+HIDDEN_MODES = frozenset("spk")
 
 
 def server_time(line: Line) -> int | None:
@@ -107,6 +115,7 @@ class IrcToMatrix:
         id_of: Callable[[str], str] = casefold,
         power_levels: dict[str, int],
         netsplit_window: float = 60.0,
+        publish: bool = False,
     ) -> None:
         self.network = network
         # Two folds: the server's (conn.fold) keys what this class keeps and looks up; the
@@ -116,6 +125,7 @@ class IrcToMatrix:
         self.ghost_user_id = ghost_user_id  # remote user id -> ghost Matrix id
         self.id_of = id_of  # a nick or channel as IRC spells it -> its remote id
         self.power_levels = power_levels
+        self.publish = publish  # portals listed in the room directory, unless hidden
         self.channels: dict[str, ChannelState] = {}
         self.expected_kicks: set[tuple[str, str]] = set()  # (channel, nick) kicked from Matrix
         self._left: dict[str, ChannelState] = {}  # channels the bot was kicked from
@@ -644,6 +654,36 @@ class IrcToMatrix:
             )
         return out
 
+    def access(
+        self, conn: IRCConnection, state: ChannelState, changed: set[str] | None = None
+    ) -> RemoteAccess | None:
+        """The channel's access modes as Matrix says them: all of them, or those whose
+        letters ``changed``. None before the server told the modes."""
+        if state.modes is None:
+            return None
+        modes, only = state.modes, changed if changed is not None else ACCESS_MODES
+        post = self.power_levels.get("v", 10)
+        evt = RemoteAccess(
+            portal=self.portal(conn, state.name),
+            sender=Sender(self.id_of(conn.nick), conn.nick, is_from_me=True),
+        )
+        if "i" in only:
+            evt.invite_only = "i" in modes
+        if "m" in only and (changed is not None or "m" in modes):
+            evt.post_level = post if "m" in modes else 0
+        if only & HIDDEN_MODES:
+            evt.listed = self.publish and not modes & HIDDEN_MODES
+        return evt
+
+    def _on_324(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
+        """RPL_CHANNELMODEIS, the answer to the bot's MODE query after it joined."""
+        state = self.channels.get(conn.fold(line.param(1)))
+        if state is None:
+            return []
+        state.modes = set(line.param(2).lstrip("+")) & ACCESS_MODES
+        evt = self.access(conn, state)
+        return [evt] if evt is not None else []
+
     def _on_MODE(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
         channel = line.param(0)
         if not conn.is_channel(channel):
@@ -659,6 +699,7 @@ class IrcToMatrix:
         prefix_modes = set(conn.prefixes.values())
         args = line.params[2:]
         changed = False
+        access: set[str] = set()
         adding = True
         for ch in line.param(1):
             if ch in "+-":
@@ -672,18 +713,26 @@ class IrcToMatrix:
                 if member is not None:
                     (member.modes.add if adding else member.modes.discard)(ch)
                     changed = True
-            elif ch in always or (ch in on_set and adding):
-                if args:
-                    args.pop(0)
-        if not changed:
-            return []
-        return [
-            RemoteChatInfo(
-                portal=self.portal(conn, channel),
-                sender=self.sender(conn, line.nick),
-                members=self.snapshot(conn, state),
+            else:
+                if ch in always or (ch in on_set and adding):
+                    if args:
+                        args.pop(0)
+                if ch in ACCESS_MODES and state.modes is not None:
+                    (state.modes.add if adding else state.modes.discard)(ch)
+                    access.add(ch)
+        out: list[RemoteEvent] = []
+        evt = self.access(conn, state, access) if access else None
+        if evt is not None:
+            out.append(evt)
+        if changed:
+            out.append(
+                RemoteChatInfo(
+                    portal=self.portal(conn, channel),
+                    sender=self.sender(conn, line.nick),
+                    members=self.snapshot(conn, state),
+                )
             )
-        ]
+        return out
 
     def _on_AWAY(self, conn: IRCConnection, line: Line) -> list[RemoteEvent]:
         canon = conn.fold(line.nick)

@@ -534,18 +534,27 @@ async def test_matrix_kick_and_ban_need_ops(
     irc: IrcUsers,
     matrix: Callable[..., Any],
 ) -> None:
-    """A Matrix user administers a room of their own, plumbed with ``link``; their puppet
+    """A Matrix user administers a room of their own, plumbed with ``link`` (the channel's
+    operator agrees on IRC); their puppet
     gets +o from the channel's IRC operator; then a Matrix kick or ban is an IRC KICK / +b."""
     chan = "#" + uniq("ops")
     carol = await irc(ngircd, "carol")
     await carol.join(chan)
     dave = await irc(ngircd, "dave")
     await dave.join(chan)
-    await make_bridge(connectors=irc_connectors(ngircd))
+    cfg = irc_connectors(ngircd)
+    await make_bridge(connectors=cfg)
     gus = await matrix("Gus")
     room = await gus.create_room(name="my room", invite=[BOT])
     await until(lambda: in_room(gus, room, BOT))
-    await command(gus, room, f"!mimi link irc_test {chan}", "Linked")
+    # carol, the channel's operator, agrees to the link when the bot asks her.
+    await gus.send_text(room, f"!mimi link irc_test {chan}")
+    bot_nick = cfg["irc"]["networks"]["test"]["bot"]["nick"]
+    await carol.expect(lambda ln: ln.command == "NOTICE" and ln.nick == bot_nick, timeout=60)
+    carol.send(f"PRIVMSG {bot_nick} :yes")
+    await gus.wait_for_event(
+        room, lambda e: e["sender"] == BOT and "Linked" in e["content"].get("body", ""), 60
+    )
     await gus.send_text(room, "hi all")
     puppet = f"{(await gus.get_profile(gus.user_id))['displayname']}[m]"
     await carol.expect(said(puppet, "hi all"))

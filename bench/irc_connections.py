@@ -1,4 +1,5 @@
-"""1,000 IRC puppet connections from one process against ngircd on loopback.
+"""N IRC puppet connections (1,000 by default, 10,000 for the scale figure) from one process
+against ngircd on loopback.
 
 Starts ngircd (tests/harness/ircd.py), then in two fresh subprocesses:
 
@@ -8,6 +9,11 @@ Starts ngircd (tests/harness/ircd.py), then in two fresh subprocesses:
 
 Prints, for each: seconds until all are joined, RSS growth per connection (KiB); then the
 ratios puppets/baseline. Targets: < 10 s and < 50 KiB per connection.
+
+ngircd takes any number of connections from one address (``MaxConnections`` and
+``MaxConnectionsIP`` 0, ``MaxJoins`` 0: tests/harness/ircd.py); the soft limit of open files
+is raised to the hard one for the bench, ngircd and both children (each needs one descriptor
+per connection; ``ulimit -Hn`` must exceed N).
 
     /tmp/venv/bin/python bench/irc_connections.py [-n 1000]
 """
@@ -38,11 +44,15 @@ def rss_kib() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def raise_fd_limit() -> None:
+def raise_fd_limit(n: int) -> int:
+    """Raise the soft limit of open files to the hard one; the limit, which must exceed n."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    want = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < n + 100:
+        raise SystemExit(f"{n} connections need more open files than `ulimit -Hn` ({want})")
+    return want
 
 
 class StubBridge:
@@ -179,7 +189,7 @@ async def run_baseline(host: str, port: int, n: int) -> dict[str, float]:
 
 
 def child(mode: str, host: str, port: int, n: int) -> None:
-    raise_fd_limit()
+    raise_fd_limit(n)
     logging.basicConfig(level=logging.WARNING)
     fn = run_puppets if mode == "puppets" else run_baseline
     print(json.dumps(asyncio.run(fn(host, port, n))))
@@ -195,7 +205,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.host, args.port, args.n)
         return
-    raise_fd_limit()
+    files = raise_fd_limit(args.n)  # ngircd inherits it
     from tests.harness.ircd import start_ngircd
 
     results: dict[str, dict[str, float]] = {}
@@ -218,7 +228,7 @@ def main() -> None:
                     ],
                     capture_output=True,
                     text=True,
-                    timeout=300,
+                    timeout=300 + args.n // 10,
                 )
                 if out.returncode != 0:
                     print(out.stderr, file=sys.stderr)
@@ -228,7 +238,7 @@ def main() -> None:
                 server.stop()
     p, b = results["puppets"], results["baseline"]
     n = args.n
-    print(f"{n} connections joined to one channel on ngircd (loopback)")
+    print(f"{n} connections joined to one channel on ngircd (loopback, open files {files})")
     print(f"  baseline (raw asyncio NICK/USER/JOIN): {b['seconds']:.2f} s, "
           f"{b['kib_per_conn']:.1f} KiB/conn")  # fmt: skip
     print(f"  connector puppets:                     {p['seconds']:.2f} s, "

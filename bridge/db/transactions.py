@@ -9,8 +9,10 @@ A homeserver may deliver one event again in another transaction (after a timeout
 An appservice transaction is recorded in one database transaction, with the deletions of the
 events handled since the last one (:meth:`TransactionStore.handled`): one commit per
 transaction instead of one per event and statement. A handled event whose deletion was not
-committed yet when the bridge crashed is replayed at the next start, as one handled but not
-marked done always was: the bridge recognises what it already bridged (``replayed_events``)."""
+committed yet when the bridge crashed (at most half a second, ``_DONE_DELAY_S``, without
+traffic) is replayed at the next start, as one handled but not marked done always was: a
+message is recognised as bridged by its id mapping (``replayed_events``), a redaction finds
+nothing left to redact."""
 
 from __future__ import annotations
 

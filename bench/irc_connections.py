@@ -1,4 +1,5 @@
-"""1,000 IRC puppet connections from one process against ngircd on loopback.
+"""N IRC puppet connections (1,000 by default, 10,000 for the scale figure) from one process
+against ngircd on loopback.
 
 Starts ngircd (tests/harness/ircd.py), then in two fresh subprocesses:
 
@@ -8,6 +9,11 @@ Starts ngircd (tests/harness/ircd.py), then in two fresh subprocesses:
 
 Prints, for each: seconds until all are joined, RSS growth per connection (KiB); then the
 ratios puppets/baseline. Targets: < 10 s and < 50 KiB per connection.
+
+ngircd takes any number of connections from one address (``MaxConnections`` and
+``MaxConnectionsIP`` 0, ``MaxJoins`` 0: tests/harness/ircd.py); the soft limit of open files
+is raised to the hard one for the bench, ngircd and both children (each needs one descriptor
+per connection; ``ulimit -Hn`` must exceed N).
 
 Then ``reconnect``: N puppets whose users sent messages in a shuffled order come back, paced
 at ``--rate`` (``connects_per_second``), after a restart of the connector (the order read
@@ -46,11 +52,15 @@ def rss_kib() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def raise_fd_limit() -> None:
+def raise_fd_limit(n: int) -> int:
+    """Raise the soft limit of open files to the hard one; the limit, which must exceed n."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    want = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < n + 100:
+        raise SystemExit(f"{n} connections need more open files than `ulimit -Hn` ({want})")
+    return want
 
 
 class StubBridge:
@@ -345,7 +355,7 @@ async def run_baseline(host: str, port: int, n: int) -> dict[str, float]:
 
 
 def child(mode: str, host: str, port: int, n: int, rate: float, workdir: str) -> None:
-    raise_fd_limit()
+    raise_fd_limit(n)
     logging.basicConfig(level=logging.WARNING)
     if mode == "reconnect":
         print(json.dumps(asyncio.run(run_reconnect(n, rate, workdir))))
@@ -410,14 +420,14 @@ def main() -> None:
     if args.child:
         child(args.child, args.host, args.port, args.n, args.rate, args.workdir)
         return
-    raise_fd_limit()
+    files = raise_fd_limit(args.n)  # ngircd inherits it
     if args.only != "reconnect":
-        run_join(args.n)
+        run_join(args.n, files)
     if args.only != "join":
         run_reconnect_child(args.n, args.rate)
 
 
-def run_join(n: int) -> None:
+def run_join(n: int, files: int) -> None:
     from tests.harness.ircd import start_ngircd
 
     results: dict[str, dict[str, float]] = {}
@@ -440,7 +450,7 @@ def run_join(n: int) -> None:
                     ],
                     capture_output=True,
                     text=True,
-                    timeout=300,
+                    timeout=300 + n // 10,
                 )
                 if out.returncode != 0:
                     print(out.stderr, file=sys.stderr)
@@ -449,7 +459,7 @@ def run_join(n: int) -> None:
             finally:
                 server.stop()
     p, b = results["puppets"], results["baseline"]
-    print(f"{n} connections joined to one channel on ngircd (loopback)")
+    print(f"{n} connections joined to one channel on ngircd (loopback, open files {files})")
     print(f"  baseline (raw asyncio NICK/USER/JOIN): {b['seconds']:.2f} s, "
           f"{b['kib_per_conn']:.1f} KiB/conn")  # fmt: skip
     print(f"  connector puppets:                     {p['seconds']:.2f} s, "

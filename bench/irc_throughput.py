@@ -21,15 +21,22 @@ the rounds (after one warm-up round) keeps both sides under the same load when o
 shares the machine.
 
 Reported: msg/s and the ratio to Synapse's ceiling, loss, duplicates, order violations, CPU per
-message (Synapse's process, this process), and latency: for B the bridge's part is the PRIVMSG's
-arrival at the IRC client minus the arrival at the bridge of the appservice transaction that
-carried the event (ngircd's relay included); for C/D it is the bridge's PUT to Synapse minus the
-moment it could start on the line (the line arrived and the room's previous message was sent).
+message (Synapse's process, this process: user + system time over the phase / messages), the
+bridge's resident memory (idle, as the ``mimi-bridge`` command run on its own with the same
+config before and after the rounds; and this process's before and after), and latency: for B
+the bridge's part is the PRIVMSG's arrival at the IRC client minus the arrival at the bridge of
+the appservice transaction that carried the event (ngircd's relay included); for C/D it is the
+bridge's PUT to Synapse minus the moment it could start on the line (the line arrived and the
+room's previous message was sent).
 End-to-end latencies are printed too. The load generators (Matrix sender, IRC sender, IRC
 observer) run in their own processes; timestamps are CLOCK_MONOTONIC, shared by all processes.
-Figures only, no assertions. Targets: >= 90 % of Synapse's ceiling, p99 added latency < 10 ms.
+Figures only, no assertions. Targets: >= 90 % of Synapse's ceiling, p99 added latency < 10 ms,
+<= 0.5 ms of bridge CPU per message each way, < 45 MiB idle RSS.
 
     /tmp/venv/bin/python bench/irc_throughput.py [-n 2400] [-k 4] [-r 3] [--profile]
+
+``--profile`` runs cProfile (CPU time of the main thread) in B and C, which inflates their
+CPU figures.
 """
 
 from __future__ import annotations
@@ -485,6 +492,14 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mib(pid: int | None = None) -> float:
+    """Resident memory of a process (this one by default), MiB."""
+    for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def system_busy() -> tuple[float, float]:
     """(busy, total) jiffies of all CPUs."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -564,7 +579,7 @@ class Bench:
         self.rounds = args.rounds
         self.per_room = max(1, args.n // (args.k * args.rounds))
         self.n = self.k * self.per_room  # per round
-        self.profile = cProfile.Profile() if args.profile else None
+        self.profile = cProfile.Profile(time.thread_time) if args.profile else None
         self.tmp = Path(tempfile.mkdtemp(prefix="irc-throughput-"))
         self.workers: list[Worker] = []
         self.bridge: Any = None
@@ -588,7 +603,54 @@ class Bench:
         if self.profile is not None:
             (self.profile.enable if on else self.profile.disable)()
 
+    async def standalone_rss(self) -> float:
+        """Idle RSS of the bridge run as the ``mimi-bridge`` command with the bench's config
+        (this process's bridge stopped): once it answers and its CPU use has settled."""
+        log = (self.tmp / "standalone.log").open("ab")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridge", "-c", str(self.tmp / "config.yaml"),
+            stdout=log, stderr=log, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{self.as_port}/_matrix/mau/live"
+            async with aiohttp.ClientSession() as http:
+                deadline = now() + 60
+                while True:
+                    try:
+                        async with http.get(url) as resp:
+                            if resp.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    if now() > deadline or proc.returncode is not None:
+                        raise RuntimeError(f"the standalone bridge did not start: {log.name}")
+                    await asyncio.sleep(0.1)
+            # Connected and quiet: less than 5 ms of CPU in a second (30 s at most).
+            last = proc_cpu(proc.pid)
+            for _ in range(30):
+                await asyncio.sleep(1.0)
+                cpu = proc_cpu(proc.pid)
+                if cpu - last < 0.005:
+                    break
+                last = cpu
+            return rss_mib(proc.pid)
+        finally:
+            proc.terminate()
+            await proc.wait()
+            log.close()
+
     # --- setup ----------------------------------------------------------------------------------
+
+    def write_config(self) -> None:
+        write_bridge_config(
+            self.tmp / "config.yaml",
+            self.synapse.url,
+            self.as_port,
+            self.tmp / "bridge.db",
+            self.ircd.host,
+            self.ircd.port,
+        )
 
     async def start_bridge(self) -> None:
         from bridge.appservice.server import AppserviceServer
@@ -604,14 +666,6 @@ class Bench:
             return await original_put(server, request)
 
         AppserviceServer.put_transaction = stamped_put  # type: ignore[method-assign,assignment]
-        write_bridge_config(
-            self.tmp / "config.yaml",
-            self.synapse.url,
-            self.as_port,
-            self.tmp / "bridge.db",
-            self.ircd.host,
-            self.ircd.port,
-        )
         self.bridge = bridge = Bridge(load_config(self.tmp / "config.yaml"))
         await bridge.start()
         connector: Any = bridge.connectors["irc"]
@@ -846,10 +900,19 @@ class Bench:
         )
         try:
             await self.plain.start(plain_port)
+            self.write_config()
+            self.rss_fresh = await self.standalone_rss()
             await self.start_bridge()
             async with aiohttp.ClientSession() as http:
                 await self.setup(Hs(self.synapse.url, http))
+            self.rss_before = rss_mib()
             await self._run()
+            await asyncio.sleep(2.0)
+            self.rss_after = rss_mib()
+            await self.bridge.stop()
+            self.bridge = None
+            self.rss_used = await self.standalone_rss()
+            self.summary()
         finally:
             if self.bridge is not None:
                 await self.bridge.stop()
@@ -888,7 +951,10 @@ class Bench:
         self.phases = measured
         paced = self.phases["A2"].rate / 2
         await self.irc_to_matrix("D", 0, paced)
+
+    def summary(self) -> None:
         report()
+        paced = self.phases["A2"].rate / 2
         ph = self.phases
         for key, who in (
             ("A1", "listener"),
@@ -918,11 +984,27 @@ class Bench:
             f"{ph['A2'].rate:.1f} msg/s; p99 added latency "
             f"{c_p99 * 1000:.2f} ms saturated, {d_p99 * 1000:.2f} ms paced"
         )
-        report("  Targets: >= 90 % of Synapse's ceiling, p99 added latency < 10 ms.")
+        report(
+            f"  Bridge CPU per message (user + system): Matrix -> IRC "
+            f"{ph['B'].own_cpu / ph['B'].n * 1000:.2f} ms, IRC -> Matrix "
+            f"{ph['C'].own_cpu / ph['C'].n * 1000:.2f} ms unthrottled, "
+            f"{ph['D'].own_cpu / ph['D'].n * 1000:.2f} ms paced"
+            + (" (cProfile on in B and C)" if self.profile is not None else "")
+        )
+        report(
+            f"  Bridge RSS idle (mimi-bridge on its own): {self.rss_fresh:.1f} MiB fresh, "
+            f"{self.rss_used:.1f} MiB after the rounds ({self.k} portals); this process "
+            f"(bridge and bench): {self.rss_before:.1f} MiB before, {self.rss_after:.1f} MiB "
+            "after"
+        )
+        report(
+            "  Targets: >= 90 % of Synapse's ceiling, p99 added latency < 10 ms, "
+            "<= 0.5 ms CPU per message, < 45 MiB idle."
+        )
         if self.profile is not None:
             stats = pstats.Stats(self.profile)
-            stats.sort_stats("tottime").print_stats(45)
-            stats.sort_stats("cumulative").print_stats(50)
+            stats.sort_stats("tottime").print_stats(70)
+            stats.sort_stats("cumulative").print_stats(90)
 
 
 def main() -> None:

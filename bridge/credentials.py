@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.fernet import Fernet, InvalidToken
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 
 class CredentialError(Exception):
@@ -16,15 +17,26 @@ class CredentialError(Exception):
 
 class CredentialBox:
     def __init__(self, key: str) -> None:
-        digest = hashlib.sha256(key.encode()).digest()
-        self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+        self._key = base64.urlsafe_b64encode(hashlib.sha256(key.encode()).digest())
+        self._cipher: Fernet | None = None
+
+    def _fernet(self) -> Fernet:
+        # Imported when first needed: the library takes about 6 MiB of a bridge that stores
+        # no login (an IRC-only bridge without SASL, say).
+        if self._cipher is None:
+            from cryptography.fernet import Fernet
+
+            self._cipher = Fernet(self._key)
+        return self._cipher
 
     def seal(self, credentials: dict[str, Any]) -> str:
-        return self._fernet.encrypt(json.dumps(credentials).encode()).decode()
+        return self._fernet().encrypt(json.dumps(credentials).encode()).decode()
 
     def open(self, token: str) -> dict[str, Any]:
+        from cryptography.fernet import InvalidToken
+
         try:
-            return dict(json.loads(self._fernet.decrypt(token.encode())))
+            return dict(json.loads(self._fernet().decrypt(token.encode())))
         except (InvalidToken, ValueError) as e:
             raise CredentialError(
                 "stored credentials cannot be decrypted (was bridge.credentials_key changed?)"

@@ -77,6 +77,7 @@ class RemoteHandler:
         # Message rows sent to Matrix whose INSERT is still queued: the next message of the
         # room does not wait for the database (written behind, in order, drained at stop).
         self._unsaved: dict[tuple[PortalKey, str], list[MessageRow]] = {}
+        self._to_write: list[MessageRow] = []  # of those, the ones no write has taken yet
         self._writes = 0
         self._written = asyncio.Event()
         self._written.set()
@@ -218,25 +219,35 @@ class RemoteHandler:
         return await self.bridge.messages.by_remote(key, remote_id)
 
     def _save(self, row: MessageRow) -> None:
-        """Record a sent message's row without holding up the room's next event."""
+        """Record a sent message's row without holding up the room's next event. The rows
+        queued meanwhile are written together, in one database transaction."""
         self._unsaved.setdefault((row.portal, row.remote_id), []).append(row)
         self._writes += 1
         self._written.clear()
-        self.bridge.queues.submit(("message-rows",), lambda: self._insert(row))
+        self._to_write.append(row)
+        if len(self._to_write) == 1:  # else a queued write takes it along
+            self.bridge.queues.submit(("message-rows",), self._insert)
 
-    async def _insert(self, row: MessageRow) -> None:
-        key = (row.portal, row.remote_id)
+    async def _insert(self) -> None:
+        rows, self._to_write = self._to_write, []
         try:
-            await self.bridge.messages.insert(row)
+            if len(rows) == 1:
+                await self.bridge.messages.insert(rows[0])
+            else:
+                await self.bridge.messages.insert_many(rows)
         except Exception:
-            self.log.exception("storing the mapping of %s failed", row.event_id)
+            self.log.exception(
+                "storing the mapping of %s failed", ", ".join(r.event_id for r in rows)
+            )
         finally:
-            rows = self._unsaved.get(key)
-            if rows is not None:
-                rows.remove(row)
-                if not rows:
-                    del self._unsaved[key]
-            self._writes -= 1
+            for row in rows:
+                key = (row.portal, row.remote_id)
+                unsaved = self._unsaved.get(key)
+                if unsaved is not None:
+                    unsaved.remove(row)
+                    if not unsaved:
+                        del self._unsaved[key]
+            self._writes -= len(rows)
             if not self._writes:
                 self._written.set()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from bridge.connector import PortalKey
 from bridge.db import (
     Ghost,
@@ -102,5 +104,67 @@ async def test_an_event_redelivered_in_another_transaction_is_recorded_once(
         # Forgotten once old: the table stays bounded.
         await txns.prune(-1000)
         assert await db.fetchval("SELECT count(*) FROM received_event") == 0
+    finally:
+        await db.stop()
+
+
+async def test_handled_events_are_deleted_with_the_next_transaction(database_url: str) -> None:
+    db = await open_database(database_url)
+    try:
+        txns = TransactionStore(db)
+        first = await txns.record("h1", [{"room_id": "!a:x", "event_id": "$h1", "n": 1}])
+        assert first is not None
+        txns.handled(first[0].seq)
+        assert [p.event["n"] for p in await txns.pending()] == [1]  # not deleted on its own
+        second = await txns.record("h2", [{"room_id": "!a:x", "event_id": "$h2", "n": 2}])
+        assert second is not None
+        assert [p.event["n"] for p in await txns.pending()] == [2]  # went with h2's commit
+        txns.handled(second[0].seq)
+        # A repeated transaction records nothing, and still takes the deletions along.
+        assert await txns.record("h2", [{"room_id": "!a:x", "event_id": "$h2", "n": 2}]) is None
+        assert await txns.pending() == []
+        third = await txns.record("h3", [{"room_id": "!a:x", "event_id": "$h3", "n": 3}])
+        assert third is not None
+        txns.handled(third[0].seq)
+        await txns.close()  # at stop: nothing handled is left pending
+    finally:
+        await db.stop()
+    db = await open_database(database_url)
+    try:
+        assert await TransactionStore(db).pending() == []
+    finally:
+        await db.stop()
+
+
+async def test_handled_events_are_deleted_after_a_moment_without_traffic(
+    database_url: str,
+) -> None:
+    db = await open_database(database_url)
+    try:
+        txns = TransactionStore(db)
+        first = await txns.record("q1", [{"room_id": "!a:x", "event_id": "$q1"}])
+        assert first is not None
+        txns.handled(first[0].seq)
+        for _ in range(100):
+            if not await txns.pending():
+                break
+            await asyncio.sleep(0.1)
+        assert await txns.pending() == []
+    finally:
+        await db.stop()
+
+
+async def test_message_rows_inserted_together(database_url: str) -> None:
+    db = await open_database(database_url)
+    try:
+        msgs = MessageStore(db)
+        rows = [
+            MessageRow(KEY, f"b{i}", 0, "!r:x", f"$b{i}", "bob", "@irc_libera_bob:x", i, body="x")
+            for i in range(3)
+        ]
+        await msgs.insert_many(rows)
+        await msgs.insert_many(rows[:1])  # idempotent
+        for i in range(3):
+            assert [m.event_id for m in await msgs.by_remote(KEY, f"b{i}")] == [f"$b{i}"]
     finally:
         await db.stop()

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 from mautrix.util.async_db import Database
 
 from ..connector import PortalKey
 from ._types import Record
+from .one_trip import in_sqlite_thread, is_sqlite, sqlite_query
 
 _MSG_COLS = (
     "network, portal_id, portal_receiver, remote_id, part, room_id, event_id, sender_id,"
     " sender_mxid, timestamp, reply_to, thread_root, body, edit_count"
+)
+
+_INSERT = (
+    f"INSERT INTO message ({_MSG_COLS}) VALUES "
+    "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) ON CONFLICT DO NOTHING"
 )
 
 
@@ -48,6 +56,25 @@ class MessageRow:
         )
 
 
+def _values(m: MessageRow) -> tuple[Any, ...]:
+    return (
+        m.portal.network,
+        m.portal.remote_id,
+        m.portal.receiver,
+        m.remote_id,
+        m.part,
+        m.room_id,
+        m.event_id,
+        m.sender_id,
+        m.sender_mxid,
+        m.timestamp,
+        m.reply_to,
+        m.thread_root,
+        m.body,
+        m.edit_count,
+    )
+
+
 @dataclass(slots=True)
 class ReactionRow:
     portal: PortalKey
@@ -64,24 +91,19 @@ class MessageStore:
         self.db = db
 
     async def insert(self, m: MessageRow) -> None:
-        await self.db.execute(
-            f"INSERT INTO message ({_MSG_COLS}) VALUES "
-            "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) ON CONFLICT DO NOTHING",
-            m.portal.network,
-            m.portal.remote_id,
-            m.portal.receiver,
-            m.remote_id,
-            m.part,
-            m.room_id,
-            m.event_id,
-            m.sender_id,
-            m.sender_mxid,
-            m.timestamp,
-            m.reply_to,
-            m.thread_root,
-            m.body,
-            m.edit_count,
-        )
+        await self.db.execute(_INSERT, *_values(m))
+
+    async def insert_many(self, rows: list[MessageRow]) -> None:
+        """Insert rows in one transaction (one trip to SQLite's thread)."""
+        values = [_values(m) for m in rows]
+        if is_sqlite(self.db):
+
+            def insert(c: sqlite3.Connection) -> None:
+                c.executemany(sqlite_query(_INSERT), values)
+
+            await in_sqlite_thread(self.db, insert)
+        else:  # atomic on its own, and waits for a restarting server (no transaction)
+            await self.db.executemany(_INSERT, values)
 
     async def by_event(self, event_id: str) -> MessageRow | None:
         row = await self.db.fetchrow(f"SELECT {_MSG_COLS} FROM message WHERE event_id=$1", event_id)

@@ -307,6 +307,62 @@ class ConnStats:
 
 
 class IRCConnection(asyncio.Protocol):
+    # One per puppet, thousands per process: no per-instance dict (about 1 KiB each).
+    __slots__ = (
+        "_attempt",
+        "_barrier_seq",
+        "_barriers",
+        "_buf",
+        "_cap_pending",
+        "_expire_handle",
+        "_ident_key",
+        "_ignore_first",
+        "_joins",
+        "_last_rx",
+        "_line_waiters",
+        "_lost",
+        "_ls_caps",
+        "_me",
+        "_me_bang",
+        "_nick_attempt",
+        "_nick_waiter",
+        "_out",
+        "_overflow",
+        "_ping_handle",
+        "_pump_handle",
+        "_ready",
+        "_sasl_state",
+        "_state",
+        "_task",
+        "_tok_time",
+        "_tokens",
+        "account",
+        "caps",
+        "casemapping",
+        "channel_names",
+        "channels",
+        "chantypes",
+        "fatal",
+        "fatal_kind",
+        "handler",
+        "host",
+        "identify_answered",
+        "identify_error",
+        "identify_state",
+        "isupport",
+        "joined",
+        "listen_channels",
+        "name",
+        "nick",
+        "pacer",
+        "params",
+        "pending",
+        "prefixes",
+        "stats",
+        "transport",
+        "user",
+    )
+
     def __init__(
         self,
         params: ConnParams,
@@ -368,7 +424,7 @@ class IRCConnection(asyncio.Protocol):
         self._last_rx = 0.0
         self._joins: dict[str, _Waiter] = {}
         self._nick_waiter: _Waiter | None = None
-        self._barriers: deque[_Barrier] = deque()
+        self._barriers: list[_Barrier] = []  # few and rare: a deque costs 760 bytes
         self._barrier_seq = itertools.count(1)
         self._ident_key: tuple[int, str, int] | None = None
         self._set_me(params.nick)
@@ -895,7 +951,7 @@ class IRCConnection(asyncio.Protocol):
 
     def _fail_barriers(self) -> None:
         while self._barriers:
-            barrier = self._barriers.popleft()
+            barrier = self._barriers.pop(0)
             if not barrier.future.done():
                 barrier.future.set_exception(ConnectionError("disconnected from IRC"))
 

@@ -1,7 +1,8 @@
 """Real IRC servers on loopback for the IRC connector's tests and benchmark.
 
 ``start_ngircd(workdir)`` runs Debian's ngircd in the foreground with a config that lets one
-address hold thousands of connections (MaxConnectionsIP=0), long nicks (MaxNickLength=30),
+address hold thousands of connections (MaxConnections=0, MaxConnectionsIP=0: as many as its
+open-files limit allows), long nicks (MaxNickLength=30),
 unlimited joins (MaxJoins=0), no PAM/ident/DNS and no PidFile (ngircd drops to ``nobody`` as
 root and could not write one). ``start_inspircd(workdir)`` runs InspIRCd 3 with its IRCv3
 modules (server-time, echo-message, message-tags, multi-prefix, batch, ...).
@@ -99,6 +100,7 @@ NGIRCD_CONF = """\
 \tPorts = {port}
 \tMotdPhrase = "bridge test server"
 [Limits]
+\tMaxConnections = 0
 \tMaxConnectionsIP = 0
 \tMaxJoins = 0
 \tMaxNickLength = 30

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ from nats.js.kv import KeyValue
 log = logging.getLogger(__name__)
 
 Callback = Callable[[str], Awaitable[None]]
+_CLAIMS_IN_FLIGHT = 16
 T = TypeVar("T")
 
 _KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_=/.")
@@ -192,6 +194,33 @@ async def open_bucket(js: JetStreamContext, name: str, ttl: float) -> tuple[KeyV
     return kv, actual
 
 
+def _plan(
+    total: int,
+    mine: int,
+    others: list[int],
+    free: list[str],
+    movable: list[str],
+    rng: random.Random,
+) -> tuple[str, str] | None:
+    """One step towards an even share of ``total`` shards among this worker and ``others``
+    (their counts): claim one of ``free``, release one of ``movable``, or nothing."""
+    workers = len(others) + 1
+    target = math.ceil(total / workers)
+    floor = total // workers
+    if mine < target and free:
+        return "claim", rng.choice(free)
+    # release only into room the others have and free shards do not fill already
+    if mine > target:
+        room = sum(max(0, target - c) for c in others)
+    elif mine == target > floor:
+        room = sum(max(0, floor - c) for c in others)
+    else:
+        room = 0
+    if room > len(free) and movable:
+        return "release", rng.choice(movable)
+    return None
+
+
 class ShardLeases:
     """Hold a fair share of ``shards`` among the live workers sharing ``bucket``.
 
@@ -225,6 +254,7 @@ class ShardLeases:
         self._js = js
         self.worker_id = worker_id
         self._shards = list(shards)
+        self._mains = {s for s in self._shards if s.endswith(".main")}
         self._on_gain = on_gain
         self._on_lose = on_lose
         self._ttl = ttl
@@ -241,6 +271,7 @@ class ShardLeases:
         self._held: dict[str, _Lease] = {}
         self._gains: dict[str, asyncio.Task[None]] = {}
         self._gained: set[str] = set()
+        self._claiming: dict[str, asyncio.Task[None]] = {}
         self._giving_up: set[asyncio.Task[None]] = set()
         self._retry_at: dict[str, float] = {}
         self._changed = asyncio.Event()
@@ -307,6 +338,8 @@ class ShardLeases:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, *self._giving_up, return_exceptions=True)
+        # claims under way end on their own (a timeout at most): what they won is let go
+        await asyncio.gather(*self._claiming.values(), return_exceptions=True)
         held, self._held = self._held, {}
         await asyncio.gather(*(self._give_up(s, lease, release) for s, lease in held.items()))
         if release and self._presence is not None:
@@ -433,7 +466,14 @@ class ShardLeases:
                 continue
             kind, shard = action
             if kind == "claim":
-                await self._claim(shard)
+                # claims overlap (the pace is a rate, not one round trip after the other), a
+                # few at a time
+                self._claiming[shard] = task = asyncio.create_task(self._claim(shard))
+                task.add_done_callback(functools.partial(self._claimed, shard))
+                if len(self._claiming) >= _CLAIMS_IN_FLIGHT:
+                    await asyncio.wait(
+                        list(self._claiming.values()), return_when=asyncio.FIRST_COMPLETED
+                    )
             else:
                 await self._release(shard)
             await asyncio.sleep(self._pace)
@@ -447,36 +487,48 @@ class ShardLeases:
             if seen.value is not None and now - seen.since < self._ttl
         }
         live.add(self.worker_id)
+        others = [w for w in live if w != self.worker_id]
         counts: Counter[str] = Counter()
+        main_counts: Counter[str] = Counter()
         free: list[str] = []
         for shard in self._shards:
-            if shard in self._held:
+            if shard in self._held or shard in self._claiming:
                 continue
             seen = self._shard_view.entries.get(shard)
             if seen is None or seen.value is None or now - seen.since >= self._ttl:
                 if self._retry_at.get(shard, 0.0) <= now:
                     free.append(shard)
             else:
-                counts[str(seen.value.get("worker"))] += 1
-        mine = len(self._held)
-        total = len(self._shards)
-        target = math.ceil(total / len(live))
-        floor = total // len(live)
-        others = [w for w in live if w != self.worker_id]
-        if mine < target and free:
-            mains = [s for s in free if s.endswith(".main")]
-            return "claim", (mains[0] if mains else self._rng.choice(free))
-        # release only into room others have and free shards do not fill already
-        if mine > target:
-            room = sum(max(0, target - counts[w]) for w in others)
-        elif mine == target > floor:
-            room = sum(max(0, floor - counts[w]) for w in others)
-        else:
-            room = 0
-        if room > len(free):
-            candidates = [s for s in self._held if not s.endswith(".main")] or list(self._held)
-            return "release", self._rng.choice(candidates)
-        return None
+                worker = str(seen.value.get("worker"))
+                counts[worker] += 1
+                if shard in self._mains:
+                    main_counts[worker] += 1
+        # The networks' main shards (bots, listeners, components) are spread on their own, so
+        # that no worker ends up with all of them; the user shards then even out the totals.
+        held_mains = [s for s in self._held if s in self._mains]
+        claiming_mains = sum(1 for s in self._claiming if s in self._mains)
+        action = _plan(
+            len(self._mains),
+            len(held_mains) + claiming_mains,
+            [main_counts[w] for w in others],
+            [s for s in free if s in self._mains],
+            held_mains,
+            self._rng,
+        )
+        if action is None:
+            action = _plan(
+                len(self._shards),
+                len(self._held) + len(self._claiming),
+                [counts[w] for w in others],
+                [s for s in free if s not in self._mains],
+                [s for s in self._held if s not in self._mains],
+                self._rng,
+            )
+        return action
+
+    def _claimed(self, shard: str, _: asyncio.Task[None]) -> None:
+        self._claiming.pop(shard, None)
+        self._changed.set()
 
     async def _claim(self, shard: str) -> None:
         assert self._kv is not None
@@ -491,6 +543,10 @@ class ShardLeases:
         except (TimeoutError, nats.errors.Error) as exc:
             log.debug("claiming %s failed: %s", shard, exc)
             self._retry_at[shard] = sent + 1.0
+            return
+        if self._closing:
+            with contextlib.suppress(Exception):
+                await _within(self._kv.delete(shard, last=revision), self._timeout)
             return
         self._held[shard] = _Lease(revision, sent + self._ttl - self._margin)
         self._gains[shard] = asyncio.create_task(self._gain(shard), name=f"gain-{shard}")

@@ -70,6 +70,26 @@ async def test_two_then_three_workers_share_257_shards_evenly(nats_server: NatsS
         assert not ledger.violations, ledger.violations
 
 
+async def test_the_networks_main_shards_are_spread_too(nats_server: NatsServer) -> None:
+    ledger = Ledger()
+    shards = [s for net in ("irc", "xmpp", "deltachat") for s in all_shards(net, 4)]
+    mains = {s for s in shards if s.endswith(".main")}
+    async with workers_on(nats_server.url, ledger, **FAST) as pool:
+        a = await pool.start("a", shards)
+        await until(lambda: a.owned() == set(shards), 30, "a holds every shard")
+        await pool.start("b", shards)
+
+        def spread(want_mains: list[int], want_totals: list[int]) -> bool:
+            assert disjoint(*pool.workers), "a shard owned twice"
+            got = sorted(len(w.owned() & mains) for w in pool.workers)
+            return got == want_mains and shares(*pool.workers) == want_totals
+
+        await until(lambda: spread([1, 2], [7, 8]), 60, "a gives b a network's main shard")
+        await pool.start("c", shards)
+        await until(lambda: spread([1, 1, 1], [5, 5, 5]), 60, "one main shard each")
+        assert not ledger.violations, ledger.violations
+
+
 async def test_a_clean_stop_hands_its_shards_over_at_once(nats_server: NatsServer) -> None:
     ledger = Ledger()
     # a long TTL: a hand-over that waited for the keys to expire would take 20 s

@@ -282,3 +282,20 @@ def test_a_ttl_too_short_for_the_renewals_is_refused() -> None:
         ShardLeases(None, "a", ["irc.0"], on_gain=nothing, on_lose=nothing, ttl=3, renew_every=2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="cannot be a NATS key"):
         ShardLeases(None, "a b", ["irc.0"], on_gain=nothing, on_lose=nothing)  # type: ignore[arg-type]
+
+
+async def test_a_nats_outage_longer_than_the_lease_gives_shards_up_until_it_is_back(
+    nats_server: NatsServer,
+) -> None:
+    ledger = Ledger()
+    async with workers_on(nats_server.url, ledger, **FAST) as pool:
+        a = await pool.start("a", SHARDS)
+        b = await pool.start("b", SHARDS)
+        await until(lambda: shares(a, b) == [128, 129], 60, "a and b share the shards")
+        await asyncio.to_thread(nats_server.stop)
+        # nobody can renew: each gives its shards up before its leases could expire
+        await until(lambda: not a.owned() and not b.owned(), 30, "a and b let go")
+        assert len(ledger.of("a", "lose")) + len(ledger.of("b", "lose")) == len(SHARDS)
+        await asyncio.to_thread(nats_server.start)
+        await until(lambda: shares(a, b) == [128, 129], 90, "the shards are claimed again")
+        assert disjoint(a, b) and not ledger.violations, ledger.violations

@@ -118,7 +118,8 @@ class _BucketView:
         loop = asyncio.get_running_loop()
         while not self.closed:
             try:
-                watcher = await self._kv.watchall()
+                # the server drops a stopped watcher's consumer soon, not after 5 min
+                watcher = await self._kv.watchall(inactive_threshold=5.0)
             except Exception as exc:
                 log.warning("cannot watch bucket %s (%s); retrying", self._name, exc)
                 await asyncio.sleep(min(1.0, self._refresh))

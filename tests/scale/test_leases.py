@@ -90,6 +90,25 @@ async def test_the_networks_main_shards_are_spread_too(nats_server: NatsServer) 
         assert not ledger.violations, ledger.violations
 
 
+async def test_a_newcomer_gets_its_share_without_waiting_for_leases_to_expire(
+    nats_server: NatsServer,
+) -> None:
+    ledger = Ledger()
+    slow = {"ttl": 20.0, "renew_every": 2.0, "claims_per_second": 200.0}
+    async with workers_on(nats_server.url, ledger, **slow) as pool:
+        a = await pool.start("a", SHARDS)
+        await until(lambda: a.owned() == set(SHARDS), 60, "a holds every shard")
+        loop = asyncio.get_running_loop()
+        joined = loop.time()
+        b = await pool.start("b", SHARDS)
+        # a releases (deletes) what b claims: a TTL would be 20 s
+        await until(lambda: shares(a, b) == [128, 129], slow["ttl"] / 2, "b gets its share")
+        print(f"newcomer: share in {loop.time() - joined:.2f} s")
+        handed = {e.shard for e in ledger.of("a", "lose")}
+        assert handed == b.owned() and disjoint(a, b)
+        assert not ledger.violations, ledger.violations
+
+
 async def test_a_clean_stop_hands_its_shards_over_at_once(nats_server: NatsServer) -> None:
     ledger = Ledger()
     # a long TTL: a hand-over that waited for the keys to expire would take 20 s

@@ -7,7 +7,8 @@ import asyncio
 import logging
 import random
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from mautrix.util.async_db import Database
 
@@ -46,6 +47,9 @@ from .metrics import INTERNAL_ERROR, BridgeMetrics
 from .ordered_queue import OrderedQueues
 from .portals import PortalManager
 from .status import Status
+
+if TYPE_CHECKING:
+    from .scale.core import ScaleCore
 
 STOP_DRAIN_SECONDS = 15.0
 
@@ -97,6 +101,12 @@ class Bridge:
         self.matrix_handler = MatrixHandler(self)
         self.remote_handler = RemoteHandler(self)
         self.commands = CommandProcessor(self)
+        # Scale-out mode: connectors are proxies of the workers' (docs/scale-out.md).
+        self.scale: ScaleCore | None = None
+        if cfg.scale.enabled:
+            from .scale.core import ScaleCore as _ScaleCore
+
+            self.scale = _ScaleCore(cfg.scale, self.log.getChild("scale"))
 
     # --- stores ---------------------------------------------------------------------
 
@@ -143,6 +153,8 @@ class Bridge:
         sections = enabled_sections(self.cfg)
         for name, cls in classes.items():
             connector = cls(self, sections[name])
+            if self.scale is not None:
+                connector = self.scale.proxy(connector)  # the real one runs on a worker
             self.connectors[name] = connector
             started = asyncio.Event()
             for ns in connector.namespaces():
@@ -158,6 +170,8 @@ class Bridge:
         for gate in self._started.values():
             gate.clear()
         self.status.reset()
+        if self.scale is not None:
+            await self.scale.connect()
         self._db = await open_database(
             self.cfg.database, self.log.getChild("db"), self.connectors.values()
         )
@@ -205,6 +219,8 @@ class Bridge:
             for ns in connector.namespaces():
                 self._started[ns.network].set()
         await self.matrix_handler.resume_waiting()
+        if self.scale is not None:
+            await self.scale.start_intake(self.submit_remote)
         self.log.info("bridge started with %s", ", ".join(self.networks) or "no networks")
 
     async def _serve_metrics(self) -> None:
@@ -277,6 +293,8 @@ class Bridge:
         self._stopping.set()
         if self.server:
             await self.server.stop()
+        if self.scale is not None:
+            await self.scale.stop_intake()
         self.matrix_handler.stop_waiting()
         # Events already acknowledged to the homeserver are finished before the connectors
         # go (cancelled half-way, a sent message would lose its id mapping for good).
@@ -290,6 +308,8 @@ class Bridge:
             except Exception:
                 self.log.exception("connector %s did not stop cleanly", connector.name)
         await self.queues.close()
+        if self.scale is not None:
+            await self.scale.close()
         if self.crypto is not None:
             await self.crypto.stop()
             self.crypto = None
@@ -387,12 +407,26 @@ class Bridge:
     # --- BridgeAPI ------------------------------------------------------------------
 
     async def emit(self, event: RemoteEvent) -> None:
+        self.submit_remote(event)
+
+    def submit_remote(
+        self, event: RemoteEvent, done: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Queue a remote event behind the others of its portal; ``done`` is awaited once it
+        was handled (bridged, or its failure told), not when the bridge stops first."""
         self.metrics.remote_received(event)
-        self.queues.submit(
-            ("remote", event.portal),
-            lambda: self._remote_job(event),
-            lambda error: self.remote_handler.failed(event, error),
-        )
+
+        async def job() -> None:
+            await self._remote_job(event)
+            if done is not None:
+                await done()
+
+        async def failed(error: Exception) -> None:
+            await self.remote_handler.failed(event, error)
+            if done is not None:
+                await done()
+
+        self.queues.submit(("remote", event.portal), job, failed)
 
     async def _remote_job(self, event: RemoteEvent) -> None:
         try:

@@ -1,0 +1,1 @@
+"""Scale-out mode: one core and any number of connection workers coordinated over NATS."""

@@ -188,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cfgmod.load(args.config)
         if args.show_recovery_key:
             return asyncio.run(show_recovery_key(cfg))
+        if args.role == "worker" and not cfg.scale.enabled:
+            raise cfgmod.ConfigError(
+                "scale.nats_url", "a worker needs the NATS server of its core (docs/scale-out.md)"
+            )
         from .connectors_loader import load_connector_classes
 
         load_connector_classes(cfg)
@@ -202,13 +206,6 @@ def main(argv: list[str] | None = None) -> int:
     for warning in cfg.warnings:
         logging.getLogger("mimi.config").warning("%s", warning)
     if args.role == "worker":
-        if not cfg.scale.enabled:
-            print(
-                "mimi-bridge: config error: scale.nats_url: a worker needs the NATS server of"
-                " its core (docs/scale-out.md)",
-                file=sys.stderr,
-            )
-            return EXIT_CONFIG
         from .scale.worker import run_worker
 
         return asyncio.run(run_worker(cfg))

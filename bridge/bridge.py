@@ -595,11 +595,18 @@ class Bridge:
         async def run() -> None:
             if not await self._until_room_ready(pe.room_id):
                 return  # stopping: still pending, replayed at the next start
+            keep = False
             try:
                 await self.matrix_handler.handle(pe.event)
+            except asyncio.CancelledError:
+                # Scale-out mode, stopping while it waits for a worker: still pending, replayed
+                # at the next start (the worker dedups what it already performed).
+                keep = self.scale is not None
+                raise
             finally:
-                await self.transactions.done(pe.seq)
-                self.metrics.matrix_finished(str(pe.event.get("event_id")))
+                if not keep:
+                    await self.transactions.done(pe.seq)
+                    self.metrics.matrix_finished(str(pe.event.get("event_id")))
 
         return run
 

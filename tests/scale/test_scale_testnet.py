@@ -164,7 +164,7 @@ async def test_retried_operation_runs_once(deployment: Deployment, synapse: Syna
     assert codec.decode(codec.encode(first)) == first
 
 
-async def test_no_worker_waits_then_delivers_in_order(
+async def test_no_worker_waits_across_a_core_restart_then_delivers_in_order(
     deployment: Deployment, synapse: SynapseServer
 ) -> None:
     record = Path(deployment.config.parent / "sent.jsonl")
@@ -186,6 +186,9 @@ async def test_no_worker_waits_then_delivers_in_order(
         room, lambda e: "not available right now" in e["content"].get("body", ""), timeout=60
     )
     assert not recorded(record, "message", text="while away 0")()
+    # The core restarts meanwhile: what waited is still pending, and waits again.
+    await deployment.stop_core()
+    await deployment.start_core()
 
     await deployment.start_worker("w2")
     await until(recorded(record, "message", text="while away 2"), 90)

@@ -10,12 +10,12 @@ as in single-process mode."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from bridge.connector import (
     ChatInfo,
     ConnectorCommand,
+    ConnectorError,
     GhostInfo,
     MatrixEvent,
     MatrixUser,
@@ -63,7 +63,7 @@ ONCE = {"handle_matrix_typing", "handle_matrix_receipt", "handle_matrix_presence
 ONCE |= {"connection_states"}
 # Someone waits for the answer (the homeserver's query, a user's command): bounded.
 BOUNDED = {"resolve_portal", "resolve_ghost", "login", "logout", "fetch_history"}
-BOUNDED |= {"thirdparty_locations", "thirdparty_users", "open_dm", "link", "command"}
+BOUNDED |= {"thirdparty_locations", "thirdparty_users", "open_dm", "link", "command", "http"}
 
 DELAY_NOTICE = (
     "The bridge's connection to {network} is not available right now; your message waits and"
@@ -302,6 +302,28 @@ class ConnectorProxy(NetworkConnector):
             )
         return out
 
+    def http_routes(self) -> list[caps.HttpRoute]:
+        """The local instance's routes (served by the core), each answered by the worker."""
+        assert isinstance(self.local, caps.HttpRoutes)
+        return [
+            caps.HttpRoute(r.method, r.path, self._http_handler(r.method, r.path), r.max_body)
+            for r in self.local.http_routes()
+        ]
+
+    def _http_handler(self, method: str, path: str) -> Any:
+        async def run(request: caps.HttpRequest) -> caps.HttpResponse:
+            try:
+                response = await self.connector_call("http", [method, path, request])
+            except Unreachable as e:
+                return caps.HttpResponse(503, {"error": str(e)})
+            except ConnectorError as e:
+                return caps.HttpResponse(502, {"error": str(e)})
+            if not isinstance(response, caps.HttpResponse):
+                return caps.HttpResponse(502, {"error": "the worker gave no HTTP answer"})
+            return response
+
+        return run
+
     def _command_handler(self, name: str) -> Any:
         async def run(user: MatrixUser, args: list[str]) -> str:
             return str(await self.connector_call("command", [name, user, args, None]))
@@ -334,10 +356,11 @@ def proxy_for(local: NetworkConnector, requests: OpRequests) -> ConnectorProxy:
         attrs["thirdparty_protocol"] = None
     if not isinstance(local, caps.ExtraCommands):
         attrs["commands"] = None
+    if not isinstance(local, caps.HttpRoutes):
+        attrs["http_routes"] = None
     proxy_cls = type(f"{cls.__name__}Proxy", tuple(bases), attrs)
     proxy: ConnectorProxy = proxy_cls(local, requests)
     return proxy
 
 
 __all__ = ["ClientProxy", "ConnectorProxy", "Unreachable", "client_class", "proxy_for"]
-log = logging.getLogger(__name__)

@@ -29,7 +29,14 @@ from bridge.connector import (
     NotSupported,
     PortalKey,
 )
-from bridge.connector.capabilities import CommandRoom, ExtraCommands
+from bridge.connector.capabilities import (
+    CommandRoom,
+    ExtraCommands,
+    HttpRequest,
+    HttpResponse,
+    HttpRoute,
+    HttpRoutes,
+)
 
 from . import bus, codec
 from .core_proxy import CLIENT_CAPS, CONNECTOR_CAPS
@@ -78,6 +85,7 @@ def default_leases(
 class Running:
     connector: NetworkConnector
     subscriptions: list[Subscription] = field(default_factory=list)
+    routes: list[HttpRoute] = field(default_factory=list)
 
 
 class Worker:
@@ -155,9 +163,11 @@ class Worker:
             connector = cls(
                 WorkerAPI(self.helper, self.publisher), enabled_sections(self.cfg)[name]
             )
+            # Asked once, before start (the contract's rule).
+            routes = connector.http_routes() if isinstance(connector, HttpRoutes) else []
             began = time.monotonic()
             await connector.start()
-            running = Running(connector)
+            running = Running(connector, routes=routes)
             for ns in connector.namespaces():
                 running.subscriptions.append(
                     await self.nc.subscribe(network_ops(ns.network), cb=self._on_op)
@@ -233,7 +243,10 @@ class Worker:
         try:
             if running is None:
                 raise ConnectorError(f"the {name} connector is not running on this worker")
-            result = await self._dispatch(running.connector, request, method, args)
+            if method == "http":
+                result = await _http(running, *args)
+            else:
+                result = await self._dispatch(running.connector, request, method, args)
             return {"ok": result}
         except NotSupported as e:
             return {"error": {"type": "NotSupported", "message": str(e)}}
@@ -304,6 +317,13 @@ def _client_answer(client: NetworkClient | None) -> dict[str, Any] | None:
         return None
     names = [name for name, (protocol, _) in CLIENT_CAPS.items() if isinstance(client, protocol)]
     return {"handle": f"{id(client):x}", "caps": names}
+
+
+async def _http(running: Running, method: str, path: str, request: HttpRequest) -> HttpResponse:
+    for route in running.routes:
+        if route.method.upper() == method.upper() and route.path == path:
+            return await route.handler(request)
+    return HttpResponse(404, {"error": f"no route {method} {path} on this worker"})
 
 
 async def _run_command(

@@ -224,3 +224,53 @@ async def test_worker_crash_moves_the_connector(
     tn: Any = moved.running["testnet"].connector
     await tn.remote_message("#move", "bob", "from the new worker")
     await alice.wait_for_event(room, lambda e: e["content"].get("body") == "from the new worker")
+
+
+async def test_webhooks_commands_and_http_routes_cross_the_bus(
+    tmp_path: Path,
+    synapse: SynapseServer,
+    as_port: int,
+    postgres: PostgresServer,
+    nats_server: NatsServer,
+) -> None:
+    """A connector with room commands, plumbing and HTTP routes (webhooks): the core serves
+    the routes on its port and the worker answers them."""
+    from tests.webhooks.conftest import BOT, URL, body, post
+
+    config = scale_config(
+        tmp_path / "config.yaml",
+        synapse,
+        as_port,
+        new_database(postgres),
+        nats_server,
+        {"webhooks": {}},
+    )
+    d = Deployment(config)
+    try:
+        await d.start_core()
+        await d.start_worker("w1")
+        await until(lambda: d.holder("webhooks"), 30)
+        ivy = new_user(synapse)
+        room = await ivy.create_room(
+            invite=[BOT], power_level_content_override={"users": {BOT: 100}}
+        )
+        assert d.core is not None
+        core = d.core
+        await until(lambda: core.hs.is_joined(room, BOT), 30, "bot joined")
+        await ivy.send_text(room, "!mimi link webhooks deploys")
+        await ivy.wait_for_event(room, lambda e: e["sender"] == BOT and "Linked" in body(e))
+        await ivy.send_text(room, "!mimi webhook create ci")
+        reply = await ivy.wait_for_event(
+            room, lambda e: e["sender"] == BOT and "Created the webhook" in body(e), timeout=30
+        )
+        m = URL.search(body(reply))
+        assert m, body(reply)
+        status, answer = await post(m.group(1), {"text": "deployed over the bus"})
+        assert (status, answer["ok"]) == (200, True)
+        await ivy.wait_for_event(room, lambda e: body(e) == "deployed over the bus", timeout=30)
+        # With no worker, the route answers 503 in bounded time instead of hanging.
+        await d.stop_worker("w1")
+        status, _ = await post(m.group(1), {"text": "nobody home"})
+        assert status == 503
+    finally:
+        await d.close()

@@ -563,6 +563,15 @@ class Bridge:
         mxc = await self.hs.upload(text.encode("utf-8"), "text/plain; charset=utf-8", filename)
         return self.mxc_to_url(mxc, filename)
 
+    async def link_room(self, user_id: str, room_id: str, portal: PortalKey) -> None:
+        from .actions import Refused, UserActions  # actions builds on the Bridge
+
+        user = await self.matrix_user(user_id)
+        try:
+            await UserActions(self).link(user, portal.network, portal.remote_id, room_id)
+        except Refused as e:
+            raise ConnectorError(str(e)) from None
+
     def public_url(self, path: str) -> str:
         base = self.cfg.public_address or self.cfg.as_address
         return base.rstrip("/") + "/" + path.lstrip("/")

@@ -133,6 +133,12 @@ class BridgeAPI(Protocol):
     async def upload_text(self, text: str, filename: str) -> str:
         """Upload a long text to the content repository and return a link to it."""
 
+    async def link_room(self, user_id: str, room_id: str, portal: PortalKey) -> None:
+        """Bridge the existing Matrix room ``room_id`` to ``portal``, as the user's own
+        ``link`` command would, with the same rules (a room admin; neither side bridged yet).
+        Raises :class:`ConnectorError` saying why when that is refused. For a connector whose
+        room command sets a room up in one step (``webhook create``)."""
+
     def public_url(self, path: str) -> str:
         """The address the outside world reaches the bridge's ``path`` at (from
         ``appservice.public_address``, else ``appservice.address``), for a connector's

@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 #   "media"       a Matrix image reaches the network as a file (the received message has
 #                 ``file``, its file name there)
 #   "remote_media"  the driver's ``remote_image`` sends an image the room gets as m.image
+#   "typing"      Matrix typing notifications reach the network (received entries of kind
+#                 "typing" with ``typing`` True, then False when the user stops)
+#   "receipts"    a Matrix read receipt reaches the network (kind "receipt", ``target`` the
+#                 remote id of the message read)
+#   "remote_typing"    the driver's ``remote_typing`` makes the remote user's ghost type
+#   "remote_receipts"  the driver's ``remote_receipt`` gives a read receipt of the ghost
 #   "membership"  a Matrix user joining and leaving the portal shows on the network (received
 #                 entries of kind "membership" with ``membership`` "join"/"leave" and ``who``,
 #                 the name the network shows, which contains the user's localpart)
@@ -42,6 +48,10 @@ CAPABILITIES = frozenset(
         "media",
         "remote_media",
         "membership",
+        "typing",
+        "receipts",
+        "remote_typing",
+        "remote_receipts",
     }
 )
 
@@ -50,10 +60,11 @@ class Driver(Protocol):
     """The remote side of a network, as the kit drives it.
 
     ``received`` lists what the network got from the bridge, oldest first, as dicts with
-    ``kind`` ("message", "edit", "reaction", "redaction", "membership") and, as the kind has
-    them, ``text``, ``html``, ``id`` (the remote id the connector returned), ``target`` (remote
-    id acted on), ``key`` (reaction), ``reply_to``, ``relayed``, ``file`` (the name of a file
-    it carried, as the network names it), ``membership`` and ``who``.
+    ``kind`` ("message", "edit", "reaction", "redaction", "membership", "typing", "receipt")
+    and, as the kind has them, ``text``, ``html``, ``id`` (the remote id the connector
+    returned), ``target`` (remote id acted on or read), ``key`` (reaction), ``reply_to``,
+    ``relayed``, ``file`` (the name of a file it carried, as the network names it),
+    ``membership``, ``who`` and ``typing``.
     """
 
     connector: str  # the config section / connector name
@@ -102,6 +113,21 @@ class Driver(Protocol):
 
     async def remote_image(self, kit: Kit, data: bytes, filename: str) -> str | None:
         """A remote user sends the PNG image ``data`` named ``filename``."""
+        ...
+
+    async def own_identity(self, kit: Kit) -> None:
+        """Before the "typing" and "receipts" scenarios: give the kit's user an identity of
+        their own on the network (a login), as typing and receipts are never relayed.
+        Networks that puppet every Matrix user do nothing. Optional: a driver that declares
+        neither capability need not have it."""
+        ...
+
+    async def remote_typing(self, kit: Kit, typing: bool) -> None:
+        """The remote user starts (``True``) or stops typing in ``kit.room``."""
+        ...
+
+    async def remote_receipt(self, kit: Kit, target: str) -> None:
+        """The remote user has read the message with the remote id ``target``."""
         ...
 
     def received(self, kit: Kit) -> list[dict[str, Any]]: ...

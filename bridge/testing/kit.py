@@ -9,7 +9,7 @@ import json
 import struct
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,6 +233,44 @@ class Kit:
             if loop.time() >= end:
                 raise ContractError("did not get there", f"{expected} within {limit_s:.0f} s")
             await asyncio.sleep(0.1)
+
+    async def ephemeral(self, room: str) -> list[Event]:
+        """The room's ephemeral events (typing, receipts) as the kit's user sees them now: a
+        fresh initial /sync, its filter made unique because Synapse caches identical ones."""
+        fresh = json.dumps({"room": {"not_rooms": [f"!kit{uuid.uuid4().hex}:localhost"]}})
+        _, sync = await self.user.request(
+            "GET", "/_matrix/client/v3/sync", params={"timeout": "0", "filter": fresh}
+        )
+        joined = sync.get("rooms", {}).get("join", {}).get(room, {})
+        return list(joined.get("ephemeral", {}).get("events", []))
+
+    async def typing_users(self, room: str) -> set[str]:
+        for e in await self.ephemeral(room):
+            if e["type"] == "m.typing":
+                return set(e["content"].get("user_ids", []))
+        return set()
+
+    async def read_by(self, room: str, event_id: str) -> set[str]:
+        for e in await self.ephemeral(room):
+            if e["type"] == "m.receipt" and event_id in e["content"]:
+                return set(e["content"][event_id].get("m.read", {}))
+        return set()
+
+    async def until_async(
+        self,
+        pred: Callable[[], Awaitable[bool]],
+        did: Callable[[], str],
+        expected: str,
+        limit_s: float = 20.0,
+    ) -> None:
+        """Like :meth:`until_true` for a check that has to ask the homeserver; ``did`` says
+        what was seen last, for the error."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit_s
+        while not await pred():
+            if loop.time() >= end:
+                raise ContractError(did(), f"{expected} within {limit_s:.0f} s")
+            await asyncio.sleep(0.2)
 
     def count_received(self, kind: str, **match: Any) -> int:
         return sum(

@@ -65,6 +65,16 @@ async def _cannot_carry(kit: Kit, room: str, what: str) -> None:
     )
 
 
+async def _own_identity(kit: Kit) -> None:
+    hook = getattr(kit.driver, "own_identity", None)
+    if hook is None:
+        raise ContractError(
+            "has a driver without own_identity()",
+            "own_identity(kit) in a driver declaring typing or receipts",
+        )
+    await hook(kit)
+
+
 class ConnectorScenarios:
     """Subclass me with the driver's class in a test module that defines the ``mimi_driver``
     fixture: ``class TestMyNet(ConnectorScenarios, driver=MyNetDriver)``. Scenarios for a
@@ -228,6 +238,70 @@ class ConnectorScenarios:
                     and e["content"].get("m.relates_to", {}).get("key") == "🎉"
                 ),
                 "the remote reaction as m.reaction",
+            )
+
+    @requires("typing", "remote_typing")
+    async def test_typing(self, kit: Kit) -> None:
+        room = await kit.open_portal()
+        # A message first, so the network knows the remote user and the portal is live.
+        _, evt = await _remote_in_matrix(kit, room, f"about to type {_tag()}")
+        if "typing" in kit.driver.capabilities:
+            await _own_identity(kit)
+            await kit.user.typing(room, True)
+            await kit.wait_received("typing", "typing started from Matrix", typing=True)
+            await kit.user.typing(room, False)
+            await kit.wait_received("typing", "typing stopped from Matrix", typing=False)
+        if "remote_typing" in kit.driver.capabilities:
+            ghost = evt["sender"]
+            seen: set[str] = set()
+
+            async def typing(want: bool) -> bool:
+                seen.clear()
+                seen.update(await kit.typing_users(room))
+                return (ghost in seen) == want
+
+            await kit.driver.remote_typing(kit, True)
+            await kit.until_async(
+                lambda: typing(True), lambda: f"showed {sorted(seen)} typing", f"{ghost} typing"
+            )
+            await kit.driver.remote_typing(kit, False)
+            await kit.until_async(
+                lambda: typing(False),
+                lambda: f"showed {sorted(seen)} typing",
+                f"{ghost} no longer typing",
+            )
+
+    @requires("receipts", "remote_receipts")
+    async def test_read_receipts(self, kit: Kit) -> None:
+        room = await kit.open_portal()
+        tag = _tag()
+        if "receipts" in kit.driver.capabilities:
+            await _own_identity(kit)
+            rid, evt = await _remote_in_matrix(kit, room, f"read me {tag}")
+            await kit.user.read_receipt(room, evt["event_id"])
+            await kit.wait_received("receipt", f"a read receipt of {rid!r}", target=rid)
+        if "remote_receipts" in kit.driver.capabilities:
+            _, ghost_evt = await _remote_in_matrix(kit, room, f"a ghost speaks {tag}")
+            ghost = ghost_evt["sender"]
+            await kit.user.send_text(room, f"did you read this {tag}")
+            sent = await kit.wait_received("message", "the message to read", text=tag)
+            own = await kit.wait_event(
+                room, lambda e: body(e) == f"did you read this {tag}", "own event"
+            )
+            if sent.get("id") is None:
+                raise ContractError(f"delivered {sent!r}", "a remote id for the message")
+            readers: set[str] = set()
+
+            async def read() -> bool:
+                readers.clear()
+                readers.update(await kit.read_by(room, own["event_id"]))
+                return ghost in readers
+
+            await kit.driver.remote_receipt(kit, str(sent["id"]))
+            await kit.until_async(
+                read,
+                lambda: f"showed {own['event_id']} read by {sorted(readers)}",
+                f"a read receipt of {ghost} on {own['event_id']}",
             )
 
     async def test_redactions(self, kit: Kit) -> None:

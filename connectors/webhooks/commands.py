@@ -1,22 +1,35 @@
 """``webhook create|list|rotate|delete|outgoing``, typed in the room the hook speaks in (room
-admins and bridge admins only). Tokens are shown once, at creation and rotation."""
+admins and bridge admins only). Tokens are shown once, at creation and rotation. ``create`` in
+a room not bridged yet bridges it first (to a channel named after the room), so one command
+sets a room up."""
 
 from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from bridge.connector import CommandRoom, ConnectorCommand, ConnectorError, MatrixUser
+from bridge.connector import CommandRoom, ConnectorCommand, ConnectorError, MatrixUser, PortalKey
 
 from .store import Hook, Store, token_hash
 
 NETWORK = "webhooks"
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_NOT_CHANNEL = re.compile(r"[^A-Za-z0-9._=-]")
+
+# (user id, Matrix room id, portal): bridge the room as the user's ``link`` would.
+LinkRoom = Callable[[str, str, PortalKey], Awaitable[None]]
 USAGE = (
     "usage: webhook create [name] | webhook list | webhook rotate <name> | "
     "webhook delete <name> | webhook outgoing <name> <url|off>"
 )
+
+
+def channel_for(room_id: str) -> str:
+    """The channel name a room gets when ``webhook create`` bridges it: from the room id,
+    stable and unique (room ids are)."""
+    local = room_id.lstrip("!").split(":", 1)[0]
+    return ("room-" + _NOT_CHANNEL.sub("_", local))[:64]
 
 
 def new_token() -> str:
@@ -24,9 +37,10 @@ def new_token() -> str:
 
 
 class HookCommands:
-    def __init__(self, store: Store, url_of: Callable[[str], str]) -> None:
+    def __init__(self, store: Store, url_of: Callable[[str], str], link: LinkRoom) -> None:
         self.store = store
         self.url_of = url_of  # token -> the hook's public URL
+        self.link = link
 
     def commands(self) -> list[ConnectorCommand]:
         return [
@@ -40,6 +54,17 @@ class HookCommands:
         ]
 
     async def run(self, user: MatrixUser, args: list[str], room: CommandRoom) -> str:
+        if (room.portal is None or room.portal.network != NETWORK) and args[:1] == ["create"]:
+            if room.management:
+                raise ConnectorError(
+                    "type `webhook create` in the room the hook should post to, not here"
+                )
+            if not room.room_admin:
+                raise ConnectorError("only room admins may manage this room's webhooks")
+            portal = PortalKey(NETWORK, channel_for(room.room_id))
+            await self.link(user.user_id, room.room_id, portal)
+            made = await self.create(user, portal.remote_id, args[1] if len(args) > 1 else None)
+            return f"Bridged this room to webhooks (channel {portal.remote_id}). {made}"
         if room.portal is None or room.portal.network != NETWORK:
             raise ConnectorError(
                 "this room is not a webhooks room yet: bridge it first with"

@@ -125,7 +125,9 @@ class WebhooksConnector(NetworkConnector):
         self.limiter = RateLimiter(self.cfg.rate_limit_per_minute)
         self.delivery = Delivery(self.cfg, self._tell_room, self.log)
         self.hook_commands = HookCommands(
-            self.store, lambda token: self.bridge.public_url(f"/_mimi/webhooks/{token}")
+            self.store,
+            lambda token: self.bridge.public_url(f"/_mimi/webhooks/{token}"),
+            self.bridge.link_room,
         )
         self._ready = False
         self._locks: dict[str, asyncio.Lock] = {}

@@ -33,6 +33,10 @@ class TestNetDriver:
             "remote_large_messages",
             "media",
             "remote_media",
+            "typing",
+            "receipts",
+            "remote_typing",
+            "remote_receipts",
         }
     )
 
@@ -72,6 +76,16 @@ class TestNetDriver:
 
     async def remote_redaction(self, kit: Kit, target: str) -> None:
         await self._tn(kit).remote_redaction(kit.room, "remy", target)
+
+    async def own_identity(self, kit: Kit) -> None:
+        # Typing and receipts are never relayed: the kit's user logs in as "kitty".
+        await kit.command(await kit.management_room(), "login testnet kitty", "kitty")
+
+    async def remote_typing(self, kit: Kit, typing: bool) -> None:
+        await self._tn(kit).remote_typing(kit.room, "remy", typing)
+
+    async def remote_receipt(self, kit: Kit, target: str) -> None:
+        await self._tn(kit).remote_receipt(kit.room, "remy", target)
 
     async def remote_image(self, kit: Kit, data: bytes, filename: str) -> str | None:
         image = Attachment(filename, "image/png", data=data, size=len(data))

@@ -25,6 +25,8 @@ NS_REACTIONS = "{urn:xmpp:reactions:0}reactions"
 NS_RETRACT = "{urn:xmpp:message-retract:1}retract"
 NS_REPLY = "{urn:xmpp:reply:0}reply"
 NS_REPLACE = "{urn:xmpp:message-correct:0}replace"
+NS_DISPLAYED = "{urn:xmpp:chat-markers:0}displayed"
+NS_CHAT_STATES = "http://jabber.org/protocol/chatstates"
 
 
 def _sid(msg: Any) -> str | None:
@@ -48,6 +50,10 @@ class XmppDriver:
             "remote_redactions",
             "remote_large_messages",
             "membership",
+            "typing",
+            "receipts",
+            "remote_typing",
+            "remote_receipts",
         }
     )
 
@@ -124,6 +130,19 @@ class XmppDriver:
         rt["retract"]["id"] = target
         rt.send()
 
+    async def own_identity(self, kit: Kit) -> None:
+        pass  # every Matrix user in a portal is an occupant of the MUC of their own
+
+    async def remote_typing(self, kit: Kit, typing: bool) -> None:
+        state = self._a().xmpp.make_message(mto=JID(kit.room), mtype="groupchat")
+        state["chat_state"] = "composing" if typing else "paused"
+        state.send()
+
+    async def remote_receipt(self, kit: Kit, target: str) -> None:
+        mark = self._a().xmpp.make_message(mto=JID(kit.room), mtype="groupchat")
+        mark["displayed"]["id"] = target
+        mark.send()
+
     async def remote_image(self, kit: Kit, data: bytes, filename: str) -> str | None:
         raise NotImplementedError("not declared: remote_media")
 
@@ -150,6 +169,14 @@ class XmppDriver:
                 kind = "leave" if p["type"] == "unavailable" else "join"
                 out.append({"kind": "membership", "membership": kind, "who": who.split("/", 1)[1]})
         for m in msgs:
+            displayed = m.xml.find(NS_DISPLAYED)
+            if displayed is not None:
+                out.append({"kind": "receipt", "target": norm(displayed.attrib.get("id", ""))})
+            state = next((c for c in m.xml if c.tag.startswith(f"{{{NS_CHAT_STATES}}}")), None)
+            if state is not None and not m["body"]:
+                name = state.tag.split("}", 1)[1]
+                if name in ("composing", "paused", "active"):
+                    out.append({"kind": "typing", "typing": name == "composing"})
             reactions, retract = m.xml.find(NS_REACTIONS), m.xml.find(NS_RETRACT)
             replace, reply = m.xml.find(NS_REPLACE), m.xml.find(NS_REPLY)
             if reactions is not None:

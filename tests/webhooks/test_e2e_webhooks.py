@@ -17,7 +17,7 @@ from typing import Any
 
 from tests.harness.synapse import SynapseServer
 from tests.helpers import new_user, until
-from tests.webhooks.conftest import BOT, HookRoom, LocalHttp, body, post
+from tests.webhooks.conftest import BOT, URL, HookRoom, LocalHttp, body, post
 
 HookRoomFactory = Callable[..., Awaitable[HookRoom]]
 
@@ -213,3 +213,38 @@ async def test_outgoing_signed_with_retries_and_failure_told_once(
         if e["sender"] == BOT and "could not deliver" in body(e)
     ]
     assert len(told) == 1 and "'dead'" in body(told[0])
+
+
+async def test_create_in_a_room_not_bridged_yet_bridges_it(
+    make_bridge: Any, synapse: SynapseServer
+) -> None:
+    """One command sets a room up: `webhook create` in a plain room bridges it first."""
+    bridge = await make_bridge(connectors={"webhooks": {}})
+    ivy = new_user(synapse)
+    room = await ivy.create_room(invite=[BOT], power_level_content_override={"users": {BOT: 100}})
+    await until(lambda: bridge.hs.is_joined(room, BOT), what="bot joined")
+    # A member without power may not: nothing is bridged.
+    joe = new_user(synapse)
+    await ivy.invite(room, joe.user_id)
+    await joe.join(room)
+    await joe.send_text(room, "!mimi webhook create sneaky")
+    await ivy.wait_for_event(room, lambda e: e["sender"] == BOT and "only room admins" in body(e))
+    assert await bridge.portal_store.by_room(room) is None
+
+    await ivy.send_text(room, "!mimi webhook create deploys")
+    reply = await ivy.wait_for_event(
+        room, lambda e: e["sender"] == BOT and "Created the webhook 'deploys'" in body(e)
+    )
+    assert "Bridged this room to webhooks" in body(reply)
+    portal = await bridge.portal_store.by_room(room)
+    assert portal is not None and portal.key.network == "webhooks"
+    m = URL.search(body(reply))
+    assert m, body(reply)
+    status, _ = await post(m.group(1), {"text": "deployed v1"})
+    assert status == 200
+    got = await ivy.wait_for_event(room, lambda e: body(e) == "deployed v1")
+    assert got["sender"].startswith("@webhook_")
+    # A second hook in the now bridged room needs no link; the room is bridged once.
+    await HookRoom(bridge, ivy, room, portal.key.remote_id).create_hook("second")
+    again = await bridge.portal_store.by_room(room)
+    assert again is not None and again.key == portal.key

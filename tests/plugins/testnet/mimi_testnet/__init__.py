@@ -43,6 +43,7 @@ from bridge.connector import (
     RemoteMessage,
     RemotePresence,
     RemoteReaction,
+    RemoteReceipt,
     RemoteRedaction,
     RemoteTyping,
     Sender,
@@ -320,9 +321,14 @@ class TestNetConnector(NetworkConnector):
             RemotePresence(portal=PortalKey(NETWORK, ""), sender=Sender(user), presence=presence)
         )
 
-    async def remote_typing(self, room: str, user: str) -> None:
+    async def remote_typing(self, room: str, user: str, typing: bool = True) -> None:
         await self.bridge.emit(
-            RemoteTyping(portal=PortalKey(NETWORK, room), sender=Sender(user), typing=True)
+            RemoteTyping(portal=PortalKey(NETWORK, room), sender=Sender(user), typing=typing)
+        )
+
+    async def remote_receipt(self, room: str, user: str, target: str) -> None:
+        await self.bridge.emit(
+            RemoteReceipt(portal=PortalKey(NETWORK, room), sender=Sender(user), target_id=target)
         )
 
     async def remote_redaction(self, room: str, user: str, target: str) -> None:

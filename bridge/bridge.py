@@ -220,7 +220,7 @@ class Bridge:
                 self._started[ns.network].set()
         await self.matrix_handler.resume_waiting()
         if self.scale is not None:
-            await self.scale.start_intake(self.submit_remote)
+            await self.scale.start_intake(self.submit_remote, self.link_room)
         self.log.info("bridge started with %s", ", ".join(self.networks) or "no networks")
 
     async def _serve_metrics(self) -> None:

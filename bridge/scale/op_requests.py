@@ -65,12 +65,25 @@ class OpRequests:
         notify: Notify | None = None,
     ) -> Any:
         """Ask the shard's worker and return the connector's result (or raise its error)."""
+        return await self.call_subject(
+            op_subject(shard), request, op_id=op_id, policy=policy, notify=notify, what=shard
+        )
+
+    async def call_subject(
+        self,
+        subject: str,
+        request: dict[str, Any],
+        *,
+        op_id: str | None = None,
+        policy: Policy = Policy.DURABLE,
+        notify: Notify | None = None,
+        what: str = "",
+    ) -> Any:
         if self.nc is None:
             raise Unreachable("the bridge is not connected to its workers yet")
         nc = self.nc
         request = {**request, "op_id": op_id or uuid.uuid4().hex}
         payload = codec.encode(request)
-        subject = op_subject(shard)
         started = time.monotonic()
         told = False
         backoff = 0.2
@@ -93,11 +106,9 @@ class OpRequests:
             if policy is Policy.ONCE or (
                 policy is Policy.BOUNDED and waited >= self.request_timeout_s
             ):
-                raise Unreachable(
-                    f"the bridge's connection worker for {shard.rsplit('.', 1)[0]} is not"
-                    " reachable; try again later"
-                )
-            self.log.info("%s %s: %s; retrying", request.get("method"), shard, why)
+                whom = f"connection worker for {what.rsplit('.', 1)[0]}" if what else "core"
+                raise Unreachable(f"the bridge's {whom} is not reachable; try again later")
+            self.log.info("%s %s: %s; retrying", request.get("method"), subject, why)
             if notify is not None and not told and waited >= self.unowned_notice_s:
                 told = True
                 try:

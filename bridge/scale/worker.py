@@ -41,6 +41,7 @@ from bridge.connector.capabilities import (
 from . import bus, codec
 from .core_proxy import CLIENT_CAPS, CONNECTOR_CAPS
 from .op_dedup import OpDedup, open_ops_bucket
+from .op_requests import OpRequests
 from .subjects import OPS_PREFIX, SHARDS_BUCKET, main_shard, network_ops
 from .worker_api import Publisher, WorkerAPI
 
@@ -108,6 +109,13 @@ class Worker:
         self.nc: Client | None = None
         self.leases: Leases | None = None
         self.publisher: Publisher | None = None
+        scale = cfg.scale
+        self.requests = OpRequests(
+            None,
+            self.log.getChild("core-api"),
+            request_timeout_s=scale.request_timeout_s,
+            unowned_notice_s=scale.unowned_notice_s,
+        )
         self.dedup: OpDedup | None = None
         self.running: dict[str, Running] = {}  # connector name -> running here
         self._shard_to_connector: dict[str, str] = {}
@@ -130,6 +138,7 @@ class Worker:
         )
         js = self.nc.jetstream()
         await bus.ensure_events_stream(js)
+        self.requests.nc = self.nc
         self.publisher = Publisher(js, self.log.getChild("publish"))
         self.publisher.start()
         self.dedup = OpDedup(
@@ -160,9 +169,8 @@ class Worker:
             from bridge.connectors_loader import enabled_sections, load_connector_classes
 
             cls = load_connector_classes(self.cfg)[name]
-            connector = cls(
-                WorkerAPI(self.helper, self.publisher), enabled_sections(self.cfg)[name]
-            )
+            api = WorkerAPI(self.helper, self.publisher, self.requests)
+            connector = cls(api, enabled_sections(self.cfg)[name])
             # Asked once, before start (the contract's rule).
             routes = connector.http_routes() if isinstance(connector, HttpRoutes) else []
             began = time.monotonic()

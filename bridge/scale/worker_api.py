@@ -27,7 +27,8 @@ from bridge.connector import (
 )
 
 from . import codec
-from .subjects import events_subject
+from .op_requests import OpRequests, Policy
+from .subjects import CORE_API, events_subject
 
 if TYPE_CHECKING:
     from bridge.bridge import Bridge
@@ -103,9 +104,10 @@ class Publisher:
 class WorkerAPI:
     """``BridgeAPI`` for connectors on a worker."""
 
-    def __init__(self, helper: Bridge, publisher: Publisher) -> None:
+    def __init__(self, helper: Bridge, publisher: Publisher, requests: OpRequests) -> None:
         self._helper = helper
         self._publisher = publisher
+        self._requests = requests
         self.domain = helper.domain
         self.log = helper.log
 
@@ -144,3 +146,11 @@ class WorkerAPI:
 
     def public_url(self, path: str) -> str:
         return self._helper.public_url(path)
+
+    async def link_room(self, user_id: str, room_id: str, portal: PortalKey) -> None:
+        """Matrix logic, and the core's portal records: the core does it."""
+        await self._requests.call_subject(
+            CORE_API,
+            {"method": "link_room", "args": [user_id, room_id, portal]},
+            policy=Policy.BOUNDED,
+        )

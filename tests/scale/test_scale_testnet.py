@@ -268,6 +268,23 @@ async def test_webhooks_commands_and_http_routes_cross_the_bus(
         status, answer = await post(m.group(1), {"text": "deployed over the bus"})
         assert (status, answer["ok"]) == (200, True)
         await ivy.wait_for_event(room, lambda e: body(e) == "deployed over the bus", timeout=30)
+        # In one step, in a room not bridged yet: the worker's connector asks the core to link
+        # the room (BridgeAPI.link_room is Matrix logic: the core's).
+        plain = await ivy.create_room(
+            invite=[BOT], power_level_content_override={"users": {BOT: 100}}
+        )
+        await until(lambda: core.hs.is_joined(plain, BOT), 30, "bot joined")
+        await ivy.send_text(plain, "!mimi webhook create alerts")
+        made = await ivy.wait_for_event(
+            plain, lambda e: e["sender"] == BOT and "Created the webhook" in body(e), timeout=30
+        )
+        assert "Bridged this room to webhooks" in body(made)
+        portal = await core.portal_store.by_room(plain)
+        assert portal is not None and portal.key.network == "webhooks"
+        m2 = URL.search(body(made))
+        assert m2, body(made)
+        assert (await post(m2.group(1), {"text": "alert over the bus"}))[0] == 200
+        await ivy.wait_for_event(plain, lambda e: body(e) == "alert over the bus", timeout=30)
         # With no worker, the route answers 503 in bounded time instead of hanging.
         await d.stop_worker("w1")
         status, _ = await post(m.group(1), {"text": "nobody home"})

@@ -118,11 +118,23 @@ async def stack(
         await close_stack(s)
 
 
-def check(what: str, to_irc: Counts, to_matrix: Counts) -> None:
+def check(what: str, to_irc: Counts, to_matrix: Counts, stack: Stack | None = None) -> None:
     print(f"{what}: Matrix->IRC {to_irc}; IRC->Matrix {to_matrix}")
+    logs = ""
+    if stack is not None:
+        alive = stack.core.proc is not None and stack.core.proc.returncode is None
+        logs = f"\ncore running: {alive}\ncore log:\n{_info(stack.core.tail(200_000))}"
+        for w in stack.workers:
+            logs += f"\nworker {w.name} log:\n{_info(w.tail(200_000))}"
     for direction, c in (("Matrix->IRC", to_irc), ("IRC->Matrix", to_matrix)):
-        assert (c.lost, c.duplicated, c.reordered) == (0, 0, 0), f"{what}, {direction}: {c}"
+        assert (c.lost, c.duplicated, c.reordered) == (0, 0, 0), f"{what}, {direction}: {c}{logs}"
         assert c.sent > 0, f"{what}, {direction}: nothing was sent"
+
+
+def _info(log: str, lines: int = 40) -> str:
+    """The last lines of a log above DEBUG: what a failure report needs."""
+    kept = [ln for ln in log.splitlines() if " DEBUG " not in ln]
+    return "\n".join(kept[-lines:])
 
 
 async def test_irc_one_core_two_workers(stack: Stack) -> None:
@@ -177,7 +189,7 @@ async def test_core_restarts_drop_no_connection(stack: Stack) -> None:
     await stack.core.start(until_started=True)
     await asyncio.sleep(3)
     to_irc, to_matrix = await traffic.settle()
-    check("core SIGTERM + SIGKILL", to_irc, to_matrix)
+    check("core SIGTERM + SIGKILL", to_irc, to_matrix, stack)
     # The workers held every connection: nobody quit, nobody joined again.
     assert stack.quits() == []
     assert stack.joins(stack.bot) == 1 and stack.joins(stack.puppet) == 1
@@ -210,7 +222,7 @@ async def test_worker_kill_moves_irc(stack: Stack) -> None:
     traffic.irc_paused.clear()
     await asyncio.sleep(3)
     to_irc, to_matrix = await traffic.settle()
-    check("worker SIGKILL", to_irc, to_matrix)
+    check("worker SIGKILL", to_irc, to_matrix, stack)
 
 
 async def test_nats_restart(stack: Stack) -> None:
@@ -219,7 +231,7 @@ async def test_nats_restart(stack: Stack) -> None:
     await asyncio.to_thread(stack.nats.restart, 2.0)
     await asyncio.sleep(5)
     to_irc, to_matrix = await traffic.settle()
-    check("nats-server restart", to_irc, to_matrix)
+    check("nats-server restart", to_irc, to_matrix, stack)
 
 
 async def test_postgres_restart(
@@ -244,7 +256,7 @@ async def test_postgres_restart(
             await asyncio.to_thread(pg._start)
             await asyncio.sleep(3)
             to_irc, to_matrix = await traffic.settle(180)
-            check("PostgreSQL restart", to_irc, to_matrix)
+            check("PostgreSQL restart", to_irc, to_matrix, s)
         finally:
             await close_stack(s)
     finally:

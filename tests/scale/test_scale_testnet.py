@@ -291,3 +291,41 @@ async def test_webhooks_commands_and_http_routes_cross_the_bus(
         assert status == 503
     finally:
         await d.close()
+
+
+async def test_redelivered_event_has_no_second_effect(
+    deployment: Deployment, synapse: SynapseServer
+) -> None:
+    """The same remote event twice on the stream (published again after a lost ack with
+    another message id, or delivered again after a core crash): one Matrix message. And the
+    same message id twice: the stream keeps one."""
+    from bridge.connector import RemoteMessage
+    from bridge.scale.subjects import EVENTS_STREAM, events_subject
+
+    await deployment.start_core()
+    worker = await deployment.start_worker("w1")
+    await until(lambda: deployment.holder("testnet"), 30)
+    alice = new_user(synapse)
+    mgmt = await management_room(alice)
+    await command(alice, mgmt, "join testnet #twice", "Invited you")
+    room = await alice.join("#testnet_=23twice:localhost")
+    event = RemoteMessage(
+        portal=PortalKey("testnet", "#twice"),
+        sender=Sender("bob", "Bob"),
+        id="twice-1",
+        content=MessageContent("said once"),
+    )
+    assert worker.nc is not None
+    js = worker.nc.jetstream()
+    subject = events_subject("testnet")
+    before = (await js.stream_info(EVENTS_STREAM)).state.messages
+    await js.publish(subject, codec.encode(event), headers={"Nats-Msg-Id": "first"})
+    again = await js.publish(subject, codec.encode(event), headers={"Nats-Msg-Id": "first"})
+    assert again.duplicate
+    await js.publish(subject, codec.encode(event), headers={"Nats-Msg-Id": "second"})
+    assert (await js.stream_info(EVENTS_STREAM)).state.messages == before + 2
+    tn: Any = deployment.connector("testnet")
+    await tn.remote_message("#twice", "bob", "after")
+    await alice.wait_for_event(room, lambda e: e["content"].get("body") == "after")
+    events = await alice.messages(room, limit=100)
+    assert [e["content"].get("body") for e in events].count("said once") == 1

@@ -171,7 +171,12 @@ class Bridge:
             gate.clear()
         self.status.reset()
         if self.scale is not None:
-            await self.scale.connect()
+            from .scale.bus import BusUnavailable
+
+            try:
+                await self.scale.connect()
+            except BusUnavailable as e:
+                raise StartupError(str(e)) from None
         self._db = await open_database(
             self.cfg.database, self.log.getChild("db"), self.connectors.values()
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -12,10 +14,16 @@ from nats.js.errors import BadRequestError
 
 from .subjects import EVENTS_PREFIX, EVENTS_STREAM
 
+FIRST_CONNECT_S = 15.0
+
+
+class BusUnavailable(Exception):
+    """NATS could not be reached at start-up (one line, for the admin)."""
+
 
 async def connect(url: str, name: str, log: logging.Logger) -> Client:
     """Connect, and keep reconnecting for as long as the process runs: a NATS restart is a
-    pause, not a failure."""
+    pause, not a failure. Raises :class:`BusUnavailable` when the first connection fails."""
 
     async def disconnected() -> None:
         log.warning("NATS connection lost; reconnecting")
@@ -26,6 +34,21 @@ async def connect(url: str, name: str, log: logging.Logger) -> Client:
     async def error(e: Exception) -> None:
         log.debug("NATS: %s", e)
 
+    try:
+        # The client retries a first connection forever too: bound it, for a clear error.
+        return await asyncio.wait_for(
+            _connect(url, name, disconnected, reconnected, error), FIRST_CONNECT_S
+        )
+    except TimeoutError as e:
+        raise BusUnavailable(
+            f"scale.nats_url: cannot reach NATS at {url} (no answer in {FIRST_CONNECT_S:.0f} s)"
+        ) from e
+    except Exception as e:  # refused, DNS, TLS...
+        reason = str(e) or type(e).__name__
+        raise BusUnavailable(f"scale.nats_url: cannot reach NATS at {url} ({reason})") from e
+
+
+async def _connect(url: str, name: str, disconnected: Any, reconnected: Any, error: Any) -> Client:
     return await nats.connect(
         url,
         name=name,

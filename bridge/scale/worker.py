@@ -127,15 +127,15 @@ class Worker:
         from bridge.db import open_database
 
         assert self.cfg.scale.nats_url is not None
+        self.nc = await bus.connect(
+            self.cfg.scale.nats_url, f"mimi-worker {self.worker_id}", self.log
+        )
         self.helper.load_connectors()  # pure instances: namespaces and ghost ids
         self.helper._db = await open_database(
             self.cfg.database, self.log.getChild("db"), self.helper.connectors.values()
         )
         await self.helper.hs.open()
         self.helper.media_links.session = self.helper.hs.session
-        self.nc = await bus.connect(
-            self.cfg.scale.nats_url, f"mimi-worker {self.worker_id}", self.log
-        )
         js = self.nc.jetstream()
         await bus.ensure_events_stream(js)
         self.requests.nc = self.nc
@@ -363,11 +363,16 @@ async def run_worker(cfg: BridgeConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from bridge.db import DatabaseUnavailable
+
     try:
         await worker.start()
         await stop.wait()
         log.info("stopping")
         return 0
+    except (bus.BusUnavailable, DatabaseUnavailable) as e:
+        log.error("cannot start: %s", e)
+        return 1
     except Exception:
         log.exception("the worker failed")
         return 1

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bridge.config import load
+from tests.harness.ports import free_port
+from tests.harness.postgres import PostgresServer
 from tests.test_config_cli import example, run
 
 
@@ -43,3 +47,25 @@ def test_worker_needs_nats(tmp_path: Path) -> None:
     res = run("-c", str(example(tmp_path)), "worker")
     assert res.returncode == 2
     assert "scale.nats_url: a worker needs the NATS server" in res.stderr
+
+
+def _unreachable_nats(tmp_path: Path, postgres: PostgresServer) -> Path:
+    path = example(tmp_path, "  nats_url: null", f"  nats_url: nats://127.0.0.1:{free_port()}")
+    text = path.read_text()
+    db = next(line for line in text.splitlines() if line.strip().startswith("database:"))
+    url = postgres.create_database(f"scale_cfg_{free_port()}")
+    text = text.replace(db, f"  database: {url}")
+    for key in ("as_token", "hs_token", "credentials_key"):
+        text = text.replace(f"{key}: generate", f"{key}: token-for-{key}-0123456789")
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("role", [[], ["worker"]], ids=["core", "worker"])
+def test_unreachable_nats_is_one_clear_line(
+    tmp_path: Path, postgres: PostgresServer, role: list[str]
+) -> None:
+    res = run("-c", str(_unreachable_nats(tmp_path, postgres)), *role)
+    assert res.returncode == 1, res.stderr
+    assert "cannot start: scale.nats_url: cannot reach NATS at nats://127.0.0.1:" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -7,7 +7,8 @@ import asyncio
 import logging
 import random
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from mautrix.util.async_db import Database
 
@@ -49,6 +50,9 @@ from .metrics import INTERNAL_ERROR, BridgeMetrics
 from .ordered_queue import OrderedQueues
 from .portals import PortalManager
 from .status import Status
+
+if TYPE_CHECKING:
+    from .scale.core import ScaleCore
 
 STOP_DRAIN_SECONDS = 15.0
 
@@ -104,6 +108,12 @@ class Bridge:
         self.encryption_required = EncryptionRequirement(self)
         self.remote_handler = RemoteHandler(self)
         self.commands = CommandProcessor(self)
+        # Scale-out mode: connectors are proxies of the workers' (docs/scale-out.md).
+        self.scale: ScaleCore | None = None
+        if cfg.scale.enabled:
+            from .scale.core import ScaleCore as _ScaleCore
+
+            self.scale = _ScaleCore(cfg.scale, self.log.getChild("scale"))
 
     # --- stores ---------------------------------------------------------------------
 
@@ -150,6 +160,8 @@ class Bridge:
         sections = enabled_sections(self.cfg)
         for name, cls in classes.items():
             connector = cls(self, sections[name])
+            if self.scale is not None:
+                connector = self.scale.proxy(connector)  # the real one runs on a worker
             self.connectors[name] = connector
             started = asyncio.Event()
             for ns in connector.namespaces():
@@ -165,6 +177,13 @@ class Bridge:
         for gate in self._started.values():
             gate.clear()
         self.status.reset()
+        if self.scale is not None:
+            from .scale.bus import BusUnavailable
+
+            try:
+                await self.scale.connect()
+            except BusUnavailable as e:
+                raise StartupError(str(e)) from None
         self._db = await open_database(
             self.cfg.database, self.log.getChild("db"), self.connectors.values()
         )
@@ -214,6 +233,8 @@ class Bridge:
             for ns in connector.namespaces():
                 self._started[ns.network].set()
         await self.matrix_handler.resume_waiting()
+        if self.scale is not None:
+            await self.scale.start_intake(self.submit_remote, self.link_room)
         self.log.info("bridge started with %s", ", ".join(self.networks) or "no networks")
 
     async def _hand_room_keys(self) -> None:
@@ -298,6 +319,8 @@ class Bridge:
         self._stopping.set()
         if self.server:
             await self.server.stop()
+        if self.scale is not None:
+            await self.scale.stop_intake()
         self.matrix_handler.stop_waiting()
         await self.commands.close()
         # Events already acknowledged to the homeserver are finished before the connectors
@@ -317,6 +340,8 @@ class Bridge:
             await self.transactions.close()
         except Exception as e:  # still pending: replayed, and recognised, at the next start
             self.log.warning("could not mark the last handled events done: %s", e)
+        if self.scale is not None:
+            await self.scale.close()
         if self.crypto is not None:
             await self.crypto.stop()
             self.crypto = None
@@ -414,12 +439,26 @@ class Bridge:
     # --- BridgeAPI ------------------------------------------------------------------
 
     async def emit(self, event: RemoteEvent) -> None:
+        self.submit_remote(event)
+
+    def submit_remote(
+        self, event: RemoteEvent, done: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Queue a remote event behind the others of its portal; ``done`` is awaited once it
+        was handled (bridged, or its failure told), not when the bridge stops first."""
         self.metrics.remote_received(event)
-        self.queues.submit(
-            ("remote", event.portal),
-            lambda: self._remote_job(event),
-            lambda error: self.remote_handler.failed(event, error),
-        )
+
+        async def job() -> None:
+            await self._remote_job(event)
+            if done is not None:
+                await done()
+
+        async def failed(error: Exception) -> None:
+            await self.remote_handler.failed(event, error)
+            if done is not None:
+                await done()
+
+        self.queues.submit(("remote", event.portal), job, failed)
 
     async def _remote_job(self, event: RemoteEvent) -> None:
         try:
@@ -622,11 +661,18 @@ class Bridge:
         async def run() -> None:
             if not await self._until_room_ready(pe.room_id):
                 return  # stopping: still pending, replayed at the next start
+            keep = False
             try:
                 await self.matrix_handler.handle(pe.event)
+            except asyncio.CancelledError:
+                # Scale-out mode, stopping while it waits for a worker: still pending, replayed
+                # at the next start (the worker dedups what it already performed).
+                keep = self.scale is not None
+                raise
             finally:
-                self.transactions.handled(pe.seq)  # deleted with the next transaction
-                self.metrics.matrix_finished(str(pe.event.get("event_id")))
+                if not keep:
+                    self.transactions.handled(pe.seq)  # deleted with the next transaction
+                    self.metrics.matrix_finished(str(pe.event.get("event_id")))
 
         return run
 

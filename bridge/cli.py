@@ -29,6 +29,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument(
+        "role",
+        nargs="?",
+        choices=["worker"],
+        help="worker: run the connectors for a core in scale-out mode (scale.nats_url;"
+        " docs/scale-out.md)",
+    )
+    p.add_argument(
         "-c",
         "--config",
         type=Path,
@@ -181,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cfgmod.load(args.config)
         if args.show_recovery_key:
             return asyncio.run(show_recovery_key(cfg))
+        if args.role == "worker" and not cfg.scale.enabled:
+            raise cfgmod.ConfigError(
+                "scale.nats_url", "a worker needs the NATS server of its core (docs/scale-out.md)"
+            )
         from .connectors_loader import load_connector_classes
 
         load_connector_classes(cfg)
@@ -194,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(cfg.logging)
     for warning in cfg.warnings:
         logging.getLogger("mimi.config").warning("%s", warning)
+    if args.role == "worker":
+        from .scale.worker import run_worker
+
+        return asyncio.run(run_worker(cfg))
     return asyncio.run(run(cfg))
 
 

@@ -88,6 +88,21 @@ class DoublePuppetConfig:
 
 
 @dataclass(slots=True)
+class ScaleConfig:
+    """Scale-out mode (docs/scale-out.md). ``nats_url`` None: one process, as always."""
+
+    nats_url: str | None = None
+    worker_id: str | None = None  # default: <hostname>-<pid>
+    request_timeout_s: float = 30.0
+    unowned_notice_s: float = 60.0
+    op_dedup_s: float = 600.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.nats_url is not None
+
+
+@dataclass(slots=True)
 class BridgeConfig:
     path: Path
     hs_address: str
@@ -119,6 +134,7 @@ class BridgeConfig:
     provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     double_puppet: DoublePuppetConfig = field(default_factory=DoublePuppetConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
 
     @property
     def bot_mxid(self) -> str:
@@ -354,6 +370,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
 
     provisioning = _provisioning(root.section("provisioning", required=False))
     metrics = _metrics(root.section("metrics", required=False), port)
+    scale = _scale(root.section("scale", required=False), database)
     log_cfg = root.get("logging", dict, {"level": "INFO"})
     connectors_r = root.get("connectors", dict, {})
     connectors = {str(k): dict(v or {}) for k, v in connectors_r.items()}
@@ -391,6 +408,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> BridgeConfig:
         provisioning=provisioning,
         metrics=metrics,
         double_puppet=double_puppet,
+        scale=scale,
     )
 
 
@@ -436,6 +454,30 @@ def _metrics(r: _Reader, as_port: int) -> MetricsConfig:
         raise ConfigError(r.key("listen"), f"port {port} is the appservice port; pick another")
     r.finish()
     return MetricsConfig(enabled, host, port)
+
+
+def _scale(r: _Reader, database: str) -> ScaleConfig:
+    url = r.get("nats_url", str, None) or None
+    if url is not None and not url.startswith(("nats://", "tls://")):
+        raise ConfigError(r.key("nats_url"), f"must be a nats:// or tls:// URL, not {url!r}")
+    if url is not None and database.startswith("sqlite"):
+        raise ConfigError(
+            r.key("nats_url"),
+            "scale-out mode needs PostgreSQL (appservice.database: postgres://...), not SQLite",
+        )
+    numbers = {}
+    for key, default in (
+        ("request_timeout_s", 30.0),
+        ("unowned_notice_s", 60.0),
+        ("op_dedup_s", 600.0),
+    ):
+        value = float(r.get(key, (int, float), default))
+        if value <= 0:
+            raise ConfigError(r.key(key), "must be more than 0")
+        numbers[key] = value
+    cfg = ScaleConfig(url, r.get("worker_id", str, None) or None, **numbers)
+    r.finish()
+    return cfg
 
 
 def load(path: Path) -> BridgeConfig:

@@ -1,0 +1,380 @@
+"""``mimi-bridge -c config.yaml worker``: runs connectors and holds their connections.
+
+A worker runs a connector while it holds the lease of the connector's main shard (the main
+shard of its first network; see docs/scale-out.md, "Shards and leases"), loaded by the same
+plugin loader as in single-process mode, against :class:`~.worker_api.WorkerAPI`. It answers
+the operations of every shard of the connector's networks, each once per operation id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from bridge.config import BridgeConfig
+from bridge.connector import (
+    ConnectorError,
+    MatrixUser,
+    NetworkClient,
+    NetworkConnector,
+    NotSupported,
+    PortalKey,
+)
+from bridge.connector.capabilities import (
+    CommandRoom,
+    ExtraCommands,
+    HttpRequest,
+    HttpResponse,
+    HttpRoute,
+    HttpRoutes,
+)
+
+from . import bus, codec
+from .core_proxy import CLIENT_CAPS, CONNECTOR_CAPS
+from .op_dedup import OpDedup, open_ops_bucket
+from .op_requests import OpRequests
+from .subjects import OPS_PREFIX, SHARDS_BUCKET, main_shard, network_ops
+from .worker_api import Publisher, WorkerAPI
+
+STOP_FLUSH_S = 10.0
+
+CONNECTOR_METHODS = {"resolve_portal", "resolve_ghost", "portal_opened", "portal_closed"}
+CONNECTOR_METHODS |= {m for _, methods in CONNECTOR_CAPS.values() for m in methods}
+CLIENT_METHODS = {"handle_matrix_message"}
+CLIENT_METHODS |= {m for _, methods in CLIENT_CAPS.values() for m in methods}
+# Reads: answered again on a retry (no effect on the network to guard).
+READS = {"client_for", "relay_client", "resolve_portal", "resolve_ghost", "fetch_history"}
+READS |= {"thirdparty_locations", "thirdparty_users", "connection_states", "open_dm"}
+
+
+class Leases(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self, release: bool = True) -> None: ...
+
+    def owned(self) -> frozenset[str]: ...
+
+
+LeasesFactory = Callable[..., Leases]
+
+
+def default_leases(
+    js: Any,
+    worker_id: str,
+    shards: Sequence[str],
+    *,
+    on_gain: Callable[[str], Awaitable[None]],
+    on_lose: Callable[[str], Awaitable[None]],
+) -> Leases:
+    from .leases import ShardLeases
+
+    return ShardLeases(
+        js, worker_id, shards, on_gain=on_gain, on_lose=on_lose, bucket=SHARDS_BUCKET
+    )
+
+
+@dataclass
+class Running:
+    connector: NetworkConnector
+    subscriptions: list[Subscription] = field(default_factory=list)
+    routes: list[HttpRoute] = field(default_factory=list)
+
+
+class Worker:
+    def __init__(
+        self,
+        cfg: BridgeConfig,
+        log: logging.Logger | None = None,
+        leases_factory: LeasesFactory = default_leases,
+    ) -> None:
+        from bridge.bridge import Bridge
+
+        assert cfg.scale.nats_url is not None
+        self.cfg = cfg
+        self.log = log or logging.getLogger("mimi.worker")
+        self.worker_id = cfg.scale.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        # Never started: its stores and homeserver client serve the connectors' queries.
+        self.helper = Bridge(cfg, self.log.getChild("api"))
+        self.helper.scale = None  # its connectors are the real classes, never started
+        self.leases_factory = leases_factory
+        self.nc: Client | None = None
+        self.leases: Leases | None = None
+        self.publisher: Publisher | None = None
+        scale = cfg.scale
+        self.requests = OpRequests(
+            None,
+            self.log.getChild("core-api"),
+            request_timeout_s=scale.request_timeout_s,
+            unowned_notice_s=scale.unowned_notice_s,
+        )
+        self.dedup: OpDedup | None = None
+        self.running: dict[str, Running] = {}  # connector name -> running here
+        self._shard_to_connector: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+        self.gained_at: dict[str, float] = {}
+
+    async def start(self) -> None:
+        from bridge.db import open_database
+
+        assert self.cfg.scale.nats_url is not None
+        self.nc = await bus.connect(
+            self.cfg.scale.nats_url, f"mimi-worker {self.worker_id}", self.log
+        )
+        self.helper.load_connectors()  # pure instances: namespaces and ghost ids
+        self.helper._db = await open_database(
+            self.cfg.database, self.log.getChild("db"), self.helper.connectors.values()
+        )
+        await self.helper.hs.open()
+        self.helper.media_links.session = self.helper.hs.session
+        js = self.nc.jetstream()
+        await bus.ensure_events_stream(js)
+        self.requests.nc = self.nc
+        self.publisher = Publisher(js, self.log.getChild("publish"))
+        self.publisher.start()
+        self.dedup = OpDedup(
+            await open_ops_bucket(js, self.cfg.scale.op_dedup_s), self.log.getChild("dedup")
+        )
+        for name, connector in self.helper.connectors.items():
+            self._shard_to_connector[main_shard(connector.namespaces()[0].network)] = name
+        self.leases = self.leases_factory(
+            js,
+            self.worker_id,
+            sorted(self._shard_to_connector),
+            on_gain=self._gain,
+            on_lose=self._lose,
+        )
+        await self.leases.start()
+        self.log.info("worker %s started for %s", self.worker_id, ", ".join(self.helper.connectors))
+
+    # --- leases -----------------------------------------------------------------------------
+
+    async def _gain(self, shard: str) -> None:
+        name = self._shard_to_connector.get(shard)
+        if name is None:
+            return
+        async with self._lock:
+            if name in self.running:
+                return
+            assert self.nc is not None and self.publisher is not None
+            from bridge.connectors_loader import enabled_sections, load_connector_classes
+
+            cls = load_connector_classes(self.cfg)[name]
+            api = WorkerAPI(self.helper, self.publisher, self.requests)
+            connector = cls(api, enabled_sections(self.cfg)[name])
+            # Asked once, before start (the contract's rule).
+            routes = connector.http_routes() if isinstance(connector, HttpRoutes) else []
+            began = time.monotonic()
+            await connector.start()
+            running = Running(connector, routes=routes)
+            for ns in connector.namespaces():
+                running.subscriptions.append(
+                    await self.nc.subscribe(network_ops(ns.network), cb=self._on_op)
+                )
+            self.running[name] = running
+            self.gained_at[name] = time.monotonic()
+            self.log.info(
+                "connector %s started here (shard %s) in %.1f s",
+                name,
+                shard,
+                time.monotonic() - began,
+            )
+
+    async def _lose(self, shard: str) -> None:
+        name = self._shard_to_connector.get(shard)
+        if name is None:
+            return
+        async with self._lock:
+            running = self.running.pop(name, None)
+            if running is None:
+                return
+            for sub in running.subscriptions:
+                try:
+                    await sub.unsubscribe()
+                except Exception as e:
+                    self.log.debug("unsubscribe: %s", e)
+            try:
+                await running.connector.stop()
+            except Exception:
+                self.log.exception("connector %s did not stop cleanly", name)
+            self.log.info("connector %s stopped here (shard %s lost)", name, shard)
+
+    # --- operations -------------------------------------------------------------------------
+
+    async def _on_op(self, msg: Msg) -> None:
+        # Each in its own task: a slow send must not hold other portals' operations (the core
+        # sends one operation of a portal at a time, so order within a portal holds).
+        task = asyncio.create_task(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, msg: Msg) -> None:
+        try:
+            request = codec.decode(msg.data)
+            if not isinstance(request, dict):
+                raise codec.CodecError("not a request")
+        except codec.CodecError as e:
+            self.log.error("malformed operation on %s: %s", msg.subject, e)
+            await msg.respond(codec.encode({"error": {"type": "internal", "message": str(e)}}))
+            return
+        shard = msg.subject[len(OPS_PREFIX) + 1 :]
+        method = str(request.get("method"))
+        op_id = str(request.get("op_id"))
+
+        async def perform() -> bytes:
+            return codec.encode(await self._perform(request))
+
+        assert self.dedup is not None
+        if method in READS:
+            answer = await perform()
+        else:
+            answer = await self.dedup.run(shard, op_id, perform)
+        try:
+            await msg.respond(answer)
+        except Exception as e:  # the core retries with the same id and gets the stored answer
+            self.log.info("answer to %s lost: %s", method, e)
+
+    async def _perform(self, request: dict[str, Any]) -> dict[str, Any]:
+        name = str(request.get("connector"))
+        method = str(request.get("method"))
+        args = list(request.get("args") or [])
+        running = self.running.get(name)
+        try:
+            if running is None:
+                raise ConnectorError(f"the {name} connector is not running on this worker")
+            if method == "http":
+                result = await _http(running, *args)
+            else:
+                result = await self._dispatch(running.connector, request, method, args)
+            return {"ok": result}
+        except NotSupported as e:
+            return {"error": {"type": "NotSupported", "message": str(e)}}
+        except ConnectorError as e:
+            return {"error": {"type": "ConnectorError", "message": str(e)}}
+        except Exception as e:
+            self.log.exception("%s.%s failed", name, method)
+            return {"error": {"type": "internal", "message": f"{type(e).__name__} on a worker"}}
+
+    async def _dispatch(
+        self, connector: NetworkConnector, request: dict[str, Any], method: str, args: list[Any]
+    ) -> Any:
+        target = request.get("target")
+        if target == "connector":
+            if method == "client_for":
+                return _client_answer(await connector.client_for(args[0], args[1]))
+            if method == "relay_client":
+                return _client_answer(await connector.relay_client(args[0]))
+            if method == "command":
+                return await _run_command(connector, *args)
+            if method not in CONNECTOR_METHODS or not hasattr(connector, method):
+                raise ConnectorError(f"{connector.display_name} cannot do {method}")
+            return await getattr(connector, method)(*args)
+        user, portal = request.get("user"), request.get("portal")
+        if not isinstance(portal, PortalKey):
+            raise ConnectorError("an operation without its portal")
+        client: NetworkClient | None
+        if target == "client" and isinstance(user, MatrixUser):
+            client = await connector.client_for(user, portal)
+        else:
+            client = await connector.relay_client(portal)
+        if client is None:
+            raise ConnectorError(f"nobody speaks for you on {connector.display_name} any more")
+        if method not in CLIENT_METHODS or not hasattr(client, method):
+            raise NotSupported(f"{connector.display_name} cannot carry this")
+        return await getattr(client, method)(*args)
+
+    # --- stop -------------------------------------------------------------------------------
+
+    async def stop(self, release: bool = True) -> None:
+        """Stop the connectors and give the leases back (``release``), so that another worker
+        takes them over at once."""
+        if self.leases is not None:
+            await self.leases.stop(release=release)
+            self.leases = None
+        for shard, name in list(self._shard_to_connector.items()):
+            if name in self.running:
+                await self._lose(shard)
+        for task in list(self._tasks):
+            task.cancel()
+        if self.publisher is not None:
+            await self.publisher.flush(STOP_FLUSH_S)
+            await self.publisher.stop()
+        if self.nc is not None:
+            try:
+                await self.nc.drain()
+            except Exception:
+                await self.nc.close()
+            self.nc = None
+        await self.helper.hs.close()
+        if self.helper._db is not None:
+            await self.helper._db.stop()
+            self.helper._db = None
+
+
+def _client_answer(client: NetworkClient | None) -> dict[str, Any] | None:
+    if client is None:
+        return None
+    names = [name for name, (protocol, _) in CLIENT_CAPS.items() if isinstance(client, protocol)]
+    return {"handle": f"{id(client):x}", "caps": names}
+
+
+async def _http(running: Running, method: str, path: str, request: HttpRequest) -> HttpResponse:
+    for route in running.routes:
+        if route.method.upper() == method.upper() and route.path == path:
+            return await route.handler(request)
+    return HttpResponse(404, {"error": f"no route {method} {path} on this worker"})
+
+
+async def _run_command(
+    connector: NetworkConnector,
+    name: str,
+    user: MatrixUser,
+    args: list[str],
+    room: CommandRoom | None,
+) -> str:
+    if not isinstance(connector, ExtraCommands):
+        raise ConnectorError(f"{connector.display_name} has no commands")
+    for command in connector.commands():
+        if command.name != name:
+            continue
+        if command.room_handler is not None and room is not None:
+            return await command.room_handler(user, args, room)
+        if command.handler is not None:
+            return await command.handler(user, args)
+    raise ConnectorError(f"{connector.display_name} has no command {name!r}")
+
+
+async def run_worker(cfg: BridgeConfig) -> int:
+    """The worker process: run until SIGTERM or SIGINT, then hand the shards over."""
+    import signal
+
+    log = logging.getLogger("mimi.worker")
+    worker = Worker(cfg, log)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    from bridge.db import DatabaseUnavailable
+
+    try:
+        await worker.start()
+        await stop.wait()
+        log.info("stopping")
+        return 0
+    except (bus.BusUnavailable, DatabaseUnavailable) as e:
+        log.error("cannot start: %s", e)
+        return 1
+    except Exception:
+        log.exception("the worker failed")
+        return 1
+    finally:
+        await worker.stop()

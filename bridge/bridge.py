@@ -234,7 +234,9 @@ class Bridge:
                 self._started[ns.network].set()
         await self.matrix_handler.resume_waiting()
         if self.scale is not None:
-            await self.scale.start_intake(self.submit_remote, self.link_room)
+            await self.scale.start_intake(
+                self.submit_remote, self.link_room, self.connection_changed
+            )
         self.log.info("bridge started with %s", ", ".join(self.networks) or "no networks")
 
     async def _hand_room_keys(self) -> None:

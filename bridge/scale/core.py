@@ -12,7 +12,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from bridge.config import ScaleConfig
-from bridge.connector import ConnectorError, NetworkConnector, PortalKey, RemoteEvent
+from bridge.connector import (
+    ConnectionChange,
+    ConnectorError,
+    NetworkConnector,
+    PortalKey,
+    RemoteEvent,
+)
 
 from . import bus, codec
 from .core_proxy import ConnectorProxy, proxy_for
@@ -51,12 +57,14 @@ class ScaleCore:
         self,
         submit: Callable[[RemoteEvent, Callable[[], Awaitable[None]]], None],
         link_room: Callable[[str, str, PortalKey], Awaitable[None]],
+        connection_changed: Callable[[ConnectionChange], None],
     ) -> None:
         """Take remote events from the stream, and answer what workers ask of the core."""
         assert self.nc is not None
         self.consumer = EventConsumer(self.nc.jetstream(), submit, self.log.getChild("events"))
         await self.consumer.start()
         self._link_room = link_room
+        self._connection_changed = connection_changed
         self.api = await self.nc.subscribe(CORE_API, queue="mimi-core", cb=self._on_api)
 
     async def _on_api(self, msg: Msg) -> None:
@@ -67,10 +75,17 @@ class ScaleCore:
     async def _answer_api(self, msg: Msg) -> None:
         try:
             request = codec.decode(msg.data)
-            if not isinstance(request, dict) or request.get("method") != "link_room":
+            method = request.get("method") if isinstance(request, dict) else None
+            if method == "link_room":
+                user_id, room_id, portal = request["args"]
+                await self._link_room(str(user_id), str(room_id), portal)
+            elif method == "connection_changed":
+                (change,) = request["args"]
+                if not isinstance(change, ConnectionChange):
+                    raise codec.CodecError("connection_changed takes a ConnectionChange")
+                self._connection_changed(change)
+            else:
                 raise codec.CodecError("not a request the core answers")
-            user_id, room_id, portal = request["args"]
-            await self._link_room(str(user_id), str(room_id), portal)
             answer: dict[str, Any] = {"ok": None}
         except ConnectorError as e:
             answer = {"error": {"type": "ConnectorError", "message": str(e)}}

@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 
 from bridge.connector import (
     Attachment,
+    ConnectionChange,
     Login,
     MatrixUser,
     PortalKey,
@@ -110,6 +111,9 @@ class WorkerAPI:
         self._requests = requests
         self.domain = helper.domain
         self.log = helper.log
+        # Users' connection changes, for the core (which tells them), one after the other.
+        self._changes: asyncio.Queue[ConnectionChange] = asyncio.Queue()
+        self._changer: asyncio.Task[None] | None = None
 
     async def emit(self, event: RemoteEvent) -> None:
         self._publisher.put(event)
@@ -146,6 +150,27 @@ class WorkerAPI:
 
     def public_url(self, path: str) -> str:
         return self._helper.public_url(path)
+
+    def connection_changed(self, change: ConnectionChange) -> None:
+        """The core keeps users' connection states and tells them: sent there in order, the
+        connector not waiting (it calls this from protocol callbacks)."""
+        self._changes.put_nowait(change)
+        if self._changer is None or self._changer.done():
+            self._changer = asyncio.get_running_loop().create_task(self._send_changes())
+
+    async def _send_changes(self) -> None:
+        while not self._changes.empty():
+            change = self._changes.get_nowait()
+            try:
+                await self._requests.call_subject(
+                    CORE_API,
+                    {"method": "connection_changed", "args": [change]},
+                    policy=Policy.BOUNDED,
+                )
+            except Exception as e:  # the user misses a notice; the state is sent again later
+                self.log.info(
+                    "connection change of %s not given to the core: %s", change.user_id, e
+                )
 
     async def link_room(self, user_id: str, room_id: str, portal: PortalKey) -> None:
         """Matrix logic, and the core's portal records: the core does it."""

@@ -329,3 +329,30 @@ async def test_redelivered_event_has_no_second_effect(
     await alice.wait_for_event(room, lambda e: e["content"].get("body") == "after")
     events = await alice.messages(room, limit=100)
     assert [e["content"].get("body") for e in events].count("said once") == 1
+
+
+async def test_connection_changes_on_a_worker_reach_the_user(
+    deployment: Deployment, synapse: SynapseServer
+) -> None:
+    """A connector on a worker reports a user's connection: the core keeps the state and the
+    management room is told once of the drop and once of the recovery."""
+    from bridge.connector import ConnectionState
+
+    await deployment.start_core()
+    await deployment.start_worker("w1")
+    await until(lambda: deployment.holder("testnet"), 30, "a worker runs testnet")
+    ann = new_user(synapse)
+    mgmt = await management_room(ann)
+    await command(ann, mgmt, "login testnet ann-remote", "Logged in")
+    tn: Any = deployment.connector("testnet")
+    for _ in range(3):
+        tn.set_connection(ann.user_id, "ann-remote", ConnectionState.DISCONNECTED, "reset")
+        tn.set_connection(ann.user_id, "ann-remote", ConnectionState.CONNECTING)
+    await ann.wait_for_event(mgmt, lambda e: "was lost" in e["content"].get("body", ""), 30)
+    tn.set_connection(ann.user_id, "ann-remote", ConnectionState.CONNECTED)
+    await ann.wait_for_event(mgmt, lambda e: "is back (" in e["content"].get("body", ""), 30)
+    reply = await command(ann, mgmt, "list", "ann-remote: connected since")
+    assert "UTC (" in reply
+    bodies = [e["content"].get("body", "") for e in await ann.messages(mgmt, limit=50)]
+    assert sum("was lost" in b for b in bodies) == 1
+    assert sum("is back (" in b for b in bodies) == 1

@@ -44,6 +44,7 @@ CLIENT_CAPS: dict[str, tuple[type, tuple[str, ...]]] = {
     "MembershipHandling": (caps.MembershipHandling, ("handle_matrix_membership",)),
     "PowerLevelHandling": (caps.PowerLevelHandling, ("handle_matrix_power_level",)),
     "RoomMetaHandling": (caps.RoomMetaHandling, ("handle_matrix_room_meta",)),
+    "AccessHandling": (caps.AccessHandling, ("handle_matrix_access",)),
     "ProfileHandling": (caps.ProfileHandling, ("handle_matrix_profile",)),
     "PresenceHandling": (caps.PresenceHandling, ("handle_matrix_presence",)),
 }
@@ -53,6 +54,7 @@ CONNECTOR_CAPS: dict[str, tuple[type, tuple[str, ...]]] = {
     "LoginCapable": (caps.LoginCapable, ("login", "logout")),
     "DirectMessaging": (caps.DirectMessaging, ("open_dm",)),
     "Plumbing": (caps.Plumbing, ("link",)),
+    "LinkConsent": (caps.LinkConsent, ("request_link",)),
     "Backfilling": (caps.Backfilling, ("fetch_history",)),
     "ThirdPartyLookup": (caps.ThirdPartyLookup, ("thirdparty_locations", "thirdparty_users")),
     "ConnectionReporting": (caps.ConnectionReporting, ("connection_states",)),

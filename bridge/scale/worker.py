@@ -36,6 +36,7 @@ from bridge.connector.capabilities import (
     HttpResponse,
     HttpRoute,
     HttpRoutes,
+    RoomKeys,
 )
 
 from . import bus, codec
@@ -173,6 +174,7 @@ class Worker:
             connector = cls(api, enabled_sections(self.cfg)[name])
             # Asked once, before start (the contract's rule).
             routes = connector.http_routes() if isinstance(connector, HttpRoutes) else []
+            await self._hand_room_keys(connector)
             began = time.monotonic()
             await connector.start()
             running = Running(connector, routes=routes)
@@ -188,6 +190,21 @@ class Worker:
                 shard,
                 time.monotonic() - began,
             )
+
+    async def _hand_room_keys(self, connector: NetworkConnector) -> None:
+        """The keys of keyed rooms (``join <network> <room> <key>``) before the connector
+        starts, so that it rejoins them, as the core does in one process."""
+        from bridge.actions import UserActions
+
+        if not isinstance(connector, RoomKeys):
+            return
+        actions = UserActions(self.helper)
+        networks = {ns.network for ns in connector.namespaces()}
+        for portal in await self.helper.portal_store.all():
+            if portal.key.network in networks and "room_key" in portal.metadata:
+                key = actions.room_key_of(portal)
+                if key is not None:
+                    connector.set_room_key(portal.key, key)
 
     async def _lose(self, shard: str) -> None:
         name = self._shard_to_connector.get(shard)

@@ -79,6 +79,25 @@ async def test_transactions_durable_and_idempotent(database_url: str) -> None:
         await db.stop()
 
 
+async def test_a_transaction_id_reused_with_new_events_is_handled(database_url: str) -> None:
+    """A homeserver whose transaction counter started again (its database or registration
+    replaced) sends ids the bridge has seen, with events it has not: they are not lost."""
+    db = await open_database(database_url)
+    try:
+        txns = TransactionStore(db)
+        old = {"room_id": "!a:x", "type": "m.room.message", "event_id": "$before"}
+        first = await txns.record("8", [old])
+        assert first is not None
+        await txns.done(first[0].seq)
+        invite = {"room_id": "!dm:x", "type": "m.room.member", "event_id": "$invite"}
+        again = await txns.record("8", [invite])
+        assert again is not None and [p.event["event_id"] for p in again] == ["$invite"]
+        # The same transaction once more is a replay: nothing new.
+        assert await txns.record("8", [invite]) is None
+    finally:
+        await db.stop()
+
+
 async def test_an_event_redelivered_in_another_transaction_is_recorded_once(
     database_url: str,
 ) -> None:

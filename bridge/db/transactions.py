@@ -77,7 +77,8 @@ class TransactionStore:
         self._flushing: asyncio.Task[None] | None = None
 
     async def record(self, txn_id: str, events: list[dict[str, Any]]) -> list[PendingEvent] | None:
-        """Store a transaction and its events atomically. None if it was seen before."""
+        """Store a transaction and its events atomically. None if it was seen before: its id
+        known and none of its events new."""
         now = int(time.time() * 1000)
         if now - self._pruned_at > _PRUNE_EVERY_MS:
             self._pruned_at = now
@@ -89,48 +90,64 @@ class TransactionStore:
         done, self._done = self._done, []
         try:
             if is_sqlite(self.db):
-                return await in_sqlite_thread(
+                seen, out = await in_sqlite_thread(
                     self.db, lambda c: self._record_sqlite(c, txn_id, now, rows, done)
                 )
-            return await self._record_pg(txn_id, now, rows, done)
+            else:
+                seen, out = await self._record_pg(txn_id, now, rows, done)
         except BaseException:
             self._done[:0] = done  # deleted with a later one
             raise
+        if not seen:
+            return out
+        if not out:
+            return None  # a replay: every event came before
+        # The id is known, the events are not: the homeserver's transaction counter started
+        # again (its database or the registration was replaced). Dropping them would lose
+        # messages; the event ids keep true replays out.
+        self.log.warning(
+            "transaction %s reused by the homeserver with %d new events: handled as new",
+            txn_id,
+            len(out),
+        )
+        return out
 
     @staticmethod
     def _record_sqlite(
         c: sqlite3.Connection, txn_id: str, now: int, rows: list[Any], done: list[int]
-    ) -> list[PendingEvent] | None:
+    ) -> tuple[bool, list[PendingEvent]]:
         for query, args in _delete_done(done):
             c.execute(sqlite_query(query), args)
-        if c.execute(sqlite_query(_NEW_TXN), (txn_id, now)).fetchone() is None:
-            return None  # seen before (the deletions are committed all the same)
+        seen = c.execute(sqlite_query(_NEW_TXN), (txn_id, now)).fetchone() is None
         out = []
         for event_id, room_id, raw, evt in rows:
             if isinstance(event_id, str) and event_id:
                 if c.execute(sqlite_query(_NEW_EVENT), (event_id, now)).fetchone() is None:
                     continue  # came in an earlier transaction: pending or handled there
+            elif seen:
+                continue  # no id to tell it by: a replay's
             seq = c.execute(sqlite_query(_PENDING), (txn_id, room_id, raw)).fetchone()[0]
             out.append(PendingEvent(int(seq), room_id, evt))
-        return out
+        return seen, out
 
     async def _record_pg(
         self, txn_id: str, now: int, rows: list[Any], done: list[int]
-    ) -> list[PendingEvent] | None:
+    ) -> tuple[bool, list[PendingEvent]]:
         conn: Any
         async with self.db.acquire() as conn, conn.transaction():
             for query, args in _delete_done(done):
                 await conn.execute(query, *args)
-            if await conn.fetchval(_NEW_TXN, txn_id, now) is None:
-                return None  # seen before
+            seen = await conn.fetchval(_NEW_TXN, txn_id, now) is None
             out = []
             for event_id, room_id, raw, evt in rows:
                 if isinstance(event_id, str) and event_id:
                     if await conn.fetchval(_NEW_EVENT, event_id, now) is None:
                         continue  # came in an earlier transaction: pending or handled there
+                elif seen:
+                    continue  # no id to tell it by: a replay's
                 seq = await conn.fetchval(_PENDING, txn_id, room_id, raw)
                 out.append(PendingEvent(int(seq), room_id, evt))
-            return out
+            return seen, out
 
     async def seen(self, txn_id: str) -> bool:
         return bool(await self.db.fetchval("SELECT 1 FROM appservice_txn WHERE txn_id=$1", txn_id))

@@ -21,6 +21,7 @@ from bridge.connector import (
     RemoteMessage,
 )
 from connectors.xmpp import XMPPConnector
+from tests.helpers import until
 
 from .conftest import FakeBridge, Moderated, moderated, unique
 
@@ -303,7 +304,9 @@ async def test_nick_conflict_kick_and_leave(
     # The puppet gets the nick with the conflict suffix.
     await alice.wait_presence(lambda p: str(p["from"]) == f"{room}/Carol [m]")
     occ = connector.rooms[room].ours[carol.user_id]
-    assert occ.nick == "Carol [m]" and occ.state == "joined"
+    # The bridge reads its own join from the same broadcast alice just got: wait for it.
+    await until(lambda: occ.state == "joined", 15, "the bridge's occupant joined")
+    assert occ.nick == "Carol [m]"
     # Kicked on XMPP -> the Matrix user is told and a kick is emitted.
     await alice.xmpp.plugin["xep_0045"].set_role(room, "Carol [m]", "none", reason="spam")
     kick = await bridge.wait_for(

@@ -38,6 +38,11 @@ class ContractError(AssertionError):
         super().__init__(f"the connector {did}; the contract expects {expected}")
 
 
+# How long a scenario waits for what the contract expects: long enough for a loaded machine
+# and a slow network (mail), short enough to fail a broken connector in reasonable time.
+LIMIT_S = 40.0
+
+
 def body(evt: Event) -> str:
     return str(evt.get("content", {}).get("body", ""))
 
@@ -195,7 +200,7 @@ class Kit:
     # --- waiting, with what happened in the error -----------------------------------------
 
     async def wait_event(
-        self, room: str, pred: Callable[[Event], bool], expected: str, limit_s: float = 20.0
+        self, room: str, pred: Callable[[Event], bool], expected: str, limit_s: float = LIMIT_S
     ) -> Event:
         try:
             return await self.user.wait_for_event(room, pred, timeout=limit_s)
@@ -205,7 +210,7 @@ class Kit:
             ) from None
 
     async def wait_received(
-        self, kind: str, expected: str, limit_s: float = 20.0, **match: Any
+        self, kind: str, expected: str, limit_s: float = LIMIT_S, **match: Any
     ) -> dict[str, Any]:
         """The first thing the network received of ``kind`` whose fields match (``text`` is
         matched as a substring: relayed messages carry the sender's name; a callable is a test
@@ -225,7 +230,7 @@ class Kit:
             await asyncio.sleep(0.1)
 
     async def until_true(
-        self, pred: Callable[[], bool], expected: str, limit_s: float = 20.0
+        self, pred: Callable[[], bool], expected: str, limit_s: float = LIMIT_S
     ) -> None:
         loop = asyncio.get_running_loop()
         end = loop.time() + limit_s
@@ -261,7 +266,7 @@ class Kit:
         pred: Callable[[], Awaitable[bool]],
         did: Callable[[], str],
         expected: str,
-        limit_s: float = 20.0,
+        limit_s: float = LIMIT_S,
     ) -> None:
         """Like :meth:`until_true` for a check that has to ask the homeserver; ``did`` says
         what was seen last, for the error."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,14 +82,27 @@ async def make_stack(
     await carol.join(channel)
     core = await core_process(config, as_port)
     workers = [WorkerProcess(config, "a"), WorkerProcess(config, "b")]
-    for w in workers:
-        await w.start()
-    await carol.expect(joined(bot, channel), timeout=60, what="the bot's JOIN")
-    ann = await matrix_user(synapse, uniq("Ann"))
-    room = await ann.join(alias(channel))
-    puppet = f"{(await ann.get_profile(ann.user_id))['displayname']}[m]"
-    await ann.send_text(room, "first")
-    await carol.expect(said(puppet, "first"), timeout=60, what="the puppet's first message")
+    ann: MatrixClient | None = None
+    try:
+        for w in workers:
+            await w.start()
+        await carol.expect(joined(bot, channel), timeout=60, what="the bot's JOIN")
+        # A name no other module's counter makes (users stay on the shared homeserver).
+        ann = await matrix_user(synapse, f"Ann{uuid.uuid4().hex[:6]}")
+        room = await ann.join(alias(channel))
+        puppet = f"{(await ann.get_profile(ann.user_id))['displayname']}[m]"
+        await ann.send_text(room, "first")
+        await carol.expect(said(puppet, "first"), timeout=60, what="the puppet's first message")
+    except BaseException:
+        # A set-up that fails must not leave the core holding the appservice port for the
+        # tests after it.
+        await core.stop()
+        for w in workers:
+            await w.stop()
+        if ann is not None:
+            await ann.close()
+        await carol.close()
+        raise
     return Stack(config, core, workers, nats, ann, carol, channel, room, puppet, bot)
 
 

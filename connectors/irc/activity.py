@@ -4,27 +4,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from bridge.connector import BridgeAPI
+from .table_store import TableStore
 
 log = logging.getLogger("mimi.irc.activity")
 
 
-class ActivityStore:
-    def __init__(self, bridge: BridgeAPI) -> None:
-        self.bridge = bridge
-        self.db: Any = None
-
-    async def _db(self) -> Any:
-        if self.db is None:
-            try:
-                db = self.bridge.database()
-                await db.fetchval("SELECT 1 FROM irc_puppet_activity LIMIT 1")
-                self.db = db
-            except Exception:
-                self.db = False
-        return self.db or None
+class ActivityStore(TableStore):
+    table = "irc_puppet_activity"
 
     async def load(self, netid: str) -> dict[str, float]:
         """User id -> time (seconds since the epoch) of their last message on ``netid``."""

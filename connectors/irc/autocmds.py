@@ -16,9 +16,8 @@ import logging
 import re
 from typing import Any
 
-from bridge.connector import BridgeAPI
-
 from .ids import valid_nick
+from .table_store import TableStore
 
 log = logging.getLogger("mimi.irc.autocmds")
 
@@ -74,22 +73,10 @@ def show_autocmd(cmd: tuple[str, ...]) -> str:
     return " ".join(cmd)
 
 
-class AutoCmdStore:
+class AutoCmdStore(TableStore):
     """Auto-commands by network and Matrix user, in the bridge database (or in memory)."""
 
-    def __init__(self, bridge: BridgeAPI) -> None:
-        self.bridge = bridge
-        self.db: Any = None
-
-    async def _db(self) -> Any:
-        if self.db is None:
-            try:
-                db = self.bridge.database()
-                await db.fetchval("SELECT 1 FROM irc_autocmd LIMIT 1")
-                self.db = db
-            except Exception:
-                self.db = False
-        return self.db or None
+    table = "irc_autocmd"
 
     async def load(self, net: Any) -> None:
         db = await self._db()

@@ -79,6 +79,7 @@ from .matrix_to_irc import (
 from .protocol import Line, UnsafeLine, ctcp, serialize
 from .puppets import Puppet, PuppetPool
 from .ranks import MODE_ERRORS, mode_change, mode_params
+from .table_store import TableStore
 from .tables import MIGRATIONS
 
 log = logging.getLogger("mimi.irc")
@@ -836,22 +837,10 @@ class IRCClient(NetworkClient):
         self.conn.send("TOPIC", channel, topic)
 
 
-class NickStore:
+class NickStore(TableStore):
     """Custom nicks (``irc nick``) in the bridge database, or in memory without one."""
 
-    def __init__(self, bridge: BridgeAPI) -> None:
-        self.bridge = bridge
-        self.db: Any = None
-
-    async def _db(self) -> Any:
-        if self.db is None:
-            try:
-                db = self.bridge.database()
-                await db.fetchval("SELECT 1 FROM irc_puppet_nick LIMIT 1")
-                self.db = db
-            except Exception:
-                self.db = False
-        return self.db or None
+    table = "irc_puppet_nick"
 
     async def load(self, net: Network) -> None:
         db = await self._db()

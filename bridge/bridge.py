@@ -240,7 +240,10 @@ class Bridge:
         self.log.info("bridge started with %s", ", ".join(self.networks) or "no networks")
 
     async def _hand_room_keys(self) -> None:
-        """Keys of portals joined with one (``join <network> <room> <key>``), for rejoins."""
+        """Keys of portals joined with one (``join <network> <room> <key>``), for rejoins.
+        In scale-out mode the workers read them themselves when they start a connector."""
+        if self.scale is not None:
+            return
         if not any(isinstance(c, RoomKeys) for c in self.connectors.values()):
             return
         for portal in await self.portal_store.all():

@@ -10,6 +10,7 @@ as in single-process mode."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from bridge.connector import (
@@ -66,6 +67,7 @@ ONCE |= {"connection_states"}
 # Someone waits for the answer (the homeserver's query, a user's command): bounded.
 BOUNDED = {"resolve_portal", "resolve_ghost", "login", "logout", "fetch_history"}
 BOUNDED |= {"thirdparty_locations", "thirdparty_users", "open_dm", "link", "command", "http"}
+BOUNDED |= {"set_room_key"}
 
 DELAY_NOTICE = (
     "The bridge's connection to {network} is not available right now; your message waits and"
@@ -141,6 +143,8 @@ class ConnectorProxy(NetworkConnector):
         # A worker's client handle -> its proxy: the core tells clients apart by identity
         # (presence goes once per client), so one real client has one proxy.
         self._clients: dict[str, ClientProxy] = {}
+        # Keys given with ``join``, on their way to the worker (RoomKeys), per portal.
+        self._key_sends: dict[PortalKey, asyncio.Task[None]] = {}
 
     # --- the bus --------------------------------------------------------------------------
 
@@ -181,6 +185,7 @@ class ConnectorProxy(NetworkConnector):
         if net not in {ns.network for ns in self.local.namespaces()}:
             net = self._network(None)
         user = next((a for a in args if isinstance(a, MatrixUser)), None)
+        await self._key_sent(portal)
         return await self._ask(
             shard_of(net, None),
             {"target": "connector"},
@@ -195,6 +200,7 @@ class ConnectorProxy(NetworkConnector):
     ) -> Any:
         event = next((a for a in args if isinstance(a, MatrixEvent)), None)
         tell = event.sender.user_id if event is not None else (user.user_id if user else None)
+        await self._key_sent(portal)
         return await self._ask(
             shard_of(portal.network, user.user_id if user else None),
             {"target": "client" if user else "relay", "user": user, "portal": portal},
@@ -221,6 +227,49 @@ class ConnectorProxy(NetworkConnector):
 
     async def stop(self) -> None:
         """The workers keep their connections through a core restart."""
+        for task in self._key_sends.values():
+            task.cancel()
+        await asyncio.gather(*self._key_sends.values(), return_exceptions=True)
+        self._key_sends.clear()
+
+    # --- RoomKeys: the key goes to the worker before anything else about its portal -----
+
+    def set_room_key(self, portal: PortalKey, key: str | None) -> None:
+        """Sent at once (a ``join`` of an open portal makes no other call), in order after
+        the portal's previous key; the portal's next operation waits for it, so that the
+        worker's connector joins with it. The core stores the key too: a worker that takes
+        the network over later reads it from the database."""
+        previous = self._key_sends.get(portal)
+        task = asyncio.create_task(self._send_room_key(previous, portal, key))
+        self._key_sends[portal] = task
+        task.add_done_callback(lambda t: self._key_done(portal, t))
+
+    async def _send_room_key(
+        self, previous: asyncio.Task[None] | None, portal: PortalKey, key: str | None
+    ) -> None:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        await self._ask(
+            shard_of(portal.network, None),
+            {"target": "connector"},
+            "set_room_key",
+            [portal, key],
+            None,
+            portal,
+        )
+
+    def _key_done(self, portal: PortalKey, task: asyncio.Task[None]) -> None:
+        if self._key_sends.get(portal) is task:
+            del self._key_sends[portal]
+        if not task.cancelled() and (e := task.exception()) is not None:
+            self.bridge.log.warning("the key of %s did not reach a worker: %s", portal, e)
+
+    async def _key_sent(self, portal: PortalKey | None) -> None:
+        """Wait until the portal's key, if one is on its way, reached the worker (or could
+        not: the operation then goes as it would have without a key)."""
+        task = self._key_sends.get(portal) if portal is not None else None
+        if task is not None:
+            await asyncio.gather(asyncio.shield(task), return_exceptions=True)
 
     # --- identifiers: pure, answered by the local instance ---------------------------------
 
@@ -261,6 +310,7 @@ class ConnectorProxy(NetworkConnector):
         await self.connector_call("portal_closed", [portal])
 
     async def client_for(self, user: MatrixUser, portal: PortalKey) -> NetworkClient | None:
+        await self._key_sent(portal)
         answer = await self._ask(
             shard_of(portal.network, user.user_id),
             {"target": "connector"},
@@ -354,6 +404,8 @@ def proxy_for(local: NetworkConnector, requests: OpRequests) -> ConnectorProxy:
             attrs.update({m: _connector_method(m) for m in methods})
     if isinstance(local, caps.LoginCapable):
         attrs["login_help"] = property(lambda self: self.local.login_help)
+    if not isinstance(local, caps.RoomKeys):
+        attrs["set_room_key"] = None
     if not isinstance(local, caps.ThirdPartyLookup):
         attrs["thirdparty_protocol"] = None
     if not isinstance(local, caps.ExtraCommands):

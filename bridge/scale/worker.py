@@ -55,6 +55,8 @@ CLIENT_METHODS |= {m for _, methods in CLIENT_CAPS.values() for m in methods}
 # Reads: answered again on a retry (no effect on the network to guard).
 READS = {"client_for", "relay_client", "resolve_portal", "resolve_ghost", "fetch_history"}
 READS |= {"thirdparty_locations", "thirdparty_users", "connection_states", "open_dm"}
+# Setting a room's key again has no further effect.
+READS |= {"set_room_key"}
 
 
 class Leases(Protocol):
@@ -292,6 +294,9 @@ class Worker:
                 return _client_answer(await connector.relay_client(args[0]))
             if method == "command":
                 return await _run_command(connector, *args)
+            if method == "set_room_key" and isinstance(connector, RoomKeys):
+                connector.set_room_key(*args)  # synchronous in the contract
+                return None
             if method not in CONNECTOR_METHODS or not hasattr(connector, method):
                 raise ConnectorError(f"{connector.display_name} cannot do {method}")
             return await getattr(connector, method)(*args)

@@ -143,13 +143,16 @@ class DeltaChatDriver:
     # --- what alice's core reports ----------------------------------------------------------
 
     async def _poll(self, alice: Peer) -> None:
+        # One event at a time by index: events keep arriving while _record awaits the core,
+        # and taking len() after a batch skipped them (a good message lost for good).
         seen = alice.mark()
         while True:
             events = alice.peers.events.get(alice.acc, [])
-            for ev in events[seen:]:
+            while seen < len(events):
+                ev = events[seen]
+                seen += 1
                 if ev.get("chatId") == self.group:
                     await self._record(alice, ev)
-            seen = len(events)
             await asyncio.sleep(0.05)
 
     async def _record(self, alice: Peer, ev: dict[str, Any]) -> None:

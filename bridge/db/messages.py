@@ -91,7 +91,12 @@ class MessageStore:
         self.db = db
 
     async def insert(self, m: MessageRow) -> None:
-        await self.db.execute(_INSERT, *_values(m))
+        values = _values(m)
+        if is_sqlite(self.db):  # one trip, the query converted once (every bridged message)
+            query = sqlite_query(_INSERT)
+            await in_sqlite_thread(self.db, lambda c: c.execute(query, values))
+        else:
+            await self.db.execute(_INSERT, *values)
 
     async def insert_many(self, rows: list[MessageRow]) -> None:
         """Insert rows in one transaction (one trip to SQLite's thread)."""

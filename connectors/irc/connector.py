@@ -85,6 +85,8 @@ from .tables import MIGRATIONS
 log = logging.getLogger("mimi.irc")
 
 DM_NICKS = 1000  # private-message partners whose nick spelling is remembered
+# How often a puppet's last-message time is written while it keeps talking (seconds).
+ACTIVITY_SAVE_EVERY_S = 60.0
 
 
 class Network(ConnectionHandler):
@@ -228,6 +230,14 @@ class Network(ConnectionHandler):
         modes = self.translator.member_modes(self.bot.fold(channel), self.bot.fold(nick))
         return bool(modes and modes & OP_MODES)
 
+    async def save_activity(self) -> None:
+        """Store the last-message times not stored yet."""
+        store = self.connector.activity_store
+        for puppet in list(self.pool.puppets.values()):
+            if puppet.last_message > puppet.saved_message:
+                puppet.saved_message = puppet.last_message
+                await store.save(self.cfg.netid, puppet.user_id, puppet.last_message)
+
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -347,6 +357,7 @@ class Network(ConnectionHandler):
                     puppet.conn.channel_names[puppet.conn.fold(channel)] = channel
 
     async def stop(self) -> None:
+        await self.save_activity()
         await self.pool.close()
         await self.bot.quit("bridge shutting down")
         self.pacer.close()
@@ -612,10 +623,15 @@ class IRCClient(NetworkClient):
     # --- NetworkClient ------------------------------------------------------------------------
 
     def _sent_message(self) -> None:
-        if self.puppet is not None:
-            when = self.puppet.sent_message()
-            store = self.net.connector.activity_store
-            self.net.spawn(store.save(self.net.cfg.netid, self.puppet.user_id, when))
+        puppet = self.puppet
+        if puppet is not None:
+            when = puppet.sent_message()
+            # The time only orders reconnects after a restart: a write per message would
+            # cost a database trip each; one a minute (and at stop) orders them as well.
+            if when - puppet.saved_message >= ACTIVITY_SAVE_EVERY_S:
+                puppet.saved_message = when
+                store = self.net.connector.activity_store
+                self.net.spawn(store.save(self.net.cfg.netid, puppet.user_id, when))
 
     async def handle_matrix_message(self, msg: MatrixMessage) -> SentMessage:
         self._sent_message()

@@ -47,6 +47,7 @@ class Puppet(ConnectionHandler):
         # Wall-clock time of the user's last message through the bridge (0: none known):
         # the most recent reconnect first after a restart or an outage.
         self.last_message = pool.activity.get(user_id, 0.0)
+        self.saved_message = self.last_message  # the time the database has
         self.custom_nick: str | None = None
         # A login in progress reports failures itself (the command's answer): no notice.
         self.quiet = False

@@ -44,3 +44,56 @@ async def test_without_a_database_nothing_is_kept() -> None:
     store = ActivityStore(NoDatabase())  # type: ignore[arg-type]
     await store.save("libera", "@a:example.org", 1.0)
     assert await store.load("libera") == {}
+
+
+class FakePuppet:
+    def __init__(self, user_id: str) -> None:
+        self.user_id = user_id
+        self.last_message = self.saved_message = 0.0
+        self.clock = 1_700_000_000.0
+
+    def sent_message(self) -> float:
+        self.clock += 1.0
+        self.last_message = self.clock
+        return self.clock
+
+
+async def test_a_talking_puppet_writes_its_time_once_a_minute_and_at_stop(
+    database_url: str,
+) -> None:
+    from types import SimpleNamespace
+
+    from connectors.irc.connector import IRCClient, Network
+
+    db = await open_database(database_url, connectors=[IRCConnector])
+    try:
+        store = ActivityStore(DatabaseOnly(db))  # type: ignore[arg-type]
+        writes: list[float] = []
+        save = store.save
+
+        async def counted(netid: str, user_id: str, when: float) -> None:
+            writes.append(when)
+            await save(netid, user_id, when)
+
+        store.save = counted  # type: ignore[method-assign]
+        spawned: list[Any] = []
+        puppet = FakePuppet("@a:example.org")
+        net = SimpleNamespace(
+            cfg=SimpleNamespace(netid="libera"),
+            connector=SimpleNamespace(activity_store=store),
+            pool=SimpleNamespace(puppets={puppet.user_id: puppet}),
+            spawn=spawned.append,
+        )
+        client = IRCClient(net, puppet)  # type: ignore[arg-type]
+        for _ in range(5):  # five messages within seconds: one write, the first
+            client._sent_message()
+        for coro in spawned:
+            await coro
+        assert writes == [1_700_000_001.0]
+        await Network.save_activity(net)  # type: ignore[arg-type]  # at stop: the latest
+        assert writes == [1_700_000_001.0, 1_700_000_005.0]
+        assert await store.load("libera") == {"@a:example.org": 1_700_000_005.0}
+        await Network.save_activity(net)  # type: ignore[arg-type]  # nothing new: no write
+        assert len(writes) == 2
+    finally:
+        await db.stop()

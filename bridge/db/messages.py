@@ -22,6 +22,11 @@ _INSERT = (
     "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) ON CONFLICT DO NOTHING"
 )
 
+_BY_REMOTE = (
+    f"SELECT {_MSG_COLS} FROM message WHERE network=$1 AND portal_id=$2"
+    " AND portal_receiver=$3 AND remote_id=$4 ORDER BY part"
+)
+
 
 @dataclass(slots=True)
 class MessageRow:
@@ -115,14 +120,17 @@ class MessageStore:
         return MessageRow.from_row(row) if row else None
 
     async def by_remote(self, portal: PortalKey, remote_id: str) -> list[MessageRow]:
-        rows = await self.db.fetch(
-            f"SELECT {_MSG_COLS} FROM message WHERE network=$1 AND portal_id=$2"
-            " AND portal_receiver=$3 AND remote_id=$4 ORDER BY part",
-            portal.network,
-            portal.remote_id,
-            portal.receiver,
-            remote_id,
-        )
+        # Asked for every bridged remote message (is it already bridged?): on SQLite in one
+        # trip to its thread rather than the driver's several.
+        args = (portal.network, portal.remote_id, portal.receiver, remote_id)
+        if is_sqlite(self.db):
+
+            def select(c: sqlite3.Connection) -> list[Any]:
+                return c.execute(sqlite_query(_BY_REMOTE), args).fetchall()
+
+            rows = await in_sqlite_thread(self.db, select)
+        else:
+            rows = await self.db.fetch(_BY_REMOTE, *args)
         return [MessageRow.from_row(r) for r in rows]
 
     async def record_edit(self, m: MessageRow, body: str | None) -> None:

@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -45,6 +46,13 @@ class MatrixError(Exception):
 
 def _q(segment: str) -> str:
     return quote(segment, safe="")
+
+
+@lru_cache(maxsize=1024)
+def _send_prefix(room_id: str, event_type: str) -> str:
+    """The path of a send up to its transaction id: the same few rooms and types every
+    message, quoted once rather than per message."""
+    return f"/_matrix/client/v3/rooms/{_q(room_id)}/send/{_q(event_type)}/"
 
 
 def _wrap(e: MatrixRequestError) -> MatrixError:
@@ -396,7 +404,7 @@ class Homeserver:
             # Every sender's messages, the ghosts' too, are encrypted by the bot's device.
             content = await self.crypto.encrypt(room_id, event_type, content, as_user)
             event_type = "m.room.encrypted"
-        path = f"/_matrix/client/v3/rooms/{_q(room_id)}/send/{_q(event_type)}/{_q(txn_id)}"
+        path = _send_prefix(room_id, event_type) + _q(txn_id)
         resp = await self._put_once(path, content, as_user, timestamp)
         if resp is None:  # anything but success: the general way, with its retries and errors
             resp = await self.request(

@@ -18,11 +18,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 VALID_DAYS = 3650  # services check the fingerprint, not the dates
 
 
@@ -32,6 +27,13 @@ class CertificateError(Exception):
 
 def make_certificate(common_name: str) -> tuple[str, str]:
     """A new key and self-signed certificate (ECDSA P-256), as PEM texts (cert, key)."""
+    # cryptography is imported here and in _load, not with the module: about 8 MiB that a
+    # bridge with no certfp login never needs.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64] or "matrix")])
     now = datetime.datetime.now(datetime.UTC)
@@ -53,11 +55,17 @@ def make_certificate(common_name: str) -> tuple[str, str]:
 
 def fingerprint(cert_pem: str) -> str:
     """The SHA-256 fingerprint of the certificate (hex, as IRC servers show it)."""
-    cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    try:
+        der = ssl.PEM_cert_to_DER_cert(cert_pem)
+    except ValueError as e:
+        raise CertificateError(f"the stored client certificate is damaged: {e}") from e
+    return hashlib.sha256(der).hexdigest()
 
 
 def _load(ctx: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     try:
         key = serialization.load_pem_private_key(key_pem.encode(), None)
         x509.load_pem_x509_certificate(cert_pem.encode())

@@ -67,7 +67,7 @@ from .config import NetworkConfig, parse_config, parse_identd
 from .consent import OP_MODES, ConsentDesk, exclusion, refusal
 from .formatting import strip_formatting
 from .identd import IdentServer, IdentTable
-from .irc_to_matrix import IrcToMatrix
+from .irc_to_matrix import IrcToMatrix, key_change
 from .matrix_to_irc import (
     Outgoing,
     content_to_irc,
@@ -157,6 +157,9 @@ class Network(ConnectionHandler):
         self._emitter: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._split_timer: asyncio.TimerHandle | None = None
+        # Channel keys operators changed (MODE +k/-k), on their way to the core.
+        self._unsaved_keys: dict[PortalKey, str | None] = {}
+        self._key_saver: asyncio.Task[None] | None = None
         # How private-message partners spell their nicks, by remote id: the id may fold more
         # than the server (alice{m} for alice[m] on an ascii server), and a partner who shares
         # no channel with the bot is known nowhere else. The most recent DM_NICKS.
@@ -367,6 +370,8 @@ class Network(ConnectionHandler):
         for event in self.translator.expire_splits(everyone=True):
             self.emit(event)  # nobody will see them come back
         await self.drain()
+        if self._key_saver is not None:
+            await asyncio.wait([self._key_saver], timeout=10)  # changed keys: kept first
         if self._emitter is not None:
             self._emitter.cancel()
         for task in list(self._tasks):
@@ -383,6 +388,8 @@ class Network(ConnectionHandler):
             self._private_to_bot(conn, line)
         elif line.command == "JOIN" and conn.fold(line.nick) == conn.fold(conn.nick):
             conn.send("MODE", line.param(0))  # +i, +m, +s... for the portal's room
+        elif line.command == "MODE" and conn.is_channel(line.param(0)):
+            self._follow_key(conn, line)
         try:
             events = self.translator.handle(conn, line)
         except Exception:
@@ -396,6 +403,40 @@ class Network(ConnectionHandler):
             channel = line.param(0)
             log.warning("%s: bot kicked from %s, rejoining", self.cfg.netid, channel)
             self.spawn(self._rejoin_later(channel))
+
+    def _follow_key(self, conn: IRCConnection, line: Line) -> None:
+        """An operator changed the channel's key (+k) or took it off (-k): the bridge's
+        connections rejoin with the new one, and so they do after a restart (the core
+        keeps it, as the key given with ``join``)."""
+        channel = line.param(0)
+        changed = key_change(conn, line)
+        if changed is None or conn.fold(channel) not in conn.channels:
+            return
+        key = changed or None
+        portal = PortalKey(self.network, self.id_of(channel))
+        if self.connector.keys.get(portal) == key:
+            return
+        self.connector.set_room_key(portal, key)
+        self._unsaved_keys[portal] = key
+        if self._key_saver is None or self._key_saver.done():
+            self._key_saver = asyncio.get_running_loop().create_task(self._save_keys())
+            self._tasks.add(self._key_saver)
+            self._key_saver.add_done_callback(self._tasks.discard)
+
+    async def _save_keys(self) -> None:
+        """Each changed key to the core, the latest of a channel only, one after another."""
+        while self._unsaved_keys:
+            portal = next(iter(self._unsaved_keys))
+            key = self._unsaved_keys.pop(portal)
+            try:
+                await self.bridge.save_room_key(portal, key)
+            except Exception as e:
+                log.warning(
+                    "%s: the new key of %s is not kept for restarts: %s",
+                    self.cfg.netid,
+                    portal.remote_id,
+                    e,
+                )
 
     def _arm_split_timer(self) -> None:
         due = self.translator.next_split_expiry()

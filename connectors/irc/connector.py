@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -83,6 +84,9 @@ from .table_store import TableStore
 from .tables import MIGRATIONS
 
 log = logging.getLogger("mimi.irc")
+
+# A certificate fingerprint in a services answer ("Added fingerprint 3f0a... to ...").
+_FINGERPRINT = re.compile(r"\b[0-9A-Fa-f:]{32,}\b")
 
 DM_NICKS = 1000  # private-message partners whose nick spelling is remembered
 # How often a puppet's last-message time is written while it keeps talking (seconds).
@@ -1463,6 +1467,9 @@ class IRCConnector(NetworkConnector):
             "cert": cert,
             "key": key,
         }
+        # As the services keep it (the server's hash), for CERT DEL at logout.
+        if added := _FINGERPRINT.search(reply):
+            final["certfp"] = added.group(0)
         if cfg.auth == "sasl":
             final["sasl_mechanism"] = "EXTERNAL"
         try:
@@ -1505,13 +1512,82 @@ class IRCConnector(NetworkConnector):
         net = self.networks.get(netid)
         if net is None:
             return
+        dropped = False
+        if isinstance(login.credentials.get("cert"), str):
+            dropped = await self._drop_certificate(net, login)
         net.pool.credentials.pop(login.user_id, None)
         net.pool.client_contexts.pop(login.user_id, None)
         try:
             await self.autocmd_store.save(net, login.user_id, [])  # they belong to the login
         except Exception:
             log.exception("%s: forgetting auto-commands failed", netid)
-        await net.pool.restart(login.user_id)
+        if dropped:
+            await net.pool.remove(login.user_id, "logged out")  # connected only for CERT DEL
+        else:
+            await net.pool.restart(login.user_id)
+
+    async def _drop_certificate(self, net: Network, login: Login) -> bool:
+        """Take a certfp login's fingerprint off the services account (NickServ CERT DEL)
+        through its connection while that is still logged in, connected for the purpose if
+        it was not (True then); the user is told when that fails. The certificate itself
+        goes with the login's credentials."""
+        creds, uid, services = login.credentials, login.user_id, net.cfg.nickserv_nick
+        cert = str(creds.get("cert"))
+        stored = creds.get("certfp")
+        try:
+            fp = stored if isinstance(stored, str) and stored else fingerprint(cert)
+        except ValueError:
+            fp = ""
+        account = str(creds.get("sasl_account") or "")
+        puppet, connected = net.pool.get(uid), False
+        if puppet is None or not puppet.conn.registered:
+            connected = puppet is None
+            try:
+                name = (await self.bridge.matrix_user(uid)).display_name
+            except ConnectorError:
+                name = uid[1:].split(":", 1)[0]
+            puppet = net.pool.obtain(uid, name)
+        reply, why = "", ""
+        if puppet is None:
+            why = "the bridge has no free IRC connection right now"
+        elif not fp:
+            why = "the stored certificate is damaged"
+        else:
+            conn = puppet.conn
+            if not conn.fatal and await conn.wait_registered(20) and conn.account is None:
+                logged_in = conn.expect_line(lambda line: line.command == "900")
+                try:  # without SASL, the services log the certificate in after registration
+                    await asyncio.wait_for(logged_in, 10)
+                except TimeoutError:
+                    pass
+            if not conn.registered or conn.account is None:
+                why = "your connection is not logged in with it"
+            else:
+
+                def answer(line: Line) -> bool:
+                    return line.command == "NOTICE" and conn.fold(line.nick) == conn.fold(services)
+
+                waiting = conn.expect_line(answer)
+                try:
+                    conn.send("PRIVMSG", services, f"CERT DEL {fp}")
+                    reply = strip_formatting((await asyncio.wait_for(waiting, 20)).param(-1))
+                except (TimeoutError, NotConnected, ValueError) as e:
+                    waiting.cancel()
+                    why = f"{services} did not answer" if isinstance(e, TimeoutError) else str(e)
+                else:
+                    low = reply.lower()
+                    if ("deleted" not in low and "removed" not in low) or "not " in low:
+                        why = f"{services} said: {reply}"
+        if why:
+            where = f"your account {account}" if account else "your account"
+            log.info("%s: fingerprint of %s not removed: %s", net.cfg.netid, uid, why)
+            await self.bridge.notify(
+                uid,
+                f"The client certificate of your login to {net.cfg.display_name} may still "
+                f"log in to {where}: removing its fingerprint failed ({why}). Remove it "
+                f"yourself: /msg {services} CERT DEL {fp or '<fingerprint>'}",
+            )
+        return connected
 
     # --- ExtraCommands ------------------------------------------------------------------------
 

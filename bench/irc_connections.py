@@ -97,6 +97,9 @@ class StubBridge:
     async def upload_text(self, text: str, filename: str) -> str:
         return "https://bench.local/paste"
 
+    async def save_room_key(self, portal: Any, key: str | None) -> None:
+        pass
+
 
 async def run_puppets(host: str, port: int, n: int) -> dict[str, float]:
     from connectors.irc import IRCConnector

@@ -235,7 +235,7 @@ class Bridge:
         await self.matrix_handler.resume_waiting()
         if self.scale is not None:
             await self.scale.start_intake(
-                self.submit_remote, self.link_room, self.connection_changed
+                self.submit_remote, self.link_room, self.save_room_key, self.connection_changed
             )
         self.log.info("bridge started with %s", ", ".join(self.networks) or "no networks")
 
@@ -633,6 +633,16 @@ class Bridge:
             await UserActions(self).link(user, portal.network, portal.remote_id, room_id)
         except Refused as e:
             raise ConnectorError(str(e)) from None
+
+    async def save_room_key(self, portal: PortalKey, key: str | None) -> None:
+        p = await self.portal_store.get(portal)
+        if p is None or self.commands.actions.room_key_of(p) == (key or None):
+            return
+        if key:
+            p.metadata["room_key"] = self.credentials.seal({"key": key})
+        else:
+            p.metadata.pop("room_key", None)
+        await self.portal_store.save(p)
 
     def public_url(self, path: str) -> str:
         base = self.cfg.public_address or self.cfg.as_address

@@ -148,6 +148,12 @@ class BridgeAPI(Protocol):
         Raises :class:`ConnectorError` saying why when that is refused. For a connector whose
         room command sets a room up in one step (``webhook create``)."""
 
+    async def save_room_key(self, portal: PortalKey, key: str | None) -> None:
+        """The conversation's key (password) changed on the network (None: it takes none
+        any more): keep it sealed for later starts, as ``join <network> <room> <key>`` does,
+        so that ``RoomKeys.set_room_key`` gives the new one back. The connector follows
+        the change itself (it is not called back). Nothing is kept without a portal."""
+
     def public_url(self, path: str) -> str:
         """The address the outside world reaches the bridge's ``path`` at (from
         ``appservice.public_address``, else ``appservice.address``), for a connector's

@@ -57,6 +57,7 @@ class ScaleCore:
         self,
         submit: Callable[[RemoteEvent, Callable[[], Awaitable[None]]], None],
         link_room: Callable[[str, str, PortalKey], Awaitable[None]],
+        save_room_key: Callable[[PortalKey, str | None], Awaitable[None]],
         connection_changed: Callable[[ConnectionChange], None],
     ) -> None:
         """Take remote events from the stream, and answer what workers ask of the core."""
@@ -64,6 +65,7 @@ class ScaleCore:
         self.consumer = EventConsumer(self.nc.jetstream(), submit, self.log.getChild("events"))
         await self.consumer.start()
         self._link_room = link_room
+        self._save_room_key = save_room_key
         self._connection_changed = connection_changed
         self.api = await self.nc.subscribe(CORE_API, queue="mimi-core", cb=self._on_api)
 
@@ -79,6 +81,11 @@ class ScaleCore:
             if method == "link_room":
                 user_id, room_id, portal = request["args"]
                 await self._link_room(str(user_id), str(room_id), portal)
+            elif method == "save_room_key":
+                portal, key = request["args"]
+                if not isinstance(portal, PortalKey) or not (key is None or isinstance(key, str)):
+                    raise codec.CodecError("save_room_key takes a PortalKey and a key")
+                await self._save_room_key(portal, key)
             elif method == "connection_changed":
                 (change,) = request["args"]
                 if not isinstance(change, ConnectionChange):

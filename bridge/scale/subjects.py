@@ -9,7 +9,8 @@ EVENTS_STREAM = "MIMI_EVENTS"
 EVENTS_PREFIX = "mimi.events"
 CORE_CONSUMER = "mimi-core"
 OPS_BUCKET = "mimi_ops"
-# What workers ask of the core: BridgeAPI calls that are Matrix logic (linking a room).
+# What workers ask of the core: BridgeAPI calls that are Matrix logic (linking a room) or
+# write the core's records (a portal's key).
 CORE_API = "mimi.core.api"
 SHARDS_BUCKET = "mimi_shards"
 

@@ -179,3 +179,12 @@ class WorkerAPI:
             {"method": "link_room", "args": [user_id, room_id, portal]},
             policy=Policy.BOUNDED,
         )
+
+    async def save_room_key(self, portal: PortalKey, key: str | None) -> None:
+        """The core's portal records: the core keeps the key (it is the portal table's only
+        writer)."""
+        await self._requests.call_subject(
+            CORE_API,
+            {"method": "save_room_key", "args": [portal, key]},
+            policy=Policy.BOUNDED,
+        )

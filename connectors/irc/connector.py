@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -67,7 +68,7 @@ from .config import NetworkConfig, parse_config, parse_identd
 from .consent import OP_MODES, ConsentDesk, exclusion, refusal
 from .formatting import strip_formatting
 from .identd import IdentServer, IdentTable
-from .irc_to_matrix import IrcToMatrix
+from .irc_to_matrix import IrcToMatrix, key_change
 from .matrix_to_irc import (
     Outgoing,
     content_to_irc,
@@ -83,6 +84,9 @@ from .table_store import TableStore
 from .tables import MIGRATIONS
 
 log = logging.getLogger("mimi.irc")
+
+# A certificate fingerprint in a services answer ("Added fingerprint 3f0a... to ...").
+_FINGERPRINT = re.compile(r"\b[0-9A-Fa-f:]{32,}\b")
 
 DM_NICKS = 1000  # private-message partners whose nick spelling is remembered
 # How often a puppet's last-message time is written while it keeps talking (seconds).
@@ -157,6 +161,9 @@ class Network(ConnectionHandler):
         self._emitter: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._split_timer: asyncio.TimerHandle | None = None
+        # Channel keys operators changed (MODE +k/-k), on their way to the core.
+        self._unsaved_keys: dict[PortalKey, str | None] = {}
+        self._key_saver: asyncio.Task[None] | None = None
         # How private-message partners spell their nicks, by remote id: the id may fold more
         # than the server (alice{m} for alice[m] on an ascii server), and a partner who shares
         # no channel with the bot is known nowhere else. The most recent DM_NICKS.
@@ -367,6 +374,8 @@ class Network(ConnectionHandler):
         for event in self.translator.expire_splits(everyone=True):
             self.emit(event)  # nobody will see them come back
         await self.drain()
+        if self._key_saver is not None:
+            await asyncio.wait([self._key_saver], timeout=10)  # changed keys: kept first
         if self._emitter is not None:
             self._emitter.cancel()
         for task in list(self._tasks):
@@ -383,6 +392,8 @@ class Network(ConnectionHandler):
             self._private_to_bot(conn, line)
         elif line.command == "JOIN" and conn.fold(line.nick) == conn.fold(conn.nick):
             conn.send("MODE", line.param(0))  # +i, +m, +s... for the portal's room
+        elif line.command == "MODE" and conn.is_channel(line.param(0)):
+            self._follow_key(conn, line)
         try:
             events = self.translator.handle(conn, line)
         except Exception:
@@ -396,6 +407,40 @@ class Network(ConnectionHandler):
             channel = line.param(0)
             log.warning("%s: bot kicked from %s, rejoining", self.cfg.netid, channel)
             self.spawn(self._rejoin_later(channel))
+
+    def _follow_key(self, conn: IRCConnection, line: Line) -> None:
+        """An operator changed the channel's key (+k) or took it off (-k): the bridge's
+        connections rejoin with the new one, and so they do after a restart (the core
+        keeps it, as the key given with ``join``)."""
+        channel = line.param(0)
+        changed = key_change(conn, line)
+        if changed is None or conn.fold(channel) not in conn.channels:
+            return
+        key = changed or None
+        portal = PortalKey(self.network, self.id_of(channel))
+        if self.connector.keys.get(portal) == key:
+            return
+        self.connector.set_room_key(portal, key)
+        self._unsaved_keys[portal] = key
+        if self._key_saver is None or self._key_saver.done():
+            self._key_saver = asyncio.get_running_loop().create_task(self._save_keys())
+            self._tasks.add(self._key_saver)
+            self._key_saver.add_done_callback(self._tasks.discard)
+
+    async def _save_keys(self) -> None:
+        """Each changed key to the core, the latest of a channel only, one after another."""
+        while self._unsaved_keys:
+            portal = next(iter(self._unsaved_keys))
+            key = self._unsaved_keys.pop(portal)
+            try:
+                await self.bridge.save_room_key(portal, key)
+            except Exception as e:
+                log.warning(
+                    "%s: the new key of %s is not kept for restarts: %s",
+                    self.cfg.netid,
+                    portal.remote_id,
+                    e,
+                )
 
     def _arm_split_timer(self) -> None:
         due = self.translator.next_split_expiry()
@@ -1422,6 +1467,9 @@ class IRCConnector(NetworkConnector):
             "cert": cert,
             "key": key,
         }
+        # As the services keep it (the server's hash), for CERT DEL at logout.
+        if added := _FINGERPRINT.search(reply):
+            final["certfp"] = added.group(0)
         if cfg.auth == "sasl":
             final["sasl_mechanism"] = "EXTERNAL"
         try:
@@ -1464,13 +1512,82 @@ class IRCConnector(NetworkConnector):
         net = self.networks.get(netid)
         if net is None:
             return
+        dropped = False
+        if isinstance(login.credentials.get("cert"), str):
+            dropped = await self._drop_certificate(net, login)
         net.pool.credentials.pop(login.user_id, None)
         net.pool.client_contexts.pop(login.user_id, None)
         try:
             await self.autocmd_store.save(net, login.user_id, [])  # they belong to the login
         except Exception:
             log.exception("%s: forgetting auto-commands failed", netid)
-        await net.pool.restart(login.user_id)
+        if dropped:
+            await net.pool.remove(login.user_id, "logged out")  # connected only for CERT DEL
+        else:
+            await net.pool.restart(login.user_id)
+
+    async def _drop_certificate(self, net: Network, login: Login) -> bool:
+        """Take a certfp login's fingerprint off the services account (NickServ CERT DEL)
+        through its connection while that is still logged in, connected for the purpose if
+        it was not (True then); the user is told when that fails. The certificate itself
+        goes with the login's credentials."""
+        creds, uid, services = login.credentials, login.user_id, net.cfg.nickserv_nick
+        cert = str(creds.get("cert"))
+        stored = creds.get("certfp")
+        try:
+            fp = stored if isinstance(stored, str) and stored else fingerprint(cert)
+        except ValueError:
+            fp = ""
+        account = str(creds.get("sasl_account") or "")
+        puppet, connected = net.pool.get(uid), False
+        if puppet is None or not puppet.conn.registered:
+            connected = puppet is None
+            try:
+                name = (await self.bridge.matrix_user(uid)).display_name
+            except ConnectorError:
+                name = uid[1:].split(":", 1)[0]
+            puppet = net.pool.obtain(uid, name)
+        reply, why = "", ""
+        if puppet is None:
+            why = "the bridge has no free IRC connection right now"
+        elif not fp:
+            why = "the stored certificate is damaged"
+        else:
+            conn = puppet.conn
+            if not conn.fatal and await conn.wait_registered(20) and conn.account is None:
+                logged_in = conn.expect_line(lambda line: line.command == "900")
+                try:  # without SASL, the services log the certificate in after registration
+                    await asyncio.wait_for(logged_in, 10)
+                except TimeoutError:
+                    pass
+            if not conn.registered or conn.account is None:
+                why = "your connection is not logged in with it"
+            else:
+
+                def answer(line: Line) -> bool:
+                    return line.command == "NOTICE" and conn.fold(line.nick) == conn.fold(services)
+
+                waiting = conn.expect_line(answer)
+                try:
+                    conn.send("PRIVMSG", services, f"CERT DEL {fp}")
+                    reply = strip_formatting((await asyncio.wait_for(waiting, 20)).param(-1))
+                except (TimeoutError, NotConnected, ValueError) as e:
+                    waiting.cancel()
+                    why = f"{services} did not answer" if isinstance(e, TimeoutError) else str(e)
+                else:
+                    low = reply.lower()
+                    if ("deleted" not in low and "removed" not in low) or "not " in low:
+                        why = f"{services} said: {reply}"
+        if why:
+            where = f"your account {account}" if account else "your account"
+            log.info("%s: fingerprint of %s not removed: %s", net.cfg.netid, uid, why)
+            await self.bridge.notify(
+                uid,
+                f"The client certificate of your login to {net.cfg.display_name} may still "
+                f"log in to {where}: removing its fingerprint failed ({why}). Remove it "
+                f"yourself: /msg {services} CERT DEL {fp or '<fingerprint>'}",
+            )
+        return connected
 
     # --- ExtraCommands ------------------------------------------------------------------------
 

@@ -104,6 +104,31 @@ def server_time(line: Line) -> int | None:
         return None
 
 
+def key_change(conn: IRCConnection, line: Line) -> str | None:
+    """The channel key a MODE line leaves (``+k new``: ``new``; ``-k``: ""), None when it
+    does not change the key, or hides the new one (``+k *``)."""
+    chanmodes = conn.isupport.get("CHANMODES", "beI,k,l,imnpst").split(",")
+    always = set(chanmodes[0] if chanmodes else "") | set(
+        chanmodes[1] if len(chanmodes) > 1 else ""
+    )
+    always |= set(conn.prefixes.values())
+    on_set = set(chanmodes[2] if len(chanmodes) > 2 else "")
+    args = list(line.params[2:])
+    key: str | None = None
+    adding = True
+    for ch in line.param(1):
+        if ch in "+-":
+            adding = ch == "+"
+            continue
+        arg = args.pop(0) if (ch in always or (ch in on_set and adding)) and args else None
+        if ch == "k":
+            if not adding:
+                key = ""
+            elif arg and arg != "*":
+                key = arg
+    return key
+
+
 class IrcToMatrix:
     def __init__(
         self,

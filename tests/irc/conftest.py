@@ -41,6 +41,7 @@ class FakeBridge:
         self.login_list: list[Login] = []
         self.upload_fails = False
         self.connection_changes: list[ConnectionChange] = []
+        self.room_keys: dict[PortalKey, str | None] = {}
 
     async def emit(self, event: RemoteEvent) -> None:
         self.events.append(event)
@@ -77,6 +78,9 @@ class FakeBridge:
             raise RuntimeError("upload failed")
         self.uploads.append((text, filename))
         return f"https://example.org/paste/{len(self.uploads)}"
+
+    async def save_room_key(self, portal: PortalKey, key: str | None) -> None:
+        self.room_keys[portal] = key
 
     def of_type(self, cls: type) -> list[Any]:
         return [e for e in self.events if isinstance(e, cls)]

@@ -1,7 +1,8 @@
 """End to end, real Synapse and ngircd: bridging an IRC channel safely. A ``link`` needs the
 channel's consent (the user's own connection is an operator, or an operator answers the bot
 on IRC); ``exclude`` keeps channels from being bridged (never, or by admins only); channels
-with a key (+k) are joined with it, and rejoined with it after a restart."""
+with a key (+k) are joined with it, and rejoined with it after a restart, with the new one
+when an operator changed it."""
 
 from __future__ import annotations
 
@@ -280,6 +281,83 @@ async def test_keyed_channel_join_and_rejoin_after_restart(
     await kim.wait_for_event(room, body_is("after the restart"), timeout=60)
     await kim.send_text(room, "still keyed")
     await carol.expect(said(puppet, "still keyed"), timeout=30)
+
+
+async def _names(user: Any, channel: str) -> set[str]:
+    """The nicks in a channel, by NAMES (without their prefixes)."""
+    mark = len(user.lines)
+    user.send(f"NAMES {channel}")
+
+    async def answered() -> bool:
+        return any(ln.command == "366" for ln in user.lines[mark:])
+
+    await until(answered)
+    return {
+        nick.lstrip("~&@%+")
+        for ln in user.lines[mark:]
+        if ln.command == "353" and ln.params[-2].lower() == channel.lower()
+        for nick in ln.params[-1].split()
+    }
+
+
+async def test_keyed_channel_key_changed_by_an_operator_is_followed(
+    make_bridge: BridgeFactory, ngircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    chan = "#" + uniq("rekeyed")
+    carol = await irc(ngircd, "carol")
+    await carol.join(chan)
+    carol.send(f"MODE {chan} +k s3cret")
+    await carol.expect(lambda ln: ln.command == "MODE" and ln.param(1) == "+k")
+    cfg = irc_connectors(ngircd)
+    bot_nick = cfg["irc"]["networks"]["test"]["bot"]["nick"]
+    bridge = await make_bridge(connectors=cfg)
+    kim = await matrix("Kim")
+    mgmt = await management_room(kim)
+    reply = await command(kim, mgmt, f"join irc_test {chan} s3cret", "Invited you")
+    room = reply.rsplit("(", 1)[1].rstrip(").")
+    await kim.join(room)
+    await carol.expect(joined(bot_nick, chan), what="the bot's JOIN")
+    puppet = f"{(await kim.get_profile(kim.user_id))['displayname']}[m]"
+    await kim.send_text(room, "through the old key")
+    await carol.expect(said(puppet, "through the old key"))
+    # An operator takes the key off and sets another: the bridge keeps the new one.
+    mark = len(carol.lines)
+    carol.send(f"MODE {chan} -k s3cret", f"MODE {chan} +k n3wkey")
+    await carol.expect(
+        lambda ln: ln in carol.lines[mark:] and ln.command == "MODE" and ln.param(1) == "+k",
+        what="the new key",
+    )
+    key = PortalKey(NET, chan)
+
+    async def kept() -> bool:
+        portal = await bridge.portal_store.get(key)
+        return portal is not None and bridge.commands.actions.room_key_of(portal) == "n3wkey"
+
+    await until(kept)
+    portal = await bridge.portal_store.get(key)
+    assert portal is not None and "n3wkey" not in str(portal.metadata)  # sealed
+    # After a restart, the bot and the puppet come back in with the new key.
+    await bridge.stop()
+    await carol.expect(lambda ln: ln.command == "QUIT" and ln.nick == puppet, what="QUIT")
+    mark = len(carol.lines)
+    await make_bridge(connectors=cfg)
+
+    def rejoined(nick: str) -> Callable[[Any], bool]:
+        return lambda ln: ln in carol.lines[mark:] and joined(nick, chan)(ln)
+
+    await carol.expect(rejoined(bot_nick), timeout=60, what="the bot's rejoin")
+    await carol.expect(rejoined(puppet), timeout=60, what="the puppet's rejoin")
+    assert {bot_nick, puppet} <= await _names(carol, chan)
+    mark = len(carol.lines)
+    carol.send(f"MODE {chan}")
+
+    async def mode_reply() -> Any:
+        return next((ln for ln in carol.lines[mark:] if ln.command == "324"), None)
+
+    modes = await until(mode_reply)
+    assert "k" in modes.param(2) and "n3wkey" in modes.params[3:]
+    carol.send(f"PRIVMSG {chan} :after the new key")
+    await kim.wait_for_event(room, body_is("after the new key"), timeout=60)
 
 
 # --- channel modes in Matrix -------------------------------------------------------------------

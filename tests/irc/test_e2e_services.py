@@ -5,7 +5,8 @@ management room. Checked: SASL PLAIN (a wrong password refused at once and nothi
 password changed on the services side told once in the management room after a bridge restart,
 and not retried), ``login irc <net> certfp`` (a client certificate, NickServ CERT ADD after one
 password login; after a restart the connection logs in with SASL EXTERNAL and no password is
-stored; a certificate removed from the account is told once), NickServ IDENTIFY on a network
+stored; a certificate removed from the account is told once; ``logout`` takes the fingerprint
+off the account, NickServ CERT DEL, and says when that failed), NickServ IDENTIFY on a network
 with ``auth: nickserv`` (a refusal told once, the connection kept), ``irc autocmd``, the bot's
 own account both ways, and a login while services are down. The ircd's WHOIS (330) says which
 account a connection is logged into.
@@ -350,6 +351,54 @@ async def test_certfp_login_then_restart_uses_external_without_password(
         and ("cert-pw-1" in r.getMessage() or "PRIVATE KEY" in r.getMessage())
     ]
     assert not leaks, leaks[0]
+
+
+async def cert_list(owner: RawIRC) -> str:
+    """What NickServ's CERT LIST tells the account's owner."""
+    mark = len(owner.lines)
+    owner.send("PRIVMSG NickServ :CERT LIST")
+    await owner.expect(
+        lambda ln: ln in owner.lines[mark:] and "end of" in ln.param(1).lower(),
+        timeout=30,
+        what="CERT LIST",
+    )
+    return " ".join(ln.param(1) for ln in owner.lines[mark:] if ln.command == "NOTICE")
+
+
+async def test_certfp_logout_takes_the_fingerprint_off_the_account(
+    make_bridge: BridgeFactory, services: ServicesNet, raw: Raw, matrix: Callable[..., Any]
+) -> None:
+    account = await register(services, "cert-pw-4")
+    bridge = await make_bridge(connectors=connectors(services, tls=True))
+    dee = await matrix("Dee")
+    mgmt = await management_room(dee)
+    await command(dee, mgmt, f"login irc test certfp {account} cert-pw-4", "client certificate")
+    rows = [r for r in await bridge.users.logins(network="irc") if r.user_id == dee.user_id]
+    fp = sha256_fingerprint(bridge.credentials.open(rows[0].credentials)["cert"])
+    owner = await raw.as_account(account, "cert-pw-4")
+    assert fp in await cert_list(owner)
+    # Logging out removes the fingerprint from the account, then the certificate.
+    await command(dee, mgmt, "logout irc", "Logged out")
+    assert fp not in await cert_list(owner)
+    assert not [r for r in await bridge.users.logins(network="irc") if r.user_id == dee.user_id]
+    assert not await bot_notices(dee, mgmt, "removing its fingerprint failed")
+    # A fingerprint already gone (removed by hand): the user is told what to check.
+    await command(dee, mgmt, f"login irc test certfp {account} cert-pw-4", "client certificate")
+    rows = [r for r in await bridge.users.logins(network="irc") if r.user_id == dee.user_id]
+    fp = sha256_fingerprint(bridge.credentials.open(rows[0].credentials)["cert"])
+    assert fp in await cert_list(owner)
+    owner.send(f"PRIVMSG NickServ :CERT DEL {fp}")
+    await owner.expect(lambda ln: fp in ln.param(1) and "deleted" in ln.param(1).lower())
+    before = await seen(dee, mgmt)
+    await command(dee, mgmt, "logout irc", "Logged out")
+    await dee.wait_for_event(
+        mgmt,
+        lambda e: e["event_id"] not in before and "removing its fingerprint failed" in str(e),
+        timeout=30,
+    )
+    (told,) = await bot_notices(dee, mgmt, "removing its fingerprint failed")
+    assert "not on your fingerprint list" in told and f"CERT DEL {fp}" in told
+    assert not [r for r in await bridge.users.logins(network="irc") if r.user_id == dee.user_id]
 
 
 async def test_certfp_on_a_network_without_sasl(

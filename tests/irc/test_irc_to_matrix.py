@@ -13,7 +13,7 @@ from bridge.connector import (
 )
 from connectors.irc.client import ConnParams, IRCConnection
 from connectors.irc.config import DEFAULT_POWER
-from connectors.irc.irc_to_matrix import IrcToMatrix
+from connectors.irc.irc_to_matrix import IrcToMatrix, key_change
 from connectors.irc.protocol import parse_line
 
 CHAN = "#chan"
@@ -275,3 +275,25 @@ def test_server_mapping_for_lookups_id_form_for_events() -> None:
     (leave,) = irc.feed(":DAN[X]!d@h PART #CH[1] :bye")
     assert isinstance(leave, RemoteMembership)
     assert leave.portal.remote_id == "#ch{1}" and leave.sender.remote_id == "dan{x}"
+
+
+def test_the_key_a_mode_line_leaves() -> None:
+    conn = IRCConnection(ConnParams("irc.test", 6667, "bot", "bot", "bot"))
+    conn.isupport["CHANMODES"] = "beI,k,l,imnpst"
+
+    def key(raw: str) -> str | None:
+        line = parse_line(raw)
+        assert line is not None
+        return key_change(conn, line)
+
+    assert key(f":op!u@h MODE {CHAN} +k s3cret") == "s3cret"
+    assert key(f":op!u@h MODE {CHAN} -k s3cret") == ""
+    assert key(f":op!u@h MODE {CHAN} -k *") == ""
+    # The key's parameter found among the others: lists, prefixes, +l's (on set only).
+    assert key(f":op!u@h MODE {CHAN} +bolk x!*@* ann 10 n3w") == "n3w"
+    assert key(f":op!u@h MODE {CHAN} -l+k n3w") == "n3w"
+    assert key(f":op!u@h MODE {CHAN} -k+k old n3w") == "n3w"
+    # No key change, or a key the server hides.
+    assert key(f":op!u@h MODE {CHAN} +o-v ann ann") is None
+    assert key(f":op!u@h MODE {CHAN} +k *") is None
+    assert key(f":op!u@h MODE {CHAN} +k") is None

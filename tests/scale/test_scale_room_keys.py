@@ -1,7 +1,8 @@
 """Scale-out mode, IRC on ngircd, one core and two workers (in this process) through real NATS,
 PostgreSQL and Synapse: ``join <network> <channel> <key>`` opens a +k channel as in one
 process (the key crosses the bus to the worker running IRC before the join), a wrong key is
-refused with the server's reason, and the worker that takes IRC over rejoins with the key."""
+refused with the server's reason, a key an operator changes is kept by the core, and the
+worker that takes IRC over rejoins with that key."""
 
 from __future__ import annotations
 
@@ -87,9 +88,22 @@ async def test_keyed_channel_join_in_scale_out_mode(
         portal = await core.portal_store.get(PortalKey(NET, chan))
         assert portal is not None and "room_key" in portal.metadata
         assert "s3cret" not in str(portal.metadata)
+        # An operator changes the key: the worker asks the core to keep the new one.
+        mark = len(carol.lines)
+        carol.send(f"MODE {chan} -k s3cret", f"MODE {chan} +k n3wkey")
+        await carol.expect(
+            lambda ln: ln in carol.lines[mark:] and ln.command == "MODE" and ln.param(1) == "+k",
+            what="the new key",
+        )
+
+        async def kept() -> bool:
+            portal = await core.portal_store.get(PortalKey(NET, chan))
+            return portal is not None and core.commands.actions.room_key_of(portal) == "n3wkey"
+
+        await until(kept, 30, "the core keeps the new key")
 
         # The worker running IRC goes away: the other one takes IRC over and rejoins the
-        # keyed channel with the key it reads from the database.
+        # keyed channel with the (new) key it reads from the database.
         holder = d.holder("irc")
         assert holder is not None
         name = next(n for n, w in d.workers.items() if w is holder)

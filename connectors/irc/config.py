@@ -81,7 +81,7 @@ still joined to. With ``false`` a puppet keeps its seat when its user leaves the
 operator keeping the channel seat, say), after restarts too (the bridge's database keeps
 which channels); it parts when the user logs out, when the portal is unbridged, or when a
 Matrix moderator kicks or bans the user from the room. Joining the room again makes the
-user a plain member again.
+user a plain member again; a start with ``true`` forgets the seats kept.
 
 Channel modes show in the portal room: +i makes its join rule invite, +m raises the level
 posting needs to voice's (``power_levels.v``), and +s, +p or +k keep it out of the room directory

@@ -49,6 +49,8 @@ Example::
                                         # before their ghost leaves; 0: leave at once
             channels: ["#bridge-test"]  # joined by the bot at start
             puppets: true               # false: relay through the bot only
+            require_matrix_membership: true   # false: a puppet keeps its channel seat when
+                                        # its Matrix user leaves the portal room (see below)
             bind_address: null          # local address to connect from (default: any);
                                         # with bind_prefix: the bot's only
             bind_prefix: null           # IPv6 prefix, e.g. 2001:db8:1::/64: each Matrix
@@ -71,6 +73,15 @@ requesting user's own IRC connection is a channel operator there (+o, +a or +q),
 operator answers the bot's private request (``yes`` or ``no``, with the channel when several
 requests wait) within ``link_request_timeout``. ``exclude`` applies to ``join``, aliases and
 ``link`` alike; an excluded channel already bridged is no longer joined.
+
+``require_matrix_membership`` (default ``true``): a Matrix user's puppet is in a channel only
+while the user is joined to its portal room. Leaving the room (or a kick or ban there) parts
+the channel, and after a restart a puppet rejoins only the channels whose portal the user is
+still joined to. With ``false`` a puppet keeps its seat when its user leaves the room (an
+operator keeping the channel seat, say), after restarts too (the bridge's database keeps
+which channels); it parts when the user logs out, when the portal is unbridged, or when a
+Matrix moderator kicks or bans the user from the room. Joining the room again makes the
+user a plain member again; a start with ``true`` forgets the seats kept.
 
 Channel modes show in the portal room: +i makes its join rule invite, +m raises the level
 posting needs to voice's (``power_levels.v``), and +s, +p or +k keep it out of the room directory
@@ -197,6 +208,7 @@ class NetworkConfig:
     netsplit_window: float = 60.0
     channels: list[str] = field(default_factory=list)
     puppets: bool = True
+    require_matrix_membership: bool = True
     display_name: str = ""
     bind_address: str | None = None
     bind_prefix: ipaddress.IPv6Network | None = None
@@ -371,6 +383,7 @@ def parse_network(netid: str, section: Any) -> NetworkConfig:
         netsplit_window=_num(section, "netsplit_window", 60.0, p, 0, False),
         channels=list(channels),
         puppets=_bool(section, "puppets", True, p),
+        require_matrix_membership=_bool(section, "require_matrix_membership", True, p),
         display_name=_str(section, "display_name", "", p) or netid,
         bind_address=bind_address,
         bind_prefix=prefix,

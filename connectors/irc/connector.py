@@ -80,6 +80,7 @@ from .matrix_to_irc import (
 from .protocol import Line, UnsafeLine, ctcp, serialize
 from .puppets import Puppet, PuppetPool
 from .ranks import MODE_ERRORS, mode_change, mode_params
+from .seats import SeatStore
 from .table_store import TableStore
 from .tables import MIGRATIONS
 
@@ -283,6 +284,11 @@ class Network(ConnectionHandler):
         await self.connector.nick_store.load(self)
         self.pool.activity.update(await self.connector.activity_store.load(self.cfg.netid))
         await self.connector.autocmd_store.load(self)
+        seats = self.connector.seat_store
+        await seats.load(self.cfg.netid)
+        if self.cfg.require_matrix_membership and seats.users(self.cfg.netid):
+            # Seats kept under ``require_matrix_membership: false``: membership counts again.
+            await seats.drop(self.cfg.netid, None, None)
         for channel in self.cfg.channels:
             self.bot.channels[self.bot.fold(channel)] = self.key_of(channel)
             self.bot.channel_names[self.bot.fold(channel)] = channel
@@ -354,6 +360,20 @@ class Network(ConnectionHandler):
             channel = self.channel_name(portal.remote_id)
             for user in members:
                 wanted.setdefault(user.user_id, (user, []))[1].append(channel)
+        if not self.cfg.require_matrix_membership:
+            # Seats kept after their users left the rooms, of the portals still bridged.
+            bridged = {p.remote_id for p in portals if not p.receiver}
+            for user_id, kept in self.connector.seat_store.users(self.cfg.netid).items():
+                for remote_id in sorted(kept & bridged):
+                    if user_id not in wanted:
+                        try:
+                            user = await self.bridge.matrix_user(user_id)
+                        except Exception:
+                            continue
+                        wanted[user_id] = (user, [])
+                    channel = self.channel_name(remote_id)
+                    if channel not in wanted[user_id][1]:
+                        wanted[user_id][1].append(channel)
         activity = self.pool.activity
         order = sorted(wanted.values(), key=lambda uc: -activity.get(uc[0].user_id, 0.0))
         for user, channels in order:
@@ -730,8 +750,11 @@ class IRCClient(NetworkClient):
         if portal.receiver:
             return  # DMs have no membership on IRC
         channel = self._target(portal)
+        seats, netid = self.net.connector.seat_store, self.net.cfg.netid
         if change.target is None and change.target_matrix_user is None:
+            user_id = self.puppet.user_id
             if change.membership == Membership.JOIN:
+                await seats.drop(netid, user_id, portal.remote_id)  # a member again
                 self.puppet.touch()
                 if conn.registered:
                     try:
@@ -742,14 +765,24 @@ class IRCClient(NetworkClient):
                     conn.channels.setdefault(conn.fold(channel), self.net.key_of(channel))
                     conn.channel_names[conn.fold(channel)] = channel
                     conn.start()
+            elif (
+                change.membership == Membership.LEAVE and not self.net.cfg.require_matrix_membership
+            ):
+                # The seat on IRC stays (until logout or unbridging), after restarts too.
+                if conn.fold(channel) in conn.channels:
+                    await seats.keep(netid, user_id, portal.remote_id)
             elif change.membership in (Membership.LEAVE, Membership.KICK, Membership.BAN):
+                await seats.drop(netid, user_id, portal.remote_id)
                 conn.part(channel, change.reason or "")
             return
         if change.target is None:
             # A Matrix user acted on another Matrix user: their puppet leaves the channel.
-            other = self.net.pool.get(change.target_matrix_user or "")
-            if other is not None and change.membership in (Membership.KICK, Membership.BAN):
-                other.conn.part(channel, change.reason or "")
+            other_id = change.target_matrix_user or ""
+            if change.membership in (Membership.KICK, Membership.BAN):
+                await seats.drop(netid, other_id, portal.remote_id)
+                other = self.net.pool.get(other_id)
+                if other is not None:
+                    other.conn.part(channel, change.reason or "")
             return
         nick = self.net.display_nick(change.target.remote_id) or change.target.remote_id
         if not conn.registered:
@@ -954,6 +987,7 @@ class IRCConnector(NetworkConnector):
         self.nick_store = NickStore(bridge)
         self.activity_store = ActivityStore(bridge)
         self.autocmd_store = AutoCmdStore(bridge)
+        self.seat_store = SeatStore(bridge)
         # Channel keys (+k) given with ``join``, by portal; the core keeps them sealed.
         self.keys: dict[PortalKey, str] = {}
 
@@ -1134,6 +1168,7 @@ class IRCConnector(NetworkConnector):
         net.bot.part(channel, "unbridged")
         for puppet in net.pool.puppets.values():
             puppet.conn.part(channel, "unbridged")
+        await self.seat_store.drop(net.cfg.netid, None, portal.remote_id)
 
     # --- ThirdPartyLookup ------------------------------------------------------------------------
 
@@ -1521,6 +1556,13 @@ class IRCConnector(NetworkConnector):
             await self.autocmd_store.save(net, login.user_id, [])  # they belong to the login
         except Exception:
             log.exception("%s: forgetting auto-commands failed", netid)
+        # Seats kept without Matrix membership end with the login.
+        kept = self.seat_store.of(netid, login.user_id)
+        await self.seat_store.drop(netid, login.user_id, None)
+        puppet = net.pool.get(login.user_id)
+        if puppet is not None:
+            for remote_id in kept:
+                puppet.conn.part(net.channel_name(remote_id), "logged out")
         if dropped:
             await net.pool.remove(login.user_id, "logged out")  # connected only for CERT DEL
         else:

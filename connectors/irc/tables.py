@@ -19,4 +19,8 @@ MIGRATIONS: Migrations = [
     # 3: auto-commands after connect (``irc autocmd``), a JSON list per user and network.
     "CREATE TABLE irc_autocmd (network TEXT NOT NULL, user_id TEXT NOT NULL, "
     "commands TEXT NOT NULL, PRIMARY KEY (network, user_id))",
+    # 4: channels whose puppet stays after its Matrix user left the portal room
+    # (``require_matrix_membership: false``), by the portal's channel id.
+    "CREATE TABLE irc_kept_seat (network TEXT NOT NULL, user_id TEXT NOT NULL, "
+    "channel TEXT NOT NULL, PRIMARY KEY (network, user_id, channel))",
 ]

@@ -65,3 +65,20 @@ def test_bad_config(config: dict, key: str) -> None:
 def test_several_networks() -> None:
     cfgs = parse_config({"networks": {"a": {"host": "x"}, "b": {"host": "y", "port": 7000}}})
     assert set(cfgs) == {"a", "b"} and cfgs["b"].port == 7000 and not cfgs["a"].tls
+
+
+def test_require_matrix_membership() -> None:
+    assert parse_config(OK)["libera"].require_matrix_membership is True
+    net = {"host": "x", "require_matrix_membership": False}
+    assert parse_config({"networks": {"a": net}})["a"].require_matrix_membership is False
+    net = {"host": "x", "require_matrix_membership": True}
+    assert parse_config({"networks": {"a": net}})["a"].require_matrix_membership is True
+
+
+@pytest.mark.parametrize("value", ["no", 0, 1, None, "false"])
+def test_require_matrix_membership_must_be_a_boolean(value: object) -> None:
+    net = {"host": "x", "require_matrix_membership": value}
+    with pytest.raises(ConfigError) as info:
+        IRCConnector.validate_config({"networks": {"a": net}})
+    assert info.value.key == "networks.a.require_matrix_membership"
+    assert str(info.value) == "networks.a.require_matrix_membership: must be true or false"

@@ -46,6 +46,7 @@ from .db import (
 )
 from .encryption_required import EncryptionRequirement
 from .matrix.homeserver import Homeserver, MatrixError
+from .memory import release_freed_memory
 from .metrics import INTERNAL_ERROR, BridgeMetrics
 from .ordered_queue import OrderedQueues
 from .portals import PortalManager
@@ -238,6 +239,7 @@ class Bridge:
                 self.submit_remote, self.link_room, self.save_room_key, self.connection_changed
             )
         self.log.info("bridge started with %s", ", ".join(self.networks) or "no networks")
+        release_freed_memory()
 
     async def _hand_room_keys(self) -> None:
         """Keys of portals joined with one (``join <network> <room> <key>``), for rejoins.

@@ -7,6 +7,8 @@ Starts ngircd (tests/harness/ircd.py), then in two fresh subprocesses:
   users get a puppet each, all join one channel, the bot listens to it;
 * ``baseline``: raw asyncio sockets doing only NICK/USER/JOIN and discarding what they read.
 
+Both open their connections at the same pace, 2,000 a second.
+
 Prints, for each: seconds until all are joined, RSS growth per connection (KiB); then the
 ratios puppets/baseline. Targets: < 10 s and < 50 KiB per connection.
 
@@ -21,7 +23,10 @@ back from its store) and after ngircd is killed and started again. Prints the cu
 (connections up against seconds), the effective rate and whether ngircd saw the bot first
 and then the puppets most recently active first (its log gives the order of registration).
 
-    /tmp/venv/bin/python bench/irc_connections.py [-n 1000] [--only join|reconnect] [--rate 50]
+Every wait has a deadline (``--timeout``, by default scaled to N): when connections never
+come up the bench exits 1 saying how many did and in which phase, instead of hanging.
+
+    python bench/irc_connections.py [-n 1000] [--only join|reconnect] [--rate 50] [--timeout S]
 """
 
 from __future__ import annotations
@@ -45,6 +50,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 CHANNEL = "#bench"
+# Connections opened a second in the join figure, by the puppets (their network's
+# connects_per_second) and by the raw baseline alike: all at once, most of them would wait
+# out SYN retransmits behind ngircd's short listen backlog, and the baseline would measure
+# the kernel's backoff.
+JOIN_RATE = 2000
+# Even so ngircd, busy with the JOIN fan-out, lets a few connections overflow its accept
+# queue (a backlog of 10, built in): the client sees them established, the server never
+# accepts them. Both sides give up on a connection that has not heard a line in this many
+# seconds and connect again (the puppets through their network's register_timeout).
+REGISTER_TIMEOUT = 10.0
 
 
 def rss_kib() -> int:
@@ -63,9 +78,44 @@ def raise_fd_limit(n: int) -> int:
     return want
 
 
+class BenchFailed(SystemExit):
+    """The bench cannot give its figure (connections never came up): exit non-zero, saying
+    why, instead of waiting for ever."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"irc_connections: {message}")
+
+
+async def wait_until(pred: Any, timeout: float, what: Any) -> None:  # noqa: ASYNC109
+    """Poll ``pred`` until true; BenchFailed after ``timeout`` seconds, with ``what()``."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise BenchFailed(f"timed out after {timeout:g} s: {what()}")
+        await asyncio.sleep(0.01)
+
+
+def check_stub(stub: object) -> None:
+    """The stub must offer everything the core's BridgeAPI does (the connector calls more of
+    it over time); say which are missing rather than let every puppet crash."""
+    from bridge.connector.base import BridgeAPI
+
+    wanted = {m for m in vars(BridgeAPI) if not m.startswith("_")}
+    wanted |= set(BridgeAPI.__annotations__)
+    missing = sorted(m for m in wanted if not hasattr(stub, m))
+    if missing:
+        raise BenchFailed(f"StubBridge lacks BridgeAPI's {', '.join(missing)}")
+
+
 class StubBridge:
+    """Every method of ``bridge.connector.BridgeAPI``: events are dropped, connection changes
+    counted by state (the bench reads them), notices printed to stderr."""
+
     domain = "bench.local"
     log = logging.getLogger("bench")
+
+    def __init__(self) -> None:
+        self.connection_states: dict[str, int] = {}
 
     async def emit(self, event: Any) -> None:
         pass
@@ -73,8 +123,17 @@ class StubBridge:
     async def notify(self, user_id: str, text: str, portal: Any = None) -> None:
         print("notify:", user_id, text, file=sys.stderr)
 
+    def connection_changed(self, change: Any) -> None:
+        state = str(change.state)
+        self.connection_states[state] = self.connection_states.get(state, 0) + 1
+
     async def matrix_user(self, user_id: str) -> Any:
-        raise NotImplementedError
+        from bridge.connector import MatrixUser
+
+        return MatrixUser(user_id, user_id[1:].split(":")[0], "user")
+
+    async def matrix_avatar(self, user_id: str) -> Any:
+        return None
 
     async def portals(self, network: str) -> list[Any]:
         return []
@@ -91,7 +150,7 @@ class StubBridge:
     def ghost_user_id(self, network: str, remote_id: str) -> str:
         return f"@{network}_{remote_id}:bench.local"
 
-    def mxc_to_url(self, mxc: str) -> str:
+    def mxc_to_url(self, mxc: str, filename: str = "") -> str:
         return mxc
 
     async def upload_text(self, text: str, filename: str) -> str:
@@ -100,8 +159,14 @@ class StubBridge:
     async def save_room_key(self, portal: Any, key: str | None) -> None:
         pass
 
+    async def link_room(self, user_id: str, room_id: str, portal: Any) -> None:
+        raise RuntimeError("no rooms in the bench")
 
-async def run_puppets(host: str, port: int, n: int) -> dict[str, float]:
+    def public_url(self, path: str) -> str:
+        return "https://bench.local" + path
+
+
+async def run_puppets(host: str, port: int, n: int, limit: float) -> dict[str, float]:
     from connectors.irc import IRCConnector
 
     cfg = {
@@ -109,18 +174,24 @@ async def run_puppets(host: str, port: int, n: int) -> dict[str, float]:
             "bench": {
                 "host": host,
                 "port": port,
-                "connects_per_second": 2000,
+                "connects_per_second": JOIN_RATE,
+                "register_timeout": REGISTER_TIMEOUT,
                 "max_connections": n + 10,
                 "channels": [CHANNEL],
                 "bot": {"nick": "benchbot"},
             }
         }
     }
-    connector = IRCConnector(StubBridge(), cfg)  # type: ignore[arg-type]
+    bridge = StubBridge()
+    check_stub(bridge)
+    connector = IRCConnector(bridge, cfg)  # type: ignore[arg-type]
     await connector.start()
     net = connector.networks["bench"]
-    while not (net.bot.registered and CHANNEL in net.bot.joined):  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
+    await wait_until(
+        lambda: net.bot.registered and CHANNEL in net.bot.joined,
+        30,
+        lambda: f"the bot did not join {CHANNEL} (registered: {net.bot.registered})",
+    )
     before = rss_kib()
     start = time.monotonic()
     puppets = []
@@ -130,8 +201,16 @@ async def run_puppets(host: str, port: int, n: int) -> dict[str, float]:
         puppet.conn.channels[CHANNEL] = None
         puppet.conn.channel_names[CHANNEL] = CHANNEL
         puppets.append(puppet)
-    while not all(CHANNEL in p.conn.joined for p in puppets):  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
+
+    def progress() -> str:
+        joined = sum(CHANNEL in p.conn.joined for p in puppets)
+        up = sum(p.conn.registered for p in puppets)
+        return (
+            f"{joined} of {n} puppets joined {CHANNEL}, {up} registered; "
+            f"connection changes by state: {bridge.connection_states}"
+        )
+
+    await wait_until(lambda: all(CHANNEL in p.conn.joined for p in puppets), limit, progress)
     elapsed = time.monotonic() - start
     await asyncio.sleep(1.0)  # let the JOIN fan-out settle
     after = rss_kib()
@@ -145,6 +224,8 @@ async def run_puppets(host: str, port: int, n: int) -> dict[str, float]:
         "members_seen_by_listener": members,
         "puppet_lines_ignored": ignored,
         "puppet_lines_parsed": parsed,
+        # attempts given up (no answer within register_timeout, or dropped) and made again
+        "retries": bridge.connection_states.get("disconnected", 0),
     }
 
 
@@ -176,6 +257,7 @@ class ReconnectBridge(StubBridge):
     def __init__(self, n: int) -> None:
         from bridge.connector import MatrixUser, PortalKey
 
+        super().__init__()
         self.db = MemoryDatabase()
         self.portal = PortalKey("irc_bench", CHANNEL)
         self.users = [MatrixUser(f"@user{i}:bench.local", f"User{i}", "user") for i in range(n)]
@@ -194,16 +276,25 @@ REGISTERED = re.compile(r'^\[\d+:\d+\s+\d+\] User "([^!"]+)!.*" registered \(con
 ACCEPTED = re.compile(r"^\[\d+:\d+\s+\d+\] Accepted connection (\d+) ")
 
 
-async def curve(net: Any, n: int, t0: float, limit: float) -> list[tuple[float, int]]:
-    """(seconds since t0, connections registered) every 0.1 s until all n + bot are up."""
+async def curve(
+    net: Any, n: int, t0: float, limit: float, phase: str, bridge: StubBridge
+) -> list[tuple[float, int]]:
+    """(seconds since t0, connections registered) every 0.1 s until all n + bot are up;
+    BenchFailed when they are not after ``limit`` seconds."""
     points: list[tuple[float, int]] = []
     while True:
         up = net.bot.registered + sum(p.conn.registered for p in net.pool.puppets.values())
         now = time.monotonic() - t0
         if not points or points[-1][1] != up:
             points.append((now, up))
-        if up == n + 1 or now > limit:
+        if up == n + 1:
             return points
+        if now > limit:
+            raise BenchFailed(
+                f"{phase}: {up} of {n + 1} connections up after {limit:g} s "
+                f"(bot registered: {net.bot.registered}); connection changes by state: "
+                f"{bridge.connection_states}"
+            )
         await asyncio.sleep(0.1)
 
 
@@ -217,9 +308,11 @@ def log_order(logfile: Path, mark: int) -> dict[str, list[str]]:
             accepted.append(m.group(1))
         elif m := REGISTERED.match(line):
             registered.append(m.group(1))
-            # the latest accept of that connection number is this user's
-            i = len(accepted) - 1 - accepted[::-1].index(m.group(2))
-            accepted[i] = "nick:" + m.group(1)
+            # the latest accept of that connection number is this user's (none when the
+            # accept was logged before the mark: the nick then counts as not accepted)
+            if m.group(2) in accepted:
+                i = len(accepted) - 1 - accepted[::-1].index(m.group(2))
+                accepted[i] = "nick:" + m.group(1)
     nicks = [a[5:] for a in accepted if a.startswith("nick:")]
     return {"accepted": nicks, "registered": registered}
 
@@ -241,7 +334,7 @@ def order_report(seen: dict[str, list[str]], expected: list[str]) -> dict[str, A
     return out
 
 
-async def run_reconnect(n: int, rate: float, workdir: str) -> dict[str, Any]:
+async def run_reconnect(n: int, rate: float, workdir: str, limit: float) -> dict[str, Any]:
     from connectors.irc import IRCConnector
     from tests.harness.ircd import start_ngircd
 
@@ -261,12 +354,13 @@ async def run_reconnect(n: int, rate: float, workdir: str) -> dict[str, Any]:
         }
     }
     bridge = ReconnectBridge(n)
+    check_stub(bridge)
     results: dict[str, Any] = {}
     try:
         connector = IRCConnector(bridge, cfg)  # type: ignore[arg-type]
         await connector.start()  # brings every member's puppet up, paced
         net = connector.networks["bench"]
-        await curve(net, n, time.monotonic(), 120 + n / rate)
+        await curve(net, n, time.monotonic(), limit, "first start", bridge)
         # The users spoke in a shuffled order: the last to speak must come back first.
         speakers = list(bridge.users)
         random.Random(15).shuffle(speakers)
@@ -283,7 +377,7 @@ async def run_reconnect(n: int, rate: float, workdir: str) -> dict[str, Any]:
         t0 = time.monotonic()
         await connector.start()
         net = connector.networks["bench"]
-        results["restart"] = await curve(net, n, t0, 120 + 2 * n / rate)
+        results["restart"] = await curve(net, n, t0, limit, "bridge restart", bridge)
         await asyncio.sleep(0.5)
         results["restart_order"] = order_report(log_order(logfile, mark), expected)
 
@@ -292,12 +386,18 @@ async def run_reconnect(n: int, rate: float, workdir: str) -> dict[str, Any]:
         proc.kill()
         proc.wait(5)
         server.proc = None
-        while net.bot.registered:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+
+        def still_up() -> int:
+            return net.bot.registered + sum(p.conn.registered for p in net.pool.puppets.values())
+
+        # every connection saw the crash: the curve starts from none up
+        await wait_until(
+            lambda: not still_up(), 30, lambda: f"{still_up()} connections missed ngircd's crash"
+        )
         mark = len(logfile.read_text(errors="replace"))
         await asyncio.to_thread(server.restart, 2.0)
         t0 = time.monotonic()
-        results["outage"] = await curve(net, n, t0, 120 + 2 * n / rate)
+        results["outage"] = await curve(net, n, t0, limit, "ngircd crash", bridge)
         await asyncio.sleep(0.5)
         results["outage_order"] = order_report(log_order(logfile, mark), expected)
         await connector.stop()
@@ -306,7 +406,7 @@ async def run_reconnect(n: int, rate: float, workdir: str) -> dict[str, Any]:
     return results
 
 
-async def run_baseline(host: str, port: int, n: int) -> dict[str, float]:
+async def run_baseline(host: str, port: int, n: int, limit: float) -> dict[str, float]:
     before = rss_kib()
     start = time.monotonic()
     joined = 0
@@ -314,12 +414,19 @@ async def run_baseline(host: str, port: int, n: int) -> dict[str, float]:
     done = asyncio.Event()
     writers = []
 
+    errors: dict[str, int] = {}
+
+    retries = 0
+
     async def one(i: int) -> None:
-        nonlocal failed
+        nonlocal failed, retries
         try:
-            await one_inner(i)
+            while not await one_inner(i):
+                retries += 1
         except Exception as e:
-            print(f"baseline connection {i}: {e!r}", file=sys.stderr)
+            if not errors:
+                print(f"baseline connection {i}: {e!r}", file=sys.stderr)
+            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
         if not seen_by[i]:
             failed += 1
             if joined + failed == n:
@@ -327,16 +434,21 @@ async def run_baseline(host: str, port: int, n: int) -> dict[str, float]:
 
     seen_by = [False] * n
 
-    async def one_inner(i: int) -> None:
+    async def one_inner(i: int) -> bool:
+        """False when the server never answered (connect again)."""
         nonlocal joined
         reader, writer = await asyncio.open_connection(host, port)
-        writers.append(writer)
         writer.write(f"NICK raw{i}\r\nUSER raw{i} 0 * :raw\r\nJOIN {CHANNEL}\r\n".encode())
+        try:
+            line = await asyncio.wait_for(reader.readline(), REGISTER_TIMEOUT)
+        except TimeoutError:
+            writer.close()
+            return False
+        writers.append(writer)
         seen = False
         while True:
-            line = await reader.readline()
             if not line:
-                return
+                return True
             if line.startswith(b"PING"):
                 writer.write(b"PONG" + line[4:])
             elif not seen and b" 366 " in line:
@@ -344,9 +456,20 @@ async def run_baseline(host: str, port: int, n: int) -> dict[str, float]:
                 joined += 1
                 if joined + failed == n:
                     done.set()
+            line = await reader.readline()
 
-    tasks = [asyncio.create_task(one(i)) for i in range(n)]
-    await done.wait()
+    tasks = []
+    for i in range(n):
+        tasks.append(asyncio.create_task(one(i)))
+        if (wait := start + (i + 1) / JOIN_RATE - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+    try:
+        await asyncio.wait_for(done.wait(), limit)
+    except TimeoutError:
+        raise BenchFailed(
+            f"timed out after {limit:g} s: {joined} of {n} raw connections joined "
+            f"{CHANNEL}, {failed} failed ({errors or 'no errors'}), {retries} connected again"
+        ) from None
     elapsed = time.monotonic() - start
     await asyncio.sleep(1.0)
     after = rss_kib()
@@ -354,17 +477,45 @@ async def run_baseline(host: str, port: int, n: int) -> dict[str, float]:
         w.close()
     for t in tasks:
         t.cancel()
-    return {"seconds": elapsed, "kib_per_conn": (after - before) / n, "failed": failed}
+    if errors:
+        print(f"baseline connections failed: {errors}", file=sys.stderr)
+    return {
+        "seconds": elapsed,
+        "kib_per_conn": (after - before) / n,
+        "failed": failed,
+        "retries": retries,
+    }
 
 
-def child(mode: str, host: str, port: int, n: int, rate: float, workdir: str) -> None:
+def child(
+    mode: str, host: str, port: int, n: int, rate: float, workdir: str, timeout: float
+) -> None:
     raise_fd_limit(n)
     logging.basicConfig(level=logging.WARNING)
     if mode == "reconnect":
-        print(json.dumps(asyncio.run(run_reconnect(n, rate, workdir))))
+        print(json.dumps(asyncio.run(run_reconnect(n, rate, workdir, timeout))))
         return
     fn = run_puppets if mode == "puppets" else run_baseline
-    print(json.dumps(asyncio.run(fn(host, port, n))))
+    print(json.dumps(asyncio.run(fn(host, port, n, timeout))))
+
+
+def run_child(argv: list[str], timeout: float, what: str) -> str:
+    """Run a child bench; its last line of output (JSON). BenchFailed, with its stderr, when
+    it fails or outlives ``timeout`` (its own deadlines are shorter: this is the backstop)."""
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
+        print(err or "", file=sys.stderr)
+        raise BenchFailed(f"{what} run killed after {timeout:g} s") from None
+    if out.returncode != 0:
+        print(out.stderr, file=sys.stderr)
+        raise BenchFailed(f"{what} run failed (exit {out.returncode})")
+    lines = out.stdout.strip().splitlines()
+    if not lines:
+        print(out.stderr, file=sys.stderr)
+        raise BenchFailed(f"{what} run printed nothing")
+    return lines[-1]
 
 
 def print_curve(title: str, points: list[tuple[float, int]], n: int, rate: float) -> None:
@@ -382,15 +533,12 @@ def print_curve(title: str, points: list[tuple[float, int]], n: int, rate: float
           f"{(up - 1) / span:.1f} connections/s after the bot (configured {rate:g})")  # fmt: skip
 
 
-def run_reconnect_child(n: int, rate: float) -> None:
+def run_reconnect_child(n: int, rate: float, timeout: float) -> None:
     with tempfile.TemporaryDirectory(prefix="irc-bench-") as tmp:
         argv = [sys.executable, __file__, "--child", "reconnect", "-n", str(n)]
-        argv += ["--rate", str(rate), "--workdir", tmp]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=600 + 4 * n / rate)
-    if out.returncode != 0:
-        print(out.stderr, file=sys.stderr)
-        raise SystemExit("reconnect run failed")
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+        argv += ["--rate", str(rate), "--workdir", tmp, "--timeout", str(timeout)]
+        # four phases of at most ``timeout`` each, ngircd's restart and the stops
+        r = json.loads(run_child(argv, 4 * timeout + 120, "reconnect"))
     if os.environ.get("BENCH_JSON"):
         Path(os.environ["BENCH_JSON"]).write_text(json.dumps(r))  # the raw figures, kept
     print(f"{n} puppets reconnecting at connects_per_second={rate:g} on ngircd (loopback)")
@@ -419,18 +567,25 @@ def main() -> None:
     parser.add_argument("--workdir", default="")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        help="seconds a phase may take before the bench gives up and exits 1 (default: "
+        "60 + n/100 for the join, 60 + 2n/rate for each reconnect phase)",
+    )
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.host, args.port, args.n, args.rate, args.workdir)
+        child(args.child, args.host, args.port, args.n, args.rate, args.workdir, args.timeout)
         return
     files = raise_fd_limit(args.n)  # ngircd inherits it
     if args.only != "reconnect":
-        run_join(args.n, files)
+        run_join(args.n, files, args.timeout or 60 + args.n / 100)
     if args.only != "join":
-        run_reconnect_child(args.n, args.rate)
+        run_reconnect_child(args.n, args.rate, args.timeout or 60 + 2 * args.n / args.rate)
 
 
-def run_join(n: int, files: int) -> None:
+def run_join(n: int, files: int, timeout: float) -> None:
     from tests.harness.ircd import start_ngircd
 
     results: dict[str, dict[str, float]] = {}
@@ -438,35 +593,19 @@ def run_join(n: int, files: int) -> None:
         for mode in ("baseline", "puppets"):
             server = start_ngircd(Path(tmp) / mode)  # a fresh server: same start for both
             try:
-                out = subprocess.run(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--child",
-                        mode,
-                        "--host",
-                        server.host,
-                        "--port",
-                        str(server.port),
-                        "-n",
-                        str(n),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=300 + n // 10,
-                )
-                if out.returncode != 0:
-                    print(out.stderr, file=sys.stderr)
-                    raise SystemExit(f"{mode} run failed")
-                results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+                argv = [sys.executable, __file__, "--child", mode, "-n", str(n)]
+                argv += ["--host", server.host, "--port", str(server.port)]
+                argv += ["--timeout", str(timeout)]
+                # the bot's 30 s, the join's timeout, the settling and the stop
+                results[mode] = json.loads(run_child(argv, timeout + 90, mode))
             finally:
                 server.stop()
     p, b = results["puppets"], results["baseline"]
     print(f"{n} connections joined to one channel on ngircd (loopback, open files {files})")
     print(f"  baseline (raw asyncio NICK/USER/JOIN): {b['seconds']:.2f} s, "
-          f"{b['kib_per_conn']:.1f} KiB/conn")  # fmt: skip
+          f"{b['kib_per_conn']:.1f} KiB/conn, {int(b['retries'])} connected again")  # fmt: skip
     print(f"  connector puppets:                     {p['seconds']:.2f} s, "
-          f"{p['kib_per_conn']:.1f} KiB/conn")  # fmt: skip
+          f"{p['kib_per_conn']:.1f} KiB/conn, {int(p['retries'])} connected again")  # fmt: skip
     print(f"  ratio puppets/baseline: time x{p['seconds'] / b['seconds']:.2f}, "
           f"memory x{p['kib_per_conn'] / max(b['kib_per_conn'], 0.1):.2f}")  # fmt: skip
     print(f"  listener saw {int(p['members_seen_by_listener'])} members; puppets discarded "

@@ -152,7 +152,7 @@ INSPIRCD_CONF = """\
          localmax="100000" globalmax="100000" useident="{useident}" limit="100000"
          resolvehostnames="no">
 <performance nouserdns="yes" netbuffersize="10240" somaxconn="1024" softlimit="20000">
-<options defaultmodes="nt" maxtargets="20">
+<options defaultmodes="{defaultmodes}" maxtargets="20">
 <security hidesplits="no" announceinvites="dynamic">
 <limits maxnick="30" maxchan="64" maxmodes="20" maxident="11" maxhost="64" maxquit="255"
         maxtopic="307" maxkick="255" maxreal="128" maxgecos="128" maxaway="200">
@@ -182,16 +182,24 @@ INSPIRCD_IDENT = """\
 """
 
 
-def start_inspircd(workdir: Path | str, port: int | None = None, ident: bool = False) -> IrcServer:
+def start_inspircd(
+    workdir: Path | str, port: int | None = None, ident: bool = False, creator_op: bool = False
+) -> IrcServer:
     """Start InspIRCd 3 with its IRCv3 modules on 127.0.0.1; ``ident``: look up each client's
-    ident (users without an answer show as ``~user``)."""
+    ident (users without an answer show as ``~user``). New channels are +nt, their creator no
+    operator, unless ``creator_op`` (InspIRCd's ``defaultmodes`` "not")."""
     binary = _need("inspircd", "inspircd")
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     (workdir / "motd.txt").write_text("bridge test server\n")
     conf = workdir / "inspircd.conf"
-    text = INSPIRCD_CONF.format(port=port, workdir=workdir, useident="yes" if ident else "no")
+    text = INSPIRCD_CONF.format(
+        port=port,
+        workdir=workdir,
+        useident="yes" if ident else "no",
+        defaultmodes="not" if creator_op else "nt",
+    )
     conf.write_text(text + (INSPIRCD_IDENT if ident else ""))
     argv = [binary, "--nofork", "--config", str(conf)]
     if os.geteuid() == 0:
@@ -463,7 +471,7 @@ def start_services(workdir: Path | str) -> ServicesNet:
     (workdir / "motd.txt").write_text("bridge test server\n")
     conf = workdir / "inspircd.conf"
     conf.write_text(
-        INSPIRCD_CONF.format(port=port, workdir=workdir, useident="no")
+        INSPIRCD_CONF.format(port=port, workdir=workdir, useident="no", defaultmodes="nt")
         + INSPIRCD_SERVICES.format(
             tls_port=tls_port,
             link_port=link_port,

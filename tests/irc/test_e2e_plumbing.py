@@ -2,18 +2,20 @@
 channel's consent (the user's own connection is an operator, or an operator answers the bot
 on IRC); ``exclude`` keeps channels from being bridged (never, or by admins only); channels
 with a key (+k) are joined with it, and rejoined with it after a restart, with the new one
-when an operator changed it."""
+when an operator changed it; secret, private and keyed channels stay out of the room directory
+(InspIRCd for +p, which ngircd lacks)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bridge.connector import PortalKey
 from tests.conftest import BridgeFactory
-from tests.harness.ircd import IrcServer
+from tests.harness.ircd import IrcdMissing, IrcServer, start_inspircd
 from tests.harness.synapse import MatrixClient, SynapseServer
 
 from .test_e2e_synapse import (
@@ -431,6 +433,69 @@ async def test_secret_private_and_keyed_channels_are_never_listed(
 
         await until(shown_again, 30)
         assert [f["alias"] for f in await _lookup(ann, shown)] == [alias(shown)]
+
+
+@pytest.fixture(scope="module")
+def inspircd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IrcServer]:
+    """InspIRCd, which has +p (private) where ngircd has only +s; a channel's creator is its
+    operator (to set +p)."""
+    try:
+        server = start_inspircd(Path(tmp_path_factory.mktemp("inspircd-private")), creator_op=True)
+    except IrcdMissing as e:
+        pytest.skip(str(e))
+    yield server
+    server.stop()
+
+
+async def test_private_channels_are_never_listed(
+    make_bridge: BridgeFactory, inspircd: IrcServer, irc: IrcUsers, matrix: Callable[..., Any]
+) -> None:
+    """On InspIRCd, whose +p is a mode of its own: with ``publish``, the portal of a private
+    channel (+p from the start, or set later) is neither in the room directory (Synapse's
+    publicRooms) nor found by the third-party location lookup, while a plain channel's is in
+    both; -p lists it again."""
+    shown, private = "#" + uniq("shown"), "#" + uniq("private")
+    carol = await irc(inspircd, "carol")
+    await carol.join(shown)
+    await carol.join(private)
+    carol.send(f"MODE {private} +p")
+    await carol.expect(lambda ln: ln.command == "MODE" and ln.param(1) == "+p", what="+p")
+    bridge = await make_bridge(connectors=irc_connectors(inspircd, publish=True))
+    ann = await matrix("Ann")
+    shown_room = await ann.join(alias(shown))
+    private_room = await ann.join(alias(private))
+
+    async def listed_as(key: str, value: bool) -> bool:
+        portal = await bridge.portal_store.get(PortalKey(NET, key))
+        return portal is not None and portal.metadata.get("listed") is value
+
+    # Both portals' modes are known (the plain one listed): the private one was not left out
+    # merely because the bot had not heard its modes yet.
+    await until(lambda: listed_as(shown, True), 30)
+    await until(lambda: listed_as(private, False), 30)
+    assert await _visibility(ann, shown_room) == "public"
+    assert await _visibility(ann, private_room) == "private"
+    assert await _listed(ann, shown_room)
+    assert not await _listed(ann, private_room)
+    assert [f["alias"] for f in await _lookup(ann, shown)] == [alias(shown)]
+    assert await _lookup(ann, private) == []
+
+    # The plain channel turning private leaves both; back to -p it is in both again.
+    carol.send(f"MODE {shown} +p")
+
+    async def visibility_is(room: str, value: str) -> bool:
+        return await _visibility(ann, room) == value
+
+    await until(lambda: visibility_is(shown_room, "private"), 30)
+    assert not await _listed(ann, shown_room)
+    assert await _lookup(ann, shown) == []
+    carol.send(f"MODE {shown} -p")
+    await until(lambda: visibility_is(shown_room, "public"), 30)
+    assert await _listed(ann, shown_room)
+    assert [f["alias"] for f in await _lookup(ann, shown)] == [alias(shown)]
+    # The private one stayed out all along.
+    assert not await _listed(ann, private_room)
+    assert await _lookup(ann, private) == []
 
 
 async def test_invite_only_and_moderated_both_ways(

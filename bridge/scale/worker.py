@@ -77,11 +77,22 @@ def default_leases(
     *,
     on_gain: Callable[[str], Awaitable[None]],
     on_lose: Callable[[str], Awaitable[None]],
+    ttl: float = 15.0,
+    renew_every: float = 5.0,
+    claims_per_second: float = 10.0,
 ) -> Leases:
     from .leases import ShardLeases
 
     return ShardLeases(
-        js, worker_id, shards, on_gain=on_gain, on_lose=on_lose, bucket=SHARDS_BUCKET
+        js,
+        worker_id,
+        shards,
+        on_gain=on_gain,
+        on_lose=on_lose,
+        bucket=SHARDS_BUCKET,
+        ttl=ttl,
+        renew_every=renew_every,
+        claims_per_second=claims_per_second,
     )
 
 
@@ -149,12 +160,16 @@ class Worker:
         )
         for name, connector in self.helper.connectors.items():
             self._shard_to_connector[main_shard(connector.namespaces()[0].network)] = name
+        scale = self.cfg.scale
         self.leases = self.leases_factory(
             js,
             self.worker_id,
             sorted(self._shard_to_connector),
             on_gain=self._gain,
             on_lose=self._lose,
+            ttl=scale.lease_ttl_s,
+            renew_every=scale.lease_renew_s,
+            claims_per_second=scale.lease_claims_per_s,
         )
         await self.leases.start()
         self.log.info("worker %s started for %s", self.worker_id, ", ".join(self.helper.connectors))

@@ -1,13 +1,18 @@
 """An in-memory network, written only against ``bridge.connector`` as a third-party plugin
 would be. Every room ``#...`` exists; every user exists. What the bridge sends is recorded in
 ``connector.sent`` (and appended to ``record_file`` as JSON lines, for tests that kill the
-bridge); tests inject remote events with the ``remote_*`` methods."""
+bridge); tests inject remote events with the ``remote_*`` methods.
+
+It runs split in scale-out mode (``ShardedConnector``): an instance answers only for the
+Matrix users in its scope (their clients, logins, DMs) and, on the main shard, for the relay
+and the network's rooms; it refuses the rest, so that a misrouted operation shows."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,7 @@ from bridge.connector import (
     RemoteTyping,
     Sender,
     SentMessage,
+    ShardScope,
 )
 
 NETWORK = "testnet"
@@ -178,10 +184,12 @@ class TestNetConnector(NetworkConnector):
         self.delay = float(config.get("delay_seconds", 0))
         self.record_file = Path(config["record_file"]) if config.get("record_file") else None
         self._ids = itertools.count(1)
+        self._tag = secrets.token_hex(3)
         self._clients: dict[str, TestNetClient] = {}
         self.login_help = "<remote name>"
         self.opened: list[PortalKey] = []
         self.connected = False
+        self.scope: ShardScope | None = None  # None: the whole network (one process)
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> None:
@@ -192,7 +200,8 @@ class TestNetConnector(NetworkConnector):
             raise ConfigError("delay_seconds", "must be a number")
 
     def new_id(self) -> str:
-        return f"tn-{next(self._ids)}-{id(self) % 10000}"
+        # Unique across instances (several run at once when the network runs split).
+        return f"tn-{next(self._ids)}-{self._tag}"
 
     def record(self, kind: str, portal: PortalKey, **fields: Any) -> None:
         entry = {"kind": kind, "room": portal.remote_id, **fields}
@@ -205,7 +214,33 @@ class TestNetConnector(NetworkConnector):
         self.opened = list(await self.bridge.portals(NETWORK))
         self.connected = True
         for login in await self.bridge.logins(self.name):
-            self.set_connection(login.user_id, login.login_id, ConnectionState.CONNECTED)
+            if self.mine(login.user_id):
+                self.set_connection(login.user_id, login.login_id, ConnectionState.CONNECTED)
+
+    # ShardedConnector
+    async def set_scope(self, scope: ShardScope) -> None:
+        before, self.scope = self.scope, scope
+        if not scope.main(NETWORK):
+            self._clients.pop("relaybot", None)
+        for login in await self.bridge.logins(self.name):
+            name = str(login.credentials.get("name"))
+            if not self.mine(login.user_id):
+                self._clients.pop(name, None)  # the instance that has the user now reports it
+            elif self.connected and before is not None and not before.owns(NETWORK, login.user_id):
+                self.set_connection(login.user_id, login.login_id, ConnectionState.CONNECTED)
+
+    def mine(self, matrix_user_id: str) -> bool:
+        """Whether this instance holds the Matrix user's connection."""
+        return self.scope is None or self.scope.owns(NETWORK, matrix_user_id)
+
+    @property
+    def main(self) -> bool:
+        """Whether this instance holds the network's own part (the relay bot)."""
+        return self.scope is None or self.scope.main(NETWORK)
+
+    def _check_mine(self, matrix_user_id: str) -> None:
+        if not self.mine(matrix_user_id):
+            raise ConnectorError(f"{matrix_user_id} is not connected through this instance")
 
     def set_connection(
         self,
@@ -225,7 +260,7 @@ class TestNetConnector(NetworkConnector):
 
     # ConnectionReporting: one connection, up between start and stop.
     async def connection_states(self) -> list[RemoteConnection]:
-        if not self.connected:
+        if not self.connected or not self.main:
             return []
         return [RemoteConnection(NETWORK, ConnectionState.CONNECTED)]
 
@@ -244,6 +279,7 @@ class TestNetConnector(NetworkConnector):
         self.opened.append(portal)
 
     async def client_for(self, user: MatrixUser, portal: PortalKey) -> NetworkClient | None:
+        self._check_mine(user.user_id)
         for login in await self.bridge.logins(self.name):
             if login.user_id == user.user_id:
                 name = str(login.credentials["name"])
@@ -253,16 +289,20 @@ class TestNetConnector(NetworkConnector):
     async def relay_client(self, portal: PortalKey) -> NetworkClient | None:
         if not self.config.get("relay", True):
             return None
+        if not self.main:
+            raise ConnectorError("the relay bot is not on this instance")
         return self._clients.setdefault("relaybot", TestNetClient(self, "relaybot"))
 
     # LoginCapable
     async def login(self, user: MatrixUser, args: list[str]) -> LoginResult:
         if len(args) != 1:
             raise ConnectorError("usage: login testnet <remote name>")
+        self._check_mine(user.user_id)
         self.set_connection(user.user_id, args[0], ConnectionState.CONNECTED)
         return LoginResult(login_id=args[0], credentials={"name": args[0]}, remote_name=args[0])
 
     async def logout(self, login: Login) -> None:
+        self._check_mine(login.user_id)
         self._clients.pop(str(login.credentials.get("name")), None)
         self.set_connection(login.user_id, login.login_id, None)
 
@@ -284,6 +324,7 @@ class TestNetConnector(NetworkConnector):
 
     # DirectMessaging
     async def open_dm(self, user: MatrixUser, network: str, remote_user_id: str) -> PortalKey:
+        self._check_mine(user.user_id)
         return PortalKey(NETWORK, remote_user_id, receiver=user.user_id)
 
     # --- the remote side, driven by tests ---
@@ -301,6 +342,8 @@ class TestNetConnector(NetworkConnector):
         thread_root: str | None = None,
         attachments: list[Attachment] | None = None,
     ) -> str:
+        if receiver:  # a DM reaches the receiver's own connection
+            self._check_mine(receiver)
         msg_id = msg_id or self.new_id()
         await self.bridge.emit(
             RemoteMessage(

@@ -3,10 +3,14 @@ workers through real NATS, PostgreSQL and Synapse. Both workers hold user shards
 network and run an instance for their users; each user's messages cross both ways once,
 through the instance holding the user. A worker crashes (its leases are left to expire, as
 after SIGKILL): the other worker's users go on meanwhile, and the crashed worker's users'
-messages flow again once their shards moved, none lost or duplicated."""
+messages flow again once their shards moved, none lost or duplicated. The second test does
+the same with the core and the workers as processes, and a real SIGKILL."""
 
 from __future__ import annotations
 
+import itertools
+import json
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +25,7 @@ from bridge.testing.synapse import MatrixClient
 from tests.harness.nats import NatsServer
 from tests.harness.synapse import SynapseServer
 from tests.helpers import command, management_room, new_user, until
+from tests.scale.processes import WorkerProcess, core_process
 from tests.scale.scale_setup import Deployment, new_database, recorded, scale_config
 
 NETWORK = "testnet"
@@ -212,3 +217,147 @@ async def _dm_portal(d: Deployment, u: User) -> str | None:
     assert d.core is not None
     portal = await d.core.portal_store.get(PortalKey(NETWORK, "pal", u.client.user_id))
     return portal.room_id if portal is not None and portal.room_id else None
+
+
+# --- the same as processes, with a real SIGKILL -----------------------------------------------
+
+_HELD = re.compile(r"shard (testnet\.\w+) of testnet (held|given up) here")
+
+
+def _log_shards(worker: WorkerProcess) -> set[str]:
+    """The shards a worker process says it holds, by its log."""
+    held: set[str] = set()
+    for shard, what in _HELD.findall(worker.text()):
+        (held.add if what == "held" else held.discard)(shard)
+    return held
+
+
+async def test_sigkill_of_a_worker_process_moves_only_its_users(
+    tmp_path: Path,
+    synapse: SynapseServer,
+    as_port: int,
+    postgres: PostgresServer,
+    nats_server: NatsServer,
+) -> None:
+    record = tmp_path / "sent.jsonl"
+    inbox = tmp_path / "inbox.jsonl"
+    config = scale_config(
+        tmp_path / "config.yaml",
+        synapse,
+        as_port,
+        new_database(postgres),
+        nats_server,
+        {"testnet": {"record_file": str(record), "inbox_file": str(inbox)}},
+        lease_ttl_s=TTL,
+        lease_renew_s=1,
+    )
+    core = await core_process(config, as_port)
+    workers = {n: WorkerProcess(config, n) for n in ("a", "b")}
+    ids = itertools.count(1)
+
+    def deliver(user: User, text: str) -> None:
+        """The network delivers a DM from "pal" to the user's own connection."""
+        line = {"room": "pal", "user": "pal", "text": text, "receiver": user.client.user_id}
+        with inbox.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({**line, "id": f"inbox-{next(ids)}"}) + "\n")
+
+    def holder(user: User) -> str | None:
+        shard = shard_of(NETWORK, user.client.user_id)
+        return next((n for n, w in workers.items() if shard in _log_shards(w)), None)
+
+    everything = {f"{NETWORK}.{n}" for n in range(256)} | {f"{NETWORK}.main"}
+    try:
+        for w in workers.values():
+            await w.start()
+
+        def settled() -> bool:
+            held = [_log_shards(w) for w in workers.values()]
+            return (
+                all(h - {f"{NETWORK}.main"} for h in held)
+                and set().union(*held) == everything
+                and sum(map(len, held)) == len(everything)
+            )
+
+        await until(settled, 90, "every shard held once, by both workers")
+        users: list[User] = []
+        while min(sum(holder(u) == n for u in users) for n in workers) < 2:
+            assert len(users) < 16, "the user ids do not spread"
+            client = new_user(synapse, "killed")
+            users.append(User(client, client.user_id[1:].split(":")[0]))
+        placed = {u.name: holder(u) for u in users}
+        print("users per worker process:", placed)
+        pal = "@testnet_pal:localhost"
+        for u in users:
+            mgmt = await management_room(u.client)
+            await command(u.client, mgmt, f"login testnet {u.remote}", "Logged in")
+            await command(u.client, mgmt, "join testnet #killed", "Invited you")
+            u.room = await u.client.join("#testnet_=23killed:localhost")
+            # A DM opened from Matrix: open_dm goes to the user's instance.
+            u.dm = await u.client.create_room(invite=[pal], is_direct=True)
+            await until(lambda u=u: _is_member(u.client, u.dm, pal), 60, "pal in the DM")
+
+        async def both_ways(tag: str, group: list[User]) -> None:
+            for u in group:
+                await u.client.send_text(u.room, f"{tag} room from {u.name}")
+                await u.client.send_text(u.dm, f"{tag} dm from {u.name}")
+                deliver(u, f"{tag} dm to {u.name}")
+            for u in group:
+                for where in ("room", "dm"):
+                    text = f"{tag} {where} from {u.name}"
+                    await until(recorded(record, "message", text=text), 90, text)
+                await u.client.wait_for_event(
+                    u.dm, lambda e, u=u: e["content"].get("body") == f"{tag} dm to {u.name}", 60
+                )
+
+        await both_ways("before", users)
+        victim = next(n for n, w in workers.items() if f"{NETWORK}.main" in _log_shards(w))
+        survivor = next(n for n in workers if n != victim)
+        theirs = [u for u in users if placed[u.name] == victim]
+        ours = [u for u in users if placed[u.name] == survivor]
+        lost = _log_shards(workers[victim])
+        kept_log = len(workers[survivor].text())
+        began = time.monotonic()
+        await workers[victim].kill()  # SIGKILL: its leases expire, nothing is handed over
+
+        await both_ways("during", ours)
+        print(f"survivor's users both ways {time.monotonic() - began:.1f} s after SIGKILL")
+        for u in theirs:
+            await u.client.send_text(u.room, f"after room from {u.name}")
+            await u.client.send_text(u.dm, f"after dm from {u.name}")
+        for u in theirs:
+            for where in ("room", "dm"):
+                text = f"after {where} from {u.name}"
+                await until(recorded(record, "message", text=text), 90, text)
+        print(f"killed worker's users sent again {time.monotonic() - began:.1f} s after SIGKILL")
+        await until(lambda: _log_shards(workers[survivor]) >= lost, 60, "every shard moved")
+        for u in theirs:
+            deliver(u, f"after dm to {u.name}")
+        for u in theirs:
+            await u.client.wait_for_event(
+                u.dm, lambda e, u=u: e["content"].get("body") == f"after dm to {u.name}", 60
+            )
+
+        # Only the killed worker's shards moved: the survivor gave none up and never
+        # restarted its instance.
+        since = workers[survivor].text()[kept_log:]
+        assert "given up here" not in since and "connector testnet st" not in since
+        for u in users:
+            tags = ["before", "during"] if u in ours else ["before", "after"]
+            for tag in tags:
+                for where in ("room", "dm"):
+                    text = f"{tag} {where} from {u.name}"
+                    assert len(recorded(record, "message", text=text)()) == 1, text
+                    [sent] = recorded(record, "message", text=text)()
+                    assert sent["as_"] == u.remote
+                assert await _count(u.client, u.dm, f"{tag} dm to {u.name}") == 1
+    finally:
+        for w in workers.values():
+            await w.stop()
+        await core.stop()
+
+
+async def _is_member(client: MatrixClient, room: str, user: str) -> bool:
+    try:
+        return user in await client.joined_members(room)
+    except Exception:
+        return False

@@ -1,7 +1,10 @@
 """An in-memory network, written only against ``bridge.connector`` as a third-party plugin
 would be. Every room ``#...`` exists; every user exists. What the bridge sends is recorded in
 ``connector.sent`` (and appended to ``record_file`` as JSON lines, for tests that kill the
-bridge); tests inject remote events with the ``remote_*`` methods.
+bridge); tests inject remote events with the ``remote_*`` methods, or, when the bridge runs
+in other processes, by appending JSON lines to ``inbox_file`` (``{"room", "user", "text",
+"receiver", "id"}``): every instance reads the lines written after it started, and the one
+holding the line's receiver (the main one, for a line without) sends it.
 
 It runs split in scale-out mode (``ShardedConnector``): an instance answers only for the
 Matrix users in its scope (their clients, logins, DMs) and, on the main shard, for the relay
@@ -58,6 +61,14 @@ from bridge.connector import (
 )
 
 NETWORK = "testnet"
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    if not path.exists():
+        return b""
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read()
 
 
 class TestNetClient(NetworkClient):
@@ -190,11 +201,13 @@ class TestNetConnector(NetworkConnector):
         self.opened: list[PortalKey] = []
         self.connected = False
         self.scope: ShardScope | None = None  # None: the whole network (one process)
+        self.inbox = Path(config["inbox_file"]) if config.get("inbox_file") else None
+        self._reader: asyncio.Task[None] | None = None
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> None:
         for key in config:
-            if key not in ("delay_seconds", "record_file", "relay"):
+            if key not in ("delay_seconds", "record_file", "relay", "inbox_file"):
                 raise ConfigError(key, "unknown key")
         if not isinstance(config.get("delay_seconds", 0), int | float):
             raise ConfigError("delay_seconds", "must be a number")
@@ -216,6 +229,29 @@ class TestNetConnector(NetworkConnector):
         for login in await self.bridge.logins(self.name):
             if self.mine(login.user_id):
                 self.set_connection(login.user_id, login.login_id, ConnectionState.CONNECTED)
+        if self.inbox is not None:
+            start = self.inbox.stat().st_size if self.inbox.exists() else 0
+            self._reader = asyncio.create_task(self._read_inbox(self.inbox, start))
+
+    async def _read_inbox(self, path: Path, offset: int) -> None:
+        """What the network delivers to this instance's connections, from ``inbox_file``."""
+        while True:
+            await asyncio.sleep(0.1)
+            data = _read_from(path, offset)  # a small local file: no thread needed
+            end = data.rfind(b"\n") + 1
+            offset += end
+            for line in data[:end].splitlines():
+                entry = json.loads(line)
+                receiver = str(entry.get("receiver") or "")
+                if not (self.mine(receiver) if receiver else self.main):
+                    continue
+                await self.remote_message(
+                    str(entry["room"]),
+                    str(entry["user"]),
+                    str(entry["text"]),
+                    receiver=receiver,
+                    msg_id=entry.get("id"),
+                )
 
     # ShardedConnector
     async def set_scope(self, scope: ShardScope) -> None:
@@ -257,6 +293,10 @@ class TestNetConnector(NetworkConnector):
 
     async def stop(self) -> None:
         self.connected = False
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
 
     # ConnectionReporting: one connection, up between start and stop.
     async def connection_states(self) -> list[RemoteConnection]:

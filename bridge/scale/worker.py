@@ -49,7 +49,7 @@ from bridge.connector.capabilities import (
 from . import bus, codec
 from .core_proxy import CLIENT_CAPS, CONNECTOR_CAPS
 from .op_dedup import OpDedup, open_ops_bucket
-from .op_requests import OpRequests
+from .op_requests import MOVED, OpRequests
 from .shards import all_shards
 from .subjects import OPS_PREFIX, SHARDS_BUCKET, main_shard, network_ops, op_subject
 from .worker_api import Publisher, WorkerAPI
@@ -351,6 +351,11 @@ class Worker:
         shard = msg.subject[len(OPS_PREFIX) + 1 :]
         method = str(request.get("method"))
         op_id = str(request.get("op_id"))
+        running = self.running.get(str(request.get("connector")))
+        if running is not None and running.shards is not None and shard not in running.shards:
+            # Given up since the request came: the worker holding it now answers the retry.
+            await _respond(msg, {"error": {"type": MOVED, "message": f"{shard} moved"}}, self.log)
+            return
 
         async def perform() -> bytes:
             return codec.encode(await self._perform(request))
@@ -449,6 +454,13 @@ class Worker:
         if self.helper._db is not None:
             await self.helper._db.stop()
             self.helper._db = None
+
+
+async def _respond(msg: Msg, answer: dict[str, Any], log: logging.Logger) -> None:
+    try:
+        await msg.respond(codec.encode(answer))
+    except Exception as e:
+        log.info("answer lost: %s", e)
 
 
 async def _unsubscribe(sub: Subscription, log: logging.Logger) -> None:

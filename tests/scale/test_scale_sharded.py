@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bridge.scale import codec
 from bridge.scale.shards import shard_of
 from bridge.scale.worker import Worker
 from bridge.testing.postgres import PostgresServer
@@ -161,6 +162,14 @@ async def test_users_split_across_workers_and_a_crash_moves_only_its_shards(
         assert sent["as_"] == u.remote and sent["relayed"] is False
         [dm] = recorded(record, "message", text=f"before dm from {u.name}")()
         assert dm["as_"] == u.remote and dm["room"] == "pal"
+
+    # An operation reaching a worker for a shard it does not hold is answered "moved" (the
+    # core asks again), never performed.
+    one = d.workers["w1"]
+    elsewhere = next(s for s in sorted(_all_shards()) if s not in _owned(one))
+    fake = _FakeMsg(f"mimi.op.{elsewhere}", {"connector": "testnet", "method": "login"})
+    await one._answer(fake)  # type: ignore[arg-type]
+    assert fake.answer == {"error": {"type": "moved", "message": f"{elsewhere} moved"}}
 
     # A crash of the worker holding the main shard: its keys are left to expire.
     victim = next(n for n, w in d.workers.items() if f"{NETWORK}.main" in _owned(w))
@@ -361,3 +370,17 @@ async def _is_member(client: MatrixClient, room: str, user: str) -> bool:
         return user in await client.joined_members(room)
     except Exception:
         return False
+
+
+def _all_shards() -> set[str]:
+    return {f"{NETWORK}.{n}" for n in range(256)} | {f"{NETWORK}.main"}
+
+
+class _FakeMsg:
+    def __init__(self, subject: str, request: dict[str, Any]) -> None:
+        self.subject = subject
+        self.data = codec.encode({**request, "op_id": "fake", "args": []})
+        self.answer: Any = None
+
+    async def respond(self, data: bytes) -> None:
+        self.answer = codec.decode(data)

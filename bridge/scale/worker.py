@@ -351,8 +351,11 @@ class Worker:
         shard = msg.subject[len(OPS_PREFIX) + 1 :]
         method = str(request.get("method"))
         op_id = str(request.get("op_id"))
-        running = self.running.get(str(request.get("connector")))
-        if running is not None and running.shards is not None and shard not in running.shards:
+        name = str(request.get("connector"))
+        running = self.running.get(name)
+        if name in self._sharded and (
+            running is None or running.shards is None or shard not in running.shards
+        ):
             # Given up since the request came: the worker holding it now answers the retry.
             await _respond(msg, {"error": {"type": MOVED, "message": f"{shard} moved"}}, self.log)
             return

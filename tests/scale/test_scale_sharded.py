@@ -95,6 +95,7 @@ class User:
         self.remote = f"{name}-remote"
         self.room = ""  # the shared room
         self.dm = ""  # the DM with the remote user "pal"
+        self.mgmt = ""
 
 
 async def _dm(d: Deployment, user: User, text: str) -> None:
@@ -134,7 +135,7 @@ async def test_users_split_across_workers_and_a_crash_moves_only_its_shards(
     print("users per worker:", placed)
 
     for u in users:
-        mgmt = await management_room(u.client)
+        u.mgmt = mgmt = await management_room(u.client)
         await command(u.client, mgmt, f"login testnet {u.remote}", "Logged in")
         await command(u.client, mgmt, "join testnet #split", "Invited you")
         u.room = await u.client.join("#testnet_=23split:localhost")
@@ -218,6 +219,9 @@ async def test_users_split_across_workers_and_a_crash_moves_only_its_shards(
         assert len(recorded(record, "message", text=f"after room from {u.name}")()) == 1
         assert len(recorded(record, "message", text=f"after dm from {u.name}")()) == 1
         assert await _count(u.client, u.dm, f"after dm to {u.name}") == 1
+    # Logging out reaches the instance holding the user too (it refuses others).
+    for u in users:
+        await command(u.client, u.mgmt, "logout testnet", "Logged out")
 
 
 async def _dm_portal(d: Deployment, u: User) -> str | None:

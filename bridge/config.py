@@ -96,6 +96,10 @@ class ScaleConfig:
     request_timeout_s: float = 30.0
     unowned_notice_s: float = 60.0
     op_dedup_s: float = 600.0
+    # Shard leases (docs/scale-out.md, "Shards and leases").
+    lease_ttl_s: float = 15.0
+    lease_renew_s: float = 5.0
+    lease_claims_per_s: float = 10.0
 
     @property
     def enabled(self) -> bool:
@@ -470,6 +474,9 @@ def _scale(r: _Reader, database: str) -> ScaleConfig:
         ("request_timeout_s", 30.0),
         ("unowned_notice_s", 60.0),
         ("op_dedup_s", 600.0),
+        ("lease_ttl_s", 15.0),
+        ("lease_renew_s", 5.0),
+        ("lease_claims_per_s", 10.0),
     ):
         value = float(r.get(key, (int, float), default))
         if value <= 0:

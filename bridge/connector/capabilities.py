@@ -9,7 +9,8 @@ Connector capabilities (on :class:`~bridge.connector.base.NetworkConnector`): lo
 direct messages, plumbing (link, or a link the network's side consents to), room keys,
 backfill, third-party lookups, extra commands (optionally
 run in a room, with that room's context), HTTP routes on the bridge's own port, connection
-states (for the bridge's metrics). A user's own connection changes are pushed instead, with
+states (for the bridge's metrics), running split across scale-out workers by user shard.
+A user's own connection changes are pushed instead, with
 ``BridgeAPI.connection_changed`` and a :class:`ConnectionChange`.
 """
 
@@ -180,6 +181,50 @@ class RoomKeys(Protocol):
 
     def set_room_key(self, portal: PortalKey, key: str | None) -> None:
         """Join ``portal`` with ``key`` from now on (None: without a key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardScope:
+    """The part of its networks a connector instance answers for (scale-out mode, see
+    :class:`ShardedConnector`). ``shards`` are the shard names this instance's worker holds:
+    ``<network>.main`` for what belongs to the network as a whole, ``<network>.<n>`` for the
+    Matrix users whose id hashes to ``n``."""
+
+    shards: frozenset[str]
+    shard_count: int = 256
+
+    def main(self, network: str) -> bool:
+        """Whether this instance runs the network's own part: its bot or listener, the relay,
+        portal and ghost lookups, links, commands, HTTP routes."""
+        from bridge.scale.shards import shard_of
+
+        return shard_of(network, None, self.shard_count) in self.shards
+
+    def owns(self, network: str, matrix_user_id: str) -> bool:
+        """Whether this instance holds the Matrix user's puppet or login on the network."""
+        from bridge.scale.shards import shard_of
+
+        return shard_of(network, matrix_user_id, self.shard_count) in self.shards
+
+
+@runtime_checkable
+class ShardedConnector(Protocol):
+    """A connector that can run split across the workers of scale-out mode: one instance on
+    every worker that holds some of its networks' shards, each responsible only for the Matrix
+    users whose shards its worker holds (their puppets, logins, DMs) and, on the one worker
+    holding a network's main shard, for the network's own part (see :meth:`ShardScope.main`).
+    The core sends each user's operations (``client_for`` and the client's handlers, ``login``,
+    ``logout``, ``open_dm``) to the instance holding the user's shard, everything else to the
+    main shard's. Without this capability a connector runs whole on one worker.
+
+    In one process the scope is never set: the instance holds everything."""
+
+    async def set_scope(self, scope: ShardScope) -> None:
+        """The shards this instance answers for: called once before ``start`` and again,
+        after ``start``, whenever its worker gains or loses one of them. On a loss, close the
+        connections of users (or of the main part) no longer in scope promptly (within the
+        lease margin, 3 s by default): another worker takes them over. On a gain, connect the
+        users now in scope (``BridgeAPI.logins`` lists every login: keep those in scope)."""
 
 
 @runtime_checkable

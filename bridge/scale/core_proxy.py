@@ -18,6 +18,7 @@ from bridge.connector import (
     ConnectorCommand,
     ConnectorError,
     GhostInfo,
+    Login,
     MatrixEvent,
     MatrixUser,
     Namespace,
@@ -68,6 +69,10 @@ ONCE |= {"connection_states"}
 BOUNDED = {"resolve_portal", "resolve_ghost", "login", "logout", "fetch_history"}
 BOUNDED |= {"thirdparty_locations", "thirdparty_users", "open_dm", "link", "command", "http"}
 BOUNDED |= {"set_room_key"}
+
+# Connector calls about one Matrix user: asked on the user's shard (where a ShardedConnector's
+# instance holding the user runs; a connector run whole answers every shard of its network).
+USER_SCOPED = {"login", "logout", "open_dm"}
 
 DELAY_NOTICE = (
     "The bridge's connection to {network} is not available right now; your message waits and"
@@ -186,8 +191,14 @@ class ConnectorProxy(NetworkConnector):
             net = self._network(None)
         user = next((a for a in args if isinstance(a, MatrixUser)), None)
         await self._key_sent(portal)
+        owner: str | None = None
+        if method in USER_SCOPED:
+            login = next((a for a in args if isinstance(a, Login)), None)
+            owner = user.user_id if user else (login.user_id if login else None)
+            if login is not None and login.network in {ns.network for ns in self.namespaces()}:
+                net = login.network
         return await self._ask(
-            shard_of(net, None),
+            shard_of(net, owner),
             {"target": "connector"},
             method,
             args,

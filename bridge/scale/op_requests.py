@@ -30,6 +30,15 @@ class Policy(enum.Enum):
     ONCE = "once"  # best effort (typing, receipts, metrics): one try
 
 
+# The answer of a worker asked about a shard it no longer holds (an operation that reached it
+# as it gave the shard up): asked again, like a shard nobody holds.
+MOVED = "moved"
+
+
+class _Moved(Exception):
+    pass
+
+
 class RemoteFailure(Exception):
     """The worker's connector raised something other than a ConnectorError."""
 
@@ -92,6 +101,8 @@ class OpRequests:
             try:
                 reply = await nc.request(subject, payload, timeout=timeout)
                 return self._result(codec.decode(reply.data))
+            except _Moved:
+                why = "the worker gave the shard up"
             except NoRespondersError:
                 why = "no worker holds it"
             except NatsTimeout:
@@ -125,6 +136,8 @@ class OpRequests:
         if "error" in reply:
             error = reply["error"]
             kind, message = str(error.get("type")), str(error.get("message"))
+            if kind == MOVED:
+                raise _Moved(message)
             if kind == "NotSupported":
                 raise NotSupported(message)
             if kind == "ConnectorError":

@@ -3,7 +3,12 @@
 A worker runs a connector while it holds the lease of the connector's main shard (the main
 shard of its first network; see docs/scale-out.md, "Shards and leases"), loaded by the same
 plugin loader as in single-process mode, against :class:`~.worker_api.WorkerAPI`. It answers
-the operations of every shard of the connector's networks, each once per operation id."""
+the operations of every shard of the connector's networks, each once per operation id.
+
+A connector that declares :class:`~bridge.connector.capabilities.ShardedConnector` runs split
+instead: every shard of its networks (the numbered ones and ``main``) is leased on its own,
+and a worker holding any of them runs an instance told which (``set_scope``), answering the
+operations of exactly those shards."""
 
 from __future__ import annotations
 
@@ -37,13 +42,16 @@ from bridge.connector.capabilities import (
     HttpRoute,
     HttpRoutes,
     RoomKeys,
+    ShardedConnector,
+    ShardScope,
 )
 
 from . import bus, codec
 from .core_proxy import CLIENT_CAPS, CONNECTOR_CAPS
 from .op_dedup import OpDedup, open_ops_bucket
-from .op_requests import OpRequests
-from .subjects import OPS_PREFIX, SHARDS_BUCKET, main_shard, network_ops
+from .op_requests import MOVED, OpRequests
+from .shards import all_shards
+from .subjects import OPS_PREFIX, SHARDS_BUCKET, main_shard, network_ops, op_subject
 from .worker_api import Publisher, WorkerAPI
 
 STOP_FLUSH_S = 10.0
@@ -77,11 +85,22 @@ def default_leases(
     *,
     on_gain: Callable[[str], Awaitable[None]],
     on_lose: Callable[[str], Awaitable[None]],
+    ttl: float = 15.0,
+    renew_every: float = 5.0,
+    claims_per_second: float = 10.0,
 ) -> Leases:
     from .leases import ShardLeases
 
     return ShardLeases(
-        js, worker_id, shards, on_gain=on_gain, on_lose=on_lose, bucket=SHARDS_BUCKET
+        js,
+        worker_id,
+        shards,
+        on_gain=on_gain,
+        on_lose=on_lose,
+        bucket=SHARDS_BUCKET,
+        ttl=ttl,
+        renew_every=renew_every,
+        claims_per_second=claims_per_second,
     )
 
 
@@ -90,6 +109,14 @@ class Running:
     connector: NetworkConnector
     subscriptions: list[Subscription] = field(default_factory=list)
     routes: list[HttpRoute] = field(default_factory=list)
+    # A ShardedConnector's instance: the shards it answers for here, each with its
+    # subscription. None: the connector runs whole here.
+    shards: dict[str, Subscription] | None = None
+
+    @property
+    def main(self) -> bool:
+        """Whether the network's own part runs here (always, for a connector run whole)."""
+        return self.shards is None or any(s.endswith(".main") for s in self.shards)
 
 
 class Worker:
@@ -122,6 +149,8 @@ class Worker:
         self.dedup: OpDedup | None = None
         self.running: dict[str, Running] = {}  # connector name -> running here
         self._shard_to_connector: dict[str, str] = {}
+        self._sharded: set[str] = set()  # connectors run split (ShardedConnector)
+        self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self.gained_at: dict[str, float] = {}
@@ -148,13 +177,23 @@ class Worker:
             await open_ops_bucket(js, self.cfg.scale.op_dedup_s), self.log.getChild("dedup")
         )
         for name, connector in self.helper.connectors.items():
-            self._shard_to_connector[main_shard(connector.namespaces()[0].network)] = name
+            if isinstance(connector, ShardedConnector):
+                self._sharded.add(name)
+                for ns in connector.namespaces():
+                    for shard in all_shards(ns.network):
+                        self._shard_to_connector[shard] = name
+            else:
+                self._shard_to_connector[main_shard(connector.namespaces()[0].network)] = name
+        scale = self.cfg.scale
         self.leases = self.leases_factory(
             js,
             self.worker_id,
             sorted(self._shard_to_connector),
             on_gain=self._gain,
             on_lose=self._lose,
+            ttl=scale.lease_ttl_s,
+            renew_every=scale.lease_renew_s,
+            claims_per_second=scale.lease_claims_per_s,
         )
         await self.leases.start()
         self.log.info("worker %s started for %s", self.worker_id, ", ".join(self.helper.connectors))
@@ -166,17 +205,13 @@ class Worker:
         if name is None:
             return
         async with self._lock:
+            if name in self._sharded:
+                await self._gain_sharded(name, shard)
+                return
             if name in self.running:
                 return
-            assert self.nc is not None and self.publisher is not None
-            from bridge.connectors_loader import enabled_sections, load_connector_classes
-
-            cls = load_connector_classes(self.cfg)[name]
-            api = WorkerAPI(self.helper, self.publisher, self.requests)
-            connector = cls(api, enabled_sections(self.cfg)[name])
-            # Asked once, before start (the contract's rule).
-            routes = connector.http_routes() if isinstance(connector, HttpRoutes) else []
-            await self._hand_room_keys(connector)
+            assert self.nc is not None
+            connector, routes = await self._instance(name)
             began = time.monotonic()
             await connector.start()
             running = Running(connector, routes=routes)
@@ -192,6 +227,74 @@ class Worker:
                 shard,
                 time.monotonic() - began,
             )
+
+    async def _instance(self, name: str) -> tuple[NetworkConnector, list[HttpRoute]]:
+        """A new instance of the connector, not started, with its routes and room keys."""
+        assert self.publisher is not None
+        from bridge.connectors_loader import enabled_sections, load_connector_classes
+
+        cls = load_connector_classes(self.cfg)[name]
+        api = WorkerAPI(self.helper, self.publisher, self.requests)
+        connector = cls(api, enabled_sections(self.cfg)[name])
+        # Asked once, before start (the contract's rule).
+        routes = connector.http_routes() if isinstance(connector, HttpRoutes) else []
+        await self._hand_room_keys(connector)
+        return connector, routes
+
+    async def _gain_sharded(self, name: str, shard: str) -> None:
+        """One more shard of a split connector: the instance hears of it before it answers
+        the shard's operations (started with it, when it is the first shard here)."""
+        assert self.nc is not None
+        running = self.running.get(name)
+        if running is not None and running.shards is not None and shard in running.shards:
+            return
+        if running is None:
+            connector, routes = await self._instance(name)
+            assert isinstance(connector, ShardedConnector)
+            await connector.set_scope(ShardScope(frozenset({shard})))
+            began = time.monotonic()
+            await connector.start()
+            running = Running(connector, routes=routes, shards={})
+            self.running[name] = running
+            self.gained_at[name] = time.monotonic()
+            self.log.info(
+                "connector %s started here (shard %s) in %.1f s",
+                name,
+                shard,
+                time.monotonic() - began,
+            )
+        else:
+            assert running.shards is not None and isinstance(running.connector, ShardedConnector)
+            await running.connector.set_scope(ShardScope(frozenset({*running.shards, shard})))
+        assert running.shards is not None
+        running.shards[shard] = await self.nc.subscribe(op_subject(shard), cb=self._on_op)
+        self.log.info("shard %s of %s held here (%d)", shard, name, len(running.shards))
+
+    async def _lose_sharded(self, name: str, shard: str) -> None:
+        """A shard of a split connector gone: nothing more is answered for it, then the
+        instance lets its users go (and stops, with its last shard)."""
+        running = self.running.get(name)
+        if running is None or running.shards is None or shard not in running.shards:
+            return
+        await _unsubscribe(running.shards.pop(shard), self.log)
+        self.log.info("shard %s of %s given up here (%d)", shard, name, len(running.shards))
+        if self._stopping:  # every shard goes: no new scope for each, one stop
+            for sub in running.shards.values():
+                await _unsubscribe(sub, self.log)
+            running.shards.clear()
+        if running.shards:
+            assert isinstance(running.connector, ShardedConnector)
+            try:
+                await running.connector.set_scope(ShardScope(frozenset(running.shards)))
+            except Exception:
+                self.log.exception("connector %s did not take its new scope", name)
+            return
+        del self.running[name]
+        try:
+            await running.connector.stop()
+        except Exception:
+            self.log.exception("connector %s did not stop cleanly", name)
+        self.log.info("connector %s stopped here (shard %s lost)", name, shard)
 
     async def _hand_room_keys(self, connector: NetworkConnector) -> None:
         """The keys of keyed rooms (``join <network> <room> <key>``) before the connector
@@ -213,14 +316,14 @@ class Worker:
         if name is None:
             return
         async with self._lock:
+            if name in self._sharded:
+                await self._lose_sharded(name, shard)
+                return
             running = self.running.pop(name, None)
             if running is None:
                 return
             for sub in running.subscriptions:
-                try:
-                    await sub.unsubscribe()
-                except Exception as e:
-                    self.log.debug("unsubscribe: %s", e)
+                await _unsubscribe(sub, self.log)
             try:
                 await running.connector.stop()
             except Exception:
@@ -248,6 +351,14 @@ class Worker:
         shard = msg.subject[len(OPS_PREFIX) + 1 :]
         method = str(request.get("method"))
         op_id = str(request.get("op_id"))
+        name = str(request.get("connector"))
+        running = self.running.get(name)
+        if name in self._sharded and (
+            running is None or running.shards is None or shard not in running.shards
+        ):
+            # Given up since the request came: the worker holding it now answers the retry.
+            await _respond(msg, {"error": {"type": MOVED, "message": f"{shard} moved"}}, self.log)
+            return
 
         async def perform() -> bytes:
             return codec.encode(await self._perform(request))
@@ -289,9 +400,10 @@ class Worker:
         target = request.get("target")
         if target == "connector":
             if method == "client_for":
-                return _client_answer(await connector.client_for(args[0], args[1]))
+                client_for = await connector.client_for(args[0], args[1])
+                return _client_answer(client_for, self.worker_id)
             if method == "relay_client":
-                return _client_answer(await connector.relay_client(args[0]))
+                return _client_answer(await connector.relay_client(args[0]), self.worker_id)
             if method == "command":
                 return await _run_command(connector, *args)
             if method == "set_room_key" and isinstance(connector, RoomKeys):
@@ -319,11 +431,16 @@ class Worker:
     async def stop(self, release: bool = True) -> None:
         """Stop the connectors and give the leases back (``release``), so that another worker
         takes them over at once."""
+        self._stopping = True
         if self.leases is not None:
             await self.leases.stop(release=release)
             self.leases = None
         for shard, name in list(self._shard_to_connector.items()):
             if name in self.running:
+                await self._lose(shard)
+        for name in list(self.running):  # shards a split connector still had (none, normally)
+            running = self.running[name]
+            for shard in list(running.shards or ()):
                 await self._lose(shard)
         for task in list(self._tasks):
             task.cancel()
@@ -342,11 +459,26 @@ class Worker:
             self.helper._db = None
 
 
-def _client_answer(client: NetworkClient | None) -> dict[str, Any] | None:
+async def _respond(msg: Msg, answer: dict[str, Any], log: logging.Logger) -> None:
+    try:
+        await msg.respond(codec.encode(answer))
+    except Exception as e:
+        log.info("answer lost: %s", e)
+
+
+async def _unsubscribe(sub: Subscription, log: logging.Logger) -> None:
+    try:
+        await sub.unsubscribe()
+    except Exception as e:
+        log.debug("unsubscribe: %s", e)
+
+
+def _client_answer(client: NetworkClient | None, worker_id: str) -> dict[str, Any] | None:
     if client is None:
         return None
     names = [name for name, (protocol, _) in CLIENT_CAPS.items() if isinstance(client, protocol)]
-    return {"handle": f"{id(client):x}", "caps": names}
+    # Unique among the workers: a split connector's clients live on several.
+    return {"handle": f"{worker_id}/{id(client):x}", "caps": names}
 
 
 async def _http(running: Running, method: str, path: str, request: HttpRequest) -> HttpResponse:

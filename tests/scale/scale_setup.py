@@ -14,6 +14,7 @@ from ruamel.yaml import YAML
 from bridge.bridge import Bridge
 from bridge.config import load as load_config
 from bridge.connector import NetworkConnector
+from bridge.scale.shards import shard_of
 from bridge.scale.worker import Worker
 from tests.conftest import write_config
 from tests.harness.nats import NatsServer
@@ -38,6 +39,8 @@ def scale_config(
         "nats_url": nats.url,
         "request_timeout_s": 5,
         "unowned_notice_s": 3,
+        # A network's 257 shards are claimed in about a second, not 26.
+        "lease_claims_per_s": 500,
         **scale,
     }
     with path.open("w") as f:
@@ -76,8 +79,10 @@ class Deployment:
         await worker.stop(release=release)
 
     def holder(self, connector: str) -> Worker | None:
+        """The worker running the connector's own part (all of it, unless it runs split)."""
         for worker in self.workers.values():
-            if connector in worker.running:
+            running = worker.running.get(connector)
+            if running is not None and running.main:
                 return worker
         return None
 
@@ -85,6 +90,15 @@ class Deployment:
         worker = self.holder(name)
         assert worker is not None, f"no worker runs {name}"
         return worker.running[name].connector
+
+    def user_holder(self, connector: str, network: str, user_id: str) -> Worker | None:
+        """The worker holding a Matrix user's shard of the network."""
+        shard = shard_of(network, user_id)
+        for worker in self.workers.values():
+            running = worker.running.get(connector)
+            if running is not None and (running.shards is None or shard in running.shards):
+                return worker
+        return None
 
     async def close(self) -> None:
         await self.stop_core()

@@ -69,3 +69,13 @@ def test_unreachable_nats_is_one_clear_line(
     assert res.returncode == 1, res.stderr
     assert "cannot start: scale.nats_url: cannot reach NATS at nats://127.0.0.1:" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_lease_settings(tmp_path: Path) -> None:
+    path = example(tmp_path, "  nats_url: null", "  nats_url: nats://127.0.0.1:4222")
+    text = path.read_text()
+    db = next(line for line in text.splitlines() if line.strip().startswith("database:"))
+    text = text.replace(db, "  database: postgres://u:p@127.0.0.1/mimi")
+    path.write_text(text.replace("  lease_ttl_s: 15 ", "  lease_ttl_s: 6 "))
+    cfg = load(path).scale
+    assert (cfg.lease_ttl_s, cfg.lease_renew_s, cfg.lease_claims_per_s) == (6, 5, 10)

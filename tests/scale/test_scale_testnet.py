@@ -218,8 +218,11 @@ async def test_worker_crash_moves_the_connector(
     await deployment.stop_worker(crashed, release=False)
     await alice.send_text(room, "after the crash")
     await until(recorded(record, "message", text="after the crash"), 90)
+    # The test network runs split: alice's shard may have been on the other worker all
+    # along, and the main shard moves when its lease expires.
+    await until(lambda: deployment.holder("testnet") not in (None, first), 90, "main moved")
     moved = deployment.holder("testnet")
-    assert moved is not None and moved is not first
+    assert moved is not None
     print(f"connector moved to the other worker in {time.monotonic() - began:.1f} s")
     tn: Any = moved.running["testnet"].connector
     await tn.remote_message("#move", "bob", "from the new worker")

@@ -47,3 +47,16 @@ def test_a_network_name_that_cannot_name_a_shard_is_refused(network: str) -> Non
 def test_zero_shards_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one shard"):
         all_shards("irc", 0)
+
+
+def test_a_scope_answers_by_the_same_mapping() -> None:
+    from bridge.connector import ShardScope
+
+    users = [f"@u{n}:example.org" for n in range(50)]
+    held = frozenset({shard_of("net", u) for u in users[:10]} | {"net.main"})
+    scope = ShardScope(held)
+    assert scope.main("net") and not scope.main("other")
+    assert all(scope.owns("net", u) for u in users[:10])
+    assert all(scope.owns("net", u) == (shard_of("net", u) in held) for u in users)
+    assert not any(scope.owns("other", u) for u in users)
+    assert not ShardScope(frozenset({"net.3"})).main("net")

@@ -1,13 +1,21 @@
 """An in-memory network, written only against ``bridge.connector`` as a third-party plugin
 would be. Every room ``#...`` exists; every user exists. What the bridge sends is recorded in
 ``connector.sent`` (and appended to ``record_file`` as JSON lines, for tests that kill the
-bridge); tests inject remote events with the ``remote_*`` methods."""
+bridge); tests inject remote events with the ``remote_*`` methods, or, when the bridge runs
+in other processes, by appending JSON lines to ``inbox_file`` (``{"room", "user", "text",
+"receiver", "id"}``): every instance reads the lines written after it started, and the one
+holding the line's receiver (the main one, for a line without) sends it.
+
+It runs split in scale-out mode (``ShardedConnector``): an instance answers only for the
+Matrix users in its scope (their clients, logins, DMs) and, on the main shard, for the relay
+and the network's rooms; it refuses the rest, so that a misrouted operation shows."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,9 +57,18 @@ from bridge.connector import (
     RemoteTyping,
     Sender,
     SentMessage,
+    ShardScope,
 )
 
 NETWORK = "testnet"
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    if not path.exists():
+        return b""
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read()
 
 
 class TestNetClient(NetworkClient):
@@ -178,21 +195,26 @@ class TestNetConnector(NetworkConnector):
         self.delay = float(config.get("delay_seconds", 0))
         self.record_file = Path(config["record_file"]) if config.get("record_file") else None
         self._ids = itertools.count(1)
+        self._tag = secrets.token_hex(3)
         self._clients: dict[str, TestNetClient] = {}
         self.login_help = "<remote name>"
         self.opened: list[PortalKey] = []
         self.connected = False
+        self.scope: ShardScope | None = None  # None: the whole network (one process)
+        self.inbox = Path(config["inbox_file"]) if config.get("inbox_file") else None
+        self._reader: asyncio.Task[None] | None = None
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> None:
         for key in config:
-            if key not in ("delay_seconds", "record_file", "relay"):
+            if key not in ("delay_seconds", "record_file", "relay", "inbox_file"):
                 raise ConfigError(key, "unknown key")
         if not isinstance(config.get("delay_seconds", 0), int | float):
             raise ConfigError("delay_seconds", "must be a number")
 
     def new_id(self) -> str:
-        return f"tn-{next(self._ids)}-{id(self) % 10000}"
+        # Unique across instances (several run at once when the network runs split).
+        return f"tn-{next(self._ids)}-{self._tag}"
 
     def record(self, kind: str, portal: PortalKey, **fields: Any) -> None:
         entry = {"kind": kind, "room": portal.remote_id, **fields}
@@ -205,7 +227,56 @@ class TestNetConnector(NetworkConnector):
         self.opened = list(await self.bridge.portals(NETWORK))
         self.connected = True
         for login in await self.bridge.logins(self.name):
-            self.set_connection(login.user_id, login.login_id, ConnectionState.CONNECTED)
+            if self.mine(login.user_id):
+                self.set_connection(login.user_id, login.login_id, ConnectionState.CONNECTED)
+        if self.inbox is not None:
+            start = self.inbox.stat().st_size if self.inbox.exists() else 0
+            self._reader = asyncio.create_task(self._read_inbox(self.inbox, start))
+
+    async def _read_inbox(self, path: Path, offset: int) -> None:
+        """What the network delivers to this instance's connections, from ``inbox_file``."""
+        while True:
+            await asyncio.sleep(0.1)
+            data = _read_from(path, offset)  # a small local file: no thread needed
+            end = data.rfind(b"\n") + 1
+            offset += end
+            for line in data[:end].splitlines():
+                entry = json.loads(line)
+                receiver = str(entry.get("receiver") or "")
+                if not (self.mine(receiver) if receiver else self.main):
+                    continue
+                await self.remote_message(
+                    str(entry["room"]),
+                    str(entry["user"]),
+                    str(entry["text"]),
+                    receiver=receiver,
+                    msg_id=entry.get("id"),
+                )
+
+    # ShardedConnector
+    async def set_scope(self, scope: ShardScope) -> None:
+        before, self.scope = self.scope, scope
+        if not scope.main(NETWORK):
+            self._clients.pop("relaybot", None)
+        for login in await self.bridge.logins(self.name):
+            name = str(login.credentials.get("name"))
+            if not self.mine(login.user_id):
+                self._clients.pop(name, None)  # the instance that has the user now reports it
+            elif self.connected and before is not None and not before.owns(NETWORK, login.user_id):
+                self.set_connection(login.user_id, login.login_id, ConnectionState.CONNECTED)
+
+    def mine(self, matrix_user_id: str) -> bool:
+        """Whether this instance holds the Matrix user's connection."""
+        return self.scope is None or self.scope.owns(NETWORK, matrix_user_id)
+
+    @property
+    def main(self) -> bool:
+        """Whether this instance holds the network's own part (the relay bot)."""
+        return self.scope is None or self.scope.main(NETWORK)
+
+    def _check_mine(self, matrix_user_id: str) -> None:
+        if not self.mine(matrix_user_id):
+            raise ConnectorError(f"{matrix_user_id} is not connected through this instance")
 
     def set_connection(
         self,
@@ -222,10 +293,14 @@ class TestNetConnector(NetworkConnector):
 
     async def stop(self) -> None:
         self.connected = False
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
 
     # ConnectionReporting: one connection, up between start and stop.
     async def connection_states(self) -> list[RemoteConnection]:
-        if not self.connected:
+        if not self.connected or not self.main:
             return []
         return [RemoteConnection(NETWORK, ConnectionState.CONNECTED)]
 
@@ -244,6 +319,7 @@ class TestNetConnector(NetworkConnector):
         self.opened.append(portal)
 
     async def client_for(self, user: MatrixUser, portal: PortalKey) -> NetworkClient | None:
+        self._check_mine(user.user_id)
         for login in await self.bridge.logins(self.name):
             if login.user_id == user.user_id:
                 name = str(login.credentials["name"])
@@ -253,16 +329,20 @@ class TestNetConnector(NetworkConnector):
     async def relay_client(self, portal: PortalKey) -> NetworkClient | None:
         if not self.config.get("relay", True):
             return None
+        if not self.main:
+            raise ConnectorError("the relay bot is not on this instance")
         return self._clients.setdefault("relaybot", TestNetClient(self, "relaybot"))
 
     # LoginCapable
     async def login(self, user: MatrixUser, args: list[str]) -> LoginResult:
         if len(args) != 1:
             raise ConnectorError("usage: login testnet <remote name>")
+        self._check_mine(user.user_id)
         self.set_connection(user.user_id, args[0], ConnectionState.CONNECTED)
         return LoginResult(login_id=args[0], credentials={"name": args[0]}, remote_name=args[0])
 
     async def logout(self, login: Login) -> None:
+        self._check_mine(login.user_id)
         self._clients.pop(str(login.credentials.get("name")), None)
         self.set_connection(login.user_id, login.login_id, None)
 
@@ -284,6 +364,7 @@ class TestNetConnector(NetworkConnector):
 
     # DirectMessaging
     async def open_dm(self, user: MatrixUser, network: str, remote_user_id: str) -> PortalKey:
+        self._check_mine(user.user_id)
         return PortalKey(NETWORK, remote_user_id, receiver=user.user_id)
 
     # --- the remote side, driven by tests ---
@@ -301,6 +382,8 @@ class TestNetConnector(NetworkConnector):
         thread_root: str | None = None,
         attachments: list[Attachment] | None = None,
     ) -> str:
+        if receiver:  # a DM reaches the receiver's own connection
+            self._check_mine(receiver)
         msg_id = msg_id or self.new_id()
         await self.bridge.emit(
             RemoteMessage(

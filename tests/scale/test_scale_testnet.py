@@ -68,15 +68,15 @@ async def test_one_core_two_workers(deployment: Deployment, synapse: SynapseServ
     alice = new_user(synapse)
     mgmt = await management_room(alice)
     await command(alice, mgmt, "login testnet alice-remote", "Logged in")
-    await command(alice, mgmt, "join testnet #general", "Invited you")
-    room = await alice.join("#testnet_=23general:localhost")
+    await command(alice, mgmt, "join testnet #general-scale", "Invited you")
+    room = await alice.join("#testnet_=23general-scale:localhost")
 
     # Text both ways.
     await alice.send_text(room, "hello remote")
     [plain] = await until(recorded(record, "message", text="hello remote"), 30)
     assert plain["as_"] == "alice-remote" and plain["relayed"] is False
     tn: Any = deployment.connector("testnet")
-    bob_msg = await tn.remote_message("#general", "bob", "hi from bob")
+    bob_msg = await tn.remote_message("#general-scale", "bob", "hi from bob")
     evt = await alice.wait_for_event(room, lambda e: e["content"].get("body") == "hi from bob")
     assert evt["sender"] == "@testnet_bob:localhost"
 
@@ -87,7 +87,7 @@ async def test_one_core_two_workers(deployment: Deployment, synapse: SynapseServ
     alice_evt = await alice.wait_for_event(
         room, lambda e: e["content"].get("body") == "hello remote"
     )
-    await tn.remote_message("#general", "bob", "bob answers", reply_to=plain["id"])
+    await tn.remote_message("#general-scale", "bob", "bob answers", reply_to=plain["id"])
     answer = await alice.wait_for_event(room, lambda e: e["content"].get("body") == "bob answers")
     assert answer["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == alice_evt["event_id"]
 
@@ -95,7 +95,7 @@ async def test_one_core_two_workers(deployment: Deployment, synapse: SynapseServ
     await alice.edit(room, alice_evt["event_id"], "hello remote (edited)")
     [edit] = await until(recorded(record, "edit", target=plain["id"]), 30)
     assert edit["text"] == "hello remote (edited)"
-    await tn.remote_edit("#general", "bob", bob_msg, "hi from bob, corrected")
+    await tn.remote_edit("#general-scale", "bob", bob_msg, "hi from bob, corrected")
     await alice.wait_for_event(
         room,
         lambda e: e["content"].get("m.new_content", {}).get("body") == "hi from bob, corrected",
@@ -104,7 +104,7 @@ async def test_one_core_two_workers(deployment: Deployment, synapse: SynapseServ
     # Reactions both ways.
     await alice.react(room, evt["event_id"], "👍")
     await until(recorded(record, "reaction", target=bob_msg, key="👍"), 30)
-    await tn.remote_reaction("#general", "bob", plain["id"], "🎉")
+    await tn.remote_reaction("#general-scale", "bob", plain["id"], "🎉")
     bob_react = await alice.wait_for_event(
         room, lambda e: e["type"] == "m.reaction" and e["content"]["m.relates_to"]["key"] == "🎉"
     )
@@ -113,7 +113,7 @@ async def test_one_core_two_workers(deployment: Deployment, synapse: SynapseServ
     # Membership both ways: a remote user joins (their ghost joins the room); alice leaves.
     await tn.bridge.emit(
         RemoteMembership(
-            portal=PortalKey("testnet", "#general"),
+            portal=PortalKey("testnet", "#general-scale"),
             sender=Sender("carol", "Carol"),
             membership=Membership.JOIN,
         )

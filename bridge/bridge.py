@@ -148,11 +148,16 @@ class Bridge:
 
     @property
     def messages(self) -> MessageStore:
-        return MessageStore(self.db)
+        return self._store(MessageStore)  # one: it holds the rows written behind
 
     @property
     def transactions(self) -> TransactionStore:
-        return self._store(TransactionStore)  # one: it holds the deletions not written yet
+        # One: it holds the deletions not written yet; its trips carry the rows written behind.
+        store = self._stores.get(TransactionStore)
+        if store is None or store.db is not self.db:
+            store = TransactionStore(self.db, rider=self.messages.take)
+            self._stores[TransactionStore] = store
+        return store
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -343,6 +348,10 @@ class Bridge:
                 self.log.exception("connector %s did not stop cleanly", connector.name)
         await self.queues.close()
         self.connections.close()
+        try:
+            await self.messages.close()
+        except Exception as e:  # their events stay pending: bridged again at the next start
+            self.log.warning("could not store the last message mappings: %s", e)
         try:
             await self.transactions.close()
         except Exception as e:  # still pending: replayed, and recognised, at the next start

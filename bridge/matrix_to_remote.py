@@ -440,9 +440,7 @@ class MatrixHandler:
     async def ref(self, event_id: str | None) -> tuple[MessageRow, MessageRef] | None:
         if not isinstance(event_id, str):
             return None
-        row = self.bridge.remote_handler.unsaved_row(
-            event_id
-        ) or await self.bridge.messages.by_event(event_id)
+        row = await self.bridge.messages.by_event(event_id)
         if row is None:
             return None
         from_matrix = row.sender_id == row.sender_mxid and not self.bridge.is_bridge_user(
@@ -524,20 +522,23 @@ class MatrixHandler:
         if sent is None:
             return
         self.bridge.metrics.bridged_from_matrix(portal.key.network, event_id)
-        await self.bridge.messages.insert(
-            MessageRow(
-                portal=portal.key,
-                remote_id=sent.remote_id,
-                part=0,
-                room_id=portal.room_id,
-                event_id=event_id,
-                sender_id=sender,
-                sender_mxid=sender,
-                timestamp=sent.timestamp or mm.timestamp,
-                reply_to=reply[0].event_id if reply else None,
-                thread_root=thread[0].event_id if thread else None,
-                body=msg.text,
-            )
+        # Written behind, stored with the deletion of this pending event at the latest.
+        self.bridge.messages.insert_later(
+            [
+                MessageRow(
+                    portal=portal.key,
+                    remote_id=sent.remote_id,
+                    part=0,
+                    room_id=portal.room_id,
+                    event_id=event_id,
+                    sender_id=sender,
+                    sender_mxid=sender,
+                    timestamp=sent.timestamp or mm.timestamp,
+                    reply_to=reply[0].event_id if reply else None,
+                    thread_root=thread[0].event_id if thread else None,
+                    body=msg.text,
+                )
+            ]
         )
 
     async def edit(
@@ -575,7 +576,6 @@ class MatrixHandler:
         )
         done = await self._deliver(portal, sender, "edit", self._edit(client, me))
         if done:
-            await self.bridge.remote_handler.all_saved()  # the row may still be queued
             await self.bridge.messages.record_edit(target[0], msg.text)
 
     @staticmethod
@@ -664,7 +664,6 @@ class MatrixHandler:
             portal=portal.key, sender=msender, event_id=event_id, target=target[1], reason=reason
         )
         await self._deliver(portal, sender, "deletion", client.handle_matrix_redaction(mr))
-        await self.bridge.remote_handler.all_saved()  # the row may still be queued
         await self.bridge.messages.delete(target[0])
 
     # --- state ------------------------------------------------------------------------

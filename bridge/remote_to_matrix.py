@@ -5,7 +5,6 @@ deduplicated by the homeserver; the id mapping is stored after each send."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from . import content as contentmod
@@ -74,13 +73,6 @@ class RemoteHandler:
         self.hs = bridge.hs
         self.log = bridge.log.getChild("remote")
         self.own = OwnVoice(bridge)
-        # Message rows sent to Matrix whose INSERT is still queued: the next message of the
-        # room does not wait for the database (written behind, in order, drained at stop).
-        self._unsaved: dict[tuple[PortalKey, str], list[MessageRow]] = {}
-        self._to_write: list[MessageRow] = []  # of those, the ones no write has taken yet
-        self._writes = 0
-        self._written = asyncio.Event()
-        self._written.set()
 
     async def handle(self, evt: RemoteEvent) -> None:
         if evt.portal.network not in self.bridge.networks:
@@ -210,65 +202,14 @@ class RemoteHandler:
         k = evt.portal
         return derive_txn_id(k.network, k.remote_id, k.receiver, type(evt).__name__, *parts)
 
-    # --- the message id mapping, written behind -----------------------------------------
-
     async def _rows(self, key: PortalKey, remote_id: str) -> list[MessageRow]:
-        unsaved = self._unsaved.get((key, remote_id))
-        if unsaved:
-            return list(unsaved)
         return await self.bridge.messages.by_remote(key, remote_id)
-
-    def _save(self, row: MessageRow) -> None:
-        """Record a sent message's row without holding up the room's next event. The rows
-        queued meanwhile are written together, in one database transaction."""
-        self._unsaved.setdefault((row.portal, row.remote_id), []).append(row)
-        self._writes += 1
-        self._written.clear()
-        self._to_write.append(row)
-        if len(self._to_write) == 1:  # else a queued write takes it along
-            self.bridge.queues.submit(("message-rows",), self._insert)
-
-    async def _insert(self) -> None:
-        rows, self._to_write = self._to_write, []
-        try:
-            if len(rows) == 1:
-                await self.bridge.messages.insert(rows[0])
-            else:
-                await self.bridge.messages.insert_many(rows)
-        except Exception:
-            self.log.exception(
-                "storing the mapping of %s failed", ", ".join(r.event_id for r in rows)
-            )
-        finally:
-            for row in rows:
-                key = (row.portal, row.remote_id)
-                unsaved = self._unsaved.get(key)
-                if unsaved is not None:
-                    unsaved.remove(row)
-                    if not unsaved:
-                        del self._unsaved[key]
-            self._writes -= len(rows)
-            if not self._writes:
-                self._written.set()
-
-    def unsaved_row(self, event_id: str) -> MessageRow | None:
-        """A just-sent message's row whose INSERT is still queued (few, so scanned)."""
-        for rows in self._unsaved.values():
-            for row in rows:
-                if row.event_id == event_id:
-                    return row
-        return None
-
-    async def all_saved(self) -> None:
-        """Before changing or deleting rows: every queued INSERT is done."""
-        if self._writes:
-            await self._written.wait()
 
     # --- messages ---------------------------------------------------------------------
 
     async def message(self, evt: RemoteMessage, portal: Portal) -> None:
         assert portal.room_id
-        if await self._rows(portal.key, evt.id):
+        if not evt.fresh_id and await self._rows(portal.key, evt.id):
             return  # already bridged (a retry, or the echo of a Matrix message)
         if _echo(evt):
             return  # sent from Matrix through the user's own puppet
@@ -330,20 +271,23 @@ class RemoteHandler:
                 as_user=voice.as_user,
                 timestamp=evt.timestamp,
             )
-            self._save(
-                MessageRow(
-                    portal=portal.key,
-                    remote_id=evt.id,
-                    part=part,
-                    room_id=portal.room_id,
-                    event_id=event_id,
-                    sender_id=evt.sender.remote_id,
-                    sender_mxid=ghost,
-                    timestamp=evt.timestamp,
-                    reply_to=reply_event,
-                    thread_root=thread_event,
-                    body=str(content.get("body", "")),
-                )
+            # Written behind: the room's next message does not wait for the database.
+            self.bridge.messages.insert_later(
+                [
+                    MessageRow(
+                        portal=portal.key,
+                        remote_id=evt.id,
+                        part=part,
+                        room_id=portal.room_id,
+                        event_id=event_id,
+                        sender_id=evt.sender.remote_id,
+                        sender_mxid=ghost,
+                        timestamp=evt.timestamp,
+                        reply_to=reply_event,
+                        thread_root=thread_event,
+                        body=str(content.get("body", "")),
+                    )
+                ]
             )
         self.bridge.metrics.bridged_to_matrix(portal.key.network, evt)
 
@@ -399,7 +343,6 @@ class RemoteHandler:
             as_user=voice.as_user,
             timestamp=evt.timestamp,
         )
-        await self.all_saved()
         await self.bridge.messages.record_edit(target, evt.content.text)
 
     async def redaction(self, evt: RemoteRedaction, portal: Portal) -> None:
@@ -433,7 +376,6 @@ class RemoteHandler:
                     txn_id=self._txn(evt, row.event_id, "bot"),
                     reason=evt.reason,
                 )
-            await self.all_saved()
             await self.bridge.messages.delete(row)
 
     async def reaction(self, evt: RemoteReaction, portal: Portal) -> None:

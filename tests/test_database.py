@@ -187,3 +187,58 @@ async def test_message_rows_inserted_together(database_url: str) -> None:
             assert [m.event_id for m in await msgs.by_remote(KEY, f"b{i}")] == [f"$b{i}"]
     finally:
         await db.stop()
+
+
+def _row(event_id: str, remote_id: str) -> MessageRow:
+    return MessageRow(KEY, remote_id, 0, "!r:x", event_id, "@a:x", "@a:x", 1, body="hi")
+
+
+async def _stored(db: object, event_id: str) -> bool:
+    return bool(await db.fetchval("SELECT 1 FROM message WHERE event_id=$1", event_id))  # type: ignore[attr-defined]
+
+
+async def test_rows_written_behind_ride_the_next_transaction(database_url: str) -> None:
+    """A bridged message's row is found at once, and stored in the trip that records the next
+    appservice transaction, before the deletion of the pending event that produced it."""
+    db = await open_database(database_url)
+    try:
+        msgs = MessageStore(db)
+        txns = TransactionStore(db, rider=msgs.take)
+        first = await txns.record("t1", [{"room_id": "!r:x", "event_id": "$in1", "type": "t"}])
+        assert first is not None
+        msgs.insert_later([_row("$out1", "r1")])
+        txns.handled(first[0].seq)
+        assert (await msgs.by_event("$out1")) == _row("$out1", "r1")
+        assert [m.event_id for m in await msgs.by_remote(KEY, "r1")] == ["$out1"]
+        assert not await _stored(db, "$out1")
+        await txns.record("t2", [{"room_id": "!r:x", "event_id": "$in2", "type": "t"}])
+        assert await _stored(db, "$out1")
+        assert msgs.take() is None  # nothing left for a trip of its own
+        assert [p.event["event_id"] for p in await txns.pending()] == ["$in2"]
+    finally:
+        await db.stop()
+
+
+async def test_rows_written_behind_are_stored_on_their_own(database_url: str) -> None:
+    """Without a transaction coming, the rows are stored within a moment; a failed trip puts
+    them back (still found), and a change of a row waits until it is stored."""
+    from bridge.db import messages as messages_mod
+
+    db = await open_database(database_url)
+    try:
+        msgs = MessageStore(db)
+        msgs.insert_later([_row("$a", "ra"), _row("$b", "rb")])
+        await asyncio.sleep(messages_mod.BEHIND_S * 4)
+        assert await _stored(db, "$a") and await _stored(db, "$b")
+        msgs.insert_later([_row("$c", "rc")])
+        batch = msgs.take()
+        assert batch is not None and len(batch.statements) == 1
+        batch.settle(False)  # that trip failed
+        assert (await msgs.by_event("$c")) is not None and not await _stored(db, "$c")
+        await msgs.delete(_row("$c", "rc"))  # stored first, then deleted
+        assert not await _stored(db, "$c") and await msgs.by_event("$c") is None
+        msgs.insert_later([_row("$d", "rd")])
+        assert await msgs.count("!r:x") == 3  # $a, $b and $d, stored before counting
+        await msgs.close()
+    finally:
+        await db.stop()

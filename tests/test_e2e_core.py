@@ -256,18 +256,22 @@ async def test_reply_to_a_message_whose_mapping_is_still_being_written(
     make_bridge: BridgeFactory, synapse: SynapseServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The id mapping of a remote message is written behind: a Matrix reply, edit target or
-    redaction that comes before the INSERT still finds it."""
+    redaction that comes before it is stored still finds it."""
     from bridge.db import MessageStore
 
     bridge = await make_bridge()
-    insert = MessageStore.insert
+    run = MessageStore._run
     release = asyncio.Event()
 
-    async def held_insert(store: MessageStore, row: Any) -> None:
+    async def held_run(store: MessageStore, statements: Any) -> None:
         await release.wait()
-        await insert(store, row)
+        await run(store, statements)
 
-    monkeypatch.setattr(MessageStore, "insert", held_insert)
+    async def stored(event_id: str) -> bool:
+        q = "SELECT 1 FROM message WHERE event_id=$1"
+        return bool(await bridge.db.fetchval(q, event_id))
+
+    monkeypatch.setattr(MessageStore, "_run", held_run)
     gil = new_user(synapse)
     mgmt = await management_room(gil)
     await command(gil, mgmt, "login testnet gil-remote", "Logged in")
@@ -275,12 +279,13 @@ async def test_reply_to_a_message_whose_mapping_is_still_being_written(
     tn: Any = bridge.connectors["testnet"]
     remote_id = await tn.remote_message("#slowdb", "hal", "not stored yet")
     evt = await gil.wait_for_event(room, lambda e: e["content"].get("body") == "not stored yet")
-    assert await bridge.messages.by_event(evt["event_id"]) is None  # still queued
+    assert not await stored(evt["event_id"])  # still held
     await gil.reply(room, evt["event_id"], "quick reply")
     rep = await until(sent(bridge, "message", text="quick reply"))
     assert rep["reply_to"] == remote_id
+    assert not await stored(evt["event_id"])
     release.set()
-    await until(lambda: bridge.messages.by_event(evt["event_id"]))
+    await until(lambda: stored(evt["event_id"]))
     await gil.close()
 
 

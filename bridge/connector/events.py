@@ -105,6 +105,11 @@ class RemoteMessage(RemoteEvent):
     content: MessageContent
     reply_to: str | None = None  # remote id of the message replied to
     thread_root: str | None = None  # remote id of the thread's first message
+    #: True when the connector made ``id`` up on receipt (the network gives the message none):
+    #: no earlier delivery can have carried it, so the core skips its already-bridged lookup
+    #: (one database trip per message). Events that the scale-out stream may redeliver are
+    #: looked up regardless.
+    fresh_id: bool = False
 
 
 @dataclass(slots=True, kw_only=True)

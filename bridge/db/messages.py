@@ -1,8 +1,16 @@
-"""The message and reaction id mapping: which Matrix event is which remote message."""
+"""The message and reaction id mapping: which Matrix event is which remote message.
+
+A just-bridged message's row is written behind (:meth:`MessageStore.insert_later`): lookups
+see it at once, and it goes to the database within a moment, with other rows, or in the trip
+of the next appservice transaction together with the deletion of the pending event that
+produced it (one database trip per bridged message instead of two)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,9 +99,117 @@ class ReactionRow:
     remote_id: str | None = None
 
 
+#: How long a row written behind waits for a trip to ride along with.
+BEHIND_S = 0.05
+_RETRY_S = 2.0
+
+
+@dataclass(slots=True)
+class Batch:
+    """Statements for another store's trip (``$n`` style), and what to call once its
+    transaction committed (``True``) or failed (``False``)."""
+
+    statements: list[tuple[str, tuple[Any, ...]]]
+    settle: Callable[[bool], None]
+
+
 class MessageStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, log: logging.Logger | None = None) -> None:
         self.db = db
+        self.log = log or logging.getLogger("mimi.db")
+        self._queued: list[MessageRow] = []  # written behind, not in a trip yet
+        self._unwritten: dict[str, MessageRow] = {}  # event id -> row not committed yet
+        self._trips = 0  # trips under way carrying rows
+        self._settled = asyncio.Event()
+        self._settled.set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    # --- written behind ---
+
+    def insert_later(self, rows: list[MessageRow]) -> None:
+        """Store rows within :data:`BEHIND_S` (lookups find them meanwhile)."""
+        for m in rows:
+            self._queued.append(m)
+            self._unwritten[m.event_id] = m
+        self._arm(BEHIND_S)
+
+    def _arm(self, delay: float) -> None:
+        if self._timer is None and self._queued:
+            self._timer = asyncio.get_running_loop().call_later(delay, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._timer = None
+        task = asyncio.create_task(self._flush_logged())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _flush_logged(self) -> None:
+        try:
+            await self.flush()
+        except Exception as e:  # kept in memory and tried again
+            self.log.warning(
+                "storing %d message mappings failed (%s); retrying", len(self._queued), e
+            )
+
+    def take(self) -> Batch | None:
+        """The queued rows as statements for a trip of another store, or None."""
+        rows, self._queued = self._queued, []
+        if not rows:
+            return None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._trips += 1
+        self._settled.clear()
+        return Batch([(_INSERT, _values(m)) for m in rows], lambda ok: self._settle(rows, ok))
+
+    def _settle(self, rows: list[MessageRow], ok: bool) -> None:
+        self._trips -= 1
+        if ok:
+            for m in rows:
+                self._unwritten.pop(m.event_id, None)
+        else:
+            self._queued[:0] = rows
+            self._arm(_RETRY_S)
+        if not self._trips:
+            self._settled.set()
+
+    async def flush(self) -> None:
+        """Store every row written behind now."""
+        batch = self.take()
+        if batch is not None:
+            ok = False
+            try:
+                await self._run(batch.statements)
+                ok = True
+            finally:
+                batch.settle(ok)
+        await self._settled.wait()  # and rows other trips carry
+
+    async def _run(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        if is_sqlite(self.db):
+
+            def insert(c: sqlite3.Connection) -> None:
+                for query, args in statements:
+                    c.execute(sqlite_query(query), args)
+
+            await in_sqlite_thread(self.db, insert)
+        else:  # atomic on its own, and waits for a restarting server (no transaction)
+            await self.db.executemany(_INSERT, [args for _, args in statements])
+
+    async def _written(self, event_id: str | None = None) -> None:
+        """Before a change of rows: the row of ``event_id`` (every row, for None) is stored."""
+        while (event_id in self._unwritten) if event_id is not None else self._unwritten:
+            await self.flush()
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await self.flush()
+
+    # --- rows ---
 
     async def insert(self, m: MessageRow) -> None:
         values = _values(m)
@@ -116,12 +232,22 @@ class MessageStore:
             await self.db.executemany(_INSERT, values)
 
     async def by_event(self, event_id: str) -> MessageRow | None:
+        if (unwritten := self._unwritten.get(event_id)) is not None:
+            return unwritten
         row = await self.db.fetchrow(f"SELECT {_MSG_COLS} FROM message WHERE event_id=$1", event_id)
         return MessageRow.from_row(row) if row else None
 
     async def by_remote(self, portal: PortalKey, remote_id: str) -> list[MessageRow]:
         # Asked for every bridged remote message (is it already bridged?): on SQLite in one
         # trip to its thread rather than the driver's several.
+        if self._unwritten:  # a few rows of the last moment: scanned
+            found = [
+                m
+                for m in self._unwritten.values()
+                if m.remote_id == remote_id and m.portal == portal
+            ]
+            if found:
+                return sorted(found, key=lambda m: m.part)
         args = (portal.network, portal.remote_id, portal.receiver, remote_id)
         if is_sqlite(self.db):
 
@@ -134,6 +260,7 @@ class MessageStore:
         return [MessageRow.from_row(r) for r in rows]
 
     async def record_edit(self, m: MessageRow, body: str | None) -> None:
+        await self._written(m.event_id)
         await self.db.execute(
             "UPDATE message SET edit_count=edit_count+1, body=$2 WHERE event_id=$1",
             m.event_id,
@@ -141,9 +268,11 @@ class MessageStore:
         )
 
     async def delete(self, m: MessageRow) -> None:
+        await self._written(m.event_id)
         await self.db.execute("DELETE FROM message WHERE event_id=$1", m.event_id)
 
     async def count(self, room_id: str) -> int:
+        await self._written()
         return int(await self.db.fetchval("SELECT COUNT(*) FROM message WHERE room_id=$1", room_id))
 
     # --- reactions ---

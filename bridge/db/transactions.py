@@ -12,7 +12,11 @@ transaction instead of one per event and statement. A handled event whose deleti
 committed yet when the bridge crashed (at most half a second, ``_DONE_DELAY_S``, without
 traffic) is replayed at the next start, as one handled but not marked done always was: a
 message is recognised as bridged by its id mapping (``replayed_events``), a redaction finds
-nothing left to redact."""
+nothing left to redact. The id mappings written behind (``rider``, the message store's rows of
+the last moment) ride the same trip, before the deletions: a pending event is never deleted
+before the mapping of what it produced is stored. A crash in the moment between a message's
+delivery and the storing of its mapping (at most ``messages.BEHIND_S``) sends it again at the
+next start."""
 
 from __future__ import annotations
 
@@ -21,12 +25,16 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mautrix.util.async_db import Database
 
+from .messages import Batch
 from .one_trip import in_sqlite_thread, is_sqlite, placeholders, sqlite_query
+
+Statement = tuple[str, Any]
 
 # How long an event id is remembered: homeservers retry for hours, not weeks.
 EVENT_MEMORY_MS = 7 * 24 * 3600 * 1000
@@ -67,9 +75,15 @@ def _delete_done(seqs: list[int]) -> list[tuple[str, list[int]]]:
 
 
 class TransactionStore:
-    def __init__(self, db: Database, log: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        log: logging.Logger | None = None,
+        rider: Callable[[], Batch | None] | None = None,
+    ) -> None:
         self.db = db
         self.log = log or logging.getLogger("mimi.db")
+        self.rider = rider  # statements written behind elsewhere, for this store's trips
         self._pruned_at = 0
         # Handled events whose deletion waits for the next transaction (or the delay).
         self._done: list[int] = []
@@ -88,16 +102,22 @@ class TransactionStore:
             for evt in events
         ]
         done, self._done = self._done, []
+        batch = self.rider() if self.rider is not None else None
+        first: list[Statement] = [*(batch.statements if batch else []), *_delete_done(done)]
         try:
             if is_sqlite(self.db):
                 seen, out = await in_sqlite_thread(
-                    self.db, lambda c: self._record_sqlite(c, txn_id, now, rows, done)
+                    self.db, lambda c: self._record_sqlite(c, txn_id, now, rows, first)
                 )
             else:
-                seen, out = await self._record_pg(txn_id, now, rows, done)
+                seen, out = await self._record_pg(txn_id, now, rows, first)
         except BaseException:
             self._done[:0] = done  # deleted with a later one
+            if batch:
+                batch.settle(False)
             raise
+        if batch:
+            batch.settle(True)
         if not seen:
             return out
         if not out:
@@ -114,9 +134,9 @@ class TransactionStore:
 
     @staticmethod
     def _record_sqlite(
-        c: sqlite3.Connection, txn_id: str, now: int, rows: list[Any], done: list[int]
+        c: sqlite3.Connection, txn_id: str, now: int, rows: list[Any], first: list[Statement]
     ) -> tuple[bool, list[PendingEvent]]:
-        for query, args in _delete_done(done):
+        for query, args in first:
             c.execute(sqlite_query(query), args)
         seen = c.execute(sqlite_query(_NEW_TXN), (txn_id, now)).fetchone() is None
         out = []
@@ -131,11 +151,11 @@ class TransactionStore:
         return seen, out
 
     async def _record_pg(
-        self, txn_id: str, now: int, rows: list[Any], done: list[int]
+        self, txn_id: str, now: int, rows: list[Any], first: list[Statement]
     ) -> tuple[bool, list[PendingEvent]]:
         conn: Any
         async with self.db.acquire() as conn, conn.transaction():
-            for query, args in _delete_done(done):
+            for query, args in first:
                 await conn.execute(query, *args)
             seen = await conn.fetchval(_NEW_TXN, txn_id, now) is None
             out = []
@@ -202,8 +222,9 @@ class TransactionStore:
         done, self._done = self._done, []
         if not done:
             return
+        batch = self.rider() if self.rider is not None else None
+        statements: list[Statement] = [*(batch.statements if batch else []), *_delete_done(done)]
         try:
-            statements = _delete_done(done)
             if is_sqlite(self.db):
 
                 def delete(c: sqlite3.Connection) -> None:
@@ -211,12 +232,21 @@ class TransactionStore:
                         c.execute(sqlite_query(query), args)
 
                 await in_sqlite_thread(self.db, delete)
+            elif batch:  # the rows and the deletions together
+                conn: Any
+                async with self.db.acquire() as conn, conn.transaction():
+                    for query, args in statements:
+                        await conn.execute(query, *args)
             else:  # waits for a restarting server
                 for query, args in statements:
                     await self.db.execute(query, *args)
         except BaseException:
             self._done[:0] = done
+            if batch:
+                batch.settle(False)
             raise
+        if batch:
+            batch.settle(True)
 
     async def prune(self, older_than_ms: int) -> None:
         """Forget old transaction and event ids (homeservers retry for hours, not weeks)."""

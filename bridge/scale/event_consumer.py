@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -13,7 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from bridge.connector import RemoteEvent
+from bridge.connector import RemoteEvent, RemoteMessage
 
 from . import codec
 from .subjects import CORE_CONSUMER, EVENTS_PREFIX, EVENTS_STREAM
@@ -93,6 +94,9 @@ class EventConsumer:
             self._acks.add(task)
             task.add_done_callback(self._acks.discard)
             return
+
+        if isinstance(event, RemoteMessage) and event.fresh_id:
+            event = dataclasses.replace(event, fresh_id=False)  # a redelivery: look it up
 
         async def done() -> None:
             self._slots.release()

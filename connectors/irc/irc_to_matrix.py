@@ -347,6 +347,7 @@ class IrcToMatrix:
             timestamp=ts,
             id=self.new_id(line, ts),
             content=self.content(conn, text, kind, channel),
+            fresh_id="msgid" not in line.tags,
         )
 
     def private_message(

@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mautrix.api import Method, Path
-
-from ..matrix.homeserver import Homeserver
+from ..matrix.homeserver import Homeserver, quote_segment
 
 # A new room's history before the bot joined is short; this bounds the look back.
 LOOK_BACK = 50
@@ -34,8 +32,8 @@ async def encrypted_before_join(
 ) -> list[dict[str, Any]]:
     """Encrypted events of Matrix users older than the bot's join, oldest first."""
     resp = await hs.request(
-        Method.GET,
-        Path.v3.rooms[room_id].messages,
+        "GET",
+        f"/_matrix/client/v3/rooms/{quote_segment(room_id)}/messages",
         query={"dir": "b", "limit": str(LOOK_BACK)},
     )
     out: list[dict[str, Any]] = []

@@ -1,10 +1,13 @@
 """Client-server calls to the homeserver, as the bot or as any ghost (identity assertion).
 
-A thin layer over mautrix's ``AppServiceAPI`` that keeps the few caches the bridge needs
-(registered ghosts, joined members) and always passes explicit transaction ids."""
+Plain aiohttp requests (the appservice API's identity assertion is a query parameter), with
+the few caches the bridge needs (registered ghosts, joined members) and explicit transaction
+ids. mautrix's client API is not loaded for this: it is a few MiB of memory the bridge does
+not need unless end-to-bridge encryption is on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -14,12 +17,6 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from mautrix.api import Method, Path
-from mautrix.appservice import AppServiceAPI
-from mautrix.appservice.state_store.memory import ASStateStore
-from mautrix.client.state_store.memory import MemoryStateStore
-from mautrix.errors import MatrixRequestError
-from mautrix.types import UserID
 from yarl import URL
 
 from ..crypto.base import RoomCrypto
@@ -29,12 +26,9 @@ from ..crypto.base import RoomCrypto
 PUPPET_SOURCE = "org.mimi.source"
 
 
-class _StateStore(MemoryStateStore, ASStateStore):
-    """mautrix needs one; the bridge keeps its own caches below."""
-
-    def __init__(self) -> None:
-        MemoryStateStore.__init__(self)
-        ASStateStore.__init__(self)
+# Answers retried (with the request's retries) as a homeserver restarting or behind a proxy.
+_RETRY_STATUS = frozenset((502, 503, 504))
+_FIRST_BACKOFF_S = 4.0
 
 
 class MatrixError(Exception):
@@ -44,8 +38,16 @@ class MatrixError(Exception):
         self.status = status
 
 
-def _q(segment: str) -> str:
+class HomeserverUnreachable(ConnectionError):
+    """No answer from the homeserver (refused, reset, timed out), retries included."""
+
+
+def quote_segment(segment: str) -> str:
+    """One path segment of a client-server API URL, percent-encoded."""
     return quote(segment, safe="")
+
+
+_q = quote_segment
 
 
 @lru_cache(maxsize=1024)
@@ -55,8 +57,16 @@ def _send_prefix(room_id: str, event_type: str) -> str:
     return f"/_matrix/client/v3/rooms/{_q(room_id)}/send/{_q(event_type)}/"
 
 
-def _wrap(e: MatrixRequestError) -> MatrixError:
-    return MatrixError(getattr(e, "errcode", "") or "M_UNKNOWN", e.message or str(e), e.http_status)
+def _error(status: int, body: Any) -> MatrixError:
+    if isinstance(body, dict):
+        errcode = body.get("errcode")
+        message = body.get("error")
+        return MatrixError(
+            errcode if isinstance(errcode, str) and errcode else "M_UNKNOWN",
+            message if isinstance(message, str) else json.dumps(body)[:200],
+            status,
+        )
+    return MatrixError("M_UNKNOWN", f"HTTP {status}", status)
 
 
 class Homeserver:
@@ -74,10 +84,8 @@ class Homeserver:
         self.as_token = as_token
         self.log = log
         self._session: aiohttp.ClientSession | None = None
-        self._api: AppServiceAPI | None = None
         self._registered: set[str] = set()
         self._joined: set[tuple[str, str]] = set()
-        self._state_store = _StateStore()
         # Called after each request: (HTTP method, seconds, errcode or None); for metrics.
         self.observe: Callable[[str, float, str | None], None] = lambda m, s, e: None
         # Matrix users the bridge acts as (double puppeting): user id -> (token, whether it is
@@ -96,21 +104,11 @@ class Homeserver:
             connector=aiohttp.TCPConnector(limit=100),
             headers={"User-Agent": "mimi-bridge"},
         )
-        self._api = AppServiceAPI(
-            base_url=self.address,
-            bot_mxid=UserID(self.bot_mxid),
-            token=self.as_token,
-            log=self.log,  # type: ignore[arg-type]
-            state_store=self._state_store,
-            client_session=self._session,
-            default_retry_count=3,
-        )
 
     async def close(self) -> None:
         if self._session:
             await self._session.close()
         self._session = None
-        self._api = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -142,18 +140,9 @@ class Homeserver:
         token, as_token, _ = puppet
         return {"Authorization": f"Bearer {token}"}, ({"user_id": str(user)} if as_token else {})
 
-    def _as(self, user: str | None) -> AppServiceAPI:
-        assert self._api is not None, "Homeserver.open() first"
-        if user is None or user == self.bot_mxid:
-            return self._api
-        puppet = self._puppets.get(user)
-        if puppet is not None:
-            return self._api.real_user(UserID(user), puppet[0], URL(puppet[2]), as_token=puppet[1])
-        return self._api.user(UserID(user))
-
     async def request(
         self,
-        method: Method,
+        method: Any,
         path: Any,
         content: Any = None,
         *,
@@ -162,35 +151,64 @@ class Homeserver:
         query: dict[str, Any] | None = None,
         retries: int | None = None,
     ) -> dict[str, Any]:
-        t0, errcode = time.monotonic(), None
-        try:
-            return await self._as(as_user).request(
-                method,
-                path,
-                content,
-                timestamp=timestamp,
-                query_params=dict(query or {}),
-                retry_count=retries,
-            )
-        except MatrixRequestError as e:
-            err = _wrap(e)
-            errcode = err.errcode
-            raise err from e
-        except Exception:
-            errcode = "connection_error"
-            raise
-        finally:
-            self.observe(str(method), time.monotonic() - t0, errcode)
+        """One client-server API call as ``as_user`` (the bot by default): the answer's JSON
+        object. ``path`` is quoted already (a string, or a mautrix path builder); connection
+        failures and 502-504 answers are retried ``retries`` times (3), backing off from 4 s.
+        Raises :class:`MatrixError` for an error answer, :class:`HomeserverUnreachable`."""
+        verb = str(getattr(method, "value", method))
+        route = str(path)
+        url = URL(
+            self._base(as_user) + (route if route.startswith("/") else "/" + route), encoded=True
+        )
+        headers, params = self._auth(as_user)
+        if timestamp is not None and (not self.is_puppet(as_user) or "user_id" in params):
+            params["ts"] = str(timestamp)
+        for key, value in (query or {}).items():
+            params[key] = str(value)
+        data = None
+        if content is not None:
+            data = json.dumps(content)
+            headers["Content-Type"] = "application/json"
+        left = 3 if retries is None else retries
+        backoff = _FIRST_BACKOFF_S
+        while True:
+            t0, errcode = time.monotonic(), None
+            try:
+                async with self.session.request(
+                    verb, url, data=data, params=params, headers=headers
+                ) as resp:
+                    status = resp.status
+                    try:
+                        body = await resp.json(content_type=None)
+                    except ValueError:
+                        body = None
+                if 200 <= status < 300:
+                    return body if isinstance(body, dict) else {}
+                err = _error(status, body)
+                errcode = err.errcode
+                if status not in _RETRY_STATUS or left <= 0:
+                    raise err
+                self.log.warning("%s %s: HTTP %d, retrying in %.0f s", verb, route, status, backoff)
+            except (aiohttp.ClientError, TimeoutError) as e:
+                errcode = "connection_error"
+                if left <= 0:
+                    raise HomeserverUnreachable(f"{verb} {route}: {e or type(e).__name__}") from e
+                self.log.warning("%s %s failed (%s), retrying in %.0f s", verb, route, e, backoff)
+            finally:
+                self.observe(verb, time.monotonic() - t0, errcode)
+            await asyncio.sleep(backoff)
+            backoff *= 2
+            left -= 1
 
     # --- server and appservice ----------------------------------------------------------
 
     async def versions(self) -> dict[str, Any]:
-        return await self.request(Method.GET, Path.versions, retries=0)
+        return await self.request("GET", "/_matrix/client/versions", retries=0)
 
     async def ping(self, appservice_id: str, txn_id: str) -> int:
         resp = await self.request(
-            Method.POST,
-            Path.v1.appservice[appservice_id].ping,
+            "POST",
+            f"/_matrix/client/v1/appservice/{_q(appservice_id)}/ping",
             {"transaction_id": txn_id},
             retries=0,
         )
@@ -204,8 +222,8 @@ class Homeserver:
         localpart = user_id[1:].split(":", 1)[0]
         try:
             await self.request(
-                Method.POST,
-                Path.v3.register,
+                "POST",
+                "/_matrix/client/v3/register",
                 {
                     "type": "m.login.application_service",
                     "username": localpart,
@@ -221,8 +239,8 @@ class Homeserver:
     async def set_displayname(self, user_id: str, name: str) -> None:
         await self.ensure_registered(user_id)
         await self.request(
-            Method.PUT,
-            Path.v3.profile[user_id].displayname,
+            "PUT",
+            f"/_matrix/client/v3/profile/{_q(user_id)}/displayname",
             {"displayname": name},
             as_user=user_id,
         )
@@ -230,13 +248,16 @@ class Homeserver:
     async def set_avatar(self, user_id: str, mxc: str) -> None:
         await self.ensure_registered(user_id)
         await self.request(
-            Method.PUT, Path.v3.profile[user_id].avatar_url, {"avatar_url": mxc}, as_user=user_id
+            "PUT",
+            f"/_matrix/client/v3/profile/{_q(user_id)}/avatar_url",
+            {"avatar_url": mxc},
+            as_user=user_id,
         )
 
     async def profile(self, user_id: str) -> dict[str, Any] | None:
         """The user's profile; None when the homeserver knows no such user."""
         try:
-            return await self.request(Method.GET, Path.v3.profile[user_id], retries=0)
+            return await self.request("GET", f"/_matrix/client/v3/profile/{_q(user_id)}", retries=0)
         except MatrixError as e:
             if e.errcode == "M_NOT_FOUND" or e.status == 404:
                 return None
@@ -246,21 +267,23 @@ class Homeserver:
         body: dict[str, Any] = {"presence": presence}
         if status:
             body["status_msg"] = status
-        await self.request(Method.PUT, Path.v3.presence[user_id].status, body, as_user=user_id)
+        await self.request(
+            "PUT", f"/_matrix/client/v3/presence/{_q(user_id)}/status", body, as_user=user_id
+        )
 
     # --- rooms --------------------------------------------------------------------------
 
     async def create_room(self, body: dict[str, Any], as_user: str | None = None) -> str:
         if as_user:
             await self.ensure_registered(as_user)
-        resp = await self.request(Method.POST, Path.v3.createRoom, body, as_user=as_user)
+        resp = await self.request("POST", "/_matrix/client/v3/createRoom", body, as_user=as_user)
         room_id = str(resp["room_id"])
         self._joined.add((room_id, as_user or self.bot_mxid))
         return room_id
 
     async def resolve_alias(self, alias: str) -> str | None:
         try:
-            resp = await self.request(Method.GET, Path.v3.directory.room[alias])
+            resp = await self.request("GET", f"/_matrix/client/v3/directory/room/{_q(alias)}")
         except MatrixError as e:
             if e.errcode == "M_NOT_FOUND":
                 return None
@@ -271,11 +294,15 @@ class Homeserver:
         """Show the room in the homeserver's room directory, or take it out."""
         visibility = "public" if listed else "private"
         await self.request(
-            Method.PUT, Path.v3.directory.list.room[room_id], {"visibility": visibility}
+            "PUT",
+            f"/_matrix/client/v3/directory/list/room/{_q(room_id)}",
+            {"visibility": visibility},
         )
 
     async def create_alias(self, alias: str, room_id: str) -> None:
-        await self.request(Method.PUT, Path.v3.directory.room[alias], {"room_id": room_id})
+        await self.request(
+            "PUT", f"/_matrix/client/v3/directory/room/{_q(alias)}", {"room_id": room_id}
+        )
 
     def note_membership(self, room_id: str, user_id: str, membership: str) -> None:
         if membership == "join":
@@ -289,7 +316,9 @@ class Homeserver:
     async def join(self, room_id: str, user_id: str | None = None) -> str:
         user = user_id or self.bot_mxid
         await self.ensure_registered(user)
-        resp = await self.request(Method.POST, Path.v3.join[room_id], {}, as_user=user)
+        resp = await self.request(
+            "POST", f"/_matrix/client/v3/join/{_q(room_id)}", {}, as_user=user
+        )
         joined = str(resp.get("room_id", room_id))
         self._joined.add((joined, user))
         return joined
@@ -311,7 +340,10 @@ class Homeserver:
     async def invite(self, room_id: str, user_id: str, as_user: str | None = None) -> None:
         try:
             await self.request(
-                Method.POST, Path.v3.rooms[room_id].invite, {"user_id": user_id}, as_user=as_user
+                "POST",
+                f"/_matrix/client/v3/rooms/{_q(room_id)}/invite",
+                {"user_id": user_id},
+                as_user=as_user,
             )
         except MatrixError as e:
             # Already joined or invited: the goal is reached.
@@ -321,7 +353,9 @@ class Homeserver:
     async def leave(self, room_id: str, user_id: str | None = None, reason: str = "") -> None:
         body = {"reason": reason} if reason else {}
         try:
-            await self.request(Method.POST, Path.v3.rooms[room_id].leave, body, as_user=user_id)
+            await self.request(
+                "POST", f"/_matrix/client/v3/rooms/{_q(room_id)}/leave", body, as_user=user_id
+            )
         finally:
             self._joined.discard((room_id, user_id or self.bot_mxid))
 
@@ -329,8 +363,8 @@ class Homeserver:
         self, room_id: str, user_id: str, reason: str = "", as_user: str | None = None
     ) -> None:
         await self.request(
-            Method.POST,
-            Path.v3.rooms[room_id].kick,
+            "POST",
+            f"/_matrix/client/v3/rooms/{_q(room_id)}/kick",
             {"user_id": user_id, "reason": reason},
             as_user=as_user,
         )
@@ -340,8 +374,8 @@ class Homeserver:
         self, room_id: str, user_id: str, reason: str = "", as_user: str | None = None
     ) -> None:
         await self.request(
-            Method.POST,
-            Path.v3.rooms[room_id].ban,
+            "POST",
+            f"/_matrix/client/v3/rooms/{_q(room_id)}/ban",
             {"user_id": user_id, "reason": reason},
             as_user=as_user,
         )
@@ -349,11 +383,14 @@ class Homeserver:
 
     async def unban(self, room_id: str, user_id: str, as_user: str | None = None) -> None:
         await self.request(
-            Method.POST, Path.v3.rooms[room_id].unban, {"user_id": user_id}, as_user=as_user
+            "POST",
+            f"/_matrix/client/v3/rooms/{_q(room_id)}/unban",
+            {"user_id": user_id},
+            as_user=as_user,
         )
 
     async def joined_members(self, room_id: str) -> dict[str, str]:
-        resp = await self.request(Method.GET, Path.v3.rooms[room_id].joined_members)
+        resp = await self.request("GET", f"/_matrix/client/v3/rooms/{_q(room_id)}/joined_members")
         out = {}
         for uid, info in (resp.get("joined") or {}).items():
             out[uid] = (info or {}).get("display_name") or uid
@@ -365,7 +402,9 @@ class Homeserver:
     ) -> dict[str, Any] | None:
         try:
             return await self.request(
-                Method.GET, Path.v3.rooms[room_id].state[event_type][state_key], as_user=as_user
+                "GET",
+                f"/_matrix/client/v3/rooms/{_q(room_id)}/state/{_q(event_type)}/{_q(state_key)}",
+                as_user=as_user,
             )
         except MatrixError as e:
             if e.errcode == "M_NOT_FOUND":
@@ -375,8 +414,8 @@ class Homeserver:
     async def room_creators(self, room_id: str) -> list[str]:
         """Creators with unlimited power (room versions 12 and later), else nobody."""
         create = await self.request(
-            Method.GET,
-            Path.v3.rooms[room_id].state["m.room.create"][""],
+            "GET",
+            f"/_matrix/client/v3/rooms/{_q(room_id)}/state/m.room.create/",
             query={"format": "event"},
         )
         content = create.get("content") or {}
@@ -408,8 +447,8 @@ class Homeserver:
         resp = await self._put_once(path, content, as_user, timestamp)
         if resp is None:  # anything but success: the general way, with its retries and errors
             resp = await self.request(
-                Method.PUT,
-                Path.v3.rooms[room_id].send[event_type][txn_id],
+                "PUT",
+                f"/_matrix/client/v3/rooms/{_q(room_id)}/send/{_q(event_type)}/{_q(txn_id)}",
                 content,
                 as_user=as_user,
                 timestamp=timestamp,
@@ -453,8 +492,8 @@ class Homeserver:
         as_user: str | None = None,
     ) -> str:
         resp = await self.request(
-            Method.PUT,
-            Path.v3.rooms[room_id].state[event_type][state_key],
+            "PUT",
+            f"/_matrix/client/v3/rooms/{_q(room_id)}/state/{_q(event_type)}/{_q(state_key)}",
             content,
             as_user=as_user,
         )
@@ -473,7 +512,10 @@ class Homeserver:
         if self.is_puppet(as_user):
             body[PUPPET_SOURCE] = "remote"
         resp = await self.request(
-            Method.PUT, Path.v3.rooms[room_id].redact[event_id][txn_id], body, as_user=as_user
+            "PUT",
+            f"/_matrix/client/v3/rooms/{_q(room_id)}/redact/{_q(event_id)}/{_q(txn_id)}",
+            body,
+            as_user=as_user,
         )
         return str(resp.get("event_id", ""))
 
@@ -482,17 +524,25 @@ class Homeserver:
         if typing:
             body["timeout"] = timeout_ms
         await self.request(
-            Method.PUT, Path.v3.rooms[room_id].typing[user_id], body, as_user=user_id
+            "PUT",
+            f"/_matrix/client/v3/rooms/{_q(room_id)}/typing/{_q(user_id)}",
+            body,
+            as_user=user_id,
         )
 
     async def receipt(self, room_id: str, event_id: str, user_id: str) -> None:
         await self.request(
-            Method.POST, Path.v3.rooms[room_id].receipt["m.read"][event_id], {}, as_user=user_id
+            "POST",
+            f"/_matrix/client/v3/rooms/{_q(room_id)}/receipt/m.read/{_q(event_id)}",
+            {},
+            as_user=user_id,
         )
 
     async def get_event(self, room_id: str, event_id: str) -> dict[str, Any] | None:
         try:
-            return await self.request(Method.GET, Path.v3.rooms[room_id].event[event_id])
+            return await self.request(
+                "GET", f"/_matrix/client/v3/rooms/{_q(room_id)}/event/{_q(event_id)}"
+            )
         except MatrixError:
             return None
 

@@ -47,7 +47,7 @@ from .db import (
 from .encryption_required import EncryptionRequirement
 from .matrix.homeserver import Homeserver, MatrixError
 from .memory import release_freed_memory
-from .metrics import INTERNAL_ERROR, BridgeMetrics
+from .metrics import INTERNAL_ERROR, create_metrics
 from .ordered_queue import OrderedQueues
 from .portals import PortalManager
 from .status import Status
@@ -92,7 +92,7 @@ class Bridge:
         self.server: AppserviceServer | None = None
         self.crypto: RoomCrypto | None = None
         self.portal_mgr = PortalManager(self)
-        self.metrics = BridgeMetrics(self.log.getChild("metrics"))
+        self.metrics = create_metrics(cfg.metrics.enabled, self.log.getChild("metrics"))
         self.hs.observe = self.metrics.homeserver_request
         self.status = Status(self)
         self.connections = ConnectionStatus(

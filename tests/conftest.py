@@ -185,8 +185,13 @@ async def make_bridge(
     running: list[Bridge] = []
 
     async def factory(
-        database: str | None = None, connectors: dict[str, Any] | None = None, **extra: Any
+        database: str | None = None,
+        connectors: dict[str, Any] | None = None,
+        metrics_port: int | None = None,
+        **extra: Any,
     ) -> Bridge:
+        """``extra`` goes to the config's ``bridge`` section; ``metrics_port`` turns the
+        Prometheus metrics on (off by default, as in the example config)."""
         db = database or f"sqlite://{tmp_path / 'bridge.db'}"
         if not db.startswith("sqlite://") and db.startswith("sqlite:"):
             db = "sqlite://" + db.split(":", 1)[1]
@@ -198,6 +203,11 @@ async def make_bridge(
             connectors if connectors is not None else {"testnet": {}},
             **extra,
         )
+        if metrics_port is not None:
+            yaml = YAML()
+            doc = yaml.load(path)
+            doc["metrics"] = {"enabled": True, "listen": f"127.0.0.1:{metrics_port}"}
+            yaml.dump(doc, path)
         bridge = Bridge(load_config(path))
         await bridge.start()
         running.append(bridge)

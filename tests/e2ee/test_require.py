@@ -11,6 +11,7 @@ from bridge.crypto.olm import OlmCrypto
 from tests.conftest import BridgeFactory
 from tests.e2ee.conftest import NioFactory
 from tests.e2ee.helpers import BOT, encrypted_portal, was_encrypted
+from tests.harness.ports import free_port
 from tests.harness.synapse import SynapseServer
 from tests.helpers import command, management_room, new_user, sent, until
 
@@ -38,7 +39,7 @@ async def test_unencrypted_rooms_are_refused(
     await until(sent(bridge, "message", text="before"))
     await bridge.stop()
 
-    bridge = await make_bridge(encryption=ENC)
+    bridge = await make_bridge(encryption=ENC, metrics_port=free_port())  # counts failures
     startup = await ivy.wait_for_event(old, lambda e: "nothing is bridged" in _body(e), 45)
     assert startup["sender"] == BOT and "either way" in _body(startup)
     assert not await ivy.get_state(old, "m.room.encryption", "")

@@ -4,6 +4,7 @@ records what the connector emits, and a plain asyncio IRC client playing "IRC us
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,6 +23,7 @@ from bridge.connector import (
 )
 from connectors.irc.protocol import Line, parse_line
 from tests.harness.ircd import IrcServer, start_ngircd
+from tests.harness.synapse import MatrixClient, SynapseServer
 
 DOMAIN = "example.org"
 
@@ -190,6 +192,59 @@ async def irc_users(ngircd: IrcServer) -> AsyncIterator[Callable[..., Any]]:
 
     async def make(nick: str) -> RawIRC:
         client = await RawIRC(ngircd.host, ngircd.port, nick).connect()
+        made.append(client)
+        return client
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+# --- Matrix users and IRC users of the end-to-end tests through Synapse --------------------
+
+_n = itertools.count(1)
+
+
+def uniq(prefix: str) -> str:
+    return f"{prefix}{next(_n)}"
+
+
+async def matrix_user(synapse: SynapseServer, name: str) -> MatrixClient:
+    """A Matrix user whose display name is ``name`` (so its puppet's nick is ``name[m]``)."""
+    client = synapse.new_client(name.lower())
+    await client.set_displayname(name)
+    return client
+
+
+class IrcUsers:
+    """IRC users on a server, closed at the end of the test."""
+
+    def __init__(self) -> None:
+        self.made: list[RawIRC] = []
+
+    async def __call__(self, server: IrcServer, prefix: str) -> RawIRC:
+        client = await RawIRC(server.host, server.port, uniq(prefix)).connect()
+        self.made.append(client)
+        return client
+
+    async def close(self) -> None:
+        for c in self.made:
+            await c.close()
+
+
+@pytest.fixture
+async def irc() -> AsyncIterator[IrcUsers]:
+    users = IrcUsers()
+    yield users
+    await users.close()
+
+
+@pytest.fixture
+async def matrix(synapse: SynapseServer) -> AsyncIterator[Callable[..., Any]]:
+    made: list[MatrixClient] = []
+
+    async def make(prefix: str) -> MatrixClient:
+        client = await matrix_user(synapse, uniq(prefix))
         made.append(client)
         return client
 

@@ -24,8 +24,8 @@ from tests.conftest import BridgeFactory
 from tests.harness.ircd import IrcServer, start_ngircd
 from tests.harness.synapse import MatrixClient, SynapseServer
 
-from .conftest import RawIRC
-from .test_e2e_synapse import alias, joined, matrix_user, uniq
+from .conftest import RawIRC, matrix_user
+from .test_e2e_synapse import alias, joined, uniq
 
 PREFIX = "2001:db8:1::/64"
 BOT_ADDRESS = "127.0.0.2"

@@ -17,9 +17,7 @@ from .conftest import wait_for
 from .test_e2e_synapse import (  # noqa: F401 (fixtures)
     IrcUsers,
     _crash,
-    irc,
     management_room,
-    matrix,
     own_ngircd,
     portal_with_users,
     said,
@@ -29,8 +27,8 @@ from .test_e2e_synapse import (  # noqa: F401 (fixtures)
 async def test_a_dropped_puppet_is_told_once_lost_and_once_back(
     make_bridge: BridgeFactory,
     own_ngircd: IrcServer,  # noqa: F811 (the fixture)
-    irc: IrcUsers,  # noqa: F811
-    matrix: Callable[..., Any],  # noqa: F811
+    irc: IrcUsers,
+    matrix: Callable[..., Any],
 ) -> None:
     bridge, _chan, carol, ann, room, puppet = await portal_with_users(
         make_bridge, own_ngircd, irc, matrix, reconnect={"min_delay": 0.5, "max_delay": 1.0}

@@ -11,11 +11,10 @@ from tests.e2ee.conftest import NioFactory, nio_user  # noqa: F401 (a fixture)
 from tests.e2ee.helpers import BOT, was_encrypted
 from tests.harness.ircd import IrcServer
 
-from .test_e2e_synapse import (  # noqa: F401 (irc is a fixture)
+from .test_e2e_synapse import (
     IrcUsers,
     alias,
     ghost,
-    irc,
     irc_connectors,
     joined,
     said,
@@ -31,7 +30,7 @@ PNG = bytes.fromhex(
 async def test_encrypted_irc_portal(
     make_bridge: BridgeFactory,
     ngircd: IrcServer,
-    irc: IrcUsers,  # noqa: F811 (the fixture)
+    irc: IrcUsers,
     nio_user: NioFactory,  # noqa: F811
 ) -> None:
     chan = "#" + uniq("crypt")

@@ -6,38 +6,15 @@ with ``false`` the puppet keeps its seat, after a restart too."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from tests.conftest import BridgeFactory
 from tests.harness.ircd import IrcServer
-from tests.harness.synapse import MatrixClient, SynapseServer
+from tests.harness.synapse import MatrixClient
 
 from .conftest import RawIRC
-from .test_e2e_synapse import IrcUsers, alias, irc_connectors, joined, matrix_user, uniq
-
-
-@pytest.fixture
-async def irc() -> AsyncIterator[IrcUsers]:
-    users = IrcUsers()
-    yield users
-    await users.close()
-
-
-@pytest.fixture
-async def matrix(synapse: SynapseServer) -> AsyncIterator[Callable[..., Any]]:
-    made: list[MatrixClient] = []
-
-    async def make(prefix: str) -> MatrixClient:
-        client = await matrix_user(synapse, uniq(prefix))
-        made.append(client)
-        return client
-
-    yield make
-    for c in made:
-        await c.close()
+from .test_e2e_synapse import IrcUsers, alias, irc_connectors, joined, uniq
 
 
 async def names(client: RawIRC, channel: str) -> set[str]:

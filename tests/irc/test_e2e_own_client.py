@@ -25,10 +25,8 @@ from .test_e2e_synapse import (
     alias,
     body_is,
     ghost,
-    irc,  # noqa: F401 (fixture)
     irc_connectors,
     joined,
-    matrix,  # noqa: F401 (fixture)
     said,
     uniq,
 )
@@ -53,8 +51,8 @@ async def _identified(client: RawIRC, account: str, password: str) -> None:
 async def test_own_irc_client_speaks_as_the_matrix_user(
     make_bridge: BridgeFactory,
     services: ServicesNet,
-    irc: IrcUsers,  # noqa: F811
-    matrix: Callable[..., Any],  # noqa: F811
+    irc: IrcUsers,
+    matrix: Callable[..., Any],
 ) -> None:
     account, password = uniq("annacct"), "ann-secret-1"
     services.register(account, password)

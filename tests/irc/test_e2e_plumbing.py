@@ -7,7 +7,7 @@ when an operator changed it; secret, private and keyed channels stay out of the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 from bridge.connector import PortalKey
 from tests.conftest import BridgeFactory
 from tests.harness.ircd import IrcServer, start_inspircd
-from tests.harness.synapse import MatrixClient, SynapseServer
+from tests.harness.synapse import MatrixClient
 
 from .test_e2e_synapse import (
     BOT,
@@ -32,7 +32,6 @@ from .test_e2e_synapse import (
     irc_connectors,
     joined,
     management_room,
-    matrix_user,
     portal_with_users,
     said,
     uniq,
@@ -40,27 +39,6 @@ from .test_e2e_synapse import (
 )
 
 USERS = {"*": "relay", "localhost": "user"}
-
-
-@pytest.fixture
-async def irc() -> AsyncIterator[IrcUsers]:
-    users = IrcUsers()
-    yield users
-    await users.close()
-
-
-@pytest.fixture
-async def matrix(synapse: SynapseServer) -> AsyncIterator[Callable[..., Any]]:
-    made: list[MatrixClient] = []
-
-    async def make(prefix: str) -> MatrixClient:
-        client = await matrix_user(synapse, uniq(prefix))
-        made.append(client)
-        return client
-
-    yield make
-    for c in made:
-        await c.close()
 
 
 def bot_notice(bot_nick: str, channel: str) -> Callable[[Any], bool]:

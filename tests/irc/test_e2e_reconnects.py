@@ -20,8 +20,8 @@ from tests.conftest import BridgeFactory
 from tests.harness.ircd import IrcServer, start_ngircd
 from tests.harness.synapse import MatrixClient, SynapseServer
 
-from .conftest import RawIRC, wait_for
-from .test_e2e_synapse import _crash, alias, irc_connectors, joined, matrix_user, said, uniq
+from .conftest import RawIRC, matrix_user, wait_for
+from .test_e2e_synapse import _crash, alias, irc_connectors, joined, said, uniq
 
 USERS = 20
 RATE = 5

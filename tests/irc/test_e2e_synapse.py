@@ -14,7 +14,6 @@ that hint, it never skips them.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -28,11 +27,11 @@ from bridge.connector import PortalKey, escape_localpart
 from connectors.irc.protocol import casefold
 from tests.conftest import BridgeFactory
 from tests.harness.ircd import IrcServer, start_ngircd
-from tests.harness.synapse import MatrixClient, SynapseServer
+from tests.harness.synapse import MatrixClient
 
-from .conftest import RawIRC, wait_for
+# IrcUsers, matrix_user and uniq are imported from here by other test modules too.
+from .conftest import IrcUsers, RawIRC, uniq, wait_for
 
-_n = itertools.count(1)
 BOT = "@mimibot:localhost"
 NET = "irc_test"
 
@@ -40,10 +39,6 @@ Event = dict[str, Any]
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def uniq(prefix: str) -> str:
-    return f"{prefix}{next(_n)}"
 
 
 def irc_connectors(
@@ -72,13 +67,6 @@ def ghost(nick: str) -> str:
     """The ghost of an IRC nick: its localpart is the nick folded with rfc1459 (the default
     ``casemapping``), escaped."""
     return f"@irc_test_{escape_localpart(casefold(nick, 'rfc1459'))}:localhost"
-
-
-async def matrix_user(synapse: SynapseServer, name: str) -> MatrixClient:
-    """A Matrix user whose display name is ``name`` (so its puppet's nick is ``name[m]``)."""
-    client = synapse.new_client(name.lower())
-    await client.set_displayname(name)
-    return client
 
 
 def body_is(text: str, msgtype: str | None = None) -> Callable[[Event], bool]:
@@ -148,43 +136,6 @@ async def command(user: MatrixClient, room: str, text: str, expect: str) -> str:
 
 async def in_room(user: MatrixClient, room: str, member: str) -> bool:
     return member in await user.joined_members(room)
-
-
-class IrcUsers:
-    """IRC users on a server, closed at the end of the test."""
-
-    def __init__(self) -> None:
-        self.made: list[RawIRC] = []
-
-    async def __call__(self, server: IrcServer, prefix: str) -> RawIRC:
-        client = await RawIRC(server.host, server.port, uniq(prefix)).connect()
-        self.made.append(client)
-        return client
-
-    async def close(self) -> None:
-        for c in self.made:
-            await c.close()
-
-
-@pytest.fixture
-async def irc() -> AsyncIterator[IrcUsers]:
-    users = IrcUsers()
-    yield users
-    await users.close()
-
-
-@pytest.fixture
-async def matrix(synapse: SynapseServer) -> AsyncIterator[Callable[..., Any]]:
-    made: list[MatrixClient] = []
-
-    async def make(prefix: str) -> MatrixClient:
-        client = await matrix_user(synapse, uniq(prefix))
-        made.append(client)
-        return client
-
-    yield make
-    for c in made:
-        await c.close()
 
 
 async def portal_with_users(

@@ -13,8 +13,8 @@ from tests.harness.ports import free_port
 from tests.harness.synapse import SynapseServer
 from tests.helpers import metrics_bridge, scrape, until
 
-from .conftest import RawIRC
-from .test_e2e_synapse import _crash, alias, irc_connectors, joined, matrix_user, said, uniq
+from .conftest import RawIRC, matrix_user
+from .test_e2e_synapse import _crash, alias, irc_connectors, joined, said, uniq
 
 
 def connections(samples: dict[Any, float], state: str) -> float:

@@ -13,8 +13,8 @@ from tests.bridge_process import BridgeProcess, HomeserverProxy, bridge_config
 from tests.harness.ircd import IrcServer
 from tests.harness.synapse import SynapseServer
 
-from .conftest import RawIRC
-from .test_e2e_synapse import alias, irc_connectors, joined, matrix_user, said, uniq
+from .conftest import RawIRC, matrix_user
+from .test_e2e_synapse import alias, irc_connectors, joined, said, uniq
 
 
 async def test_message_sent_while_the_bridge_is_down_reaches_irc_once(

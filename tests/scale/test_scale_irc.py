@@ -25,13 +25,12 @@ from tests.harness.ircd import IrcServer
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer, start_postgres
 from tests.harness.synapse import SynapseServer
-from tests.irc.conftest import RawIRC, ngircd  # noqa: F401 (a fixture)
+from tests.irc.conftest import RawIRC, matrix_user, ngircd  # noqa: F401 (a fixture)
 from tests.irc.test_e2e_synapse import (
     alias,
     body_is,
     irc_connectors,
     joined,
-    matrix_user,
     said,
     uniq,
 )

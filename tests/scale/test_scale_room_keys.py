@@ -18,14 +18,16 @@ from tests.harness.ircd import IrcServer
 from tests.harness.nats import NatsServer
 from tests.harness.synapse import SynapseServer
 from tests.helpers import command, management_room, until
-from tests.irc.conftest import ngircd  # noqa: F401 (a fixture)
+from tests.irc.conftest import (
+    matrix_user,
+    ngircd,  # noqa: F401 (a fixture)
+)
 from tests.irc.test_e2e_synapse import (
     NET,
     IrcUsers,
     body_is,
     irc_connectors,
     joined,
-    matrix_user,
     said,
     uniq,
 )

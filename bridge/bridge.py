@@ -88,6 +88,7 @@ class Bridge:
         self._display_names: dict[str, str] = {}
         self._db: Database | None = None
         self._stores: dict[type, Any] = {}
+        self._aside_tasks: set[asyncio.Future[None]] = set()
         self.replayed_events: set[str] = set()
         self.server: AppserviceServer | None = None
         self.crypto: RoomCrypto | None = None
@@ -352,6 +353,8 @@ class Bridge:
             await self.messages.close()
         except Exception as e:  # their events stay pending: bridged again at the next start
             self.log.warning("could not store the last message mappings: %s", e)
+        if self._aside_tasks:  # the stream's acks of the events whose mappings were stored
+            await asyncio.wait(self._aside_tasks, timeout=5.0)
         try:
             await self.transactions.close()
         except Exception as e:  # still pending: replayed, and recognised, at the next start
@@ -467,7 +470,9 @@ class Bridge:
         async def job() -> None:
             await self._remote_job(event)
             if done is not None:
-                await done()
+                # Done (acknowledged to the stream) once the id mapping is stored, which is
+                # written behind: waited for aside, so the portal's next event need not.
+                self._aside(self._done_when_stored(done))
 
         async def failed(error: Exception) -> None:
             await self.remote_handler.failed(event, error)
@@ -475,6 +480,15 @@ class Bridge:
                 await done()
 
         self.queues.submit(("remote", event.portal), job, failed)
+
+    async def _done_when_stored(self, done: Callable[[], Awaitable[None]]) -> None:
+        await self.messages.stored()
+        await done()
+
+    def _aside(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._aside_tasks.add(task)
+        task.add_done_callback(self._aside_tasks.discard)
 
     async def _remote_job(self, event: RemoteEvent) -> None:
         try:

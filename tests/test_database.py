@@ -242,3 +242,22 @@ async def test_rows_written_behind_are_stored_on_their_own(database_url: str) ->
         await msgs.close()
     finally:
         await db.stop()
+
+
+async def test_stored_waits_for_the_rows_written_behind_so_far(database_url: str) -> None:
+    """What the scale-out core waits for before acknowledging a remote event to the stream:
+    its mapping's row in the database (rows added later are not waited for)."""
+    db = await open_database(database_url)
+    try:
+        msgs = MessageStore(db)
+        await msgs.stored()  # nothing written behind: at once
+        msgs.insert_later([_row("$e", "re")])
+        waiting = asyncio.create_task(msgs.stored())
+        await asyncio.sleep(0)
+        msgs.insert_later([_row("$f", "rf")])
+        assert not waiting.done()
+        await asyncio.wait_for(waiting, 5)
+        assert await _stored(db, "$e")
+        await msgs.close()
+    finally:
+        await db.stop()

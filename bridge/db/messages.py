@@ -124,6 +124,7 @@ class MessageStore:
         self._settled.set()
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()
+        self._progress = asyncio.Event()  # set at each trip that stored rows
 
     # --- written behind ---
 
@@ -169,6 +170,8 @@ class MessageStore:
         if ok:
             for m in rows:
                 self._unwritten.pop(m.event_id, None)
+            self._progress.set()
+            self._progress = asyncio.Event()
         else:
             self._queued[:0] = rows
             self._arm(_RETRY_S)
@@ -197,6 +200,12 @@ class MessageStore:
             await in_sqlite_thread(self.db, insert)
         else:  # atomic on its own, and waits for a restarting server (no transaction)
             await self.db.executemany(_INSERT, [args for _, args in statements])
+
+    async def stored(self) -> None:
+        """Once every row written behind so far is in the database (not hastening it)."""
+        waiting = list(self._unwritten.values())
+        while any(self._unwritten.get(m.event_id) is m for m in waiting):
+            await self._progress.wait()
 
     async def _written(self, event_id: str | None = None) -> None:
         """Before a change of rows: the row of ``event_id`` (every row, for None) is stored."""

@@ -522,23 +522,22 @@ class MatrixHandler:
         if sent is None:
             return
         self.bridge.metrics.bridged_from_matrix(portal.key.network, event_id)
-        # Written behind, stored with the deletion of this pending event at the latest.
-        self.bridge.messages.insert_later(
-            [
-                MessageRow(
-                    portal=portal.key,
-                    remote_id=sent.remote_id,
-                    part=0,
-                    room_id=portal.room_id,
-                    event_id=event_id,
-                    sender_id=sender,
-                    sender_mxid=sender,
-                    timestamp=sent.timestamp or mm.timestamp,
-                    reply_to=reply[0].event_id if reply else None,
-                    thread_root=thread[0].event_id if thread else None,
-                    body=msg.text,
-                )
-            ]
+        # Stored before the event counts as handled: after a crash from here on, the replayed
+        # transaction finds it bridged and does not send it again.
+        await self.bridge.messages.insert(
+            MessageRow(
+                portal=portal.key,
+                remote_id=sent.remote_id,
+                part=0,
+                room_id=portal.room_id,
+                event_id=event_id,
+                sender_id=sender,
+                sender_mxid=sender,
+                timestamp=sent.timestamp or mm.timestamp,
+                reply_to=reply[0].event_id if reply else None,
+                thread_root=thread[0].event_id if thread else None,
+                body=msg.text,
+            )
         )
 
     async def edit(

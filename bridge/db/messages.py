@@ -1,9 +1,11 @@
 """The message and reaction id mapping: which Matrix event is which remote message.
 
-A just-bridged message's row is written behind (:meth:`MessageStore.insert_later`): lookups
-see it at once, and it goes to the database within a moment, with other rows, or in the trip
-of the next appservice transaction together with the deletion of the pending event that
-produced it (one database trip per bridged message instead of two)."""
+A remote message's row, once it is in Matrix, is written behind
+(:meth:`MessageStore.insert_later`): lookups find it at once, and it is stored within
+:data:`BEHIND_S` with the others of that moment in one trip, or in the trip of the next
+appservice transaction. A Matrix message's row is
+stored before its event counts as handled (a transaction replayed after a crash must find it
+bridged), together with the rows written behind meanwhile."""
 
 from __future__ import annotations
 
@@ -221,24 +223,12 @@ class MessageStore:
     # --- rows ---
 
     async def insert(self, m: MessageRow) -> None:
-        values = _values(m)
-        if is_sqlite(self.db):  # one trip, the query converted once (every bridged message)
-            query = sqlite_query(_INSERT)
-            await in_sqlite_thread(self.db, lambda c: c.execute(query, values))
-        else:
-            await self.db.execute(_INSERT, *values)
+        await self.insert_many([m])
 
     async def insert_many(self, rows: list[MessageRow]) -> None:
-        """Insert rows in one transaction (one trip to SQLite's thread)."""
-        values = [_values(m) for m in rows]
-        if is_sqlite(self.db):
-
-            def insert(c: sqlite3.Connection) -> None:
-                c.executemany(sqlite_query(_INSERT), values)
-
-            await in_sqlite_thread(self.db, insert)
-        else:  # atomic on its own, and waits for a restarting server (no transaction)
-            await self.db.executemany(_INSERT, values)
+        """Store rows now, in one transaction with those written behind meanwhile."""
+        self.insert_later(rows)
+        await self.flush()
 
     async def by_event(self, event_id: str) -> MessageRow | None:
         if (unwritten := self._unwritten.get(event_id)) is not None:

@@ -12,11 +12,8 @@ transaction instead of one per event and statement. A handled event whose deleti
 committed yet when the bridge crashed (at most half a second, ``_DONE_DELAY_S``, without
 traffic) is replayed at the next start, as one handled but not marked done always was: a
 message is recognised as bridged by its id mapping (``replayed_events``), a redaction finds
-nothing left to redact. The id mappings written behind (``rider``, the message store's rows of
-the last moment) ride the same trip, before the deletions: a pending event is never deleted
-before the mapping of what it produced is stored. A crash in the moment between a message's
-delivery and the storing of its mapping (at most ``messages.BEHIND_S``) sends it again at the
-next start."""
+nothing left to redact. The id mappings written behind (``rider``: remote messages' rows of
+the last moment) ride the same trip."""
 
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ Figures only, no assertions. Targets: >= 90 % of Synapse's ceiling, p99 added la
 <= 0.5 ms of bridge CPU per message each way, < 45 MiB idle RSS.
 
     /tmp/venv/bin/python bench/irc_throughput.py [-n 2400] [-k 4] [-r 3] [--profile]
+    /tmp/venv/bin/python bench/irc_throughput.py --idle   # only the idle RSS, with a breakdown
 
 ``--profile`` runs cProfile (CPU time of the main thread) in B and C, which inflates their
 CPU figures.
@@ -501,6 +502,27 @@ def rss_mib(pid: int | None = None) -> float:
     return float("nan")
 
 
+def print_memory_breakdown(pid: int) -> None:
+    """Where an idle bridge's resident memory is: totals by kind and the largest mappings
+    (read from /proc; --idle only)."""
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    print("  " + ", ".join(
+        f"{k} {int(v.split()[0]) / 1024:.1f} MiB"
+        for k, v in (line.split(":", 1) for line in rollup[1:])
+        if k in ("Rss", "Anonymous", "Shared_Clean", "Private_Clean", "Private_Dirty")
+    ))  # fmt: skip
+    sizes: Counter[str] = Counter()
+    name = "?"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            name = head[5] if len(head) > 5 else "[anon]"
+        elif head and head[0] == "Rss:":
+            sizes[name] += int(head[1])
+    for mapping, kib in sizes.most_common(12):
+        print(f"  {kib / 1024:6.1f} MiB  {mapping}")
+
+
 def system_busy() -> tuple[float, float]:
     """(busy, total) jiffies of all CPUs."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -581,6 +603,7 @@ class Bench:
         self.per_room = max(1, args.n // (args.k * args.rounds))
         self.n = self.k * self.per_room  # per round
         self.profile = cProfile.Profile(time.thread_time) if args.profile else None
+        self.idle_only = args.idle
         self.tmp = Path(tempfile.mkdtemp(prefix="irc-throughput-"))
         self.workers: list[Worker] = []
         self.bridge: Any = None
@@ -639,6 +662,8 @@ class Bench:
                 if cpu - last < 0.005:
                     break
                 last = cpu
+            if self.idle_only:
+                print_memory_breakdown(proc.pid)
             return rss_mib(proc.pid)
         finally:
             proc.terminate()
@@ -907,6 +932,9 @@ class Bench:
             await self.plain.start(plain_port)
             self.write_config()
             self.rss_fresh = await self.standalone_rss()
+            if self.idle_only:
+                print(f"Bridge RSS idle (mimi-bridge on its own): {self.rss_fresh:.1f} MiB")
+                return
             await self.start_bridge()
             async with aiohttp.ClientSession() as http:
                 await self.setup(Hs(self.synapse.url, http))
@@ -1018,6 +1046,7 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=4, help="rooms/channels used at once")
     parser.add_argument("-r", "--rounds", type=int, default=3, help="rounds of A1, B, A2, C")
     parser.add_argument("--profile", action="store_true", help="cProfile the bridge in B and C")
+    parser.add_argument("--idle", action="store_true", help="only the idle RSS, with a breakdown")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import logging
-import logging.config
 import signal
 import sys
 from pathlib import Path
@@ -27,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
         "other networks through connector plugins.",
         epilog="Exit status: 0 clean stop, 1 runtime failure, 2 configuration error.",
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    p.add_argument("--version", action=_Version, help="show the version and exit")
     p.add_argument(
         "role",
         nargs="?",
@@ -72,15 +70,33 @@ def parser() -> argparse.ArgumentParser:
 
 def version() -> str:
     """The installed distribution's version (pyproject.toml's, once installed)."""
+    # Imported here: reading the distributions' metadata costs about 2 MiB kept for the life
+    # of the process, and only --version needs it.
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
     try:
-        return importlib.metadata.version("mimi-bridge")
-    except importlib.metadata.PackageNotFoundError:
+        return dist_version("mimi-bridge")
+    except PackageNotFoundError:
         return "unknown (not installed)"
+
+
+class _Version(argparse.Action):
+    """``--version``, asking for the version only when it is given."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit()
 
 
 def setup_logging(cfg: dict[str, Any]) -> None:
     if "version" in cfg:
-        logging.config.dictConfig(cfg)
+        from logging.config import dictConfig  # only for a dictConfig-style section
+
+        dictConfig(cfg)
         return
     level = str(cfg.get("level", "INFO")).upper()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]

@@ -20,6 +20,7 @@ import aiohttp
 from yarl import URL
 
 from ..crypto.base import RoomCrypto
+from ..deferred import load_deferred_certificates
 
 # Marks what the bridge sends as a Matrix user themselves (double puppeting): when the event
 # comes back from the homeserver it is known as the bridge's, not the user's, and not bridged.
@@ -100,6 +101,10 @@ class Homeserver:
         }
 
     async def open(self) -> None:
+        if self.address.startswith("https:"):
+            # The CA certificates aiohttp's contexts left for their first use (bridge/deferred.py),
+            # read now in a thread rather than at the first request on the event loop.
+            await asyncio.to_thread(load_deferred_certificates)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=100),
             headers={"User-Agent": "mimi-bridge"},

@@ -37,10 +37,9 @@ class _Deferred(types.ModuleType):
     """A module whose code runs at the first read of a name it does not have yet."""
 
     def __getattr__(self, name: str) -> Any:
-        # Only called for names not set yet. Dunder look-ups (``__path__`` is set, others
-        # such as ``__wrapped__`` are probes) never trigger the load.
-        if name.startswith("__") and name.endswith("__"):
-            raise AttributeError(name)
+        # Only called for names not set yet: the import system's own (``__spec__``,
+        # ``__path__``...) are set by module_from_spec, anything else (``__version__`` too)
+        # needs the module's code.
         state: dict[str, Any] = self.__dict__["_mimi_deferred"]
         with state["lock"]:
             if state["loading"]:  # a name read while its own code runs: not there yet

@@ -110,3 +110,13 @@ print(ctx.cert_store_stats()["x509_ca"] > 0, "wrap_bio" in vars(ctx))
 """
     )
     assert out.splitlines() == ["True", "True False"]
+
+
+def test_a_dunder_name_loads_the_module_too() -> None:
+    out = run(
+        """
+import bridge, asyncpg
+print(asyncpg.__version__ == __import__("importlib.metadata").metadata.version("asyncpg"))
+"""
+    )
+    assert out == "True"

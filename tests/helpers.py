@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,22 @@ from bridge.config import load as load_config
 from tests.harness.synapse import MatrixClient, SynapseServer
 
 _users = itertools.count(1)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(code: str, *args: str) -> str:
+    """Run ``code`` in a fresh interpreter from the project's root (what it imports is what a
+    bridge process would); its standard output, stripped. Fails with its stderr if it fails."""
+    res = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
 
 
 async def until(pred: Callable[[], Any], limit_s: float = 15.0, what: str = "") -> Any:

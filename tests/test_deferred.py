@@ -3,23 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(code: str, *args: str) -> str:
-    res = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr
-    return res.stdout.strip()
+from tests.helpers import run_python as run
 
 
 def test_asyncpg_runs_at_the_first_name_read() -> None:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 from bridge.memory import release_freed_memory
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import run_python
 
 
 def test_freed_memory_is_released_on_glibc() -> None:
@@ -47,15 +44,6 @@ print(",".join(sorted(m for m in ("prometheus_client", "mautrix.api", "mautrix.t
             f"metrics: {{enabled: {str(metrics).lower()}, listen: '127.0.0.1:29332'}}\n"
             "connectors: {irc: {networks: {net: {host: 127.0.0.1}}}}\n"
         )
-        res = subprocess.run(
-            [sys.executable, "-c", script, str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-            check=False,
-        )
-        assert res.returncode == 0, res.stderr
-        loaded[metrics] = res.stdout.strip()
+        loaded[metrics] = run_python(script, str(config))
     assert loaded[False] == ""
     assert loaded[True] == "prometheus_client"

@@ -9,12 +9,12 @@ the same from Python 3.12 on; on 3.11 it loads on the import system's own look a
 ``__spec__``, which every ``import asyncpg`` does.
 
 aiohttp resolves names with c-ares when aiodns can be imported (slixmpp installs it), which
-costs about 1.4 MiB and a thread per session; :func:`import_aiohttp_with_system_resolver`
-makes it use its other default, the system's ``getaddrinfo`` (``/etc/hosts``, nsswitch, as
-every other program on the host), and leaves aiodns importable for slixmpp.
+costs about 1.4 MiB; :func:`import_aiohttp_lean` makes it use its other default, the system's
+``getaddrinfo`` (``/etc/hosts``, nsswitch, as every other program on the host), and leaves
+aiodns importable for slixmpp.
 
 aiohttp also builds its two default TLS contexts at import, each reading the system's CA
-bundle (about 1 MiB of parsed certificates apiece) though a bridge talking plain HTTP to a
+bundle (about 2 MiB of parsed certificates for the two) though a bridge talking plain HTTP to a
 homeserver on loopback never verifies a certificate. While aiohttp is imported, the reading
 of the default certificates is recorded instead of done, and each context so created reads
 them before its first handshake (:func:`load_deferred_certificates` does it off the event

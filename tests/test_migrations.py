@@ -108,7 +108,7 @@ async def test_old_database_is_upgraded_without_losing_a_row(
     db = await open_database(url, connectors=CONNECTORS)
     try:
         versions = dict(await db.fetch("SELECT component, version FROM schema_versions"))
-        assert versions == {"core": 2, "irc": 4, "xmpp": 1, "deltachat": 1}
+        assert versions == {"core": 2, "irc": 5, "xmpp": 1, "deltachat": 1}
         assert await _rows(db) == before
         # And through the stores, as the bridge reads them.
         portals = {p.key.network: p for p in await PortalStore(db).all()}
@@ -134,7 +134,7 @@ async def test_old_database_is_upgraded_without_losing_a_row(
     try:
         assert await _rows(db) == before
         versions = dict(await db.fetch("SELECT component, version FROM schema_versions"))
-        assert versions == {"core": 2, "irc": 4, "xmpp": 1, "deltachat": 1}
+        assert versions == {"core": 2, "irc": 5, "xmpp": 1, "deltachat": 1}
     finally:
         await db.stop()
 
@@ -155,7 +155,7 @@ async def test_fresh_database_gets_every_table_at_its_version(database_url: str)
     db = await open_database(database_url, connectors=CONNECTORS)
     try:
         versions = dict(await db.fetch("SELECT component, version FROM schema_versions"))
-        assert versions == {"core": 2, "irc": 4, "xmpp": 1, "deltachat": 1}
+        assert versions == {"core": 2, "irc": 5, "xmpp": 1, "deltachat": 1}
         for t in V0_TABLES:
             assert await db.fetchval(f"SELECT count(*) FROM {t}") == 0
     finally:

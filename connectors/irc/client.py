@@ -25,7 +25,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -277,6 +277,12 @@ class ConnectionHandler:
         """Where ``conn`` queues at the pacer: (rank, lower first; gated: waits for the gate)."""
         return 0.0, False
 
+    def irc_welcomed(self, conn: IRCConnection) -> Awaitable[None] | None:
+        """The server accepted ``conn.nick`` (001). An awaitable returned holds the connection
+        in "registering" (no JOIN, no queued message sent) until it is done: something others
+        must know before this connection shows up in a channel (its nick, say)."""
+        return None
+
 
 @dataclass(slots=True)
 class _Waiter:
@@ -336,6 +342,7 @@ class IRCConnection(asyncio.Protocol):
         "_task",
         "_tok_time",
         "_tokens",
+        "_welcome_hold",
         "account",
         "caps",
         "casemapping",
@@ -427,6 +434,7 @@ class IRCConnection(asyncio.Protocol):
         self._barriers: list[_Barrier] = []  # few and rare: a deque costs 760 bytes
         self._barrier_seq = itertools.count(1)
         self._ident_key: tuple[int, str, int] | None = None
+        self._welcome_hold: asyncio.Task[None] | None = None
         self._set_me(params.nick)
 
     # --- public API --------------------------------------------------------------------------
@@ -965,6 +973,26 @@ class IRCConnection(asyncio.Protocol):
         if "!" in last and "@" in last:
             _, user, host = split_source(last)
             self.user, self.host = user, host
+        hold = self.handler.irc_welcomed(self)
+        if hold is None:
+            self._registered()
+        else:
+            self._welcome_hold = asyncio.get_running_loop().create_task(
+                self._registered_after(hold, self.transport)
+            )
+
+    async def _registered_after(self, hold: Awaitable[None], transport: object) -> None:
+        try:
+            await asyncio.wait_for(hold, self.params.register_timeout / 2)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            # Going on without it is better than no connection (the handler said why).
+            log.warning("%s: %s after registration: %s", self.name, type(e).__name__, e)
+        if self.transport is transport and transport is not None and self.state == "registering":
+            self._registered()
+
+    def _registered(self) -> None:
         self.state = "registered"
         self._attempt = 0
         if self._ready is not None:

@@ -48,6 +48,7 @@ from bridge.connector import (
     RemoteEvent,
     Sender,
     SentMessage,
+    ShardScope,
     ThirdPartyProtocol,
 )
 from bridge.connector.ids import escape_localpart
@@ -78,6 +79,7 @@ from .matrix_to_irc import (
     strip_reply_fallback,
 )
 from .protocol import Line, UnsafeLine, ctcp, serialize
+from .puppet_nicks import LiveNickStore, OtherPuppets
 from .puppets import Puppet, PuppetPool
 from .ranks import MODE_ERRORS, mode_change, mode_params
 from .seats import SeatStore
@@ -89,9 +91,25 @@ log = logging.getLogger("mimi.irc")
 # A certificate fingerprint in a services answer ("Added fingerprint 3f0a... to ...").
 _FINGERPRINT = re.compile(r"\b[0-9A-Fa-f:]{32,}\b")
 
+# Gains of shards are applied together once none came for this long (seconds).
+RESCOPE_SETTLE_S = 0.5
 DM_NICKS = 1000  # private-message partners whose nick spelling is remembered
 # How often a puppet's last-message time is written while it keeps talking (seconds).
 ACTIVITY_SAVE_EVERY_S = 60.0
+
+
+class _NetworkNicks:
+    """One network's side of the live-nick table, for its puppet pool."""
+
+    def __init__(self, store: LiveNickStore, netid: str) -> None:
+        self.store = store
+        self.netid = netid
+
+    def publish(self, user_id: str, nick: str) -> asyncio.Future[None]:
+        return self.store.publish(self.netid, user_id, nick)
+
+    def withdraw(self, user_id: str) -> asyncio.Future[None]:
+        return self.store.withdraw(self.netid, user_id)
 
 
 class Network(ConnectionHandler):
@@ -104,8 +122,10 @@ class Network(ConnectionHandler):
         self.network = ids.network_of(cfg.netid)
         self.prefix = self.network + "_"
         # Puppets reconnect once the bot is back (or gave up for good): it goes first.
+        # An instance without the network's main part (split across workers) has no bot.
         self.pacer = ConnectPacer(
-            cfg.connects_per_second, gate=lambda: self.bot.state in ("registered", "failed")
+            cfg.connects_per_second,
+            gate=lambda: not self.main or self.bot.state in ("registered", "failed"),
         )
         self.pool = PuppetPool(
             cfg,
@@ -118,7 +138,7 @@ class Network(ConnectionHandler):
         )
         self.translator = IrcToMatrix(
             self.network,
-            puppet_user=self.pool.user_of_nick,
+            puppet_user=self.puppet_user,
             account_user=self.pool.user_of_account,
             ghost_user_id=lambda nick: self.bridge.ghost_user_id(self.network, nick),
             id_of=self.id_of,
@@ -172,6 +192,77 @@ class Network(ConnectionHandler):
         # Users whose ``login`` is connecting: its failure is the command's answer.
         self.logging_in: set[str] = set()
         self.consent = ConsentDesk()
+        # Split across scale-out workers (``set_scope``): the other instances' puppets, as
+        # the bot here sees them; None in one process, or without the main part.
+        self.others: OtherPuppets | None = None
+
+    # --- split across workers (ShardedConnector) ----------------------------------------------
+
+    @property
+    def main(self) -> bool:
+        """Whether this instance runs the network's own part: the bot, the relay, links."""
+        scope = self.connector.scope
+        return scope is None or scope.main(self.network)
+
+    def owns(self, user_id: str) -> bool:
+        """Whether this instance holds the Matrix user's puppet."""
+        scope = self.connector.scope
+        return scope is None or scope.owns(self.network, user_id)
+
+    def puppet_user(self, canon: str) -> str | None:
+        """The Matrix user of a puppet by its nick folded the server's way, this instance's
+        or (split across workers) another's."""
+        user = self.pool.user_of_nick(canon)
+        if user is None and self.others is not None:
+            user = self.others.user_of_nick(canon)
+        return user
+
+    def _split(self) -> None:
+        """Running split: nicks are shared, and the bot knows the others' puppets."""
+        store, netid = self.connector.live_nicks, self.cfg.netid
+        self.pool.owns = self.owns
+        self.pool.live = _NetworkNicks(store, netid)
+        if self.main and self.others is None:
+            self.others = OtherPuppets(store, netid, self.pool.user_of_nick, self._bot_line)
+
+    async def rescope(self, before: ShardScope, after: ShardScope) -> None:
+        """The worker gained or lost shards of this network: what left goes now (another
+        worker's instance takes it), what came is connected."""
+        network = self.network
+        for user_id in [u for u in self.pool.puppets if not after.owns(network, u)]:
+            await self.pool.remove(user_id, "reconnecting")
+        was, now = before.main(network), after.main(network)
+        if was and not now:
+            others, self.others = self.others, None
+            if others is not None:
+                await others.close()
+            await self.bot.quit("reconnecting")
+        elif now and not was:
+            self._split()
+            await self._bot_channels()  # portals opened since this instance started
+            self.bot.start()
+        gained = [
+            n for n in range(after.shard_count)
+            if f"{network}.{n}" in after.shards and f"{network}.{n}" not in before.shards
+        ]  # fmt: skip
+        if gained:
+            await self._load_users()
+            if self.cfg.puppets:
+                await self._reconnect_members()
+            await self._forget_dead_nicks()
+
+    async def _forget_dead_nicks(self) -> None:
+        """Rows a crashed worker left for users now this instance's and not connected here:
+        an IRC user taking such a nick must not be taken for a puppet."""
+        store = self.connector.live_nicks
+        try:
+            users = await store.users(self.cfg.netid)
+        except Exception as e:
+            log.warning("%s: the puppet nicks cannot be read: %s", self.cfg.netid, e)
+            return
+        for user_id in users:
+            if self.owns(user_id) and user_id not in self.pool.puppets:
+                store.withdraw(self.cfg.netid, user_id)
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -198,6 +289,8 @@ class Network(ConnectionHandler):
         """The bot learnt the server's mapping: what the network keeps is re-folded with it."""
         self.pool.set_casemapping(conn.casemapping)
         self.translator.rekey(conn.fold)
+        if self.others is not None:
+            self.others.clear()
 
     def channel_name(self, remote_id: str) -> str:
         """A channel's name as IRC spells it, for a portal's remote id. The id form may fold
@@ -231,7 +324,7 @@ class Network(ConnectionHandler):
         return [
             m.nick
             for canon, m in state.members.items()
-            if m.modes & OP_MODES and canon != me and self.pool.user_of_nick(canon) is None
+            if m.modes & OP_MODES and canon != me and self.puppet_user(canon) is None
         ]
 
     def is_operator(self, channel: str, nick: str) -> bool:
@@ -275,20 +368,23 @@ class Network(ConnectionHandler):
 
     async def start(self) -> None:
         self._emitter = asyncio.get_running_loop().create_task(self._emit_loop())
-        try:
-            for login in await self._logins():
-                self.pool.credentials[login.user_id] = dict(login.credentials)
-        except Exception:
-            log.exception("%s: loading logins failed", self.cfg.netid)
-        await self._load_certificates()
-        await self.connector.nick_store.load(self)
-        self.pool.activity.update(await self.connector.activity_store.load(self.cfg.netid))
-        await self.connector.autocmd_store.load(self)
+        if self.connector.scope is not None:
+            self._split()
+        await self._load_users()
         seats = self.connector.seat_store
-        await seats.load(self.cfg.netid)
-        if self.cfg.require_matrix_membership and seats.users(self.cfg.netid):
+        if self.cfg.require_matrix_membership and seats.users(self.cfg.netid) and self.main:
             # Seats kept under ``require_matrix_membership: false``: membership counts again.
             await seats.drop(self.cfg.netid, None, None)
+        await self._bot_channels()
+        if self.main:
+            self.bot.start()
+        if self.cfg.puppets:
+            self.spawn(self._reconnect_members())
+        if self.connector.scope is not None:
+            self.spawn(self._forget_dead_nicks())
+
+    async def _bot_channels(self) -> None:
+        """The channels the bot joins: the configured ones and those of bridged portals."""
         for channel in self.cfg.channels:
             self.bot.channels[self.bot.fold(channel)] = self.key_of(channel)
             self.bot.channel_names[self.bot.fold(channel)] = channel
@@ -308,9 +404,20 @@ class Network(ConnectionHandler):
                 continue
             self.bot.channels.setdefault(self.bot.fold(channel), self.key_of(channel))
             self.bot.channel_names.setdefault(self.bot.fold(channel), channel)
-        self.bot.start()
-        if self.cfg.puppets:
-            self.spawn(self._reconnect_members())
+
+    async def _load_users(self) -> None:
+        """What the users' puppets need: logins, certificates, custom nicks, last activity,
+        auto-commands, kept seats (again when the instance takes users over from another)."""
+        try:
+            for login in await self._logins():
+                self.pool.credentials[login.user_id] = dict(login.credentials)
+        except Exception:
+            log.exception("%s: loading logins failed", self.cfg.netid)
+        await self._load_certificates()
+        await self.connector.nick_store.load(self)
+        self.pool.activity.update(await self.connector.activity_store.load(self.cfg.netid))
+        await self.connector.autocmd_store.load(self)
+        await self.connector.seat_store.load(self.cfg.netid)
 
     async def _load_certificates(self) -> None:
         """TLS contexts for the certfp logins, before any puppet connects."""
@@ -377,6 +484,8 @@ class Network(ConnectionHandler):
         activity = self.pool.activity
         order = sorted(wanted.values(), key=lambda uc: -activity.get(uc[0].user_id, 0.0))
         for user, channels in order:
+            if not self.owns(user.user_id) or user.user_id in self.pool.puppets:
+                continue  # another instance's, or connected already
             puppet = self.pool.obtain(user.user_id, user.display_name)
             if puppet is not None:
                 for channel in channels:
@@ -385,6 +494,8 @@ class Network(ConnectionHandler):
 
     async def stop(self) -> None:
         await self.save_activity()
+        if self.others is not None:
+            await self.others.close()
         await self.pool.close()
         await self.bot.quit("bridge shutting down")
         self.pacer.close()
@@ -404,6 +515,12 @@ class Network(ConnectionHandler):
     # --- bot: listener ------------------------------------------------------------------------
 
     def irc_line(self, conn: IRCConnection, line: Line) -> None:
+        if self.others is not None:
+            self.others.line(conn, line)  # after the lookup of nicks it sees first
+        else:
+            self._bot_line(conn, line)
+
+    def _bot_line(self, conn: IRCConnection, line: Line) -> None:
         if (
             line.command == "PRIVMSG"
             and line.nick
@@ -584,7 +701,15 @@ class Network(ConnectionHandler):
                 return None
             return self.display_nick(canon)
         puppet = self.pool.get(user_id)
-        return puppet.conn.nick if puppet is not None else None
+        if puppet is not None:
+            return puppet.conn.nick
+        if self.others is not None:  # another instance's puppet the bot sees
+            canon = next((c for c, u in self.others.known.items() if u == user_id), None)
+            for state in self.translator.channels.values() if canon else ():
+                member = state.members.get(canon or "")
+                if member is not None:
+                    return member.nick
+        return None
 
     def display_nick(self, canon: str | None) -> str | None:
         """The nick, as IRC spells it, of a remote user id (a ghost's or a DM partner's)."""
@@ -988,6 +1113,13 @@ class IRCConnector(NetworkConnector):
         self.activity_store = ActivityStore(bridge)
         self.autocmd_store = AutoCmdStore(bridge)
         self.seat_store = SeatStore(bridge)
+        self.live_nicks = LiveNickStore(bridge)
+        # Scale-out workers running the connector split (ShardedConnector): the shards this
+        # instance holds. None in one process: everything is this instance's.
+        self.scope: ShardScope | None = None
+        self._applied: ShardScope | None = None
+        self._rescoping: asyncio.Task[None] | None = None
+        self._started = False
         # Channel keys (+k) given with ``join``, by portal; the core keeps them sealed.
         self.keys: dict[PortalKey, str] = {}
 
@@ -1029,9 +1161,45 @@ class IRCConnector(NetworkConnector):
         for netid, cfg in self.configs.items():
             if netid not in self.networks:
                 self.networks[netid] = Network(self, cfg)
+        self._applied = self.scope
         await asyncio.gather(*(net.start() for net in self.networks.values()))
+        self._started = True
+        if self.scope != self._applied:  # changed while starting
+            self._rescope_soon()
+
+    # ShardedConnector: split across scale-out workers by Matrix user.
+    async def set_scope(self, scope: ShardScope) -> None:
+        self.scope = scope
+        if self._started:
+            self._rescope_soon()
+
+    def _rescope_soon(self) -> None:
+        if self._rescoping is None or self._rescoping.done():
+            self._rescoping = asyncio.get_running_loop().create_task(self._rescope())
+
+    async def _rescope(self) -> None:
+        """Bring the networks to the latest scope. Losses go at once (another worker takes
+        them within the lease margin); gains come in bursts while the workers balance, so
+        they are taken together, once the scope stopped growing for a moment."""
+        while self.scope is not None and self.scope != self._applied:
+            before, after = self._applied, self.scope
+            assert before is not None
+            if after.shards >= before.shards:
+                await asyncio.sleep(RESCOPE_SETTLE_S)
+                if self.scope is not after:
+                    continue  # changed again: look again
+            self._applied = after
+            for net in self.networks.values():
+                try:
+                    await net.rescope(before, after)
+                except Exception:
+                    log.exception("%s: taking the new shards failed", net.cfg.netid)
 
     async def stop(self) -> None:
+        task, self._rescoping = self._rescoping, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         await asyncio.gather(
             *(net.stop() for net in self.networks.values()), return_exceptions=True
         )

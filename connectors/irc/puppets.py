@@ -15,8 +15,8 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from .addresses import user_address
 from .client import (
@@ -33,6 +33,14 @@ from .ids import alternative_nick, fallback_nick, nick_for
 from .protocol import Line, casefold
 
 log = logging.getLogger("mimi.irc.puppets")
+
+
+class LiveNicks(Protocol):
+    """Where a network's puppets' current nicks are kept for the other instances."""
+
+    def publish(self, user_id: str, nick: str) -> asyncio.Future[None]: ...
+
+    def withdraw(self, user_id: str) -> asyncio.Future[None]: ...
 
 
 class Puppet(ConnectionHandler):
@@ -150,6 +158,11 @@ class Puppet(ConnectionHandler):
     def irc_registered(self, conn: IRCConnection) -> None:
         self.pool.index_nick(self, conn.nick)
 
+    def irc_welcomed(self, conn: IRCConnection) -> Awaitable[None] | None:
+        # Split across workers: the bot elsewhere must know the nick before it sees a line.
+        live = self.pool.live
+        return live.publish(self.user_id, conn.nick) if live is not None else None
+
     def irc_connect_rank(self, conn: IRCConnection) -> tuple[float, bool]:
         return -self.last_message, True  # after the bot, most recently active first
 
@@ -158,6 +171,8 @@ class Puppet(ConnectionHandler):
 
     def irc_disconnected(self, conn: IRCConnection, reason: str) -> None:
         self.account = None
+        if self.pool.live is not None:
+            self.pool.live.withdraw(self.user_id)
 
     def irc_state(self, conn: IRCConnection, old: str, new: str) -> None:
         # Drops, refused logins and recoveries reach the user as state changes.
@@ -188,6 +203,8 @@ class Puppet(ConnectionHandler):
                 self.pool.on_private(self, line)
         elif cmd == "NICK":
             self.pool.index_nick(self, conn.nick)  # the client has already updated conn.nick
+            if self.pool.live is not None:
+                self.pool.live.publish(self.user_id, conn.nick)
         elif cmd == "KICK" and conn.fold(line.param(1)) == conn.fold(conn.nick):
             self.pool.on_notice(
                 self, f"You were kicked from {line.param(0)} by {line.nick}: {line.param(2)}"
@@ -227,6 +244,10 @@ class PuppetPool:
         # The server's mapping (its ISUPPORT), not the config's form of ids: the listener
         # looks nicks up folded the server's way.
         self.casemapping = "rfc1459"
+        # Split across scale-out workers: the users whose puppets are this instance's, and
+        # where their nicks are told to the other instances.
+        self.owns: Callable[[str], bool] = lambda user_id: True
+        self.live: LiveNicks | None = None
 
     def fold(self, nick: str) -> str:
         return casefold(nick, self.casemapping)
@@ -272,6 +293,8 @@ class PuppetPool:
             if puppet.conn.state in ("idle", "closed", "failed") and not puppet.conn.fatal:
                 puppet.conn.start()
             return puppet
+        if not self.owns(user_id):
+            return None  # another worker's instance holds this user's connection
         if len(self.puppets) >= self.cfg.max_connections and not self._evict():
             return None
         puppet = Puppet(self, user_id, display_name)
@@ -301,6 +324,8 @@ class PuppetPool:
             if value is puppet:
                 del self.by_nick[key]
         await puppet.conn.quit(reason)
+        if self.live is not None:
+            self.live.withdraw(user_id)
 
     async def restart(self, user_id: str) -> Puppet | None:
         """Reconnect a puppet with new credentials (after login/logout)."""

@@ -31,7 +31,7 @@ from bridge.connector.capabilities import CommandRoom
 
 from .op_requests import OpRequests, Policy, Unreachable
 from .shards import shard_of
-from .subjects import event_op_id
+from .subjects import event_op_id, keys_subject
 
 # capability name -> (protocol, its async methods)
 CLIENT_CAPS: dict[str, tuple[type, tuple[str, ...]]] = {
@@ -72,7 +72,8 @@ BOUNDED |= {"set_room_key"}
 
 # Connector calls about one Matrix user: asked on the user's shard (where a ShardedConnector's
 # instance holding the user runs; a connector run whole answers every shard of its network).
-USER_SCOPED = {"login", "logout", "open_dm"}
+# A connector command is a user's too: it acts on their own connection.
+USER_SCOPED = {"login", "logout", "open_dm", "command"}
 
 DELAY_NOTICE = (
     "The bridge's connection to {network} is not available right now; your message waits and"
@@ -260,6 +261,9 @@ class ConnectorProxy(NetworkConnector):
     ) -> None:
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
+        # Every instance of a split connector first (the bus keeps this order towards each
+        # worker), then the main shard's, which the portal's next operation waits for.
+        await self.requests.publish(keys_subject(portal.network), {"portal": portal, "key": key})
         await self._ask(
             shard_of(portal.network, None),
             {"target": "connector"},

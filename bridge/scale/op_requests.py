@@ -64,6 +64,15 @@ class OpRequests:
         self.request_timeout_s = request_timeout_s
         self.unowned_notice_s = unowned_notice_s
 
+    async def publish(self, subject: str, message: dict[str, Any]) -> None:
+        """Tell whoever listens, no answer awaited (lost while the bus is away)."""
+        if self.nc is None:
+            return
+        try:
+            await self.nc.publish(subject, codec.encode(message))
+        except NatsError as e:
+            self.log.info("%s not published: %s", subject, e)
+
     async def call(
         self,
         shard: str,

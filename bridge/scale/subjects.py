@@ -13,6 +13,9 @@ OPS_BUCKET = "mimi_ops"
 # write the core's records (a portal's key).
 CORE_API = "mimi.core.api"
 SHARDS_BUCKET = "mimi_shards"
+# A portal's new key, for every instance of a connector run split (each may hold a puppet
+# that joins the room): published by the core before it asks the main shard.
+KEYS_PREFIX = "mimi.keys"
 
 
 def op_subject(shard: str) -> str:
@@ -23,6 +26,10 @@ def op_subject(shard: str) -> str:
 def network_ops(network: str) -> str:
     """Every shard of a network: what the worker running the network's connector answers."""
     return f"{OPS_PREFIX}.{network}.*"
+
+
+def keys_subject(network: str) -> str:
+    return f"{KEYS_PREFIX}.{network}"
 
 
 def events_subject(network: str) -> str:

@@ -51,10 +51,20 @@ from .core_proxy import CLIENT_CAPS, CONNECTOR_CAPS
 from .op_dedup import OpDedup, open_ops_bucket
 from .op_requests import MOVED, OpRequests
 from .shards import all_shards
-from .subjects import OPS_PREFIX, SHARDS_BUCKET, main_shard, network_ops, op_subject
+from .subjects import (
+    KEYS_PREFIX,
+    OPS_PREFIX,
+    SHARDS_BUCKET,
+    main_shard,
+    network_ops,
+    op_subject,
+)
 from .worker_api import Publisher, WorkerAPI
 
 STOP_FLUSH_S = 10.0
+# A split connector's instance gaining shards reads the room keys again at most this often
+# (seconds), and whenever it gains a main shard.
+KEYS_AGAIN_S = 10.0
 
 CONNECTOR_METHODS = {"resolve_portal", "resolve_ghost", "portal_opened", "portal_closed"}
 CONNECTOR_METHODS |= {m for _, methods in CONNECTOR_CAPS.values() for m in methods}
@@ -150,6 +160,7 @@ class Worker:
         self.running: dict[str, Running] = {}  # connector name -> running here
         self._shard_to_connector: dict[str, str] = {}
         self._sharded: set[str] = set()  # connectors run split (ShardedConnector)
+        self._keys_handed: dict[str, float] = {}  # split connector -> when keys were read
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
@@ -184,6 +195,8 @@ class Worker:
                         self._shard_to_connector[shard] = name
             else:
                 self._shard_to_connector[main_shard(connector.namespaces()[0].network)] = name
+        if self._sharded:
+            await self.nc.subscribe(f"{KEYS_PREFIX}.>", cb=self._on_room_key)
         scale = self.cfg.scale
         self.leases = self.leases_factory(
             js,
@@ -265,6 +278,12 @@ class Worker:
             )
         else:
             assert running.shards is not None and isinstance(running.connector, ShardedConnector)
+            # Keys set since the instance started went to the main shard's instance: what
+            # this one takes over joins with the current ones (read once per burst of gains).
+            last = self._keys_handed.get(name, 0.0)
+            if shard.endswith(".main") or time.monotonic() - last > KEYS_AGAIN_S:
+                await self._hand_room_keys(running.connector)
+                self._keys_handed[name] = time.monotonic()
             await running.connector.set_scope(ShardScope(frozenset({*running.shards, shard})))
         assert running.shards is not None
         running.shards[shard] = await self.nc.subscribe(op_subject(shard), cb=self._on_op)
@@ -310,6 +329,23 @@ class Worker:
                 key = actions.room_key_of(portal)
                 if key is not None:
                     connector.set_room_key(portal.key, key)
+
+    async def _on_room_key(self, msg: Msg) -> None:
+        """A portal's new key, for the instance of a split connector here (whichever users it
+        holds: their puppets join with it)."""
+        try:
+            told = codec.decode(msg.data)
+            portal, key = told["portal"], told["key"]
+            if not isinstance(portal, PortalKey) or not (key is None or isinstance(key, str)):
+                raise codec.CodecError("not a portal and its key")
+        except (codec.CodecError, KeyError, TypeError) as e:
+            self.log.error("a malformed room key message on %s: %s", msg.subject, e)
+            return
+        name = self._shard_to_connector.get(main_shard(portal.network))
+        running = self.running.get(name or "")
+        if running is not None and running.shards is not None:
+            if isinstance(running.connector, RoomKeys):
+                running.connector.set_room_key(portal, key)
 
     async def _lose(self, shard: str) -> None:
         name = self._shard_to_connector.get(shard)

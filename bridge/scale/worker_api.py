@@ -29,7 +29,7 @@ from bridge.connector import (
 
 from . import codec
 from .op_requests import OpRequests, Policy
-from .subjects import CORE_API, events_subject
+from .subjects import CORE_API, events_subject, keys_subject
 
 if TYPE_CHECKING:
     from bridge.bridge import Bridge
@@ -182,7 +182,8 @@ class WorkerAPI:
 
     async def save_room_key(self, portal: PortalKey, key: str | None) -> None:
         """The core's portal records: the core keeps the key (it is the portal table's only
-        writer)."""
+        writer). The other instances of a connector run split follow it at once."""
+        await self._requests.publish(keys_subject(portal.network), {"portal": portal, "key": key})
         await self._requests.call_subject(
             CORE_API,
             {"method": "save_room_key", "args": [portal, key]},

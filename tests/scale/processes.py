@@ -50,6 +50,17 @@ class WorkerProcess:
         stops = [m.start() for m in re.finditer(f"connector {connector} stopped here", self.text())]
         return bool(starts) and (not stops or stops[-1] < starts[-1]) and self.proc is not None
 
+    def shards(self, network: str) -> set[str]:
+        """The shards of ``network`` it says (in its log) it holds now."""
+        held: set[str] = set()
+        pattern = rf"shard ({re.escape(network)}\.\w+) of \S+ (held|given up) here"
+        for shard, what in re.findall(pattern, self.text()):
+            (held.add if what == "held" else held.discard)(shard)
+        return held
+
+    def holds_main(self, network: str) -> bool:
+        return self.proc is not None and f"{network}.main" in self.shards(network)
+
     async def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()
@@ -70,6 +81,17 @@ class WorkerProcess:
 
     def tail(self, chars: int = 4000) -> str:
         return self.text()[-chars:]
+
+
+def shared_out(workers: list[WorkerProcess], network: str, shards: int = 256) -> bool:
+    """Every shard of a network held once, and the workers balanced (by their logs)."""
+    held = [w.shards(network) for w in workers]
+    counts = sorted(len(h) for h in held)
+    return (
+        sum(counts) == shards + 1
+        and len(set().union(*held)) == shards + 1
+        and counts[-1] - counts[0] <= 1
+    )
 
 
 async def core_process(config: Path, port: int) -> BridgeProcess:

@@ -1,10 +1,11 @@
 """Scale-out mode with the IRC connector on ngircd, one core and two workers as processes,
-through real NATS, PostgreSQL and Synapse: the usual scenario, then faults with numbered
-messages flowing both ways, each counted (lost, duplicated, reordered: all 0):
+through real NATS, PostgreSQL and Synapse (IRC runs split: both workers hold part of the
+puppets, one the bot): the usual scenario, then faults with numbered messages flowing both
+ways, each counted (lost, duplicated, reordered: all 0):
 
 - core SIGTERM and restart (and no IRC connection dropped: no QUIT seen on IRC),
 - core SIGKILL and restart,
-- SIGKILL of the worker running IRC (its connector moves; time to reconnect printed),
+- SIGKILL of the worker holding the bot (it moves; time to reconnect printed),
 - nats-server restart,
 - PostgreSQL restart."""
 
@@ -25,6 +26,7 @@ from tests.harness.ircd import IrcServer
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer, start_postgres
 from tests.harness.synapse import SynapseServer
+from tests.helpers import until
 from tests.irc.conftest import RawIRC, matrix_user, ngircd  # noqa: F401 (a fixture)
 from tests.irc.test_e2e_synapse import (
     alias,
@@ -34,8 +36,10 @@ from tests.irc.test_e2e_synapse import (
     said,
     uniq,
 )
-from tests.scale.processes import Counts, Traffic, WorkerProcess, core_process
+from tests.scale.processes import Counts, Traffic, WorkerProcess, core_process, shared_out
 from tests.scale.scale_setup import scale_config
+
+NETWORK = "irc_test"
 
 
 @dataclass
@@ -52,7 +56,8 @@ class Stack:
     bot: str
 
     def irc_worker(self) -> WorkerProcess | None:
-        return next((w for w in self.workers if w.runs("irc")), None)
+        """The worker holding the network's main shard: the bot."""
+        return next((w for w in self.workers if w.holds_main(NETWORK)), None)
 
     def quits(self) -> list[str]:
         return [
@@ -85,6 +90,8 @@ async def make_stack(
     try:
         for w in workers:
             await w.start()
+        # Balanced before the first puppet: none moves later for the balance.
+        await until(lambda: shared_out(workers, NETWORK), 90, "the shards shared out")
         await carol.expect(joined(bot, channel), timeout=60, what="the bot's JOIN")
         # A name no other module's counter makes (users stay on the shared homeserver).
         ann = await matrix_user(synapse, f"Ann{uuid.uuid4().hex[:6]}")
@@ -152,7 +159,9 @@ def _info(log: str, lines: int = 40) -> str:
 
 async def test_irc_one_core_two_workers(stack: Stack) -> None:
     ann, carol, chan, room, puppet = stack.ann, stack.carol, stack.channel, stack.room, stack.puppet
-    assert sum(w.runs("irc") for w in stack.workers) == 1
+    # Both workers run an instance; one holds the bot.
+    assert all(w.runs("irc") for w in stack.workers)
+    assert sum(w.holds_main(NETWORK) for w in stack.workers) == 1
     # Text both ways, a reply, an edit, a reaction.
     carol.send(f"PRIVMSG {chan} :what time is it?")
     question = await ann.wait_for_event(room, body_is("what time is it?"), timeout=30)
@@ -225,12 +234,12 @@ async def test_worker_kill_moves_irc(stack: Stack) -> None:
     bot_joins = stack.joins(stack.bot)
 
     async def bot_back() -> bool:
-        return other.runs("irc") and stack.joins(stack.bot) > bot_joins
+        return other.holds_main(NETWORK) and stack.joins(stack.bot) > bot_joins
 
     while not await bot_back():
         assert time.monotonic() - began < 120, other.tail()
         await asyncio.sleep(0.2)
-    print(f"worker SIGKILL: IRC connector running on the other worker after"
+    print(f"worker SIGKILL: the bot back on IRC from the other worker after"
           f" {time.monotonic() - began:.1f} s")  # fmt: skip
     traffic.irc_paused.clear()
     await asyncio.sleep(3)

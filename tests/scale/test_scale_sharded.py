@@ -147,7 +147,7 @@ async def test_users_split_across_workers_and_a_crash_moves_only_its_shards(
         for u in group:
             await until(recorded(record, "message", text=f"{tag} room from {u.name}"), 90)
             if not u.dm:
-                portal = await until(lambda u=u: _dm_portal(d, u), 30, "the DM portal")
+                portal = await until(lambda u=u: _dm_portal(d, u), 90, "the DM portal")
                 u.dm = portal
                 await u.client.join(u.dm)
             await u.client.wait_for_event(

@@ -2,6 +2,10 @@
 three workers (processes) over NATS JetStream versus one bridge process, both on PostgreSQL,
 Synapse and ngircd.
 
+With ``--puppets P`` each mode first brings P Matrix users into C portals (``--channels``),
+each user's join connecting their puppet (split over the workers in scale-out mode): the
+time until IRC saw every puppet's JOIN and the RSS each process grew by per connection.
+
 For each mode, in one portal: a Matrix user sends N numbered messages (one request at a time,
 as a client that keeps order does) to an IRC user, then the IRC user sends N lines as fast as it
 can to the Matrix user. Reported per direction: msg/s, p50/p99 latency (Matrix->IRC: the send
@@ -10,7 +14,7 @@ at the Matrix client's long-polling /sync), loss, duplicates and order violation
 scale-out's figures as ratios of single-process ones, and the RSS of every process
 (nats-server included). Figures only, no assertions. Keep N small on a shared machine.
 
-    .venv/bin/python bench/scale_out.py [-n 200] [--workers 3]
+    .venv/bin/python bench/scale_out.py [-n 200] [--workers 3] [--puppets 1000 --channels 100]
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from tests.harness.ports import free_port  # noqa: E402
 from tests.harness.postgres import start_postgres  # noqa: E402
 from tests.harness.synapse import SynapseServer, start_synapse  # noqa: E402
 from tests.irc.conftest import RawIRC  # noqa: E402
-from tests.scale.processes import WorkerProcess  # noqa: E402
+from tests.scale.processes import WorkerProcess, shared_out  # noqa: E402
 
 CHANNEL = "#bench"  # + the mode's tag: each mode has a database, so a portal, of its own
 
@@ -69,7 +73,13 @@ def registration(path: Path, as_port: int) -> Path:
 
 
 def config(
-    path: Path, synapse: SynapseServer, as_port: int, db: str, ircd: IrcServer, nats: str | None
+    path: Path,
+    synapse: SynapseServer,
+    as_port: int,
+    db: str,
+    ircd: IrcServer,
+    nats: str | None,
+    puppets: int,
 ) -> Path:
     net = {
         "host": ircd.host,
@@ -78,6 +88,7 @@ def config(
         "flood": {"burst": 1000, "rate": 1000},
         "connects_per_second": 200,
         "channels": [],
+        "max_connections": max(1000, puppets + 10),
     }
     write_config(path, synapse, as_port, db, {"irc": {"networks": {"bench": net}}})
     yaml = YAML()
@@ -97,6 +108,73 @@ def rss_kib(pid: int | None) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+async def make_users(synapse: SynapseServer, count: int) -> list[Any]:
+    """``count`` Matrix users named P0, P1... (their puppets' nicks P0[m], P1[m]...)."""
+    limit = asyncio.Semaphore(8)
+
+    async def one(i: int) -> Any:
+        async with limit:
+            client = await asyncio.to_thread(synapse.new_client, f"pup{i}")
+            await client.set_displayname(f"P{i}")
+            return client
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def populate(
+    users: list[Any], ircd: IrcServer, channels: int, tag: str, pids: dict[str, int | None]
+) -> dict[str, Any]:
+    """Every user joins one of the portals (round robin): until IRC saw each puppet's JOIN."""
+    names = [f"#pop{tag}{c}" for c in range(channels)]
+    observer = await RawIRC(ircd.host, ircd.port, f"pop{tag}").connect()
+    for name in names:
+        await observer.join(name)
+    before = {name: rss_kib(pid) for name, pid in pids.items()}
+    limit = asyncio.Semaphore(16)
+    began = time.monotonic()
+
+    async def join(i: int, user: Any) -> None:
+        async with limit:
+            await user.join(f"#irc_bench_{names[i % channels]}:localhost")
+
+    await asyncio.gather(*(join(i, u) for i, u in enumerate(users)))
+    matrix_s = time.monotonic() - began
+    wanted = {(f"P{i}[m]", names[i % channels].lower()) for i in range(len(users))}
+
+    def seen() -> set[tuple[str, str]]:
+        return {
+            (str(ln.nick), ln.param(0).lower())
+            for ln in observer.lines
+            if ln.command == "JOIN" and str(ln.nick).endswith("[m]")
+        } & wanted
+
+    end = time.monotonic() + 900
+    while len(seen()) < len(wanted) and time.monotonic() < end:  # noqa: ASYNC110 (polls what other processes did)
+        await asyncio.sleep(0.2)
+    joined_s = time.monotonic() - began
+    await asyncio.sleep(2)  # the last connections settle
+    after = {name: rss_kib(pid) for name, pid in pids.items()}
+    await observer.close()
+    return {
+        "puppets": len(users),
+        "joined": len(seen()),
+        "matrix_s": matrix_s,
+        "joined_s": joined_s,
+        "grew_kib": {name: after[name] - before[name] for name in pids},
+        "rss_kib": after,
+    }
+
+
+def show_population(name: str, pop: dict[str, Any]) -> None:
+    n = pop["puppets"]
+    print(
+        f"{name:15} {pop['joined']}/{n} puppets on IRC {pop['joined_s']:.1f} s after the first"
+        f" Matrix join (the {n} joins took {pop['matrix_s']:.1f} s)"
+    )
+    for proc, grew in pop["grew_kib"].items():
+        print(f"{'':15}   {proc}: +{grew / 1024:.1f} MiB, {grew / n:.1f} KiB per puppet")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -210,7 +288,10 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("-n", type=int, default=200, help="messages each way (default 200)")
     ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--puppets", type=int, default=0, help="Matrix users with a puppet each")
+    ap.add_argument("--channels", type=int, default=100, help="portals they are spread over")
     args = ap.parse_args()
+    populations: dict[str, dict[str, Any]] = {}
     work = Path(tempfile.mkdtemp(prefix="mimi-scale-bench-"))
     as_port = free_port()
     reg = registration(work / "registration.yaml", as_port)
@@ -221,11 +302,22 @@ async def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     try:
         # Single process.
+        users = await make_users(synapse, args.puppets)
         cfg = config(
-            work / "single.yaml", synapse, as_port, pg.create_database("single"), ircd, None
+            work / "single.yaml",
+            synapse,
+            as_port,
+            pg.create_database("single"),
+            ircd,
+            None,
+            args.puppets,
         )
         bridge = BridgeProcess(cfg, as_port)
         await bridge.start(until_started=True)
+        if users:
+            assert bridge.proc is not None
+            pids = {"process": bridge.proc.pid}
+            populations["single-process"] = await populate(users, ircd, args.channels, "s", pids)
         results["single-process"] = await measure(synapse, ircd, args.n, "s")
         assert bridge.proc is not None
         single_rss = rss_kib(bridge.proc.pid)
@@ -233,20 +325,32 @@ async def main() -> None:
 
         # One core, N workers.
         cfg = config(
-            work / "scale.yaml", synapse, as_port, pg.create_database("scale"), ircd, nats.url
+            work / "scale.yaml",
+            synapse,
+            as_port,
+            pg.create_database("scale"),
+            ircd,
+            nats.url,
+            args.puppets,
         )
         core = BridgeProcess(cfg, as_port)
         await core.start(until_started=True)
         workers = [WorkerProcess(cfg, str(i)) for i in range(args.workers)]
         for w in workers:
             await w.start()
-        while not any(w.runs("irc") for w in workers):  # noqa: ASYNC110 (polls what other processes did)
+        settle = time.monotonic() + 120
+        while not shared_out(workers, "irc_bench") and time.monotonic() < settle:  # noqa: ASYNC110 (polls what other processes did)
             await asyncio.sleep(0.2)
+        if users:
+            assert core.proc is not None
+            pids = {"core": core.proc.pid}
+            pids |= {f"worker {w.name}": w.proc.pid if w.proc else None for w in workers}
+            populations["scale-out"] = await populate(users, ircd, args.channels, "x", pids)
         results["scale-out"] = await measure(synapse, ircd, args.n, "x")
         assert core.proc is not None and nats.proc is not None
         rss = {"core": rss_kib(core.proc.pid), "nats-server": rss_kib(nats.proc.pid)}
         for w in workers:
-            rss[f"worker {w.name}{' (irc)' if w.runs('irc') else ''}"] = rss_kib(
+            rss[f"worker {w.name}{' (bot)' if w.holds_main('irc_bench') else ''}"] = rss_kib(
                 w.proc.pid if w.proc else None
             )
         await core.stop()
@@ -258,6 +362,12 @@ async def main() -> None:
         await asyncio.to_thread(pg.stop)
         await asyncio.to_thread(synapse.stop)
 
+    if populations:
+        print(f"\n{args.puppets} puppets in {args.channels} channels\n")
+        for name, pop in populations.items():
+            show_population(name, pop)
+        a, b = populations["scale-out"], populations["single-process"]
+        print(f"  scale-out / single-process: joined time x{a['joined_s'] / b['joined_s']:.2f}")
     print(f"\n{args.n} messages each way, one portal, 1 core + {args.workers} workers\n")
     for name, result in results.items():
         show(name, result)

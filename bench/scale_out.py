@@ -118,6 +118,7 @@ async def make_users(synapse: SynapseServer, count: int) -> list[Any]:
         async with limit:
             client = await asyncio.to_thread(synapse.new_client, f"pup{i}")
             await client.set_displayname(f"P{i}")
+            await client.close()  # thousands of idle sessions would weigh on the homeserver
             return client
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
@@ -128,7 +129,7 @@ async def populate(
 ) -> dict[str, Any]:
     """Every user joins one of the portals (round robin): until IRC saw each puppet's JOIN."""
     names = [f"#pop{tag}{c}" for c in range(channels)]
-    observer = await RawIRC(ircd.host, ircd.port, f"pop{tag}").connect()
+    observer = await irc_user(ircd, f"pop{tag}")
     for name in names:
         await observer.join(name)
     before = {name: rss_kib(pid) for name, pid in pids.items()}
@@ -138,6 +139,7 @@ async def populate(
     async def join(i: int, user: Any) -> None:
         async with limit:
             await user.join(f"#irc_bench_{names[i % channels]}:localhost")
+            await user.close()
 
     await asyncio.gather(*(join(i, u) for i, u in enumerate(users)))
     matrix_s = time.monotonic() - began
@@ -167,6 +169,17 @@ async def populate(
     }
 
 
+async def irc_user(ircd: IrcServer, nick: str) -> RawIRC:
+    """An IRC user, once the server answers (it may still be seeing thousands of puppets of
+    the previous mode off)."""
+    for _ in range(30):
+        try:
+            return await RawIRC(ircd.host, ircd.port, nick).connect()
+        except (AssertionError, OSError):
+            await asyncio.sleep(2)
+    raise RuntimeError(f"{ircd.host}:{ircd.port} does not register {nick}")
+
+
 def show_population(name: str, pop: dict[str, Any]) -> None:
     n = pop["puppets"]
     print(
@@ -174,7 +187,9 @@ def show_population(name: str, pop: dict[str, Any]) -> None:
         f" Matrix join (the {n} joins took {pop['matrix_s']:.1f} s)"
     )
     for proc, grew in pop["grew_kib"].items():
-        print(f"{'':15}   {proc}: +{grew / 1024:.1f} MiB, {grew / n:.1f} KiB per puppet")
+        print(
+            f"{'':15}   {proc}: +{grew / 1024:.1f} MiB, {grew / n:.1f} KiB per puppet", flush=True
+        )
 
 
 def pct(values: list[float], p: float) -> float:
@@ -186,7 +201,7 @@ def pct(values: list[float], p: float) -> float:
 
 async def measure(synapse: SynapseServer, ircd: IrcServer, n: int, tag: str) -> dict[str, Any]:
     channel = CHANNEL + tag
-    carol = await RawIRC(ircd.host, ircd.port, f"obs{tag}").connect()
+    carol = await irc_user(ircd, f"obs{tag}")
     await carol.join(channel)
     ann = synapse.new_client(f"bench{tag}")
     await ann.set_displayname(f"Bench{tag}")
@@ -302,7 +317,10 @@ async def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     try:
         # Single process.
+        made = time.monotonic()
         users = await make_users(synapse, args.puppets)
+        if users:
+            print(f"{len(users)} Matrix users made in {time.monotonic() - made:.0f} s", flush=True)
         cfg = config(
             work / "single.yaml",
             synapse,
@@ -318,6 +336,7 @@ async def main() -> None:
             assert bridge.proc is not None
             pids = {"process": bridge.proc.pid}
             populations["single-process"] = await populate(users, ircd, args.channels, "s", pids)
+            show_population("single-process", populations["single-process"])
         results["single-process"] = await measure(synapse, ircd, args.n, "s")
         assert bridge.proc is not None
         single_rss = rss_kib(bridge.proc.pid)
@@ -346,6 +365,7 @@ async def main() -> None:
             pids = {"core": core.proc.pid}
             pids |= {f"worker {w.name}": w.proc.pid if w.proc else None for w in workers}
             populations["scale-out"] = await populate(users, ircd, args.channels, "x", pids)
+            show_population("scale-out", populations["scale-out"])
         results["scale-out"] = await measure(synapse, ircd, args.n, "x")
         assert core.proc is not None and nats.proc is not None
         rss = {"core": rss_kib(core.proc.pid), "nats-server": rss_kib(nats.proc.pid)}

@@ -4,7 +4,8 @@ Synapse and ngircd.
 
 With ``--puppets P`` each mode first brings P Matrix users into C portals (``--channels``),
 each user's join connecting their puppet (split over the workers in scale-out mode): the
-time until IRC saw every puppet's JOIN and the RSS each process grew by per connection.
+time until the channels' member lists on IRC held every puppet, and the RSS each process
+grew by per connection.
 
 For each mode, in one portal: a Matrix user sends N numbered messages (one request at a time,
 as a client that keeps order does) to an IRC user, then the IRC user sends N lines as fast as it
@@ -127,11 +128,10 @@ async def make_users(synapse: SynapseServer, count: int) -> list[Any]:
 async def populate(
     users: list[Any], ircd: IrcServer, channels: int, tag: str, pids: dict[str, int | None]
 ) -> dict[str, Any]:
-    """Every user joins one of the portals (round robin): until IRC saw each puppet's JOIN."""
+    """Every user joins one of the portals (round robin): until the channels' member lists
+    on IRC hold each puppet."""
     names = [f"#pop{tag}{c}" for c in range(channels)]
     observer = await irc_user(ircd, f"pop{tag}")
-    for name in names:
-        await observer.join(name)
     before = {name: rss_kib(pid) for name, pid in pids.items()}
     limit = asyncio.Semaphore(16)
     began = time.monotonic()
@@ -141,32 +141,55 @@ async def populate(
             await user.join(f"#irc_bench_{names[i % channels]}:localhost")
             await user.close()
 
-    await asyncio.gather(*(join(i, u) for i, u in enumerate(users)))
-    matrix_s = time.monotonic() - began
+    joins = asyncio.gather(*(join(i, u) for i, u in enumerate(users)))
     wanted = {(f"P{i}[m]", names[i % channels].lower()) for i in range(len(users))}
-
-    def seen() -> set[tuple[str, str]]:
-        return {
-            (str(ln.nick), ln.param(0).lower())
-            for ln in observer.lines
-            if ln.command == "JOIN" and str(ln.nick).endswith("[m]")
-        } & wanted
-
-    end = time.monotonic() + 900
-    while len(seen()) < len(wanted) and time.monotonic() < end:  # noqa: ASYNC110 (polls what other processes did)
-        await asyncio.sleep(0.2)
+    matrix_s = None
+    found: set[tuple[str, str]] = set()
+    end = time.monotonic() + 1800
+    while time.monotonic() < end:
+        if matrix_s is None and joins.done():
+            joins.result()
+            matrix_s = time.monotonic() - began
+        found = await members(observer, names) & wanted
+        if len(found) == len(wanted):
+            break
+        await asyncio.sleep(1)
     joined_s = time.monotonic() - began
+    if matrix_s is None:
+        await joins
+        matrix_s = time.monotonic() - began
     await asyncio.sleep(2)  # the last connections settle
     after = {name: rss_kib(pid) for name, pid in pids.items()}
     await observer.close()
     return {
         "puppets": len(users),
-        "joined": len(seen()),
+        "joined": len(found),
         "matrix_s": matrix_s,
         "joined_s": joined_s,
         "grew_kib": {name: after[name] - before[name] for name in pids},
         "rss_kib": after,
     }
+
+
+async def members(observer: RawIRC, channels: list[str]) -> set[tuple[str, str]]:
+    """(nick, channel) of every member of the channels, by NAMES (no need to be in them)."""
+    mark = len(observer.lines)
+    for name in channels:
+        observer.send(f"NAMES {name}")
+
+    def answered() -> bool:
+        ends = [ln for ln in observer.lines[mark:] if ln.command == "366"]
+        return len(ends) >= len(channels)
+
+    end = time.monotonic() + 60
+    while not answered() and time.monotonic() < end:  # noqa: ASYNC110 (the server's answer)
+        await asyncio.sleep(0.05)
+    out = set()
+    for ln in observer.lines[mark:]:
+        if ln.command == "353":
+            for nick in ln.param(-1).split():
+                out.add((nick.lstrip("@+%"), ln.param(2).lower()))
+    return out
 
 
 async def irc_user(ircd: IrcServer, nick: str) -> RawIRC:

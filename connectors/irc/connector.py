@@ -262,7 +262,7 @@ class Network(ConnectionHandler):
             return
         for user_id in users:
             if self.owns(user_id) and user_id not in self.pool.puppets:
-                store.withdraw(self.cfg.netid, user_id)
+                store.forget(self.cfg.netid, user_id)
 
     # --- plumbing -----------------------------------------------------------------------------
 

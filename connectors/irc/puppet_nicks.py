@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -36,24 +37,33 @@ def nick_key(nick: str) -> str:
 
 class LiveNickStore(TableStore):
     """``irc_live_nick``: the nick each connected puppet has now, by network. Writes of one
-    user go in order (a disconnect's removal never lands after the reconnect's write)."""
+    user go in order (a disconnect's removal never lands after the reconnect's write), and a
+    removal takes only this instance's rows: the instance a user moved to keeps its own."""
 
     table = "irc_live_nick"
 
     def __init__(self, bridge: BridgeAPI) -> None:
         super().__init__(bridge)
+        self.instance = uuid.uuid4().hex
         self._last: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     def publish(self, netid: str, user_id: str, nick: str) -> asyncio.Future[None]:
         return self._chain(netid, user_id, nick)
 
     def withdraw(self, netid: str, user_id: str) -> asyncio.Future[None]:
-        return self._chain(netid, user_id, None)
+        """Remove the user's row if this instance wrote it."""
+        return self._chain(netid, user_id, None, mine=True)
 
-    def _chain(self, netid: str, user_id: str, nick: str | None) -> asyncio.Future[None]:
+    def forget(self, netid: str, user_id: str) -> asyncio.Future[None]:
+        """Remove the user's row whoever wrote it (a dead instance's)."""
+        return self._chain(netid, user_id, None, mine=False)
+
+    def _chain(
+        self, netid: str, user_id: str, nick: str | None, mine: bool = True
+    ) -> asyncio.Future[None]:
         key = (netid, user_id)
         previous = self._last.get(key)
-        task = asyncio.ensure_future(self._write(previous, netid, user_id, nick))
+        task = asyncio.ensure_future(self._write(previous, netid, user_id, nick, mine))
         self._last[key] = task
 
         def done(t: asyncio.Future[None]) -> None:
@@ -64,7 +74,12 @@ class LiveNickStore(TableStore):
         return task
 
     async def _write(
-        self, previous: asyncio.Future[None] | None, netid: str, user_id: str, nick: str | None
+        self,
+        previous: asyncio.Future[None] | None,
+        netid: str,
+        user_id: str,
+        nick: str | None,
+        mine: bool,
     ) -> None:
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
@@ -72,19 +87,33 @@ class LiveNickStore(TableStore):
         if db is None:
             return
         try:
+            if nick is None and not mine:
+                await db.execute(
+                    "DELETE FROM irc_live_nick WHERE network=$1 AND user_id=$2", netid, user_id
+                )
+                return
+            if nick is None:
+                await db.execute(
+                    "DELETE FROM irc_live_nick WHERE network=$1 AND user_id=$2 AND instance=$3",
+                    netid,
+                    user_id,
+                    self.instance,
+                )
+                return
             async with db.acquire() as conn, conn.transaction():
                 await conn.execute(
                     "DELETE FROM irc_live_nick WHERE network=$1 AND user_id=$2", netid, user_id
                 )
-                if nick is not None:
-                    # A row left by a process that died with the nick goes.
-                    await conn.execute(
-                        "INSERT INTO irc_live_nick (network, nick, user_id) VALUES ($1, $2, $3) "
-                        "ON CONFLICT (network, nick) DO UPDATE SET user_id=excluded.user_id",
-                        netid,
-                        nick_key(nick),
-                        user_id,
-                    )
+                # A row left by a process that died with the nick goes.
+                await conn.execute(
+                    "INSERT INTO irc_live_nick (network, nick, user_id, instance) "
+                    "VALUES ($1, $2, $3, $4) ON CONFLICT (network, nick) "
+                    "DO UPDATE SET user_id=excluded.user_id, instance=excluded.instance",
+                    netid,
+                    nick_key(nick),
+                    user_id,
+                    self.instance,
+                )
         except Exception as e:
             log.warning("%s: the puppet nick of %s not stored: %s", netid, user_id, e)
             raise

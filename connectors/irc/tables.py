@@ -23,9 +23,9 @@ MIGRATIONS: Migrations = [
     # (``require_matrix_membership: false``), by the portal's channel id.
     "CREATE TABLE irc_kept_seat (network TEXT NOT NULL, user_id TEXT NOT NULL, "
     "channel TEXT NOT NULL, PRIMARY KEY (network, user_id, channel))",
-    # 5: the nick each connected puppet has now, folded (rfc1459): when the connector runs
-    # split across scale-out workers, the listening bot tells the other instances' puppets
-    # from IRC users by it (puppet_nicks.py).
+    # 5: the nick each connected puppet has now, folded (rfc1459), and the connector instance
+    # holding it: when the connector runs split across scale-out workers, the listening bot
+    # tells the other instances' puppets from IRC users by it (puppet_nicks.py).
     "CREATE TABLE irc_live_nick (network TEXT NOT NULL, nick TEXT NOT NULL, "
-    "user_id TEXT NOT NULL, PRIMARY KEY (network, nick))",
+    "user_id TEXT NOT NULL, instance TEXT NOT NULL, PRIMARY KEY (network, nick))",
 ]

@@ -45,6 +45,14 @@ async def test_live_nicks_follow_the_puppets_in_order(database_url: str) -> None
         # A nick a dead process left to another user goes to the one who has it now.
         await store.publish("oftc", "@c:x", "ANN[m]")
         assert await store.lookup("oftc", ["Ann[m]"]) == {nick_key("Ann[m]"): "@c:x"}
+        # An instance's removal leaves the row of the instance the user moved to; a dead
+        # instance's row is forgotten by whoever takes its users.
+        other = LiveNickStore(DatabaseOnly(db))  # type: ignore[arg-type]
+        await other.publish("oftc", "@c:x", "ANN[m]")
+        await store.withdraw("oftc", "@c:x")
+        assert await store.lookup("oftc", ["Ann[m]"]) == {nick_key("Ann[m]"): "@c:x"}
+        await store.forget("oftc", "@c:x")
+        assert await store.lookup("oftc", ["Ann[m]"]) == {}
         # A long member list is asked in chunks.
         many = [f"n{i}" for i in range(1000)]
         assert await store.lookup("libera", [*many, "Bobby"]) == {"bobby": "@b:x"}

@@ -56,3 +56,13 @@ def message(
         event_id="$" + unique("ev"),
         content=MessageContent(text, html=html, kind=kind),
     )
+
+
+class DatabaseOnly:
+    """A BridgeAPI stand-in that has a database and nothing else (for the stores' tests)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def database(self) -> Any:
+        return self.db

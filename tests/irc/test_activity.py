@@ -8,13 +8,7 @@ from bridge.db import open_database
 from connectors.irc import IRCConnector
 from connectors.irc.activity import ActivityStore
 
-
-class DatabaseOnly:
-    def __init__(self, db: Any) -> None:
-        self.db = db
-
-    def database(self) -> Any:
-        return self.db
+from .helpers import DatabaseOnly
 
 
 async def test_activity_is_kept_and_only_moves_forward(database_url: str) -> None:

@@ -12,13 +12,7 @@ from connectors.irc.client import ConnParams, IRCConnection
 from connectors.irc.protocol import parse_line
 from connectors.irc.puppet_nicks import LiveNickStore, OtherPuppets, nick_key
 
-
-class DatabaseOnly:
-    def __init__(self, db: Any) -> None:
-        self.db = db
-
-    def database(self) -> Any:
-        return self.db
+from .helpers import DatabaseOnly
 
 
 async def test_live_nicks_follow_the_puppets_in_order(database_url: str) -> None:

@@ -100,6 +100,32 @@ class Deployment:
                 return worker
         return None
 
+    def owned(self, name: str) -> frozenset[str]:
+        """The shards the worker's leases hold."""
+        leases = self.workers[name].leases
+        assert leases is not None
+        return leases.owned()
+
+    def shared_out(self, network: str, shards: int = 256) -> bool:
+        """Every shard of the network held, by one worker each, shared within one."""
+        held = [{s for s in self.owned(n) if s.startswith(network + ".")} for n in self.workers]
+        everything = {f"{network}.{n}" for n in range(shards)} | {f"{network}.main"}
+        counts = sorted(len(h) for h in held)
+        return (
+            set().union(*held) == everything
+            and sum(counts) == len(everything)
+            and counts[-1] - counts[0] <= 1
+        )
+
+    def split_holder(self, connector: str, network: str, user_id: str) -> str | None:
+        """The name of the worker whose instance of a split connector holds the user."""
+        shard = shard_of(network, user_id)
+        for name, worker in self.workers.items():
+            running = worker.running.get(connector)
+            if running is not None and running.shards is not None and shard in running.shards:
+                return name
+        return None
+
     async def close(self) -> None:
         await self.stop_core()
         for name in list(self.workers):

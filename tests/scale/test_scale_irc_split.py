@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 
 from bridge.connector import PortalKey
-from bridge.scale.shards import shard_of
 from bridge.scale.worker import Worker
 from bridge.testing.postgres import PostgresServer
 from bridge.testing.synapse import MatrixClient
@@ -82,24 +81,8 @@ def _owned(worker: Worker) -> frozenset[str]:
     return worker.leases.owned()
 
 
-def _settled(d: Deployment) -> bool:
-    held = [{s for s in _owned(w) if s.startswith(NETWORK + ".")} for w in d.workers.values()]
-    everything = {f"{NETWORK}.{n}" for n in range(256)} | {f"{NETWORK}.main"}
-    counts = sorted(len(h) for h in held)
-    return (
-        set().union(*held) == everything
-        and sum(counts) == len(everything)
-        and counts[-1] - counts[0] <= 1
-    )
-
-
 def _holder(d: Deployment, user_id: str) -> str | None:
-    shard = shard_of(NETWORK, user_id)
-    for name, worker in d.workers.items():
-        running = worker.running.get("irc")
-        if running is not None and running.shards is not None and shard in running.shards:
-            return name
-    return None
+    return d.split_holder("irc", NETWORK, user_id)
 
 
 class User:
@@ -118,7 +101,7 @@ async def test_irc_split_across_two_workers(split: Split, synapse: SynapseServer
     await d.start_core()
     await d.start_worker("w1")
     await d.start_worker("w2")
-    await until(lambda: _settled(d), 60, "the shards shared out")
+    await until(lambda: d.shared_out(NETWORK), 60, "the shards shared out")
     # Both workers run an IRC instance; one of them the bot.
     assert all("irc" in w.running for w in d.workers.values())
     main = next(n for n, w in d.workers.items() if f"{NETWORK}.main" in _owned(w))

@@ -67,25 +67,8 @@ def _user_shards(worker: Worker) -> set[str]:
     return {s for s in _owned(worker) if s.startswith(f"{NETWORK}.") and s != f"{NETWORK}.main"}
 
 
-def _settled(d: Deployment) -> bool:
-    """Every shard of the network held, by one worker each, shared within one."""
-    held = [_owned(w) for w in d.workers.values()]
-    everything = {f"{NETWORK}.{n}" for n in range(256)} | {f"{NETWORK}.main"}
-    counts = sorted(len(h) for h in held)
-    return (
-        set().union(*held) == everything
-        and sum(counts) == len(everything)
-        and counts[-1] - counts[0] <= 1
-    )
-
-
 def _holder_of(d: Deployment, user_id: str) -> str | None:
-    shard = shard_of(NETWORK, user_id)
-    for name, worker in d.workers.items():
-        running = worker.running.get("testnet")
-        if running is not None and running.shards is not None and shard in running.shards:
-            return name
-    return None
+    return d.split_holder("testnet", NETWORK, user_id)
 
 
 class User:
@@ -121,7 +104,7 @@ async def test_users_split_across_workers_and_a_crash_moves_only_its_shards(
     # Both workers hold user shards of the network (the lease bucket's word), and between
     # them every shard once.
     await until(lambda: all(_user_shards(w) for w in d.workers.values()), 60, "both hold shards")
-    await until(lambda: _settled(d), 60, "shards shared out")
+    await until(lambda: d.shared_out(NETWORK), 60, "shards shared out")
     assert sum(f"{NETWORK}.main" in _owned(w) for w in d.workers.values()) == 1
     assert all("testnet" in w.running for w in d.workers.values())
 

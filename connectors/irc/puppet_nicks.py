@@ -115,8 +115,8 @@ class LiveNickStore(TableStore):
                     self.instance,
                 )
         except Exception as e:
+            # Said here once: nobody awaits a removal, and a connection goes on without it.
             log.warning("%s: the puppet nick of %s not stored: %s", netid, user_id, e)
-            raise
 
     async def users(self, netid: str) -> set[str]:
         """The Matrix users with a row on ``netid``."""

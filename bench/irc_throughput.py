@@ -54,6 +54,7 @@ import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -488,6 +489,23 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def thread_cpu() -> dict[str, tuple[float, float]]:
+    """User and system CPU seconds of each thread of this process, by thread name."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, tuple[float, float]] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = names.get(int(task.name), f"thread {task.name}")
+        name = "ThreadPool" if name.startswith(("ThreadPoolExecutor", "asyncio_")) else name
+        user, system = out.get(name, (0.0, 0.0))
+        out[name] = (user + int(fields[11]) / tick, system + int(fields[12]) / tick)
+    return out
+
+
 def proc_cpu(pid: int) -> float:
     """CPU seconds (user + system) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -538,11 +556,20 @@ class Meter:
 
     def __enter__(self) -> Meter:
         self.syn0, self.own0, self.sys0 = proc_cpu(self.pid), cpu_seconds(), system_busy()
+        self.threads0 = thread_cpu()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.synapse = proc_cpu(self.pid) - self.syn0
         self.own = cpu_seconds() - self.own0
+        # Threads that ended during the phase are not in either snapshot; the total above has them.
+        self.threads = {
+            name: (
+                user - self.threads0.get(name, (0.0, 0.0))[0],
+                sys_ - self.threads0.get(name, (0.0, 0.0))[1],
+            )
+            for name, (user, sys_) in thread_cpu().items()
+        }
         busy, total = system_busy()
         self.busy = (busy - self.sys0[0]) / max(1, total - self.sys0[1])
 
@@ -558,6 +585,7 @@ class Phase:
         self.lost = self.dup = self.viol = self.errors = 0
         self.latency: dict[str, list[float]] = {}
         self.synapse_cpu = self.own_cpu = 0.0
+        self.threads: Counter[str] = Counter()
         self.busy: list[float] = []
 
     def add(self, n: int, wall: float, loss: tuple[int, int, int], meter: Meter) -> float:
@@ -569,6 +597,9 @@ class Phase:
         self.viol += loss[2]
         self.synapse_cpu += meter.synapse
         self.own_cpu += meter.own
+        for name, (user, system) in meter.threads.items():
+            self.threads[f"{name} user"] += user
+            self.threads[f"{name} system"] += system
         self.busy.append(meter.busy)
         return n / wall
 
@@ -593,6 +624,9 @@ class Phase:
             f"{self.own_cpu / self.n * 1000:.1f} ms; machine "
             f"{statistics.mean(self.busy) * 100:.0f} % busy"
         )
+        by_thread = [f"{k} {v / self.n * 1000:.2f}" for k, v in self.threads.most_common() if v > 0]
+        if by_thread:
+            lines.append(f"   {who} CPU per message by thread (ms): " + ", ".join(by_thread))
         return lines
 
 
@@ -1052,6 +1086,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         run_worker(args.worker, json.loads(args.spec))
+        return
+    if os.environ.get("BENCH_UVLOOP"):
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(Bench(args).run())
         return
     asyncio.run(Bench(args).run())
 

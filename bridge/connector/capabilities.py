@@ -215,7 +215,10 @@ class ShardedConnector(Protocol):
     holding a network's main shard, for the network's own part (see :meth:`ShardScope.main`).
     The core sends each user's operations (``client_for`` and the client's handlers, ``login``,
     ``logout``, ``open_dm``) to the instance holding the user's shard, everything else to the
-    main shard's. Without this capability a connector runs whole on one worker.
+    main shard's. ``portal_closed`` is asked of the main shard's instance and told to every
+    other instance too (best effort: lost while the bus is away, when ``BridgeAPI.portals``
+    no longer lists the portal). Without this capability a connector runs whole on one
+    worker.
 
     In one process the scope is never set: the instance holds everything."""
 

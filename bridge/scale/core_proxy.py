@@ -25,13 +25,14 @@ from bridge.connector import (
     NetworkClient,
     NetworkConnector,
     PortalKey,
+    RemoteConnection,
 )
 from bridge.connector import capabilities as caps
 from bridge.connector.capabilities import CommandRoom
 
 from .op_requests import OpRequests, Policy, Unreachable
-from .shards import shard_of
-from .subjects import event_op_id, keys_subject
+from .shards import all_shards, shard_of
+from .subjects import closed_subject, event_op_id, keys_subject, states_subject
 
 # capability name -> (protocol, its async methods)
 CLIENT_CAPS: dict[str, tuple[type, tuple[str, ...]]] = {
@@ -74,6 +75,10 @@ BOUNDED |= {"set_room_key"}
 # instance holding the user runs; a connector run whole answers every shard of its network).
 # A connector command is a user's too: it acts on their own connection.
 USER_SCOPED = {"login", "logout", "open_dm", "command"}
+
+# How long a metrics scrape waits for the instances of a split connector to say what they
+# hold (less when every shard was answered for).
+STATES_WAIT_S = 1.0
 
 DELAY_NOTICE = (
     "The bridge's connection to {network} is not available right now; your message waits and"
@@ -232,6 +237,33 @@ class ConnectorProxy(NetworkConnector):
             proxy = self._clients[handle] = client_class(names)(self, user, portal)
         return proxy
 
+    async def _split_connection_states(self) -> list[RemoteConnection]:
+        """A split connector's connections, every instance's (each answers with its own):
+        until every shard of each network was answered for, or STATES_WAIT_S."""
+        networks = [ns.network for ns in self.local.namespaces()]
+        answers = await asyncio.gather(*(self._states_of(net) for net in networks))
+        return [c for found in answers for c in found]
+
+    async def _states_of(self, network: str) -> list[RemoteConnection]:
+        wanted = set(all_shards(network))
+
+        def held(answers: list[Any]) -> set[str]:
+            return {s for a in answers if isinstance(a, dict) for s in a.get("shards", ())}
+
+        answers = await self.requests.gather(
+            states_subject(network),
+            {"network": network},
+            lambda answers: wanted <= held(answers),
+            STATES_WAIT_S,
+        )
+        return [
+            c
+            for a in answers
+            if isinstance(a, dict) and isinstance(a.get("states"), list)
+            for c in a["states"]
+            if isinstance(c, RemoteConnection) and c.network == network
+        ]
+
     # --- lifecycle: the workers' business --------------------------------------------------
 
     async def start(self) -> None:
@@ -322,6 +354,8 @@ class ConnectorProxy(NetworkConnector):
         await self.connector_call("portal_opened", [portal])
 
     async def portal_closed(self, portal: PortalKey) -> None:
+        # A split connector's other instances hold puppets in the portal too.
+        await self.requests.publish(closed_subject(portal.network), {"portal": portal})
         await self.connector_call("portal_closed", [portal])
 
     async def client_for(self, user: MatrixUser, portal: PortalKey) -> NetworkClient | None:
@@ -419,6 +453,8 @@ def proxy_for(local: NetworkConnector, requests: OpRequests) -> ConnectorProxy:
             attrs.update({m: _connector_method(m) for m in methods})
     if isinstance(local, caps.LoginCapable):
         attrs["login_help"] = property(lambda self: self.local.login_help)
+    if isinstance(local, caps.ConnectionReporting) and isinstance(local, caps.ShardedConnector):
+        attrs["connection_states"] = ConnectorProxy._split_connection_states
     if not isinstance(local, caps.RoomKeys):
         attrs["set_room_key"] = None
     if not isinstance(local, caps.ThirdPartyLookup):

@@ -73,6 +73,45 @@ class OpRequests:
         except NatsError as e:
             self.log.info("%s not published: %s", subject, e)
 
+    async def gather(
+        self, subject: str, message: dict[str, Any], done: Callable[[list[Any]], bool], wait: float
+    ) -> list[Any]:
+        """Ask whoever listens and collect their answers until ``done(answers)`` or ``wait``
+        seconds passed (best effort: what came by then; nothing while the bus is away)."""
+        if self.nc is None:
+            return []
+        answers: list[Any] = []
+        complete = asyncio.Event()
+
+        async def on_answer(msg: Any) -> None:
+            try:
+                answers.append(codec.decode(msg.data))
+            except codec.CodecError as e:
+                self.log.error("a malformed answer on %s: %s", subject, e)
+                return
+            if done(answers):
+                complete.set()
+
+        try:
+            inbox = self.nc.new_inbox()
+            sub = await self.nc.subscribe(inbox, cb=on_answer)
+        except NatsError as e:
+            self.log.info("%s not asked: %s", subject, e)
+            return []
+        try:
+            await self.nc.publish(subject, codec.encode(message), reply=inbox)
+            await asyncio.wait_for(complete.wait(), wait)
+        except TimeoutError:
+            pass
+        except NatsError as e:
+            self.log.info("%s not asked: %s", subject, e)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except NatsError:
+                pass
+        return list(answers)
+
     async def call(
         self,
         shard: str,

@@ -16,6 +16,12 @@ SHARDS_BUCKET = "mimi_shards"
 # A portal's new key, for every instance of a connector run split (each may hold a puppet
 # that joins the room): published by the core before it asks the main shard.
 KEYS_PREFIX = "mimi.keys"
+# A portal closed, for every instance of a connector run split (each parts its own puppets):
+# published by the core before it asks the main shard.
+CLOSED_PREFIX = "mimi.closed"
+# The connections of a connector run split: every instance answers with its own and the
+# shards it holds (the core's metrics add them up).
+STATES_PREFIX = "mimi.states"
 
 
 def op_subject(shard: str) -> str:
@@ -30,6 +36,14 @@ def network_ops(network: str) -> str:
 
 def keys_subject(network: str) -> str:
     return f"{KEYS_PREFIX}.{network}"
+
+
+def closed_subject(network: str) -> str:
+    return f"{CLOSED_PREFIX}.{network}"
+
+
+def states_subject(network: str) -> str:
+    return f"{STATES_PREFIX}.{network}"
 
 
 def events_subject(network: str) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 
 from bridge.config import BridgeConfig
 from bridge.connector import (
@@ -36,6 +37,7 @@ from bridge.connector import (
 )
 from bridge.connector.capabilities import (
     CommandRoom,
+    ConnectionReporting,
     ExtraCommands,
     HttpRequest,
     HttpResponse,
@@ -52,9 +54,11 @@ from .op_dedup import OpDedup, open_ops_bucket
 from .op_requests import MOVED, OpRequests
 from .shards import all_shards
 from .subjects import (
+    CLOSED_PREFIX,
     KEYS_PREFIX,
     OPS_PREFIX,
     SHARDS_BUCKET,
+    STATES_PREFIX,
     main_shard,
     network_ops,
     op_subject,
@@ -65,6 +69,8 @@ STOP_FLUSH_S = 10.0
 # A split connector's instance gaining shards reads the room keys again at most this often
 # (seconds), and whenever it gains a main shard.
 KEYS_AGAIN_S = 10.0
+# An instance's answer to the metrics' question of its connections (the core waits 1 s).
+STATES_TIMEOUT_S = 0.8
 
 CONNECTOR_METHODS = {"resolve_portal", "resolve_ghost", "portal_opened", "portal_closed"}
 CONNECTOR_METHODS |= {m for _, methods in CONNECTOR_CAPS.values() for m in methods}
@@ -197,6 +203,8 @@ class Worker:
                 self._shard_to_connector[main_shard(connector.namespaces()[0].network)] = name
         if self._sharded:
             await self.nc.subscribe(f"{KEYS_PREFIX}.>", cb=self._on_room_key)
+            await self.nc.subscribe(f"{CLOSED_PREFIX}.>", cb=self._on_portal_closed)
+            await self.nc.subscribe(f"{STATES_PREFIX}.>", cb=self._on_states)
         scale = self.cfg.scale
         self.leases = self.leases_factory(
             js,
@@ -346,6 +354,49 @@ class Worker:
         if running is not None and running.shards is not None:
             if isinstance(running.connector, RoomKeys):
                 running.connector.set_room_key(portal, key)
+
+    async def _on_portal_closed(self, msg: Msg) -> None:
+        """A portal closed: an instance of a split connector here without the main shard
+        parts its own users from it (the main shard's instance is asked by the core)."""
+        try:
+            portal = codec.decode(msg.data)["portal"]
+            if not isinstance(portal, PortalKey):
+                raise codec.CodecError("not a portal")
+        except (codec.CodecError, KeyError, TypeError) as e:
+            self.log.error("a malformed portal message on %s: %s", msg.subject, e)
+            return
+        name = self._shard_to_connector.get(main_shard(portal.network))
+        running = self.running.get(name or "")
+        if running is None or running.shards is None:
+            return
+        if main_shard(portal.network) in running.shards:
+            return
+        try:
+            await running.connector.portal_closed(portal)
+        except Exception:
+            self.log.exception("connector %s failed closing %s", name, portal)
+
+    async def _on_states(self, msg: Msg) -> None:
+        """The core's metrics ask a split connector's instances for their connections: this
+        one's, with the shards of the network it holds (so the core knows when all answered)."""
+        network = msg.subject.rsplit(".", 1)[-1]
+        name = self._shard_to_connector.get(main_shard(network))
+        running = self.running.get(name or "")
+        if running is None or not running.shards or not msg.reply:
+            return
+        shards = [s for s in running.shards if s.rsplit(".", 1)[0] == network]
+        if not shards or not isinstance(running.connector, ConnectionReporting):
+            return
+        try:
+            found = await asyncio.wait_for(running.connector.connection_states(), STATES_TIMEOUT_S)
+        except Exception:
+            self.log.exception("connector %s did not report its connections", name)
+            return
+        states = [c for c in found if c.network == network]
+        try:
+            await msg.respond(codec.encode({"shards": shards, "states": states}))
+        except NatsError as e:
+            self.log.info("connections of %s not reported: %s", network, e)
 
     async def _lose(self, shard: str) -> None:
         name = self._shard_to_connector.get(shard)

@@ -1219,7 +1219,8 @@ class IRCConnector(NetworkConnector):
     async def connection_states(self) -> list[RemoteConnection]:
         out = []
         for net in self.networks.values():
-            for conn in (net.bot, *(p.conn for p in net.pool.puppets.values())):
+            bot = (net.bot,) if net.main else ()  # split: the main part's instance's
+            for conn in (*bot, *(p.conn for p in net.pool.puppets.values())):
                 state = self._STATES.get(conn.state)  # "closed": stopped, not counted
                 if state is not None:
                     out.append(RemoteConnection(net.network, state))
@@ -1333,10 +1334,13 @@ class IRCConnector(NetworkConnector):
         if portal.receiver:
             return
         channel = net.channel_name(portal.remote_id)
-        net.bot.part(channel, "unbridged")
+        # Split across workers, every instance is told: each parts its own puppets, the main
+        # one the bot too, and forgets the channel's seats.
         for puppet in net.pool.puppets.values():
             puppet.conn.part(channel, "unbridged")
-        await self.seat_store.drop(net.cfg.netid, None, portal.remote_id)
+        if net.main:
+            net.bot.part(channel, "unbridged")
+            await self.seat_store.drop(net.cfg.netid, None, portal.remote_id)
 
     # --- ThirdPartyLookup ------------------------------------------------------------------------
 

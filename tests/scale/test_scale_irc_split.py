@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ruamel.yaml import YAML
 
-from bridge.connector import PortalKey
+from bridge.connector import ConnectionState, PortalKey
+from bridge.connector.capabilities import ConnectionReporting
 from bridge.scale.worker import Worker
 from bridge.testing.postgres import PostgresServer
 from bridge.testing.synapse import MatrixClient
@@ -98,6 +100,8 @@ async def _count(client: MatrixClient, room: str, body: str) -> int:
 
 async def test_irc_split_across_two_workers(split: Split, synapse: SynapseServer) -> None:
     d, carol, chan = split.d, split.carol, split.channel
+    admin = await matrix_user(synapse, f"Ad{uuid.uuid4().hex[:6]}")
+    _make_admin(d.config, admin.user_id)
     await d.start_core()
     await d.start_worker("w1")
     await d.start_worker("w2")
@@ -132,11 +136,18 @@ async def test_irc_split_across_two_workers(split: Split, synapse: SynapseServer
         assert ghost(u.nick) not in await users[0].client.joined_members(room), u.nick
         assert len([ln for ln in carol.lines if said(u.nick, f"hello from {u.nick}")(ln)]) == 1
 
+    # The core's metrics count every instance's connections: the bot and both workers'
+    # puppets (each instance answers with its own).
+    assert d.core is not None
+    irc = d.core.connectors["irc"]
+    assert isinstance(irc, ConnectionReporting)
+    states = await irc.connection_states()
+    assert [c.state for c in states] == [ConnectionState.CONNECTED] * (len(users) + 1)
+
     # A private message reaches the user through the worker holding their puppet.
     far = next(u for u in users if placed[u.client.user_id] == other)
     carol.send(f"PRIVMSG {far.nick} :private hello")
     key = PortalKey(NETWORK, carol.nick.lower(), far.client.user_id)
-    assert d.core is not None
     core = d.core
     portal = await until(lambda: core.portal_store.get(key), 60, "the DM portal")
     await far.client.join(portal.room_id)
@@ -162,6 +173,29 @@ async def test_irc_split_across_two_workers(split: Split, synapse: SynapseServer
     await far.client.wait_for_event(far.room, body_is("seen it"), timeout=60)
     assert await _count(far.client, far.room, "under a new name") == 1
     assert ghost(new) not in await far.client.joined_members(far.room)
+
+    # A second channel is unlinked by an admin: every puppet leaves it, those of the worker
+    # without the bot too (the closing is told to every instance).
+    chan2 = "#" + uniq("split2")
+    await carol.join(chan2)
+    room2 = await admin.join(alias(chan2))
+    for u in users:
+        await u.client.join(alias(chan2))
+    for u in users:
+        await carol.expect(joined(u.nick, chan2), timeout=60, what=f"{u.nick} in {chan2}")
+    await admin.send_text(room2, "!mimi unlink")
+    await admin.wait_for_event(room2, lambda e: "Unlinked" in e["content"].get("body", ""))
+    for u in users:
+        await carol.expect(
+            lambda ln, u=u: (
+                ln.command == "PART" and ln.nick == u.nick and ln.param(0).lower() == chan2
+            ),
+            timeout=30,
+            what=f"{u.nick} leaving {chan2} ({placed[u.client.user_id]})",
+        )
+    # The linked channel is untouched.
+    await far.client.send_text(far.room, "still here")
+    await carol.expect(said(far.nick, "still here"), timeout=30)
 
     # The worker without the bot crashes: its leases are left to expire.
     kept = d.workers[main]
@@ -206,6 +240,14 @@ async def test_irc_split_across_two_workers(split: Split, synapse: SynapseServer
         assert (
             len([ln for ln in carol.lines if ln.command == "PRIVMSG" and ln.param(1) == body]) == 1
         )
+
+
+def _make_admin(config: Path, user_id: str) -> None:
+    yaml = YAML()
+    cfg = yaml.load(config.read_text())
+    cfg["bridge"]["permissions"][user_id] = "admin"
+    with config.open("w") as f:
+        yaml.dump(cfg, f)
 
 
 def _quits(carol: RawIRC, nick: str) -> int:

@@ -1087,12 +1087,6 @@ def main() -> None:
     if args.worker:
         run_worker(args.worker, json.loads(args.spec))
         return
-    if os.environ.get("BENCH_UVLOOP"):
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(Bench(args).run())
-        return
     asyncio.run(Bench(args).run())
 
 

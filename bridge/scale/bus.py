@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -21,15 +22,23 @@ class BusUnavailable(Exception):
     """NATS could not be reached at start-up (one line, for the admin)."""
 
 
-async def connect(url: str, name: str, log: logging.Logger) -> Client:
+async def connect(
+    url: str,
+    name: str,
+    log: logging.Logger,
+    on_reconnect: Callable[[], None] | None = None,
+) -> Client:
     """Connect, and keep reconnecting for as long as the process runs: a NATS restart is a
-    pause, not a failure. Raises :class:`BusUnavailable` when the first connection fails."""
+    pause, not a failure. Raises :class:`BusUnavailable` when the first connection fails.
+    ``on_reconnect`` is called each time the connection is back."""
 
     async def disconnected() -> None:
         log.warning("NATS connection lost; reconnecting")
 
     async def reconnected() -> None:
         log.info("NATS connection back")
+        if on_reconnect is not None:
+            on_reconnect()
 
     async def error(e: Exception) -> None:
         log.debug("NATS: %s", e)

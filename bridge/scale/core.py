@@ -46,9 +46,15 @@ class ScaleCore:
 
     async def connect(self) -> None:
         assert self.cfg.nats_url is not None
-        self.nc = await bus.connect(self.cfg.nats_url, "mimi-core", self.log)
+        self.nc = await bus.connect(
+            self.cfg.nats_url, "mimi-core", self.log, on_reconnect=self._reconnected
+        )
         await bus.ensure_events_stream(self.nc.jetstream())
         self.requests.nc = self.nc
+
+    def _reconnected(self) -> None:
+        if self.consumer is not None:
+            self.consumer.resync()
 
     def proxy(self, local: NetworkConnector) -> ConnectorProxy:
         return proxy_for(local, self.requests)

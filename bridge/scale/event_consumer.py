@@ -22,6 +22,7 @@ from .subjects import CORE_CONSUMER, EVENTS_PREFIX, EVENTS_STREAM
 # Taken from the stream and not acked yet, at most (the stream keeps the rest).
 MAX_IN_FLIGHT = 1000
 ACK_WAIT_S = 600.0
+RESYNC_ATTEMPTS = 8
 
 Submit = Callable[[RemoteEvent, Callable[[], Awaitable[None]]], None]
 
@@ -34,6 +35,7 @@ class EventConsumer:
         self._task: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._acks: set[asyncio.Task[None]] = set()
+        self._resync: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._reset_consumer()
@@ -41,6 +43,29 @@ class EventConsumer:
             f"{EVENTS_PREFIX}.>", durable=CORE_CONSUMER, stream=EVENTS_STREAM
         )
         self._task = asyncio.create_task(self._run(sub), name="scale:events")
+
+    def resync(self) -> None:
+        """The connection to NATS is back: events the server delivered while it was away
+        never arrived, yet count as delivered, and would come again only after the ack wait.
+        The consumer starts again at the first event not acked, so they come now (those
+        being handled come twice: a redelivery has no second effect)."""
+        if self._task is None or (self._resync is not None and not self._resync.done()):
+            return
+        self._resync = asyncio.create_task(self._resync_now(), name="scale:events-resync")
+
+    async def _resync_now(self) -> None:
+        for attempt in range(RESYNC_ATTEMPTS):
+            try:
+                await self._reset_consumer()
+                return
+            except NatsError as e:
+                self.log.info("remote events: resync failed (%s); retrying", e)
+                await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
+        self.log.warning(
+            "remote events: could not resync after the bus came back; events delivered while"
+            " it was away come again after %.0f s",
+            ACK_WAIT_S,
+        )
 
     async def _reset_consumer(self) -> None:
         """Recreate the consumer at the first event not acked: what a crash left in flight is
@@ -114,6 +139,8 @@ class EventConsumer:
     async def stop(self) -> None:
         """Take no more events; those taken finish (and are acked) in the bridge's queues."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        resync, self._resync = self._resync, None
+        for t in (task, resync):
+            if t is not None:
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)

@@ -196,9 +196,11 @@ async def irc_user(ircd: IrcServer, nick: str) -> RawIRC:
     """An IRC user, once the server answers (it may still be seeing thousands of puppets of
     the previous mode off)."""
     for _ in range(30):
+        user = RawIRC(ircd.host, ircd.port, nick)
         try:
-            return await RawIRC(ircd.host, ircd.port, nick).connect()
+            return await user.connect()
         except (AssertionError, OSError):
+            await user.close()  # its reader too
             await asyncio.sleep(2)
     raise RuntimeError(f"{ircd.host}:{ircd.port} does not register {nick}")
 

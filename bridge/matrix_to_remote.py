@@ -1108,13 +1108,14 @@ class MatrixHandler:
         if not isinstance(presence, str):
             return
         status = content.get("status_msg") if isinstance(content.get("status_msg"), str) else None
-        seen: set[int] = set()
+        # Client -> itself: held until the loop ends, so no id is reused by a later client.
+        seen: dict[int, NetworkClient] = {}
         for portal in await self.bridge.portal_store.all():
             if portal.room_id is None or not self.hs.is_joined(portal.room_id, user_id):
                 continue
             client = await self._quiet_client(portal, user_id)
             if isinstance(client, PresenceHandling) and id(client) not in seen:
-                seen.add(id(client))
+                seen[id(client)] = client
                 await client.handle_matrix_presence(presence, status)
 
 

@@ -151,9 +151,12 @@ class ConnectorProxy(NetworkConnector):
         super().__init__(local.bridge, local.config)
         self.local = local
         self.requests = requests
-        # A worker's client handle -> its proxy: the core tells clients apart by identity
-        # (presence goes once per client), so one real client has one proxy.
-        self._clients: dict[str, ClientProxy] = {}
+        # A worker's client handle, with whom and where it was asked for -> its proxy: the
+        # core tells clients apart by identity (presence goes once per client), so one real
+        # client has one proxy per portal. The handle alone is not enough: it names an object
+        # by its address, which a client made per call may share with an earlier, freed one
+        # (another user's, or the same user's in another portal).
+        self._clients: dict[tuple[str, str | None, PortalKey, frozenset[str]], ClientProxy] = {}
         # Keys given with ``join``, on their way to the worker (RoomKeys), per portal.
         self._key_sends: dict[PortalKey, asyncio.Task[None]] = {}
 
@@ -230,11 +233,11 @@ class ConnectorProxy(NetworkConnector):
     def _client(self, answer: Any, user: MatrixUser | None, portal: PortalKey) -> Any:
         if answer is None:
             return None
-        handle = str(answer["handle"])
-        proxy = self._clients.get(handle)
+        names = frozenset(n for n in answer["caps"] if n in CLIENT_CAPS)
+        key = (str(answer["handle"]), user.user_id if user else None, portal, names)
+        proxy = self._clients.get(key)
         if proxy is None:
-            names = frozenset(n for n in answer["caps"] if n in CLIENT_CAPS)
-            proxy = self._clients[handle] = client_class(names)(self, user, portal)
+            proxy = self._clients[key] = client_class(names)(self, user, portal)
         return proxy
 
     async def _split_connection_states(self) -> list[RemoteConnection]:

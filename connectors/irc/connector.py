@@ -1497,7 +1497,10 @@ class IRCConnector(NetworkConnector):
         puppet = net.pool.obtain(user.user_id, user.display_name)
         if puppet is None:
             return None
-        return IRCClient(net, puppet)
+        if puppet.client is None:
+            puppet.client = IRCClient(net, puppet)
+        client: IRCClient = puppet.client
+        return client
 
     async def relay_client(self, portal: PortalKey) -> NetworkClient | None:
         return self._net(portal.network).relay

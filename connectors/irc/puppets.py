@@ -57,6 +57,9 @@ class Puppet(ConnectionHandler):
         self.last_message = pool.activity.get(user_id, 0.0)
         self.saved_message = self.last_message  # the time the database has
         self.custom_nick: str | None = None
+        # The connector's client of this puppet, made once: the core tells clients apart by
+        # identity (a presence change goes once per client, not once per channel).
+        self.client: Any = None
         # A login in progress reports failures itself (the command's answer): no notice.
         self.quiet = False
         # The services account the server says this connection is logged into (900).

@@ -29,6 +29,7 @@ log = logging.getLogger("mimi.irc.puppet_nicks")
 # The most folding mapping: the key is the same whatever the server announced later.
 KEY_MAPPING = "rfc1459"
 LOOKUP_CHUNK = 400  # nicks per query (a channel's member list may be long)
+LOOKUP_BATCH = 2000  # nicks of held lines looked up together by the bot
 
 
 def nick_key(nick: str) -> str:
@@ -208,18 +209,30 @@ class OtherPuppets:
     async def _drain(self) -> None:
         while self._held:
             conn, line = self._held[0]
-            unknown = self._unknown(conn, line)
-            if unknown:
-                try:
-                    found = await self.store.lookup(self.netid, unknown)
-                except Exception as e:
-                    # Not cached: the nick is asked again at its next line.
-                    log.warning("%s: puppet nicks not looked up: %s", self.netid, e)
-                else:
-                    for nick in unknown:
-                        self.known[conn.fold(nick)] = found.get(nick_key(nick))
+            if self._unknown(conn, line):
+                await self._look_up_held()
             self._held.popleft()
             self._handle(conn, line)
+
+    async def _look_up_held(self) -> None:
+        """The unknown nicks of the lines held (up to LOOKUP_BATCH), in one trip: thousands
+        of puppets joining at once would otherwise cost a trip each, in line. Every nick
+        asked was seen on a line already received, so its row (written before the puppet's
+        first line) is there."""
+        wanted: dict[str, tuple[IRCConnection, str]] = {}
+        for conn, line in self._held:
+            for nick in self._unknown(conn, line):
+                wanted.setdefault(conn.fold(nick), (conn, nick))
+            if len(wanted) >= LOOKUP_BATCH:
+                break
+        try:
+            found = await self.store.lookup(self.netid, [nick for _, nick in wanted.values()])
+        except Exception as e:
+            # Not cached: each nick is asked again at its next line.
+            log.warning("%s: puppet nicks not looked up: %s", self.netid, e)
+            return
+        for canon, (_, nick) in wanted.items():
+            self.known[canon] = found.get(nick_key(nick))
 
     def _handle(self, conn: IRCConnection, line: Line) -> None:
         try:

@@ -103,19 +103,19 @@ async def test_lines_wait_for_their_lookup_in_order() -> None:
     store.gate.set()
     await asyncio.sleep(0.01)
     assert seen == [("joined", "@ann:x"), ("before ann's line", None), ("from matrix", "@ann:x")]
-    assert store.asked == [["Ann[m]"], ["carol"]]
+    assert store.asked == [["Ann[m]", "carol"]]  # the held lines' nicks in one trip
     # Known now: no lookup, handled at once; this instance's own puppets and the bot itself
     # are never asked about.
     others.line(conn, _line(":Ann[m]!a@h PRIVMSG #c :again"))
     others.line(conn, _line(":Mine[m]!m@h PRIVMSG #c :local"))
     others.line(conn, _line(":bot!b@h PRIVMSG #c :me"))
     assert [s[0] for s in seen[3:]] == ["again", "local", "me"]
-    assert len(store.asked) == 2
+    assert len(store.asked) == 1
     # A rename carries the answer over, a puppet's or an IRC user's.
     others.line(conn, _line(":Ann[m]!a@h NICK Annie"))
     others.line(conn, _line(":carol!c@h NICK carola"))
     assert others.user_of_nick("annie") == "@ann:x" and "carola" in others.known
-    assert conn.fold("Ann[m]") not in others.known and len(store.asked) == 2
+    assert conn.fold("Ann[m]") not in others.known and len(store.asked) == 1
     # QUIT, PART and KICK forget: the next line asks again.
     others.line(conn, _line(":Annie!a@h QUIT :bye"))
     others.line(conn, _line(":carola!c@h PART #c"))
@@ -151,3 +151,28 @@ async def test_a_failed_lookup_lets_the_line_go_and_asks_again() -> None:
     await asyncio.sleep(0.01)
     assert seen == ["one", "two"] and others.user_of_nick(conn.fold("Ann[m]")) == "@ann:x"
     await others.close()
+
+
+async def test_a_burst_of_new_nicks_is_one_lookup() -> None:
+    """Thousands of puppets joining at once: the held lines' nicks go in one trip, not a trip
+    each in line (which held every later line, messages included, behind them)."""
+    conn = IRCConnection(
+        ConnParams(host="irc", port=6667, nick="bot", username="bot", realname="bot")
+    )
+    store = SlowStore({nick_key(f"P{i}[m]"): f"@p{i}:x" for i in range(0, 1500, 2)})
+    seen: list[tuple[str, str | None]] = []
+
+    def handle(c: IRCConnection, line: Any) -> None:
+        seen.append((str(line.nick), others.user_of_nick(c.fold(line.nick or ""))))
+
+    others = OtherPuppets(store, "libera", lambda canon: None, handle)  # type: ignore[arg-type]
+    for i in range(1500):
+        others.line(conn, _line(f":P{i}[m]!p@h JOIN #c"))
+    store.gate.set()
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if len(seen) == 1500:
+            break
+    assert [nick for nick, _ in seen] == [f"P{i}[m]" for i in range(1500)]  # in order
+    assert [user for _, user in seen] == [f"@p{i}:x" if i % 2 == 0 else None for i in range(1500)]
+    assert len(store.asked) == 1 and len(store.asked[0]) == 1500

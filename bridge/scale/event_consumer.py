@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -95,12 +94,20 @@ class EventConsumer:
         while True:
             try:
                 msgs = await sub.fetch(batch=100, timeout=5)
-            except NatsTimeout:
+            except TimeoutError:
+                # nats-py raises its own TimeoutError or, in some races, asyncio's plain one
+                # (which ``except NatsTimeout`` misses: the loop ended, and no remote event
+                # reached Matrix again until a restart).
                 continue
             except asyncio.CancelledError:
                 raise
             except NatsError as e:  # the bus is away: the stream keeps the events
                 self.log.info("remote events: fetch failed (%s); retrying", e)
+                await asyncio.sleep(1)
+                continue
+            except Exception:
+                # Whatever the client raises, this loop is the only way events come in.
+                self.log.exception("remote events: fetch failed; retrying")
                 await asyncio.sleep(1)
                 continue
             for msg in msgs:

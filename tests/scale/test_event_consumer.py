@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
 
 import nats
 
@@ -61,3 +63,43 @@ async def test_resync_delivers_unacked_events_at_once(nats_server: NatsServer) -
     finally:
         await consumer.stop()
         await nc.close()
+
+
+class _Flaky:
+    """A pull subscription raising what nats-py's fetch raises in its races: asyncio's plain
+    TimeoutError, then something unexpected, before events come."""
+
+    def __init__(self, msgs: list[Any]) -> None:
+        self.calls = 0
+        self.msgs = msgs
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109
+        self.calls += 1
+        if self.calls == 1:
+            raise TimeoutError
+        if self.calls == 2:
+            raise RuntimeError("unexpected")
+        if self.calls == 3:
+            return self.msgs
+        await asyncio.sleep(0.05)
+        raise TimeoutError
+
+
+async def test_the_fetch_loop_outlives_whatever_fetch_raises() -> None:
+    got: list[str] = []
+
+    def submit(event: RemoteEvent, done: Callable[[], Awaitable[None]]) -> None:
+        assert isinstance(event, RemoteMessage)
+        got.append(event.id)
+
+    msg = SimpleNamespace(data=codec.encode(_message("a")), subject="mimi.events.net")
+    consumer = EventConsumer(SimpleNamespace(), submit, logging.getLogger("test"))  # type: ignore[arg-type]
+    sub = _Flaky([msg])
+    task = asyncio.create_task(consumer._run(sub))  # type: ignore[arg-type]
+    try:
+        await until(lambda: got == ["a"], 10, "the event after the errors")
+        await until(lambda: sub.calls >= 5, 10, "fetching on")
+        assert not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

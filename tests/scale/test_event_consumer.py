@@ -46,11 +46,11 @@ async def test_resync_delivers_unacked_events_at_once(nats_server: NatsServer) -
     await consumer.start()
     try:
         await js.publish("mimi.events.net", codec.encode(_message("a")))
-        await until(lambda: ids() == ["a"], 10, "the first delivery")
+        await until(lambda: ids() == ["a"], 30, "the first delivery")
         consumer.resync()  # the connection came back; "a" was never acked
-        await until(lambda: ids() == ["a", "a"], 10, "the unacked event delivered again")
+        await until(lambda: ids() == ["a", "a"], 30, "the unacked event delivered again")
         await js.publish("mimi.events.net", codec.encode(_message("b")))
-        await until(lambda: ids() == ["a", "a", "b"], 10, "the next event")
+        await until(lambda: ids() == ["a", "a", "b"], 30, "the next event")
         for _, done in got:
             await done()
         await nc.flush()
@@ -59,7 +59,7 @@ async def test_resync_delivers_unacked_events_at_once(nats_server: NatsServer) -
         await asyncio.sleep(1.5)
         assert ids() == ["a", "a", "b"]
         await js.publish("mimi.events.net", codec.encode(_message("c")))
-        await until(lambda: ids() == ["a", "a", "b", "c"], 10, "an event after the resync")
+        await until(lambda: ids() == ["a", "a", "b", "c"], 30, "an event after the resync")
     finally:
         await consumer.stop()
         await nc.close()

@@ -349,11 +349,14 @@ class Worker:
         except (codec.CodecError, KeyError, TypeError) as e:
             self.log.error("a malformed room key message on %s: %s", msg.subject, e)
             return
-        name = self._shard_to_connector.get(main_shard(portal.network))
-        running = self.running.get(name or "")
-        if running is not None and running.shards is not None:
-            if isinstance(running.connector, RoomKeys):
-                running.connector.set_room_key(portal, key)
+        running = self._split_instance(portal.network)
+        if running is not None and isinstance(running.connector, RoomKeys):
+            running.connector.set_room_key(portal, key)
+
+    def _split_instance(self, network: str) -> Running | None:
+        """The instance here of the split connector serving ``network``, if any."""
+        running = self.running.get(self._shard_to_connector.get(main_shard(network)) or "")
+        return running if running is not None and running.shards is not None else None
 
     async def _on_portal_closed(self, msg: Msg) -> None:
         """A portal closed: an instance of a split connector here without the main shard
@@ -365,23 +368,19 @@ class Worker:
         except (codec.CodecError, KeyError, TypeError) as e:
             self.log.error("a malformed portal message on %s: %s", msg.subject, e)
             return
-        name = self._shard_to_connector.get(main_shard(portal.network))
-        running = self.running.get(name or "")
-        if running is None or running.shards is None:
-            return
-        if main_shard(portal.network) in running.shards:
+        running = self._split_instance(portal.network)
+        if running is None or main_shard(portal.network) in (running.shards or {}):
             return
         try:
             await running.connector.portal_closed(portal)
         except Exception:
-            self.log.exception("connector %s failed closing %s", name, portal)
+            self.log.exception("connector %s failed closing %s", running.connector.name, portal)
 
     async def _on_states(self, msg: Msg) -> None:
         """The core's metrics ask a split connector's instances for their connections: this
         one's, with the shards of the network it holds (so the core knows when all answered)."""
         network = msg.subject.rsplit(".", 1)[-1]
-        name = self._shard_to_connector.get(main_shard(network))
-        running = self.running.get(name or "")
+        running = self._split_instance(network)
         if running is None or not running.shards or not msg.reply:
             return
         shards = [s for s in running.shards if s.rsplit(".", 1)[0] == network]
@@ -390,6 +389,7 @@ class Worker:
         try:
             found = await asyncio.wait_for(running.connector.connection_states(), STATES_TIMEOUT_S)
         except Exception:
+            name = running.connector.name
             self.log.exception("connector %s did not report its connections", name)
             return
         states = [c for c in found if c.network == network]
